@@ -1,0 +1,138 @@
+"""Pydantic models for device profiles and calibration recipes, and their TOML loading.
+
+Profiles live in ``targets/*.toml`` and recipes in ``calibration/*.toml``; both folders are read
+from the current directory first (a user's own profiles), then from the ones shipped with edgetl.
+A bad file gets one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgetl.errors import ConfigError, UnknownNameError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_ROOT = Path(__file__).resolve().parent
+# Source checkout / editable install: the repo's folders; wheel: copies inside the package.
+_SHIPPED = {
+    "targets": [_ROOT.parent / "targets", _ROOT / "_data" / "targets"],
+    "calibration": [_ROOT.parent / "calibration", _ROOT / "_data" / "calibration"],
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budgets(_Strict):
+    """Pass/fail gates the bench stage enforces on this device."""
+
+    max_accuracy_drop_pp: float | None = Field(None, ge=0, le=100, description="top-1 drop vs FP32, points")
+    p90_latency_ms: float | None = Field(None, gt=0, description="batch-1 p90 latency")
+    max_memory_mb: float | None = Field(None, gt=0, description="peak resident memory of the session")
+
+
+class TargetProfile(_Strict):
+    name: str
+    description: str = ""
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    threads: int | None = Field(None, ge=1)
+    gpu_arch: str | None = Field(None, description="TensorRT compute capability, e.g. sm87")
+    device: str = Field("cpu", description="what runs the model: cpu, gpu, npu")
+    calibration: str = "default"
+    budgets: Budgets = Budgets()
+
+    @field_validator("gpu_arch")
+    @classmethod
+    def _arch(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("sm") and v[2:].isdigit()):
+            raise ValueError("must look like sm87 (compute capability 8.7)")
+        return v
+
+
+class CalibrationRecipe(_Strict):
+    name: str
+    description: str = ""
+    samples: int = Field(300, ge=1)
+    sampling: Literal["class-balanced", "random"] = "class-balanced"
+    seed: int = 0
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(99.999, gt=50, le=100)
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    keep_float_ops: list[str] = Field(default_factory=list, description="op types left in float")
+    keep_float_nodes: list[str] = Field(default_factory=list, description="node names left in float")
+    bias_correction: Literal["fast", "accurate", "none"] = "fast"
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{path}: field '{where}': {first['msg']}{more}"
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _load_model(model: type[BaseModel], path: Path):
+    data = load_toml(path)
+    data.setdefault("name", path.stem)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None
+
+
+def _catalogue(kind: str) -> dict[str, Path]:
+    """name -> file, user's ./<kind>/ first, then the shipped folder."""
+    found: dict[str, Path] = {}
+    for folder in [Path.cwd() / kind, *_SHIPPED[kind]]:
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def _resolve(kind: str, name_or_path: str | Path) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{kind} file {candidate} does not exist")
+        return candidate
+    table = _catalogue(kind)
+    if str(name_or_path) not in table:
+        raise UnknownNameError("target profile" if kind == "targets" else "calibration recipe", str(name_or_path), table)
+    return table[str(name_or_path)]
+
+
+def target_names() -> list[str]:
+    return list(_catalogue("targets"))
+
+
+def recipe_names() -> list[str]:
+    return list(_catalogue("calibration"))
+
+
+def load_target(name_or_path: str | Path) -> TargetProfile:
+    return _load_model(TargetProfile, _resolve("targets", name_or_path))
+
+
+def load_recipe(name_or_path: str | Path) -> CalibrationRecipe:
+    return _load_model(CalibrationRecipe, _resolve("calibration", name_or_path))

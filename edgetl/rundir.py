@@ -1,0 +1,113 @@
+"""The run directory: the hand-off between stages.
+
+``runs/<name>/manifest.json`` records each stage's inputs, outputs (with sha256) and metrics. Every
+stage reads what the previous one wrote and adds its own section; writes are atomic and serialised
+with a file lock, so parallel stages (several targets, several devices) never lose each other's
+entries.
+
+Sections: ``train``, ``export``, ``compiled`` (``<target>/<precision>`` -> entry), ``bench``,
+``bundles``; ``artifacts`` maps every file a stage produced (relative path) to its sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgetl._io import sha256_file, write_json
+from edgetl.errors import ArtifactError, RunDirError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not (run.path / MANIFEST).exists():
+            write_json(run.path / MANIFEST, {"schema": SCHEMA_VERSION, "name": run.path.name, "artifacts": {}})
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, *, need: str | None = None) -> RunDir:
+        """Open an existing run; ``need`` names a section that must be there (e.g. ``"train"``)."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunDirError(f"run directory {run.path} does not exist: create it with `edgetl train --out {run.path}`")
+        if not (run.path / MANIFEST).is_file():
+            raise RunDirError(f"{run.path} is not an edgetl run (no {MANIFEST}): create it with `edgetl train --out {run.path}`")
+        if need and need not in run.manifest:
+            hint = {"train": "edgetl train", "export": "edgetl compile", "compiled": "edgetl compile"}.get(need, need)
+            raise RunDirError(f"{run.path} has no {need} stage yet: run `{hint}` on it first")
+        return run
+
+    # -- manifest ----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        path = self.path / MANIFEST
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{path} is corrupt ({exc}); restore it or start a new run") from None
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write the manifest under an exclusive lock."""
+        with open(self.path / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self.manifest
+            yield data
+            write_json(self.path / MANIFEST, data)
+
+    def set(self, section: str, value: Any) -> None:
+        with self.editing() as data:
+            data[section] = value
+
+    def set_item(self, section: str, key: str, value: Any) -> None:
+        with self.editing() as data:
+            data.setdefault(section, {})[key] = value
+
+    def get(self, section: str, default: Any = None) -> Any:
+        return self.manifest.get(section, default)
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def rel(self, path: str | Path) -> str:
+        return Path(path).resolve().relative_to(self.path.resolve()).as_posix()
+
+    def record(self, *paths: str | Path) -> dict[str, str]:
+        """Hash files (or every file under folders) and record them; returns relpath -> sha256."""
+        hashes = {}
+        for p in paths:
+            p = Path(p)
+            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            for f in files:
+                hashes[self.rel(f)] = sha256_file(f)
+        with self.editing() as data:
+            data.setdefault("artifacts", {}).update(hashes)
+        return hashes
+
+    def verify(self, relpath: str) -> Path:
+        """Return the artifact's path after checking it exists and matches its recorded sha256."""
+        path = self.path / relpath
+        expected = self.manifest.get("artifacts", {}).get(relpath)
+        if not path.is_file():
+            raise ArtifactError(f"artifact {path} is missing: rebuild it (edgetl compile {self.path})")
+        if expected is None:
+            raise ArtifactError(f"artifact {path} is not recorded in {self.path / MANIFEST}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(
+                f"artifact {path} is corrupt or was modified (sha256 {actual[:12]}… != recorded {expected[:12]}…): "
+                f"rebuild it with `edgetl compile {self.path} --force`"
+            )
+        return path
