@@ -1,0 +1,111 @@
+"""Feature extraction: the backbone stays frozen (BatchNorm in eval mode); its pooled features are
+computed once, cached on disk keyed by backbone + data, and a head is trained on them in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgetl._io import atomic_path, sha256_json
+from edgetl.adapt import distributed
+from edgetl.adapt.distributed import Dist
+from edgetl.adapt.loop import FitResult, fit, predict, progress_bar
+from edgetl.data.preprocess import PreprocessSpec, normalize
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
+
+
+def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: str, batch: int = 64) -> np.ndarray:
+    """Pooled pre-logits features of uint8 images; each rank does its shard, all ranks get all rows."""
+    import torch
+
+    rows = pixels[distributed.shard(dist, len(pixels))]
+    model.eval()
+    out = []
+    with progress_bar(dist.is_main) as progress, torch.inference_mode():
+        task = progress.add_task(desc, total=len(rows), stats="")
+        for i in range(0, len(rows), batch):
+            x = torch.from_numpy(normalize(rows[i : i + batch], spec))
+            out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
+            progress.update(task, advance=len(x))
+    width = model.get_classifier().in_features
+    local = np.concatenate(out) if out else np.empty((0, width), np.float32)
+    return distributed.gather_rows(dist, local)
+
+
+def cached_features(key: dict, compute) -> np.ndarray:
+    path = cache_root() / "features" / f"{sha256_json(key)[:24]}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    features = compute()
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, features)
+    except OSError:
+        pass  # a read-only cache costs speed, not correctness
+    return features
+
+
+def build_head(in_features: int, num_classes: int, kind: str):
+    import torch.nn as nn
+
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_features, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, num_classes))
+    return nn.Linear(in_features, num_classes)
+
+
+def train_head(
+    f_train: np.ndarray,
+    y_train: np.ndarray,
+    f_val: np.ndarray,
+    y_val: np.ndarray,
+    head,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    batch_size: int,
+    seed: int,
+    dist: Dist,
+    label_smoothing: float = 0.0,
+    on_improve=None,
+) -> FitResult:
+    """AdamW on cached features; every rank trains the same head on all rows (it takes seconds)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(f_train), torch.from_numpy(y_train)),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+    )
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+
+    def evaluate(model) -> float:
+        return float((predict(model, f_val).argmax(1) == y_val).mean())
+
+    return fit(
+        head,
+        loader,
+        evaluate,
+        optimizer,
+        epochs=epochs,
+        patience=patience,
+        phase="head",
+        show=dist.is_main,
+        world=1,  # identical on every rank: no gradient sync needed
+        scheduler=scheduler,
+        on_improve=on_improve,
+        label_smoothing=label_smoothing,
+        per_epoch_bars=False,
+    )

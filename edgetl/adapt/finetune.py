@@ -1,0 +1,150 @@
+"""Fine-tuning: the head first (a linear probe on cached features, which is LP-FT: it keeps a random
+head from wrecking pretrained features), then the last N stages with discriminative learning rates
+(each earlier stage gets ``layer_decay`` times the rate of the next, all far below the head's),
+linear warm-up then cosine decay, and augmentation on by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgetl.adapt.distributed import Dist
+from edgetl.adapt.loop import FitResult, fit, predict
+from edgetl.data.preprocess import PreprocessSpec, normalize
+from edgetl.models.build import body_stages, head_parameters
+
+
+def freeze_for_finetune(model, unfreeze: int | str) -> tuple[list[list], list]:
+    """Freeze all but the last ``unfreeze`` stages; returns (trainable stages, frozen BN modules)."""
+    import torch.nn as nn
+
+    stages = body_stages(model)
+    n = len(stages) if unfreeze == "all" else min(int(unfreeze), len(stages))
+    trainable = stages[len(stages) - n :] if n else []
+    trainable_ids = {id(p) for stage in trainable for p in stage} | {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    frozen_bn = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+    return trainable, frozen_bn
+
+
+def param_groups(model, trainable: list[list], lr: float, backbone_lr_scale: float, layer_decay: float) -> list[dict]:
+    groups = [{"params": head_parameters(model), "lr": lr}]
+    for depth, stage in enumerate(reversed(trainable)):
+        groups.append({"params": stage, "lr": lr * backbone_lr_scale * layer_decay**depth})
+    return groups
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class AugmentedImages:
+    """Random resized crop + horizontal flip on images kept in memory at the eval resize scale."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, spec: PreprocessSpec):
+        from torchvision import transforms
+
+        from edgetl.data.preprocess import _INTERPOLATION, open_rgb
+
+        interp = _INTERPOLATION[spec.interpolation]
+        scale = max(spec.scale_size())
+        # Decoding and downscaling once keeps epochs fast on big photos; crops stay above model resolution.
+        self.images = [self._shrink(open_rgb(p), scale, interp) for p in paths]
+        self.labels = labels
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(spec.input_size, scale=(0.25, 1.0), interpolation=transforms.InterpolationMode(spec.interpolation)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(spec.mean, spec.std),
+            ]
+        )
+
+    @staticmethod
+    def _shrink(img, scale: int, interp):
+        w, h = img.size
+        if min(w, h) <= scale:
+            return img
+        ratio = scale / min(w, h)
+        return img.resize((round(w * ratio), round(h * ratio)), interp)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def finetune(
+    model,
+    train_data,
+    val_pixels: np.ndarray,
+    y_val: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    unfreeze: int | str,
+    epochs: int,
+    lr: float,
+    backbone_lr_scale: float,
+    layer_decay: float,
+    weight_decay: float,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    dist: Dist,
+    label_smoothing: float,
+    on_improve=None,
+) -> FitResult:
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    trainable, frozen_bn = freeze_for_finetune(model, unfreeze)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = DistributedSampler(train_data, dist.world, dist.rank, shuffle=True, seed=seed) if dist.enabled else None
+    loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, drop_last=len(train_data) > batch_size * dist.world)
+    optimizer = torch.optim.AdamW(param_groups(model, trainable, lr, backbone_lr_scale, layer_decay),
+                                  weight_decay=weight_decay)
+    total = epochs * len(loader)
+    scheduler = warmup_cosine(optimizer, warmup_steps=min(len(loader), total // 5 or 1), total_steps=total)
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    x_val = normalize(val_pixels, spec)
+
+    def evaluate(_net) -> float:
+        # Every rank evaluates the whole split, so all ranks take the same early-stopping decision.
+        return float((predict(model, x_val).argmax(1) == y_val).mean())
+
+    return fit(
+        net,
+        loader,
+        evaluate,
+        optimizer,
+        epochs=epochs,
+        patience=patience,
+        phase="finetune",
+        show=dist.is_main,
+        world=dist.world,
+        scheduler=scheduler,
+        frozen_modules=frozen_bn,
+        on_improve=on_improve,
+        label_smoothing=label_smoothing,
+    )

@@ -1,0 +1,38 @@
+"""Console output of the train stage: skipped images and the closing summary table."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def report_skipped(console, skipped: list[tuple[str, str]], limit: int = 20) -> None:
+    if not skipped:
+        return
+    console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
+    for path, reason in skipped[:limit]:
+        console.print(f"  [yellow]{path}[/]: {reason}", highlight=False)
+    if len(skipped) > limit:
+        console.print(f"  … and {len(skipped) - limit} more (all listed in manifest.json)")
+
+
+def print_summary(console, section: dict, history: list[dict]) -> None:
+    m, d = section["metrics"], section["dataset"]
+    table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images", f"{d['train_images']} train / {d['val_images']} val, {len(d['skipped'])} skipped")
+    table.add_row("input", "x".join(str(s) for s in section["preprocess"]["input_size"]))
+    table.add_row("train top-1", f"{m['train_top1']:.2%}")
+    table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/] (best epoch {m['best_epoch']})")
+    table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
+    table.add_row("time", f"{m['seconds']:.1f} s")
+    if m["interrupted"]:
+        table.add_row("status", "[yellow]interrupted — best checkpoint so far kept[/]")
+    console.print(table)
+    per_class = Table(title="val top-1 per class")
+    per_class.add_column("class")
+    per_class.add_column("images", justify="right")
+    per_class.add_column("top-1", justify="right")
+    for name, acc in m["per_class_val_top1"].items():
+        per_class.add_row(name, str(d["counts"].get(name, "")), f"{acc:.1%}")
+    console.print(per_class)

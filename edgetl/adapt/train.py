@@ -1,0 +1,259 @@
+"""``edgetl train``: adapt a pretrained backbone to an image data set and write a run directory.
+
+Writes ``runs/<name>/train/{model.safetensors, history.json, split.json}`` and the manifest's
+``train`` section (backbone, weights, classes, preprocessing, mode, hyper-parameters, data hash,
+versions, metrics). Under ``torchrun`` the data is sharded and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from edgetl._io import atomic_path, sha256_json, write_json
+from edgetl._lazy import require
+from edgetl.adapt import distributed
+from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
+from edgetl.adapt.finetune import AugmentedImages, finetune
+from edgetl.data import arrays
+from edgetl.data.datasets import load_image_set, stratified_split
+from edgetl.errors import ConfigError
+from edgetl.models import registry
+from edgetl.models.build import _classifier_prefix, create_model, preprocess_spec, weights_id
+from edgetl.rundir import RunDir
+
+MODES = ("feature-extraction", "finetune")
+HEADS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    mode: str = "feature-extraction"
+    epochs: int | None = None  # default: 100 for the head on features, 15 for fine-tuning
+    head_epochs: int = 100
+    batch_size: int = 32
+    lr: float | None = None  # default: 1e-3 (head) / 1e-3 head and 1e-4 backbone (finetune)
+    backbone_lr_scale: float = 0.1
+    layer_decay: float = 0.5
+    weight_decay: float = 1e-2
+    unfreeze: str = "2"
+    augment: bool = True
+    head: str = "linear"
+    patience: int | None = None
+    label_smoothing: float = 0.1
+    val_split: float = 0.2
+    seed: int = 0
+    image_size: int | None = None
+    pretrained: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.unfreeze != "all" and not (self.unfreeze.isdigit()):
+            raise ConfigError(f"--unfreeze takes a number of stages or 'all', got {self.unfreeze!r}")
+        for name in ("epochs", "batch_size", "patience", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}")
+        if self.lr is not None and not 0 < self.lr < 10:
+            raise ConfigError(f"--lr must be a small positive number, got {self.lr}")
+
+
+def _seed_everything(seed: int) -> None:
+    torch = require("torch")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("edgetl", "torch", "torchvision", "timm", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _save_checkpoint(state: dict, dest: Path) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(dest) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+
+
+def _per_class(pred: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, float]:
+    return {name: float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i, name in enumerate(classes)}
+
+
+def train(
+    data: str | Path,
+    *,
+    out: str | Path = "runs/exp",
+    backbone: str = registry.DEFAULT_BACKBONE,
+    val: str | Path | None = None,
+    weights: str | Path | None = None,
+    console=None,
+    **options,
+) -> dict:
+    """Train and return the manifest's ``train`` section. Options are the fields of TrainOptions."""
+    opts = TrainOptions(**options)
+    opts.validate()
+    require("torch", "training")
+    dist = distributed.setup()
+    try:
+        return _train(Path(data), Path(out), backbone, Path(val) if val else None,
+                      Path(weights) if weights else None, opts, dist, console)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
+    import torch
+
+    from edgetl.adapt.loop import predict
+    from edgetl.adapt.report import print_summary, report_skipped
+
+    started = time.perf_counter()
+    _seed_everything(opts.seed)
+    backbone = registry.resolve(backbone_name)
+    image_set = load_image_set(data)
+    skipped = list(image_set.skipped)
+    if val is not None:
+        val_set = load_image_set(val, classes=image_set.classes)
+        skipped += val_set.skipped
+        train_samples, val_samples = image_set.samples, val_set.samples
+    else:
+        train_samples, val_samples = stratified_split(image_set, opts.val_split, opts.seed)
+    if console is not None and dist.is_main:
+        report_skipped(console, skipped)
+
+    model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
+    spec = preprocess_spec(model, opts.image_size)
+    data_hash = sha256_json([image_set.content_hash(), sorted(val_samples), sorted(train_samples)])
+    start_weights = weights_id(backbone, pretrained=opts.pretrained, weights=weights)
+
+    run = RunDir(out)
+    if dist.is_main:
+        run = RunDir.create(out)
+        write_json(run.path / "train" / "split.json",
+                   {"classes": image_set.classes, "train": train_samples, "val": val_samples})
+        run.set_item("train", "preprocess", spec.to_dict())  # arrays.* read it
+        run.set_item("train", "checkpoint", "train/model.safetensors")
+        arrays.split_set(run, "train"), arrays.split_set(run, "val")  # decode once, cached
+    if dist.enabled:
+        torch.distributed.barrier()
+    train_pixels, y_train = arrays.split_set(run, "train")
+    val_pixels, y_val = arrays.split_set(run, "val")
+
+    ckpt = run.path / "train" / "model.safetensors"
+    head_prefix = _classifier_prefix(model)
+    head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
+    model.set_submodule(head_prefix, head)
+
+    def save_full(state: dict) -> None:
+        if dist.is_main:
+            _save_checkpoint(state, ckpt)
+
+    def save_head(state: dict) -> None:
+        head.load_state_dict(state)
+        save_full(model.state_dict())
+
+    # Phase 1 (both modes): the head on cached, frozen features.
+    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash}
+    f_train = cached_features({**feature_key, "part": "train"},
+                              lambda: extract(model, train_pixels, spec, dist, "features (train)"))
+    f_val = cached_features({**feature_key, "part": "val"},
+                            lambda: extract(model, val_pixels, spec, dist, "features (val)"))
+    head_epochs = (opts.epochs or opts.head_epochs) if opts.mode == "feature-extraction" else opts.head_epochs
+    head_result = train_head(
+        f_train, y_train, f_val, y_val, head,
+        epochs=head_epochs, lr=opts.lr or 1e-3, weight_decay=opts.weight_decay,
+        patience=opts.patience or 15, batch_size=max(opts.batch_size, 64), seed=opts.seed, dist=dist,
+        label_smoothing=opts.label_smoothing, on_improve=save_head,
+    )
+    if head_result.best_state is None:  # interrupted before the first epoch ended
+        raise KeyboardInterrupt
+    head.load_state_dict(head_result.best_state)
+    probe_state = copy.deepcopy(model.state_dict())
+    history, result = list(head_result.history), head_result
+
+    # Phase 2 (finetune): the last N stages with the head, augmented images.
+    if opts.mode == "finetune" and not head_result.interrupted:
+        train_paths = [p for p, _ in train_samples]
+        train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
+            torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
+        result = finetune(
+            model, train_data, val_pixels, y_val, spec,
+            unfreeze=opts.unfreeze, epochs=opts.epochs or 15, lr=opts.lr or 1e-3,
+            backbone_lr_scale=opts.backbone_lr_scale, layer_decay=opts.layer_decay,
+            weight_decay=opts.weight_decay, batch_size=opts.batch_size, patience=opts.patience or 5,
+            seed=opts.seed, dist=dist, label_smoothing=opts.label_smoothing, on_improve=save_full,
+        )
+        history += result.history
+        if result.best_val_top1 >= head_result.best_val_top1:
+            model.load_state_dict(result.best_state)
+        else:  # fine-tuning never beat the probe: keep the probe (its checkpoint is re-saved below)
+            model.load_state_dict(probe_state)
+
+    model.eval()
+    x_val = arrays.normalize(val_pixels, spec)
+    val_pred = predict(model, x_val).argmax(1)
+    train_pred = predict(model, arrays.normalize(train_pixels, spec)).argmax(1)
+    metrics = {
+        "val_top1": float((val_pred == y_val).mean()),
+        "train_top1": float((train_pred == y_train).mean()),
+        "per_class_val_top1": _per_class(val_pred, y_val, image_set.classes),
+        "best_epoch": result.best_epoch,
+        "train_images_per_s": result.images_per_s,
+        "seconds": time.perf_counter() - started,
+        "interrupted": result.interrupted or head_result.interrupted,
+    }
+    section = {
+        "backbone": backbone.name,
+        "arch": backbone.arch,
+        "weights": start_weights,
+        "head": opts.head,
+        "num_classes": len(image_set.classes),
+        "classes": image_set.classes,
+        "preprocess": spec.to_dict(),
+        "checkpoint": "train/model.safetensors",
+        "mode": opts.mode,
+        "hparams": asdict(opts),
+        "dataset": {
+            "source": str(data),
+            "val_source": str(val) if val else None,
+            "hash": data_hash,
+            "train_images": len(train_samples),
+            "val_images": len(val_samples),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "counts": image_set.counts(),
+        },
+        "versions": _versions(),
+        "world_size": dist.world,
+        "metrics": metrics,
+    }
+    section["inputs_hash"] = sha256_json({k: section[k] for k in ("backbone", "weights", "head", "hparams")} | {"data": data_hash})
+    if dist.is_main:
+        _save_checkpoint(model.state_dict(), ckpt)
+        write_json(run.path / "train" / "history.json", history)
+        run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
+        run.set("train", section)
+        if console is not None:
+            print_summary(console, section, history)
+    if metrics["interrupted"]:
+        raise KeyboardInterrupt
+    return section
