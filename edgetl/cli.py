@@ -5,10 +5,13 @@ Every command maps to a function a notebook can call too (``edgetl.train``, ``ed
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from edgetl.errors import EdgetlError
 
@@ -23,7 +26,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgetlError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: messages hold literal brackets, e.g. pip install "edgetl[onnxruntime]"
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -58,6 +62,7 @@ def cli():
 @click.option("--val-split", default=0.2, show_default=True, help="Stratified, seeded validation fraction when --val is not given.")
 @click.option("--image-size", type=int, help="Input size override (pixels); small sizes train much faster on a CPU.")
 @click.option("--epochs", type=int, help="Epochs (default: 100 for the head on features, 15 for fine-tuning).")
+@click.option("--head-epochs", default=100, show_default=True, help="finetune: epochs of the head on cached features first.")
 @click.option("--unfreeze", default="2", show_default=True, help="finetune: number of last stages to train, or 'all'.")
 @click.option("--lr", type=float, help="Head learning rate (default 1e-3); the backbone gets --backbone-lr-scale of it.")
 @click.option("--backbone-lr-scale", default=0.1, show_default=True, help="finetune: backbone LR as a fraction of the head's.")
@@ -66,7 +71,7 @@ def cli():
 @click.option("--no-augment", is_flag=True, help="finetune: turn off random resized crop and flip.")
 @click.option("--patience", type=int, help="Early stopping: epochs without a better val top-1 (default 15 head / 5 finetune).")
 @click.option("--seed", default=0, show_default=True)
-def train(data, out, backbone, mode, weights, no_pretrained, val_dir, val_split, image_size, epochs, unfreeze, lr,
+def train(data, out, backbone, mode, weights, no_pretrained, val_dir, val_split, image_size, epochs, head_epochs, unfreeze, lr,
           backbone_lr_scale, batch_size, head, no_augment, patience, seed):
     """Adapt a pretrained backbone to your images.
 
@@ -80,7 +85,7 @@ def train(data, out, backbone, mode, weights, no_pretrained, val_dir, val_split,
 
     section = run_train(
         data, out=out, backbone=backbone, val=val_dir, weights=weights, console=console,
-        mode=mode, pretrained=not no_pretrained, val_split=val_split, image_size=image_size, epochs=epochs,
+        mode=mode, pretrained=not no_pretrained, val_split=val_split, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
         unfreeze=unfreeze, lr=lr, backbone_lr_scale=backbone_lr_scale, batch_size=batch_size, head=head,
         augment=not no_augment, patience=patience, seed=seed,
     )
@@ -105,6 +110,106 @@ def backbones():
     console.print(table)
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+@cli.command("compile")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--target", "-t", "targets", required=True, metavar="NAMES",
+              help="Comma-separated targets: device profiles (see `edgetl targets`), runtime names "
+              "(onnxruntime, openvino, tensorrt) or paths to profile .toml files.")
+@click.option("--precision", "-p", "precisions", metavar="LIST",
+              help="Comma-separated precisions: fp32, fp16, int8. Default: each profile's own precision; "
+              "int8 for a bare runtime name.")
+@click.option("--calibration", "-c", metavar="NAME|PATH",
+              help="int8 calibration recipe: default (min-max), entropy, percentile, or your own .toml "
+              "(fields in calibration/default.toml). Default: the profile's recipe, else 'default'.")
+@click.option("--gpu-arch", metavar="smXY", help="TensorRT: GPU to build the engine for (sm75 Turing, sm86 Ampere, "
+              "sm87 Jetson Orin, sm89 Ada, sm120 Blackwell). Default: the profile's, else sm89.")
+@click.option("--threads", type=int, help="CPU threads for the accuracy check (default: the profile's, else all cores).")
+@click.option("--force", is_flag=True, help="Rebuild artifacts whose inputs did not change (otherwise they are kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON on stdout instead of a table.")
+def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force, as_json):
+    """Export the trained model to ONNX, then calibrate, quantize and build it per target.
+
+    \b
+    Examples:
+      edgetl compile runs/flowers --target onnxruntime --precision int8
+      edgetl compile runs/flowers --target openvino --precision int8 --calibration entropy
+      edgetl compile runs/flowers --target tensorrt --precision int8 --gpu-arch sm89
+      edgetl compile runs/flowers --target jetson-orin-nano            # a device profile
+      edgetl compile runs/flowers --target onnxruntime,openvino --precision fp32,int8   # a matrix
+
+    \b
+    What happens:
+      1. export     runs/<name>/export/model.onnx (skipped when the checkpoint did not change),
+                    checked against PyTorch on the validation images
+      2. calibrate  int8 only: images from the TRAINING split (class-balanced, seeded),
+                    never the validation split; cached in runs/<name>/cache/
+      3. build      onnxruntime: optimised fp32, fp16, int8 QDQ (types chosen for this CPU)
+                    openvino:    IR fp32, fp16 (compressed weights), int8 via NNCF
+                    tensorrt:    QDQ ONNX (symmetric int8, float bias) + strongly typed engine,
+                                 built here without a GPU by tensorrt_rtx for --gpu-arch
+      4. check      top-1, drop vs FP32 (points) and agreement on the full validation split,
+                    in the artifact's own runtime; TensorRT without a GPU is estimated on its
+                    ONNX with ONNX Runtime CPU (marked *)
+
+    \b
+    Artifacts go to runs/<name>/compiled/<target>/<precision>/ and the manifest. A failing
+    target is reported in its row and the others still build; the command then exits 2.
+    """
+    from edgetl.compiler import compile as compile_run
+    from edgetl.compiler import summary_table
+    from edgetl.errors import CompileError
+
+    rows = compile_run(run, _names(targets), _names(precisions), calibration, gpu_arch, threads, force,
+                       progress=not as_json)
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in r.items() if k != "traceback"} for r in rows], indent=2))
+    else:
+        console.print(summary_table(rows))
+    for r in rows:
+        if "traceback" in r:  # not a user mistake: keep the evidence
+            err_console.print(r["traceback"], highlight=False, markup=False)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        raise CompileError(f"{len(failed)} of {len(rows)} artifact(s) failed: " + "; ".join(f"{r['cell']}: {r['error']}" for r in failed))
+
+
+@cli.command()
+def targets():
+    """List device profiles and runtimes, and whether this machine can build and run them.
+
+    \b
+    A profile (targets/<name>.toml, or ./targets/<name>.toml of your own) names a runtime,
+    a precision, threads, a GPU arch for TensorRT, the calibration recipe and the budgets
+    `edgetl bench --check` enforces. Use its name with --target; a bare runtime name works too.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetl.compiler import target_rows
+
+    table = Table(title="targets (use with `edgetl compile RUN --target NAME`)", title_justify="left")
+    for col in ("name", "runtime", "precision", "device", "gpu arch", "budgets", "available here"):
+        table.add_column(col)
+    for r in target_rows():
+        if "error" in r:
+            table.add_row(r["name"], "", "", "", "", "", f"[red]broken:[/] {escape(r['error'])}")
+            continue
+        b = r["budgets"]
+        budgets = ", ".join(filter(None, [
+            f"drop <= {b['max_accuracy_drop_pp']} pp" if "max_accuracy_drop_pp" in b else "",
+            f"p90 <= {b['p90_latency_ms']} ms" if "p90_latency_ms" in b else "",
+            f"mem <= {b['max_memory_mb']} MB" if "max_memory_mb" in b else "",
+        ]))
+        here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
+        table.add_row(f"[bold]{r['name']}[/]", r["runtime"], r["precision"], r["device"], r["gpu_arch"] or "",
+                      budgets, here)
+    console.print(table)
+
+
 def _int_list(option: str, text: str) -> list[int]:
     from edgetl.errors import ConfigError
 
@@ -112,6 +217,20 @@ def _int_list(option: str, text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. {option} 1,8") from None
+
+
+def _remote_options(f):
+    """Options of every command that reaches a device over SSH."""
+    f = click.option("--connect-timeout", default=10, show_default=True, help="Seconds to wait for the SSH connection.")(f)
+    f = click.option("--install", is_flag=True, help='pip install "edgetl[<runtime>]" on the device first (with the '
+                     "python next to --remote-edgetl, else python3).")(f)
+    f = click.option("--ssh-option", "-o", "ssh_options", multiple=True, envvar="EDGETL_SSH_OPTIONS", metavar="KEY=VALUE",
+                     help="Extra `ssh -o` option, repeatable, e.g. -o IdentityFile=~/.ssh/pi -o ProxyJump=gateway "
+                     "(env EDGETL_SSH_OPTIONS). ~/.ssh/config applies as usual.")(f)
+    f = click.option("--remote-edgetl", default="edgetl", show_default=True, envvar="EDGETL_REMOTE_EDGETL",
+                     metavar="COMMAND", help="edgetl on the device, e.g. /home/pi/venv/bin/edgetl when it lives in a "
+                     "venv (env EDGETL_REMOTE_EDGETL).")(f)
+    return f
 
 
 @cli.command("bench")
@@ -127,7 +246,14 @@ def _int_list(option: str, text: str) -> list[int]:
 @click.option("--duration", type=float, help="Time each batch size for this many seconds instead of --iterations.")
 @click.option("--device", help="Name of this machine in the result files (default: its host name).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
-def bench_cmd(run, targets, batches, threads, iterations, duration, device, check):
+@click.option("--remote", metavar="ssh://[user@]host[:port][/path]", help="Bench on this device over SSH: ships the "
+              "target's bundle there (when it lacks it), runs `edgetl bench` on it and brings the result back.")
+@click.option("--fleet", type=click.Path(path_type=str), help="TOML list of devices ([[device]] name, url, target) "
+              "to bench in parallel over SSH.")
+@click.option("--json", "as_json", is_flag=True, help="Bundles: print the edgetl.bench/1 document on stdout.")
+@_remote_options
+def bench_cmd(run, targets, batches, threads, iterations, duration, device, check, remote, fleet, as_json,
+              remote_edgetl, ssh_options, install, connect_timeout):
     """Latency and accuracy of a run's compiled artifacts on this machine, next to PyTorch FP32.
 
     \b
@@ -135,6 +261,9 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
       edgetl bench runs/flowers                                    # every artifact, this machine
       edgetl bench runs/flowers --target jetson-orin-nano --check  # exit 1 when a budget fails (CI)
       edgetl bench runs/flowers --batch 1,8 --threads 2 --iterations 500
+      edgetl bench model-bundle.tar.gz                             # a bundle, on this device
+      edgetl bench runs/flowers --remote ssh://pi@raspberrypi.local --target raspberry-pi-5
+      edgetl bench runs/flowers --fleet fleet.toml                 # [[device]] name, url, target
 
     \b
     How it measures: every artifact (and the PyTorch eager FP32 reference, for the
@@ -160,6 +289,14 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
 
     if duration is not None and click.get_current_context().get_parameter_source("iterations").name == "COMMANDLINE":
         raise ConfigError("--iterations and --duration exclude each other: pass one of them")
+    from edgetl.bundle.format import is_bundle
+
+    if remote or fleet or is_bundle(run):  # a bundle here, or a device over SSH: edgetl.bundle does it
+        from edgetl.bundle.remote import Access, BenchSettings
+
+        settings = BenchSettings(_int_list("--batch", batches), threads, iterations, duration)
+        access = Access(list(ssh_options), remote_edgetl, install, connect_timeout)
+        return _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access)
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
                     duration_s=duration, console=console)
@@ -194,6 +331,213 @@ def report_cmd(run):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for path in written.files:
         console.print(f"wrote [bold]{path}[/]")
+
+
+# -- bundles and devices ---------------------------------------------------------------------------
+@cli.command("bundle")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--target", "-t", required=True, help="Compiled target (profile or runtime name) to package.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which artifact when the target "
+              "was compiled in several precisions (default: the profile's precision).")
+def bundle_cmd(run, target, precision):
+    """Package a compiled artifact for a device: runs/<name>/bundles/<target>.tar.gz.
+
+    \b
+    The bundle holds the artifact (for TensorRT: the ONNX and build settings; the device
+    builds its own engine), labels, preprocessing, the workstation's accuracy and latency,
+    and golden inputs with their expected outputs. On the device, with only
+    `pip install "edgetl[<runtime>]"` (no PyTorch): edgetl verify / predict / bench BUNDLE.
+
+    \b
+    Example:
+      edgetl bundle runs/flowers --target jetson-orin-nano
+      edgetl ship runs/flowers/bundles/jetson-orin-nano.tar.gz ssh://nvidia@orin.local/opt/models
+    """
+    from edgetl.bundle.create import create_bundle
+    from edgetl.rundir import RunDir
+
+    with console.status(f"bundling {target}: golden outputs, hashes"):
+        path = create_bundle(run, target, precision)
+    entry = RunDir.open(run).manifest["bundles"][target]
+    console.print(f"wrote [bold]{path}[/] ({entry['runtime']} {entry['precision']}, {entry['size_bytes'] / 1e6:.2f} MB, "
+                  f"sha256 {entry['sha256'][:16]}…)", highlight=False)
+    console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
+
+
+@cli.command("ship")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.argument("url", metavar="ssh://[user@]host[:port][/path]")
+@_remote_options
+def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
+    """Copy a bundle to a device over SSH, check it there and make it current.
+
+    \b
+    Uses the system ssh client, so ~/.ssh/config, keys, agents and jump hosts work.
+    Steps: copy to a temporary file, compare its sha256 on arrival, extract into
+    <path>/<name>/releases/<id>/, run `edgetl verify` there (golden outputs on the
+    device's runtime; file hashes only when edgetl is absent), then switch the
+    <path>/<name>/current symlink atomically. If anything fails the device keeps its
+    previous bundle. A path without a leading /~/ is absolute; no path: ~/edgetl.
+
+    \b
+    Examples:
+      edgetl ship runs/flowers/bundles/raspberry-pi-5.tar.gz ssh://pi@raspberrypi.local/~/models
+      edgetl ship b.tar.gz ssh://nvidia@orin:2222/opt/models --install --remote-edgetl /opt/venv/bin/edgetl
+    """
+    from edgetl.bundle.ship import ship
+
+    with console.status("shipping") as status:
+        done = ship(bundle, url, install=install, remote_edgetl=remote_edgetl, ssh_options=ssh_options,
+                    connect_timeout=connect_timeout, step=lambda m: status.update(m))
+    how = "golden outputs verified on the device" if done.verified == "golden" else \
+        "file hashes checked (edgetl is not installed there: --install to verify outputs)"
+    copied = "copied" if done.copied else "already there"
+    console.print(f"[green]shipped[/] {copied}; {how}; {done.current} -> {done.release}", highlight=False)
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_cmd(bundle, threads, as_json):
+    """Check a bundle on this machine: file hashes, then golden outputs within tolerance.
+
+    \b
+    Exit 0 when every file matches its sha256 and the golden inputs give the workstation's
+    outputs within the precision's tolerance on this machine's runtime; exit 2 otherwise,
+    naming the file or the golden sample and output that differ.
+    """
+    from edgetl.bundle.runner import verify
+
+    result = verify(bundle, threads)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    console.print(
+        f"[green]OK[/] {result['bundle']}: {result['files_checked']} files match their sha256; "
+        f"{result['golden_samples']} golden images reproduce the workstation's outputs on {result['runtime']} "
+        f"(top-1 agreement {result['top1_agreement']:.0%}, worst difference {result['worst_diff_over_tolerance']:.0%} "
+        "of the tolerance)", highlight=False)
+
+
+@cli.command("predict")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.argument("images", type=click.Path(path_type=str))
+@click.option("--top", default=3, show_default=True, help="How many labels per image.")
+@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict_cmd(bundle, images, top, threads, as_json):
+    """Classify an image, or every image under a folder, with a bundle.
+
+    \b
+    Examples:
+      edgetl predict model-bundle.tar.gz photo.jpg --top 3
+      edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
+    """
+    from rich.table import Table
+
+    from edgetl.bundle.runner import predict
+
+    results = predict(bundle, images, top=top, threads=threads)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    table = Table("image", *[f"#{i + 1}" for i in range(len(results[0]["top"]))])
+    for r in results:
+        table.add_row(r["image"], *[f"{t['label']} ({t['score']:.1%})" for t in r["top"]])
+    console.print(table)
+
+
+@cli.command("build")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--force", is_flag=True, help="Rebuild even when a cached engine exists.")
+@click.option("--any-arch", is_flag=True, help="Build although the bundle was made for another GPU architecture.")
+def build_cmd(bundle, force, any_arch):
+    """Build a TensorRT bundle's engine with this device's TensorRT, and cache it.
+
+    \b
+    Engines only run on the GPU and TensorRT version that built them, so TensorRT bundles
+    carry the ONNX; the engine is cached by GPU name, compute capability and TensorRT
+    version ($EDGETL_CACHE or ~/.cache/edgetl/engines). verify, predict and bench build
+    it on first use too; run this once after shipping to take the wait out of the first run.
+    """
+    from edgetl.bundle.engine import build_engine, engine_info
+    from edgetl.bundle.runner import _backend, open_bundle
+    from edgetl.errors import BundleError
+
+    opened = open_bundle(bundle)
+    if opened.runtime != "tensorrt":
+        raise BundleError(f"bundle {opened.name} runs on {opened.runtime}: there is no engine to build, it runs as it is")
+    _backend(opened)
+    with console.status("building the TensorRT engine (minutes on a Jetson)"):
+        path = build_engine(opened, force=force, any_arch=any_arch)
+    info = engine_info(path)
+    console.print(f"engine [bold]{path}[/] ({info.get('gpu')}, {info.get('gpu_arch')}, {info.get('tensorrt')})", highlight=False)
+
+
+def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access):
+    """``edgetl bench`` on a bundle (this machine), on a device (--remote) or on a fleet (--fleet)."""
+    from edgetl.bench.progress import BenchProgress
+    from edgetl.bench.run import GatesFailed
+    from edgetl.bench.table import rich_table
+    from edgetl.errors import ConfigError
+
+    if remote and fleet:
+        raise ConfigError("--remote and --fleet exclude each other: pass one of them")
+    if fleet:
+        return _bench_fleet(run, fleet, check, settings, access)
+    if remote:
+        from edgetl.bundle.remote import remote_bench
+
+        target, _, precision = (targets or "").partition("/")
+        if "," in target:
+            raise ConfigError("--remote benches one target: pass --target NAME (or NAME/PRECISION)")
+        with console.status(f"benching on {remote}") as status:
+            doc = remote_bench(run, remote, target or None, precision=precision or None, device_name=device,
+                               settings=settings, access=access, step=lambda m: status.update(m))
+        console.print(rich_table([doc], f"bench on {doc['device']['name']} ({remote})"))
+        console.print(f"result in [bold]{doc['file']}[/] of {run}", highlight=False)
+    else:
+        from edgetl.bundle.runner import bench as bench_bundle
+
+        if targets:
+            raise ConfigError("--target does not apply to a bundle: it holds one artifact")
+        if access.install or access.ssh_options:
+            raise ConfigError("--install and --ssh-option need --remote or --fleet")
+        with BenchProgress(err_console if as_json else console) as progress:
+            doc = bench_bundle(run, batches=settings.batches, threads=settings.threads, iterations=settings.iterations,
+                               duration_s=settings.duration_s, device_name=device, progress=progress.callback(Path(run).name))
+        if as_json:
+            click.echo(json.dumps(doc))
+        else:
+            console.print(rich_table([doc], f"bench of {doc['artifact']['bundle']} on {doc['device']['name']}"))
+    if check and doc["gates"]["status"] == "FAIL":
+        raise GatesFailed("budget failed: " + "; ".join(doc["gates"]["failed"]))
+
+
+def _bench_fleet(run, fleet, check, settings, access):
+    from rich.table import Table
+
+    from edgetl.bench.run import GatesFailed
+    from edgetl.bench.table import fmt_ms
+    from edgetl.bundle.remote import bench_fleet
+    from edgetl.errors import RemoteError
+
+    with console.status(f"benching the fleet of {fleet}") as status:
+        rows = bench_fleet(run, fleet, settings=settings, access=access,
+                           step=lambda dev, m: status.update(f"{dev}: {m}"))
+    table = Table("device", "target", "status", "p50 ms", "p90 ms", "gate", "note", title=f"fleet bench ({fleet})")
+    for r in rows:
+        ok = r["status"] == "ok"
+        table.add_row(r["device"], r["target"], "[green]ok[/]" if ok else "[red]failed[/]", fmt_ms(r.get("p50_ms")),
+                      fmt_ms(r.get("p90_ms")), r.get("gate", "—"), r.get("file") if ok else r["reason"])
+    console.print(table)
+    failed = [r["device"] for r in rows if r["status"] != "ok"]
+    if failed:
+        raise RemoteError(f"{len(failed)} of {len(rows)} devices could not be benched ({', '.join(failed)}): see their rows")
+    gated = [r["device"] for r in rows if r.get("gate") == "FAIL"]
+    if check and gated:
+        raise GatesFailed(f"budget failed on {', '.join(gated)}")
 
 
 def main() -> None:

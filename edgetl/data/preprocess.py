@@ -111,8 +111,9 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
         img = img.resize((scale[1], scale[0]), interpolation)
     elif scale[0] == scale[1]:
         img = _resize_shorter(img, scale[0], interpolation)
-    else:
-        img = img.resize((scale[1], scale[0]), interpolation)
+    else:  # non-square target: timm's ResizeKeepRatio, shortest edge matched to its target edge
+        ratio = min(img.height / scale[0], img.width / scale[1])
+        img = img.resize((round(img.width / ratio), round(img.height / ratio)), interpolation)
     return np.asarray(_center_crop(img, spec.input_size), dtype=np.uint8)
 
 

@@ -1,0 +1,146 @@
+"""edgetl train end to end on real (tiny) images with timm's tiny test model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from edgetl.adapt.train import train  # noqa: E402
+from edgetl.rundir import RunDir  # noqa: E402
+
+TINY = dict(backbone="timm:test_efficientnet", pretrained=False, image_size=32, seed=0)
+EDGETL = [sys.executable, "-m", "edgetl.cli"]
+
+
+def _cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*EDGETL, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_feature_extraction_writes_a_complete_run(digits_dir, tmp_path):
+    section = train(digits_dir, out=tmp_path / "run", mode="feature-extraction", epochs=20, **TINY)
+    run = RunDir.open(tmp_path / "run", need="train")
+    manifest = run.manifest
+    assert manifest["train"] == json.loads(json.dumps(section))
+    assert section["classes"] == ["0", "1", "2"] and section["num_classes"] == 3
+    assert section["preprocess"]["input_size"] == [32, 32]
+    assert section["dataset"]["train_images"] + section["dataset"]["val_images"] == 60
+    state = load_file(run.verify("train/model.safetensors"))
+    assert state["classifier.weight"].shape[0] == 3
+    history = json.loads((run.path / "train" / "history.json").read_text())
+    assert history and all(row["phase"] == "head" for row in history)
+    assert section["metrics"]["val_top1"] == max(r["val_top1"] for r in history)
+
+
+def test_training_is_reproducible(digits_dir, tmp_path):
+    a = train(digits_dir, out=tmp_path / "a", epochs=5, **TINY)
+    b = train(digits_dir, out=tmp_path / "b", epochs=5, **TINY)
+    assert RunDir(tmp_path / "a").manifest["artifacts"]["train/model.safetensors"] == \
+        RunDir(tmp_path / "b").manifest["artifacts"]["train/model.safetensors"]
+    assert a["metrics"]["val_top1"] == b["metrics"]["val_top1"]
+
+
+def test_finetune_trains_only_the_last_stages(digits_dir, tmp_path):
+    from edgetl.models.build import body_stages, create_model
+    from edgetl.models.registry import resolve
+
+    train(digits_dir, out=tmp_path / "ft", mode="finetune", unfreeze="1", epochs=2, head_epochs=3, **TINY)
+    history = json.loads((tmp_path / "ft/train/history.json").read_text())
+    assert {r["phase"] for r in history} == {"head", "finetune"}
+    torch.manual_seed(0)  # train() seeds before building; rebuild the same random init
+    start = create_model(resolve("timm:test_efficientnet"), 3, pretrained=False)
+    trained = create_model(resolve("timm:test_efficientnet"), 3, pretrained=False)
+    trained.load_state_dict(load_file(tmp_path / "ft/train/model.safetensors"))
+    stages_start, stages_trained = body_stages(start), body_stages(trained)
+    frozen_equal = all(torch.equal(a, b) for a, b in zip(stages_start[0], stages_trained[0], strict=True))
+    assert frozen_equal, "the stem must stay frozen with --unfreeze 1"
+
+
+def test_second_run_reuses_cached_features(digits_dir, tmp_path):
+    env = {**os.environ, "EDGETL_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    args = ["train", "--data", str(digits_dir), "--backbone", "timm:test_efficientnet", "--no-pretrained",
+            "--image-size", "32", "--epochs", "3"]
+    first = _cli(*args, "--out", str(tmp_path / "r1"), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "features (train)" in first.stdout
+    second = _cli(*args, "--out", str(tmp_path / "r2"), env=env)
+    assert second.returncode == 0, second.stderr
+    assert "features (train)" not in second.stdout
+    assert "val top-1" in second.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/does/not/exist"], "does not exist"),
+        (["--backbone", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'"),
+        (["--unfreeze", "few"], "--unfreeze"),
+        (["--val-split", "1.5"], "--val-split"),
+        (["--weights", "{weights}"], "do not fit"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(digits_dir, tmp_path, args, message):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "other.safetensors"
+    save_file({"conv_stem.weight": torch.zeros(8, 3, 3, 3)}, str(weights))
+    args = [a.replace("{weights}", str(weights)) for a in args]
+    base = {"--data": str(digits_dir), "--backbone": "timm:test_efficientnet", "--image-size": "32",
+            "--out": str(tmp_path / "run")}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    result = _cli("train", *[x for kv in base.items() for x in kv])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*EDGETL, "train", "--data", str(digits_dir), "--backbone", "timm:test_efficientnet", "--no-pretrained",
+         "--image-size", "32", "--mode", "finetune", "--unfreeze", "all", "--epochs", "500", "--patience", "500",
+         "--head-epochs", "2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    ckpt = out / "train" / "model.safetensors"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    state = load_file(ckpt)  # still a valid checkpoint
+    run = RunDir.open(out, need="train")
+    assert run.manifest["train"]["metrics"]["interrupted"] is True
+    assert run.verify("train/model.safetensors") == ckpt and "classifier.weight" in state
+
+
+def test_torchrun_two_processes_produce_a_valid_run(digits_dir, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "edgetl.cli", "train", "--data",
+         str(digits_dir), "--backbone", "timm:test_efficientnet", "--no-pretrained", "--image-size", "32",
+         "--mode", "finetune", "--unfreeze", "all", "--no-augment", "--epochs", "2", "--head-epochs", "3",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunDir.open(out, need="train")
+    assert run.manifest["train"]["world_size"] == 2
+    assert run.verify("train/model.safetensors").is_file()
+    assert any(r["phase"] == "finetune" for r in json.loads((out / "train/history.json").read_text()))
