@@ -99,6 +99,34 @@ def _per_class(pred: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str,
     return {name: float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i, name in enumerate(classes)}
 
 
+def _load_data(data: Path, val: Path | None, opts: TrainOptions):
+    """Scan, split and hash the images: (image set, train samples, val samples, skipped, data hash)."""
+    image_set = load_image_set(data)
+    skipped = list(image_set.skipped)
+    if val is not None:
+        val_set = load_image_set(val, classes=image_set.classes)
+        skipped += val_set.skipped
+        train_samples, val_samples = image_set.samples, val_set.samples
+    else:
+        train_samples, val_samples = stratified_split(image_set, opts.val_split, opts.seed)
+    data_hash = sha256_json([image_set.content_hash(), sorted(val_samples), sorted(train_samples)])
+    return image_set, train_samples, val_samples, skipped, data_hash
+
+
+def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
+    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": asdict(opts), "data": data_hash})
+
+
+def train_inputs_hash(data, *, backbone: str = registry.DEFAULT_BACKBONE, val=None, weights=None, **options) -> str:
+    """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
+    opts = TrainOptions(**options)
+    opts.validate()
+    resolved = registry.resolve(backbone)
+    weights = Path(weights) if weights else None
+    *_, data_hash = _load_data(Path(data), Path(val) if val else None, opts)
+    return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
+
+
 def train(
     data: str | Path,
     *,
@@ -130,20 +158,12 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
     started = time.perf_counter()
     _seed_everything(opts.seed)
     backbone = registry.resolve(backbone_name)
-    image_set = load_image_set(data)
-    skipped = list(image_set.skipped)
-    if val is not None:
-        val_set = load_image_set(val, classes=image_set.classes)
-        skipped += val_set.skipped
-        train_samples, val_samples = image_set.samples, val_set.samples
-    else:
-        train_samples, val_samples = stratified_split(image_set, opts.val_split, opts.seed)
+    image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
     if console is not None and dist.is_main:
         report_skipped(console, skipped)
 
     model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
     spec = preprocess_spec(model, opts.image_size)
-    data_hash = sha256_json([image_set.content_hash(), sorted(val_samples), sorted(train_samples)])
     start_weights = weights_id(backbone, pretrained=opts.pretrained, weights=weights)
 
     run = RunDir(out)
@@ -246,7 +266,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "world_size": dist.world,
         "metrics": metrics,
     }
-    section["inputs_hash"] = sha256_json({k: section[k] for k in ("backbone", "weights", "head", "hparams")} | {"data": data_hash})
+    section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
     if dist.is_main:
         _save_checkpoint(model.state_dict(), ckpt)
         write_json(run.path / "train" / "history.json", history)

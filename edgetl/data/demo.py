@@ -35,3 +35,9 @@ def write_digits(dest: str | Path, *, per_class: int | None = None, classes: int
             Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{counts[label]:04d}.png")
         (tmp / ".complete").write_text(wanted)
     return dest
+
+
+if __name__ == "__main__":  # `python -m edgetl.data.demo DEST` (used by `make demo`)
+    import sys
+
+    print(write_digits(sys.argv[1] if len(sys.argv) > 1 else "demo-data/digits"))

@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv, then train -> compile -> bench -> report -> bundle on the embedded default
+#   make test   set up .venv (and an OpenSSH server for the ship tests), then run every test
+# The virtual environment is created when missing and reused otherwise.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgetl-installed
+# The torch pair that works on these x86_64 machines (DESIGN.md); override on other hosts,
+# e.g. make TORCH="torch==2.9.1 torchvision==0.24.1" on aarch64.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= demo-data/digits
+DEMO_RUN  ?= runs/demo
+DEMO_TARGETS ?= host-cpu,host-openvino,jetson-orin-nano
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m edgetl.data.demo $(DEMO_DATA)
+	$(BIN)/edgetl deploy --data $(DEMO_DATA) --backbone efficientnet_lite0 --image-size 64 \
+		--targets $(DEMO_TARGETS) --out $(DEMO_RUN)
+
+test: setup
+	bash scripts/ensure-sshd.sh
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check edgetl tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs demo-data .pytest_cache
