@@ -50,29 +50,60 @@ def cli():
     """
 
 
+# name, click option arguments, default: shared by `train` and `deploy` (deploy leaves defaults to its config).
+_TRAIN_OPTIONS = [
+    ("--backbone", dict(help="efficientnet_lite0 (embedded, offline) or timm:<name>. See `edgetl backbones`."), "efficientnet_lite0"),
+    ("--mode", dict(type=click.Choice(["feature-extraction", "finetune"]),
+                    help="feature-extraction: frozen backbone, cached features, new head. "
+                         "finetune: head first, then the last N stages."), "feature-extraction"),
+    ("--weights", dict(type=click.Path(path_type=str), help="Local checkpoint (.safetensors or .pth state dict) for the backbone."), None),
+    ("--no-pretrained", dict(is_flag=True, help="Start from random weights (a baseline to compare with)."), False),
+    ("--val", dict(type=click.Path(path_type=str), help="Separate validation folder/CSV (same classes)."), None),
+    ("--val-split", dict(type=float, help="Stratified, seeded validation fraction when --val is not given."), 0.2),
+    ("--image-size", dict(type=int, help="Input size override (pixels); small sizes train much faster on a CPU."), None),
+    ("--epochs", dict(type=int, help="Epochs (default: 100 for the head on features, 15 for fine-tuning)."), None),
+    ("--head-epochs", dict(type=int, help="finetune: epochs of the head on cached features first."), 100),
+    ("--unfreeze", dict(help="finetune: number of last stages to train, or 'all'."), "2"),
+    ("--lr", dict(type=float, help="Head learning rate (default 1e-3); the backbone gets --backbone-lr-scale of it."), None),
+    ("--backbone-lr-scale", dict(type=float, help="finetune: backbone LR as a fraction of the head's."), 0.1),
+    ("--batch-size", dict(type=int, help="Training batch size."), 32),
+    ("--head", dict(type=click.Choice(["linear", "mlp"]), help="Classifier head."), "linear"),
+    ("--no-augment", dict(is_flag=True, help="finetune: turn off random resized crop and flip."), False),
+    ("--patience", dict(type=int, help="Early stopping: epochs without a better val top-1 (default 15 head / 5 finetune)."), None),
+    ("--seed", dict(type=int, help="Seed for the split, the initialisation and the data order."), 0),
+]
+_RUN_LEVEL = {"backbone", "weights", "val"}  # train() arguments; the rest are TrainOptions fields
+
+
+def _train_options(with_defaults: bool):
+    def decorate(f):
+        for flag, kwargs, default in reversed(_TRAIN_OPTIONS):
+            extra = {"default": default, "show_default": default not in (None, False)} if with_defaults else {}
+            f = click.option(flag, **kwargs, **extra)(f)
+        return f
+
+    return decorate
+
+
+def _split_train_params(params: dict, keep_defaults: bool) -> tuple[dict, dict]:
+    """CLI values -> (run-level arguments, TrainOptions fields); drops options not given when asked."""
+    run_level, options = {}, {}
+    for flag, _, _ in _TRAIN_OPTIONS:
+        name = flag.lstrip("-").replace("-", "_")
+        value = params.pop(name)
+        if name.startswith("no_"):  # --no-pretrained / --no-augment: only a given flag says anything
+            name, value = name[3:], (False if value else (True if keep_defaults else None))
+        if value is None and not keep_defaults:
+            continue
+        (run_level if name in _RUN_LEVEL else options)[name] = value
+    return run_level, options
+
+
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=str), help="Image folder (one subfolder per class) or CSV manifest (path,label).")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="efficientnet_lite0 (embedded, offline) or timm:<name>. See `edgetl backbones`.")
-@click.option("--mode", type=click.Choice(["feature-extraction", "finetune"]), default="feature-extraction", show_default=True,
-              help="feature-extraction: frozen backbone, cached features, new head. finetune: head first, then the last N stages.")
-@click.option("--weights", type=click.Path(path_type=str), help="Local checkpoint (.safetensors or .pth state dict) for the backbone.")
-@click.option("--no-pretrained", is_flag=True, help="Start from random weights (a baseline to compare with).")
-@click.option("--val", "val_dir", type=click.Path(path_type=str), help="Separate validation folder/CSV (same classes).")
-@click.option("--val-split", default=0.2, show_default=True, help="Stratified, seeded validation fraction when --val is not given.")
-@click.option("--image-size", type=int, help="Input size override (pixels); small sizes train much faster on a CPU.")
-@click.option("--epochs", type=int, help="Epochs (default: 100 for the head on features, 15 for fine-tuning).")
-@click.option("--head-epochs", default=100, show_default=True, help="finetune: epochs of the head on cached features first.")
-@click.option("--unfreeze", default="2", show_default=True, help="finetune: number of last stages to train, or 'all'.")
-@click.option("--lr", type=float, help="Head learning rate (default 1e-3); the backbone gets --backbone-lr-scale of it.")
-@click.option("--backbone-lr-scale", default=0.1, show_default=True, help="finetune: backbone LR as a fraction of the head's.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--head", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
-@click.option("--no-augment", is_flag=True, help="finetune: turn off random resized crop and flip.")
-@click.option("--patience", type=int, help="Early stopping: epochs without a better val top-1 (default 15 head / 5 finetune).")
-@click.option("--seed", default=0, show_default=True)
-def train(data, out, backbone, mode, weights, no_pretrained, val_dir, val_split, image_size, epochs, head_epochs, unfreeze, lr,
-          backbone_lr_scale, batch_size, head, no_augment, patience, seed):
+@_train_options(with_defaults=True)
+def train(data, out, **params):
     """Adapt a pretrained backbone to your images.
 
     \b
@@ -83,12 +114,8 @@ def train(data, out, backbone, mode, weights, no_pretrained, val_dir, val_split,
     """
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(
-        data, out=out, backbone=backbone, val=val_dir, weights=weights, console=console,
-        mode=mode, pretrained=not no_pretrained, val_split=val_split, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
-        unfreeze=unfreeze, lr=lr, backbone_lr_scale=backbone_lr_scale, batch_size=batch_size, head=head,
-        augment=not no_augment, patience=patience, seed=seed,
-    )
+    run_level, options = _split_train_params(params, keep_defaults=True)
+    section = run_train(data, out=out, console=console, **run_level, **options)
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
 
 
@@ -283,9 +310,9 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     from rich.markup import escape
 
     from edgetl.bench.run import bench
-    from edgetl.errors import ConfigError
     from edgetl.bench.system import summary
     from edgetl.bench.table import rich_table
+    from edgetl.errors import ConfigError
 
     if duration is not None and click.get_current_context().get_parameter_source("iterations").name == "COMMANDLINE":
         raise ConfigError("--iterations and --duration exclude each other: pass one of them")
@@ -300,7 +327,9 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
                     duration_s=duration, console=console)
-    console.print(rich_table(results.rows, f"bench on {results.device}"))
+    # Piped output (CI logs) gets 80 columns by default: print the table whole instead of squeezed.
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 150))
+    out.print(rich_table(results.rows, f"bench on {results.device}"))
     console.print(f"[dim]{escape(summary(results.system))}[/]", highlight=False)
     console.print(f"results in [bold]{results.run / 'bench'}[/]; `edgetl report {run}` for plots")
     results.raise_for_errors()
@@ -390,9 +419,10 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
         done = ship(bundle, url, install=install, remote_edgetl=remote_edgetl, ssh_options=ssh_options,
                     connect_timeout=connect_timeout, step=lambda m: status.update(m))
     how = "golden outputs verified on the device" if done.verified == "golden" else \
-        "file hashes checked (edgetl is not installed there: --install to verify outputs)"
-    copied = "copied" if done.copied else "already there"
-    console.print(f"[green]shipped[/] {copied}; {how}; {done.current} -> {done.release}", highlight=False)
+        "file hashes checked (no edgetl there: pass --install to verify its outputs)"
+    copied = "copied" if done.copied else "already on the device"
+    console.print(f"[green]shipped[/] {done.name} to {done.url} ({copied}); {how}", highlight=False)
+    console.print(f"  {done.current} -> releases/{Path(done.release).name}", highlight=False)
 
 
 @cli.command("verify")
@@ -443,8 +473,10 @@ def predict_cmd(bundle, images, top, threads, as_json):
         click.echo(json.dumps(results, indent=2))
         return
     table = Table("image", *[f"#{i + 1}" for i in range(len(results[0]["top"]))])
+    folder = Path(images) if Path(images).is_dir() else None
     for r in results:
-        table.add_row(r["image"], *[f"{t['label']} ({t['score']:.1%})" for t in r["top"]])
+        name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
+        table.add_row(name, *[f"{t['label']} ({t['score']:.1%})" for t in r["top"]])
     console.print(table)
 
 
@@ -462,13 +494,13 @@ def build_cmd(bundle, force, any_arch):
     it on first use too; run this once after shipping to take the wait out of the first run.
     """
     from edgetl.bundle.engine import build_engine, engine_info
-    from edgetl.bundle.runner import _backend, open_bundle
+    from edgetl.bundle.runner import open_bundle, require_runtime
     from edgetl.errors import BundleError
 
     opened = open_bundle(bundle)
     if opened.runtime != "tensorrt":
         raise BundleError(f"bundle {opened.name} runs on {opened.runtime}: there is no engine to build, it runs as it is")
-    _backend(opened)
+    require_runtime(opened)
     with console.status("building the TensorRT engine (minutes on a Jetson)"):
         path = build_engine(opened, force=force, any_arch=any_arch)
     info = engine_info(path)
@@ -479,7 +511,6 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
     """``edgetl bench`` on a bundle (this machine), on a device (--remote) or on a fleet (--fleet)."""
     from edgetl.bench.progress import BenchProgress
     from edgetl.bench.run import GatesFailed
-    from edgetl.bench.table import rich_table
     from edgetl.errors import ConfigError
 
     if remote and fleet:
@@ -495,8 +526,8 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
         with console.status(f"benching on {remote}") as status:
             doc = remote_bench(run, remote, target or None, precision=precision or None, device_name=device,
                                settings=settings, access=access, step=lambda m: status.update(m))
-        console.print(rich_table([doc], f"bench on {doc['device']['name']} ({remote})"))
-        console.print(f"result in [bold]{doc['file']}[/] of {run}", highlight=False)
+        _print_bundle_bench(doc)
+        console.print(f"result in [bold]{Path(run) / doc['file']}[/]", highlight=False)
     else:
         from edgetl.bundle.runner import bench as bench_bundle
 
@@ -510,9 +541,28 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
         if as_json:
             click.echo(json.dumps(doc))
         else:
-            console.print(rich_table([doc], f"bench of {doc['artifact']['bundle']} on {doc['device']['name']}"))
+            _print_bundle_bench(doc)
     if check and doc["gates"]["status"] == "FAIL":
         raise GatesFailed("budget failed: " + "; ".join(doc["gates"]["failed"]))
+
+
+def _print_bundle_bench(doc):
+    from rich.table import Table
+
+    from edgetl.bench.system import summary
+    from edgetl.bench.table import fmt_ms
+
+    art, golden = doc["artifact"], doc["golden"]
+    table = Table("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
+                  title=f"{art['bundle']} ({art['runtime']} {art['precision']}) on {doc['device']['name']}")
+    for row in doc["latency"]:
+        table.add_row(str(row["batch"]), *(fmt_ms(row[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")),
+                      f"{row['throughput_ips']:.1f}")
+    console.print(table)
+    console.print(f"first inference {fmt_ms(doc['load']['first_inference_ms'])} ms · session memory "
+                  f"{doc['memory']['session_peak_mb']:.0f} MB · golden top-1 agreement {golden['top1_agreement']:.0%} · "
+                  f"gate {doc['gates']['status']}", highlight=False)
+    console.print(f"[dim]{escape(summary(doc['device']))}[/]", highlight=False)
 
 
 def _bench_fleet(run, fleet, check, settings, access):
@@ -538,6 +588,49 @@ def _bench_fleet(run, fleet, check, settings, access):
     gated = [r["device"] for r in rows if r.get("gate") == "FAIL"]
     if check and gated:
         raise GatesFailed(f"budget failed on {', '.join(gated)}")
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=str),
+              help="TOML file holding any of these options (see README); the command line wins over it.")
+@click.option("--data", type=click.Path(path_type=str), help="Image folder or CSV manifest (path,label).")
+@click.option("--out", help="Run directory (default runs/exp). Rerunning only does what changed.")
+@click.option("--targets", "-t", metavar="NAMES", help="Comma-separated device profiles or runtimes (default host-cpu).")
+@_train_options(with_defaults=False)
+@click.option("--precision", "precisions", metavar="LIST", help="Comma-separated precisions (default: each profile's).")
+@click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")
+@click.option("--gpu-arch", metavar="smXY", help="TensorRT compute capability (default: the profile's).")
+@click.option("--threads", type=int, help="CPU threads for compile checks and bench (default: physical cores).")
+@click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
+@click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
+@click.option("--no-bundle", is_flag=True, help="Stop after the report.")
+@click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails.")
+def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
+           no_bundle, check, **params):
+    """Train, compile, bench, report and bundle in one command.
+
+    Stages whose inputs did not change are skipped, so adding a target to an existing run only
+    builds, benches and bundles the new target.
+
+    \b
+    Examples:
+      edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
+      edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
+    """
+    from edgetl.pipeline import deploy as run_deploy
+    from edgetl.pipeline import load_config
+
+    run_level, options = _split_train_params(params, keep_defaults=False)
+    overrides = {
+        "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
+        "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,
+        "batches": [int(b) for b in _names(batches)] if batches else None,
+        "bundle": False if no_bundle else None, "check": True if check else None,
+        **run_level, "train": options,
+    }
+    if config_file is None and data is None:
+        raise click.UsageError("give --data (or a --config file that sets data)")
+    run_deploy(load_config(config_file, overrides), console=console)
 
 
 def main() -> None:

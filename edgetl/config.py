@@ -7,11 +7,13 @@ A bad file gets one line naming the file and the field.
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from edgetl.errors import ConfigError, UnknownNameError
 
@@ -29,7 +31,9 @@ _SHIPPED = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real types, so `threads = "4"` or `per_channel = "no"` is a mistake to report,
+    # not a value to coerce ("no" would become False, but "off" an error). No inf/nan budgets either.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Budgets(_Strict):
@@ -47,15 +51,27 @@ class TargetProfile(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     threads: int | None = Field(None, ge=1)
     gpu_arch: str | None = Field(None, description="TensorRT compute capability, e.g. sm87")
-    device: str = Field("cpu", description="what runs the model: cpu, gpu, npu")
+    device: Literal["cpu", "gpu", "npu"] = Field("cpu", validate_default=True, description="what runs the model")
     calibration: str = "default"
     budgets: Budgets = Budgets()
 
     @field_validator("gpu_arch")
     @classmethod
-    def _arch(cls, v: str | None) -> str | None:
-        if v is not None and not (v.startswith("sm") and v[2:].isdigit()):
+    def _arch(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if not (v.startswith("sm") and v[2:].isdigit()):
             raise ValueError("must look like sm87 (compute capability 8.7)")
+        runtime = info.data.get("runtime")
+        if runtime not in (None, "tensorrt"):
+            raise ValueError(f"only applies to runtime 'tensorrt', not {runtime!r}: remove it")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("runtime") == "tensorrt" and v != "gpu":
+            raise ValueError(f"runtime 'tensorrt' runs on a GPU: set device = \"gpu\" (it is {v!r})")
         return v
 
 
@@ -74,30 +90,66 @@ class CalibrationRecipe(_Strict):
     bias_correction: Literal["fast", "accurate", "none"] = "fast"
 
 
-def _format_validation(path: Path, exc: ValidationError) -> str:
+def _format_validation(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}: field '{where}': {first['msg']}{more}"
+    return f"{path}: field '{where}': {_explain(model, first)}{more}"
+
+
+def _explain(model: type[BaseModel], error: dict) -> str:
+    """Pydantic's message, plus the closest valid name for a misspelt field or choice."""
+    if error["type"] == "extra_forbidden":
+        *parents, field = [str(p) for p in error["loc"]]
+        for parent in parents:  # e.g. budgets.p90_latency -> the Budgets model's fields
+            model = model.model_fields[parent].annotation
+        valid = sorted(model.model_fields)
+        return f"unknown field.{_closest(field, valid)} Valid: {', '.join(valid)}"
+    if error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        return f"{error['msg']}.{_closest(error['input'], choices)}".rstrip(".")
+    if error["type"] == "value_error":  # our validators: drop pydantic's "Value error, " prefix
+        return str(error["ctx"]["error"])
+    return error["msg"]
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (TOML must be UTF-8)") from None
 
 
 def _load_model(model: type[BaseModel], path: Path):
     data = load_toml(path)
-    data.setdefault("name", path.stem)
+    # The file name is the name other stages look the profile up by (manifest keys, bench budgets).
+    if data.setdefault("name", path.stem) != path.stem:
+        raise ConfigError(
+            f"{path}: field 'name': {data['name']!r} differs from the file name {path.stem!r}; "
+            "remove the field (the file name is the name) or rename the file"
+        )
     try:
-        return model.model_validate(data)
+        loaded = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, exc)) from None
+        raise ConfigError(_format_validation(path, model, exc)) from None
+    recipe = getattr(loaded, "calibration", None)
+    if recipe is not None and not recipe.endswith(".toml") and recipe not in recipe_names():
+        valid = recipe_names()
+        raise ConfigError(
+            f"{path}: field 'calibration': unknown calibration recipe {recipe!r}.{_closest(recipe, valid)} "
+            f"Valid: {', '.join(valid)}, or a path to a .toml recipe"
+        )
+    return loaded
 
 
 def _catalogue(kind: str) -> dict[str, Path]:

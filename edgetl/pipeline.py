@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgetl.adapt.train import TrainOptions
 from edgetl.config import _format_validation, load_toml
 from edgetl.errors import ConfigError, EdgetlError
 from edgetl.rundir import RunDir
@@ -31,7 +32,7 @@ class DeployConfig(BaseModel):
     targets: list[str] = Field(default_factory=lambda: ["host-cpu"])
     val: str | None = None
     weights: str | None = None
-    train: dict[str, Any] = Field(default_factory=dict)  # fields of edgetl.adapt.train.TrainOptions
+    train: TrainOptions = Field(default_factory=TrainOptions)
     precisions: list[str] | None = None
     calibration: str | None = None
     gpu_arch: str | None = None
@@ -54,9 +55,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
         return DeployConfig.model_validate(data)
     except ValidationError as exc:
         if path:
-            raise ConfigError(_format_validation(Path(path), exc)) from None
+            raise ConfigError(_format_validation(Path(path), DeployConfig, exc)) from None
         first = exc.errors()[0]
-        raise ConfigError(f"option --{'.'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}") from None
+        raise ConfigError(f"option --{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
 
 
 def deploy(config: DeployConfig, console=None) -> dict:
@@ -99,7 +100,8 @@ def _train(config: DeployConfig, say: _Stages, console) -> RunDir:
     from edgetl.adapt.train import train, train_inputs_hash
 
     say.start("train")
-    kwargs = dict(backbone=config.backbone, val=config.val, weights=config.weights, **config.train)
+    kwargs = dict(backbone=config.backbone, val=config.val, weights=config.weights,
+                  **config.train.model_dump(exclude_defaults=True))
     wanted = train_inputs_hash(config.data, **kwargs)
     existing = _existing_train(config.out)
     if existing and existing.get("inputs_hash") == wanted and not existing["metrics"].get("interrupted"):
@@ -119,9 +121,11 @@ def _existing_train(out: str) -> dict | None:
 
 def _compile(config: DeployConfig, run: RunDir, say: _Stages) -> list[dict]:
     from edgetl.compiler import compile as compile_stage
+    from edgetl.compiler import summary_table
 
     say.start("compile")
     rows = compile_stage(run.path, config.targets, config.precisions, config.calibration, config.gpu_arch, config.threads)
+    say.console.print(summary_table(rows))
     failed = [r for r in rows if r.get("status") == "failed"]
     say.done("compile", f"{len(rows) - len(failed)} of {len(rows)} artifact(s) ready"
              + (f"; failed: {', '.join(r['cell'] for r in failed)}" if failed else ""))
@@ -132,10 +136,15 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
     """Compiled keys without a result on this device for exactly the current artifact bytes."""
     from edgetl.bench.run import result_path
 
+    from edgetl.backends import get_backend
+
     artifacts = run.manifest.get("artifacts", {})
     stale = []
     for key in keys:
         entry = run.manifest["compiled"][key]
+        backend = get_backend(entry["runtime"])
+        if not (backend.available() and backend.can_run_here()):
+            continue  # e.g. a TensorRT engine without a GPU: bench it on the device (edgetl bench BUNDLE)
         path = result_path(run, key, device)
         try:
             doc = json.loads(path.read_text())
@@ -151,15 +160,18 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
 def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, console):
     from edgetl.bench.run import bench
     from edgetl.bench.system import device_slug
+    from edgetl.bench.table import rich_table
 
     say.start("bench")
     stale = _stale_bench_keys(run, keys, device_slug(), config.batches)
     if not stale:
-        say.done("bench", "skipped — every artifact already benched on this device")
+        say.done("bench", "skipped — every artifact that runs here is already benched on this device")
         return None
     results = bench(run.path, stale, batches=config.batches, threads=config.threads, iterations=config.iterations,
                     console=console)
-    say.done("bench", f"{len(stale)} artifact(s) measured on {results.device}")
+    console.print(rich_table(results.rows, f"bench on {results.device}"))
+    measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
+    say.done("bench", f"{len(measured)} artifact(s) measured on {results.device}")
     return results
 
 

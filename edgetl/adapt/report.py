@@ -31,7 +31,7 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     console.print(table)
     per_class = Table(title="val top-1 per class")
     per_class.add_column("class")
-    per_class.add_column("images", justify="right")
+    per_class.add_column("images (all)", justify="right")
     per_class.add_column("top-1", justify="right")
     for name, acc in m["per_class_val_top1"].items():
         per_class.add_row(name, str(d["counts"].get(name, "")), f"{acc:.1%}")

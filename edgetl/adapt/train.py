@@ -11,11 +11,12 @@ import copy
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
@@ -29,45 +30,38 @@ from edgetl.models import registry
 from edgetl.models.build import _classifier_prefix, create_model, preprocess_spec, weights_id
 from edgetl.rundir import RunDir
 
-MODES = ("feature-extraction", "finetune")
-HEADS = ("linear", "mlp")
 
+class TrainOptions(BaseModel):
+    """Every training hyper-parameter; recorded in the manifest and hashed to skip unchanged reruns."""
 
-@dataclass(frozen=True)
-class TrainOptions:
-    mode: str = "feature-extraction"
-    epochs: int | None = None  # default: 100 for the head on features, 15 for fine-tuning
-    head_epochs: int = 100
-    batch_size: int = 32
-    lr: float | None = None  # default: 1e-3 (head) / 1e-3 head and 1e-4 backbone (finetune)
-    backbone_lr_scale: float = 0.1
-    layer_decay: float = 0.5
-    weight_decay: float = 1e-2
-    unfreeze: str = "2"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["feature-extraction", "finetune"] = "feature-extraction"
+    epochs: int | None = Field(None, ge=1, description="default: 100 for the head on features, 15 for fine-tuning")
+    head_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float | None = Field(None, gt=0, lt=10, description="default: 1e-3 (head); backbone gets backbone_lr_scale of it")
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1)
+    layer_decay: float = Field(0.5, gt=0, le=1)
+    weight_decay: float = Field(1e-2, ge=0)
+    unfreeze: str = Field("2", pattern=r"^(all|\d+)$", description="number of last stages, or 'all'")
     augment: bool = True
-    head: str = "linear"
-    patience: int | None = None
-    label_smoothing: float = 0.1
-    val_split: float = 0.2
+    head: Literal["linear", "mlp"] = "linear"
+    patience: int | None = Field(None, ge=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    val_split: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
-    image_size: int | None = None
+    image_size: int | None = Field(None, ge=16, le=4096)
     pretrained: bool = True
 
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.head not in HEADS:
-            raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.unfreeze != "all" and not (self.unfreeze.isdigit()):
-            raise ConfigError(f"--unfreeze takes a number of stages or 'all', got {self.unfreeze!r}")
-        for name in ("epochs", "batch_size", "patience", "image_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}")
-        if self.lr is not None and not 0 < self.lr < 10:
-            raise ConfigError(f"--lr must be a small positive number, got {self.lr}")
+    @classmethod
+    def parse(cls, options: dict) -> TrainOptions:
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+            raise ConfigError(f"option {name}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def _seed_everything(seed: int) -> None:
@@ -114,13 +108,12 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
 
 
 def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
-    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": asdict(opts), "data": data_hash})
+    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.model_dump(), "data": data_hash})
 
 
 def train_inputs_hash(data, *, backbone: str = registry.DEFAULT_BACKBONE, val=None, weights=None, **options) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
-    opts = TrainOptions(**options)
-    opts.validate()
+    opts = TrainOptions.parse(options)
     resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
     *_, data_hash = _load_data(Path(data), Path(val) if val else None, opts)
@@ -138,8 +131,7 @@ def train(
     **options,
 ) -> dict:
     """Train and return the manifest's ``train`` section. Options are the fields of TrainOptions."""
-    opts = TrainOptions(**options)
-    opts.validate()
+    opts = TrainOptions.parse(options)
     require("torch", "training")
     dist = distributed.setup()
     try:
@@ -173,7 +165,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
                    {"classes": image_set.classes, "train": train_samples, "val": val_samples})
         run.set_item("train", "preprocess", spec.to_dict())  # arrays.* read it
         run.set_item("train", "checkpoint", "train/model.safetensors")
-        arrays.split_set(run, "train"), arrays.split_set(run, "val")  # decode once, cached
+        for part in ("train", "val"):  # decode once here; the other ranks read the cache
+            arrays.split_set(run, part)
     if dist.enabled:
         torch.distributed.barrier()
     train_pixels, y_train = arrays.split_set(run, "train")
@@ -252,7 +245,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "preprocess": spec.to_dict(),
         "checkpoint": "train/model.safetensors",
         "mode": opts.mode,
-        "hparams": asdict(opts),
+        "hparams": opts.model_dump(),
         "dataset": {
             "source": str(data),
             "val_source": str(val) if val else None,

@@ -1,0 +1,184 @@
+"""ONNX-to-ONNX passes shared by the backends at compile time: FP16 conversion and static QDQ.
+
+ONNX Runtime and TensorRT both consume a QDQ model (QuantizeLinear/DequantizeLinear pairs around
+the float ops); they differ only in the types and symmetry they need, which the caller passes.
+Compile-time only: imports onnx and onnxruntime.quantization inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl._lazy import require
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import CompileError, ConfigError, DataError
+
+# Fewer images than this cannot give stable activation ranges: refuse rather than ship a bad model.
+MIN_CALIBRATION_SAMPLES = 10
+_BATCH = 8  # images per calibration inference
+_IMAGES_PER_COLLECT = 32  # bounds the intermediate tensors ORT keeps in memory between merges
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs a warning per tensor on the root logger and prints its calibration
+    progress; keep the console (and the compile stage's progress display) readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def to_fp16(onnx_in: Path, onnx_out: Path) -> None:
+    """Weights and activations in FP16, inputs and outputs kept FP32 so callers feed float32."""
+    onnx = require("onnx", "FP16 conversion")
+    float16 = require("onnxruntime.transformers.float16", "FP16 conversion")
+    model = float16.convert_float_to_float16(onnx.load(str(onnx_in)), keep_io_types=True)
+    onnx.save(model, str(onnx_out))
+
+
+def check_calibration(calibration: np.ndarray | None, recipe: CalibrationRecipe) -> np.ndarray:
+    if calibration is None:
+        raise CompileError("int8 needs calibration images (float32 NCHW): none were given")
+    if calibration.ndim != 4 or calibration.dtype != np.float32:
+        raise CompileError(
+            f"calibration images must be float32 NCHW, got {calibration.dtype} {calibration.shape}"
+        )
+    if len(calibration) < MIN_CALIBRATION_SAMPLES:
+        raise DataError(
+            f"only {len(calibration)} calibration images (recipe {recipe.name!r} asks for {recipe.samples}); "
+            f"int8 needs at least {MIN_CALIBRATION_SAMPLES}: add training images or use fp16/fp32"
+        )
+    return calibration
+
+
+class _Reader:
+    """CalibrationDataReader over an in-memory array, with the ``set_range`` ORT uses for strides."""
+
+    def __init__(self, input_name: str, images: np.ndarray):
+        self.input_name = input_name
+        self.batches = [images[i : i + _BATCH] for i in range(0, len(images), _BATCH)]
+        self._it: Iterator[np.ndarray] = iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: np.ascontiguousarray(batch)}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def _stride(n_batches: int) -> int:
+    """Largest divisor of n_batches within the memory bound (ORT requires an exact divisor)."""
+    most = max(1, _IMAGES_PER_COLLECT // _BATCH)
+    return max(d for d in range(1, most + 1) if n_batches % d == 0)
+
+
+def _check_names(model, recipe: CalibrationRecipe) -> None:
+    """A typo in keep_float_* would silently quantize what the user meant to protect."""
+    ops = {n.op_type for n in model.graph.node}
+    nodes = {n.name for n in model.graph.node}
+    for field, wanted, present in (("keep_float_ops", recipe.keep_float_ops, ops), ("keep_float_nodes", recipe.keep_float_nodes, nodes)):
+        missing = [w for w in wanted if w not in present]
+        if missing:
+            sample = ", ".join(sorted(present)[:12])
+            raise ConfigError(
+                f"calibration recipe {recipe.name!r}: field '{field}': {missing} not in the model "
+                f"(it has: {sample}{' ...' if len(present) > 12 else ''})"
+            )
+
+
+def quantize_qdq(
+    onnx_in: Path,
+    onnx_out: Path,
+    calibration: np.ndarray,
+    recipe: CalibrationRecipe,
+    *,
+    activation_type: str,
+    weight_type: str,
+    reduce_range: bool = False,
+    op_types: list[str] | None = None,
+    extra_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Static QDQ quantization with ONNX Runtime's quantizer; returns the settings used.
+
+    ``activation_type``/``weight_type`` are "int8" or "uint8". ``op_types`` restricts what is
+    quantized (None: everything ONNX Runtime can quantize) before ``recipe.keep_float_ops`` is
+    taken out of it.
+    """
+    onnx = require("onnx", "int8 quantization")
+    q = require("onnxruntime.quantization", "int8 quantization")
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = check_calibration(calibration, recipe)
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    types = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}
+    quantizable = sorted(set(op_types or (set(QLinearOpsRegistry) | set(QDQRegistry))) - set(recipe.keep_float_ops))
+    extra = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "CalibStridedMinMax": None,  # set below, once the number of batches is known
+        **({"CalibPercentile": recipe.percentile} if recipe.method == "percentile" else {}),
+        **(extra_options or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + constant folding first, as ONNX Runtime recommends: it gives the
+        # quantizer the shapes it needs and fewer tensors to calibrate.
+        try:
+            quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # shape inference names the op it cannot handle
+            raise CompileError(f"cannot prepare {onnx_in.name} for quantization: {str(exc).strip().splitlines()[0]}") from exc
+        model = onnx.load(str(prepared))
+        _check_names(model, recipe)
+        reader = _Reader(model.graph.input[0].name, calibration)
+        extra["CalibStridedMinMax"] = _stride(len(reader))
+        try:
+            with _quiet():
+                q.quantize_static(
+                    str(prepared), str(onnx_out), reader,
+                    quant_format=q.QuantFormat.QDQ,
+                    op_types_to_quantize=quantizable,
+                    nodes_to_exclude=list(recipe.keep_float_nodes),
+                    per_channel=recipe.per_channel,
+                    reduce_range=reduce_range,
+                    activation_type=types[activation_type],
+                    weight_type=types[weight_type],
+                    calibrate_method=methods[recipe.method],
+                    extra_options=extra,
+                )
+        except (ValueError, RuntimeError) as exc:
+            raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
+    return {
+        "format": "QDQ",
+        "method": recipe.method,
+        **({"percentile": recipe.percentile} if recipe.method == "percentile" else {}),
+        "samples": len(calibration),
+        "activations": activation_type,
+        "weights": weight_type,
+        "per_channel": recipe.per_channel,
+        "reduce_range": reduce_range,
+        "symmetric_activations": bool(extra["ActivationSymmetric"]),
+        "keep_float_ops": list(recipe.keep_float_ops),
+        "keep_float_nodes": list(recipe.keep_float_nodes),
+        "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
+    }

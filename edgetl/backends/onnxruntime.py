@@ -1,0 +1,164 @@
+"""ONNX Runtime backend (CPU execution provider).
+
+Artifacts (one ONNX file each, ``model.<precision>.onnx``):
+
+- fp32: the exported graph optimised offline at ``ORT_ENABLE_EXTENDED`` and saved;
+- fp16: weights and activations in float16, float32 inputs/outputs;
+- int8: static QDQ from the calibration images, with the activation/weight types that are fast on
+  the host CPU (see ``choose_int8_types``).
+
+``compile`` options (all optional):
+
+- ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
+- ``threads``: threads for the optimisation session (the saved model does not depend on it);
+- ``cpu_flags``: CPU feature flags to choose int8 types for (default: this host's /proc/cpuinfo);
+  lets a workstation compile for another x86 device.
+
+Load/run never imports torch: sessions run on the device.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl._lazy import available, require
+from edgetl.backends.base import Compiled, SessionBase
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import ArtifactError, CompileError
+
+_VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def host_cpu_flags() -> set[str]:
+    """Feature flags of this CPU (empty where /proc/cpuinfo is absent, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
+    """Activation/weight types that ONNX Runtime's CPU kernels (MLAS) run fastest, and why."""
+    if machine.lower() in {"aarch64", "arm64"} or "asimd" in flags:
+        return {"activations": "int8", "weights": "int8", "reduce_range": False,
+                "why": "ARM64: S8S8 uses the signed dot-product (sdot) kernels; ONNX Runtime's default for QDQ"}
+    if flags & _VNNI:
+        found = ", ".join(sorted(flags & _VNNI))
+        return {"activations": "uint8", "weights": "int8", "reduce_range": False,
+                "why": f"x86 with VNNI ({found}): U8S8 maps onto vpdpbusd without saturation"}
+    if "avx2" in flags or "avx512bw" in flags:
+        return {"activations": "uint8", "weights": "int8", "reduce_range": True,
+                "why": "x86 AVX2/AVX-512 without VNNI: U8S8 is fastest, 7-bit weights (reduce_range) "
+                       "avoid the int16 saturation of vpmaddubsw"}
+    return {"activations": "uint8", "weights": "int8", "reduce_range": False,
+            "why": "no AVX2/VNNI/NEON flags found: U8S8, ONNX Runtime's most widely supported combination"}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precisions = ("fp32", "fp16", "int8")
+    extra = "onnxruntime"
+
+    def available(self) -> bool:
+        return available("onnxruntime")
+
+    def can_run_here(self) -> bool:
+        return self.available()
+
+    def version(self) -> str:
+        return require("onnxruntime").__version__
+
+    # -- compile -------------------------------------------------------------------------------
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+                options: dict[str, Any]) -> Compiled:
+        if precision not in self.precisions:
+            raise CompileError(f"onnxruntime cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
+        out = Path(out_dir) / f"model.{precision}.onnx"
+        if precision == "fp32":
+            chosen = self._optimise(Path(onnx_path), out, options.get("threads"))
+        elif precision == "fp16":
+            from edgetl.backends._qdq import to_fp16
+
+            to_fp16(Path(onnx_path), out)
+            chosen = {"why": "float16 weights and activations, float32 inputs/outputs; ONNX Runtime CPU "
+                             "casts ops without fp16 kernels back to fp32, so this mainly halves the size"}
+        else:
+            chosen = self._int8(Path(onnx_path), out, calibration, options)
+        self._check_loads(out)
+        return Compiled(self.name, precision, out, [out], {"onnxruntime": self.version(), **chosen})
+
+    def _optimise(self, src: Path, out: Path, threads: int | None) -> dict[str, Any]:
+        ort = require("onnxruntime", "ONNX Runtime compile")
+        so = ort.SessionOptions()
+        # EXTENDED, not ALL: ALL adds NCHWc layout transforms whose block size depends on this
+        # host's vector width (AVX2 vs AVX-512 vs NEON), so the saved graph would be slow or wrong
+        # elsewhere. EXTENDED's fusions (Conv+Act, Gemm+Act ...) are portable to any ORT CPU build.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(out)
+        so.intra_op_num_threads = threads or 1
+        try:
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unsupported ops
+            raise CompileError(f"ONNX Runtime cannot load {src}: {_first_line(exc)}") from exc
+        return {"graph_optimization": "ORT_ENABLE_EXTENDED",
+                "why": "offline fusions portable to any ONNX Runtime CPU build; layout transforms "
+                       "(ORT_ENABLE_ALL) are left to the device's session"}
+
+    def _int8(self, src: Path, out: Path, calibration: np.ndarray | None, options: dict[str, Any]) -> dict[str, Any]:
+        from edgetl.backends._qdq import quantize_qdq
+
+        recipe = options.get("recipe") or CalibrationRecipe(name="default")
+        if options.get("cpu_flags") is not None:  # compiling for another CPU: its flags say it all
+            types = choose_int8_types(set(options["cpu_flags"]), machine="")
+        else:
+            types = choose_int8_types(host_cpu_flags(), platform.machine())
+        settings = quantize_qdq(src, out, calibration, recipe, activation_type=types["activations"],
+                                weight_type=types["weights"], reduce_range=types["reduce_range"])
+        return {**settings, "calibration": recipe.name, "why": types["why"]}
+
+    def _check_loads(self, path: Path) -> None:
+        """Fail at compile time, not on the device, if ONNX Runtime rejects the artifact."""
+        with self.load(path, threads=1):
+            pass
+
+    # -- load ----------------------------------------------------------------------------------
+    def load(self, path: Path, threads: int | None = None) -> OnnxRuntimeSession:
+        return OnnxRuntimeSession(Path(path), threads)
+
+
+class OnnxRuntimeSession(SessionBase):
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = require("onnxruntime", "running ONNX Runtime artifacts")
+        if not path.is_file():
+            raise ArtifactError(f"ONNX Runtime artifact {path} does not exist: compile it with `edgetl compile`")
+        so = ort.SessionOptions()
+        # Fixed threads and sequential execution: latency is reproducible and comparable.
+        so.intra_op_num_threads = threads or 0
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from exc
+        inp = self._sess.get_inputs()[0]
+        self._input = inp.name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self._sess.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._sess = None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

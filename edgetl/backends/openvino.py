@@ -1,0 +1,318 @@
+"""OpenVINO backend (CPU plugin).
+
+Artifacts are OpenVINO IR, ``model.xml`` + ``model.bin``, with a dynamic batch axis:
+
+- fp32: ``ov.convert_model`` of the exported ONNX, saved with float32 weights;
+- fp16: the same graph with weights compressed to float16 (half the size; see ``_INFERENCE_PRECISION``
+  for what the CPU computes in);
+- int8: ``nncf.quantize`` post-training quantization on the calibration images (FakeQuantize ops
+  in the IR, which the CPU plugin runs as u8/i8 kernels).
+
+``compile`` options (same keys as the ONNX Runtime backend; all optional):
+
+- ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
+- ``threads``: threads for the session that checks the artifact loads.
+
+The IR records its precision in its ``rt_info`` (``edgetl/precision``) so ``load`` can pick the
+inference precision without a side file. Load/run never imports torch or nncf.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl._lazy import available, require
+from edgetl.backends._qdq import check_calibration
+from edgetl.backends.base import Compiled, SessionBase
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import ArtifactError, CompileError, ConfigError
+
+_RT_PRECISION = ["edgetl", "precision"]
+
+# What the CPU plugin computes the float parts of each artifact in. Without a hint OpenVINO picks
+# bf16 on CPUs with AMX/AVX512-BF16 (Sapphire Rapids and later) even for an fp32 IR: fp32 would
+# silently lose ~3 significant digits there. int8 keeps its few float ops in f32 for the same reason
+# (on a CNN nncf quantizes nearly everything, so this costs no speed). fp16 computes in f16 where the
+# CPU has native FP16 (ARM, AVX512-FP16), else f32 (the weights stay half size either way).
+_INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+
+# recipe.keep_float_ops are ONNX op types (what the ONNX Runtime backend uses); the OpenVINO ops
+# they become after ov.convert_model. Types not listed here are taken as OpenVINO type names.
+_ONNX_TO_OV_TYPES = {
+    "Conv": ("Convolution", "GroupConvolution"),
+    "ConvTranspose": ("ConvolutionBackpropData", "GroupConvolutionBackpropData"),
+    "Gemm": ("MatMul",),
+    "MatMul": ("MatMul",),
+    "Add": ("Add",),
+    "Sub": ("Subtract",),
+    "Mul": ("Multiply",),
+    "Div": ("Divide",),
+    "Sigmoid": ("Sigmoid", "Swish"),  # Sigmoid + Mul fuse into Swish at conversion
+    "HardSigmoid": ("HSigmoid", "HardSigmoid"),
+    "HardSwish": ("HSwish",),
+    "Relu": ("Relu",),
+    "Clip": ("Clamp",),
+    "GlobalAveragePool": ("ReduceMean",),
+    "ReduceMean": ("ReduceMean",),
+    "AveragePool": ("AvgPool",),
+    "MaxPool": ("MaxPool",),
+    "Concat": ("Concat",),
+    "Resize": ("Interpolate",),
+    "Softmax": ("Softmax",),
+}
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    extra = "openvino"
+
+    def available(self) -> bool:
+        return available("openvino")
+
+    def can_run_here(self) -> bool:
+        if not self.available():
+            return False
+        try:
+            return "CPU" in require("openvino").Core().available_devices
+        except RuntimeError:  # no usable plugin (e.g. an unsupported CPU)
+            return False
+
+    def version(self) -> str:
+        # "2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"; the build is in options.
+        return require("openvino").get_version().split("-")[0]
+
+    # -- compile -------------------------------------------------------------------------------
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+                options: dict[str, Any]) -> Compiled:
+        if precision not in self.precisions:
+            raise CompileError(f"openvino cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
+        ov = require("openvino", "OpenVINO compile")
+        recipe = options.get("recipe") or CalibrationRecipe(name="default")
+        if precision == "int8":
+            calibration = check_calibration(calibration, recipe)  # before the slow conversion
+        model = _convert(ov, Path(onnx_path))
+        if precision == "int8":
+            model, chosen = _quantize(model, calibration, recipe)
+        elif precision == "fp16":
+            chosen = {"weights": "float16 (compress_to_fp16)",
+                      "why": "half the size; the CPU decompresses weights at load and computes in f16 "
+                             "where it has native FP16 (ARM, AVX512-FP16), else f32"}
+        else:
+            chosen = {"weights": "float32", "why": "the exported graph as OpenVINO IR, no compression"}
+        model.set_rt_info(precision, _RT_PRECISION)
+        xml = Path(out_dir) / "model.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+        with self.load(xml, threads=options.get("threads")) as session:  # fail here, not on the device
+            runs_in = session.inference_precision
+        return Compiled(self.name, precision, xml, [xml, xml.with_suffix(".bin")],
+                        {"openvino": ov.get_version(), **chosen, "inference_precision_here": runs_in})
+
+    # -- load ----------------------------------------------------------------------------------
+    def load(self, path: Path, threads: int | None = None) -> OpenVinoSession:
+        return OpenVinoSession(Path(path), threads)
+
+
+def _convert(ov, onnx_path: Path):
+    """ONNX -> ov.Model with a dynamic batch; an op OpenVINO cannot convert is named in the error."""
+    if not onnx_path.is_file():
+        raise CompileError(f"ONNX model {onnx_path} does not exist: run `edgetl compile` to export it")
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpConversionFailure, GeneralFailure ... all carry the op in the text
+        raise CompileError(f"OpenVINO cannot convert {onnx_path.name}: {_reason(exc)}") from exc
+    _dynamic_batch(ov, model)
+    return model
+
+
+def _dynamic_batch(ov, model) -> None:
+    """An IR exported with batch 1 still accepts any batch (bench and eval run batches)."""
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_static and shape.rank.get_length() == 4 and shape[0].is_static:
+        shape[0] = ov.Dimension(-1)
+        model.reshape({model.inputs[0]: shape})
+
+
+# -- int8 through nncf -----------------------------------------------------------------------------
+def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe):
+    nncf = require("nncf", "OpenVINO int8 quantization")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    ignored, scope = _ignored_scope(nncf, model, recipe)
+    ranges, range_notes = _range_estimator(recipe)
+    # "fast": one statistics pass per layer; "accurate": nncf's BiasCorrection, which re-runs
+    # sub-graphs layer by layer (about 2-3x slower); "none": no correction.
+    fast = recipe.bias_correction != "accurate"
+    # Always symmetric activations (nncf's PERFORMANCE preset, also its default for CNNs): with the
+    # MIXED preset (asymmetric activations) OpenVINO 2026.4's CPU plugin segfaults on the first
+    # inference of a dynamic-batch IR whose depthwise convolutions take negative inputs (SiLU nets).
+    preset = nncf.QuantizationPreset.PERFORMANCE
+    if not recipe.symmetric_activations:
+        range_notes["not_mapped"].append(
+            "symmetric_activations = false: OpenVINO int8 uses symmetric activations (nncf preset "
+            "'performance'); asymmetric ones crash OpenVINO's CPU plugin with a dynamic batch")
+    advanced = AdvancedQuantizationParameters(
+        disable_bias_correction=recipe.bias_correction == "none",
+        weights_quantization_params=QuantizationParameters(per_channel=recipe.per_channel),
+        activations_range_estimator_params=ranges,
+    )
+    # One image per item: nncf counts subset_size in items, and per-image statistics are what the
+    # range estimators below average or take extremes over (a batch would be reduced as one image).
+    dataset = nncf.Dataset([image[None] for image in calibration])
+    quantized = nncf.quantize(
+        model, dataset, preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(calibration),
+        fast_bias_correction=fast, model_type=None, ignored_scope=scope, advanced_parameters=advanced,
+    )
+    return quantized, {
+        "quantizer": f"nncf {nncf.__version__} post-training quantization",
+        "calibration": recipe.name,
+        "samples": len(calibration),
+        "preset": preset.value,
+        "symmetric_activations": True,
+        "per_channel": recipe.per_channel,
+        "target_device": "CPU",
+        "model_type": None,
+        "bias_correction": recipe.bias_correction,
+        "fast_bias_correction": fast,
+        "disable_bias_correction": advanced.disable_bias_correction,
+        "ignored_scope": ignored,
+        "method": recipe.method,
+        **range_notes,
+        # nncf's default, kept: the artifact may run on a CPU without VNNI, where full 8-bit weights
+        # can saturate the int16 accumulators of the first layer's input channels.
+        "overflow_fix": "first_layer (7-bit weights in the first layer only)",
+    }
+
+
+def _range_estimator(recipe: CalibrationRecipe):
+    """The recipe's method as nncf activation range estimators, and what that means, honestly."""
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if recipe.method == "minmax":
+        return RangeEstimatorParametersSet.MINMAX, {
+            # nncf's own default (the mean of per-image extremes) clipped the class-specific peaks
+            # of the tiny test model's deep layers: top-1 agreement 0.59 against 1.0 with MINMAX.
+            "activation_ranges": "global min/max over all calibration images (nncf MINMAX), like "
+                                 "ONNX Runtime's MinMax",
+            "not_mapped": [],
+        }
+    if recipe.method == "percentile":
+        # Extremes over images of per-image quantiles: averaging them instead (nncf's MEAN_QUANTILE)
+        # clips the rare, class-specific peaks of deep layers and broke the tiny test model.
+        outlier = (100.0 - recipe.percentile) / 100.0
+        low = StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MIN, quantile_outlier_prob=outlier)
+        high = StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MAX, quantile_outlier_prob=outlier)
+        return RangeEstimatorParameters(min=low, max=high), {
+            "percentile": recipe.percentile,
+            "activation_ranges": f"per-image {outlier:g} / {1 - outlier:g} quantiles, the most extreme over "
+                                 "images (nncf QUANTILE with MIN / MAX aggregators)",
+            "not_mapped": ["percentile of the pooled histogram of all images (ONNX Runtime's definition): "
+                           "nncf takes quantiles per image, then the extremes over images"],
+        }
+    # entropy: nncf has no KL-divergence calibrator; its histogram estimator searches the clipping
+    # range on a histogram too, minimising the L2 quantization error instead.
+    return RangeEstimatorParametersSet.HISTOGRAM, {
+        "activation_ranges": "nncf HISTOGRAM: per-tensor range minimising the L2 quantization error on "
+                             "a histogram of all images (per-channel activations fall back to MINMAX)",
+        "not_mapped": ["entropy (KL divergence) calibration: nncf has none; used its histogram L2 "
+                       "estimator, the closest it offers"],
+    }
+
+
+def _ignored_scope(nncf, model, recipe: CalibrationRecipe):
+    """recipe.keep_float_* as an nncf.IgnoredScope; a name the model lacks is the recipe's error."""
+    ops = list(model.get_ordered_ops())
+    present_types = {op.get_type_name() for op in ops}
+    present_names = {op.get_friendly_name() for op in ops}
+    types: list[str] = []
+    for wanted in recipe.keep_float_ops:
+        found = [t for t in _ONNX_TO_OV_TYPES.get(wanted, (wanted,)) if t in present_types]
+        if not found:
+            _missing(recipe, "keep_float_ops", wanted, present_types)
+        types += [t for t in found if t not in types]
+    names: list[str] = []
+    for wanted in recipe.keep_float_nodes:
+        # OpenVINO splits an ONNX Conv/Gemm with a bias into "<name>/WithoutBiases" + an Add "<name>".
+        found = [n for n in (wanted, f"{wanted}/WithoutBiases") if n in present_names]
+        if not found:
+            _missing(recipe, "keep_float_nodes", wanted, present_names)
+        names += found
+    scope = nncf.IgnoredScope(types=types, names=names) if types or names else None
+    return {"types": types, "names": names}, scope
+
+
+def _missing(recipe: CalibrationRecipe, field: str, wanted: str, present: set[str]) -> None:
+    sample = ", ".join(sorted(present)[:12]) + (" ..." if len(present) > 12 else "")
+    raise ConfigError(
+        f"calibration recipe {recipe.name!r}: field '{field}': {wanted!r} is not in the OpenVINO model "
+        f"(ONNX names carry over unless OpenVINO fused the op; it has: {sample})"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of an OpenVINO error (they open with a C++ "Check ... failed at" line)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    for line in lines:
+        if any(key in line.lower() for key in ("operation", "not support", "unsupported")):
+            return line
+    return lines[-1] if lines else type(exc).__name__
+
+
+# -- session ---------------------------------------------------------------------------------------
+class OpenVinoSession(SessionBase):
+    """One compiled model and one reused InferRequest on the CPU plugin."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ov = require("openvino", "running OpenVINO artifacts")
+        if not path.is_file():
+            raise ArtifactError(f"OpenVINO IR {path} does not exist: compile it with `edgetl compile --target openvino`")
+        if path.suffix != ".xml":
+            raise ArtifactError(f"{path} is not an OpenVINO IR: load the model.xml next to its model.bin")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as exc:
+            raise ArtifactError(f"OpenVINO cannot read {path}: {_reason(exc)}") from exc
+        _dynamic_batch(ov, model)
+        precision = model.get_rt_info(_RT_PRECISION).astype(str) if model.has_rt_info(_RT_PRECISION) else "fp32"
+        config: dict[str, Any] = {
+            # One stream, latency hint: the single-stream setting that bench measures (MLPerf).
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_PRECISION_HINT": _inference_precision(core, precision),
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.precision = precision
+        self.inference_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        shape = model.inputs[0].get_partial_shape()
+        self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        # share_inputs: no copy of the batch; outputs are copied (the request reuses its buffers).
+        out = self._request.infer({0: batch}, share_inputs=True)[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
+def _inference_precision(core, precision: str) -> str:
+    hint = _INFERENCE_PRECISION.get(precision, "f32")
+    if hint == "f16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "f32"
+    return hint

@@ -1,0 +1,281 @@
+"""TensorRT backend: explicit quantization (QDQ ONNX) and a strongly typed engine.
+
+Uses ``tensorrt`` where installed (JetPack, NGC), else ``tensorrt_rtx`` from PyPI, which builds
+engines ahead of time on a machine without a GPU for a chosen compute capability.
+
+Each artifact folder holds the ONNX the engine was built from (``model.fp32.onnx``,
+``model.fp16.onnx`` or ``model.qdq.onnx``: kept so the engine can be rebuilt on the device, and used
+to *estimate* accuracy on ONNX Runtime CPU where no GPU is present), the engine ``model.engine`` and
+``model.engine.json`` (TensorRT flavour/version, GPU arch, batch range).
+
+INT8 is explicit only (TensorRT 11 removed implicit calibrators): the QDQ ONNX is symmetric int8
+for activations and weights, per-channel weights, bias left in float (TensorRT rejects an int32
+bias DequantizeLinear), and the network is strongly typed so the Q/DQ nodes decide the precision.
+
+When the installed builder cannot target the requested GPU (tensorrt_rtx has no sm87 for Jetson
+Orin), the artifact is the ONNX alone and ``load`` builds the engine on the device on first use.
+
+``compile`` options: ``recipe`` (int8), ``gpu_arch`` ("sm89"; default ``DEFAULT_ARCH``),
+``max_batch`` (engine profile, default 32).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgetl._lazy import available, require
+from edgetl.backends import _cuda
+from edgetl.backends.base import Compiled, SessionBase
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import ArtifactError, CompileError, EdgetlError
+
+# Ada (RTX 40xx, L4, L40): the oldest architecture with every precision TensorRT-RTX supports and
+# a common desktop/edge-server GPU. Said in the options when it was chosen for the user.
+DEFAULT_ARCH = "sm89"
+DEFAULT_MAX_BATCH = 32
+ENGINE = "model.engine"
+# Only the ops whose inputs TensorRT fuses into int8 kernels get Q/DQ; other ops stay float, as
+# NVIDIA's Q/DQ placement guide recommends (extra Q/DQ pairs add reformatting, not speed).
+_QDQ_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+
+
+def _trt() -> ModuleType:
+    if available("tensorrt"):
+        return require("tensorrt")
+    return require("tensorrt_rtx", "TensorRT engines")
+
+
+def _flavour(trt: ModuleType) -> str:
+    return f"{trt.__name__} {trt.__version__}"
+
+
+class TensorRtBackend:
+    name = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    extra = "tensorrt"
+
+    def available(self) -> bool:
+        return available("tensorrt") or available("tensorrt_rtx")
+
+    def can_run_here(self) -> bool:
+        return self.available() and _cuda.gpu_arch() is not None
+
+    def version(self) -> str:
+        return _flavour(_trt())
+
+    # -- compile -------------------------------------------------------------------------------
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+                options: dict[str, Any]) -> Compiled:
+        if precision not in self.precisions:
+            raise CompileError(f"tensorrt cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
+        trt = _trt()
+        out_dir = Path(out_dir)
+        onnx_out = out_dir / f"model.{'qdq' if precision == 'int8' else precision}.onnx"
+        chosen: dict[str, Any] = {"tensorrt": _flavour(trt)}
+        if precision == "fp32":
+            shutil.copyfile(onnx_path, onnx_out)
+        elif precision == "fp16":
+            from edgetl.backends._qdq import to_fp16
+
+            to_fp16(Path(onnx_path), onnx_out)
+        else:
+            chosen.update(self._qdq(Path(onnx_path), onnx_out, calibration, options.get("recipe")))
+        arch = options.get("gpu_arch") or DEFAULT_ARCH
+        if not options.get("gpu_arch"):
+            chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
+        max_batch = int(options.get("max_batch") or DEFAULT_MAX_BATCH)
+        files = [onnx_out]
+        reason = _cannot_target(trt, arch)
+        if reason:
+            chosen["engine"] = f"deferred to the device: {reason}"
+            path = onnx_out
+        else:
+            start = time.perf_counter()
+            plan = build_engine(trt, onnx_out, arch, max_batch)
+            chosen["engine_build_s"] = round(time.perf_counter() - start, 3)
+            path = out_dir / ENGINE
+            path.write_bytes(plan)
+            meta = {"tensorrt": _flavour(trt), "gpu_arch": arch, "onnx": onnx_out.name, "max_batch": max_batch}
+            (out_dir / f"{ENGINE}.json").write_text(json.dumps(meta, indent=2) + "\n")
+            files = [path, out_dir / f"{ENGINE}.json", onnx_out]
+        chosen.update({"gpu_arch": arch, "max_batch": max_batch, "strongly_typed": True})
+        return Compiled(self.name, precision, path, files, chosen, estimate_with=onnx_out)
+
+    def _qdq(self, src: Path, out: Path, calibration: np.ndarray | None, recipe: CalibrationRecipe | None) -> dict[str, Any]:
+        from edgetl.backends._qdq import quantize_qdq
+
+        recipe = recipe or CalibrationRecipe(name="default")
+        forced = [f for f, v in (("symmetric_activations", recipe.symmetric_activations), ("per_channel", recipe.per_channel)) if not v]
+        # TensorRT's int8 is symmetric (zero point 0) and its conv kernels want per-channel weights.
+        recipe = recipe.model_copy(update={"symmetric_activations": True, "per_channel": True})
+        settings = quantize_qdq(
+            src, out, calibration, recipe, activation_type="int8", weight_type="int8", op_types=_QDQ_OPS,
+            extra_options={"QuantizeBias": False, "WeightSymmetric": True},
+        )
+        why = "TensorRT explicit quantization: symmetric int8, per-channel weights, float bias, Q/DQ on " + "/".join(_QDQ_OPS)
+        if forced:
+            why += f" (recipe's {' and '.join(forced)}=false overridden: TensorRT needs them)"
+        return {**settings, "calibration": recipe.name, "why": why}
+
+    # -- load ----------------------------------------------------------------------------------
+    def load(self, path: Path, threads: int | None = None) -> TensorRtSession:
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"TensorRT artifact {path} does not exist: compile it with `edgetl compile`")
+        if _cuda.gpu_arch() is None:
+            onnx = sorted(path.parent.glob("model.*.onnx"))
+            estimate = f"; accuracy was estimated with {onnx[0]} on ONNX Runtime CPU" if onnx else ""
+            raise EdgetlError(f"TensorRT engines need an NVIDIA GPU and none was found here{estimate}")
+        return TensorRtSession(path)
+
+
+def _cannot_target(trt: ModuleType, arch: str) -> str | None:
+    """Why the installed builder cannot build for ``arch``, or None when it can."""
+    if _is_rtx(trt):
+        supported = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
+        if arch.upper() not in supported:
+            return (f"{_flavour(trt)} builds for {', '.join(s.lower() for s in supported)}, not {arch}; "
+                    "the device's own TensorRT builds the engine from the ONNX on first load")
+        return None
+    local = _cuda.gpu_arch()
+    if local != arch:
+        where = f"this machine's GPU is {local}" if local else "this machine has no GPU"
+        return f"{_flavour(trt)} builds only for the GPU it runs on ({where}); the device builds it on first load"
+    return None
+
+
+def _is_rtx(trt: ModuleType) -> bool:
+    return trt.__name__ == "tensorrt_rtx"
+
+
+def build_engine(trt: ModuleType, onnx_path: Path, arch: str | None, max_batch: int) -> bytes:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
+
+    ``arch`` None builds for the local GPU. Batch range 1..max_batch, tuned for batch 1 (edge
+    latency is single-stream).
+    """
+    logger = _ErrorLog.make(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise CompileError(f"TensorRT cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}")
+    config = builder.create_builder_config()
+    if _is_rtx(trt):
+        # Exactly one target: smaller engines, and Turing (sm75) is only reachable this way.
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, arch.upper() if arch else "CURRENT"), 0)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)[1:]
+        profile.set_shape(tensor.name, (1, *shape), (1, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise CompileError(f"TensorRT could not build an engine from {onnx_path.name}: {logger.last()}")
+    return bytes(plan)
+
+
+class _ErrorLog:
+    """A TensorRT logger that keeps errors for the message and drops info/verbose chatter."""
+
+    @staticmethod
+    def make(trt: ModuleType):
+        class Log(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if severity <= trt.ILogger.Severity.ERROR:
+                    self.errors.append(msg)
+
+            def last(self) -> str:
+                return self.errors[-1] if self.errors else "no error message from TensorRT"
+
+        return Log()
+
+
+class TensorRtSession(SessionBase):
+    """Runs an engine (or builds one from the ONNX on first use) on GPU 0."""
+
+    def __init__(self, path: Path):
+        trt = _trt()
+        self._rt = _cuda.cudart()
+        plan = self._plan(trt, path)
+        self._runtime = trt.Runtime(_ErrorLog.make(trt))
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            meta = path.with_name(f"{ENGINE}.json")
+            built = json.loads(meta.read_text()) if meta.is_file() else {}
+            raise ArtifactError(
+                f"{path} does not run on this GPU ({_cuda.gpu_arch()}, {_flavour(trt)}); it was built for "
+                f"{built.get('gpu_arch', '?')} with {built.get('tensorrt', '?')}: load {built.get('onnx', 'the ONNX')} "
+                "instead to rebuild it here"
+            )
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._out_dtype = trt.nptype(self._engine.get_tensor_dtype(self._output))
+        self.max_batch = self._engine.get_tensor_profile_shape(self._input, 0)[2][0]
+        self.input_shape = (-1, *tuple(self._engine.get_tensor_shape(self._input))[1:])
+        self._stream = self._rt.stream_create()
+        self._buffers: dict[str, int] = {}
+
+    @staticmethod
+    def _plan(trt: ModuleType, path: Path) -> bytes:
+        if path.suffix != ".onnx":
+            return path.read_bytes()
+        cached = path.with_suffix(f".{_cuda.gpu_arch()}.engine")
+        if cached.is_file():
+            return cached.read_bytes()
+        plan = build_engine(trt, path, None, DEFAULT_MAX_BATCH)
+        try:
+            cached.write_bytes(plan)  # the next load skips the build
+        except OSError:
+            pass  # read-only bundle: build again next time
+        return plan
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        # Sized for the largest batch once, so run() never allocates on the hot path.
+        if name not in self._buffers:
+            self._buffers[name] = self._rt.malloc(nbytes)
+        return self._buffers[name]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.concatenate([self._run(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        self._context.set_input_shape(self._input, chunk.shape)
+        out = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=self._out_dtype)
+        per_item_in, per_item_out = chunk[:1].nbytes, out[:1].nbytes
+        src = self._buffer(self._input, per_item_in * self.max_batch)
+        dst = self._buffer(self._output, per_item_out * self.max_batch)
+        self._rt.to_device(src, chunk)
+        self._context.set_tensor_address(self._input, src)
+        self._context.set_tensor_address(self._output, dst)
+        if not self._context.execute_async_v3(self._stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        self._rt.stream_sync(self._stream)
+        self._rt.to_host(out, dst)
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        for ptr in self._buffers.values():
+            self._rt.free(ptr)
+        self._buffers = {}
+        if self._stream:
+            self._rt.stream_destroy(self._stream)
+            self._stream = 0
+        self._context = self._engine = None

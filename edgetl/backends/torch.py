@@ -1,0 +1,71 @@
+"""The FP32 PyTorch eager reference: the baseline every bench table's speed-ups are measured against.
+
+Not a compile target (there is nothing to compile); it runs the run's trained model as trained, on
+the workstation, with the same thread count as the artifact it is compared with. This file may
+import torch, lazily: it is never part of a bundle.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from edgetl._lazy import require
+from edgetl.backends.base import SessionBase
+
+NAME = "pytorch-eager"  # how the reference row is named in results and tables
+
+
+class TorchSession(SessionBase):
+    """``run(batch)`` = the trained model in eval mode under ``torch.inference_mode``.
+
+    ``torch.set_num_threads`` is per process: the bench stage runs the reference in its own process;
+    in a shared one (a notebook, ``isolate=False``) ``close`` gives the process its thread count back.
+    """
+
+    def __init__(self, model, input_shape: tuple[int, ...], threads: int | None = None):
+        self._torch = require("torch", "the PyTorch FP32 reference")
+        self._restore = self._torch.get_num_threads()
+        if threads:
+            self._torch.set_num_threads(threads)
+        self._model = model.eval()
+        self.input_shape = input_shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with self._torch.inference_mode():
+            return self._model(x).numpy()
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._torch.set_num_threads(self._restore)
+        self._model = None
+
+
+def version() -> str | None:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def load_reference(run_path: str | Path, threads: int | None = None) -> TorchSession:
+    """The reference session of the run at ``run_path`` (a path: it is opened in a fresh process)."""
+    from edgetl.models.build import load_trained
+    from edgetl.rundir import RunDir
+
+    run = RunDir.open(run_path, need="train")
+    h, w = run.manifest["train"]["preprocess"]["input_size"][-2:]
+    return TorchSession(load_trained(run), (-1, 3, int(h), int(w)), threads)
+
+
+def reference_opener(run_path: str, threads: int | None = None):
+    """For ``edgetl.bench.measure``: import torch and timm now (untimed), return the timed load."""
+    require("torch", "the PyTorch FP32 reference")
+    require("timm", "the PyTorch FP32 reference")
+    return functools.partial(load_reference, run_path, threads)

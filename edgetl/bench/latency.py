@@ -1,0 +1,221 @@
+"""The latency harness: one loop for every runtime and for the PyTorch reference.
+
+numpy and the standard library only, so the same code measures a bundle on the device.
+
+Method (DESIGN.md, "Measuring"):
+
+- fixed input: one real preprocessed batch, contiguous float32, reused every iteration (as the
+  vendors' tools do), so the loop times the runtime and not the data path;
+- warm-up until *both* ``warmup_iters`` iterations and ``warmup_s`` seconds have passed: lazy
+  kernel selection, allocator growth and CPU frequency ramp-up settle before timing starts;
+- then ``iterations`` timed calls, or as many as fit in ``duration_s``; each call is timed alone
+  with ``time.perf_counter_ns`` around ``session.run`` only, and the garbage collector is paused
+  (as ``timeit`` does) so a collection triggered by Python objects does not land in one sample;
+- percentiles by linear interpolation (numpy's default, the same as OpenVINO's benchmark_app).
+
+Peak memory (``MemoryProbe``): the runtime's allocations happen inside C++ libraries, so the only
+honest number is the process's resident set. On Linux the high-water mark ``VmHWM`` is reset to the
+current RSS by writing ``5`` to ``/proc/self/clear_refs`` just before the session is loaded, and read
+after the last run; the session's peak is that high-water mark minus the RSS before loading.
+Limits: the number is process-wide (any other allocation in the same window counts), freed memory
+that the allocator keeps mapped is not returned, and runtimes keep global state (thread pools,
+plugin caches) after a session closes. That is why the bench stage measures every artifact in a
+fresh process (see ``edgetl.bench.measure``). Elsewhere (macOS, old kernels) ``ru_maxrss`` is used: it
+cannot be reset, so the peak includes everything before the load, and ``method`` says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Progress = Callable[[float, float], None]  # (done, total): iterations, or seconds in duration mode
+
+_PROGRESS_EVERY_NS = 100_000_000  # report at most 10 times a second: the callback is not free
+MIN_ITERATIONS = 10  # in duration mode, so that p90/p99 exist even for a slow model
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one batch size; times in milliseconds, throughput in images per second."""
+
+    batch: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput_ips: float
+    warmup_iterations: int
+    warmup_ms: float
+    samples_ms: list[float] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_samples(cls, batch: int, samples_ns: np.ndarray, warmup_iterations: int, warmup_ns: int,
+                     keep_samples: bool = True) -> LatencyStats:
+        ms = samples_ns.astype(np.float64) / 1e6
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(
+            batch=batch,
+            iterations=int(ms.size),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            mean_ms=float(ms.mean()),
+            std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+            min_ms=float(ms.min()),
+            max_ms=float(ms.max()),
+            # Serial single-stream runs: images over the summed time of the timed calls.
+            throughput_ips=float(batch * ms.size / (ms.sum() / 1e3)),
+            warmup_iterations=warmup_iterations,
+            warmup_ms=warmup_ns / 1e6,
+            samples_ms=[round(float(v), 4) for v in ms] if keep_samples else None,
+        )
+
+    def to_dict(self, samples: bool = True) -> dict:
+        d = asdict(self)
+        if not samples or self.samples_ms is None:
+            d.pop("samples_ms")
+        return d
+
+
+def measure_latency(
+    session,
+    batch: np.ndarray,
+    *,
+    warmup_iters: int = 50,
+    warmup_s: float = 0.2,
+    iterations: int = 200,
+    duration_s: float | None = None,
+    progress: Progress | None = None,
+    keep_samples: bool = True,
+) -> LatencyStats:
+    """Time ``session.run(batch)``: warm-up, then ``iterations`` calls or ``duration_s`` seconds.
+
+    In duration mode at least ``MIN_ITERATIONS`` calls are timed, so that the percentiles exist.
+    """
+    if iterations < 1 and duration_s is None:
+        raise ValueError("iterations must be >= 1")
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    clock = time.perf_counter_ns
+
+    start = clock()
+    warm = 0
+    warm_until = start + int(warmup_s * 1e9)
+    while warm < warmup_iters or clock() < warm_until:
+        session.run(x)
+        warm += 1
+    warm_ns = clock() - start
+
+    samples: list[int] = []
+    limit_ns = int(duration_s * 1e9) if duration_s is not None else None
+    total = duration_s if duration_s is not None else float(iterations)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        begin = last_report = clock()
+        while True:
+            t0 = clock()
+            session.run(x)
+            t1 = clock()
+            samples.append(t1 - t0)
+            if limit_ns is None:
+                if len(samples) >= iterations:
+                    break
+            elif t1 - begin >= limit_ns and len(samples) >= MIN_ITERATIONS:
+                break
+            if progress is not None and t1 - last_report >= _PROGRESS_EVERY_NS:
+                progress(len(samples) if limit_ns is None else (t1 - begin) / 1e9, total)
+                last_report = clock()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if progress is not None:
+        progress(total, total)
+    return LatencyStats.from_samples(int(x.shape[0]), np.asarray(samples, np.int64), warm, warm_ns, keep_samples)
+
+
+def first_inference(load: Callable[[], object], batch: np.ndarray,
+                    check: Callable[[object], None] | None = None) -> tuple[object, dict]:
+    """Load a session and run it once: what a user waits for before the first answer.
+
+    Returns the open session and ``{"load_ms", "first_run_ms", "first_inference_ms"}``; load
+    includes whatever the runtime compiles at load time (OpenVINO's plugin compile, ORT's graph
+    optimisation, a TensorRT engine deserialisation). ``check(session)`` runs untimed in between
+    (an input-shape check that should fail with a clear message before the runtime's own).
+    """
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    t0 = time.perf_counter_ns()
+    session = load()
+    t1 = time.perf_counter_ns()
+    if check is not None:
+        try:
+            check(session)
+        except BaseException:
+            session.close()
+            raise
+    static = (getattr(session, "input_shape", None) or (0,))[0]
+    if static > 0 and static != x.shape[0]:  # a static-batch artifact: fill its batch with the same images
+        x = np.ascontiguousarray(x[np.arange(static) % x.shape[0]])
+    t2 = time.perf_counter_ns()
+    session.run(x)
+    t3 = time.perf_counter_ns()
+    load_ms, run_ms = (t1 - t0) / 1e6, (t3 - t2) / 1e6
+    return session, {"load_ms": load_ms, "first_run_ms": run_ms, "first_inference_ms": load_ms + run_ms}
+
+
+# -- memory ------------------------------------------------------------------------------------------
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_kib() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
+
+
+class MemoryProbe:
+    """Peak resident memory of what runs between ``start()`` and ``stop()`` (see the module doc)."""
+
+    def start(self) -> None:
+        self.resettable = False
+        try:
+            _CLEAR_REFS.write_text("5")  # Linux >= 4.0: VmHWM := VmRSS
+            self.resettable = _status_kib("VmHWM") is not None
+        except OSError:
+            pass
+        self.baseline_kib = _status_kib("VmRSS") or _maxrss_kib()
+
+    def stop(self) -> dict:
+        if self.resettable:
+            peak = _status_kib("VmHWM") or 0
+            method = "VmHWM reset via /proc/self/clear_refs before load, read after the last run"
+        else:
+            peak = _maxrss_kib()
+            method = "ru_maxrss (cannot be reset: includes everything the process did before the load)"
+        return {
+            "method": method,
+            "baseline_mb": self.baseline_kib / 1024,
+            "process_peak_mb": peak / 1024,
+            "session_peak_mb": max(peak - self.baseline_kib, 0) / 1024,
+        }

@@ -1,0 +1,249 @@
+"""Measure one session: latency per batch size, first inference, peak memory, accuracy.
+
+Three entry points, from the most to the least isolated:
+
+- ``measure_isolated(loader, kwargs, data, ...)``: load and measure in a fresh Python process.
+  The bench stage uses it for every artifact and for the PyTorch reference, because peak RSS is
+  process-wide, and runtimes keep thread pools, plugin caches and allocator arenas after a session
+  closes: in one process the second artifact of a runtime would look cheaper to load and smaller
+  than it is, and a reference's OpenMP threads could compete with the next artifact. It also
+  mirrors the device, where a bundle is benched by a fresh ``edgetl bench`` process, and a runtime
+  that crashes (a segfault in a plugin) fails that row only.
+- ``measure(load, inputs, ...)``: the same measurement in this process.
+- ``bench_session(session, inputs, ...)``: latency and accuracy of an already open session, no load
+  time and no memory (for a bundle on the device, or a notebook).
+
+numpy only: no torch, no run directory, so a bundle on a device uses the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgetl import errors
+from edgetl.bench.accuracy import collect_logits, evaluate
+from edgetl.bench.latency import MemoryProbe, first_inference, measure_latency
+from edgetl.errors import ArtifactError
+
+# (phase, done, total): phase is "batch 8" or "accuracy"; done/total are iterations, seconds or images
+PhaseProgress = Callable[[str, float, float], None]
+
+
+def check_input_shape(session, inputs: np.ndarray) -> None:
+    expected = tuple(session.input_shape[1:]) if session.input_shape else ()
+    actual = tuple(inputs.shape[1:])
+    if expected and any(e > 0 and e != a for e, a in zip(expected, actual, strict=False)):
+        raise ArtifactError(
+            f"the artifact expects inputs of shape {'x'.join(map(str, expected))} but the validation images are "
+            f"{'x'.join(map(str, actual))}: it was compiled for another model or input size; recompile it"
+        )
+
+
+def make_batches(inputs: np.ndarray, batches: Sequence[int]) -> dict[int, np.ndarray]:
+    """Real images for each batch size, repeated when the split is smaller than the batch; copies,
+    so that timing never reads through a memory map."""
+    return {b: np.ascontiguousarray(inputs[np.arange(b) % inputs.shape[0]], dtype=np.float32)
+            for b in dict.fromkeys(batches)}
+
+
+def runnable_batches(session, arrays: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], list[dict]]:
+    """Drop the batch sizes a static-batch artifact cannot run, saying why."""
+    static = session.input_shape[0] if session.input_shape and session.input_shape[0] > 0 else None
+    if not static:
+        return arrays, []
+    skipped = [{"batch": b, "reason": f"the artifact has a static batch size of {static}"} for b in arrays if b != static]
+    return {b: x for b, x in arrays.items() if b == static}, skipped
+
+
+def _phase(progress: PhaseProgress | None, name: str):
+    return None if progress is None else functools.partial(progress, name)
+
+
+def _latency(session, arrays: dict[int, np.ndarray], progress: PhaseProgress | None, **kw) -> list[dict]:
+    return [measure_latency(session, x, progress=_phase(progress, f"batch {b}"), **kw).to_dict() for b, x in arrays.items()]
+
+
+def _accuracy(session, inputs, labels, reference, classes, progress) -> dict | None:
+    if labels is None or reference is None:
+        return None
+    logits = collect_logits(session, inputs, progress=_phase(progress, "accuracy"))
+    return evaluate(logits, np.asarray(labels), np.asarray(reference), classes)
+
+
+def bench_session(
+    session,
+    inputs: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference_logits: np.ndarray | None = None,
+    *,
+    batches: Sequence[int] = (1,),
+    iterations: int = 200,
+    duration_s: float | None = None,
+    warmup_iters: int = 50,
+    warmup_s: float = 0.2,
+    classes: Sequence[str] | None = None,
+    progress: PhaseProgress | None = None,
+) -> dict:
+    """``{"latency": [LatencyStats dicts], "skipped_batches": [...], "accuracy": dict | None}`` of an
+    open session; accuracy only when ``labels`` and ``reference_logits`` are given."""
+    check_input_shape(session, inputs)
+    arrays, skipped = runnable_batches(session, make_batches(inputs, batches))
+    timing = {"iterations": iterations, "duration_s": duration_s, "warmup_iters": warmup_iters, "warmup_s": warmup_s}
+    return {
+        "latency": _latency(session, arrays, progress, **timing),
+        "skipped_batches": skipped,
+        "accuracy": _accuracy(session, inputs, labels, reference_logits, classes, progress),
+    }
+
+
+def measure(
+    load: Callable[[], object],
+    inputs: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference_logits: np.ndarray | None = None,
+    *,
+    batches: Sequence[int] = (1,),
+    iterations: int = 200,
+    duration_s: float | None = None,
+    warmup_iters: int = 50,
+    warmup_s: float = 0.2,
+    classes: Sequence[str] | None = None,
+    progress: PhaseProgress | None = None,
+) -> dict:
+    """``bench_session`` plus ``load`` (first inference) and ``memory`` (peak RSS while loading and
+    timing; accuracy runs after the probe so the validation set does not count)."""
+    arrays = make_batches(inputs, batches)  # before the probe: the inputs are not the session's memory
+    first = np.array(inputs[:1], dtype=np.float32)
+    probe = MemoryProbe()
+    probe.start()
+    session, load_times = first_inference(load, first, check=lambda s: check_input_shape(s, inputs))
+    try:
+        arrays, skipped = runnable_batches(session, arrays)
+        latency = _latency(session, arrays, progress, iterations=iterations, duration_s=duration_s,
+                           warmup_iters=warmup_iters, warmup_s=warmup_s)
+        memory = probe.stop()
+        accuracy = _accuracy(session, inputs, labels, reference_logits, classes, progress)
+    finally:
+        session.close()
+    return {"load": load_times, "memory": memory, "latency": latency, "skipped_batches": skipped,
+            "accuracy": accuracy}
+
+
+# -- in a fresh process ------------------------------------------------------------------------------
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding edgetl/, for the child's path
+
+
+class MeasureCrashed(RuntimeError):
+    """The measuring process died without an answer (a crash inside a runtime, or killed)."""
+
+
+def resolve_loader(spec: str) -> Callable:
+    """``"package.module:function"`` -> the function (an *opener factory*: ``function(**kwargs)``
+    does the untimed imports and returns the zero-argument call that opens the session)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _rebuild(module: str, name: str, message: str, tb: str) -> BaseException:
+    """The child's exception: the same EdgetlError class and message (a user error stays one line),
+    anything else as a RuntimeError carrying the child's traceback (a bug keeps its traceback)."""
+    cls = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, errors.EdgetlError):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        return exc
+    return RuntimeError(f"{name}: {message}\n--- traceback in the measuring process ---\n{tb}")
+
+
+def measure_isolated(
+    loader: str,
+    loader_kwargs: dict,
+    data: dict[str, str | None],
+    *,
+    progress: PhaseProgress | None = None,
+    **settings,
+) -> dict:
+    """``measure`` in a fresh Python process (``python -m edgetl.bench._child``).
+
+    ``loader`` is ``"module:function"``; ``function(**loader_kwargs)`` imports what it needs and
+    returns the call that opens the session (see ``artifact_opener``); the kwargs are JSON values. ``data`` holds paths of ``.npy`` files: ``inputs`` (float32 NCHW),
+    optional ``labels`` and ``reference``; the child memory-maps them. A fresh interpreter, not
+    ``multiprocessing``: it does not re-import the caller's ``__main__`` (a user's script without a
+    ``__main__`` guard, a notebook) and it shares nothing with this process. The child reports
+    progress and its result as JSON lines on a pipe; its own output is kept for the error message.
+    """
+    job = {"loader": loader, "kwargs": loader_kwargs, "data": data, "settings": settings}
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.TemporaryFile() as log:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "edgetl.bench._child", str(write_fd), json.dumps(job)],
+                                    pass_fds=(write_fd,), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            os.close(write_fd)
+        answered = False
+        try:
+            with os.fdopen(read_fd, "r", encoding="utf-8") as pipe:
+                for line in pipe:
+                    msg = json.loads(line)
+                    if msg[0] == "progress":
+                        if progress is not None:
+                            progress(*msg[1:])
+                        continue
+                    answered = True
+                    if msg[0] == "result":
+                        return msg[1]
+                    raise _rebuild(*msg[1:])
+            proc.wait()
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise MeasureCrashed(f"the runtime crashed ({_exit_reason(proc.returncode)}) while measuring"
+                                 + (": " + " / ".join(tail) if tail else ""))
+        finally:
+            _reap(proc, graceful=answered)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _reap(proc: subprocess.Popen, graceful: bool) -> None:
+    """Let a child that answered exit by itself; stop one that did not (Ctrl-C, a parent error)."""
+    if graceful:
+        try:
+            proc.wait(timeout=60)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+
+
+def artifact_opener(runtime: str, path: str, threads: int | None = None) -> Callable[[], object]:
+    """Import the runtime now and return the call that opens the artifact (the timed "load").
+
+    Importing first keeps the runtime library's import time and memory out of the session's load
+    time and peak memory (they are in the process's totals); the opener protocol is the same for
+    every loader that ``measure_isolated`` takes.
+    """
+    from edgetl.backends import get_backend
+
+    backend = get_backend(runtime)
+    backend.available()  # imports the runtime module
+    return functools.partial(backend.load, Path(path), threads)

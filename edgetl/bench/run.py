@@ -1,0 +1,382 @@
+"""The bench stage: every compiled artifact of a run, on this machine, next to PyTorch FP32.
+
+``bench(run)`` verifies each artifact's sha256, measures the PyTorch eager FP32 reference and then
+each artifact in a fresh process (``edgetl.bench.measure``), evaluates accuracy on the full
+validation split in the artifact's own runtime, applies the target profile's budgets, writes one
+result file per artifact and a summary in ``manifest["bench"][<device>]``.
+
+Result file ``runs/<name>/bench/<target>/<precision>@<device>.json``, schema ``edgetl.bench/1``
+(a device benching a bundle writes the same document with the same code, see ``result_doc``)::
+
+    {
+      "schema": "edgetl.bench/1",
+      "created": "2025-01-01T12:00:00+00:00",    # UTC
+      "edgetl": "0.1.0",
+      "key": "host-cpu/int8",                    # "<target>/<precision>"; the reference: "pytorch-eager/fp32"
+      "target": "host-cpu",                      # profile or bare runtime name
+      "reference": false,                        # true for the PyTorch eager FP32 row
+      "device": {...},                           # edgetl.bench.system.system_record(): name, cpu (model, flags,
+                                                 # cores), memory, os, python, gpus, runtimes (versions)
+      "settings": {"threads", "batches", "iterations", "duration_s", "warmup_iters", "warmup_s", "isolated"},
+      "artifact": {"runtime", "precision", "path", "files": {relpath: sha256}, "size_bytes", "versions"},
+      "load": {"load_ms", "first_run_ms", "first_inference_ms"},
+      "memory": {"method", "baseline_mb", "process_peak_mb", "session_peak_mb", "isolated"},
+      "latency": [{"batch", "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms",
+                   "max_ms", "throughput_ips", "warmup_iterations", "warmup_ms", "samples_ms": [...],
+                   "speedup_vs_reference": float | null}],   # reference p50 / this p50, same batch
+      "skipped_batches": [{"batch", "reason"}],
+      "accuracy": {"n", "num_classes", "top1", "fp32_top1", "drop_pp", "fraction_of_fp32", "agreement",
+                   "max_abs_diff", "nonfinite", "top5"?, "fp32_top5"?, "per_class_changed": [...]},
+      "reference_latency": {"<batch>": {"p50_ms", "p90_ms"}} | null,
+      "gates": {"status": "PASS" | "FAIL" | "n/a", "budgets": {...}, "checks": [...], "failed": [...]}
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.markup import escape
+
+from edgetl import __version__
+from edgetl._io import write_json
+from edgetl.backends import RUNTIMES, get_backend
+from edgetl.backends import torch as torch_reference
+from edgetl.bench import gates as gates_mod
+from edgetl.bench.accuracy import evaluate
+from edgetl.bench.measure import measure, measure_isolated, resolve_loader
+from edgetl.bench.progress import BenchProgress
+from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
+from edgetl.config import Budgets, TargetProfile, load_target, target_names
+from edgetl.errors import ConfigError, EdgetlError, UnknownNameError
+from edgetl.rundir import RunDir
+
+SCHEMA = "edgetl.bench/1"
+REFERENCE_KEY = f"{torch_reference.NAME}/fp32"
+
+
+class GatesFailed(EdgetlError):
+    """A budget failed under ``--check`` (exit code 1: the command worked, the model did not pass)."""
+
+    exit_code = 1
+
+
+class BenchFailed(EdgetlError):
+    """Some artifacts could not be measured (each row says why); the others were."""
+
+
+@dataclass
+class BenchResults:
+    run: Path
+    device: str
+    system: dict
+    rows: list[dict] = field(default_factory=list)  # result documents, reference first
+    warnings: list[str] = field(default_factory=list)
+
+    def failed_gates(self) -> list[str]:
+        return [f"{r['key']}: {'; '.join(r['gates']['failed'])}" for r in self.rows
+                if r.get("status") == "ok" and r["gates"]["status"] == gates_mod.FAIL]
+
+    def errors(self) -> list[str]:
+        return [f"{r['key']}: {r['reason']}" for r in self.rows if r.get("status") == "error"]
+
+    def raise_for_errors(self) -> None:
+        if self.errors():
+            raise BenchFailed(f"{len(self.errors())} artifact(s) could not be benched: " + " | ".join(self.errors()))
+
+    def raise_for_gates(self) -> None:
+        if self.failed_gates():
+            raise GatesFailed("budget failed: " + " | ".join(self.failed_gates()))
+
+
+# -- options ---------------------------------------------------------------------------------------
+def default_threads() -> int:
+    """Physical cores this process may use: one thread per core is what latency-bound runs want."""
+    cpu = cpu_record()
+    return max(1, min(cpu["physical_cores"] or cpu["usable_cores"] or 1, cpu["usable_cores"] or 1))
+
+
+def _check_settings(batches: Sequence[int], threads: int | None, iterations: int, duration_s: float | None) -> None:
+    if not batches or any(int(b) < 1 for b in batches):
+        raise ConfigError(f"--batch {','.join(map(str, batches))}: batch sizes must be integers >= 1, e.g. --batch 1,8")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads}: must be >= 1")
+    if duration_s is None and iterations < 1:
+        raise ConfigError(f"--iterations {iterations}: must be >= 1 (200 or more for a stable p99)")
+    if duration_s is not None and duration_s <= 0:
+        raise ConfigError(f"--duration {duration_s}: must be > 0 seconds")
+
+
+def select(compiled: dict, targets: Sequence[str] | None) -> list[str]:
+    """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None)."""
+    if not targets:
+        return list(compiled)
+    keys: list[str] = []
+    for t in targets:
+        hits = [k for k in compiled if k == t or compiled[k].get("target") == t]
+        if not hits:
+            raise UnknownNameError("compiled target", t, {*compiled, *(e.get("target") for e in compiled.values())})
+        keys += [k for k in hits if k not in keys]
+    return keys
+
+
+def budgets_for(entry: dict) -> Budgets | None:
+    """The target profile's budgets; ``None`` for a bare runtime target (no profile, no gates)."""
+    name = entry["target"]
+    if isinstance(entry.get("profile"), dict):
+        profile = TargetProfile.model_validate(entry["profile"])
+    elif name in target_names():
+        profile = load_target(name)
+    elif name in RUNTIMES:
+        return None
+    else:
+        raise ConfigError(
+            f"target {name!r} was compiled from a profile that is not in ./targets or the shipped ones: "
+            f"restore targets/{name}.toml to bench it with its budgets"
+        )
+    gates_mod.validate_budgets(profile.budgets, f"target profile {name!r}")
+    return profile.budgets
+
+
+def _availability(runtime: str) -> str | None:
+    """``None`` when artifacts of ``runtime`` can run here, else why not."""
+    try:
+        backend = get_backend(runtime)
+    except (ImportError, EdgetlError) as exc:
+        return f"{runtime} backend unavailable ({exc})"
+    if not backend.available():
+        return f"{runtime} is not installed: pip install 'edgetl[{backend.extra}]'"
+    if not backend.can_run_here():
+        return f"{runtime} artifacts cannot run on this machine (e.g. no GPU)"
+    return None
+
+
+# -- the stage -------------------------------------------------------------------------------------
+def bench(
+    run_path: str | Path,
+    targets: Sequence[str] | None = None,
+    device_name: str | None = None,
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    iterations: int = 200,
+    duration_s: float | None = None,
+    check: bool = False,
+    *,
+    isolate: bool = True,
+    console=None,
+) -> BenchResults:
+    """Bench the run's compiled artifacts on this machine; see the module docstring for the files.
+
+    ``threads`` is one count for every row (default: this machine's usable physical cores), so the
+    rows compare. ``isolate`` measures each artifact in a fresh process (recommended: see
+    ``edgetl.bench.measure``). ``console``: a rich Console to show progress on. ``check`` raises
+    ``GatesFailed`` (exit code 1) after writing everything when a budget fails.
+    """
+    run = RunDir.open(run_path, need="compiled")
+    compiled = run.manifest["compiled"]
+    if not compiled:
+        raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
+    batches = [int(b) for b in dict.fromkeys(batches)]
+    _check_settings(batches, threads, iterations, duration_s)
+    keys = select(compiled, targets)
+    budgets = {k: budgets_for(compiled[k]) for k in keys}
+    for k in keys:  # every artifact before any measuring: a tampered one stops the bench (exit 2)
+        for rel in compiled[k].get("files") or [compiled[k]["path"]]:
+            run.verify(rel)
+
+    threads = threads or default_threads()
+    system = system_record(threads, device_slug(device_name))
+    settings = {"threads": threads, "batches": batches, "iterations": iterations, "duration_s": duration_s,
+                "warmup_iters": 50, "warmup_s": 0.2, "isolated": isolate}
+    results = BenchResults(run.path, system["name"], system)
+    if (busy := busy_warning(system)) is not None:
+        results.warnings.append(busy)
+        _say(console, f"[yellow]warning:[/] {escape(busy)}")
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, BenchProgress(console) as progress:
+        measurer = _Measurer(run, settings, progress, Path(tmp))
+        reference = _bench_reference(run, measurer, results, console)
+        ref_latency = _latency_by_batch(reference)
+        for key in keys:
+            entry = compiled[key]
+            stub = {"key": key, "target": entry["target"], "artifact": _artifact(run, entry),
+                    "device": {"name": results.device}}
+            if (reason := _availability(entry["runtime"])) is not None:
+                results.rows.append({**stub, "status": "unavailable", "reason": reason})
+                continue
+            try:
+                measured = measurer(key, "edgetl.bench.measure:artifact_opener",
+                                    {"runtime": entry["runtime"], "path": str(run.path / entry["path"]), "threads": threads})
+            except Exception as exc:  # one failing artifact does not stop the others
+                results.rows.append({**stub, **_failure(exc, console)})
+                continue
+            doc = result_doc(key, entry["target"], measured, system, settings, ref_latency, budgets[key],
+                             artifact=stub["artifact"])
+            results.rows.append(_save(run, doc))
+
+    _record_summary(run, results)
+    if check:
+        results.raise_for_gates()
+    return results
+
+
+class _Measurer:
+    """One measurement of a session, in a fresh process (or here), on the run's validation split."""
+
+    def __init__(self, run: RunDir, settings: dict, progress: BenchProgress, tmp: Path):
+        from edgetl.data.arrays import reference_logits, spec_of, val_set
+        from edgetl.data.preprocess import normalize
+
+        pixels, labels = val_set(run)
+        self.data = {"inputs": normalize(pixels, spec_of(run)), "labels": labels, "reference": reference_logits(run)}
+        self.classes = run.manifest["train"].get("classes")
+        self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
+        self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s")}
+        self.files = {}
+        if self.isolate:  # the child memory-maps these instead of receiving copies
+            for name, arr in self.data.items():
+                self.files[name] = str(tmp / f"{name}.npy")
+                np.save(self.files[name], arr)
+
+    def __call__(self, key: str, loader: str, kwargs: dict, with_accuracy: bool = True) -> dict:
+        names = ["inputs", "labels", "reference"] if with_accuracy else ["inputs"]
+        show = self.progress.callback(key)
+        try:
+            if self.isolate:
+                return measure_isolated(loader, kwargs, {n: self.files[n] for n in names}, classes=self.classes,
+                                        progress=show, **self.timing)
+            arrays = [self.data[n] for n in names]
+            return measure(resolve_loader(loader)(**kwargs), *arrays, classes=self.classes, progress=show, **self.timing)
+        finally:
+            self.progress.done_loading(key)
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text, highlight=False)
+
+
+def _failure(exc: Exception, console) -> dict:
+    """A row's error: one line for the table; a bug's traceback goes to the console, not the row."""
+    if isinstance(exc, EdgetlError):
+        return {"status": "error", "reason": str(exc)}
+    _say(console, f"[red]{escape(type(exc).__name__)}[/] while measuring:\n{escape(str(exc))}")
+    return {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+
+
+def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, console) -> dict | None:
+    """PyTorch eager FP32 at the same threads (where torch is installed). Its accuracy *is* the
+    reference logits: no second pass over the validation split."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    ckpt = run.manifest["train"]["checkpoint"]
+    artifact = {"runtime": "torch", "precision": "fp32", "path": ckpt, "size_bytes": (run.path / ckpt).stat().st_size,
+                "versions": {"torch": torch_reference.version()}}
+    try:
+        measured = measurer(REFERENCE_KEY, "edgetl.backends.torch:reference_opener",
+                            {"run_path": str(run.path), "threads": results.system["threads"]}, with_accuracy=False)
+    except Exception as exc:  # the artifacts are still worth measuring, without speed-ups
+        results.rows.append({"key": REFERENCE_KEY, "target": torch_reference.NAME, "artifact": artifact,
+                             "device": {"name": results.device}, "reference": True, **_failure(exc, console)})
+        return None
+    data = measurer.data
+    measured["accuracy"] = evaluate(data["reference"], data["labels"], data["reference"], measurer.classes)
+    measured["accuracy"]["evaluated_with"] = "the cached reference logits (this model, FP32)"
+    doc = result_doc(REFERENCE_KEY, torch_reference.NAME, measured, results.system, measurer.settings,
+                     None, None, artifact=artifact)
+    doc["reference"] = True
+    results.rows.append(_save(run, doc))
+    return measured
+
+
+def _latency_by_batch(measured: dict | None) -> dict[int, dict] | None:
+    if measured is None:
+        return None
+    return {row["batch"]: {"p50_ms": row["p50_ms"], "p90_ms": row["p90_ms"]} for row in measured["latency"]}
+
+
+def _artifact(run: RunDir, entry: dict) -> dict:
+    files = entry.get("files") or [entry["path"]]
+    recorded = run.manifest.get("artifacts", {})
+    return {
+        "runtime": entry["runtime"],
+        "precision": entry["precision"],
+        "path": entry["path"],
+        "files": {f: recorded.get(f) for f in files},
+        "size_bytes": sum((run.path / f).stat().st_size for f in files if (run.path / f).is_file()),
+        "versions": entry.get("versions", {}),
+        "estimate_with": entry.get("estimate_with"),
+    }
+
+
+def result_doc(key: str, target: str, measured: dict, system: dict, settings: dict,
+               reference_latency: dict[int, dict] | None, budgets: Budgets | None, *, artifact: dict) -> dict:
+    """The ``edgetl.bench/1`` document for one measured session (see the module docstring)."""
+    for row in measured["latency"]:
+        ref = (reference_latency or {}).get(row["batch"])
+        row["speedup_vs_reference"] = ref["p50_ms"] / row["p50_ms"] if ref else None
+    doc = {
+        "schema": SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgetl": __version__,
+        "key": key,
+        "target": target,
+        "reference": False,
+        "status": "ok",
+        "device": system,
+        "settings": settings,
+        "artifact": artifact,
+        "load": measured["load"],
+        "memory": measured["memory"],
+        "latency": measured["latency"],
+        "skipped_batches": measured.get("skipped_batches", []),
+        "accuracy": measured.get("accuracy"),
+        "reference_latency": {str(b): v for b, v in reference_latency.items()} if reference_latency else None,
+    }
+    doc["gates"] = gates_mod.evaluate_gates(budgets, doc)
+    return doc
+
+
+def result_path(run: RunDir, key: str, device: str) -> Path:
+    target, precision = key.split("/", 1)
+    return run.path / "bench" / target / f"{precision}@{device}.json"
+
+
+def _save(run: RunDir, doc: dict) -> dict:
+    path = result_path(run, doc["key"], doc["device"]["name"])
+    write_json(path, doc)
+    run.record(path)
+    doc["file"] = run.rel(path)
+    return doc
+
+
+def summary_of(doc: dict) -> dict:
+    """The few numbers of a result that the manifest keeps (batch 1, or the smallest batch measured)."""
+    out = {"status": doc.get("status"), "runtime": (doc.get("artifact") or {}).get("runtime"),
+           "precision": (doc.get("artifact") or {}).get("precision")}
+    if doc.get("status") != "ok":
+        return {**out, "reason": doc.get("reason")}
+    first = min(doc["latency"], key=lambda r: r["batch"]) if doc["latency"] else {}
+    acc = doc.get("accuracy") or {}
+    return {**out, "file": doc.get("file"), "batch": first.get("batch"), "p50_ms": first.get("p50_ms"),
+            "p90_ms": first.get("p90_ms"), "p99_ms": first.get("p99_ms"), "throughput_ips": first.get("throughput_ips"),
+            "speedup_vs_reference": first.get("speedup_vs_reference"), "top1": acc.get("top1"),
+            "drop_pp": acc.get("drop_pp"), "agreement": acc.get("agreement"),
+            "memory_mb": doc["memory"].get("session_peak_mb"), "gate": doc["gates"]["status"]}
+
+
+def _record_summary(run: RunDir, results: BenchResults) -> None:
+    """Merge into ``manifest["bench"][device]``: a bench of one target keeps the others' rows."""
+    sysrec = results.system
+    with run.editing() as manifest:
+        dev = manifest.setdefault("bench", {}).setdefault(results.device, {})
+        dev["system"] = {"cpu": sysrec["cpu"]["model"], "flags": sysrec["cpu"]["flags"],
+                         "cores": sysrec["cpu"]["physical_cores"], "runtimes": sysrec["runtimes"]}
+        dev["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        dev.setdefault("results", {}).update({r["key"]: summary_of(r) for r in results.rows})

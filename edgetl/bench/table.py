@@ -1,0 +1,108 @@
+"""The bench table, formatted once for the console, report.md and report.html.
+
+One row per artifact and batch size; accuracy, size, memory, first inference and the gate appear on
+an artifact's first row only. Rows that could not be measured and failed gates get numbered notes
+under the table. The best artifact of a device is the fastest (batch-1 p90, else the smallest batch
+measured) among those that do not fail a gate; it is marked with a star.
+"""
+
+from __future__ import annotations
+
+COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs PyTorch", "top-1",
+           "drop pp", "agree", "size MB", "mem MB", "1st inf ms", "gate")
+NUMERIC = set(COLUMNS[2:-1])
+# The console drops the runtime (the key names the target) and first inference (in the report).
+CONSOLE_COLUMNS = tuple(c for c in COLUMNS if c not in ("runtime", "1st inf ms"))
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v * 100:.1f}%"
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _speed_key(doc: dict) -> float:
+    rows = sorted(doc["latency"], key=lambda r: r["batch"])
+    b1 = next((r for r in rows if r["batch"] == 1), rows[0] if rows else None)
+    return b1["p90_ms"] / b1["batch"] if b1 else float("inf")
+
+
+def best_key(docs: list[dict]) -> str | None:
+    candidates = [d for d in docs if d.get("status") == "ok" and not d.get("reference") and d.get("latency")
+                  and d["gates"]["status"] != "FAIL"]
+    return min(candidates, key=_speed_key)["key"] if candidates else None
+
+
+def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Formatted rows (column -> text, plus ``_best``/``_gate``/``_reference`` flags) and the notes."""
+    best = best_key(docs)
+    rows: list[dict] = []
+    notes: list[str] = []
+    for doc in docs:
+        artifact = doc.get("artifact") or {}
+        base = {"artifact": doc["key"], "runtime": artifact.get("runtime", ""), "_best": doc["key"] == best,
+                "_reference": bool(doc.get("reference"))}
+        if doc.get("status") != "ok":
+            notes.append(f"{doc['key']}: {'not available here' if doc.get('status') == 'unavailable' else 'error'}: "
+                         f"{doc.get('reason')}")
+            rows.append({**{c: "—" for c in COLUMNS}, **base,
+                         "gate": f"[{len(notes)}] {'n/a here' if doc.get('status') == 'unavailable' else 'error'}",
+                         "_gate": doc.get("status")})
+            continue
+        acc = doc.get("accuracy") or {}
+        gate = doc["gates"]["status"]
+        gate_text = gate
+        if doc["gates"].get("failed"):
+            notes.append(f"{doc['key']}: " + "; ".join(doc["gates"]["failed"]))
+            gate_text = f"{gate} [{len(notes)}]"
+        for skip in doc.get("skipped_batches") or []:
+            notes.append(f"{doc['key']}: batch {skip['batch']} skipped: {skip['reason']}")
+        for i, lat in enumerate(sorted(doc["latency"], key=lambda r: r["batch"])):
+            speedup = lat.get("speedup_vs_reference")
+            row = {**base, "batch": str(lat["batch"]), "p50 ms": fmt_ms(lat["p50_ms"]), "p90 ms": fmt_ms(lat["p90_ms"]),
+                   "p99 ms": fmt_ms(lat["p99_ms"]), "img/s": _num(lat["throughput_ips"], ".1f"),
+                   "vs PyTorch": "1.00×" if doc.get("reference") else (f"{speedup:.2f}×" if speedup else "—")}
+            if i == 0:
+                row.update({
+                    "top-1": _pct(acc.get("top1")), "drop pp": _num(acc.get("drop_pp"), "+.2f"),
+                    "agree": _pct(acc.get("agreement")), "size MB": _num(artifact.get("size_bytes", 0) / 1e6, ".2f"),
+                    "mem MB": _num((doc.get("memory") or {}).get("session_peak_mb"), ".0f"),
+                    "1st inf ms": fmt_ms((doc.get("load") or {}).get("first_inference_ms")),
+                    "gate": gate_text, "_gate": gate,
+                })
+            else:
+                row["artifact"] = ""
+                row["runtime"] = ""
+            rows.append({c: row.get(c, "") for c in COLUMNS} | {k: v for k, v in row.items() if k.startswith("_")})
+    return rows, notes
+
+
+def rich_table(docs: list[dict], title: str):
+    """The console table; the best artifact in bold green, FAIL in red."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows, notes = bench_rows(docs)
+    table = Table(title=escape(title), title_justify="left",
+                  caption="\n".join(escape(f"[{i}] {n}") for i, n in enumerate(notes, 1)),
+                  caption_justify="left")
+    for col in CONSOLE_COLUMNS:
+        table.add_column(col, justify="right" if col in NUMERIC else "left", no_wrap=col != "artifact")
+    colours = {"PASS": "green", "FAIL": "bold red", "unavailable": "dim", "error": "red"}
+    for row in rows:
+        cells = [escape(row[c]) for c in CONSOLE_COLUMNS]
+        if row["_best"] and row["artifact"]:
+            cells[0] = f"★ {cells[0]}"
+        if row.get("_gate") in colours:
+            cells[-1] = f"[{colours[row['_gate']]}]{cells[-1]}[/]"
+        style = "bold green" if row["_best"] else ("dim" if row.get("_gate") == "unavailable" else None)
+        table.add_row(*cells, style=style)
+    return table

@@ -1,0 +1,255 @@
+"""Make a bundle from a run: ``runs/<name>/bundles/<target>.tar.gz`` (workstation side).
+
+The bundle carries one compiled artifact of the target (for TensorRT the ONNX the engine is built
+from, since engines only run on the GPU and TensorRT version that built them), everything needed
+to preprocess and label images, and golden inputs with the outputs the workstation got for them,
+so the device can prove it computes the same thing (``edgetl verify``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl._io import sha256_file, sha256_json
+from edgetl.bundle.format import FORMAT, MIN_RUNTIME, SUFFIX, file_entries, slug, tolerance, write_archive
+from edgetl.errors import BundleError, EdgetlError
+from edgetl.rundir import RunDir
+
+GOLDEN_SAMPLES = 8
+
+
+def bundle_path(run: RunDir, target: str) -> Path:
+    return run.path / "bundles" / f"{target}{SUFFIX}"
+
+
+def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The compiled entry to bundle: ``precision`` if given, else the profile's, else the only one."""
+    compiled = run.manifest.get("compiled") or {}
+    mine = {k: e for k, e in compiled.items() if e.get("target") == target}
+    if not mine:
+        have = sorted({e.get("target") for e in compiled.values()}) or ["none"]
+        raise BundleError(
+            f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have)}): "
+            f"run `edgetl compile {run.path} --target {target}` first"
+        )
+    by_precision = {e["precision"]: (k, e) for k, e in mine.items()}
+    if precision is None:
+        precision = _profile_precision(target)
+        if precision not in by_precision:
+            if len(by_precision) > 1:
+                raise BundleError(
+                    f"{target} is compiled in several precisions ({', '.join(sorted(by_precision))}): choose one with --precision"
+                )
+            precision = next(iter(by_precision))
+    if precision not in by_precision:
+        raise BundleError(
+            f"{target} has no {precision} artifact in {run.path} (compiled: {', '.join(sorted(by_precision))}): "
+            f"compile it first or choose another --precision"
+        )
+    return by_precision[precision]
+
+
+def _profile_precision(target: str) -> str | None:
+    profile = _profile(target)
+    return profile.get("precision") if profile else None
+
+
+def _profile(target: str) -> dict[str, Any] | None:
+    """The target's device profile, or None for a bare runtime name (e.g. ``onnxruntime``)."""
+    from edgetl.config import load_target
+
+    try:
+        return load_target(target).model_dump()
+    except EdgetlError:
+        return None
+
+
+def create_bundle(run_path: str | Path, target: str, precision: str | None = None) -> Path:
+    """Write ``runs/<name>/bundles/<target>.tar.gz`` atomically and record it in the manifest."""
+    run = RunDir.open(run_path, need="compiled")
+    key, entry = choose_compiled(run, target, precision)
+    for rel in entry["files"]:
+        run.verify(rel)  # a tampered artifact is never packaged
+    dest = bundle_path(run, target)
+    with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
+        stage = Path(tmp)
+        manifest = _stage(run, key, entry, stage)
+        top = manifest["name"]
+        write_archive(stage, dest, top)
+    record = {
+        "path": run.rel(dest),
+        "sha256": sha256_file(dest),
+        "size_bytes": dest.stat().st_size,
+        "compiled": key,
+        "precision": entry["precision"],
+        "runtime": entry["runtime"],
+        "name": manifest["name"],
+        "inputs": _inputs_hash(run, key, entry),
+    }
+    run.record(dest)
+    run.set_item("bundles", target, record)
+    return dest
+
+
+def _inputs_hash(run: RunDir, key: str, entry: dict[str, Any]) -> str:
+    """What a bundle is made of; an unchanged bundle is reused (and not shipped again)."""
+    arts = run.manifest.get("artifacts", {})
+    return sha256_json({"files": {f: arts.get(f) for f in entry["files"]}, "entry": entry, "format": FORMAT,
+                        "workstation": _workstation(run, key, entry)})
+
+
+def up_to_date(run: RunDir, target: str, precision: str | None = None) -> Path | None:
+    """The existing bundle of ``target`` when it was made from the current artifact, else None."""
+    record = (run.manifest.get("bundles") or {}).get(target)
+    dest = bundle_path(run, target)
+    if not record or not dest.is_file() or sha256_file(dest) != record.get("sha256"):
+        return None
+    if precision is not None and record.get("precision") != precision:
+        return None
+    key = record.get("compiled")
+    entry = (run.manifest.get("compiled") or {}).get(key)
+    if entry is None or _inputs_hash(run, key, entry) != record.get("inputs"):
+        return None
+    return dest
+
+
+def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path) -> dict[str, Any]:
+    """Write the bundle's files into ``stage`` and return its manifest (also written there)."""
+    train = run.manifest["train"]
+    model_files, model_path = _copy_model(run, entry, stage / "model")
+    golden = _write_golden(run, entry, stage / "golden")
+    runtime = entry["runtime"]
+    manifest = {
+        "format": FORMAT,
+        "name": f"{slug(run.path.name)}-{slug(entry['target'])}",
+        "run": run.path.name,
+        "target": _profile(entry["target"]) or {"name": entry["target"]},
+        "precision": entry["precision"],
+        "gpu_arch": entry.get("gpu_arch"),
+        "runtime": {
+            "name": runtime,
+            "extra": runtime,
+            "min_version": MIN_RUNTIME[runtime],
+            "built_with": (entry.get("versions") or {}).get(runtime),
+        },
+        "model": {"path": model_path, "files": model_files, "compiled": key, **_build_settings(entry)},
+        "input": golden.pop("input"),
+        "output": {"name": "logits", "shape": [-1, len(train["classes"])], "dtype": "float32"},
+        "preprocess": train["preprocess"],
+        "labels": list(train["classes"]),
+        "golden": golden,
+        "workstation": _workstation(run, key, entry),
+        "versions": entry.get("versions") or {},
+    }
+    manifest["files"] = file_entries(stage)
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _carried_files(run: RunDir, entry: dict[str, Any]) -> tuple[list[str], str]:
+    """(run-relative files to carry, the one to load). TensorRT: the ONNX to build the engine from."""
+    if entry["runtime"] != "tensorrt":
+        return list(entry["files"]), entry["path"]
+    source = entry.get("estimate_with")  # the ONNX the engine was built from (see backends/tensorrt.py)
+    if source is None:
+        onnx = [f for f in entry["files"] if f.endswith(".onnx")]
+        source = onnx[0] if onnx else run.manifest["export"]["path"]
+    data = [f for f in entry["files"] if f.startswith(source) and f != source]  # external weights
+    return [source, *data], source
+
+
+def _copy_model(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[list[str], str]:
+    files, main = _carried_files(run, entry)
+    base = Path(main).parent
+    names = []
+    for rel in files:
+        src = run.verify(rel)
+        name = Path(rel).relative_to(base).as_posix() if Path(rel).is_relative_to(base) else Path(rel).name
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out / name)
+        names.append(f"model/{name}")
+    return names, f"model/{Path(main).relative_to(base).as_posix()}"
+
+
+def _build_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry["runtime"] != "tensorrt":
+        return {}
+    return {"kind": "onnx-for-tensorrt", "build": {"precision": entry["precision"], "gpu_arch": entry.get("gpu_arch"),
+                                                   "options": entry.get("options") or {}}}
+
+
+def golden_indices(labels: np.ndarray, n: int = GOLDEN_SAMPLES) -> list[int]:
+    """Up to ``n`` validation samples, round-robin over classes, so every class is seen."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        by_class.setdefault(label, []).append(i)
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(labels)):
+        for label in sorted(by_class):
+            if by_class[label] and len(chosen) < n:
+                chosen.append(by_class[label].pop(0))
+    return sorted(chosen)
+
+
+def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> dict[str, Any]:
+    from edgetl.data.arrays import val_inputs, val_set
+
+    _, labels = val_set(run)
+    if len(labels) == 0:
+        raise BundleError(f"{run.path} has no validation images: golden inputs cannot be chosen")
+    inputs = np.ascontiguousarray(val_inputs(run)[golden_indices(labels)], dtype=np.float32)
+    expected, source, shape = _expected_outputs(run, entry, inputs)
+    out.mkdir(parents=True)
+    np.save(out / "inputs.npy", inputs, allow_pickle=False)
+    np.save(out / "expected.npy", expected, allow_pickle=False)
+    return {
+        "inputs": "golden/inputs.npy",
+        "expected": "golden/expected.npy",
+        "samples": len(inputs),
+        "expected_from": source["what"],
+        "tolerance": {**tolerance(entry["precision"], source["kind"]), "precision": entry["precision"],
+                      "source": source["kind"]},
+        "input": {"name": "input", "shape": list(shape), "dtype": "float32", "layout": "NCHW"},
+    }
+
+
+def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
+    """Logits of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here."""
+    from edgetl.backends import get_backend
+    from edgetl.bundle.runner import run_each
+
+    backend = get_backend(entry["runtime"])
+    if backend.available() and backend.can_run_here():
+        path, kind = run.verify(entry["path"]), "same"
+        what = f"the artifact on {entry['runtime']} {backend.version()} (workstation CPU)"
+    else:
+        backend = get_backend("onnxruntime")
+        proxy = entry.get("estimate_with") or run.manifest["export"]["path"]
+        path, kind = run.verify(proxy), "proxy"
+        what = f"{proxy} on onnxruntime {backend.version()}: {entry['runtime']} cannot run on the workstation"
+    with backend.load(path, threads=1) as session:
+        logits = run_each(session, inputs)
+        shape = session.input_shape or (-1, *inputs.shape[1:])
+    return logits, {"kind": kind, "what": what}, shape
+
+
+def _workstation(run: RunDir, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy (compile stage) and latency per machine the run was benched on (bench stage), when known.
+
+    Results brought back from devices (remote bench) are left out: they are measured *with* a bundle,
+    and counting them would make every remote bench change, and re-ship, the bundle.
+    """
+    latency = {}
+    for device, section in (run.manifest.get("bench") or {}).items():
+        if (section.get("system") or {}).get("remote"):
+            continue
+        row = (section.get("results") or {}).get(key)
+        if row and row.get("status") == "ok":
+            latency[device] = {"cpu": (section.get("system") or {}).get("cpu"), **row}
+    return {"accuracy": entry.get("accuracy"), "latency": latency}

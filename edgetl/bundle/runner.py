@@ -1,0 +1,279 @@
+"""The device side of a bundle: open, verify, predict, bench, build.
+
+Needs numpy, Pillow and the bundle's runtime only (never torch), so ``pip install
+"edgetl[onnxruntime]"`` on a Raspberry Pi is enough. A bundle is used as a ``.tar.gz`` (checked and
+extracted once into a cache folder keyed by the archive's sha256) or as an extracted folder; either
+way every file's hash is checked each time it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl._io import sha256_file
+from edgetl.bundle.format import MANIFEST, check_folder, extract_archive, version_tuple
+from edgetl.data.preprocess import PreprocessSpec, load_image
+from edgetl.errors import BundleError, DataError, MissingDependencyError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def cache_dir() -> Path:
+    """Where extracted bundles and TensorRT engines live: $EDGETL_CACHE, else the XDG cache."""
+    if os.environ.get("EDGETL_CACHE"):
+        return Path(os.environ["EDGETL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetl"
+
+
+@dataclass
+class Bundle:
+    root: Path  # the extracted folder (manifest.json at its top)
+    manifest: dict[str, Any]
+    source: Path  # what the user gave: the archive or the folder
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def runtime(self) -> str:
+        return self.manifest["runtime"]["name"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def threads(self) -> int | None:
+        return (self.manifest.get("target") or {}).get("threads")
+
+    def file(self, rel: str) -> Path:
+        if rel not in self.manifest["files"]:
+            raise BundleError(f"{self.source}: the manifest names {rel!r} but does not list it: rebuild the bundle")
+        return self.root / rel
+
+    def golden(self) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs float32 NCHW, expected logits float32); never unpickles anything."""
+        g = self.manifest["golden"]
+        arrays = []
+        for key in ("inputs", "expected"):
+            try:
+                arrays.append(np.load(self.file(g[key]), allow_pickle=False))
+            except ValueError as exc:
+                raise BundleError(f"{self.source}: {g[key]} is not a plain .npy array ({exc}): refusing it") from None
+        inputs, expected = arrays
+        if inputs.dtype != np.float32 or inputs.ndim != 4 or expected.ndim != 2 or len(inputs) != len(expected):
+            raise BundleError(f"{self.source}: golden arrays have shapes {inputs.shape} and {expected.shape}: rebuild the bundle")
+        return inputs, expected.astype(np.float32)
+
+
+def open_bundle(path: str | os.PathLike) -> Bundle:
+    """Check a bundle (archive or folder) and return it; refuses anything unsafe or tampered."""
+    path = Path(path)
+    if path.is_dir():
+        return Bundle(path, check_folder(path), path)
+    if not path.is_file():
+        raise BundleError(f"bundle {path} does not exist")
+    root = cache_dir() / "bundles" / sha256_file(path)[:24]
+    if (root / MANIFEST).is_file():
+        try:
+            return Bundle(root, check_folder(root), path)
+        except BundleError:
+            pass  # a damaged cache entry: extract the archive again
+    return Bundle(root, extract_archive(path, root), path)
+
+
+# -- sessions ------------------------------------------------------------------------------------
+def require_runtime(bundle: Bundle):
+    """The bundle's backend, once its runtime is installed here in a recent enough version."""
+    from edgetl.backends import get_backend
+
+    rt = bundle.manifest["runtime"]
+    backend = get_backend(rt["name"])
+    if not backend.available():
+        raise MissingDependencyError(
+            f"bundle {bundle.name} runs on {rt['name']}, which is not installed here: "
+            f'pip install "edgetl[{rt.get("extra", rt["name"])}]"'
+        )
+    # "1.32.0", or "tensorrt_rtx 1.7.1" where one runtime comes in flavours
+    *flavour, have = backend.version().split()
+    flavour = flavour[0] if flavour else rt["name"]
+    need = (rt.get("min_version") or {}).get(flavour)
+    if need and version_tuple(have) < version_tuple(need):
+        raise BundleError(
+            f"bundle {bundle.name} needs {flavour} >= {need} (it was built with {rt.get('built_with')}), "
+            f'this machine has {have}: pip install -U "edgetl[{rt.get("extra", rt["name"])}]"'
+        )
+    return backend
+
+
+def open_session(bundle: Bundle, threads: int | None = None):
+    """A Session on this machine's runtime; TensorRT bundles build (or reuse) their engine first."""
+    backend = require_runtime(bundle)
+    threads = threads or bundle.threads
+    if bundle.runtime == "tensorrt":
+        from edgetl.bundle.engine import build_engine
+
+        return backend.load(build_engine(bundle), threads)
+    return backend.load(bundle.file(bundle.manifest["model"]["path"]), threads)
+
+
+def run_each(session, inputs: np.ndarray) -> np.ndarray:
+    """One image at a time: every artifact accepts batch 1 (some have a fixed batch)."""
+    return np.concatenate([session.run(inputs[i : i + 1]) for i in range(len(inputs))]).astype(np.float32)
+
+
+# -- verify ---------------------------------------------------------------------------------------
+def verify(path: str | os.PathLike, threads: int | None = None) -> dict[str, Any]:
+    """Hashes, then golden inputs against expected outputs within the precision's tolerance.
+
+    Returns a summary; raises BundleError naming the sample and output that differ.
+    """
+    bundle = open_bundle(path)
+    inputs, expected = bundle.golden()
+    golden = bundle.manifest["golden"]
+    tol = golden["tolerance"]
+    with open_session(bundle, threads) as session:
+        actual = run_each(session, inputs)
+    if actual.shape != expected.shape:
+        raise BundleError(
+            f"{bundle.source}: output 'logits' has shape {actual.shape} on this device, {golden['expected']} has "
+            f"{expected.shape}: the artifact does not match its bundle"
+        )
+    labels = bundle.labels
+    worst = 0.0
+    for i, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        allowed = tol["atol"] + tol["rtol"] * float(np.abs(want).max())
+        diff = np.abs(got - want)
+        worst = max(worst, float(diff.max() / allowed))
+        if not np.all(diff <= allowed):
+            j = int(diff.argmax())
+            raise BundleError(
+                f"{bundle.source}: golden sample {i} ({golden['inputs']}[{i}], {_label(labels, int(want.argmax()))!r} "
+                f"on the workstation): output 'logits' for {_label(labels, j)!r} is {got[j]:.4f}, {golden['expected']} says "
+                f"{want[j]:.4f} (|diff| {diff[j]:.4f} > tolerance {allowed:.4f} for {bundle.precision}): this device's "
+                f"{bundle.runtime} does not reproduce the workstation's results"
+            )
+    return {
+        "bundle": bundle.name,
+        "source": str(bundle.source),
+        "runtime": f"{bundle.runtime} {require_runtime(bundle).version()}",
+        "precision": bundle.precision,
+        "files_checked": len(bundle.manifest["files"]) + 1,
+        "golden_samples": len(inputs),
+        "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),
+        "worst_diff_over_tolerance": round(worst, 4),
+        "ok": True,
+    }
+
+
+def _label(labels: list[str], index: int) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+# -- predict --------------------------------------------------------------------------------------
+def image_files(target: str | os.PathLike) -> list[Path]:
+    """An image, or every image under a folder (sorted, recursive)."""
+    target = Path(target)
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {target}")
+        return files
+    if not target.exists():
+        raise DataError(f"image {target} does not exist")
+    return [target]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, threads: int | None = None) -> list[dict]:
+    """Top-k labels with probabilities for an image or every image in a folder."""
+    bundle = open_bundle(path)
+    spec, labels = bundle.spec, bundle.labels
+    files = image_files(images)
+    k = max(1, min(top, len(labels)))
+    results = []
+    with open_session(bundle, threads) as session:
+        for f in files:
+            probs = softmax(session.run(load_image(f, spec)[None])[0].astype(np.float64))
+            order = np.argsort(-probs, kind="stable")[:k]
+            results.append({
+                "image": str(f),
+                "top": [{"label": _label(labels, int(j)), "index": int(j), "score": float(probs[j])} for j in order],
+            })
+    return results
+
+
+# -- bench ----------------------------------------------------------------------------------------
+def bench(
+    path: str | os.PathLike,
+    *,
+    batches: tuple[int, ...] | list[int] = (1,),
+    threads: int | None = None,
+    iterations: int = 200,
+    duration_s: float | None = None,
+    device_name: str | None = None,
+    progress=None,
+) -> dict[str, Any]:
+    """Bench a bundle on this machine with the bench stage's harness: an ``edgetl.bench/1`` document.
+
+    Latency is timed on the golden inputs (real preprocessed validation images); the bundle holds no
+    validation split, so ``accuracy`` is null and ``golden`` says how closely this device reproduces
+    the workstation's logits. The target profile's budgets are applied as gates.
+    """
+    from edgetl.bench.gates import validate_budgets
+    from edgetl.bench.measure import measure
+    from edgetl.bench.run import default_threads, result_doc
+    from edgetl.bench.system import device_slug, system_record
+    from edgetl.config import Budgets
+
+    bundle = open_bundle(path)
+    require_runtime(bundle)  # a missing runtime fails before any timing
+    threads = threads or bundle.threads or default_threads()
+    inputs, expected = bundle.golden()
+    settings = {"threads": threads, "batches": list(batches), "iterations": iterations, "duration_s": duration_s,
+                "warmup_iters": 50, "warmup_s": 0.2, "isolated": False}
+    measured = measure(lambda: open_session(bundle, threads), inputs, batches=batches, iterations=iterations,
+                       duration_s=duration_s, progress=progress)
+    with open_session(bundle, threads) as session:
+        actual = run_each(session, inputs)
+    target = bundle.manifest.get("target") or {}
+    budgets = Budgets.model_validate(target["budgets"]) if target.get("budgets") else None
+    if budgets is not None:
+        validate_budgets(budgets, f"bundle {bundle.name}")
+    artifact = {
+        "runtime": bundle.runtime,
+        "precision": bundle.precision,
+        "path": bundle.manifest["model"]["path"],
+        "files": {rel: e["sha256"] for rel, e in bundle.manifest["files"].items() if rel.startswith("model/")},
+        "size_bytes": sum(e["size"] for rel, e in bundle.manifest["files"].items() if rel.startswith("model/")),
+        "versions": bundle.manifest.get("versions", {}),
+        "bundle": bundle.name,
+    }
+    key = f"{target.get('name', bundle.runtime)}/{bundle.precision}"
+    doc = result_doc(key, target.get("name", bundle.runtime), measured, system_record(threads, device_slug(device_name)),
+                     settings, None, budgets, artifact=artifact)
+    doc["golden"] = {
+        "samples": len(inputs),
+        "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),
+        "max_abs_diff": float(np.abs(actual - expected).max()),
+    }
+    return doc

@@ -1,0 +1,381 @@
+"""The compile stage (``edgetl compile``): export, calibrate, quantize and build per target.
+
+For every cell of the matrix targets x precisions it writes ``compiled/<target>/<precision>/``
+atomically, measures the artifact's accuracy on the full validation split next to the FP32 PyTorch
+reference, and records the cell in ``manifest["compiled"]["<target>/<precision>"]``.
+
+The module is ``compiler`` rather than ``compile`` so that importing it never shadows the
+``edgetl.compile`` function a notebook calls.
+
+Choices:
+- A target is a profile name from ``targets/`` (runtime, precision, GPU arch, threads, recipe come
+  from it) or a bare runtime name (precision ``int8`` unless ``precisions`` says otherwise).
+- A cell whose inputs (ONNX sha256, runtime and its version, precision, recipe, GPU arch) are
+  unchanged and whose files still match their sha256 is not rebuilt unless ``force``.
+- Calibration needs at least ``MIN_CALIBRATION_SAMPLES`` (10) training images; with fewer than the
+  recipe asks, all of them are used and a warning says so.
+- A failing cell is reported in its row and does not stop the others; what was compiled before
+  stays (a cell only replaces its folder after its build *and* its evaluation succeeded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl import __version__
+from edgetl._io import atomic_dir, sha256_file, sha256_json
+from edgetl.backends import RUNTIMES, Compiled, get_backend
+from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
+from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
+from edgetl.rundir import RunDir
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BARE_RUNTIME_PRECISION = "int8"
+_EVAL_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One artifact to build: a target (profile or bare runtime) at one precision."""
+
+    target: str
+    runtime: str
+    precision: str
+    recipe: CalibrationRecipe | None  # int8 only
+    gpu_arch: str | None
+    threads: int | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}/{self.precision}"
+
+
+# -- planning: every name is checked before anything is built --------------------------------------
+def plan(targets: list[str], precisions: list[str] | None = None, calibration: str | None = None,
+         gpu_arch: str | None = None, threads: int | None = None) -> list[Cell]:
+    if not targets:
+        raise ConfigError("no target given: pass --target with a profile (see `edgetl targets`) or a runtime name")
+    for p in precisions or []:
+        if p not in PRECISIONS:
+            raise UnknownNameError("precision", p, PRECISIONS)
+    if gpu_arch is not None and not re.fullmatch(r"sm\d{2,3}", gpu_arch):
+        raise ConfigError(f"--gpu-arch {gpu_arch!r} must look like sm89 (compute capability 8.9)")
+    profiles = set(target_names())
+    recipes: dict[str, CalibrationRecipe] = {}
+    cells = []
+    for name in targets:
+        if name in profiles or name.endswith(".toml"):
+            profile = load_target(name)
+            runtime, default_precision = profile.runtime, profile.precision
+            name = profile.name
+        elif name in RUNTIMES:
+            profile, runtime, default_precision = None, name, BARE_RUNTIME_PRECISION
+        else:
+            raise UnknownNameError("target", name, [*profiles, *RUNTIMES])
+        for precision in precisions or [default_precision]:
+            recipe = None
+            if precision == "int8":
+                source = calibration or (profile.calibration if profile else "default")
+                recipe = recipes.get(source) or recipes.setdefault(source, load_recipe(source))
+            cells.append(Cell(name, runtime, precision, recipe,
+                              gpu_arch or (profile.gpu_arch if profile else None),
+                              threads or (profile.threads if profile else None)))
+    return list({c.key: c for c in cells}.values())  # a target named twice compiles once
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+def compile(run_path: str | Path, targets: list[str], precisions: list[str] | None = None,  # noqa: A001
+            calibration: str | None = None, gpu_arch: str | None = None, threads: int | None = None,
+            force: bool = False, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Compile the run's model for every target x precision; returns one result row per cell.
+
+    Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
+    that fails afterwards is returned with ``status="failed"`` and its ``error``.
+    """
+    from edgetl.export.onnx import export_run
+
+    run = RunDir.open(run_path, need="train")
+    cells = plan(targets, precisions, calibration, gpu_arch, threads)
+    onnx_path = export_run(run)
+    ctx = _Context(run, onnx_path)
+    rows = []
+    with _Progress(progress, len(cells)) as bar:
+        for cell in cells:
+            bar.start(cell)
+            rows.append(_compile_cell(ctx, cell, force, bar))
+            bar.done(rows[-1])
+    return rows
+
+
+class _Context:
+    """What every cell shares: the run, its ONNX and the (lazily loaded, cached) arrays."""
+
+    def __init__(self, run: RunDir, onnx_path: Path):
+        self.run, self.onnx_path = run, onnx_path
+        self.onnx_sha = sha256_file(onnx_path)
+        self._val: tuple | None = None
+        self._calib: dict[str, np.ndarray] = {}
+
+    def val(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs, labels, PyTorch FP32 logits) of the validation split."""
+        if self._val is None:
+            from edgetl.data import arrays
+
+            self._val = (arrays.val_inputs(self.run), arrays.val_set(self.run)[1], arrays.reference_logits(self.run))
+        return self._val
+
+    def calibration(self, recipe: CalibrationRecipe, warn) -> np.ndarray:
+        key = sha256_json(recipe.model_dump())
+        if key not in self._calib:
+            from edgetl.data import arrays
+
+            images = arrays.calibration_set(self.run, recipe)
+            if len(images) < recipe.samples:
+                warn(f"recipe {recipe.name!r} asks for {recipe.samples} calibration images; the training split "
+                     f"has {len(images)}, all of them are used")
+            self._calib[key] = images
+        return self._calib[key]
+
+
+def _fingerprint(ctx: _Context, cell: Cell, version: str) -> str:
+    return sha256_json({
+        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": version, "precision": cell.precision,
+        "recipe": cell.recipe.model_dump() if cell.recipe else None, "gpu_arch": cell.gpu_arch, "edgetl": __version__,
+    })
+
+
+def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]:
+    row = {"cell": cell.key, "target": cell.target, "runtime": cell.runtime, "precision": cell.precision}
+    try:
+        backend = get_backend(cell.runtime)
+        if not backend.available():
+            raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")
+        if cell.precision not in backend.precisions:
+            raise CompileError(f"{cell.runtime} cannot build {cell.precision}: it supports {', '.join(backend.precisions)}")
+        fingerprint = _fingerprint(ctx, cell, backend.version())
+        entry = _current(ctx.run, cell, fingerprint) if not force else None
+        status = "cached"
+        if entry is None:
+            entry, status = _build(ctx, cell, backend, fingerprint, bar), "ok"
+        return {**row, **_summary(entry), "status": status}
+    except EdgetlError as exc:
+        return {**row, "status": "failed", "error": str(exc)}
+    except Exception as exc:  # a bug or a runtime crash: this cell fails, the others still run
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _current(run: RunDir, cell: Cell, fingerprint: str) -> dict | None:
+    """The manifest entry when it was built from the same inputs and its files are intact."""
+    entry = run.get("compiled", {}).get(cell.key)
+    if not entry or entry.get("fingerprint") != fingerprint:
+        return None
+    try:
+        for f in entry["files"]:
+            run.verify(f)
+    except EdgetlError:
+        return None
+    return entry
+
+
+def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, bar) -> dict[str, Any]:
+    run = ctx.run
+    calibration = None
+    if cell.precision == "int8":
+        bar.step(cell, "calibration images")
+        calibration = ctx.calibration(cell.recipe, bar.warn)
+    options = {"recipe": cell.recipe, "threads": cell.threads, "gpu_arch": cell.gpu_arch}
+    dest = run.path / "compiled" / cell.target / cell.precision
+    with atomic_dir(dest) as tmp:
+        bar.step(cell, f"{cell.runtime} {cell.precision}")
+        started = time.perf_counter()
+        compiled = backend.compile(ctx.onnx_path, tmp, cell.precision, calibration, options)
+        compile_s = time.perf_counter() - started
+        bar.step(cell, "accuracy on the validation split")
+        accuracy = _accuracy(ctx, backend, compiled, cell.threads)
+    moved = _moved(compiled, tmp, dest)
+    files = [run.rel(f) for f in moved.files]
+    entry = {
+        "target": cell.target, "runtime": cell.runtime, "precision": cell.precision,
+        "dir": run.rel(dest), "path": run.rel(moved.path), "files": files,
+        "estimate_with": run.rel(moved.estimate_with) if accuracy["estimated"] else None,
+        "size_bytes": sum(f.stat().st_size for f in moved.files), "compile_s": round(compile_s, 3),
+        "options": _jsonable(compiled.options), "versions": _versions(backend, accuracy),
+        "gpu_arch": compiled.options.get("gpu_arch"),
+        "calibration": cell.recipe.name if cell.recipe else None,
+        "accuracy": accuracy, "fingerprint": fingerprint,
+    }
+    hashes = {f: sha256_file(run.path / f) for f in files}
+    with run.editing() as manifest:
+        artifacts = manifest.setdefault("artifacts", {})
+        for stale in [k for k in artifacts if k.startswith(entry["dir"] + "/") and k not in hashes]:
+            del artifacts[stale]  # files of the artifact this one replaced
+        artifacts.update(hashes)
+        manifest.setdefault("compiled", {})[cell.key] = entry
+    return entry
+
+
+def _moved(compiled: Compiled, tmp: Path, dest: Path) -> Compiled:
+    """The same artifact, with its paths in the final folder."""
+    move = lambda p: dest / Path(p).relative_to(tmp) if p is not None else None  # noqa: E731
+    return dataclasses.replace(compiled, path=move(compiled.path), files=[move(f) for f in compiled.files],
+                               estimate_with=move(compiled.estimate_with))
+
+
+def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -> dict[str, Any]:
+    """Top-1, drop and agreement on the full validation split, in the artifact's own runtime, or
+    estimated on ONNX Runtime CPU through ``estimate_with`` when the artifact cannot run here."""
+    x, labels, reference = ctx.val()
+    if backend.can_run_here():
+        session, evaluated_with, estimated = backend.load(compiled.path, threads), f"{backend.name} {backend.version()} CPU", False
+    elif compiled.estimate_with is not None:
+        ort = get_backend("onnxruntime")
+        if not ort.available():
+            raise MissingDependencyError(f"estimating {backend.name} accuracy needs ONNX Runtime: pip install 'edgetl[onnxruntime]'")
+        session = ort.load(compiled.estimate_with, threads)
+        evaluated_with = f"onnxruntime {ort.version()} CPU on {compiled.estimate_with.name} (estimate)"
+        estimated = True
+    else:
+        raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
+    with session:
+        out = np.concatenate([session.run(x[i : i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
+    top1 = float((out.argmax(1) == labels).mean())
+    fp32_top1 = float((reference.argmax(1) == labels).mean())
+    return {
+        "n": int(len(labels)), "top1": top1, "fp32_top1": fp32_top1, "drop_pp": round((fp32_top1 - top1) * 100, 4),
+        "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(out - reference).max()), "estimated": estimated, "evaluated_with": evaluated_with,
+    }
+
+
+def _versions(backend, accuracy: dict) -> dict[str, str]:
+    versions = {backend.name: backend.version()}
+    if accuracy["estimated"]:
+        versions["onnxruntime"] = get_backend("onnxruntime").version()
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _summary(entry: dict) -> dict[str, Any]:
+    acc = entry["accuracy"]
+    row = {"path": entry["path"], "size_mb": entry["size_bytes"] / 1e6, "compile_s": entry["compile_s"],
+           "top1": acc["top1"], "drop_pp": acc["drop_pp"], "agreement": acc["agreement"], "estimated": acc["estimated"]}
+    if "engine" in entry["options"]:  # a TensorRT engine left to the device: say it in the row
+        row["note"] = f"engine {entry['options']['engine']}"
+    return row
+
+
+# -- the targets table ----------------------------------------------------------------------------
+def target_rows() -> list[dict[str, Any]]:
+    """Every profile, then the bare runtimes, with whether this machine can build and run them."""
+    rows = []
+    for name in target_names():
+        try:
+            p = load_target(name)
+        except EdgetlError as exc:  # one broken user profile must not hide the others
+            rows.append({"name": name, "runtime": "?", "error": str(exc)})
+            continue
+        rows.append({"name": p.name, "runtime": p.runtime, "precision": p.precision, "device": p.device,
+                     "gpu_arch": p.gpu_arch, "threads": p.threads, "calibration": p.calibration,
+                     "budgets": p.budgets.model_dump(exclude_none=True), "description": p.description,
+                     "here": _availability(p.runtime)})
+    for runtime in RUNTIMES:
+        rows.append({"name": runtime, "runtime": runtime, "precision": BARE_RUNTIME_PRECISION, "device": "",
+                     "gpu_arch": None, "threads": None, "calibration": "default", "budgets": {},
+                     "description": "bare runtime: any precision it supports, no budgets", "here": _availability(runtime)})
+    return rows
+
+
+def _availability(runtime: str) -> str:
+    backend = get_backend(runtime)
+    if not backend.available():
+        return f"no: pip install 'edgetl[{backend.extra}]'"
+    return "yes" if backend.can_run_here() else "build only (no GPU: accuracy estimated)"
+
+
+# -- display -------------------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar over the cells, with the current step; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[cell]}"), TextColumn("{task.description}"),
+                             BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                             transient=True, disable=not enabled)
+        self._task = self._bar.add_task("", total=total, cell="")
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.__exit__(*exc)
+
+    def start(self, cell: Cell) -> None:
+        self._bar.update(self._task, cell=cell.key, description="checking inputs")
+
+    def step(self, cell: Cell, what: str) -> None:
+        self._bar.update(self._task, cell=cell.key, description=what)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            self._bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    def done(self, row: dict) -> None:
+        self._bar.advance(self._task)
+        if self.enabled:
+            mark = {"ok": "[green]built[/]", "cached": "[dim]unchanged[/]"}.get(row["status"], "[red]failed[/]")
+            self._bar.console.print(f"{mark} {row['cell']}", highlight=False)
+
+
+def summary_table(rows: list[dict[str, Any]]):
+    """A rich table of the matrix (what ``edgetl compile`` prints)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="compiled artifacts", title_justify="left")
+    for col, just in [("target", "left"), ("runtime", "left"), ("precision", "left"), ("size MB", "right"),
+                      ("compile s", "right"), ("top-1", "right"), ("drop pp", "right"), ("agreement", "right"),
+                      ("status", "left")]:
+        table.add_column(col, justify=just)
+    for r in rows:
+        if r["status"] == "failed":
+            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", f"[red]failed:[/] {escape(r['error'])}")
+            continue
+        est = "*" if r["estimated"] else ""
+        status = "built" if r["status"] == "ok" else "unchanged"
+        if r.get("note"):
+            status += f" [dim]({escape(r['note'])})[/]"
+        table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
+                      f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}", status)
+    if any(r.get("estimated") for r in rows):
+        table.caption = "* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU"
+    return table

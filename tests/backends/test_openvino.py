@@ -1,0 +1,188 @@
+"""OpenVINO backend: the shared conformance tests, plus the nncf options reaching the IR."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import CompileError, ConfigError, DataError
+from tests.backends.conformance import BackendConformance, synthetic_images
+
+ov = pytest.importorskip("openvino")
+
+
+def _read(path: Path):
+    return ov.Core().read_model(str(path))
+
+
+def _feeds_from(op, port: int = 0) -> str:
+    return op.input(port).get_source_output().get_node().get_type_name()
+
+
+def _activation_source(op) -> str:
+    """What produces ``op``'s data input, looking through shape-only ops (FC's Reshape)."""
+    node = op.input(0).get_source_output().get_node()
+    while node.get_type_name() in {"Reshape", "Squeeze", "Unsqueeze", "Transpose"}:
+        node = node.input(0).get_source_output().get_node()
+    return node.get_type_name()
+
+
+def _biases(model) -> dict[str, np.ndarray]:
+    """Constant added right after each Convolution / MatMul: what bias correction rewrites."""
+    found = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Add" and _feeds_from(op) in {"Convolution", "GroupConvolution", "MatMul"}:
+            const = op.input(1).get_source_output().get_node()
+            if const.get_type_name() == "Constant":
+                found[op.get_friendly_name()] = const.get_data().astype(np.float32)
+    return found
+
+
+def _tiny_onnx(path: Path, batch: int, extra_op: str | None = None) -> Path:
+    """Conv -> [extra_op] -> GlobalAveragePool -> Flatten with a fixed batch (no torch needed)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv")]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["c"], ["x"], name="custom", domain="com.example"))
+    nodes += [helper.make_node("GlobalAveragePool", ["x" if extra_op else "c"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid("com.example", 1)] if extra_op else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    return path
+
+
+class TestOpenVino(BackendConformance):
+    runtime = "openvino"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def pwl_conv(cls, tiny) -> str:
+        """An ONNX Conv whose input feeds nothing else, so keeping it float must drop its FakeQuantize."""
+        import onnx
+
+        names = [n.name for n in onnx.load(str(tiny[0])).graph.node if n.op_type == "Conv" and "conv_pwl" in n.name]
+        assert names, "test_efficientnet should have pointwise-linear convs"
+        return names[-1]
+
+    def test_ir_files_and_precision(self, build):
+        for precision in ("fp32", "fp16", "int8"):
+            compiled = build(precision)
+            assert [f.name for f in compiled.files] == ["model.xml", "model.bin"]
+            assert _read(compiled.path).get_rt_info(["edgetl", "precision"]).astype(str) == precision
+
+    def test_fp16_halves_the_weights(self, build):
+        fp32, fp16 = (build(p).path.with_suffix(".bin").stat().st_size for p in ("fp32", "fp16"))
+        assert fp16 < 0.6 * fp32
+
+    def test_inference_precision_is_pinned(self, backend, build):
+        # Without the hint, a CPU with AMX/AVX512-BF16 runs an fp32 IR in bf16.
+        for precision, allowed in (("fp32", {"f32"}), ("int8", {"f32"}), ("fp16", {"f16", "f32"})):
+            with backend.load(build(precision).path, threads=1) as session:
+                assert session.inference_precision in allowed
+
+    def test_int8_records_what_nncf_got(self, build):
+        options = build("int8").options
+        assert options["preset"] == "performance" and options["fast_bias_correction"] is True
+        assert options["method"] == "minmax" and "MINMAX" in options["activation_ranges"]
+        assert options["samples"] == 64 and options["ignored_scope"] == {"types": [], "names": []}
+        assert any("symmetric_activations" in note for note in options["not_mapped"])
+
+    @pytest.mark.parametrize("mode", ["none", "accurate"])
+    def test_bias_correction_reaches_nncf(self, backend, build, tiny, tmp_path, mode):
+        recipe = CalibrationRecipe(name=mode, bias_correction=mode)
+        # the same images as build("int8"), so "accurate" can be told apart from "fast"
+        compiled = backend.compile(tiny[0], tmp_path, "int8", tiny[1], {"recipe": recipe})
+        assert compiled.options["fast_bias_correction"] is (mode != "accurate")
+        assert compiled.options["disable_bias_correction"] is (mode == "none")
+        original, fast, got = (_biases(_read(p)) for p in (build("fp32").path, build("int8").path, compiled.path))
+        assert got and set(got) <= set(original)
+        changed = [name for name in got if not np.allclose(got[name], original[name])]
+        differs_from_fast = [name for name in got if not np.array_equal(got[name], fast[name])]
+        if mode == "none":
+            assert not changed, f"bias correction disabled, yet biases changed: {changed}"
+        else:
+            assert changed and differs_from_fast
+
+    def test_recipe_reaches_nncf(self, backend, build, tiny, tmp_path, pwl_conv):
+        recipe = CalibrationRecipe(name="keep", keep_float_ops=["Gemm"], keep_float_nodes=[pwl_conv], per_channel=False)
+        compiled = backend.compile(tiny[0], tmp_path, "int8", tiny[1][:16], {"recipe": recipe})
+        # OpenVINO names a biased Conv's convolution "<onnx name>/WithoutBiases" and its bias Add "<onnx name>"
+        conv = f"{pwl_conv}/WithoutBiases"
+        assert compiled.options["ignored_scope"] == {"types": ["MatMul"], "names": [pwl_conv, conv]}
+        for path, quantized in ((build("int8").path, True), (compiled.path, False)):
+            ops = _read(path).get_ordered_ops()
+            kept = [op for op in ops if op.get_type_name() == "MatMul" or op.get_friendly_name() == conv]
+            assert len(kept) == 2
+            assert all((_activation_source(op) == "FakeQuantize") is quantized for op in kept), path
+        # per_channel = false: one weight scale per tensor (the dequantizing Multiply's constant)
+        for path, scale_size in ((build("int8").path, lambda n: n > 1), (compiled.path, lambda n: n == 1)):
+            convs = [op for op in _read(path).get_ordered_ops() if op.get_friendly_name().endswith("conv_stem/Conv/WithoutBiases")]
+            dequantize = convs[0].input(1).get_source_output().get_node()
+            assert dequantize.get_type_name() == "Multiply"
+            assert scale_size(dequantize.input(1).get_source_output().get_node().get_data().size), path
+
+    @pytest.mark.parametrize(("field", "value"), [("keep_float_ops", "Sigmod"), ("keep_float_nodes", "no/such/node")])
+    def test_keep_float_typo_names_the_field(self, backend, tiny, tmp_path, field, value):
+        recipe = CalibrationRecipe(name="typo", **{field: [value]})
+        with pytest.raises(ConfigError, match=f"'typo'.*{field}.*{value}"):
+            backend.compile(tiny[0], tmp_path, "int8", tiny[1], {"recipe": recipe})
+
+    @pytest.mark.parametrize("method", ["percentile", "entropy"])
+    def test_range_methods(self, backend, tiny, tmp_path, method):
+        recipe = CalibrationRecipe(name=method, method=method, samples=16)
+        compiled = backend.compile(tiny[0], tmp_path, "int8", tiny[1][:16], {"recipe": recipe})
+        assert compiled.options["method"] == method and compiled.options["not_mapped"]
+        with backend.load(compiled.path) as session:
+            out = session.run(tiny[2])
+        assert (out.argmax(1) == tiny[3].argmax(1)).mean() >= 0.9
+
+    def test_too_few_calibration_images(self, backend, tiny, tmp_path):
+        with pytest.raises(DataError, match="at least 10"):
+            backend.compile(tiny[0], tmp_path, "int8", synthetic_images(3, seed=0)[0], {})
+
+
+def test_load_and_run_import_neither_torch_nor_nncf(tmp_path):
+    """The device side: a bundle on a Raspberry Pi has no torch (and no nncf)."""
+    from edgetl.backends.openvino import OpenVinoBackend
+
+    compiled = OpenVinoBackend().compile(_tiny_onnx(tmp_path / "m.onnx", batch=2), tmp_path / "out", "fp32", None, {})
+    code = (
+        "import sys, numpy as np\n"
+        "from edgetl.backends.openvino import OpenVinoBackend\n"
+        f"with OpenVinoBackend().load({str(compiled.path)!r}, threads=1) as s:\n"
+        "    assert s.run(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 4)\n"
+        "print(sorted(m for m in ('torch', 'nncf', 'onnx') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_fixed_batch_onnx_gets_a_dynamic_batch(tmp_path):
+    from edgetl.backends.openvino import OpenVinoBackend
+
+    backend = OpenVinoBackend()
+    compiled = backend.compile(_tiny_onnx(tmp_path / "b1.onnx", batch=1), tmp_path / "out", "fp32", None, {})
+    with backend.load(compiled.path, threads=1) as session:
+        assert session.input_shape == (-1, 3, 8, 8)
+        assert session.run(np.zeros((3, 3, 8, 8), np.float32)).shape == (3, 4)
+
+
+def test_unconvertible_op_is_named(tmp_path):
+    from edgetl.backends.openvino import OpenVinoBackend
+
+    onnx_path = _tiny_onnx(tmp_path / "bad.onnx", batch=1, extra_op="Frobnicate")
+    with pytest.raises(CompileError, match="Frobnicate"):
+        OpenVinoBackend().compile(onnx_path, tmp_path / "out", "fp32", None, {})

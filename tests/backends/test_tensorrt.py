@@ -1,0 +1,67 @@
+"""TensorRT backend: engines are built here through tensorrt_rtx (no GPU needed); running them
+needs a GPU (``@pytest.mark.gpu``). Without one, accuracy is checked through the QDQ/FP16 ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from edgetl.backends.tensorrt import DEFAULT_ARCH
+from edgetl.config import CalibrationRecipe
+from edgetl.errors import EdgetlError
+from tests.backends.conformance import BackendConformance, compare
+
+
+class TestTensorRt(BackendConformance):
+    runtime = "tensorrt"
+
+    def test_engine_records_arch_and_version(self, build, precision):
+        compiled = build(precision)
+        assert compiled.path.name == "model.engine"
+        meta = json.loads(compiled.path.with_name("model.engine.json").read_text())
+        assert meta["gpu_arch"] == DEFAULT_ARCH == compiled.options["gpu_arch"]
+        assert meta["tensorrt"] == compiled.options["tensorrt"]
+        assert "gpu_arch_note" in compiled.options  # the default was chosen for the user: say so
+        assert compiled.estimate_with.name == f"model.{'qdq' if precision == 'int8' else precision}.onnx"
+
+    def test_qdq_is_tensorrt_compatible(self, build):
+        """Symmetric int8 everywhere, bias never quantized (TensorRT rejects int32 bias DQ)."""
+        model = onnx.load(str(build("int8").estimate_with))
+        init = {i.name: i for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+                zero_point = onnx.numpy_helper.to_array(init[node.input[2]])
+                assert zero_point.dtype.name == "int8" and not zero_point.any(), node.name
+        dq_inputs = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        assert all(init[n].data_type != onnx.TensorProto.INT32 for n in dq_inputs if n in init)
+
+    def test_asymmetric_recipe_is_overridden_and_said(self, backend, tiny, tmp_path):
+        recipe = CalibrationRecipe(name="asym", symmetric_activations=False)
+        compiled = backend.compile(tiny[0], tmp_path, "int8", tiny[1], {"recipe": recipe, "gpu_arch": "sm86"})
+        assert compiled.options["symmetric_activations"] is True
+        assert "overridden" in compiled.options["why"]
+        assert json.loads((tmp_path / "model.engine.json").read_text())["gpu_arch"] == "sm86"
+
+    def test_unsupported_arch_defers_the_engine_to_the_device(self, backend, tiny, tmp_path):
+        compiled = backend.compile(tiny[0], tmp_path, "fp16", None, {"gpu_arch": "sm87"})
+        assert compiled.path == compiled.estimate_with  # the ONNX; the device builds the engine
+        assert "deferred" in compiled.options["engine"]
+
+    def test_load_without_gpu_names_the_estimate(self, backend, build):
+        if backend.can_run_here():
+            pytest.skip("this machine has a GPU")
+        with pytest.raises(EdgetlError, match="need an NVIDIA GPU.*model.qdq.onnx"):
+            backend.load(build("int8").path)
+
+    @pytest.mark.gpu
+    def test_engine_matches_its_estimate(self, backend, build, tiny, precision):
+        """On a GPU: the engine agrees with the ONNX its accuracy was estimated from."""
+        from tests.backends.conformance import run_onnx_cpu
+
+        compiled = build(precision)
+        x = tiny[2]
+        with backend.load(compiled.path) as session:
+            out = session.run(x)
+        assert compare(out, run_onnx_cpu(compiled.estimate_with, x))["agreement"] >= 0.97

@@ -1,0 +1,86 @@
+"""Accuracy against the FP32 reference, from logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.bench.accuracy import collect_logits, evaluate
+from edgetl.errors import ArtifactError
+
+
+def one_hot(pred, classes):
+    out = np.zeros((len(pred), classes), np.float32)
+    out[np.arange(len(pred)), pred] = 1
+    return out
+
+
+def test_top1_drop_fraction_and_agreement():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    ref = one_hot([0, 1, 2, 0, 1, 2, 0, 1, 2, 1], 3)  # 9/10 right
+    art = one_hot([0, 1, 2, 0, 1, 2, 0, 2, 2, 0], 3)  # 9/10 right, but different mistakes
+    r = evaluate(art, labels, ref, classes=["cat", "dog", "fox"])
+    assert r["n"] == 10 and r["num_classes"] == 3
+    assert r["top1"] == pytest.approx(0.9) and r["fp32_top1"] == pytest.approx(0.9)
+    assert r["drop_pp"] == pytest.approx(0.0)
+    assert r["fraction_of_fp32"] == pytest.approx(1.0)
+    assert r["agreement"] == pytest.approx(0.8)  # top-1 unchanged, yet two predictions moved
+    assert "top5" not in r
+    changed = {c["class"]: c["delta_pp"] for c in r["per_class_changed"]}
+    assert changed == {"dog": pytest.approx(-100 / 3), "cat": pytest.approx(25.0)}
+    assert r["per_class_changed"][0]["class"] == "dog"  # largest loss first
+
+
+def test_drop_in_points_and_fraction_of_fp32():
+    labels = np.arange(4) % 2
+    ref = one_hot(labels, 2)
+    art = one_hot([0, 1, 1, 1], 2)
+    r = evaluate(art, labels, ref)
+    assert r["top1"] == 0.75 and r["drop_pp"] == pytest.approx(25.0)
+    assert r["fraction_of_fp32"] == pytest.approx(0.75)
+    assert r["per_class_changed"][0]["class"] == "0"  # no names: the index
+
+
+def test_top5_only_with_more_than_five_classes():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((50, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 50)
+    r = evaluate(logits, labels, logits)
+    expected = np.mean([lab in np.argsort(-row)[:5] for row, lab in zip(logits, labels, strict=True)])
+    assert r["top5"] == pytest.approx(expected) and r["fp32_top5"] == pytest.approx(expected)
+    assert r["agreement"] == 1.0 and r["max_abs_diff"] == 0.0 and r["per_class_changed"] == []
+
+
+def test_nonfinite_logits_are_counted_not_raised():
+    ref = one_hot([0, 1], 2)
+    art = ref.copy()
+    art[1, 0] = np.inf
+    r = evaluate(art, np.array([0, 1]), ref)
+    assert r["nonfinite"] == 1
+
+
+def test_class_count_mismatch_is_an_artifact_error():
+    with pytest.raises(ArtifactError, match="4 classes but the reference model has 3"):
+        evaluate(np.zeros((2, 4)), np.array([0, 1]), np.zeros((2, 3)))
+
+
+def test_collect_logits_dynamic_batches_match_one_big_run(ort_session, tiny_inputs):
+    whole = ort_session.run(tiny_inputs)
+    seen = []
+    out = collect_logits(ort_session, tiny_inputs, batch=6, progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5)
+    assert seen[-1] == (20, 20)
+
+
+def test_collect_logits_pads_a_static_batch(tmp_path, tiny_inputs):
+    from edgetl.backends import get_backend
+    from tests.bench.conftest import build_tiny_onnx
+
+    build_tiny_onnx(tmp_path / "static.onnx", static_batch=8)
+    with get_backend("onnxruntime").load(tmp_path / "static.onnx", threads=1) as static:
+        assert static.input_shape[0] == 8
+        out = collect_logits(static, tiny_inputs)  # 20 images = 8 + 8 + 4 padded to 8
+    with get_backend("onnxruntime").load(tmp_path / "static.onnx", threads=1) as s:
+        expected = np.concatenate([s.run(tiny_inputs[:8]), s.run(tiny_inputs[8:16])])
+    assert out.shape == (20, 5)
+    np.testing.assert_allclose(out[:16], expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,51 @@
+"""Fixtures for the bundle tests: a tiny compiled run, its bundle, and a throwaway sshd."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgetl.rundir import RunDir
+from tests.bundle.sshd import sshd_missing, start_sshd
+
+
+@pytest.fixture(scope="session")
+def bundle_run(tiny_run, tmp_path_factory) -> RunDir:
+    """The shared tiny run (real digit images, trained, exported), compiled for onnxruntime fp32 + int8."""
+    from edgetl.compiler import compile as compile_run
+
+    dest = tmp_path_factory.mktemp("bundle-run") / "tiny"
+    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    rows = compile_run(dest, ["onnxruntime"], ["fp32", "int8"], progress=False)
+    assert all(r["status"] != "failed" for r in rows), rows
+    return RunDir.open(dest)
+
+
+@pytest.fixture(scope="session")
+def bundle_file(bundle_run, tmp_path_factory) -> Path:
+    """The int8 onnxruntime bundle, copied out of the run (tests may tamper with their own copies)."""
+    from edgetl.bundle.create import create_bundle
+
+    made = create_bundle(bundle_run.path, "onnxruntime", "int8")
+    dest = tmp_path_factory.mktemp("bundle") / made.name
+    shutil.copyfile(made, dest)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Extracted bundles go to a per-test cache, never to the user's ~/.cache."""
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "edgetl-cache"))
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)

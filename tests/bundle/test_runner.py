@@ -1,0 +1,207 @@
+"""The device side: verify, predict and bench a bundle, and prove none of it needs torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.backends import get_backend
+from edgetl.bundle.create import choose_compiled, create_bundle, up_to_date
+from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspect_archive
+from edgetl.bundle.runner import bench, open_bundle, predict, verify
+from edgetl.data.preprocess import PreprocessSpec, load_image
+from edgetl.errors import BundleError
+
+# What a device with only `pip install "edgetl[onnxruntime]"` lacks: blocked in a fresh interpreter.
+NOT_ON_DEVICE = ["torch", "torchvision", "timm", "onnx", "onnxscript", "safetensors", "openvino", "nncf",
+                 "tensorrt", "tensorrt_rtx", "sklearn", "matplotlib"]
+
+
+def device_cli(*args: str, block: list[str] = NOT_ON_DEVICE, env=None) -> subprocess.CompletedProcess:
+    """``edgetl ARGS`` in a fresh interpreter where importing any of ``block`` fails."""
+    code = (
+        "import sys\n"
+        f"for m in {block!r}: sys.modules[m] = None  # import m -> ImportError\n"
+        "from edgetl.cli import main\n"
+        f"sys.argv = ['edgetl', *{list(args)!r}]\n"
+        "try:\n    main()\nfinally:\n"
+        f"    leaked = [m for m in sys.modules if m.split('.')[0] in {block!r} and sys.modules[m] is not None]\n"
+        "    assert not leaked, leaked\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def folder_copy(bundle_file: Path, dest: Path) -> Path:
+    extract_archive(bundle_file, dest)
+    return dest
+
+
+def test_bundle_contents(bundle_run, bundle_file):
+    manifest = inspect_archive(bundle_file)
+    assert manifest["runtime"]["name"] == "onnxruntime" and manifest["precision"] == "int8"
+    assert manifest["input"] == {"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["labels"] == bundle_run.manifest["train"]["classes"]
+    assert PreprocessSpec.from_dict(manifest["preprocess"]).input_size == (32, 32)
+    assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/inputs.npy", "golden/expected.npy"}
+    assert manifest["golden"]["tolerance"]["source"] == "same"
+    _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
+    assert manifest["workstation"]["accuracy"] == entry["accuracy"]
+    entry = bundle_run.manifest["bundles"]["onnxruntime"]
+    assert entry["precision"] == "int8" and entry["path"] == "bundles/onnxruntime.tar.gz"
+    assert up_to_date(bundle_run, "onnxruntime", "int8") == bundle_run.path / entry["path"]
+
+
+def test_golden_inputs_are_the_preprocessed_val_images(bundle_run, bundle_file):
+    """Bundle inputs == numpy preprocessing of the real image files (what predict does on the device)."""
+    bundle = open_bundle(bundle_file)
+    inputs, _ = bundle.golden()
+    split = json.loads((bundle_run.path / "train" / "split.json").read_text())
+    files = [p for p, _ in split["val"]]
+    from_files = np.stack([load_image(p, bundle.spec) for p in files])
+    # every golden input is one of the validation images, bit for bit
+    for x in inputs:
+        assert np.min(np.abs(from_files - x).reshape(len(files), -1).max(1)) == 0.0
+
+
+def test_verify_passes(bundle_file, tmp_path):
+    result = verify(bundle_file)
+    assert result["ok"] and result["golden_samples"] == 8 and result["top1_agreement"] == 1.0
+    assert verify(folder_copy(bundle_file, tmp_path / "b"))["ok"]  # an extracted folder works too
+
+
+def test_verify_names_the_golden_sample_that_differs(bundle_file, tmp_path):
+    root = folder_copy(bundle_file, tmp_path / "b")
+    expected = np.load(root / "golden" / "expected.npy")
+    expected[5, 1] += 3.0
+    np.save(root / "golden" / "expected.npy", expected)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_entries(root)  # re-signed: the hashes pass, the outputs do not
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"golden sample 5 .*output 'logits' for '.*'.*golden/expected.npy says"):
+        verify(root)
+
+
+def test_verify_refuses_tampered_model(bundle_file, tmp_path):
+    root = folder_copy(bundle_file, tmp_path / "b")
+    model = root / "model" / "model.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model/model.int8.onnx does not match its sha256"):
+        verify(root)
+
+
+def test_verify_refuses_pickled_golden_arrays(bundle_file, tmp_path):
+    root = folder_copy(bundle_file, tmp_path / "b")
+    np.save(root / "golden" / "inputs.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not a plain .npy array"):
+        verify(root)
+
+
+def test_runtime_too_old(bundle_file, tmp_path):
+    root = folder_copy(bundle_file, tmp_path / "b")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["runtime"]["min_version"] = {"onnxruntime": "99.0"}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="needs onnxruntime >= 99.0"):
+        verify(root)
+
+
+def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
+    """Same labels and scores as ONNX Runtime running the run's artifact on the same images."""
+    split = json.loads((bundle_run.path / "train" / "split.json").read_text())
+    folder = tmp_path / "photos"
+    for i, (path, _) in enumerate(split["val"]):
+        (folder / f"sub{i % 2}").mkdir(parents=True, exist_ok=True)  # a folder is searched recursively
+        shutil.copyfile(path, folder / f"sub{i % 2}" / f"{i}{Path(path).suffix}")
+    results = predict(bundle_file, folder, top=2)
+    assert len(results) == len(split["val"])
+    spec = PreprocessSpec.from_dict(bundle_run.manifest["train"]["preprocess"])
+    classes = bundle_run.manifest["train"]["classes"]
+    _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
+    with get_backend("onnxruntime").load(bundle_run.path / entry["path"], threads=1) as session:
+        for r in results:
+            logits = session.run(load_image(r["image"], spec)[None])[0]
+            assert r["top"][0]["label"] == classes[int(logits.argmax())]
+            assert len(r["top"]) == 2 and r["top"][0]["score"] >= r["top"][1]["score"]
+    one = predict(bundle_file, results[0]["image"], top=5)
+    assert len(one) == 1 and len(one[0]["top"]) == 3  # capped at the number of classes
+    assert abs(sum(t["score"] for t in one[0]["top"]) - 1) < 1e-5
+
+
+def test_bench_uses_the_bench_schema(bundle_file):
+    doc = bench(bundle_file, batches=[1, 2], iterations=20)
+    assert doc["schema"] == "edgetl.bench/1"
+    assert [row["batch"] for row in doc["latency"]] == [1, 2]
+    assert doc["latency"][0]["p90_ms"] >= doc["latency"][0]["p50_ms"] > 0
+    assert doc["artifact"]["runtime"] == "onnxruntime" and doc["artifact"]["precision"] == "int8"
+    assert doc["golden"]["top1_agreement"] == 1.0
+    assert doc["device"]["cpu"] and doc["load"]["load_ms"] > 0
+
+
+def test_archive_cache_is_reused_and_repaired(bundle_file):
+    first = open_bundle(bundle_file)
+    assert open_bundle(bundle_file).root == first.root
+    (first.root / "golden" / "inputs.npy").write_bytes(b"damaged")
+    assert verify(bundle_file)["ok"]  # the damaged cache entry is extracted again
+
+
+def test_choosing_the_artifact(bundle_run):
+    with pytest.raises(BundleError, match="several precisions .*--precision"):
+        choose_compiled(bundle_run, "onnxruntime")
+    with pytest.raises(BundleError, match="no fp16 artifact"):
+        choose_compiled(bundle_run, "onnxruntime", "fp16")
+    with pytest.raises(BundleError, match="no artifact compiled for target 'jetson'.*edgetl compile"):
+        create_bundle(bundle_run.path, "jetson")
+
+
+def test_device_without_torch_verifies_predicts_and_benches(bundle_file, tmp_path):
+    """A fresh interpreter that cannot import torch, timm, onnx, openvino...: the base install + onnxruntime."""
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 50, 3), (200, 30, 30), np.uint8)).save(image)
+    out = device_cli("verify", str(bundle_file))
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout
+    out = device_cli("predict", str(bundle_file), str(image), "--top", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)[0]["top"]) == 2
+    out = device_cli("bench", str(bundle_file), "--iterations", "10", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["schema"] == "edgetl.bench/1"
+
+
+def test_missing_runtime_names_the_extra(bundle_file):
+    out = device_cli("verify", str(bundle_file), block=[*NOT_ON_DEVICE, "onnxruntime"])
+    assert out.returncode == 2
+    assert 'pip install "edgetl[onnxruntime]"' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_bundle_and_verify(bundle_run, tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    bundle = run / "bundles" / "onnxruntime.tar.gz"
+    assert inspect_archive(bundle)["precision"] == "fp32"
+    result = CliRunner().invoke(cli, ["verify", str(bundle), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["ok"]
+    result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime"])
+    assert result.exit_code == 2 and "--precision" in result.output
+    result = CliRunner().invoke(cli, ["build", str(bundle)])
+    assert result.exit_code == 2 and "no engine to build" in result.output

@@ -1,0 +1,233 @@
+"""Ship and remote bench against a real sshd on 127.0.0.1 (see sshd.py), with a throwaway key.
+
+The "device" is this machine through ssh: its edgetl is this venv's (``--remote-edgetl``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.bundle.create import create_bundle, up_to_date
+from edgetl.bundle.format import check_folder, inspect_archive
+from edgetl.bundle.remote import Access, BenchSettings, remote_bench
+from edgetl.bundle.ship import Remote, Shipper, SshUrl, ship
+from edgetl.cli import cli
+from edgetl.errors import BundleError, RemoteError
+from edgetl.rundir import RunDir
+from tests.bundle.sshd import free_port, keygen
+
+EDGETL = str(Path(sys.executable).with_name("edgetl"))  # this venv's, as on a device with a venv
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(bundle_run, tmp_path_factory) -> Path:
+    """A second, different bundle with the same name (a new version of the same deployment)."""
+    run = tmp_path_factory.mktemp("fp32") / "tiny"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    return create_bundle(run, "onnxruntime", "fp32")
+
+
+def ship_to(sshd, bundle, dest: Path, **kw):
+    return ship(bundle, sshd.url(str(dest)), remote_edgetl=kw.pop("remote_edgetl", EDGETL),
+                ssh_options=sshd.options, **kw)
+
+
+def current_of(dest: Path, bundle: Path) -> Path:
+    return dest / inspect_archive(bundle)["name"] / "current"
+
+
+@pytest.mark.parametrize(
+    "url, host, user, port, path",
+    [
+        ("ssh://pi@raspberrypi.local/opt/models", "raspberrypi.local", "pi", None, "/opt/models"),
+        ("ssh://nvidia@10.0.0.7:2222/~/models", "10.0.0.7", "nvidia", 2222, "models"),
+        ("ssh://orin", "orin", None, None, "edgetl"),
+        ("ssh://me@[::1]:22/srv/x%20y", "[::1]", "me", 22, "/srv/x y"),
+    ],
+)
+def test_parse_url(url, host, user, port, path):
+    parsed = SshUrl.parse(url)
+    assert (parsed.host, parsed.user, parsed.port, parsed.path) == (host, user, port, path)
+
+
+@pytest.mark.parametrize("url, match", [("pi@host:/x", "not an SSH URL"), ("ssh://host:99999/x", "port"),
+                                        ("ssh://pi:secret@host/x", "password")])
+def test_parse_bad_url(url, match):
+    with pytest.raises(RemoteError, match=match):
+        SshUrl.parse(url)
+
+
+def test_remote_commands_are_quoted():
+    remote = Remote(SshUrl.parse("ssh://pi@host:2200/x"), ["IdentityFile=/k"])
+    argv = remote.ssh_argv(["mkdir", "-p", "/tmp/a b; rm -rf ~"])
+    assert argv[:3] == ["ssh", "-o", "BatchMode=yes"]  # first: a user's option cannot turn on password prompts
+    assert argv.index("IdentityFile=/k") < argv.index("ConnectTimeout=10")  # the user's options override ours
+    assert argv[-3:] == ["--", "pi@host", "mkdir -p '/tmp/a b; rm -rf ~'"]
+    assert ["-p", "2200"] == argv[argv.index("-p"):argv.index("-p") + 2]
+
+
+def test_ship_verifies_and_switches_current(sshd, bundle_file, fp32_bundle, tmp_path):
+    dest = tmp_path / "dev ice $(touch pwned)"  # the remote shell must see it as one plain name
+    done = ship_to(sshd, bundle_file, dest)
+    assert done.copied and done.verified == "golden"
+    current = current_of(dest, bundle_file)
+    assert current.is_symlink() and os.readlink(current) == f"releases/{done.sha256[:16]}"
+    assert check_folder(current)["precision"] == "int8"  # every hash checked on the device's copy
+    assert not list((current.parent / ".incoming").iterdir())
+    assert not (Path.home() / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+    again = ship_to(sshd, bundle_file, dest)
+    assert not again.copied and again.verified == "golden"  # already there: verified, not re-copied
+
+    newer = ship_to(sshd, fp32_bundle, dest)
+    assert check_folder(current)["precision"] == "fp32"
+    # the previous release is kept for a rollback
+    assert sorted(p.name for p in (current.parent / "releases").iterdir()) == sorted([done.sha256[:16], newer.sha256[:16]])
+
+
+def test_tampered_bundle_is_refused_and_the_previous_one_keeps_working(sshd, bundle_file, fp32_bundle, tmp_path):
+    dest = tmp_path / "device"
+    ship_to(sshd, bundle_file, dest)
+    current = current_of(dest, bundle_file)
+    before = os.readlink(current)
+
+    # 1. a bundle tampered with before shipping: refused here, nothing is sent
+    import tarfile
+
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(fp32_bundle) as tin, tarfile.open(tampered, "w:gz") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith(".onnx"):
+                data = data[:-4] + b"evil"
+            tout.addfile(m, __import__("io").BytesIO(data) if data is not None else None)
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        ship_to(sshd, tampered, dest)
+
+    # 2. the copy changed on the way (or on the device's disk): refused there by its sha256
+    shipper = Shipper(Remote(SshUrl.parse(sshd.url(str(dest))), sshd.options, edgetl=EDGETL), fp32_bundle)
+    shipper.prepare()
+    shipper.send()
+    with open(shipper.upload, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0" * 16)
+    with pytest.raises(RemoteError, match="corrupted or tampered with on the way; nothing was changed"):
+        shipper.check_arrival()
+    shipper.cleanup()
+
+    # 3. a file of the extracted release changed before verification: `edgetl verify` there refuses it
+    shipper.send()
+    shipper.check_arrival()
+    staged = Path(shipper.unpack())
+    (staged / "golden" / "inputs.npy").write_bytes(b"tampered")
+    with pytest.raises(RemoteError, match=r"golden/inputs.npy does not match its sha256.*keeps its previous bundle"):
+        shipper.verify(str(staged), install=False)
+    shipper.remote.edgetl = "/nonexistent/bin/edgetl"  # a device without edgetl: sha256sum -c refuses it too
+    with pytest.raises(RemoteError, match=r"golden/inputs.npy does not match its sha256 on 127.0.0.1 \(golden/inputs.npy: FAILED"):
+        shipper.verify(str(staged), install=False)
+    shipper.cleanup()
+
+    assert os.readlink(current) == before
+    assert check_folder(current)["precision"] == "int8"
+    result = CliRunner().invoke(cli, ["verify", str(current)])
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_runtime_on_the_device(sshd, bundle_file, tmp_path):
+    """The device's edgetl lacks onnxruntime: a clear message naming the extra and --install."""
+    fake = tmp_path / "edgetl-without-ort"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.modules['onnxruntime'] = None\n"
+                    "from edgetl.cli import main\nmain()\n")
+    fake.chmod(0o755)
+    with pytest.raises(RemoteError, match=r'pip install "edgetl\[onnxruntime\]".*--install.*keeps its previous bundle'):
+        ship_to(sshd, bundle_file, tmp_path / "device", remote_edgetl=str(fake))
+    assert not current_of(tmp_path / "device", bundle_file).exists()
+
+
+def test_device_without_edgetl_gets_hash_checks(sshd, bundle_file, tmp_path):
+    done = ship_to(sshd, bundle_file, tmp_path / "device", remote_edgetl="/nonexistent/bin/edgetl")
+    assert done.verified == "hashes"
+    assert check_folder(current_of(tmp_path / "device", bundle_file))
+
+
+def test_unreachable_host_and_refused_key(sshd, bundle_file, tmp_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1:{port} over SSH \(Connection refused\)"):
+        ship(bundle_file, f"ssh://{sshd.user}@127.0.0.1:{port}/x", ssh_options=sshd.options)
+    stranger = keygen(tmp_path / "stranger")
+    # ControlPath=none: a fresh connection, not the multiplexed one the right key opened (user options win)
+    options = [o for o in sshd.options if not o.startswith("IdentityFile")] + [f"IdentityFile={stranger}", "ControlPath=none"]
+    with pytest.raises(RemoteError, match="refused the SSH key: install your public key there"):
+        ship(bundle_file, sshd.url(str(tmp_path / "x")), ssh_options=options)
+
+
+def test_full_disk(sshd, bundle_file, tmp_path):
+    """Writing to /dev/full fails exactly like a full disk (ENOSPC)."""
+    shipper = Shipper(Remote(SshUrl.parse(sshd.url(str(tmp_path / "device"))), sshd.options), bundle_file)
+    shipper.upload = "/dev/full"
+    with pytest.raises(RemoteError, match="ran out of disk space while copying"):
+        shipper.send()
+
+
+def test_cli_ship_and_errors(sshd, bundle_file, tmp_path):
+    dest = tmp_path / "device"
+    args = ["ship", str(bundle_file), sshd.url(str(dest)), "--remote-edgetl", EDGETL]
+    for opt in sshd.options:
+        args += ["-o", opt]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "golden outputs verified on the device" in result.output
+    result = CliRunner().invoke(cli, ["ship", str(bundle_file), f"ssh://127.0.0.1:{free_port()}/x"])
+    assert result.exit_code == 2 and "cannot reach" in result.output
+
+
+def test_remote_bench_brings_the_result_home(sshd, bundle_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    doc = remote_bench(run, sshd.url(str(tmp_path / "device")), "onnxruntime", precision="int8", device_name="loop-pi",
+                       settings=BenchSettings(iterations=10), access=Access(sshd.options, EDGETL))
+    assert doc["schema"] == "edgetl.bench/1" and doc["device"]["name"] == "loop-pi"
+    saved = run / "bench" / "onnxruntime" / "int8@loop-pi.json"
+    assert saved.is_file() and doc["file"] == "bench/onnxruntime/int8@loop-pi.json"
+    # the device's own result does not make the bundle stale: the next remote bench ships nothing new
+    assert up_to_date(RunDir.open(run), "onnxruntime", "int8") is not None
+    section = RunDir.open(run).manifest["bench"]["loop-pi"]
+    assert section["results"]["onnxruntime/int8"]["status"] == "ok"
+    assert section["system"]["remote"].startswith(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}/")
+
+
+def test_fleet_reports_a_failing_device_in_its_row(sshd, bundle_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[[device]]\nname = "good"\nurl = "{sshd.url(str(tmp_path / "good"))}"\ntarget = "onnxruntime"\nprecision = "int8"\n\n'
+        f'[[device]]\nname = "gone"\nurl = "ssh://127.0.0.1:{free_port()}/x"\ntarget = "onnxruntime"\nprecision = "int8"\n'
+    )
+    args = ["bench", str(run), "--fleet", str(fleet), "--iterations", "10", "--remote-edgetl", EDGETL]
+    for opt in sshd.options:
+        args += ["-o", opt]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "1 of 2 devices could not be benched (gone)" in result.output
+    assert (run / "bench" / "onnxruntime" / "int8@good.json").is_file()
+    assert not (run / "bench" / "onnxruntime" / "int8@gone.json").exists()
+
+
+def test_install_uses_the_python_next_to_the_remote_edgetl(sshd, bundle_file, tmp_path):
+    """--install runs `<venv>/bin/python -m pip install "edgetl[<runtime>]"` on the device (pip faked here)."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "edgetl").symlink_to(EDGETL)
+    log = tmp_path / "pip-args"
+    (venv / "python").write_text(f'#!/bin/sh\necho "$@" > {log}\n')
+    (venv / "python").chmod(0o755)
+    done = ship_to(sshd, bundle_file, tmp_path / "device", remote_edgetl=str(venv / "edgetl"), install=True)
+    assert log.read_text().split() == ["-m", "pip", "install", "--quiet", "edgetl[onnxruntime]"]
+    assert done.verified == "golden"

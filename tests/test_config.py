@@ -1,0 +1,150 @@
+"""Device profiles and calibration recipes: the shipped ones load, bad ones say file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgetl.config import (
+    Budgets,
+    TargetProfile,
+    load_recipe,
+    load_target,
+    recipe_names,
+    target_names,
+)
+from edgetl.errors import ConfigError, UnknownNameError
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED_TARGETS = {"host-cpu", "host-openvino", "jetson-orin-nano", "raspberry-pi-5", "intel-nuc", "rtx-4090"}
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- what ships ------------------------------------------------------------------------------------
+def test_the_issue_profiles_and_recipes_ship():
+    assert REQUIRED_TARGETS <= set(target_names())
+    assert {"default", "entropy", "percentile"} <= set(recipe_names())
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_shipped_profile_loads(name):
+    profile = load_target(name)
+    assert profile.name == name and profile.description
+    # budgets are what bench enforces: every shipped device has an accuracy and a latency gate
+    assert profile.budgets.max_accuracy_drop_pp is not None and profile.budgets.p90_latency_ms is not None
+    assert (profile.runtime == "tensorrt") == (profile.gpu_arch is not None) == (profile.device == "gpu")
+    load_recipe(profile.calibration)
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_shipped_recipe_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name and recipe.description
+
+
+def test_one_profile_documents_every_field():
+    text = (REPO / "targets" / "host-cpu.toml").read_text()
+    fields = (set(TargetProfile.model_fields) - {"name", "budgets"}) | set(Budgets.model_fields) | {"[budgets]"}
+    missing = [f for f in sorted(fields) if f not in text]
+    assert not missing, f"targets/host-cpu.toml should show (at least commented) {missing}"
+
+
+# -- a user's own files ----------------------------------------------------------------------------
+def test_user_profiles_join_the_shipped_ones(tmp_path, monkeypatch):
+    (tmp_path / "targets").mkdir()
+    _write(tmp_path / "targets", "my-board", 'runtime = "onnxruntime"\nthreads = 2\n')
+    monkeypatch.chdir(tmp_path)
+    assert {"my-board", "host-cpu"} <= set(target_names())
+    assert load_target("my-board").threads == 2
+    assert load_target(tmp_path / "targets" / "my-board.toml").name == "my-board"
+
+
+GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ('runtime = "onnxruntime"\nthreads = "4"\n', "threads", "valid integer"),
+        ('runtime = "onnxruntime"\nthreads = 0\n', "threads", "greater than or equal to 1"),
+        ('runtime = "openvno"\n', "runtime", "Did you mean 'openvino'"),
+        ('runtime = "onnxruntime"\nthread = 4\n', "thread", "Did you mean 'threads'"),
+        ('runtime = "onnxruntime"\nprecision = "int4"\n', "precision", "'int8'"),
+        ('runtime = "onnxruntime"\n[budgets]\np90_latency = 5\n', "budgets.p90_latency", "Did you mean 'p90_latency_ms'"),
+        ('runtime = "onnxruntime"\n[budgets]\nmax_accuracy_drop_pp = -1\n', "budgets.max_accuracy_drop_pp", "greater"),
+        ('runtime = "onnxruntime"\n[budgets]\np90_latency_ms = inf\n', "budgets.p90_latency_ms", "finite"),
+        (GOOD_TRT + 'gpu_arch = "87"\n', "gpu_arch", "sm87"),
+        ('runtime = "onnxruntime"\ngpu_arch = "sm87"\n', "gpu_arch", "only applies to runtime 'tensorrt'"),
+        ('runtime = "tensorrt"\n', "device", 'set device = "gpu"'),
+        ('runtime = "onnxruntime"\ndevice = "tpu"\n', "device", "'cpu', 'gpu' or 'npu'"),
+        ('runtime = "onnxruntime"\ncalibration = "defualt"\n', "calibration", "Did you mean 'default'"),
+        ('name = "other-board"\nruntime = "onnxruntime"\n', "name", "differs from the file name"),
+        ("threads = 4\n", "runtime", "Field required"),
+    ],
+)
+def test_bad_profile_names_file_and_field(tmp_path, text, field, hint):
+    path = _write(tmp_path, "mine", text)
+    with pytest.raises(ConfigError) as info:
+        load_target(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: field '{field}'") and hint in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ('method = "kl"\n', "method", "'entropy'"),
+        ('method = "entropi"\n', "method", "Did you mean 'entropy'"),
+        ('per_channel = "yes"\n', "per_channel", "valid boolean"),
+        ("percentile = 40\n", "percentile", "greater than 50"),
+        ('keep_float_ops = "Sigmoid"\n', "keep_float_ops", "valid list"),
+        ('bias_correction = "slow"\n', "bias_correction", "'accurate'"),
+        ("sample = 300\n", "sample", "Did you mean 'samples'"),
+    ],
+)
+def test_bad_recipe_names_file_and_field(tmp_path, text, field, hint):
+    path = _write(tmp_path, "mine", text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: field '{field}'") and hint in message, message
+
+
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [(b'runtime = "onnxruntime\n', "invalid TOML"), (b"\xff\xfe\x00r", "UTF-8")],
+)
+def test_unreadable_file_is_a_config_error(tmp_path, content, hint):
+    path = tmp_path / "broken.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=hint) as info:
+        load_target(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_target(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nowhere.toml")
+
+
+# -- names -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("load", "name", "closest"),
+    [(load_target, "jetson-orin-nan", "jetson-orin-nano"), (load_target, "raspberry-pi5", "raspberry-pi-5"),
+     (load_recipe, "entropi", "entropy"), (load_recipe, "percentil", "percentile")],
+)
+def test_unknown_name_gets_the_closest_and_the_list(load, name, closest):
+    with pytest.raises(UnknownNameError) as info:
+        load(name)
+    message = str(info.value)
+    assert f"Did you mean {closest!r}" in message and "Valid:" in message
+    assert "host-cpu" in message or "default" in message
