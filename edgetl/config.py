@@ -23,11 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _ROOT = Path(__file__).resolve().parent
-# Source checkout / editable install: the repo's folders; wheel: copies inside the package.
-_SHIPPED = {
-    "targets": [_ROOT.parent / "targets", _ROOT / "_data" / "targets"],
-    "calibration": [_ROOT.parent / "calibration", _ROOT / "_data" / "calibration"],
-}
+# edgetl/_data/{targets,calibration} link to the repository's top-level folders; wheels copy them.
+_SHIPPED = {kind: [_ROOT / "_data" / kind] for kind in ("targets", "calibration")}
 
 
 class _Strict(BaseModel):

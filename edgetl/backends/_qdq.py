@@ -23,7 +23,9 @@ from edgetl.errors import CompileError, ConfigError, DataError
 
 # Fewer images than this cannot give stable activation ranges: refuse rather than ship a bad model.
 MIN_CALIBRATION_SAMPLES = 10
-_BATCH = 8  # images per calibration inference
+# One image per calibration inference: ORT's histogram collector stacks the batches of a stride
+# with np.asarray, which fails when the last batch is smaller than the others.
+_BATCH = 1
 _IMAGES_PER_COLLECT = 32  # bounds the intermediate tensors ORT keeps in memory between merges
 
 

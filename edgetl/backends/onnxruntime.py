@@ -98,9 +98,10 @@ class OnnxRuntimeBackend:
     def _optimise(self, src: Path, out: Path, threads: int | None) -> dict[str, Any]:
         ort = require("onnxruntime", "ONNX Runtime compile")
         so = ort.SessionOptions()
-        # EXTENDED, not ALL: ALL adds NCHWc layout transforms whose block size depends on this
-        # host's vector width (AVX2 vs AVX-512 vs NEON), so the saved graph would be slow or wrong
-        # elsewhere. EXTENDED's fusions (Conv+Act, Gemm+Act ...) are portable to any ORT CPU build.
+        # EXTENDED, not ALL: ALL adds NCHWc layout transforms whose block size follows this host's
+        # vector width (AVX2 vs AVX-512 vs NEON), and ONNX Runtime documents such saved graphs as
+        # tied to the machine that made them. EXTENDED's fusions (Conv+Act, Gemm+Act ...) run on
+        # any ONNX Runtime CPU build; the device's session still applies the layout passes itself.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(out)
         so.intra_op_num_threads = threads or 1

@@ -97,12 +97,15 @@ def measure_latency(
     warmup_s: float = 0.2,
     iterations: int = 200,
     duration_s: float | None = None,
+    max_s: float | None = None,
     progress: Progress | None = None,
     keep_samples: bool = True,
 ) -> LatencyStats:
     """Time ``session.run(batch)``: warm-up, then ``iterations`` calls or ``duration_s`` seconds.
 
-    In duration mode at least ``MIN_ITERATIONS`` calls are timed, so that the percentiles exist.
+    ``max_s`` stops an iteration-count run early once that many seconds are spent (for a slow
+    baseline whose median is all that is needed). Whenever time ends a run, at least
+    ``MIN_ITERATIONS`` calls are timed, so that the percentiles exist.
     """
     if iterations < 1 and duration_s is None:
         raise ValueError("iterations must be >= 1")
@@ -118,8 +121,10 @@ def measure_latency(
     warm_ns = clock() - start
 
     samples: list[int] = []
-    limit_ns = int(duration_s * 1e9) if duration_s is not None else None
-    total = duration_s if duration_s is not None else float(iterations)
+    count = iterations if duration_s is None else None  # duration mode: time alone ends the run
+    seconds = duration_s if duration_s is not None else max_s
+    time_limit_ns = int(seconds * 1e9) if seconds is not None else None
+    total = float(count) if count is not None else duration_s
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -129,13 +134,12 @@ def measure_latency(
             session.run(x)
             t1 = clock()
             samples.append(t1 - t0)
-            if limit_ns is None:
-                if len(samples) >= iterations:
-                    break
-            elif t1 - begin >= limit_ns and len(samples) >= MIN_ITERATIONS:
+            n = len(samples)
+            if (count is not None and n >= count) or (
+                    time_limit_ns is not None and t1 - begin >= time_limit_ns and n >= MIN_ITERATIONS):
                 break
             if progress is not None and t1 - last_report >= _PROGRESS_EVERY_NS:
-                progress(len(samples) if limit_ns is None else (t1 - begin) / 1e9, total)
+                progress(n if count is not None else (t1 - begin) / 1e9, total)
                 last_report = clock()
     finally:
         if gc_was_enabled:

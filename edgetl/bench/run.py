@@ -59,6 +59,10 @@ from edgetl.rundir import RunDir
 
 SCHEMA = "edgetl.bench/1"
 REFERENCE_KEY = f"{torch_reference.NAME}/fp32"
+# PyTorch eager can be 10-100x slower than the artifacts (EfficientNet-Lite0, batch 8: ~3 s a run on
+# a loaded 2-core VM), and the speed-up needs only its median: a short warm-up, and at most ~15 s
+# per batch size (never fewer than 10 timed runs). The artifacts get the full rule.
+REFERENCE_TIMING = {"warmup_iters": 5, "max_s": 15.0}
 
 
 class GatesFailed(EdgetlError):
@@ -85,6 +89,10 @@ class BenchResults:
 
     def errors(self) -> list[str]:
         return [f"{r['key']}: {r['reason']}" for r in self.rows if r.get("status") == "error"]
+
+    def unchecked_gates(self) -> list[str]:
+        """Artifacts with budgets that could not run here: their gates say nothing about this run."""
+        return [r["key"] for r in self.rows if r.get("status") == "unavailable" and (r.get("gates") or {}).get("budgets")]
 
     def raise_for_errors(self) -> None:
         if self.errors():
@@ -208,19 +216,21 @@ def bench(
             stub = {"key": key, "target": entry["target"], "artifact": _artifact(run, entry),
                     "device": {"name": results.device}}
             if (reason := _availability(entry["runtime"])) is not None:
-                results.rows.append({**stub, "status": "unavailable", "reason": reason})
+                unmeasured = {"status": gates_mod.NA, "checks": [], "failed": [],
+                              "budgets": budgets[key].model_dump(exclude_none=True) if budgets[key] else {}}
+                results.rows.append(save_result(run, {**stub, "status": "unavailable", "reason": reason,
+                                                      "gates": unmeasured}))
                 continue
             try:
                 measured = measurer(key, "edgetl.bench.measure:artifact_opener",
                                     {"runtime": entry["runtime"], "path": str(run.path / entry["path"]), "threads": threads})
             except Exception as exc:  # one failing artifact does not stop the others
-                results.rows.append({**stub, **_failure(exc, console)})
+                results.rows.append(save_result(run, {**stub, **_failure(exc, console)}))
                 continue
             doc = result_doc(key, entry["target"], measured, system, settings, ref_latency, budgets[key],
                              artifact=stub["artifact"])
-            results.rows.append(_save(run, doc))
+            results.rows.append(save_result(run, doc))
 
-    _record_summary(run, results)
     if check:
         results.raise_for_gates()
     return results
@@ -244,15 +254,16 @@ class _Measurer:
                 self.files[name] = str(tmp / f"{name}.npy")
                 np.save(self.files[name], arr)
 
-    def __call__(self, key: str, loader: str, kwargs: dict, with_accuracy: bool = True) -> dict:
+    def __call__(self, key: str, loader: str, kwargs: dict, with_accuracy: bool = True, **timing) -> dict:
         names = ["inputs", "labels", "reference"] if with_accuracy else ["inputs"]
+        timing = {**self.timing, **timing}
         show = self.progress.callback(key)
         try:
             if self.isolate:
                 return measure_isolated(loader, kwargs, {n: self.files[n] for n in names}, classes=self.classes,
-                                        progress=show, **self.timing)
+                                        progress=show, **timing)
             arrays = [self.data[n] for n in names]
-            return measure(resolve_loader(loader)(**kwargs), *arrays, classes=self.classes, progress=show, **self.timing)
+            return measure(resolve_loader(loader)(**kwargs), *arrays, classes=self.classes, progress=show, **timing)
         finally:
             self.progress.done_loading(key)
 
@@ -280,18 +291,20 @@ def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, co
                 "versions": {"torch": torch_reference.version()}}
     try:
         measured = measurer(REFERENCE_KEY, "edgetl.backends.torch:reference_opener",
-                            {"run_path": str(run.path), "threads": results.system["threads"]}, with_accuracy=False)
+                            {"run_path": str(run.path), "threads": results.system["threads"]}, with_accuracy=False,
+                            **REFERENCE_TIMING)
     except Exception as exc:  # the artifacts are still worth measuring, without speed-ups
-        results.rows.append({"key": REFERENCE_KEY, "target": torch_reference.NAME, "artifact": artifact,
-                             "device": {"name": results.device}, "reference": True, **_failure(exc, console)})
+        results.rows.append(save_result(run, {"key": REFERENCE_KEY, "target": torch_reference.NAME, "artifact": artifact,
+                                              "device": {"name": results.device}, "reference": True,
+                                              **_failure(exc, console)}))
         return None
     data = measurer.data
     measured["accuracy"] = evaluate(data["reference"], data["labels"], data["reference"], measurer.classes)
     measured["accuracy"]["evaluated_with"] = "the cached reference logits (this model, FP32)"
-    doc = result_doc(REFERENCE_KEY, torch_reference.NAME, measured, results.system, measurer.settings,
-                     None, None, artifact=artifact)
+    doc = result_doc(REFERENCE_KEY, torch_reference.NAME, measured, results.system,
+                     {**measurer.settings, **REFERENCE_TIMING}, None, None, artifact=artifact)
     doc["reference"] = True
-    results.rows.append(_save(run, doc))
+    results.rows.append(save_result(run, doc))
     return measured
 
 
@@ -348,14 +361,6 @@ def result_path(run: RunDir, key: str, device: str) -> Path:
     return run.path / "bench" / target / f"{precision}@{device}.json"
 
 
-def _save(run: RunDir, doc: dict) -> dict:
-    path = result_path(run, doc["key"], doc["device"]["name"])
-    write_json(path, doc)
-    run.record(path)
-    doc["file"] = run.rel(path)
-    return doc
-
-
 def summary_of(doc: dict) -> dict:
     """The few numbers of a result that the manifest keeps (batch 1, or the smallest batch measured)."""
     out = {"status": doc.get("status"), "runtime": (doc.get("artifact") or {}).get("runtime"),
@@ -371,12 +376,23 @@ def summary_of(doc: dict) -> dict:
             "memory_mb": doc["memory"].get("session_peak_mb"), "gate": doc["gates"]["status"]}
 
 
-def _record_summary(run: RunDir, results: BenchResults) -> None:
-    """Merge into ``manifest["bench"][device]``: a bench of one target keeps the others' rows."""
-    sysrec = results.system
+def save_result(run: RunDir, doc: dict) -> dict:
+    """Keep one row: a measured document goes to its result file (atomically, sha256 recorded); every
+    row's summary is merged into ``manifest["bench"][<device>]``, so benching one target keeps the
+    others' rows. A device's result brought back over SSH is saved the same way."""
+    device = doc["device"]["name"]
+    if doc.get("status") == "ok":
+        path = result_path(run, doc["key"], device)
+        write_json(path, doc)
+        run.record(path)
+        doc["file"] = run.rel(path)
     with run.editing() as manifest:
-        dev = manifest.setdefault("bench", {}).setdefault(results.device, {})
-        dev["system"] = {"cpu": sysrec["cpu"]["model"], "flags": sysrec["cpu"]["flags"],
-                         "cores": sysrec["cpu"]["physical_cores"], "runtimes": sysrec["runtimes"]}
-        dev["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        dev.setdefault("results", {}).update({r["key"]: summary_of(r) for r in results.rows})
+        section = manifest.setdefault("bench", {}).setdefault(device, {})
+        if "cpu" in doc["device"]:
+            system = doc["device"]
+            section["system"] = {"cpu": system["cpu"].get("model"), "flags": system["cpu"].get("flags"),
+                                 "cores": system["cpu"].get("physical_cores"), "board": system.get("board"),
+                                 "runtimes": system.get("runtimes")}
+        section["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        section.setdefault("results", {})[doc["key"]] = summary_of(doc)
+    return doc

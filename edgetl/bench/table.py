@@ -8,11 +8,17 @@ measured) among those that do not fail a gate; it is marked with a star.
 
 from __future__ import annotations
 
-COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs PyTorch", "top-1",
+COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs PyTorch", "top-1", "top-5",
            "drop pp", "agree", "size MB", "mem MB", "1st inf ms", "gate")
 NUMERIC = set(COLUMNS[2:-1])
 # The console drops the runtime (the key names the target) and first inference (in the report).
 CONSOLE_COLUMNS = tuple(c for c in COLUMNS if c not in ("runtime", "1st inf ms"))
+
+
+def columns(docs: list[dict], base: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
+    """``base`` without top-5 unless some artifact has it (only models with more than 5 classes)."""
+    has_top5 = any((d.get("accuracy") or {}).get("top5") is not None for d in docs)
+    return base if has_top5 else tuple(c for c in base if c != "top-5")
 
 
 def fmt_ms(v: float | None) -> str:
@@ -72,7 +78,7 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
                    "vs PyTorch": "1.00×" if doc.get("reference") else (f"{speedup:.2f}×" if speedup else "—")}
             if i == 0:
                 row.update({
-                    "top-1": _pct(acc.get("top1")), "drop pp": _num(acc.get("drop_pp"), "+.2f"),
+                    "top-1": _pct(acc.get("top1")), "top-5": _pct(acc.get("top5")), "drop pp": _num(acc.get("drop_pp"), "+.2f"),
                     "agree": _pct(acc.get("agreement")), "size MB": _num(artifact.get("size_bytes", 0) / 1e6, ".2f"),
                     "mem MB": _num((doc.get("memory") or {}).get("session_peak_mb"), ".0f"),
                     "1st inf ms": fmt_ms((doc.get("load") or {}).get("first_inference_ms")),
@@ -94,11 +100,12 @@ def rich_table(docs: list[dict], title: str):
     table = Table(title=escape(title), title_justify="left",
                   caption="\n".join(escape(f"[{i}] {n}") for i, n in enumerate(notes, 1)),
                   caption_justify="left")
-    for col in CONSOLE_COLUMNS:
+    shown = columns(docs, CONSOLE_COLUMNS)
+    for col in shown:
         table.add_column(col, justify="right" if col in NUMERIC else "left", no_wrap=col != "artifact")
     colours = {"PASS": "green", "FAIL": "bold red", "unavailable": "dim", "error": "red"}
     for row in rows:
-        cells = [escape(row[c]) for c in CONSOLE_COLUMNS]
+        cells = [escape(row[c]) for c in shown]
         if row["_best"] and row["artifact"]:
             cells[0] = f"★ {cells[0]}"
         if row.get("_gate") in colours:

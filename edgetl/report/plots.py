@@ -47,6 +47,19 @@ def _scale_x(ax, values: list[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _label_offsets(points: list[tuple]) -> list[tuple[int, int]]:
+    """Label offsets (points) that keep labels of equally accurate artifacts from overprinting:
+    the fastest of a group is labelled above its dot, the others stacked below with a leader."""
+    offsets: dict[int, tuple[int, int]] = {}
+    groups: dict[float, list[int]] = {}
+    for i, (_, y, _, _) in enumerate(points):
+        groups.setdefault(round(y, 1), []).append(i)
+    for members in groups.values():
+        for rank, i in enumerate(sorted(members, key=lambda j: points[j][0])):
+            offsets[i] = (7, 6) if rank == 0 else (12, -8 - 24 * rank)
+    return [offsets[i] for i in range(len(points))]
+
+
 def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
@@ -119,9 +132,9 @@ def accuracy_latency_svg(docs: list[dict], device: str) -> str | None:
         ax.plot(fx, fy, drawstyle="steps-post", color="black", linewidth=1, alpha=0.6, zorder=2)
         ax.scatter(fx, fy, s=260, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
                    label="Pareto front (best trade-offs)")
-        for x, y, key, _ in points:
-            ax.annotate(f"{key}\n{fmt_ms(x)} ms, {y:.1f}%", (x, y), textcoords="offset points", xytext=(7, 6),
-                        fontsize=8)
+        for (x, y, key, _), (dx, dy) in zip(points, _label_offsets(points), strict=True):
+            ax.annotate(f"{key}\n{fmt_ms(x)} ms, {y:.1f}%", (x, y), textcoords="offset points", xytext=(dx, dy),
+                        fontsize=8, arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6} if dy < 0 else None)
         _scale_x(ax, [p[0] for p in points])
         ax.set_xlabel("p90 latency, batch 1 (ms, lower is better)")
         ax.set_ylabel("top-1 on the validation split (%, higher is better)")

@@ -7,9 +7,10 @@ column -> text, with ``_best``/``_gate`` flags for highlighting) or ``("plot", d
 from __future__ import annotations
 
 import html
+import re
 
 from edgetl.bench.system import summary
-from edgetl.bench.table import COLUMNS, NUMERIC, bench_rows
+from edgetl.bench.table import NUMERIC, bench_rows, columns
 from edgetl.report.data import compile_rows, scalars
 
 _NUMERIC = NUMERIC | {"compile s"}
@@ -57,7 +58,7 @@ def sections(data: dict, notes: list[str]) -> list[tuple[str, list]]:
         if system:
             runtimes = ", ".join(f"{k} {v}" for k, v in system.get("runtimes", {}).items())
             blocks.append(("text", f"{system.get('os')}, {system.get('python')}; {runtimes}"))
-        blocks.append(("table", COLUMNS, rows))
+        blocks.append(("table", columns(docs), rows))
         blocks += [("text", f"[{i}] {n}") for i, n in enumerate(bench_notes, 1)]
         blocks.append(("text", "★ the fastest artifact (batch-1 p90) that meets its budgets. Speed-ups are p50 "
                                "over PyTorch eager FP32 measured in the same run; drop is in percentage points of "
@@ -110,6 +111,11 @@ figcaption{font-size:.85rem;color:#555}
 """
 
 
+def _inline_code(text: str) -> str:
+    """Markdown's `code` spans (the texts are shared with report.md) as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _html_table(cols, rows) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
@@ -133,7 +139,7 @@ def to_html(data: dict, notes: list[str], plots: dict[str, list[tuple[str, str]]
         parts.append(f"<h2>{html.escape(title)}</h2>")
         for block in blocks:
             if block[0] == "text":
-                parts.append(f'<p class="note">{html.escape(block[1])}</p>')
+                parts.append(f'<p class="note">{_inline_code(html.escape(block[1]))}</p>')
             elif block[0] == "table":
                 parts.append(_html_table(block[1], block[2]))
             elif block[0] == "plot":

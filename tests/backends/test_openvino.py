@@ -99,6 +99,7 @@ class TestOpenVino(BackendConformance):
         assert options["method"] == "minmax" and "MINMAX" in options["activation_ranges"]
         assert options["samples"] == 64 and options["ignored_scope"] == {"types": [], "names": []}
         assert any("symmetric_activations" in note for note in options["not_mapped"])
+        assert options["overflow_fix"] in {"disable", "first_layer_only"} and options["why"]
 
     @pytest.mark.parametrize("mode", ["none", "accurate"])
     def test_bias_correction_reaches_nncf(self, backend, build, tiny, tmp_path, mode):
@@ -186,3 +187,19 @@ def test_unconvertible_op_is_named(tmp_path):
     onnx_path = _tiny_onnx(tmp_path / "bad.onnx", batch=1, extra_op="Frobnicate")
     with pytest.raises(CompileError, match="Frobnicate"):
         OpenVinoBackend().compile(onnx_path, tmp_path / "out", "fp32", None, {})
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["avx2", "avx512f", "avx512_vnni"], "disable"),
+        (["avx2", "avx_vnni"], "disable"),
+        (["avx2", "fma"], "first_layer_only"),
+        (["asimd", "asimddp"], "disable"),
+    ],
+)
+def test_overflow_fix_follows_the_cpu(flags, expected):
+    from edgetl.backends.openvino import _overflow_fix
+
+    fix, why = _overflow_fix(flags)
+    assert fix.value == expected and why

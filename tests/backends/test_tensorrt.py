@@ -36,6 +36,15 @@ class TestTensorRt(BackendConformance):
                 assert zero_point.dtype.name == "int8" and not zero_point.any(), node.name
         dq_inputs = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
         assert all(init[n].data_type != onnx.TensorProto.INT32 for n in dq_inputs if n in init)
+        # Q/DQ feed weighted ops only: a Q/DQ between a Conv and its activation would quantize the
+        # pre-activation range and starve the ReLU6 that follows of levels.
+        consumers = {}
+        for n in model.graph.node:
+            for i in n.input:
+                consumers.setdefault(i, set()).add(n.op_type)
+        fed = set().union(*(consumers.get(n.output[0], set()) for n in model.graph.node
+                            if n.op_type == "DequantizeLinear" and n.input[0] not in init))
+        assert fed <= {"Conv", "Gemm", "MatMul"}, fed
 
     def test_asymmetric_recipe_is_overridden_and_said(self, backend, tiny, tmp_path):
         recipe = CalibrationRecipe(name="asym", symmetric_activations=False)

@@ -114,3 +114,16 @@ def test_memory_probe_sees_an_allocation_between_start_and_stop():
     assert mem["session_peak_mb"] >= 60
     assert mem["process_peak_mb"] >= mem["baseline_mb"] + 60
     assert mem["method"]
+
+
+def test_max_s_ends_a_slow_run_early_but_never_below_the_minimum():
+    class Slow(CountingSession):
+        def run(self, batch):
+            import time
+
+            time.sleep(0.002)
+            return super().run(batch)
+
+    stats = measure_latency(Slow(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+                            iterations=10_000, max_s=0.001)
+    assert stats.iterations == MIN_ITERATIONS
