@@ -134,9 +134,8 @@ def _compile(config: DeployConfig, run: RunDir, say: _Stages) -> list[dict]:
 
 def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[int]) -> list[str]:
     """Compiled keys without a result on this device for exactly the current artifact bytes."""
-    from edgetl.bench.run import result_path
-
     from edgetl.backends import get_backend
+    from edgetl.bench.run import result_path
 
     artifacts = run.manifest.get("artifacts", {})
     stale = []

@@ -20,6 +20,7 @@ inference precision without a side file. Load/run never imports torch or nncf.
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ def _dynamic_batch(ov, model) -> None:
 
 # -- int8 through nncf -----------------------------------------------------------------------------
 def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu_flags: list[str] | None):
+    # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 

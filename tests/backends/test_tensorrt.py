@@ -11,11 +11,22 @@ import pytest
 from edgetl.backends.tensorrt import DEFAULT_ARCH
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import EdgetlError
-from tests.backends.conformance import BackendConformance, compare
+from tests.backends.conformance import BackendConformance, compare, run_onnx_cpu
 
 
 class TestTensorRt(BackendConformance):
     runtime = "tensorrt"
+
+    @pytest.mark.gpu
+    def test_outputs_match_pytorch(self, backend, build, tiny, precision):
+        super().test_outputs_match_pytorch(backend, build, tiny, precision)
+
+    def test_estimate_matches_pytorch(self, build, tiny, precision):
+        """Without a GPU, accuracy is estimated from the engine's ONNX twin on ONNX Runtime CPU."""
+        compiled = build(precision)
+        assert compiled.estimate_with in compiled.files
+        _, _, x, ref = tiny
+        self._check(run_onnx_cpu(compiled.estimate_with, x), ref, precision)
 
     def test_engine_records_arch_and_version(self, build, precision):
         compiled = build(precision)
@@ -67,8 +78,6 @@ class TestTensorRt(BackendConformance):
     @pytest.mark.gpu
     def test_engine_matches_its_estimate(self, backend, build, tiny, precision):
         """On a GPU: the engine agrees with the ONNX its accuracy was estimated from."""
-        from tests.backends.conformance import run_onnx_cpu
-
         compiled = build(precision)
         x = tiny[2]
         with backend.load(compiled.path) as session:
