@@ -366,16 +366,21 @@ def summary_table(rows: list[dict[str, Any]]):
                       ("compile s", "right"), ("top-1", "right"), ("drop pp", "right"), ("agreement", "right"),
                       ("status", "left")]:
         table.add_column(col, justify=just)
+    notes: list[str] = []  # long explanations go under the table, so rows stay one line
     for r in rows:
         if r["status"] == "failed":
-            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", f"[red]failed:[/] {escape(r['error'])}")
+            notes.append(f"[red]{r['cell']} failed:[/] {escape(r['error'])}")
+            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", f"[red]failed [{len(notes)}][/]")
             continue
         est = "*" if r["estimated"] else ""
         status = "built" if r["status"] == "ok" else "unchanged"
         if r.get("note"):
-            status += f" [dim]({escape(r['note'])})[/]"
+            notes.append(f"{r['cell']}: {escape(r['note'])}")
+            status += f" [{len(notes)}]"
         table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
                       f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}", status)
     if any(r.get("estimated") for r in rows):
-        table.caption = "* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU"
+        notes.append("* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU")
+    table.caption = "\n".join(f"[{i}] {n}" if not n.startswith("*") else n for i, n in enumerate(notes, 1)) or None
+    table.caption_justify = "left"
     return table

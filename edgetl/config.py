@@ -84,6 +84,7 @@ class CalibrationRecipe(_Strict):
     symmetric_activations: bool = False
     keep_float_ops: list[str] = Field(default_factory=list, description="op types left in float")
     keep_float_nodes: list[str] = Field(default_factory=list, description="node names left in float")
+    keep_float_depthwise: bool = Field(False, description="leave depthwise (grouped) convolutions in float")
     bias_correction: Literal["fast", "accurate", "none"] = "fast"
 
 

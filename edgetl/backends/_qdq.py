@@ -108,6 +108,12 @@ def _check_names(model, recipe: CalibrationRecipe) -> None:
             )
 
 
+def depthwise_convs(model) -> list[str]:
+    """Names of the grouped (depthwise) Conv nodes."""
+    return [n.name for n in model.graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def quantize_qdq(
     onnx_in: Path,
     onnx_out: Path,
@@ -152,6 +158,7 @@ def quantize_qdq(
             raise CompileError(f"cannot prepare {onnx_in.name} for quantization: {str(exc).strip().splitlines()[0]}") from exc
         model = onnx.load(str(prepared))
         _check_names(model, recipe)
+        depthwise = depthwise_convs(model) if recipe.keep_float_depthwise else []
         reader = _Reader(model.graph.input[0].name, calibration)
         extra["CalibStridedMinMax"] = _stride(len(reader))
         try:
@@ -160,7 +167,7 @@ def quantize_qdq(
                     str(prepared), str(onnx_out), reader,
                     quant_format=q.QuantFormat.QDQ,
                     op_types_to_quantize=quantizable,
-                    nodes_to_exclude=list(recipe.keep_float_nodes),
+                    nodes_to_exclude=[*recipe.keep_float_nodes, *depthwise],
                     per_channel=recipe.per_channel,
                     reduce_range=reduce_range,
                     activation_type=types[activation_type],
@@ -182,5 +189,6 @@ def quantize_qdq(
         "symmetric_activations": bool(extra["ActivationSymmetric"]),
         "keep_float_ops": list(recipe.keep_float_ops),
         "keep_float_nodes": list(recipe.keep_float_nodes),
+        "keep_float_depthwise": len(depthwise),
         "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
     }

@@ -272,6 +272,8 @@ def _ignored_scope(nncf, model, recipe: CalibrationRecipe):
         if not found:
             _missing(recipe, "keep_float_ops", wanted, present_types)
         types += [t for t in found if t not in types]
+    if recipe.keep_float_depthwise and "GroupConvolution" in present_types and "GroupConvolution" not in types:
+        types.append("GroupConvolution")  # OpenVINO's form of a depthwise (grouped) Conv
     names: list[str] = []
     for wanted in recipe.keep_float_nodes:
         # OpenVINO splits an ONNX Conv/Gemm with a bias into "<name>/WithoutBiases" + an Add "<name>".

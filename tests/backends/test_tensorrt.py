@@ -83,3 +83,26 @@ class TestTensorRt(BackendConformance):
         with backend.load(compiled.path) as session:
             out = session.run(x)
         assert compare(out, run_onnx_cpu(compiled.estimate_with, x))["agreement"] >= 0.97
+
+
+def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
+    """calibration/tensorrt.toml: depthwise convs keep float inputs; the others are quantized."""
+    from edgetl.backends import get_backend
+    from edgetl.backends._qdq import depthwise_convs
+    from edgetl.config import load_recipe
+    from tests.backends.conformance import build_tiny_onnx, synthetic_images
+
+    onnx_path, _ = build_tiny_onnx(tmp_path / "tiny.onnx", steps=5)
+    calib, _ = synthetic_images(16, seed=3)
+    recipe = load_recipe("tensorrt")
+    assert recipe.keep_float_depthwise
+    (tmp_path / "out").mkdir()
+    compiled = get_backend("tensorrt").compile(onnx_path, tmp_path / "out", "int8", calib, {"recipe": recipe})
+    model = onnx.load(str(compiled.estimate_with))
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    depthwise = set(depthwise_convs(model))
+    assert depthwise and compiled.options["keep_float_depthwise"] == len(depthwise)
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            quantized_input = produced_by.get(node.input[0]) == "DequantizeLinear"
+            assert quantized_input == (node.name not in depthwise), node.name
