@@ -90,9 +90,10 @@ def main() -> None:
             row = {"n": n}
             for label, pretrained in (("pretrained", True), ("random init", False)):
                 # Flips and crops change what a digit means: fine-tune on the images as they are.
+                # From scratch the backbone needs the full learning rate, not a tenth of it.
                 section = train(folder, out=work / f"run-{n}-{pretrained}", val=val, mode="finetune",
                                 unfreeze="all", epochs=args.epochs, pretrained=pretrained, augment=False,
-                                image_size=args.image_size, seed=0)
+                                backbone_lr_scale=0.1 if pretrained else 1.0, image_size=args.image_size, seed=0)
                 row[label] = section["metrics"]["val_top1"]
             probe = train(folder, out=work / f"probe-{n}", val=val, mode="feature-extraction",
                           image_size=args.image_size, seed=0)

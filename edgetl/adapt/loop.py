@@ -34,9 +34,9 @@ def progress_bar(enabled: bool) -> Progress:
     )
 
 
-def _set_train_mode(model, frozen_modules: list) -> None:
+def _set_train_mode(model, eval_modules: list) -> None:
     model.train()
-    for module in frozen_modules:  # frozen BatchNorm keeps its ImageNet statistics
+    for module in eval_modules:  # BatchNorm keeps its pretrained running statistics
         module.eval()
 
 
@@ -52,7 +52,7 @@ def fit(
     show: bool = True,
     world: int = 1,
     scheduler=None,
-    frozen_modules: list | None = None,
+    eval_modules: list | None = None,
     on_improve: Callable[[dict], None] | None = None,
     label_smoothing: float = 0.0,
     per_epoch_bars: bool = True,
@@ -69,7 +69,7 @@ def fit(
                 if hasattr(loader.sampler, "set_epoch"):
                     loader.sampler.set_epoch(epoch)
                 task = progress.add_task(f"{phase} {epoch + 1}/{epochs}", total=len(loader), stats="") if per_epoch_bars else None
-                _set_train_mode(model, frozen_modules or [])
+                _set_train_mode(model, eval_modules or [])
                 loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
                 for x, y in loader:
                     logits = model(x)

@@ -215,6 +215,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
             backbone_lr_scale=opts.backbone_lr_scale, layer_decay=opts.layer_decay,
             weight_decay=opts.weight_decay, batch_size=opts.batch_size, patience=opts.patience or 5,
             seed=opts.seed, dist=dist, label_smoothing=opts.label_smoothing, on_improve=save_full,
+            keep_bn_stats=opts.pretrained or weights is not None,
         )
         history += result.history
         if result.best_val_top1 >= head_result.best_val_top1:
