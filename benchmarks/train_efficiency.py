@@ -107,6 +107,8 @@ def main() -> None:
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(str(row["n"]), f"{row['linear probe']:.1%}", f"{row['pretrained']:.1%}", f"{row['random init']:.1%}")
+    table.caption = ("fine-tuning starts from the linear probe and keeps it when no epoch beats it on validation; "
+                     "random init: the same network and recipe from random weights, backbone at the full learning rate")
     console.print(table)
 
 
