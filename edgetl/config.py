@@ -88,7 +88,7 @@ class CalibrationRecipe(_Strict):
     bias_correction: Literal["fast", "accurate", "none"] = "fast"
 
 
-def _format_validation(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
+def validation_message(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
@@ -139,7 +139,7 @@ def _load_model(model: type[BaseModel], path: Path):
     try:
         loaded = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, model, exc)) from None
+        raise ConfigError(validation_message(path, model, exc)) from None
     recipe = getattr(loaded, "calibration", None)
     if recipe is not None and not recipe.endswith(".toml") and recipe not in recipe_names():
         valid = recipe_names()

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl.adapt.train import TrainOptions
-from edgetl.config import _format_validation, load_toml
+from edgetl.config import load_toml, validation_message
 from edgetl.errors import ConfigError, EdgetlError
 from edgetl.rundir import RunDir
 
@@ -55,7 +55,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
         return DeployConfig.model_validate(data)
     except ValidationError as exc:
         if path:
-            raise ConfigError(_format_validation(Path(path), DeployConfig, exc)) from None
+            raise ConfigError(validation_message(Path(path), DeployConfig, exc)) from None
         first = exc.errors()[0]
         raise ConfigError(f"option --{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
 

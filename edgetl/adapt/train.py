@@ -27,7 +27,7 @@ from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.errors import ConfigError
 from edgetl.models import registry
-from edgetl.models.build import _classifier_prefix, create_model, preprocess_spec, weights_id
+from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
 from edgetl.rundir import RunDir
 
 
@@ -173,7 +173,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
     val_pixels, y_val = arrays.split_set(run, "val")
 
     ckpt = run.path / "train" / "model.safetensors"
-    head_prefix = _classifier_prefix(model)
+    head_prefix = classifier_prefix(model)
     head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
 

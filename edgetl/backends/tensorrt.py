@@ -49,7 +49,7 @@ ENGINE = "model.engine"
 _QDQ_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 
 
-def _trt() -> ModuleType:
+def trt_module() -> ModuleType:
     if available("tensorrt"):
         return require("tensorrt")
     return require("tensorrt_rtx", "TensorRT engines")
@@ -71,14 +71,14 @@ class TensorRtBackend:
         return self.available() and _cuda.gpu_arch() is not None
 
     def version(self) -> str:
-        return _flavour(_trt())
+        return _flavour(trt_module())
 
     # -- compile -------------------------------------------------------------------------------
     def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
                 options: dict[str, Any]) -> Compiled:
         if precision not in self.precisions:
             raise CompileError(f"tensorrt cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
-        trt = _trt()
+        trt = trt_module()
         out_dir = Path(out_dir)
         onnx_out = out_dir / f"model.{'qdq' if precision == 'int8' else precision}.onnx"
         chosen: dict[str, Any] = {"tensorrt": _flavour(trt)}
@@ -95,7 +95,7 @@ class TensorRtBackend:
             chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
         max_batch = int(options.get("max_batch") or DEFAULT_MAX_BATCH)
         files = [onnx_out]
-        reason = _cannot_target(trt, arch)
+        reason = cannot_target(trt, arch)
         if reason:
             chosen["engine"] = f"deferred to the device: {reason}"
             path = onnx_out
@@ -139,7 +139,7 @@ class TensorRtBackend:
         return TensorRtSession(path)
 
 
-def _cannot_target(trt: ModuleType, arch: str) -> str | None:
+def cannot_target(trt: ModuleType, arch: str) -> str | None:
     """Why the installed builder cannot build for ``arch``, or None when it can."""
     if _is_rtx(trt):
         supported = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
@@ -212,7 +212,7 @@ class TensorRtSession(SessionBase):
     """Runs an engine (or builds one from the ONNX on first use) on GPU 0."""
 
     def __init__(self, path: Path):
-        trt = _trt()
+        trt = trt_module()
         self._rt = _cuda.cudart()
         plan = self._plan(trt, path)
         self._runtime = trt.Runtime(_ErrorLog.make(trt))

@@ -62,7 +62,7 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
             f"bundle {bundle.name} runs on TensorRT, which needs an NVIDIA GPU, and this machine has none "
             "(its files were checked): use it on a device with one"
         )
-    trt = trt_backend._trt()
+    trt = trt_backend.trt_module()
     flavour = f"{trt.__name__}-{trt.__version__}"
     model = bundle.manifest["model"]
     onnx_rel = model["path"]
@@ -79,7 +79,7 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
             f"bundle {bundle.name} was made for {wanted} (target {target}) but this GPU is {arch}: make a bundle for a "
             f"target with gpu_arch = \"{arch}\", or build anyway with `edgetl build --any-arch`"
         )
-    if trt_backend._cannot_target(trt, arch):
+    if trt_backend.cannot_target(trt, arch):
         raise BundleError(
             f"{trt.__name__} {trt.__version__} cannot build engines for this GPU ({arch}): install a TensorRT that "
             "supports it (JetPack's on a Jetson, `pip install tensorrt` elsewhere)"

@@ -50,7 +50,7 @@ def _load_embedded(model) -> None:
 def _load_user_weights(model, path: Path) -> None:
     state = _load_state_dict(path)
     own = model.state_dict()
-    classifier = {f"{n}" for n, _ in model.get_classifier().named_parameters(prefix=_classifier_prefix(model))}
+    classifier = {f"{n}" for n, _ in model.get_classifier().named_parameters(prefix=classifier_prefix(model))}
     # A checkpoint's head was trained for other classes: drop it, the new head starts fresh.
     state = {k: v for k, v in state.items() if k not in classifier}
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -66,7 +66,7 @@ def _load_user_weights(model, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _classifier_prefix(model) -> str:
+def classifier_prefix(model) -> str:
     head = model.get_classifier()
     for name, module in model.named_modules():
         if module is head:
@@ -125,7 +125,7 @@ def body_stages(model) -> list[list]:
     timm_models = require("timm").models
     named = dict(model.named_parameters())
     groups = timm_models.group_parameters(model, model.group_matcher(coarse=True))
-    head = {f"{_classifier_prefix(model)}.{n}" for n, _ in model.get_classifier().named_parameters()}
+    head = {f"{classifier_prefix(model)}.{n}" for n, _ in model.get_classifier().named_parameters()}
     stages, seen = [], set(head)
     for names in groups.values():
         body = [n for n in names if n not in head]

@@ -61,7 +61,7 @@ def test_refuses_a_bundle_for_another_gpu_arch(trt_bundle, tmp_path, monkeypatch
 def test_builds_caches_and_verifies_on_a_gpu(trt_bundle):
     from edgetl.backends import tensorrt as trt_backend
 
-    reason = trt_backend._cannot_target(trt_backend._trt(), _cuda.gpu_arch())
+    reason = trt_backend.cannot_target(trt_backend.trt_module(), _cuda.gpu_arch())
     if reason:  # e.g. tensorrt_rtx on a Hopper GPU (sm90)
         pytest.skip(reason)
     bundle = open_bundle(trt_bundle)
