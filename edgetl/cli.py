@@ -629,7 +629,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     overrides = {
         "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
         "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,
-        "batches": [int(b) for b in _names(batches)] if batches else None,
+        "batches": _int_list("--batch", batches) if batches else None,
         "bundle": False if no_bundle else None, "check": True if check else None,
         **run_level, "train": options,
     }
