@@ -35,8 +35,8 @@ CLASSES = 3
 # Per precision, against PyTorch FP32: the largest |out - ref| relative to max |ref| ("max_rel"),
 # the mean |out - ref| relative to mean |ref| ("mean_rel") and the least top-1 agreement. Int8 bounds
 # the mean tightly and the max loosely: a few logits sit on a quantization step's edge. The int8 mean
-# depends on the CPU's kernels: OpenVINO's int8 stayed under 0.15 on the AVX-512 VNNI Zen 4 this was set on, and gave 0.18 on
-# an AVX2-only EPYC (agreement 1.0 on both), so the bound leaves room for either.
+# depends on the CPU's kernels: OpenVINO's int8 stayed under 0.15 on the AVX-512 VNNI Zen 4 this was
+# first set on, and gave 0.18 on an AVX2-only EPYC (agreement 1.0 on both): the bound allows either.
 TOLERANCES = {
     "fp32": {"max_rel": 1e-4, "mean_rel": 1e-4, "agreement": 1.0},
     "fp16": {"max_rel": 2e-2, "mean_rel": 1e-2, "agreement": 0.97},
