@@ -115,11 +115,15 @@ def train(data, out, **params):
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
     """
+    from edgetl.data.layout import resolve_layout
+
+    resolve_layout(data, params["val"])  # a wrong path answers now, not after torch and timm load
     from edgetl.adapt.train import train as run_train
 
     run_level, options = _split_train_params(params, keep_defaults=True)
     section = run_train(data, out=out, console=console, **run_level, **options)
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
+    console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
 
 @cli.command()
@@ -135,7 +139,7 @@ def backbones():
     for b in registry.EMBEDDED.values():
         table.add_row(f"[bold]{b.name}[/] (default)", "[green]yes (embedded)[/]", b.description)
     for name, desc in registry.SUGGESTED_TIMM:
-        cached = registry.timm_weights_cached(name)
+        cached = registry.timm_weights_in_hub_cache(name)  # importing timm to ask would take seconds
         table.add_row(f"timm:{name}", "[green]yes (cached)[/]" if cached else "no: needs network or --weights", desc)
     console.print(table)
 
