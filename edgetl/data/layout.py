@@ -61,7 +61,7 @@ def check_source(path: Path, option: str) -> None:
         if exc.start < len(head) - 3:  # not just a multi-byte character cut at the 4096th byte
             head = b"\0"
     if b"\0" in head:
-        raise DataError(f"{option} {path} is not a text CSV (binary content): expected UTF-8 rows of path,label")
+        raise DataError(f"{option} {path} is not a UTF-8 text CSV: expected rows of path,label")
 
 
 def _split_folders(root: Path) -> tuple[Path, Path | None] | None:
