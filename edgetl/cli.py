@@ -209,6 +209,11 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
         if "traceback" in r:  # not a user mistake: keep the evidence
             err_console.print(r["traceback"], highlight=False, markup=False)
     failed = [r for r in rows if r["status"] == "failed"]
+    built = [r for r in rows if r["status"] != "failed"]
+    if built and not as_json:
+        first = built[0]
+        console.print(f"next: edgetl bench {run} --target {first['target']}   then: edgetl bundle {run} "
+                      f"--target {first['target']} --precision {first['precision']}", highlight=False)
     if failed:
         raise CompileError(f"{len(failed)} of {len(rows)} artifact(s) failed: " + "; ".join(f"{r['cell']}: {r['error']}" for r in failed))
 

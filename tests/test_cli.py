@@ -69,3 +69,22 @@ def test_verify_on_a_run_folder_says_how_to_make_a_bundle(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {run} is a run folder, not a bundle: edgetl bundle {run} --target " \
         "host-cpu, then verify the .tar.gz it writes"
+
+
+def test_compile_prints_a_next_step_that_works(copy_run):
+    import shlex
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    run = copy_run()
+    result = CliRunner().invoke(cli, ["compile", str(run.path), "--target", "onnxruntime", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("next: "))
+    assert line.split("   then: ")[0] == f"next: edgetl bench {run.path} --target onnxruntime"
+    bundle = shlex.split(line.split("   then: ")[1])
+    assert bundle[:2] == ["edgetl", "bundle"]
+    made = CliRunner().invoke(cli, bundle[1:])
+    assert made.exit_code == 0, made.output
+    assert (run.path / "bundles" / "onnxruntime-fp32.tar.gz").is_file()
