@@ -233,7 +233,7 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
         if r.get("status") == "failed":
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
         elif bench.get("status") == "ok":
-            gates = json.loads((run.path / bench["file"]).read_text())["gates"]
+            gates = _result_gates(run, bench)
             out.append({**row, "gate": gates["status"], "detail": "; ".join(gates.get("failed") or [])})
         elif bench.get("status") == "error":
             out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
@@ -241,6 +241,14 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
             out.append({**row, "gate": NOT_HERE, "detail": bench.get("reason") or f"bench its bundle on the device: "
                         f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz"})
     return out
+
+
+def _result_gates(run: RunDir, summary: dict) -> dict:
+    """The gates of a bench result file; the manifest's one-word status when the file is gone."""
+    try:
+        return json.loads((run.path / summary["file"]).read_text(encoding="utf-8"))["gates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"status": summary.get("gate") or NOT_BENCHED, "failed": [f"result file {summary.get('file')} unreadable"]}
 
 
 def _bundle(run: RunDir, gates: list[dict], say: _Stages) -> dict[str, Path]:
