@@ -1,4 +1,9 @@
-"""Atomic writes and hashes: an interrupted stage never leaves a half-written file behind."""
+"""Atomic writes and hashes: an interrupted stage never leaves a half-written file behind.
+
+Temporary files and folders are created private (0600/0700) by ``tempfile``; they are opened up to
+what the user's umask allows before they take their final name, so a run can be shared like any
+file the user writes.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; it replaces ``dest`` only if the block succeeds."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -34,6 +47,7 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
         old = None

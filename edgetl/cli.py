@@ -103,7 +103,9 @@ def _split_train_params(params: dict, keep_defaults: bool) -> tuple[dict, dict]:
 
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(path_type=str), help="Image folder (one subfolder per class) or CSV manifest (path,label).")
+@click.option("--data", required=True, type=click.Path(path_type=str),
+              help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
+              "train/ and val/ (or training/, validation/, valid/) class folders.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
 @_train_options(with_defaults=True)
 def train(data, out, **params):
@@ -115,11 +117,15 @@ def train(data, out, **params):
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
     """
+    from edgetl.data.layout import resolve_layout
+
+    resolve_layout(data, params["val"])  # a wrong path answers now, not after torch and timm load
     from edgetl.adapt.train import train as run_train
 
     run_level, options = _split_train_params(params, keep_defaults=True)
     section = run_train(data, out=out, console=console, **run_level, **options)
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
+    console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
 
 @cli.command()
@@ -135,7 +141,7 @@ def backbones():
     for b in registry.EMBEDDED.values():
         table.add_row(f"[bold]{b.name}[/] (default)", "[green]yes (embedded)[/]", b.description)
     for name, desc in registry.SUGGESTED_TIMM:
-        cached = registry.timm_weights_cached(name)
+        cached = registry.timm_weights_in_hub_cache(name)  # importing timm to ask would take seconds
         table.add_row(f"timm:{name}", "[green]yes (cached)[/]" if cached else "no: needs network or --weights", desc)
     console.print(table)
 
@@ -203,6 +209,11 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
         if "traceback" in r:  # not a user mistake: keep the evidence
             err_console.print(r["traceback"], highlight=False, markup=False)
     failed = [r for r in rows if r["status"] == "failed"]
+    built = [r for r in rows if r["status"] != "failed"]
+    if built and not as_json:
+        first = built[0]
+        console.print(f"next: edgetl bench {run} --target {first['target']}   then: edgetl bundle {run} "
+                      f"--target {first['target']} --precision {first['precision']}", highlight=False)
     if failed:
         raise CompileError(f"{len(failed)} of {len(rows)} artifact(s) failed: " + "; ".join(f"{r['cell']}: {r['error']}" for r in failed))
 
@@ -372,9 +383,10 @@ def report_cmd(run):
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "-t", required=True, help="Compiled target (profile or runtime name) to package.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which artifact when the target "
-              "was compiled in several precisions (default: the profile's precision).")
+              "was compiled in several precisions (default, as compile: the profile's precision, int8 for a "
+              "bare runtime name).")
 def bundle_cmd(run, target, precision):
-    """Package a compiled artifact for a device: runs/<name>/bundles/<target>.tar.gz.
+    """Package a compiled artifact for a device: runs/<name>/bundles/<target>-<precision>.tar.gz.
 
     \b
     The bundle holds the artifact (for TensorRT: the ONNX and build settings; the device
@@ -385,14 +397,17 @@ def bundle_cmd(run, target, precision):
     \b
     Example:
       edgetl bundle runs/flowers --target jetson-orin-nano
-      edgetl ship runs/flowers/bundles/jetson-orin-nano.tar.gz ssh://nvidia@orin.local/opt/models
+      edgetl bundle runs/flowers --target onnxruntime --precision fp32
+      edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
-    from edgetl.bundle.create import create_bundle
+    from edgetl.bundle.create import choose_compiled, create_bundle
     from edgetl.rundir import RunDir
 
     with console.status(f"bundling {target}: golden outputs, hashes"):
         path = create_bundle(run, target, precision)
-    entry = RunDir.open(run).manifest["bundles"][target]
+    opened = RunDir.open(run)
+    key, _ = choose_compiled(opened, target, precision)
+    entry = opened.manifest["bundles"][key]
     console.print(f"wrote [bold]{path}[/] ({entry['runtime']} {entry['precision']}, {entry['size_bytes'] / 1e6:.2f} MB, "
                   f"sha256 {entry['sha256'][:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
@@ -415,7 +430,7 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
 
     \b
     Examples:
-      edgetl ship runs/flowers/bundles/raspberry-pi-5.tar.gz ssh://pi@raspberrypi.local/~/models
+      edgetl ship runs/flowers/bundles/raspberry-pi-5-int8.tar.gz ssh://pi@raspberrypi.local/~/models
       edgetl ship b.tar.gz ssh://nvidia@orin:2222/opt/models --install --remote-edgetl /opt/venv/bin/edgetl
     """
     from edgetl.bundle.ship import ship
@@ -444,6 +459,7 @@ def verify_cmd(bundle, threads, as_json):
     """
     from edgetl.bundle.runner import verify
 
+    _refuse_run_folder(bundle)
     result = verify(bundle, threads)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -453,6 +469,23 @@ def verify_cmd(bundle, threads, as_json):
         f"{result['golden_samples']} golden images reproduce the workstation's outputs on {result['runtime']} "
         f"(top-1 agreement {result['top1_agreement']:.0%}, worst difference {result['worst_diff_over_tolerance']:.0%} "
         "of the tolerance)", highlight=False)
+
+
+def _refuse_run_folder(path: str) -> None:
+    """A run folder is the usual wrong guess for a bundle: name the command that makes one from it."""
+    from edgetl.bundle.format import is_bundle
+    from edgetl.errors import BundleError
+
+    manifest = Path(path) / "manifest.json"
+    if not Path(path).is_dir() or is_bundle(path) or not manifest.is_file():
+        return
+    try:
+        compiled = json.loads(manifest.read_text(encoding="utf-8")).get("compiled") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return  # not a run's manifest either: the bundle check says what is wrong
+    target = next((e.get("target") for e in compiled.values() if isinstance(e, dict)), None) or "T"
+    raise BundleError(f"{path} is a run folder, not a bundle: edgetl bundle {path} --target {target}, "
+                      f"then verify the .tar.gz it writes")
 
 
 @cli.command("predict")
@@ -609,18 +642,29 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
 @click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
 @click.option("--no-bundle", is_flag=True, help="Stop after the report.")
-@click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails.")
+@click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
 def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
            no_bundle, check, **params):
     """Train, compile, bench, report and bundle in one command.
 
-    Stages whose inputs did not change are skipped, so adding a target to an existing run only
-    builds, benches and bundles the new target.
+    Every option (targets, precisions, recipes, batches, [train] fields, the data path) is
+    checked before training starts. Stages whose inputs did not change are skipped, so adding
+    a target to an existing run only builds, benches and bundles the new target.
+
+    \b
+    At the end a table gives each artifact's gate on this machine: PASS, FAIL (with the
+    failing budget), no budgets (a bare runtime), or not measured here (e.g. TensorRT
+    without a GPU: bench its bundle on the device). An artifact that FAILED a budget is
+    not bundled (`edgetl bundle RUN --target T --precision P` still makes it). Bundles are
+    runs/<name>/bundles/<target>-<precision>.tar.gz.
+    Exit codes: 0 done, 1 a budget failed (with --check), 2 a user error or an artifact
+    that could not be built or benched.
 
     \b
     Examples:
       edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
+      edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
     """
     from edgetl.pipeline import deploy as run_deploy
     from edgetl.pipeline import load_config

@@ -5,20 +5,27 @@ hyper-parameters hash the same; compiling per cell (the compiler compares the ON
 options); benching when a result for the same artifact bytes exists on this device; bundling when
 the bundle was made from the current artifact. So adding a target to an existing run only does the
 new work. A TOML file can hold every option (``edgetl deploy --config deploy.toml``).
+
+Every option is checked before the first stage (``check_config``): a misspelt target must not cost
+a training. At the end a table gives each artifact's gate on this machine, read from the bench
+results; an artifact that FAILED a budget is not bundled (``edgetl bundle`` still makes it on request).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl.adapt.train import TrainOptions
 from edgetl.config import load_toml, validation_message
-from edgetl.errors import ConfigError, EdgetlError
+from edgetl.data.layout import resolve_layout
+from edgetl.errors import CompileError, ConfigError, EdgetlError
 from edgetl.rundir import RunDir
+
+_FLAGS = {"targets": "--targets", "precisions": "--precision", "batches": "--batch"}  # field -> option
 
 
 class DeployConfig(BaseModel):
@@ -37,7 +44,7 @@ class DeployConfig(BaseModel):
     calibration: str | None = None
     gpu_arch: str | None = None
     threads: int | None = Field(None, ge=1)
-    batches: list[int] = Field(default_factory=lambda: [1])
+    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
     iterations: int = Field(200, ge=1)
     bundle: bool = True
     check: bool = False
@@ -46,8 +53,12 @@ class DeployConfig(BaseModel):
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployConfig:
     """The TOML file's values, then the command line's (only the options actually given)."""
     data: dict[str, Any] = load_toml(path) if path else {}
+    for section in ("compile", "bench", "train"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{path}: '{section}' must be a table ([{section}] with its fields), "
+                              f"not {data[section]!r}")
     for section in ("compile", "bench"):  # flatten optional [compile] / [bench] tables
-        data.update(data.pop(section, {}) or {})
+        data.update(data.pop(section, {}))
     train = {**data.pop("train", {}), **overrides.pop("train", {})}
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["train"] = train
@@ -57,32 +68,66 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
         if path:
             raise ConfigError(validation_message(Path(path), DeployConfig, exc)) from None
         first = exc.errors()[0]
-        raise ConfigError(f"option --{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
+        field = str(first["loc"][0])
+        if field == "train" and len(first["loc"]) > 1:
+            field = str(first["loc"][1])
+        flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+        raise ConfigError(f"option {flag}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def check_config(config: DeployConfig) -> None:
+    """Every path, name and number deploy will use, checked before any work: a typo must not cost a
+    training. Raises the one-line ``EdgetlError`` the stage itself would raise later."""
+    from edgetl.backends import RUNTIMES, get_backend
+    from edgetl.bench.gates import validate_budgets
+    from edgetl.compiler import plan
+    from edgetl.config import load_target
+    from edgetl.models import registry
+
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the run")
+    resolve_layout(config.data, config.val)
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise ConfigError(f"--weights {config.weights} is not a file (expected a .safetensors or .pth state dict)")
+    registry.resolve(config.backbone)
+    for cell in plan(config.targets, config.precisions, config.calibration, config.gpu_arch, config.threads):
+        precisions = get_backend(cell.runtime).precisions
+        if cell.precision not in precisions:
+            raise ConfigError(f"target {cell.target}: {cell.runtime} cannot build {cell.precision} "
+                              f"(it builds {', '.join(precisions)}): change --precision")
+    for name in config.targets:
+        if name not in RUNTIMES:
+            validate_budgets(load_target(name).budgets, f"target profile {name!r}")
 
 
 def deploy(config: DeployConfig, console=None) -> dict:
-    """Run every stage that is out of date; returns where the report and bundles are."""
+    """Run every stage that is out of date; returns where the report and bundles are, and the gates.
+
+    Raises ``GatesFailed`` (exit 1) with ``config.check`` when a budget failed, and ``CompileError``
+    (exit 2) when an artifact could not be built or benched, after the summary is printed."""
     from rich.console import Console
 
+    from edgetl.bench.system import device_slug
+
+    check_config(config)
     console = console or Console()
     steps = ["train", "compile", "bench", "report", *(["bundle"] if config.bundle else [])]
     say = _Stages(console, steps)
     run = _train(config, say, console)
     rows = _compile(config, run, say)
-    bench = _bench(config, run, [r["cell"] for r in rows if r.get("status") != "failed"], say, console)
+    _bench(config, run, [r["cell"] for r in rows if r.get("status") != "failed"], say, console)
     from edgetl.report import make_report
 
     say.start("report")
     written = make_report(run.path)
     say.done("report", ", ".join(str(p) for p in written.files))
-    bundles = _bundle(config, run, rows, say) if config.bundle else {}
-    console.rule("[bold green]done")
-    console.print(f"report:  [bold]{run.path / 'report.html'}[/] (also report.md, report.json)")
-    for target, path in bundles.items():
-        console.print(f"bundle:  [bold]{path}[/] ({target})")
-    if config.check and bench is not None:
-        bench.raise_for_gates()
-    return {"run": str(run.path), "report": str(run.path / "report.html"), "bundles": {k: str(v) for k, v in bundles.items()}}
+    gates = gate_rows(run, rows, device_slug())
+    bundles = _bundle(run, gates, say) if config.bundle else {}
+    _summary(console, run, gates, bundles)
+    _raise_for_outcome(gates, config.check)
+    return {"run": str(run.path), "report": str(run.path / "report.html"),
+            "bundles": {k: str(v) for k, v in bundles.items()}, "gates": gates}
 
 
 class _Stages:
@@ -156,7 +201,7 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
     return stale
 
 
-def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, console):
+def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, console) -> None:
     from edgetl.bench.run import bench
     from edgetl.bench.system import device_slug
     from edgetl.bench.table import rich_table
@@ -165,25 +210,100 @@ def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, con
     stale = _stale_bench_keys(run, keys, device_slug(), config.batches)
     if not stale:
         say.done("bench", "skipped — every artifact that runs here is already benched on this device")
-        return None
+        return
     results = bench(run.path, stale, batches=config.batches, threads=config.threads, iterations=config.iterations,
                     console=console)
     console.print(rich_table(results.rows, f"bench on {results.device}"))
     measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
     say.done("bench", f"{len(measured)} artifact(s) measured on {results.device}")
-    return results
 
 
-def _bundle(config: DeployConfig, run: RunDir, rows: list[dict], say: _Stages) -> dict[str, Path]:
+# -- the truth at the end: one gate per artifact, read from the bench results ---------------------------
+NOT_BUILT, NOT_BENCHED, NOT_HERE = "not built", "bench failed", "not measured here"
+
+
+def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
+    """One row per artifact: the gate status the bench stage wrote (PASS, FAIL, n/a, ...) and why,
+    or why there is none (not built; bench failed; runtime cannot run here)."""
+    results = ((run.manifest.get("bench") or {}).get(device) or {}).get("results") or {}
+    out = []
+    for r in rows:
+        row = {"key": r["cell"], "target": r["target"], "precision": r["precision"]}
+        bench = results.get(r["cell"]) or {}
+        if r.get("status") == "failed":
+            out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
+        elif bench.get("status") == "ok":
+            gates = _result_gates(run, bench)
+            out.append({**row, "gate": gates["status"], "detail": "; ".join(gates.get("failed") or [])})
+        elif bench.get("status") == "error":
+            out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
+        else:
+            out.append({**row, "gate": NOT_HERE, "detail": bench.get("reason") or f"bench its bundle on the device: "
+                        f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz"})
+    return out
+
+
+def _result_gates(run: RunDir, summary: dict) -> dict:
+    """The gates of a bench result file; the manifest's one-word status when the file is gone."""
+    try:
+        return json.loads((run.path / summary["file"]).read_text(encoding="utf-8"))["gates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"status": summary.get("gate") or NOT_BENCHED, "failed": [f"result file {summary.get('file')} unreadable"]}
+
+
+def _bundle(run: RunDir, gates: list[dict], say: _Stages) -> dict[str, Path]:
+    """Bundle every built artifact but those that FAILED a budget: they are named, not shipped as fine."""
+    from edgetl.bench.gates import FAIL
     from edgetl.bundle.create import create_bundle, up_to_date
 
     say.start("bundle")
-    targets = dict.fromkeys(r["target"] for r in rows if r.get("status") != "failed")
     out: dict[str, Path] = {}
-    for target in targets:
+    for row in gates:
+        if row["gate"] == NOT_BUILT:
+            continue
+        if row["gate"] == FAIL:
+            say.console.print(f"[red]bundle {row['key']}: skipped, it FAILED its budget[/] ({row['detail']}); "
+                              f"to bundle it anyway: edgetl bundle {run.path} --target {row['target']} "
+                              f"--precision {row['precision']}", highlight=False)
+            continue
         try:
-            out[target] = up_to_date(run, target) or create_bundle(run.path, target)
+            out[row["key"]] = up_to_date(run, row["target"], row["precision"]) or \
+                create_bundle(run.path, row["target"], row["precision"])
         except EdgetlError as exc:
-            say.console.print(f"[yellow]bundle {target}: {exc}[/]")
+            say.console.print(f"[yellow]bundle {row['key']}: {exc}[/]", highlight=False)
     say.done("bundle", f"{len(out)} bundle(s)")
     return out
+
+
+def _summary(console, run: RunDir, gates: list[dict], bundles: dict[str, Path]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetl.bench.gates import FAIL, NA, PASS
+
+    failed = [g for g in gates if g["gate"] == FAIL]
+    broken = [g for g in gates if g["gate"] in (NOT_BUILT, NOT_BENCHED)]
+    if failed or broken:
+        console.rule(f"[bold red]done, but {len(failed)} budget(s) FAILED and {len(broken)} artifact(s) broken")
+    else:
+        console.rule("[bold green]done")
+    table = Table("artifact", "gate", "detail", "bundle", title="gates on this machine", title_justify="left")
+    colour = {PASS: "green", FAIL: "bold red", NA: "dim", NOT_BUILT: "red", NOT_BENCHED: "red"}
+    for g in gates:
+        text = "no budgets" if g["gate"] == NA else g["gate"]
+        bundle = str(bundles[g["key"]]) if g["key"] in bundles else "-"
+        table.add_row(g["key"], f"[{colour.get(g['gate'], 'yellow')}]{escape(text)}[/]", escape(g["detail"]), bundle)
+    console.print(table)
+    console.print(f"report:  [bold]{run.path / 'report.html'}[/] (also report.md, report.json)")
+
+
+def _raise_for_outcome(gates: list[dict], check: bool) -> None:
+    from edgetl.bench.gates import FAIL
+    from edgetl.bench.run import GatesFailed
+
+    broken = [f"{g['key']}: {g['detail']}" for g in gates if g["gate"] in (NOT_BUILT, NOT_BENCHED)]
+    if broken:
+        raise CompileError(f"{len(broken)} artifact(s) could not be built or benched: " + " | ".join(broken))
+    failed = [f"{g['key']}: {g['detail']}" for g in gates if g["gate"] == FAIL]
+    if check and failed:
+        raise GatesFailed("budget failed: " + " | ".join(failed))

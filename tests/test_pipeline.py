@@ -30,8 +30,9 @@ def test_deploy_runs_every_stage_then_skips_what_did_not_change(digits_dir, tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"train", "export", "compiled", "bench", "bundles"} <= manifest.keys()
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
-    assert (out / "bundles" / "onnxruntime.tar.gz").is_file()
+    assert (out / "bundles" / "onnxruntime-int8.tar.gz").is_file()
     assert "report.html" in first.stdout
+    assert "gates on this machine" in first.stdout and "no budgets" in first.stdout
 
     second = _deploy("--data", str(digits_dir), "--out", str(out), "--targets", "onnxruntime", *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -42,11 +43,22 @@ def test_deploy_runs_every_stage_then_skips_what_did_not_change(digits_dir, tmp_
     for section in ("train", "export", "compiled", "bundles"):
         assert again[section] == manifest[section], section
 
-    third = _deploy("--data", str(digits_dir), "--out", str(out), "--targets", "onnxruntime,openvino", *TINY)
-    assert third.returncode == 0, third.stderr[-3000:]
+    # A profile of the user's own whose latency budget no model meets: the gate FAILs, --check exits 1,
+    # and that artifact is not bundled as if it were fine; the other one still is.
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "too-fast.toml").write_text(
+        'runtime = "openvino"\nprecision = "int8"\n[budgets]\np90_latency_ms = 0.01\n')
+    third = _deploy("--data", str(digits_dir), "--out", str(out), "--targets", "onnxruntime,too-fast", "--check",
+                    *TINY, cwd=tmp_path)
+    assert third.returncode == 1, third.stdout[-3000:] + third.stderr[-3000:]
     assert "train: skipped" in third.stdout
     assert "1 artifact(s) measured" in third.stdout  # only the new target is benched
-    assert (out / "bundles" / "openvino.tar.gz").is_file()
+    assert "budget(s) FAILED" in third.stdout and "p90_latency" in third.stdout
+    assert "bundle too-fast/int8: skipped, it FAILED its budget" in third.stdout
+    assert not (out / "bundles" / "too-fast-int8.tar.gz").exists()
+    assert (out / "bundles" / "onnxruntime-int8.tar.gz").is_file()
+    assert third.stderr.strip().splitlines()[-1].startswith("error: budget failed: too-fast/int8: p90_latency")
+    assert "Traceback" not in third.stderr
 
 
 def test_deploy_config_file_and_its_errors(digits_dir, tmp_path):
@@ -61,3 +73,68 @@ def test_deploy_config_file_and_its_errors(digits_dir, tmp_path):
     config.write_text(f'data = "{digits_dir}"\ntargetz = ["onnxruntime"]\n')
     result = _deploy("--config", str(config))
     assert result.returncode == 2 and "targetz" in result.stderr
+
+
+def _deploy_in_process(*args):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    return CliRunner().invoke(cli, ["deploy", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--targets", "host-cpux"], "Did you mean 'host-cpu'"),
+        (["--targets", "onnxruntime,jetsn-orin-nano"], "Did you mean 'jetson-orin-nano'"),
+        (["--precision", "int4"], "unknown precision 'int4'"),
+        (["--calibration", "entropi"], "Did you mean 'entropy'"),
+        (["--batch", "1,x"], "--batch"),
+        (["--batch", "0"], "option --batch"),
+        (["--threads", "0"], "option --threads"),
+        (["--iterations", "0"], "option --iterations"),
+        (["--epochs", "0"], "option --epochs"),
+        (["--gpu-arch", "89"], "--gpu-arch"),
+        (["--backbone", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'"),
+        (["--data", "{tmp}/photo.jpg"], "is an image file"),
+        (["--data", "{tmp}/missing"], "does not exist"),
+        (["--weights", "{tmp}/missing.pth"], "--weights"),
+    ],
+)
+def test_deploy_checks_every_option_before_any_work(digits_dir, tmp_path, args, message):
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "run"
+    base = {"--data": str(digits_dir), "--out": str(out), "--targets": "onnxruntime"}
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base.update(zip(args[::2], args[1::2], strict=True))
+    result = _deploy_in_process(*[x for kv in base.items() for x in kv])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('compile = 3\n', "'compile' must be a table"),
+        ('train = "fast"\n', "'train' must be a table"),
+        ('[compile]\nprecisions = "int8"\n', "field 'precisions'"),
+        ('[bench]\nbatches = [1, "x"]\n', "field 'batches.1'"),
+        ('[bench]\nbatches = []\n', "field 'batches'"),
+        ('[bench]\niterations = 0\n', "field 'iterations'"),
+        ('[train]\nepochs = { n = 3 }\n', "field 'train.epochs'"),
+        ('backbone = { name = "x" }\n', "field 'backbone'"),
+        ('targets = ["host-cpu", "rasberry-pi-5"]\n', "Did you mean 'raspberry-pi-5'"),
+    ],
+)
+def test_deploy_config_errors_come_before_training(digits_dir, tmp_path, toml, message):
+    out = tmp_path / "run"
+    config = tmp_path / "deploy.toml"
+    config.write_text(f'data = "{digits_dir}"\nout = "{out}"\n' + toml)
+    result = _deploy_in_process("--config", str(config))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()

@@ -15,6 +15,16 @@ def report_skipped(console, skipped: list[tuple[str, str]], limit: int = 20) -> 
         console.print(f"  … and {len(skipped) - limit} more (all listed in manifest.json)")
 
 
+def kept_text(kept: dict) -> str:
+    """Which phase produced the saved weights, e.g. when fine-tuning never beat the linear probe."""
+    if kept["phase"] == "finetune":
+        return f"fine-tuned weights (epoch {kept['epoch']} of fine-tuning, val {kept['val_top1']:.1%})"
+    text = f"linear probe (epoch {kept['epoch']} of the head phase, val {kept['val_top1']:.1%})"
+    if kept.get("finetune_best_val_top1") is not None:
+        text += f"; fine-tuning did not improve on it (best {kept['finetune_best_val_top1']:.1%})"
+    return text
+
+
 def print_summary(console, section: dict, history: list[dict]) -> None:
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
@@ -23,7 +33,9 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     table.add_row("images", f"{d['train_images']} train / {d['val_images']} val, {len(d['skipped'])} skipped")
     table.add_row("input", "x".join(str(s) for s in section["preprocess"]["input_size"]))
     table.add_row("train top-1", f"{m['train_top1']:.2%}")
-    table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/] (best epoch {m['best_epoch']})")
+    table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
+    if "kept" in m:
+        table.add_row("kept", kept_text(m["kept"]))
     table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     if m["interrupted"]:
@@ -31,8 +43,8 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     console.print(table)
     per_class = Table(title="val top-1 per class")
     per_class.add_column("class")
-    per_class.add_column("images (all)", justify="right")
+    per_class.add_column("val images", justify="right")
     per_class.add_column("top-1", justify="right")
     for name, acc in m["per_class_val_top1"].items():
-        per_class.add_row(name, str(d["counts"].get(name, "")), f"{acc:.1%}")
+        per_class.add_row(name, str(d.get("val_counts", {}).get(name, "")), f"{acc:.1%}")
     console.print(per_class)

@@ -25,6 +25,7 @@ from edgetl.adapt.feature_extraction import build_head, cached_features, extract
 from edgetl.adapt.finetune import AugmentedImages, finetune
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
+from edgetl.data.layout import resolve_layout
 from edgetl.errors import ConfigError
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
@@ -89,6 +90,21 @@ def _save_checkpoint(state: dict, dest: Path) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
 
 
+def _kept(phase: str, fit) -> dict:
+    """Which phase and epoch the saved weights come from: the probe can outlive a worse fine-tuning."""
+    return {"phase": phase, "epoch": fit.best_epoch, "val_top1": fit.best_val_top1}
+
+
+def _mark_kept(history: list[dict], kept: dict) -> None:
+    for row in history:
+        if row["phase"] == kept["phase"] and row["epoch"] == kept["epoch"]:
+            row["kept"] = True
+
+
+def _counts(samples: list[tuple[str, int]], classes: list[str]) -> dict[str, int]:
+    return {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(classes)}
+
+
 def _per_class(pred: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, float]:
     return {name: float((pred[y == i] == i).mean()) if (y == i).any() else float("nan") for i, name in enumerate(classes)}
 
@@ -116,7 +132,8 @@ def train_inputs_hash(data, *, backbone: str = registry.DEFAULT_BACKBONE, val=No
     opts = TrainOptions.parse(options)
     resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
-    *_, data_hash = _load_data(Path(data), Path(val) if val else None, opts)
+    layout = resolve_layout(data, val)
+    *_, data_hash = _load_data(layout.train, layout.val, opts)
     return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
 
 
@@ -132,11 +149,14 @@ def train(
 ) -> dict:
     """Train and return the manifest's ``train`` section. Options are the fields of TrainOptions."""
     opts = TrainOptions.parse(options)
+    layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()
     try:
-        return _train(Path(data), Path(out), backbone, Path(val) if val else None,
-                      Path(weights) if weights else None, opts, dist, console)
+        if console is not None and dist.is_main and layout.note:
+            console.print(layout.note, highlight=False)
+        return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
+                      opts, dist, console)
     finally:
         distributed.teardown(dist)
 
@@ -203,6 +223,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
     head.load_state_dict(head_result.best_state)
     probe_state = copy.deepcopy(model.state_dict())
     history, result = list(head_result.history), head_result
+    kept = _kept("head", head_result)
 
     # Phase 2 (finetune): the last N stages with the head, augmented images.
     if opts.mode == "finetune" and not head_result.interrupted:
@@ -218,10 +239,13 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
             keep_bn_stats=opts.pretrained or weights is not None,
         )
         history += result.history
-        if result.best_val_top1 >= head_result.best_val_top1:
+        if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)
+            kept = _kept("finetune", result)
         else:  # fine-tuning never beat the probe: keep the probe (its checkpoint is re-saved below)
             model.load_state_dict(probe_state)
+            kept["finetune_best_val_top1"] = result.best_val_top1 if result.best_state is not None else None
+    _mark_kept(history, kept)
 
     model.eval()
     x_val = arrays.normalize(val_pixels, spec)
@@ -231,7 +255,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "val_top1": float((val_pred == y_val).mean()),
         "train_top1": float((train_pred == y_train).mean()),
         "per_class_val_top1": _per_class(val_pred, y_val, image_set.classes),
-        "best_epoch": result.best_epoch,
+        "best_epoch": kept["epoch"],
+        "kept": kept,
         "train_images_per_s": result.images_per_s,
         "seconds": time.perf_counter() - started,
         "interrupted": result.interrupted or head_result.interrupted,
@@ -254,7 +279,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
             "train_images": len(train_samples),
             "val_images": len(val_samples),
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
-            "counts": image_set.counts(),
+            "counts": image_set.counts(),  # the --data set, before the validation split
+            "val_counts": _counts(val_samples, image_set.classes),
         },
         "versions": _versions(),
         "world_size": dist.world,

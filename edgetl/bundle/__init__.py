@@ -1,7 +1,7 @@
 """Bundles: a self-checking package of one compiled model for one device, and shipping it there.
 
 - ``format``: the archive layout and its safety checks (device side).
-- ``create``: ``create_bundle(run, target)`` -> ``runs/<name>/bundles/<target>.tar.gz`` (workstation).
+- ``create``: ``create_bundle(run, target)`` -> ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation).
 - ``runner``: ``verify``, ``predict``, ``bench`` on the device: numpy, Pillow and the runtime only.
 - ``engine``: TensorRT engines built on the device from the bundle's ONNX, cached per GPU.
 - ``ship``: copy, check and activate a bundle over the system ``ssh`` client.

@@ -1,4 +1,4 @@
-"""Make a bundle from a run: ``runs/<name>/bundles/<target>.tar.gz`` (workstation side).
+"""Make a bundle from a run: ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation side).
 
 The bundle carries one compiled artifact of the target (for TensorRT the ONNX the engine is built
 from, since engines only run on the GPU and TensorRT version that built them), everything needed
@@ -24,12 +24,14 @@ from edgetl.rundir import RunDir
 GOLDEN_SAMPLES = 8
 
 
-def bundle_path(run: RunDir, target: str) -> Path:
-    return run.path / "bundles" / f"{target}{SUFFIX}"
+def bundle_path(run: RunDir, target: str, precision: str) -> Path:
+    """One file per target and precision: an fp16 and an int8 bundle of a target never overwrite each other."""
+    return run.path / "bundles" / f"{target}-{precision}{SUFFIX}"
 
 
 def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The compiled entry to bundle: ``precision`` if given, else the profile's, else the only one."""
+    """The compiled entry to bundle: ``precision`` if given, else the profile's (int8 for a bare runtime,
+    as ``compile`` does), else the only one compiled."""
     compiled = run.manifest.get("compiled") or {}
     mine = {k: e for k, e in compiled.items() if e.get("target") == target}
     if not mine:
@@ -40,7 +42,9 @@ def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> t
         )
     by_precision = {e["precision"]: (k, e) for k, e in mine.items()}
     if precision is None:
-        precision = _profile_precision(target)
+        from edgetl.compiler import BARE_RUNTIME_PRECISION
+
+        precision = _profile_precision(target) or BARE_RUNTIME_PRECISION
         if precision not in by_precision:
             if len(by_precision) > 1:
                 raise BundleError(
@@ -71,12 +75,13 @@ def _profile(target: str) -> dict[str, Any] | None:
 
 
 def create_bundle(run_path: str | Path, target: str, precision: str | None = None) -> Path:
-    """Write ``runs/<name>/bundles/<target>.tar.gz`` atomically and record it in the manifest."""
+    """Write ``runs/<name>/bundles/<target>-<precision>.tar.gz`` atomically; the manifest records it
+    under ``bundles["<target>/<precision>"]`` (the compiled key)."""
     run = RunDir.open(run_path, need="compiled")
     key, entry = choose_compiled(run, target, precision)
     for rel in entry["files"]:
         run.verify(rel)  # a tampered artifact is never packaged
-    dest = bundle_path(run, target)
+    dest = bundle_path(run, target, entry["precision"])
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
         stage = Path(tmp)
         manifest = _stage(run, key, entry, stage)
@@ -93,7 +98,7 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
         "inputs": _inputs_hash(run, key, entry),
     }
     run.record(dest)
-    run.set_item("bundles", target, record)
+    run.set_item("bundles", key, record)
     return dest
 
 
@@ -105,16 +110,14 @@ def _inputs_hash(run: RunDir, key: str, entry: dict[str, Any]) -> str:
 
 
 def up_to_date(run: RunDir, target: str, precision: str | None = None) -> Path | None:
-    """The existing bundle of ``target`` when it was made from the current artifact, else None."""
-    record = (run.manifest.get("bundles") or {}).get(target)
-    dest = bundle_path(run, target)
+    """The existing bundle of ``target`` (at ``precision``, chosen as ``create_bundle`` would) when it
+    was made from the current artifact, else None."""
+    key, entry = choose_compiled(run, target, precision)
+    record = (run.manifest.get("bundles") or {}).get(key)
+    dest = bundle_path(run, target, entry["precision"])
     if not record or not dest.is_file() or sha256_file(dest) != record.get("sha256"):
         return None
-    if precision is not None and record.get("precision") != precision:
-        return None
-    key = record.get("compiled")
-    entry = (run.manifest.get("compiled") or {}).get(key)
-    if entry is None or _inputs_hash(run, key, entry) != record.get("inputs"):
+    if _inputs_hash(run, key, entry) != record.get("inputs"):
         return None
     return dest
 

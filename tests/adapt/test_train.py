@@ -144,3 +144,42 @@ def test_torchrun_two_processes_produce_a_valid_run(digits_dir, tmp_path):
     assert run.manifest["train"]["world_size"] == 2
     assert run.verify("train/model.safetensors").is_file()
     assert any(r["phase"] == "finetune" for r in json.loads((out / "train/history.json").read_text()))
+
+
+def _split_copy(digits_dir: Path, dest: Path, val_per_class: int = 6) -> Path:
+    """digits_dir laid out as dest/train/<class>/ and dest/val/<class>/, as many public data sets are."""
+    import shutil
+
+    for cls in sorted(d for d in digits_dir.iterdir() if d.is_dir()):
+        images = sorted(cls.iterdir())
+        for part, chosen in (("val", images[:val_per_class]), ("train", images[val_per_class:])):
+            (dest / part / cls.name).mkdir(parents=True)
+            for image in chosen:
+                shutil.copy(image, dest / part / cls.name / image.name)
+    return dest
+
+
+def test_split_folder_and_a_probe_that_fine_tuning_cannot_beat(digits_dir, tmp_path):
+    """train/ and val/ are used as such (not as two classes); a fine-tuning that diverges (lr 9 on
+    every stage) never beats the linear probe, and the summary, manifest and history say the probe
+    was kept."""
+    data = _split_copy(digits_dir, tmp_path / "d")
+    out = tmp_path / "run"
+    result = _cli("train", "--data", str(data), "--out", str(out), "--backbone", "timm:test_efficientnet",
+                  "--no-pretrained", "--image-size", "32", "--mode", "finetune", "--unfreeze", "all", "--no-augment",
+                  "--head-epochs", "5", "--epochs", "2", "--lr", "9", "--backbone-lr-scale", "1",
+                  env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"using {data / 'train'} for training and {data / 'val'} for validation" in result.stdout
+    section = RunDir.open(out).manifest["train"]
+    assert section["classes"] == sorted(d.name for d in digits_dir.iterdir() if d.is_dir())
+    assert section["dataset"]["val_images"] == 6 * len(section["classes"])
+    assert set(section["dataset"]["val_counts"].values()) == {6}
+
+    kept = section["metrics"]["kept"]
+    assert kept["phase"] == "head" and kept["finetune_best_val_top1"] < kept["val_top1"]
+    assert "linear probe (epoch" in result.stdout and "fine-tuning did not improve on it" in result.stdout
+    history = json.loads((out / "train" / "history.json").read_text())
+    assert [(r["phase"], r["epoch"]) for r in history if r.get("kept")] == [("head", kept["epoch"])]
+    assert "val images" in result.stdout  # the per-class count is the validation count
+    assert f"next: edgetl compile {out} --target host-cpu" in result.stdout

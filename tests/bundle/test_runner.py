@@ -17,6 +17,7 @@ from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspec
 from edgetl.bundle.runner import bench, open_bundle, predict, verify
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import BundleError
+from edgetl.rundir import RunDir
 
 # What a device with only `pip install "edgetl[onnxruntime]"` lacks: blocked in a fresh interpreter.
 NOT_ON_DEVICE = ["torch", "torchvision", "timm", "onnx", "onnxscript", "safetensors", "openvino", "nncf",
@@ -52,8 +53,8 @@ def test_bundle_contents(bundle_run, bundle_file):
     assert manifest["golden"]["tolerance"]["source"] == "same"
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
     assert manifest["workstation"]["accuracy"] == entry["accuracy"]
-    entry = bundle_run.manifest["bundles"]["onnxruntime"]
-    assert entry["precision"] == "int8" and entry["path"] == "bundles/onnxruntime.tar.gz"
+    entry = bundle_run.manifest["bundles"]["onnxruntime/int8"]
+    assert entry["precision"] == "int8" and entry["path"] == "bundles/onnxruntime-int8.tar.gz"
     assert up_to_date(bundle_run, "onnxruntime", "int8") == bundle_run.path / entry["path"]
 
 
@@ -156,8 +157,7 @@ def test_archive_cache_is_reused_and_repaired(bundle_file):
 
 
 def test_choosing_the_artifact(bundle_run):
-    with pytest.raises(BundleError, match="several precisions .*--precision"):
-        choose_compiled(bundle_run, "onnxruntime")
+    assert choose_compiled(bundle_run, "onnxruntime")[0] == "onnxruntime/int8"  # a bare runtime: int8, as compile
     with pytest.raises(BundleError, match="no fp16 artifact"):
         choose_compiled(bundle_run, "onnxruntime", "fp16")
     with pytest.raises(BundleError, match="no artifact compiled for target 'jetson'.*edgetl compile"):
@@ -197,11 +197,13 @@ def test_cli_bundle_and_verify(bundle_run, tmp_path):
     shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
     result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "fp32"])
     assert result.exit_code == 0, result.output
-    bundle = run / "bundles" / "onnxruntime.tar.gz"
+    bundle = run / "bundles" / "onnxruntime-fp32.tar.gz"
     assert inspect_archive(bundle)["precision"] == "fp32"
     result = CliRunner().invoke(cli, ["verify", str(bundle), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["ok"]
     result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime"])
-    assert result.exit_code == 2 and "--precision" in result.output
+    assert result.exit_code == 0 and "onnxruntime-int8.tar.gz" in result.output
+    assert inspect_archive(bundle)["precision"] == "fp32"  # two precisions, two files
+    assert set(RunDir.open(run).manifest["bundles"]) >= {"onnxruntime/fp32", "onnxruntime/int8"}
     result = CliRunner().invoke(cli, ["build", str(bundle)])
     assert result.exit_code == 2 and "no engine to build" in result.output

@@ -76,3 +76,10 @@ def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path):
     assert not set(train1) & set(val1)
     assert len(val1) == 2 + 1 + 1
     assert stratified_split(data, 0.2, seed=2)[1] != val1
+
+
+def test_csv_that_is_not_utf8_is_a_data_error(tmp_path):
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("path,label\nimg\xe9.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not a UTF-8 text CSV"):
+        load_image_set(bad)

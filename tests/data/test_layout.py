@@ -1,0 +1,60 @@
+"""Where the images are: split folders are recognised, and wrong paths are one clear line."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from edgetl.data.layout import resolve_layout
+from edgetl.errors import DataError
+
+
+def _classes(root, names=("cat", "dog")):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize(("train", "val"), [("train", "val"), ("training", "validation"), ("train", "valid")])
+def test_a_folder_of_train_and_val_splits_is_recognised(tmp_path, train, val):
+    _classes(tmp_path / "d" / train)
+    _classes(tmp_path / "d" / val)
+    _classes(tmp_path / "d" / "test")
+    layout = resolve_layout(tmp_path / "d")
+    assert (layout.train, layout.val) == (tmp_path / "d" / train, tmp_path / "d" / val)
+    assert layout.note == f"using {tmp_path / 'd' / train} for training and {tmp_path / 'd' / val} for validation"
+
+
+def test_train_without_val_is_split_and_test_is_left_alone(tmp_path):
+    _classes(tmp_path / "d" / "train")
+    _classes(tmp_path / "d" / "test")
+    layout = resolve_layout(tmp_path / "d")
+    assert (layout.train, layout.val) == (tmp_path / "d" / "train", None)
+    assert "test/ is left untouched" in layout.note
+
+
+def test_class_folders_and_an_explicit_val_are_taken_as_they_are(tmp_path):
+    _classes(tmp_path / "d", names=("train", "val"))  # classes that happen to be called train and val
+    assert resolve_layout(tmp_path / "d") == resolve_layout(tmp_path / "d", None)
+    assert resolve_layout(tmp_path / "d").train == tmp_path / "d" and not resolve_layout(tmp_path / "d").note
+    _classes(tmp_path / "s" / "train")
+    _classes(tmp_path / "other")
+    layout = resolve_layout(tmp_path / "s", tmp_path / "other")
+    assert (layout.train, layout.val) == (tmp_path / "s" / "train", tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("photo.jpg", b"\xff\xd8\xff\xe0 jpeg bytes", "is an image file"),
+        ("weights.bin", b"\x00\x01", "neither a folder nor a .csv"),
+        ("data.csv", b"PK\x03\x04\x00\x00 zip bytes", "not a UTF-8 text CSV"),
+    ],
+)
+def test_a_file_that_is_not_a_csv_is_one_clear_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        resolve_layout(tmp_path / name)
+    with pytest.raises(DataError, match="--val .*does not exist"):
+        resolve_layout(_classes(tmp_path / "d"), tmp_path / "nope")
