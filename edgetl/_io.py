@@ -19,7 +19,14 @@ from typing import Any
 
 
 def current_umask() -> int:
-    """The process umask (reading it means setting it: put it straight back)."""
+    """The process umask. Linux reports it in /proc; elsewhere reading it means setting it and
+    putting it straight back, which a thread writing a file at that moment could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o077)
     os.umask(mask)
     return mask

@@ -54,7 +54,8 @@ def check_source(path: Path, option: str) -> None:
     if path.suffix.lower() != ".csv":
         raise DataError(f"{option} {path} is neither a folder nor a .csv manifest: give an image folder (one "
                         "subfolder per class) or a CSV of path,label rows")
-    head = path.open("rb").read(4096)
+    with path.open("rb") as fh:
+        head = fh.read(4096)
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
