@@ -51,7 +51,7 @@ def is_safe_relpath(name: str) -> bool:
 
 def _relpath(name: str) -> str:
     if not is_safe_relpath(name):
-        raise ValueError("unsafe path (absolute, with '..', or not normalised)")
+        raise ValueError(f"unsafe path {_short(name)} (absolute, with '..', or not normalised)")
     if name in (MANIFEST, SIGNATURE):
         raise ValueError(f"{name} cannot be listed among the bundle's files")
     return name
@@ -238,12 +238,26 @@ def _describe(exc: ValidationError) -> str:
     error = errors[0]
     if not error["loc"] and error["type"] == "model_type":
         return f"{MANIFEST} is not a JSON object: not an edgetl bundle"
-    # union members appear in the location by class name: the field path is what a person needs
-    loc = ".".join(_short(p, quote=False) for p in error["loc"] if p not in ("TargetProfile", "BareTarget"))
+    loc = _location(error["loc"])
     message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    where = f"field {loc!r}: " if loc else ""
+    where = f"field {loc}: " if loc else ""
     return f"{MANIFEST} is malformed: {where}{_short(message, 300, quote=False)}{more}: rebuild the bundle with `edgetl bundle`"
+
+
+def _location(loc: tuple) -> str:
+    """('files', '../x', '[key]') -> files['../x']; union members (by class name) left out."""
+    text = ""
+    for part in loc:
+        if part in ("[key]", "TargetProfile", "BareTarget"):
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{_short(part)}]"
+    return text
 
 
 def _short(value: Any, limit: int = 60, quote: bool = True) -> str:

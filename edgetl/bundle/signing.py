@@ -103,8 +103,9 @@ def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     try:
         key = Ed25519PrivateKey.from_private_bytes(data) if len(data) == 32 else \
             serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not an unencrypted Ed25519 private key ({exc}): make one with `edgetl keys new`") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not an unencrypted Ed25519 private key (PEM or raw 32 bytes): make one with "
+                          "`edgetl keys new`") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is a {type(key).__name__}, not an Ed25519 key: make one with `edgetl keys new`")
     return key
@@ -116,8 +117,9 @@ def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
     data = _read_key_file(path)
     try:
         key = Ed25519PublicKey.from_public_bytes(data) if len(data) == 32 else serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not an Ed25519 public key ({exc}): pass the .pub file of `edgetl keys new`") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not an Ed25519 public key (PEM or raw 32 bytes): pass the .pub file of "
+                          "`edgetl keys new`") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{path} is a {type(key).__name__}, not an Ed25519 public key")
     return key
