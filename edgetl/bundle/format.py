@@ -46,6 +46,7 @@ from edgetl.errors import BundleError, ConfigError
 
 SUFFIX = ".tar.gz"
 _MAX_MANIFEST_BYTES = 16 << 20
+_MAX_HEADER_BYTES = 1 << 20
 MAX_MEMBERS = 10_000  # a bundle has a handful; a million would be read before the first was judged
 _MIN_UNPACK_CAP = 64 << 20
 _UNPACK_RATIO = 200  # gzip of float weights rarely beats 3x; 200x is a bomb, not a model
@@ -95,15 +96,13 @@ class Checked:
     """A bundle's head once checked: the manifest (validated) and how it is signed."""
 
     manifest: dict[str, Any]
-    raw: bytes  # the exact manifest.json bytes the signature covers
-    sig: bytes | None  # the exact manifest.sig bytes, None when unsigned
     signature: SignatureStatus
 
 
 def check_head(raw: bytes, sig: bytes | None, where: str, *, allow_unsigned: bool | None = None) -> Checked:
     """The signature over the exact bytes before any field is read; then the one manifest model."""
     status = signing.check(raw, sig, allow_unsigned=allow_unsigned, where=where)
-    return Checked(parse_manifest(raw, where), raw, sig, status)
+    return Checked(parse_manifest(raw, where), status)
 
 
 def _safe_relpath(name: str, where: str) -> str:
@@ -142,9 +141,23 @@ def _member_relpath(member: tarfile.TarInfo, top: str, where: str) -> str | None
     return rel or None
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses long-name and PAX extended headers larger than any bundle needs: tarfile would read
+    them whole into memory (a gigabyte of header compresses to a megabyte)."""
+
+    _HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                     tarfile.SOLARIS_XHDTYPE)
+
+    def _proc_member(self, tar):
+        if self.type in self._HEADER_TYPES and self.size > _MAX_HEADER_BYTES:
+            raise BundleError(f"{tar.name}: an archive header of {self.size} bytes (at most {_MAX_HEADER_BYTES}): "
+                              "not an edgetl bundle, refusing it")
+        return super()._proc_member(tar)
+
+
 def _open_tar(path: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(path, "r:gz")
+        return tarfile.open(path, "r:gz", tarinfo=_BoundedTarInfo)
     except FileNotFoundError:
         raise BundleError(f"bundle {path} does not exist") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:

@@ -159,6 +159,13 @@ def _manifest_not_first(root):
     return [head[0], *rest, head[1]]
 
 
+def _huge_header(root):
+    """A 2 MiB PAX header (it compresses to a few KiB): tarfile would hold it all in memory."""
+    members = folder_entries(root)
+    members[3][0].pax_headers = {"comment": "x" * (2 << 20)}
+    return members
+
+
 def _listed_as_folder(root):
     """A listed file that arrives as a folder is missing, not silently empty."""
     return [m if not m[0].name.endswith("model.onnx") else entry(m[0].name) for m in folder_entries(root)]
@@ -173,6 +180,7 @@ HOSTILE = {
     "20000-members": (_flood, "more than 10000 members"),
     "larger-than-listed": (_larger_than_listed, "model/model.onnx has 4246 bytes, the manifest says 150"),
     "manifest-not-first": (_manifest_not_first, "manifest.json must be the archive's first file"),
+    "huge-header": (_huge_header, "an archive header of"),
     "listed-file-as-folder": (_listed_as_folder, "model/model.onnx is listed in the manifest but missing"),
 }
 
