@@ -31,6 +31,7 @@ from edgetl.bundle.format import (
     tolerance,
     write_archive,
 )
+from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.rundir import RunDir
 
@@ -176,6 +177,7 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     }
     manifest["files"] = file_entries(stage)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    parse_manifest((stage / MANIFEST).read_bytes(), f"{run.path}: the bundle for {entry['target']}")  # as a device will
     return manifest
 
 

@@ -149,7 +149,11 @@ def default_key_dir() -> Path:
 def trusted_keys() -> dict[str, tuple[Ed25519PublicKey, Path]]:
     """key id -> (key, file) for every trusted key; a broken key file is an error, not skipped."""
     keys: dict[str, tuple[Ed25519PublicKey, Path]] = {}
+    explicit = bool(os.environ.get("EDGETL_TRUSTED_KEYS"))
     for place in trusted_key_paths():
+        if explicit and not place.exists():  # a typo must not switch signature checks off
+            raise ConfigError(f"EDGETL_TRUSTED_KEYS names {place}, which does not exist: fix the variable, or "
+                              "create the folder with `edgetl keys trust PUB`")
         files = sorted(p for p in place.iterdir() if p.is_file() and p.suffix in _KEY_SUFFIXES) \
             if place.is_dir() else [place] if place.is_file() else []
         for file in files:

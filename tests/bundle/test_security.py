@@ -363,10 +363,13 @@ def test_raw_keys_and_a_list_of_trusted_places(tmp_path, monkeypatch):
     private, public = signing.new_key_pair(tmp_path / "k", "a")
     raw = signing.load_public_key(public).public_bytes(Encoding.Raw, PublicFormat.Raw)
     (tmp_path / "a.raw").write_bytes(raw)
-    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", os.pathsep.join([str(tmp_path / "a.raw"), str(tmp_path / "nothing-here")]))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", os.pathsep.join([str(tmp_path / "a.raw"), str(tmp_path / "empty")]))
     assert list(signing.trusted_keys()) == [signing.key_id(signing.load_public_key(public))]
     root = demo(tmp_path, sign_with=private)
     assert inspect_archive(pack(tmp_path / "b.tar.gz", folder_entries(root)))["name"] == TOP
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(tmp_path / "typo"))  # fails closed, not open
+    refused(["verify", str(root)], "EDGETL_TRUSTED_KEYS names", tmp_path)
 
 
 def _trojan(root: Path, rel: str = "model/model.onnx") -> None:
@@ -417,8 +420,13 @@ def test_unknown_key_is_refused(tmp_path, trusted):
 def test_unsigned_is_refused_when_keys_are_trusted(tmp_path, trusted, monkeypatch):
     archive = pack(tmp_path / "b.tar.gz", folder_entries(demo(tmp_path)))
     refused(["verify", str(archive)], "is not signed and this machine trusts signed bundles only", tmp_path)
+    refused(["predict", str(archive), "photo.png"], "is not signed", tmp_path)
     refused(["bench", str(archive)], "is not signed", tmp_path)
-    assert inspect_archive(archive, allow_unsigned=True)["name"] == TOP  # the opt-out, as ship passes it
+    refused(["ship", str(archive), "ssh://nobody@127.0.0.1:9/models"], "is not signed", tmp_path)  # before connecting
+    assert inspect_archive(archive, allow_unsigned=True)["name"] == TOP
+    with signing.allowing_unsigned(True):  # --allow-unsigned: ship passes it on to the device's edgetl
+        assert inspect_archive(archive)["name"] == TOP and signing.remote_flags() == ["--allow-unsigned"]
+    assert signing.remote_flags() == []
     monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
     assert inspect_archive(archive)["name"] == TOP
 
