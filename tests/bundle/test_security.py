@@ -517,3 +517,12 @@ def test_poisoned_cache_is_not_trusted(signed, tmp_path, monkeypatch):
     assert model.read_bytes() == original and (cached / signing.SIGNATURE).is_file()
     assert not [p for p in cached.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
+
+
+def test_bundle_refuses_a_bad_key_or_release_before_writing(signed, tmp_path):
+    run = signed[0].parent.parent
+    (tmp_path / "public-only.pem").write_bytes(signed[1].with_suffix(".pub").read_bytes())
+    base = ["bundle", str(run), "--target", "onnxruntime", "--precision", "int8"]
+    refused([*base, "--sign", str(tmp_path / "missing.key")], "missing.key does not exist", run)
+    refused([*base, "--sign", str(tmp_path / "public-only.pem")], "is not an unencrypted Ed25519 private key", run)
+    refused([*base, "--release", "-1"], "--release -1: expected an integer", run)
