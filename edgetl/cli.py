@@ -5,8 +5,10 @@ Every command maps to a function a notebook can call too (``edgetl.train``, ``ed
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -274,6 +276,21 @@ def _remote_options(f):
     return f
 
 
+def _trust_option(f):
+    """--allow-unsigned for every command that opens a bundle: sets the opt-out for the whole command."""
+
+    @functools.wraps(f)
+    def wrapper(*args, allow_unsigned, **kwargs):
+        from edgetl.bundle.signing import allowing_unsigned
+
+        with allowing_unsigned(allow_unsigned):
+            return f(*args, **kwargs)
+
+    return click.option("--allow-unsigned", is_flag=True, envvar="EDGETL_ALLOW_UNSIGNED",
+                        help="Accept unsigned bundles although trusted keys are configured (env "
+                        "EDGETL_ALLOW_UNSIGNED=1). A bad signature or an unknown key is refused always.")(wrapper)
+
+
 @cli.command("bench")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
@@ -293,6 +310,7 @@ def _remote_options(f):
               "to bench in parallel over SSH.")
 @click.option("--json", "as_json", is_flag=True, help="Bundles: print the edgetl.bench/1 document on stdout.")
 @_remote_options
+@_trust_option
 def bench_cmd(run, targets, batches, threads, iterations, duration, device, check, remote, fleet, as_json,
               remote_edgetl, ssh_options, install, connect_timeout):
     """Latency and accuracy of a run's compiled artifacts on this machine, next to PyTorch FP32.
@@ -385,7 +403,11 @@ def report_cmd(run):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which artifact when the target "
               "was compiled in several precisions (default, as compile: the profile's precision, int8 for a "
               "bare runtime name).")
-def bundle_cmd(run, target, precision):
+@click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
+              help="Sign the manifest with this Ed25519 private key (from `edgetl keys new`).")
+@click.option("--release", type=int, help="Release counter written into the manifest (default: UTC seconds now); "
+              "devices refuse to go back to a lower one.")
+def bundle_cmd(run, target, precision, sign_key, release):
     """Package a compiled artifact for a device: runs/<name>/bundles/<target>-<precision>.tar.gz.
 
     \b
@@ -395,28 +417,96 @@ def bundle_cmd(run, target, precision):
     `pip install "edgetl[<runtime>]"` (no PyTorch): edgetl verify / predict / bench BUNDLE.
 
     \b
-    Example:
+    Examples:
       edgetl bundle runs/flowers --target jetson-orin-nano
       edgetl bundle runs/flowers --target onnxruntime --precision fp32
+      edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
       edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
     from edgetl.bundle.create import choose_compiled, create_bundle
     from edgetl.rundir import RunDir
 
     with console.status(f"bundling {target}: golden outputs, hashes"):
-        path = create_bundle(run, target, precision)
+        path = create_bundle(run, target, precision, sign=sign_key, release=release)
     opened = RunDir.open(run)
     key, _ = choose_compiled(opened, target, precision)
     entry = opened.manifest["bundles"][key]
+    signed = f"signed by {entry['signed_by']}" if entry["signed_by"] else "unsigned"
     console.print(f"wrote [bold]{path}[/] ({entry['runtime']} {entry['precision']}, {entry['size_bytes'] / 1e6:.2f} MB, "
-                  f"sha256 {entry['sha256'][:16]}…)", highlight=False)
+                  f"release {entry['release']}, {signed}, sha256 {entry['sha256'][:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
+
+
+@cli.group()
+def keys():
+    """Ed25519 keys that sign bundles (workstation) and the keys a device trusts.
+
+    \b
+    Trusted public keys live in $EDGETL_TRUSTED_KEYS (folders or files, separated by ':'),
+    else in ~/.config/edgetl/trusted-keys/ ($XDG_CONFIG_HOME honoured). Once one is there,
+    verify, predict, bench and ship accept only bundles signed by a trusted key (unsigned
+    ones with --allow-unsigned); with none, unsigned bundles work as before.
+
+    \b
+    Examples:
+      edgetl keys new --name release                  # ~/.config/edgetl/keys/release.{key,pub}
+      edgetl bundle runs/flowers -t raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key
+      edgetl keys trust release.pub                   # on the device (copy the .pub there first)
+      edgetl keys list
+    """
+
+
+@keys.command("new")
+@click.option("--out", type=click.Path(path_type=str), help="Folder for NAME.key (private, mode 0600) and NAME.pub. "
+              "Default: ~/.config/edgetl/keys.")
+@click.option("--name", default="edgetl", show_default=True, help="File name of the pair, without suffix.")
+def keys_new(out, name):
+    """Make an Ed25519 key pair for signing bundles; never overwrites a key."""
+    from edgetl.bundle import signing
+    from edgetl.errors import ConfigError
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (a file name, no folders)")
+    private, public = signing.new_key_pair(out or signing.default_key_dir(), name)
+    kid = signing.key_id(signing.load_public_key(public))
+    console.print(f"wrote [bold]{private}[/] (private: keep it secret) and [bold]{public}[/] (key id {kid})", highlight=False)
+    console.print(f"next: edgetl bundle RUN --target T --sign {private}; on each device: edgetl keys trust {public.name}",
+                  highlight=False)
+
+
+@keys.command("trust")
+@click.argument("public_key", metavar="PUB", type=click.Path(path_type=str))
+def keys_trust(public_key):
+    """Trust a public key (PEM or raw 32 bytes): copy it into the trusted keys folder."""
+    from edgetl.bundle import signing
+
+    kid, dest = signing.trust(public_key)
+    console.print(f"trusted key {kid}: [bold]{dest}[/]", highlight=False)
+
+
+@keys.command("list")
+def keys_list():
+    """List the trusted public keys and where they are read from."""
+    from rich.table import Table
+
+    from edgetl.bundle import signing
+
+    places = ", ".join(str(p) for p in signing.trusted_key_paths())
+    found = signing.trusted_keys()
+    if not found:
+        console.print(f"no trusted keys (read from {places}): unsigned bundles are accepted", highlight=False)
+        return
+    table = Table("key id", "file", title=f"trusted keys ({places})", title_justify="left")
+    for kid, (_, path) in sorted(found.items()):
+        table.add_row(kid, str(path))
+    console.print(table)
 
 
 @cli.command("ship")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("url", metavar="ssh://[user@]host[:port][/path]")
 @_remote_options
+@_trust_option
 def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
     """Copy a bundle to a device over SSH, check it there and make it current.
 
@@ -449,13 +539,20 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_trust_option
 def verify_cmd(bundle, threads, as_json):
-    """Check a bundle on this machine: file hashes, then golden outputs within tolerance.
+    """Check a bundle on this machine: signature, manifest, file hashes, then golden outputs.
 
     \b
-    Exit 0 when every file matches its sha256 and the golden inputs give the workstation's
-    outputs within the precision's tolerance on this machine's runtime; exit 2 otherwise,
-    naming the file or the golden sample and output that differ.
+    Exit 0 when the signature is by a trusted key (or the bundle is unsigned and no key is
+    trusted here, or --allow-unsigned), every file matches its sha256 and the golden inputs
+    give the workstation's outputs within edgetl's tolerance for the precision on this
+    machine's runtime; exit 2 otherwise, naming what differs.
+
+    \b
+    Examples:
+      edgetl verify model-bundle.tar.gz
+      EDGETL_TRUSTED_KEYS=/etc/edgetl/keys edgetl verify model-bundle.tar.gz --json
     """
     from edgetl.bundle.runner import verify
 
@@ -464,8 +561,9 @@ def verify_cmd(bundle, threads, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    signature = "unsigned" if result["signature"] == "unsigned" else f"signature {result['signature']}"
     console.print(
-        f"[green]OK[/] {result['bundle']}: {result['files_checked']} files match their sha256; "
+        f"[green]OK[/] {result['bundle']} ({signature}): {result['files_checked']} files match their sha256; "
         f"{result['golden_samples']} golden images reproduce the workstation's outputs on {result['runtime']} "
         f"(top-1 agreement {result['top1_agreement']:.0%}, worst difference {result['worst_diff_over_tolerance']:.0%} "
         "of the tolerance)", highlight=False)
@@ -494,6 +592,7 @@ def _refuse_run_folder(path: str) -> None:
 @click.option("--top", default=3, show_default=True, help="How many labels per image.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
     """Classify an image, or every image under a folder, with a bundle.
 
@@ -522,6 +621,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--force", is_flag=True, help="Rebuild even when a cached engine exists.")
 @click.option("--any-arch", is_flag=True, help="Build although the bundle was made for another GPU architecture.")
+@_trust_option
 def build_cmd(bundle, force, any_arch):
     """Build a TensorRT bundle's engine with this device's TensorRT, and cache it.
 

@@ -1,6 +1,8 @@
 """Bundles: a self-checking package of one compiled model for one device, and shipping it there.
 
 - ``format``: the archive layout and its safety checks (device side).
+- ``manifest``: the one validated model of a bundle's manifest.json.
+- ``signing``: Ed25519 signatures over the exact manifest bytes, and the trusted keys.
 - ``create``: ``create_bundle(run, target)`` -> ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation).
 - ``runner``: ``verify``, ``predict``, ``bench`` on the device: numpy, Pillow and the runtime only.
 - ``engine``: TensorRT engines built on the device from the bundle's ONNX, cached per GPU.

@@ -9,15 +9,29 @@ so the device can prove it computes the same thing (``edgetl verify``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetl._io import sha256_file, sha256_json
-from edgetl.bundle.format import FORMAT, MIN_RUNTIME, SUFFIX, file_entries, slug, tolerance, write_archive
+from edgetl.bundle import signing
+from edgetl.bundle.format import (
+    FORMAT,
+    MANIFEST,
+    MIN_RUNTIME,
+    SIGNATURE,
+    SUFFIX,
+    file_entries,
+    slug,
+    tolerance,
+    write_archive,
+)
+from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.rundir import RunDir
 
@@ -74,9 +88,18 @@ def _profile(target: str) -> dict[str, Any] | None:
         return None
 
 
-def create_bundle(run_path: str | Path, target: str, precision: str | None = None) -> Path:
+def create_bundle(run_path: str | Path, target: str, precision: str | None = None, *,
+                  sign: str | os.PathLike | None = None, release: int | None = None) -> Path:
     """Write ``runs/<name>/bundles/<target>-<precision>.tar.gz`` atomically; the manifest records it
-    under ``bundles["<target>/<precision>"]`` (the compiled key)."""
+    under ``bundles["<target>/<precision>"]`` (the compiled key).
+
+    ``sign``: an Ed25519 private key file; its signature over the exact manifest bytes travels as
+    ``manifest.sig``. ``release``: the bundle's release counter (default: UTC seconds now); a device
+    refuses to go back to a lower one.
+    """
+    if release is not None and not 0 <= release < 2**63:
+        raise BundleError(f"--release {release}: expected an integer from 0 to 2**63-1")
+    private_key = signing.load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     run = RunDir.open(run_path, need="compiled")
     key, entry = choose_compiled(run, target, precision)
     for rel in entry["files"]:
@@ -84,7 +107,9 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
     dest = bundle_path(run, target, entry["precision"])
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
         stage = Path(tmp)
-        manifest = _stage(run, key, entry, stage)
+        manifest = _stage(run, key, entry, stage, int(time.time()) if release is None else release)
+        if private_key is not None:
+            (stage / SIGNATURE).write_bytes(signing.sign(private_key, (stage / MANIFEST).read_bytes()))
         top = manifest["name"]
         write_archive(stage, dest, top)
     record = {
@@ -95,6 +120,8 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
         "precision": entry["precision"],
         "runtime": entry["runtime"],
         "name": manifest["name"],
+        "release": manifest["release"],
+        "signed_by": signing.key_id(private_key.public_key()) if private_key is not None else None,
         "inputs": _inputs_hash(run, key, entry),
     }
     run.record(dest)
@@ -122,7 +149,7 @@ def up_to_date(run: RunDir, target: str, precision: str | None = None) -> Path |
     return dest
 
 
-def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path) -> dict[str, Any]:
+def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int) -> dict[str, Any]:
     """Write the bundle's files into ``stage`` and return its manifest (also written there)."""
     train = run.manifest["train"]
     model_files, model_path = _copy_model(run, entry, stage / "model")
@@ -130,7 +157,8 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path) -> dict[st
     runtime = entry["runtime"]
     manifest = {
         "format": FORMAT,
-        "name": f"{slug(run.path.name)}-{slug(entry['target'])}",
+        "name": f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
+        "release": release,
         "run": run.path.name,
         "target": _profile(entry["target"]) or {"name": entry["target"]},
         "precision": entry["precision"],
@@ -151,7 +179,8 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path) -> dict[st
         "versions": entry.get("versions") or {},
     }
     manifest["files"] = file_entries(stage)
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    parse_manifest((stage / MANIFEST).read_bytes(), f"{run.path}: the bundle for {entry['target']}")  # as a device will
     return manifest
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl._io import write_json
 from edgetl.bundle.ship import Remote, SshUrl, ship
+from edgetl.bundle.signing import remote_flags
 from edgetl.config import load_toml
 from edgetl.errors import ConfigError, EdgetlError, RemoteError
 from edgetl.rundir import RunDir
@@ -101,7 +102,8 @@ def remote_bench(
     remote = Remote(parsed, list(access.ssh_options), access.connect_timeout, access.remote_edgetl)
     remote.require_edgetl(shipment.runtime_extra)
     step("benching on the device")
-    out = remote.run([access.remote_edgetl, "bench", shipment.current, "--json", "--device", device, *settings.argv()],
+    out = remote.run([access.remote_edgetl, "bench", shipment.current, "--json", "--device", device, *settings.argv(),
+                      *remote_flags()],
                      f"benching on {parsed.host}", timeout=3600)
     doc = _parse_result(out, parsed.host)
     doc["remote"] = {"url": str(parsed), "release": shipment.release, "bundle_sha256": shipment.sha256}

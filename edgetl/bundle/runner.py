@@ -3,11 +3,12 @@
 Needs numpy, Pillow and the bundle's runtime only (never torch), so ``pip install
 "edgetl[onnxruntime]"`` on a Raspberry Pi is enough. A bundle is used as a ``.tar.gz`` (checked and
 extracted once into a cache folder keyed by the archive's sha256) or as an extracted folder; either
-way every file's hash is checked each time it is opened.
+way its signature, manifest and every file's hash are checked each time it is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,17 @@ from typing import Any
 import numpy as np
 
 from edgetl._io import sha256_file
-from edgetl.bundle.format import MANIFEST, check_folder, extract_archive, version_tuple
+from edgetl.bundle.format import (
+    MANIFEST,
+    SIGNATURE,
+    Checked,
+    load_folder,
+    read_head,
+    tolerance,
+    unpack_archive,
+    version_tuple,
+)
+from edgetl.bundle.signing import SignatureStatus
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import BundleError, DataError, MissingDependencyError
 
@@ -33,8 +44,13 @@ def cache_dir() -> Path:
 @dataclass
 class Bundle:
     root: Path  # the extracted folder (manifest.json at its top)
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # validated by edgetl.bundle.manifest
     source: Path  # what the user gave: the archive or the folder
+    signature: SignatureStatus
+
+    @classmethod
+    def of(cls, root: Path, checked: Checked, source: Path) -> Bundle:
+        return cls(root, checked.manifest, source, checked.signature)
 
     @property
     def name(self) -> str:
@@ -66,34 +82,56 @@ class Bundle:
         return self.root / rel
 
     def golden(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs float32 NCHW, expected logits float32); never unpickles anything."""
-        g = self.manifest["golden"]
-        arrays = []
-        for key in ("inputs", "expected"):
+        """(inputs float32 NCHW, expected logits float32), shaped as the manifest says; never unpickles."""
+        g, m = self.manifest["golden"], self.manifest
+        samples = g["samples"]
+        inputs = self._npy(g["inputs"], (samples, *m["input"]["shape"][1:]))
+        expected = self._npy(g["expected"], (samples, m["output"]["shape"][1]))
+        return inputs, expected
+
+    def _npy(self, rel: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 C-order .npy of exactly ``shape``: header and file size checked before any data is read."""
+        path = self.file(rel)
+        bad = f"{self.source}: {rel} is not a plain float32 .npy array of shape {shape}"
+        with open(path, "rb") as fh:
             try:
-                arrays.append(np.load(self.file(g[key]), allow_pickle=False))
+                version = np.lib.format.read_magic(fh)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f"npy format version {version}")
+                got, fortran_order, dtype = read_header(fh)
             except ValueError as exc:
-                raise BundleError(f"{self.source}: {g[key]} is not a plain .npy array ({exc}): refusing it") from None
-        inputs, expected = arrays
-        if inputs.dtype != np.float32 or inputs.ndim != 4 or expected.ndim != 2 or len(inputs) != len(expected):
-            raise BundleError(f"{self.source}: golden arrays have shapes {inputs.shape} and {expected.shape}: rebuild the bundle")
-        return inputs, expected.astype(np.float32)
+                raise BundleError(f"{bad} ({exc}): refusing it") from None
+            if dtype != np.dtype(np.float32) or fortran_order or tuple(got) != shape:
+                raise BundleError(f"{bad} (it holds {dtype}{' Fortran-order' if fortran_order else ''} {tuple(got)}): "
+                                  "rebuild the bundle")
+            if fh.tell() + int(np.prod(shape)) * 4 != path.stat().st_size:
+                raise BundleError(f"{bad} (its size does not match its header): rebuild the bundle")
+            return np.fromfile(fh, dtype=np.float32).reshape(shape)
 
 
-def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Check a bundle (archive or folder) and return it; refuses anything unsafe or tampered."""
+def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) -> Bundle:
+    """Check a bundle (archive or folder) and return it; refuses anything unsigned where signatures
+    are required, unsafe or tampered. ``allow_unsigned`` None: ``signing.unsigned_allowed()``."""
     path = Path(path)
     if path.is_dir():
-        return Bundle(path, check_folder(path), path)
+        return Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path)
     if not path.is_file():
         raise BundleError(f"bundle {path} does not exist")
     root = cache_dir() / "bundles" / sha256_file(path)[:24]
     if (root / MANIFEST).is_file():
-        try:
-            return Bundle(root, check_folder(root), path)
-        except BundleError:
-            pass  # a damaged cache entry: extract the archive again
-    return Bundle(root, extract_archive(path, root), path)
+        with contextlib.suppress(BundleError):  # a damaged or foreign cache entry: extract the archive again
+            if _cached_head(root) == read_head(path):
+                return Bundle.of(root, load_folder(root, allow_unsigned=allow_unsigned), path)
+    return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
+
+
+def _cached_head(root: Path) -> tuple[bytes, bytes | None]:
+    """The cached manifest and signature bytes: a cache entry is used only when they are the archive's
+    own (a cache whose files were rewritten together with their hashes is not)."""
+    sig = root / SIGNATURE
+    return (root / MANIFEST).read_bytes(), sig.read_bytes() if sig.is_file() else None
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -137,15 +175,16 @@ def run_each(session, inputs: np.ndarray) -> np.ndarray:
 
 
 # -- verify ---------------------------------------------------------------------------------------
-def verify(path: str | os.PathLike, threads: int | None = None) -> dict[str, Any]:
-    """Hashes, then golden inputs against expected outputs within the precision's tolerance.
+def verify(path: str | os.PathLike, threads: int | None = None, *, allow_unsigned: bool | None = None) -> dict[str, Any]:
+    """Signature, manifest and hashes, then golden inputs against expected outputs within the
+    tolerance edgetl's code sets for the precision (never the bundle's own figure).
 
     Returns a summary; raises BundleError naming the sample and output that differ.
     """
-    bundle = open_bundle(path)
+    bundle = open_bundle(path, allow_unsigned=allow_unsigned)
     inputs, expected = bundle.golden()
     golden = bundle.manifest["golden"]
-    tol = golden["tolerance"]
+    tol = tolerance(bundle.precision, golden["tolerance"]["source"])
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
     if actual.shape != expected.shape:
@@ -172,6 +211,7 @@ def verify(path: str | os.PathLike, threads: int | None = None) -> dict[str, Any
         "source": str(bundle.source),
         "runtime": f"{bundle.runtime} {require_runtime(bundle).version()}",
         "precision": bundle.precision,
+        "signature": str(bundle.signature),
         "files_checked": len(bundle.manifest["files"]) + 1,
         "golden_samples": len(inputs),
         "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from edgetl._io import sha256_file
 from edgetl.bundle.format import archive_top, inspect_archive
+from edgetl.bundle.signing import remote_flags
 from edgetl.errors import RemoteError
 
 DEFAULT_FOLDER = "edgetl"  # below the remote home when the URL has no path
@@ -258,7 +259,7 @@ class Shipper:
             self.check_hashes(folder)
             return "hashes"
         try:
-            self.remote.run([self.remote.edgetl, "verify", folder], f"verifying {self.manifest['name']}", timeout=1800)
+            self.remote.run([self.remote.edgetl, "verify", folder, *remote_flags()], f"verifying {self.manifest['name']}", timeout=1800)
         except RemoteError as exc:
             hint = " (or pass --install to do it now)" if "pip install" in str(exc) and not install else ""
             raise RemoteError(f"{exc}{hint}; the device keeps its previous bundle") from None

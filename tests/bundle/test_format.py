@@ -25,6 +25,26 @@ from edgetl.bundle.format import (
 from edgetl.errors import BundleError
 
 
+def demo_manifest(files: dict) -> dict:
+    """A complete, valid manifest for ``make_folder``'s files (3 classes, 4x4 RGB input)."""
+    return {
+        "format": FORMAT, "name": "demo-host", "release": 1, "run": "demo", "target": {"name": "host"},
+        "precision": "fp32", "gpu_arch": None,
+        "runtime": {"name": "onnxruntime", "extra": "onnxruntime", "min_version": {"onnxruntime": "1.16"},
+                    "built_with": "1.32.0"},
+        "model": {"path": "model/model.onnx", "files": ["model/model.onnx"], "compiled": "onnxruntime/fp32"},
+        "input": {"name": "input", "shape": [-1, 3, 4, 4], "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "shape": [-1, 3], "dtype": "float32"},
+        "preprocess": {"input_size": [4, 4], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                       "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center"},
+        "labels": ["a", "b", "c"],
+        "golden": {"inputs": "golden/inputs.npy", "expected": "golden/expected.npy", "samples": 2,
+                   "expected_from": "test", "tolerance": {"atol": 1e-5, "rtol": 1e-3, "precision": "fp32", "source": "same"}},
+        "workstation": {}, "versions": {"onnxruntime": "1.32.0"},
+        "files": files,
+    }
+
+
 def make_folder(root: Path) -> Path:
     """A minimal, well-formed bundle folder (no real model: the format does not care)."""
     (root / "model").mkdir(parents=True)
@@ -32,13 +52,7 @@ def make_folder(root: Path) -> Path:
     (root / "model" / "model.onnx").write_bytes(b"not really onnx" * 10)
     np.save(root / "golden" / "inputs.npy", np.zeros((2, 3, 4, 4), np.float32))
     np.save(root / "golden" / "expected.npy", np.zeros((2, 3), np.float32))
-    manifest = {
-        "format": FORMAT, "name": "demo-host", "runtime": {"name": "onnxruntime"}, "precision": "fp32",
-        "model": {"path": "model/model.onnx"}, "input": {}, "preprocess": {}, "labels": ["a", "b", "c"],
-        "golden": {"inputs": "golden/inputs.npy", "expected": "golden/expected.npy"},
-        "files": file_entries(root),
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "manifest.json").write_text(json.dumps(demo_manifest(file_entries(root))))
     return root
 
 

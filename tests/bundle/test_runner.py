@@ -24,6 +24,14 @@ NOT_ON_DEVICE = ["torch", "torchvision", "timm", "onnx", "onnxscript", "safetens
                  "tensorrt", "tensorrt_rtx", "sklearn", "matplotlib"]
 
 
+@pytest.fixture(autouse=True)
+def _no_trust_from_the_user(tmp_path, monkeypatch):
+    """Trusted keys come from the tests (test_security.py), never from the user's config or shell."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("EDGETL_TRUSTED_KEYS", raising=False)
+    monkeypatch.delenv("EDGETL_ALLOW_UNSIGNED", raising=False)
+
+
 def device_cli(*args: str, block: list[str] = NOT_ON_DEVICE, env=None) -> subprocess.CompletedProcess:
     """``edgetl ARGS`` in a fresh interpreter where importing any of ``block`` fails."""
     code = (
@@ -51,10 +59,12 @@ def test_bundle_contents(bundle_run, bundle_file):
     assert PreprocessSpec.from_dict(manifest["preprocess"]).input_size == (32, 32)
     assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/inputs.npy", "golden/expected.npy"}
     assert manifest["golden"]["tolerance"]["source"] == "same"
+    assert isinstance(manifest["release"], int) and manifest["release"] > 1_700_000_000  # UTC seconds by default
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
     assert manifest["workstation"]["accuracy"] == entry["accuracy"]
     entry = bundle_run.manifest["bundles"]["onnxruntime/int8"]
     assert entry["precision"] == "int8" and entry["path"] == "bundles/onnxruntime-int8.tar.gz"
+    assert entry["signed_by"] is None and entry["release"] == manifest["release"]
     assert up_to_date(bundle_run, "onnxruntime", "int8") == bundle_run.path / entry["path"]
 
 
@@ -104,7 +114,7 @@ def test_verify_refuses_pickled_golden_arrays(bundle_file, tmp_path):
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)
     (root / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="not a plain .npy array"):
+    with pytest.raises(BundleError, match="not a plain float32 .npy array"):
         verify(root)
 
 
@@ -172,7 +182,7 @@ def test_device_without_torch_verifies_predicts_and_benches(bundle_file, tmp_pat
     Image.fromarray(np.full((40, 50, 3), (200, 30, 30), np.uint8)).save(image)
     out = device_cli("verify", str(bundle_file))
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout
+    assert "OK" in out.stdout and "(unsigned)" in out.stdout
     out = device_cli("predict", str(bundle_file), str(image), "--top", "2", "--json")
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)[0]["top"]) == 2

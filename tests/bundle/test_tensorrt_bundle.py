@@ -50,7 +50,7 @@ def test_refuses_a_bundle_for_another_gpu_arch(trt_bundle, tmp_path, monkeypatch
     root = tmp_path / "b"
     extract_archive(trt_bundle, root)
     manifest = json.loads((root / MANIFEST).read_text())
-    manifest["target"] = {"name": "jetson-orin-nano", "gpu_arch": "sm87"}
+    manifest["target"] = {"name": "jetson-orin-nano", "runtime": "tensorrt", "device": "gpu", "gpu_arch": "sm87"}
     (root / MANIFEST).write_text(json.dumps(manifest))
     monkeypatch.setattr(_cuda, "gpu_arch", lambda: "sm89")  # the GPU this "device" has
     with pytest.raises(BundleError, match=r"made for sm87 \(target jetson-orin-nano\) but this GPU is sm89.*--any-arch"):

@@ -1,0 +1,267 @@
+"""The bundle manifest as one validated model: every field typed and bounded before anything uses it.
+
+``parse(raw, where)`` is called right after the signature check and before a single other member
+is extracted or loaded. Strict JSON types (``"3"`` is not ``3``), no unknown fields, sizes and
+shapes within what an edge device can hold, names and paths that are safe to use in a file system,
+a runtime and pip extra only from edgetl's own registry, and the cross-checks that keep the parts
+consistent (labels vs. output classes, preprocessing vs. input shape, every named file listed).
+Device side: pydantic and the standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgetl.config import TargetProfile
+from edgetl.errors import BundleError
+
+FORMAT = "edgetl.bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+MAX_FILES = 10_000
+MAX_FILE_SIZE = 2**40
+MAX_BATCH = 1024
+MAX_SIDE = 4096
+MAX_THREADS = 1024
+MAX_CLASSES = 100_000
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters: every message stays one line
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
+
+
+def is_safe_relpath(name: str) -> bool:
+    """A path inside the bundle: relative, normalised, no '..', no backslashes, NULs or drive letters."""
+    path = PurePosixPath(name)
+    return bool(
+        name
+        and len(name) <= 1024
+        and not path.is_absolute()
+        and not name.startswith(("/", "\\"))
+        and ".." not in path.parts
+        and "\\" not in name
+        and re.fullmatch(_PRINTABLE, name)
+        and not re.match(r"^[A-Za-z]:", name)
+        and path.as_posix() == name  # "./a", "a//b": one spelling per file, so listings can be compared
+    )
+
+
+def _relpath(name: str) -> str:
+    if not is_safe_relpath(name):
+        raise ValueError(f"unsafe path {_short(name)} (absolute, with '..', or not normalised)")
+    if name in (MANIFEST, SIGNATURE):
+        raise ValueError(f"{name} cannot be listed among the bundle's files")
+    return name
+
+
+def _slug(name: str) -> str:
+    if not _SLUG.match(name) or ".." in name:
+        raise ValueError("must be a slug: letters, digits, '.', '_', '-', at most 64, no '..'")
+    return name
+
+
+RelPath = Annotated[str, AfterValidator(_relpath)]
+Slug = Annotated[str, AfterValidator(_slug)]
+Text = Annotated[str, Field(max_length=1000, pattern=_PRINTABLE)]
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=_PRINTABLE)]
+Precision = Literal["fp32", "fp16", "int8"]
+GpuArch = Annotated[str, Field(pattern=r"^sm[0-9]{2,3}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class FileEntry(_Model):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=MAX_FILE_SIZE)
+
+
+class Runtime(_Model):
+    name: str
+    extra: str
+    min_version: dict[Slug, Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){0,3}$")]] = {}
+    built_with: Text | None = None
+
+    @model_validator(mode="after")
+    def _registered(self) -> Runtime:
+        """Only a runtime of edgetl's registry, with exactly its pip extra (the device may pip install it)."""
+        from edgetl.backends import RUNTIMES, get_backend
+
+        if self.name not in RUNTIMES:
+            raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(RUNTIMES)}")
+        extra = get_backend(self.name).extra
+        if self.extra != extra:
+            raise ValueError(f"extra {self.extra[:40]!r} is not {self.name}'s pip extra {extra!r}")
+        return self
+
+
+class InputSpec(_Model):
+    name: Slug
+    shape: tuple[int, int, int, int]  # N, C, H, W
+    dtype: Literal["float32"]
+    layout: Literal["NCHW"]
+
+    @model_validator(mode="after")
+    def _sane(self) -> InputSpec:
+        batch, channels, height, width = self.shape
+        if not (batch == -1 or 1 <= batch <= MAX_BATCH):
+            raise ValueError(f"batch {batch} must be -1 (dynamic) or 1..{MAX_BATCH}")
+        if not 1 <= channels <= 4:
+            raise ValueError(f"{channels} channels: 1..4 expected")
+        if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+            raise ValueError(f"input size {height}x{width} is outside 1..{MAX_SIDE} pixels per side")
+        return self
+
+
+class OutputSpec(_Model):
+    name: Slug
+    shape: tuple[int, Annotated[int, Field(ge=1, le=MAX_CLASSES)]]  # batch, classes
+    dtype: Literal["float32"]
+
+
+class Preprocess(_Model):
+    """``edgetl.data.preprocess.PreprocessSpec.to_dict()``, within ranges that keep a resize small."""
+
+    input_size: tuple[Annotated[int, Field(ge=1, le=MAX_SIDE)], Annotated[int, Field(ge=1, le=MAX_SIDE)]]
+    mean: list[Annotated[float, Field(ge=-10, le=10)]] = Field(min_length=1, max_length=4)
+    std: list[Annotated[float, Field(gt=1e-6, le=1e3)]] = Field(min_length=1, max_length=4)
+    interpolation: Literal[_INTERPOLATIONS]
+    crop_pct: float = Field(ge=0.5, le=1.0)  # the resize before the crop is size / crop_pct
+    crop_mode: Literal["center", "squash", "border"]
+
+
+class Tolerance(_Model):
+    """Recorded for people; verify takes the tolerance from ``format.tolerance`` (code), never from here."""
+
+    source: Literal["same", "proxy"]
+    precision: Precision
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+class Golden(_Model):
+    inputs: RelPath
+    expected: RelPath
+    samples: int = Field(ge=1, le=MAX_BATCH)
+    expected_from: Text
+    tolerance: Tolerance
+
+
+class TensorRtBuild(_Model):
+    precision: Precision
+    gpu_arch: GpuArch | None
+    options: dict[Slug, Any]
+
+    @model_validator(mode="after")
+    def _max_batch(self) -> TensorRtBuild:
+        batch = self.options.get("max_batch")
+        if batch is not None and not (type(batch) is int and 1 <= batch <= MAX_BATCH):
+            raise ValueError(f"options.max_batch must be an integer 1..{MAX_BATCH}")
+        return self
+
+
+class ModelFiles(_Model):
+    path: RelPath
+    files: list[RelPath] = Field(min_length=1, max_length=MAX_FILES)
+    compiled: Text | None = None
+    kind: Literal["onnx-for-tensorrt"] | None = None
+    build: TensorRtBuild | None = None
+
+
+class BareTarget(_Model):
+    """A bundle made for a runtime name rather than a device profile."""
+
+    name: Slug
+
+
+class BundleManifest(_Model):
+    format: Literal["edgetl.bundle/1"]
+    name: Slug
+    release: int = Field(ge=0, le=2**63 - 1)  # increases with every bundle; ship refuses to go back
+    run: Text | None = None
+    target: TargetProfile | BareTarget
+    precision: Precision
+    gpu_arch: GpuArch | None = None
+    runtime: Runtime
+    model: ModelFiles
+    input: InputSpec
+    output: OutputSpec
+    preprocess: Preprocess
+    labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
+    golden: Golden
+    workstation: dict[str, Any] = {}  # informational: the workstation's accuracy and latency
+    versions: dict[Slug, Text] = {}
+    files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleManifest:
+        classes, channels = self.output.shape[1], self.input.shape[1]
+        if len(self.labels) != classes:
+            raise ValueError(f"{len(self.labels)} labels for a model with {classes} output classes")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if list(self.preprocess.input_size) != list(self.input.shape[2:]):
+            raise ValueError(f"preprocess.input_size {list(self.preprocess.input_size)} is not the input's "
+                             f"{list(self.input.shape[2:])}")
+        if not len(self.preprocess.mean) == len(self.preprocess.std) == channels:
+            raise ValueError(f"preprocess mean and std need one value per input channel ({channels})")
+        if isinstance(self.target, TargetProfile) and (self.target.threads or 1) > MAX_THREADS:
+            raise ValueError(f"target.threads must be at most {MAX_THREADS}")
+        named = [self.model.path, *self.model.files, self.golden.inputs, self.golden.expected]
+        unlisted = [rel for rel in named if rel not in self.files]
+        if unlisted:
+            raise ValueError(f"{unlisted[0]!r} is used but not listed in files")
+        return self
+
+
+def parse(raw: bytes, where: str) -> dict[str, Any]:
+    """Validate the exact manifest bytes; the manifest as plain JSON data, or one-line BundleError."""
+    try:
+        model = BundleManifest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{where}: {_describe(exc)}") from None
+    return model.model_dump(mode="json")
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    for error in errors:  # a wrong format first: no other field means anything then
+        if error["loc"] == ("format",):
+            fmt = error.get("input")
+            known = isinstance(fmt, str) and fmt.startswith("edgetl.bundle/")
+            hint = "upgrade edgetl on this machine" if known else "not an edgetl bundle"
+            return f"bundle format {_short(fmt)} is not {FORMAT!r}: {hint}"
+    error = errors[0]
+    if not error["loc"] and error["type"] == "model_type":
+        return f"{MANIFEST} is not a JSON object: not an edgetl bundle"
+    loc = _location(error["loc"])
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    where = f"field {loc}: " if loc else ""
+    return f"{MANIFEST} is malformed: {where}{_short(message, 300, quote=False)}{more}: rebuild the bundle with `edgetl bundle`"
+
+
+def _location(loc: tuple) -> str:
+    """('files', '../x', '[key]') -> files['../x']; union members (by class name) left out."""
+    text = ""
+    for part in loc:
+        if part in ("[key]", "TargetProfile", "BareTarget"):
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{_short(part)}]"
+    return text
+
+
+def _short(value: Any, limit: int = 60, quote: bool = True) -> str:
+    """A bundle's text in a message: bounded, on one line."""
+    text = repr(value) if quote else str(value)
+    text = re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

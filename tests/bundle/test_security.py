@@ -1,0 +1,528 @@
+"""Hostile bundles: each is refused through the CLI with one line and exit 2, and writes nothing.
+
+The archives are built by hand with ``tarfile`` (traversal, links, sparse members, member floods,
+resized members, reordered heads, foreign or stale signatures) around the tiny fake bundle of
+``test_format``; the cases that need a model that really runs use the session's tiny bundle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edgetl.bundle import signing
+from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspect_archive
+from edgetl.bundle.runner import open_bundle, verify
+from edgetl.cli import cli
+from edgetl.errors import BundleError
+from tests.bundle.test_format import demo_manifest, make_folder
+
+TOP = "demo-host"
+
+
+@pytest.fixture(autouse=True)
+def _no_trust_from_the_user(tmp_path, monkeypatch):
+    """Trusted keys and the opt-out come from each test, never from the user's config or shell."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("EDGETL_TRUSTED_KEYS", raising=False)
+    monkeypatch.delenv("EDGETL_ALLOW_UNSIGNED", raising=False)
+    monkeypatch.delenv("EDGETL_MAX_UNPACK_BYTES", raising=False)
+
+
+@pytest.fixture
+def key(tmp_path) -> Path:
+    """A signing key pair; returns the private key's path (the .pub is next to it)."""
+    private, _ = signing.new_key_pair(tmp_path / "keys", "release")
+    return private
+
+
+@pytest.fixture
+def trusted(key, tmp_path, monkeypatch) -> Path:
+    """This machine trusts ``key``."""
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    shutil.copyfile(key.with_suffix(".pub"), folder / "release.pub")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(folder))
+    return key
+
+
+# -- the hostile-bundle factory -----------------------------------------------------------------------
+def entry(name: str, data: bytes | None = None, **attrs) -> tuple[tarfile.TarInfo, bytes | None]:
+    """One archive member: a folder when ``data`` is None, else a file; ``attrs`` set TarInfo fields."""
+    info = tarfile.TarInfo(name)
+    if data is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    else:
+        info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info, data
+
+
+def folder_entries(root: Path, top: str = TOP) -> list:
+    """A bundle folder as members, the way ``write_archive`` orders them: top, manifest, signature, rest."""
+    head = [root / MANIFEST] + ([root / signing.SIGNATURE] if (root / signing.SIGNATURE).exists() else [])
+    rest = sorted(p for p in root.rglob("*") if p not in head)
+    return [entry(top)] + [entry(f"{top}/{p.relative_to(root).as_posix()}", None if p.is_dir() else p.read_bytes())
+                           for p in head + rest]
+
+
+def pack(dest: Path, entries: list, fmt: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(dest, "w:gz", format=fmt) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return dest
+
+
+def demo(tmp_path: Path, sign_with: Path | None = None, edit=None) -> Path:
+    """The fake demo bundle folder; ``edit(manifest)`` changes it (hashes stay right), then it is signed."""
+    root = make_folder(tmp_path / "src")
+    if edit is not None:
+        manifest = demo_manifest(file_entries(root))
+        edit(manifest)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+    if sign_with is not None:
+        sign(root, sign_with)
+    return root
+
+
+def sign(root: Path, key: Path) -> None:
+    (root / signing.SIGNATURE).write_bytes(signing.sign(signing.load_private_key(key), (root / MANIFEST).read_bytes()))
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
+def refused(args: list[str], message: str, watch: Path) -> str:
+    """Run ``edgetl ARGS``: exit 2, one line naming ``message``, no traceback, no file added under ``watch``."""
+    before = files_under(watch)
+    result = CliRunner().invoke(cli, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in lines[0], lines[0]
+    assert files_under(watch) == before, files_under(watch) - before  # nothing extracted, cached or left over
+    return lines[0]
+
+
+# -- unsafe archives ----------------------------------------------------------------------------------
+def _traversal(root):
+    return folder_entries(root)[:3] + [entry(f"{TOP}/../evil", b"x")]
+
+
+def _symlink(root):
+    return folder_entries(root) + [entry(f"{TOP}/model/escape", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd", size=0)]
+
+
+def _hardlink(root):
+    return folder_entries(root) + [entry(f"{TOP}/model/escape", b"", type=tarfile.LNKTYPE, linkname="/etc/passwd", size=0)]
+
+
+def _pax_sparse(root):
+    """A PAX 0.1 sparse member: declares 10 GiB, holds nothing (tar writers emit this for sparse files)."""
+    big = entry(f"{TOP}/model/model.onnx", b"")
+    big[0].pax_headers = {"GNU.sparse.size": str(10 << 30), "GNU.sparse.map": f"{(10 << 30) - 1},1"}
+    return folder_entries(root)[:3] + [big]
+
+
+def _gnu_sparse(root):
+    """An old-GNU sparse member (type 'S')."""
+    big = entry(f"{TOP}/model/model.onnx", b"", type=tarfile.GNUTYPE_SPARSE)
+    return folder_entries(root)[:3] + [big]
+
+
+def _flood(root):
+    """20,000 empty folders: a bundle has a handful of members."""
+    return folder_entries(root) + [entry(f"{TOP}/d{i:05d}") for i in range(20_000)]
+
+
+def _larger_than_listed(root):
+    members = folder_entries(root)
+    return [m if not m[0].name.endswith("model.onnx") else entry(m[0].name, m[1] + b"!" * 4096) for m in members]
+
+
+def _manifest_not_first(root):
+    members = folder_entries(root)
+    head, rest = members[:2], members[2:]
+    return [head[0], *rest, head[1]]
+
+
+def _huge_header(root):
+    """A 2 MiB PAX header (it compresses to a few KiB): tarfile would hold it all in memory."""
+    members = folder_entries(root)
+    members[3][0].pax_headers = {"comment": "x" * (2 << 20)}
+    return members
+
+
+def _listed_as_folder(root):
+    """A listed file that arrives as a folder is missing, not silently empty."""
+    return [m if not m[0].name.endswith("model.onnx") else entry(m[0].name) for m in folder_entries(root)]
+
+
+HOSTILE = {
+    "traversal": (_traversal, "unsafe path"),
+    "symlink": (_symlink, "is a link"),
+    "hardlink": (_hardlink, "is a link"),
+    "pax-sparse": (_pax_sparse, "is a sparse file"),
+    "gnu-sparse": (_gnu_sparse, "is a sparse file"),
+    "20000-members": (_flood, "more than 10000 members"),
+    "larger-than-listed": (_larger_than_listed, "model/model.onnx has 4246 bytes, the manifest says 150"),
+    "manifest-not-first": (_manifest_not_first, "manifest.json must be the archive's first file"),
+    "huge-header": (_huge_header, "an archive header of"),
+    "listed-file-as-folder": (_listed_as_folder, "model/model.onnx is listed in the manifest but missing"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("command", ["verify", "predict"])
+def test_hostile_archives_are_refused_before_anything_is_written(tmp_path, kind, command):
+    build, message = HOSTILE[kind]
+    archive = pack(tmp_path / "hostile.tar.gz", build(demo(tmp_path)), fmt=tarfile.GNU_FORMAT if "gnu" in kind else
+                   tarfile.PAX_FORMAT)
+    args = [command, str(archive)] + (["photo.png"] if command == "predict" else [])
+    refused(args, message, tmp_path)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_sparse_members_are_read_as_sparse(tmp_path):
+    """The sparse cases really are sparse to tarfile (so the test above tests the refusal, not a typo)."""
+    for build in (_pax_sparse, _gnu_sparse):
+        fmt = tarfile.GNU_FORMAT if build is _gnu_sparse else tarfile.PAX_FORMAT
+        with tarfile.open(pack(tmp_path / "s.tar.gz", build(demo(tmp_path / build.__name__)), fmt=fmt)) as tar:
+            last = tar.getmembers()[-1]
+        assert last.issparse() or last.type == tarfile.GNUTYPE_SPARSE
+
+
+def test_unpacked_size_is_capped(tmp_path, monkeypatch):
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(demo(tmp_path)))
+    monkeypatch.setenv("EDGETL_MAX_UNPACK_BYTES", "1000")
+    refused(["verify", str(archive)], "more than the 0.0 MB allowed", tmp_path)
+
+
+def test_not_enough_free_space_is_named_before_writing(tmp_path, monkeypatch):
+    free = shutil.disk_usage(tmp_path).free
+    if free * 2 > 2**40:
+        pytest.skip("this disk has more free space than a manifest may list")
+    root = demo(tmp_path, edit=lambda m: m["files"]["model/model.onnx"].update(size=free * 2))
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(root))
+    monkeypatch.setenv("EDGETL_MAX_UNPACK_BYTES", str(2**41))  # past the cap: the disk is what is checked
+    line = refused(["verify", str(archive)], "not enough free space in", tmp_path)
+    assert "need" in line and "MB" in line
+
+
+def test_extraction_never_restores_modes_or_owners(tmp_path):
+    members = folder_entries(demo(tmp_path))
+    for info, _ in members:
+        info.mode, info.uid, info.uname = 0o4777, 4242, "attacker"
+    out = tmp_path / "out"
+    extract_archive(pack(tmp_path / "b.tar.gz", members), out)
+    for path in [out, *out.rglob("*")]:
+        assert path.stat().st_mode & 0o7777 == (0o755 if path.is_dir() else 0o644), path
+        assert path.stat().st_uid != 4242
+
+
+# -- malformed manifests ------------------------------------------------------------------------------
+def _set(path: str, value):
+    """An edit that sets manifest[a][b]... = value (path 'a.b')."""
+
+    def edit(m):
+        *parents, last = path.split(".")
+        for p in parents:
+            m = m[p]
+        m[last] = value
+
+    return edit
+
+
+def _drop(key: str):
+    return lambda m: m.pop(key)
+
+
+def _huge_input(m):
+    m["input"]["shape"] = [-1, 3, 100_000, 100_000]
+    m["preprocess"]["input_size"] = [100_000, 100_000]
+
+
+def _file(rel: str, **fields):
+    return lambda m: m["files"].setdefault(rel, {}).update(fields)
+
+
+MALFORMED = {
+    "not-an-object": (b"[1, 2, 3]", "not a JSON object"),
+    "bad-utf8": (b'{"format": "edgetl.bundle/1", "name": "\xff\xfe"}', "manifest.json is malformed"),
+    "not-json": (b'{"format": ', "manifest.json is malformed"),
+    "too-deep": (b'{"workstation": ' + b"[" * 5000 + b"]" * 5000 + b"}", "manifest.json is malformed"),
+    "missing-labels": (_drop("labels"), "field labels: Field required"),
+    "missing-release": (_drop("release"), "field release: Field required"),
+    "release-as-text": (_set("release", "1"), "field release: Input should be a valid integer"),
+    "negative-size": (_file("model/model.onnx", size=-1), "greater than or equal to 0"),
+    "bad-sha256": (_file("model/model.onnx", sha256="abc"), "files['model/model.onnx'].sha256"),
+    "too-many-files": (lambda m: m["files"].update({f"f{i}": {"sha256": "0" * 64, "size": 0} for i in range(10_001)}),
+                       "field files: Dictionary should have at most 10000 items"),
+    "huge-input": (_huge_input, "outside 1..4096 pixels"),
+    "huge-batch": (_set("input.shape", [10**6, 3, 4, 4]), "batch 1000000 must be -1"),
+    "seven-channels": (_set("input.shape", [-1, 7, 4, 4]), "7 channels"),
+    "short-labels": (_set("labels", ["a", "b"]), "2 labels for a model with 3 output classes"),
+    "duplicate-labels": (_set("labels", ["a", "a", "b"]), "labels must be unique"),
+    "empty-label": (_set("labels", ["a", "", "c"]), "field labels[1]"),
+    "label-not-text": (_set("labels", ["a", 2, "c"]), "field labels[1]"),
+    "bad-slug": (_set("name", "../../etc"), "must be a slug"),
+    "dotdot-name": (_set("name", "a..b"), "must be a slug"),
+    "unknown-runtime": (_set("runtime.name", "pytorch-nightly"), "runtime 'pytorch-nightly' is not one of"),
+    "evil-extra": (_set("runtime.extra", "evil @ https://x"), "is not onnxruntime's pip extra"),
+    "unknown-precision": (_set("precision", "int4"), "field precision"),
+    "unknown-golden-source": (_set("golden.tolerance.source", "magic"), "golden.tolerance.source"),
+    "tiny-crop": (_set("preprocess.crop_pct", 1e-9), "preprocess.crop_pct"),
+    "zero-std": (_set("preprocess.std", [0.5, 0.0, 0.5]), "preprocess.std[1]"),
+    "nan-mean": (lambda m: m["preprocess"].update(mean=[float("nan"), 0.5, 0.5]), "preprocess.mean[0]"),
+    "unsafe-file-path": (_file("../outside", sha256="0" * 64, size=1), "unsafe path '../outside'"),
+    "unlisted-model": (_set("model.path", "model/other.onnx"), "'model/other.onnx' is used but not listed"),
+    "unknown-field": (_set("exec", "rm -rf /"), "field exec: Extra inputs are not permitted"),
+    "newer-format": (_set("format", "edgetl.bundle/99"), "upgrade edgetl on this machine"),
+    "foreign-format": (_set("format", "docker/1"), "not an edgetl bundle"),
+    "threads-flood": (_set("target", {"name": "pi", "runtime": "onnxruntime", "threads": 10**6}), "target.threads"),
+}
+
+
+def _malformed_folder(tmp_path: Path, kind: str) -> Path:
+    change, _ = MALFORMED[kind]
+    if isinstance(change, bytes):
+        root = make_folder(tmp_path / "src")
+        (root / MANIFEST).write_bytes(change)
+        return root
+    return demo(tmp_path, edit=change)
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+@pytest.mark.parametrize("command", ["verify", "predict"])
+def test_malformed_manifests_are_one_line_and_exit_2(tmp_path, kind, command):
+    root = _malformed_folder(tmp_path, kind)
+    archive = pack(tmp_path / "bad.tar.gz", folder_entries(root))
+    extra = ["photo.png"] if command == "predict" else []
+    line = refused([command, str(archive), *extra], MALFORMED[kind][1], tmp_path)
+    assert len(line) < 600
+    refused([command, str(root), *extra], MALFORMED[kind][1], tmp_path)  # an extracted folder: the same check
+
+
+def test_golden_arrays_are_checked_before_loading(tmp_path):
+    """Header and size against the manifest's shapes before numpy reads any data."""
+    cases = {
+        "shape": (lambda p: np.save(p, np.zeros((2, 3, 8, 8), np.float32)), "it holds float32 (2, 3, 8, 8)"),
+        "dtype": (lambda p: np.save(p, np.zeros((2, 3, 4, 4), np.float64)), "it holds float64"),
+        "fortran": (lambda p: np.save(p, np.asfortranarray(np.zeros((2, 3, 4, 4), np.float32))), "Fortran-order"),
+        "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-16]), "its size does not match its header"),
+        "pickle": (lambda p: np.save(p, np.array([{"x": 1}], dtype=object), allow_pickle=True), "it holds object"),
+    }
+    for name, (write, message) in cases.items():
+        root = make_folder(tmp_path / name)
+        write(root / "golden" / "inputs.npy")
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["files"] = file_entries(root)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=re.escape(message)):
+            verify(root)
+
+
+# -- signatures -----------------------------------------------------------------------------------------
+def test_keys_commands(tmp_path, monkeypatch):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["keys", "new", "--out", str(tmp_path / "k"), "--name", "ci"])
+    assert result.exit_code == 0, result.output
+    private, public = tmp_path / "k" / "ci.key", tmp_path / "k" / "ci.pub"
+    assert private.stat().st_mode & 0o777 == 0o600
+    kid = signing.key_id(signing.load_public_key(public))
+    assert kid in result.output and len(kid) == 16
+    again = private.read_bytes()
+    result = runner.invoke(cli, ["keys", "new", "--out", str(tmp_path / "k"), "--name", "ci"])
+    assert result.exit_code == 2 and "already exists" in result.output and private.read_bytes() == again
+    result = runner.invoke(cli, ["keys", "list"])
+    assert result.exit_code == 0 and "no trusted keys" in result.output
+    result = runner.invoke(cli, ["keys", "trust", str(public)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "config" / "edgetl" / "trusted-keys" / f"{kid}.pub").is_file()  # XDG_CONFIG_HOME honoured
+    result = runner.invoke(cli, ["keys", "list"])
+    assert result.exit_code == 0 and kid in result.output
+    refused(["keys", "trust", str(private)], "is not an Ed25519 public key", tmp_path)
+    refused(["keys", "new", "--name", "../x"], "--name '../x'", tmp_path)
+
+
+def test_raw_keys_and_a_list_of_trusted_places(tmp_path, monkeypatch):
+    """Keys as raw 32 bytes work too; $EDGETL_TRUSTED_KEYS may name files and folders."""
+    private, public = signing.new_key_pair(tmp_path / "k", "a")
+    raw = signing.load_public_key(public).public_bytes(Encoding.Raw, PublicFormat.Raw)
+    (tmp_path / "a.raw").write_bytes(raw)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", os.pathsep.join([str(tmp_path / "a.raw"), str(tmp_path / "empty")]))
+    assert list(signing.trusted_keys()) == [signing.key_id(signing.load_public_key(public))]
+    root = demo(tmp_path, sign_with=private)
+    assert inspect_archive(pack(tmp_path / "b.tar.gz", folder_entries(root)))["name"] == TOP
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(tmp_path / "typo"))  # fails closed, not open
+    refused(["verify", str(root)], "EDGETL_TRUSTED_KEYS names", tmp_path)
+
+
+def _trojan(root: Path, rel: str = "model/model.onnx") -> None:
+    """Replace the model and recompute every hash in the manifest (what an attacker can always do)."""
+    (root / rel).write_bytes(b"trojan" * 25)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _swapped_labels(root: Path) -> None:
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["labels"] = manifest["labels"][::-1]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _bad_signature_bytes(root: Path) -> None:
+    doc = json.loads((root / signing.SIGNATURE).read_text())
+    doc["signature"] = "!!not base64!!"
+    (root / signing.SIGNATURE).write_text(json.dumps(doc))
+
+
+SIGNED_ATTACKS = {
+    "tampered-model-recomputed-hashes": (_trojan, "does not match manifest.json"),
+    "swapped-labels": (_swapped_labels, "does not match manifest.json"),
+    "garbled-signature": (_bad_signature_bytes, "is not an edgetl signature"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SIGNED_ATTACKS))
+def test_signed_bundle_changed_after_signing_is_refused(tmp_path, trusted, kind):
+    root = demo(tmp_path, sign_with=trusted)
+    change, message = SIGNED_ATTACKS[kind]
+    change(root)
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(root))
+    refused(["verify", str(archive)], message, tmp_path)
+    refused(["verify", str(archive), "--allow-unsigned"], message, tmp_path)  # the opt-out never covers a bad signature
+    refused(["predict", str(root), "photo.png"], message, tmp_path)
+
+
+def test_unknown_key_is_refused(tmp_path, trusted):
+    stranger, _ = signing.new_key_pair(tmp_path / "other", "stranger")
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(demo(tmp_path, sign_with=stranger)))
+    line = refused(["verify", str(archive)], "which this machine does not trust", tmp_path)
+    assert "edgetl keys trust" in line
+
+
+def test_unsigned_is_refused_when_keys_are_trusted(tmp_path, trusted, monkeypatch):
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(demo(tmp_path)))
+    refused(["verify", str(archive)], "is not signed and this machine trusts signed bundles only", tmp_path)
+    refused(["predict", str(archive), "photo.png"], "is not signed", tmp_path)
+    refused(["bench", str(archive)], "is not signed", tmp_path)
+    refused(["ship", str(archive), "ssh://nobody@127.0.0.1:9/models"], "is not signed", tmp_path)  # before connecting
+    assert inspect_archive(archive, allow_unsigned=True)["name"] == TOP
+    with signing.allowing_unsigned(True):  # --allow-unsigned: ship passes it on to the device's edgetl
+        assert inspect_archive(archive)["name"] == TOP and signing.remote_flags() == ["--allow-unsigned"]
+    assert signing.remote_flags() == []
+    monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
+    assert inspect_archive(archive)["name"] == TOP
+
+
+def test_signature_must_follow_the_manifest(tmp_path, trusted):
+    """A signature anywhere but right after manifest.json is an unlisted file (and the bundle unsigned)."""
+    members = folder_entries(demo(tmp_path, sign_with=trusted))
+    sig = members.pop(2)
+    archive = pack(tmp_path / "b.tar.gz", members + [sig])
+    refused(["verify", str(archive)], "is not signed", tmp_path)
+    with pytest.raises(BundleError, match="manifest.sig appears twice|manifest.sig is not listed"):
+        inspect_archive(archive, allow_unsigned=True)
+
+
+# -- with a model that runs ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def signed(bundle_run, tmp_path_factory) -> tuple[Path, Path]:
+    """(signed int8 bundle, its private key), made through `edgetl bundle --sign` on a copy of the run."""
+    base = tmp_path_factory.mktemp("signed")
+    run = base / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    private, _ = signing.new_key_pair(base / "keys", "release")
+    result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "int8",
+                                      "--sign", str(private), "--release", "7"])
+    assert result.exit_code == 0, result.output
+    assert "release 7, signed by" in result.output
+    return run / "bundles" / "onnxruntime.tar.gz", private
+
+
+def test_signed_bundle_verifies_and_says_by_whom(signed, tmp_path, monkeypatch):
+    archive, private = signed
+    manifest = inspect_archive(archive)
+    assert manifest["release"] == 7
+    with tarfile.open(archive) as tar:
+        names = [m.name for m in tar.getmembers()[:3]]
+    assert names == [manifest["name"], f"{manifest['name']}/manifest.json", f"{manifest['name']}/manifest.sig"]
+    assert "manifest.sig" not in manifest["files"]
+    kid = signing.key_id(signing.load_private_key(private).public_key())
+    assert verify(archive)["signature"] == f"unchecked:{kid}"  # no trusted keys here: cannot be checked
+    (tmp_path / "trusted").mkdir()
+    shutil.copyfile(private.with_suffix(".pub"), tmp_path / "trusted" / "r.pub")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(tmp_path / "trusted"))
+    result = CliRunner().invoke(cli, ["verify", str(archive)])
+    assert result.exit_code == 0, result.output
+    assert f"signature ed25519:{kid}" in result.output
+    assert json.loads(CliRunner().invoke(cli, ["verify", str(archive), "--json"]).output)["signature"] == f"ed25519:{kid}"
+
+
+def test_unsigned_with_the_opt_out_runs(bundle_file, tmp_path, trusted, monkeypatch):
+    refused(["verify", str(bundle_file)], "is not signed", tmp_path)
+    result = CliRunner().invoke(cli, ["verify", str(bundle_file), "--allow-unsigned"])
+    assert result.exit_code == 0 and "(unsigned)" in result.output, result.output
+    monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
+    assert verify(bundle_file)["signature"] == "unsigned"
+
+
+def test_inflated_tolerance_changes_nothing(bundle_file, tmp_path):
+    """Golden tolerances come from edgetl's table: a bundle that widens its own is still held to it."""
+    root = tmp_path / "b"
+    extract_archive(bundle_file, root)
+    expected = np.load(root / "golden" / "expected.npy")
+    expected[3, 0] += 5.0
+    np.save(root / "golden" / "expected.npy", expected)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["golden"]["tolerance"].update(atol=1e9, rtol=1e9)
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    refused(["verify", str(root)], "golden sample 3", tmp_path / "b")
+
+
+def test_poisoned_cache_is_not_trusted(signed, tmp_path, monkeypatch):
+    """A cache entry rewritten with matching hashes (and even a re-signed manifest) is extracted again."""
+    archive, private = signed
+    (tmp_path / "trusted").mkdir()
+    shutil.copyfile(private.with_suffix(".pub"), tmp_path / "trusted" / "r.pub")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(tmp_path / "trusted"))
+    cached = open_bundle(archive).root
+    model = cached / "model" / "model.int8.onnx"
+    original = model.read_bytes()
+    _trojan(cached, "model/model.int8.onnx")
+    sign(cached, private)  # even the signer's own key over the poisoned manifest: not the archive's manifest
+    assert open_bundle(archive).root == cached
+    assert model.read_bytes() == original
+    _trojan(cached, "model/model.int8.onnx")
+    (cached / signing.SIGNATURE).unlink()
+    result = CliRunner().invoke(cli, ["verify", str(archive)])
+    assert result.exit_code == 0, result.output
+    assert model.read_bytes() == original and (cached / signing.SIGNATURE).is_file()
+    assert not [p for p in cached.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+
+def test_bundle_refuses_a_bad_key_or_release_before_writing(signed, tmp_path):
+    run = signed[0].parent.parent
+    (tmp_path / "public-only.pem").write_bytes(signed[1].with_suffix(".pub").read_bytes())
+    base = ["bundle", str(run), "--target", "onnxruntime", "--precision", "int8"]
+    refused([*base, "--sign", str(tmp_path / "missing.key")], "missing.key does not exist", run)
+    refused([*base, "--sign", str(tmp_path / "public-only.pem")], "is not an unencrypted Ed25519 private key", run)
+    refused([*base, "--release", "-1"], "--release -1: expected an integer", run)
