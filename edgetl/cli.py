@@ -578,9 +578,12 @@ def _refuse_run_folder(path: str) -> None:
     if not Path(path).is_dir() or is_bundle(path) or not manifest.is_file():
         return
     try:
-        compiled = json.loads(manifest.read_text(encoding="utf-8")).get("compiled") or {}
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return  # not a run's manifest either: the bundle check says what is wrong
+        run_manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        if "format" in run_manifest or not {"schema", "artifacts", "train", "compiled"} & set(run_manifest):
+            return  # not a run's manifest either: the bundle check says what is wrong
+        compiled = run_manifest.get("compiled") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, RecursionError):
+        return
     target = next((e.get("target") for e in compiled.values() if isinstance(e, dict)), None) or "T"
     raise BundleError(f"{path} is a run folder, not a bundle: edgetl bundle {path} --target {target}, "
                       f"then verify the .tar.gz it writes")

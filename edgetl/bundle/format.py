@@ -453,5 +453,5 @@ def is_bundle(path: str | os.PathLike) -> bool:
         return path.name.endswith((SUFFIX, ".tgz"))
     try:
         return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format", "").startswith("edgetl.bundle/")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False

@@ -453,7 +453,7 @@ def signed(bundle_run, tmp_path_factory) -> tuple[Path, Path]:
                                       "--sign", str(private), "--release", "7"])
     assert result.exit_code == 0, result.output
     assert "release 7, signed by" in result.output
-    return run / "bundles" / "onnxruntime.tar.gz", private
+    return run / "bundles" / "onnxruntime-int8.tar.gz", private
 
 
 def test_signed_bundle_verifies_and_says_by_whom(signed, tmp_path, monkeypatch):
