@@ -177,9 +177,11 @@ def training_curves_svg(history: list[dict]) -> str | None:
             points = [(i, r[key] * 100) for i, r in zip(x, rows, strict=True) if r.get(key) is not None]
             acc_ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=colour, label=label,
                         clip_on=False)
-        best = max((r["val_top1"], -i) for i, r in zip(x, rows, strict=True) if r.get("val_top1") is not None)
-        acc_ax.scatter([-best[1]], [best[0] * 100], s=120, facecolors="none", edgecolors="#d62728", zorder=4,
-                       clip_on=False, label="best validation")
+        best = max(((r["val_top1"], -i) for i, r in zip(x, rows, strict=True) if r.get("val_top1") is not None),
+                   default=None)
+        if best:  # the first epoch with the highest validation top-1
+            acc_ax.scatter([-best[1]], [best[0] * 100], s=120, facecolors="none", edgecolors="#d62728", zorder=4,
+                           clip_on=False, label="best validation")
         acc_ax.set_ylim(0, 100)  # accuracy has a natural scale: the whole of it shows progress honestly
         acc_ax.set_ylabel("top-1 (%)")
         acc_ax.legend(frameon=False, loc="lower right")
