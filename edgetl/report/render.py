@@ -246,9 +246,10 @@ _VERDICT_CLASS = {"PASS": "v-pass", "FAIL": "v-fail", "undecided": "v-undecided"
 
 
 def _inline(text: str) -> str:
-    """Markdown's `code` and **bold** spans (the texts are shared with report.md) as HTML."""
+    """Markdown's `code`, **bold** and *emphasis* spans (the texts are shared with report.md) as HTML."""
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"(?<![\w*])\*([^*\s<>][^*<>]*?)\*(?![\w*])", r"<em>\1</em>", text)
 
 
 def _cell_class(col: str, row: dict) -> str:
