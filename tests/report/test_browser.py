@@ -18,7 +18,7 @@ DECISION_BACKGROUND = (0xE8, 0xF1, 0xFC)
 PASS_BACKGROUND = (0xDA, 0xFB, 0xE1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: it decides before the benched run is built
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -45,7 +45,7 @@ def _rows_with(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     return np.flatnonzero(match.sum(axis=1) > 20)
 
 
-def test_the_first_screen_holds_the_whole_decision_table(benched_run, chromium, tmp_path):
+def test_the_first_screen_holds_the_whole_decision_table(chromium, benched_run, tmp_path):
     make_report(benched_run.path)
     pixels = _screenshot(chromium, benched_run.path / "report.html", tmp_path / "first-screen.png", tmp_path)
     assert pixels.shape[:2] == (VIEWPORT[1], VIEWPORT[0])
