@@ -45,8 +45,10 @@ def _plots(data: dict, notes: list[str]) -> dict[str, list[tuple[str, str]]]:
              "(whiskers, dots, p90 tick).", p.latency_distribution_svg(docs, device)),
         ]
     if data.get("history"):
-        charts["history"] = [("Loss and top-1 per epoch; the dashed line is where training moved from the head "
-                              "to the backbone.", p.training_curves_svg(data["history"]))]
+        phases = len({r.get("phase") for r in data["history"]})
+        caption = "Loss and top-1 per epoch" + ("; the dashed line is where the next training phase starts (the "
+                                                "head first, then the backbone)." if phases > 1 else ".")
+        charts["history"] = [(caption, p.training_curves_svg(data["history"]))]
     if validation.get("confusion"):
         charts["confusion"] = [("Rows are the true classes, columns the predictions; the diagonal is what the "
                                 "model gets right.", p.confusion_svg(validation))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 
 from edgetl.bench.system import summary
 from edgetl.bench.table import NUMERIC, bench_rows, columns, fmt_ms
@@ -94,9 +95,19 @@ def _signed(bundle: dict) -> str:
     return "not recorded"
 
 
+def _bundle_hint(data: dict) -> str:
+    """The bundle command for the best-decided artifact: a passing one, else any measured or compiled one."""
+    ranked = sorted((d for d in data["decisions"] if d.get("precision")), key=lambda d: d["verdict"] != "PASS")
+    if not ranked:
+        return ""
+    best = ranked[0]
+    return (f" `edgetl bundle {shlex.quote(data['path'])} --target {shlex.quote(best['target'])} --precision "
+            f"{best['precision']}` packages {best['artifact']} with its labels, preprocessing and golden outputs.")
+
+
 def _bundles(data: dict) -> list:
     if not data["bundles"]:
-        return [("text", "No bundles yet: `edgetl bundle RUN --target TARGET` packages a compiled artifact.")]
+        return [("text", "No bundles yet." + _bundle_hint(data))]
     rows = []
     for b in data["bundles"]:
         rows.append({"target": b["target"], "bundle": b.get("path", ""), "artifact": b.get("compiled", ""),
