@@ -55,9 +55,10 @@ def _decision_rows(decisions: list[dict]) -> list[dict]:
     rows = []
     for d in decisions:
         estimated = " (estimated)" if d.get("estimated") else ""
+        artifact = f"{d['runtime']} {d['precision']}" if d.get("runtime") else d["artifact"]
         rows.append({
             "target": d["target"],
-            "ship": f"{d['runtime']} {d['precision']}" if d.get("runtime") else d["artifact"],
+            "ship": f"nothing (closest: {artifact})" if d["verdict"] == "FAIL" else artifact,
             "verdict": d["verdict"],
             "p90 ms": fmt_ms(d.get("p90_ms")),
             "vs PyTorch FP32": f"{d['speedup']:.1f}× faster" if d.get("speedup") else "—",

@@ -39,6 +39,9 @@ def test_fail_names_the_failing_budget_of_the_closest_artifact():
         _doc("host-cpu/fp32", "FAIL", p90=60, failed=("p90_latency 60 ms > budget 50 ms",))]})
     assert row["verdict"] == "FAIL" and row["artifact"] == "host-cpu/fp32"
     assert "p90_latency 60 ms > budget 50 ms" in row["why"]
+    data = {"run": "r", "path": "runs/r", "generated": "now", "edgetl": "0", "missing": [], "decisions": [row],
+            "next": [], "bundles": [], "bench": {}, "compiled": {}}
+    assert "| host-cpu | nothing (closest: onnxruntime fp32) | **FAIL** |" in to_markdown(data, [])
 
 
 def test_a_target_without_budgets_is_undecided():
