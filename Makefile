@@ -32,6 +32,7 @@ demo: setup
 
 test: setup
 	bash scripts/ensure-sshd.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q
 
 lint: setup

@@ -1,5 +1,8 @@
 """``edgetl report``: report.json (all data), report.md (tables), report.html (tables and charts).
 
+Both documents lead with the decision (per target: the artifact to ship, PASS/FAIL), then the
+bundles, the charts and the details (``edgetl.report.render``).
+
 The report works on a run at any stage and says which stages are missing. Charts need matplotlib
 (the ``[report]`` extra); without it the HTML still has every table and says how to get the charts,
 because a report without pictures is still worth more than no report.
@@ -24,23 +27,32 @@ class Written:
 
 
 def _plots(data: dict, notes: list[str]) -> dict[str, list[tuple[str, str]]]:
-    if not data["bench"]:
+    """Chart name (as in ``render.sections``) -> [(caption, inline svg)]."""
+    validation = data.get("validation") or {}
+    if not (data["bench"] or data.get("history") or validation.get("confusion")):
         return {}
     if not available("matplotlib"):
         notes.append("charts left out: matplotlib is not installed (pip install 'edgetl[report]')")
         return {}
-    from edgetl.report.plots import accuracy_latency_svg, latency_distribution_svg
+    from edgetl.report import plots as p
 
-    plots: dict[str, list[tuple[str, str]]] = {}
+    charts: dict[str, list[tuple[str, str | None]]] = {}
     for device, docs in data["bench"].items():
-        charts = [
-            ("Latency of every timed run: where most runs fall (box), the median (line) and the tail "
-             "(whiskers, dots, p90 tick).", latency_distribution_svg(docs, device)),
+        charts[f"bench:{device}"] = [
             ("Accuracy against latency: artifacts on the black line are the best trade-offs; anything "
-             "below or right of it is beaten by one of them on both.", accuracy_latency_svg(docs, device)),
+             "below or right of it is beaten by one of them on both.", p.accuracy_latency_svg(docs, device)),
+            ("Latency of every timed run: where most runs fall (box), the median (line) and the tail "
+             "(whiskers, dots, p90 tick).", p.latency_distribution_svg(docs, device)),
         ]
-        plots[device] = [(caption, svg) for caption, svg in charts if svg]
-    return plots
+    if data.get("history"):
+        phases = len({r.get("phase") for r in data["history"]})
+        caption = "Loss and top-1 per epoch" + ("; the dashed line is where the next training phase starts (the "
+                                                "head first, then the backbone)." if phases > 1 else ".")
+        charts["history"] = [(caption, p.training_curves_svg(data["history"]))]
+    if validation.get("confusion"):
+        charts["confusion"] = [("Rows are the true classes, columns the predictions; the diagonal is what the "
+                                "model gets right.", p.confusion_svg(validation))]
+    return {name: [(caption, svg) for caption, svg in made if svg] for name, made in charts.items()}
 
 
 def make_report(run_path: str | Path) -> Written:
@@ -48,8 +60,9 @@ def make_report(run_path: str | Path) -> Written:
     run = RunDir.open(run_path)
     data, notes = collect(run)
     plots = _plots(data, notes)
+    captions = {name: [caption for caption, _ in charts] for name, charts in plots.items()}
     written = Written(notes=notes)
-    for name, content in (("report.json", None), ("report.md", to_markdown(data, notes)),
+    for name, content in (("report.json", None), ("report.md", to_markdown(data, notes, captions)),
                           ("report.html", to_html(data, notes, plots))):
         path = run.path / name
         if content is None:

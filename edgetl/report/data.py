@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
+
+import numpy as np
 
 from edgetl import __version__
+from edgetl.errors import EdgetlError
+from edgetl.report.decide import DEFAULT_PROFILE, FAIL, PASS, UNDECIDED, decisions, next_commands
 from edgetl.rundir import RunDir
 
-SCHEMA = "edgetl.report/1"
+# 2: leads with "decisions", adds "bundles", "history", "validation" and "next".
+SCHEMA = "edgetl.report/2"
 BENCH_SCHEMA = "edgetl.bench/1"
-STAGES = {  # manifest section -> the command that creates it
-    "train": "edgetl train",
-    "export": "edgetl compile",
-    "compiled": "edgetl compile",
-    "bench": "edgetl bench",
+STAGES = {  # manifest section -> the command that creates it ({run}: the run directory)
+    "train": "edgetl train --data IMAGES --out {run}",
+    "export": "edgetl compile {run} --target " + DEFAULT_PROFILE,
+    "compiled": "edgetl compile {run} --target " + DEFAULT_PROFILE,
+    "bench": "edgetl bench {run}",
 }
+# Above this many classes the confusion matrix is unreadable as a picture and too big for report.json.
+CONFUSION_MAX_CLASSES = 40
 
 
 def _bench_docs(run: RunDir, notes: list[str]) -> dict[str, list[dict]]:
@@ -47,10 +55,12 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
     """(report data, notes about what is missing or was skipped)."""
     manifest = run.manifest
     notes: list[str] = []
-    missing = [f"{stage} (run `{cmd} {run.path}`)" for stage, cmd in STAGES.items() if not manifest.get(stage)]
+    quoted = shlex.quote(str(run.path))
+    missing = [f"{stage} (run `{cmd.format(run=quoted)}`)" for stage, cmd in STAGES.items() if not manifest.get(stage)]
     bench = _bench_docs(run, notes)
     if manifest.get("bench") and not bench:
         notes.append("the manifest lists bench results but no result files were found under bench/")
+    rows = decisions(manifest.get("compiled") or {}, bench)
     data = {
         "schema": SCHEMA,
         "run": manifest.get("name", run.path.name),
@@ -58,6 +68,11 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "edgetl": __version__,
         "missing": missing,
+        "decisions": rows,
+        "next": next_commands(str(run.path), manifest, rows),
+        "bundles": [{"target": t, **record} for t, record in (manifest.get("bundles") or {}).items()],
+        "history": _history(run, notes),
+        "validation": _validation(run, bench, rows, notes) if manifest.get("train") else None,
         "train": manifest.get("train"),
         "export": manifest.get("export"),
         "compiled": manifest.get("compiled") or {},
@@ -66,14 +81,59 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
     return data, notes
 
 
+def _history(run: RunDir, notes: list[str]) -> list[dict] | None:
+    """Per-epoch loss and accuracy written by the train stage (train/history.json)."""
+    path = run.path / "train" / "history.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        notes.append(f"training curves left out: {run.rel(path)} is unreadable ({exc})")
+        return None
+
+
+def _validation(run: RunDir, bench: dict[str, list[dict]], rows: list[dict], notes: list[str]) -> dict | None:
+    """Per-class top-1 and the confusion matrix of the FP32 model on the validation split, with the
+    per-class top-1 of each decided artifact (from its bench result's classes that moved)."""
+    from edgetl.data.arrays import load_split, reference_logits
+
+    try:
+        labels = np.array([label for _, label in load_split(run)["val"]], np.int64)
+        predicted = reference_logits(run).argmax(axis=1)
+    except (EdgetlError, OSError, ValueError) as exc:
+        notes.append(f"per-class accuracy and confusion matrix left out: {exc}")
+        return None
+    classes = [str(c) for c in run.manifest["train"].get("classes") or []]
+    k = max(len(classes), int(labels.max(initial=-1)) + 1, int(predicted.max(initial=-1)) + 1)
+    classes += [str(i) for i in range(len(classes), k)]
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    counts = confusion.sum(axis=1)
+    fp32 = [float(confusion[i, i] / n) if n else None for i, n in enumerate(counts)]
+    artifacts = {}
+    docs = {(device, d["key"]): d for device, ds in bench.items() for d in ds}
+    for row in rows:
+        doc = docs.get((row["device"], row["artifact"]))
+        if row["verdict"] in (PASS, FAIL, UNDECIDED) and doc:
+            moved = {c["index"]: c["top1"] for c in (doc.get("accuracy") or {}).get("per_class_changed") or []}
+            name = row["artifact"] if len(bench) == 1 else f"{row['artifact']} on {row['device']}"
+            artifacts[name] = [moved.get(i, fp32[i]) for i in range(k)]
+    return {
+        "split": "validation", "n": int(counts.sum()), "classes": classes,
+        "counts": [int(n) for n in counts], "fp32_top1": fp32, "artifacts_top1": artifacts,
+        "confusion": confusion.tolist() if k <= CONFUSION_MAX_CLASSES else None,
+    }
+
+
 def scalars(section: dict | None, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """A stage's section as (name, value) rows: nested dicts one level deep, long lists summarised."""
     rows: list[tuple[str, str]] = []
     for key, value in (section or {}).items():
-        if key in skip:
+        if key in skip or value is None:
             continue
         if isinstance(value, dict):
-            rows += [(f"{key}.{k}", _short(v)) for k, v in value.items()]
+            rows += [(f"{key}.{k}", _short(v)) for k, v in value.items() if v is not None]
         else:
             rows.append((key, _short(value)))
     return rows
@@ -104,8 +164,13 @@ def compile_rows(compiled: dict) -> list[dict]:
             "top-1": f"{acc['top1'] * 100:.1f}%" if acc.get("top1") is not None else "—",
             "drop pp": f"{acc['drop_pp']:+.2f}" if acc.get("drop_pp") is not None else "—",
             "agree": f"{acc['agreement'] * 100:.1f}%" if acc.get("agreement") is not None else "—",
-            "evaluated with": (acc.get("evaluated_with") or "—") + (" (estimated)" if acc.get("estimated") else ""),
+            "evaluated with": _evaluated_with(acc),
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or "—",
         })
     return rows
 
+
+
+def _evaluated_with(acc: dict) -> str:
+    text = acc.get("evaluated_with") or "—"
+    return f"{text} (estimated)" if acc.get("estimated") and "estimat" not in text else text

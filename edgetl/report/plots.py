@@ -35,28 +35,31 @@ def _runtime(doc: dict) -> str:
     return (doc.get("artifact") or {}).get("runtime") or "?"
 
 
-def _scale_x(ax, values: list[float]) -> None:
-    """Log scale when the values span more than 20x (PyTorch vs int8), with plain-number ticks."""
+def _scale_x(ax, values: list[float]) -> bool:
+    """Log scale when the values span more than 20x (PyTorch vs int8), with plain-number ticks;
+    whether it did."""
     if max(values) / max(min(values), 1e-9) <= 20:
-        return
+        return False
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
+    return True
 
 
 def _label_offsets(points: list[tuple]) -> list[tuple[int, int]]:
     """Label offsets (points) that keep labels of equally accurate artifacts from overprinting:
-    the fastest of a group is labelled above its dot, the others stacked below with a leader."""
+    the fastest of a group is labelled right of its dot (so labels at 100% stay inside the axes), the
+    others stacked below with a leader."""
     offsets: dict[int, tuple[int, int]] = {}
     groups: dict[float, list[int]] = {}
     for i, (_, y, _, _) in enumerate(points):
         groups.setdefault(round(y, 1), []).append(i)
     for members in groups.values():
         for rank, i in enumerate(sorted(members, key=lambda j: points[j][0])):
-            offsets[i] = (7, 6) if rank == 0 else (12, -8 - 24 * rank)
+            offsets[i] = (9, 0) if rank == 0 else (12, -14 - 24 * rank)
     return [offsets[i] for i in range(len(points))]
 
 
@@ -125,22 +128,113 @@ def accuracy_latency_svg(docs: list[dict], device: str) -> str | None:
         for runtime in dict.fromkeys(p[3] for p in points):
             mine = [p for p in points if p[3] == runtime]
             ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=140 if runtime == "torch" else 60,
-                       marker=_MARKERS.get(runtime, "o"), color=RUNTIME_COLOURS.get(runtime, "#bbbbbb"),
+                       marker=_MARKERS.get(runtime, "o"), color=RUNTIME_COLOURS.get(runtime, "#bbbbbb"), clip_on=False,
                        label="PyTorch eager FP32 (reference)" if runtime == "torch" else runtime, zorder=3)
         by_key = {p[2]: p for p in points}
         fx, fy = [by_key[k][0] for k in front], [by_key[k][1] for k in front]
         ax.plot(fx, fy, drawstyle="steps-post", color="black", linewidth=1, alpha=0.6, zorder=2)
-        ax.scatter(fx, fy, s=260, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
+        ax.scatter(fx, fy, s=260, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4, clip_on=False,
                    label="Pareto front (best trade-offs)")
         for (x, y, key, _), (dx, dy) in zip(points, _label_offsets(points), strict=True):
             ax.annotate(f"{key}\n{fmt_ms(x)} ms, {y:.1f}%", (x, y), textcoords="offset points", xytext=(dx, dy),
-                        fontsize=8, arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6} if dy < 0 else None)
-        _scale_x(ax, [p[0] for p in points])
+                        fontsize=8, va="center", arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6} if dy < 0 else None)
+        ax.margins(x=0.25)
+        if not _scale_x(ax, [p[0] for p in points]):
+            ax.set_xlim(left=max(0.0, ax.get_xlim()[0]))  # no negative latencies
+        ax.set_ylim(*accuracy_limits([p[1] for p in points]))
         ax.set_xlabel("p90 latency, batch 1 (ms, lower is better)")
         ax.set_ylabel("top-1 on the validation split (%, higher is better)")
-        ax.set_title(f"Accuracy vs latency on {device}", loc="left", fontsize=10)
+        ax.set_title(f"Accuracy vs latency on {device}", loc="left", fontsize=10, pad=12)
         ax.grid(alpha=0.3)
-        ax.margins(x=0.25, y=0.15)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        return _svg(fig)
+
+
+def accuracy_limits(values: list[float]) -> tuple[float, float]:
+    """A y range (%) tight around the accuracies, never outside [0, 100]: a 0.5-point gap between
+    int8 and FP32 must stay visible, and no axis may suggest an accuracy above 100%."""
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * 0.2, 1.0)  # room for the labels stacked under the lowest point
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
+def training_curves_svg(history: list[dict]) -> str | None:
+    """Loss and top-1 (train, validation) per epoch, phases (head, then fine-tuning) side by side."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in history if r.get("loss") is not None]
+    if not rows:
+        return None
+    x = list(range(1, len(rows) + 1))
+    with rc_context(_RC):
+        fig = Figure(figsize=(8.5, 3.4))
+        loss_ax, acc_ax = fig.subplots(1, 2)
+        loss_ax.plot(x, [r["loss"] for r in rows], color="#1f77b4", marker=".")
+        loss_ax.set_ylabel("training loss")
+        for key, label, colour in (("train_top1", "train", "#7f7f7f"), ("val_top1", "validation", "#d62728")):
+            points = [(i, r[key] * 100) for i, r in zip(x, rows, strict=True) if r.get(key) is not None]
+            acc_ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=colour, label=label,
+                        clip_on=False)
+        best = max(((r["val_top1"], -i) for i, r in zip(x, rows, strict=True) if r.get("val_top1") is not None),
+                   default=None)
+        if best:  # the first epoch with the highest validation top-1
+            acc_ax.scatter([-best[1]], [best[0] * 100], s=120, facecolors="none", edgecolors="#d62728", zorder=4,
+                           clip_on=False, label="best validation")
+        acc_ax.set_ylim(0, 100)  # accuracy has a natural scale: the whole of it shows progress honestly
+        acc_ax.set_ylabel("top-1 (%)")
+        acc_ax.legend(frameon=False, loc="lower right")
+        for ax in (loss_ax, acc_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _mark_phases(ax, rows)
+            ax.set_xlabel("epoch (all phases)")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return _svg(fig)
+
+
+def _mark_phases(ax, rows: list[dict]) -> None:
+    """A dashed line and the phase's name where the training phase changes (e.g. head -> finetune)."""
+    starts = [i for i, r in enumerate(rows) if i == 0 or r.get("phase") != rows[i - 1].get("phase")]
+    if len(starts) < 2:
+        return
+    for i in starts:
+        if i:
+            ax.axvline(i + 0.5, color="#999999", linestyle="--", linewidth=0.8)
+        ax.annotate(str(rows[i].get("phase")), (i + 0.7, 1), xycoords=("data", "axes fraction"), va="top",
+                    fontsize=8, color="#555555")
+
+
+def confusion_svg(validation: dict) -> str | None:
+    """The FP32 model's confusion matrix on the validation split: counts, shaded per true class."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    matrix, classes = validation.get("confusion"), validation["classes"]
+    if not matrix:
+        return None
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(classes)
+    side = min(8.5, 2.2 + 0.38 * k)
+    with rc_context(_RC):
+        fig = Figure(figsize=(side + 1.2, side))
+        ax = fig.add_subplot()
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        if k <= 20:  # beyond that the numbers no longer fit their cells
+            for (i, j), n in np.ndenumerate(counts):
+                if n:
+                    ax.text(j, i, str(n), ha="center", va="center", fontsize=9,
+                            color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(k), classes, rotation=90 if k > 8 else 0)
+        ax.set_yticks(range(k), classes)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.spines[:].set_visible(False)
+        ax.set_title(f"Confusion matrix, PyTorch FP32, validation split ({validation['n']} images)",
+                     loc="left", fontsize=10)
         return _svg(fig)
 
