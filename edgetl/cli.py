@@ -744,11 +744,11 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--threads", type=int, help="CPU threads for compile checks and bench (default: physical cores).")
 @click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
 @click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
-@click.option("--no-bundle", is_flag=True, help="Stop after the report.")
+@click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
 def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
            no_bundle, check, **params):
-    """Train, compile, bench, report and bundle in one command.
+    """Train, compile, bench, bundle and report in one command.
 
     Every option (targets, precisions, recipes, batches, [train] fields, the data path) is
     checked before training starts. Stages whose inputs did not change are skipped, so adding

@@ -1,4 +1,4 @@
-"""``edgetl deploy``: train -> compile -> bench -> report -> bundle, in one command.
+"""``edgetl deploy``: train -> compile -> bench -> bundle -> report, in one command.
 
 Each stage is skipped when its inputs did not change: training when the data, backbone, weights and
 hyper-parameters hash the same; compiling per cell (the compiler compares the ONNX, recipe and
@@ -112,18 +112,18 @@ def deploy(config: DeployConfig, console=None) -> dict:
 
     check_config(config)
     console = console or Console()
-    steps = ["train", "compile", "bench", "report", *(["bundle"] if config.bundle else [])]
+    steps = ["train", "compile", "bench", *(["bundle"] if config.bundle else []), "report"]
     say = _Stages(console, steps)
     run = _train(config, say, console)
     rows = _compile(config, run, say)
     _bench(config, run, [r["cell"] for r in rows if r.get("status") != "failed"], say, console)
-    from edgetl.report import make_report
-
-    say.start("report")
-    written = make_report(run.path)
-    say.done("report", ", ".join(str(p) for p in written.files))
     gates = gate_rows(run, rows, device_slug())
     bundles = _bundle(run, gates, say) if config.bundle else {}
+    from edgetl.report import make_report
+
+    say.start("report")  # last, so it lists the bundles just made
+    written = make_report(run.path)
+    say.done("report", ", ".join(str(p) for p in written.files))
     _summary(console, run, gates, bundles)
     _raise_for_outcome(gates, config.check)
     return {"run": str(run.path), "report": str(run.path / "report.html"),

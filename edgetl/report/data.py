@@ -70,7 +70,7 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
         "missing": missing,
         "decisions": rows,
         "next": next_commands(str(run.path), manifest, rows),
-        "bundles": [{"target": t, **record} for t, record in (manifest.get("bundles") or {}).items()],
+        "bundles": [{"target": key.split("/")[0], **record} for key, record in (manifest.get("bundles") or {}).items()],
         "history": _history(run, notes),
         "validation": _validation(run, bench, rows, notes) if manifest.get("train") else None,
         "train": manifest.get("train"),

@@ -111,8 +111,9 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
     bundles = manifest.get("bundles") or {}
     for r in rows:
         target = shlex.quote(r["target"])
-        if r["verdict"] == PASS and r["target"] in bundles:
-            path = shlex.quote(f"{run_path}/{bundles[r['target']]['path']}")
+        bundle = bundles.get(f"{r['target']}/{r.get('precision')}")  # keyed like the compiled artifact
+        if r["verdict"] == PASS and bundle:
+            path = shlex.quote(f"{run_path}/{bundle['path']}")
             commands.append({"command": f"edgetl ship {path} ssh://user@device/opt/models",
                              "why": f"copy the {r['target']} bundle to the device, verify it there and switch to it"})
         elif r["verdict"] == PASS:

@@ -89,11 +89,10 @@ def _decision(data: dict, notes: list[str]) -> list:
 
 
 def _signed(bundle: dict) -> str:
-    """What the manifest says about the bundle's signature (older manifests say nothing)."""
-    for field in ("signed", "signature"):
-        if field in bundle:
-            return "yes" if bundle[field] else "no"
-    return "not recorded"
+    """Who signed the bundle (its key id), "no", or "not recorded" for manifests older than signing."""
+    if "signed_by" not in bundle:
+        return "not recorded"
+    return f"yes ({bundle['signed_by']})" if bundle["signed_by"] else "no"
 
 
 def _bundle_hint(data: dict) -> str:
