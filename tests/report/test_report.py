@@ -109,7 +109,7 @@ def test_suggested_commands_parse_with_the_real_cli():
             {"target": "host-cpu", "verdict": "PASS", "precision": "int8", "artifact": "host-cpu/int8"},
             {"target": "onnxruntime", "verdict": "not benched yet", "precision": "fp32", "artifact": "y"}]
     manifests = [{}, {"compiled": {"x": {}}},
-                 {"compiled": {"x": {}}, "bundles": {"host-cpu": {"path": "bundles/host-cpu.tar.gz"}}}]
+                 {"compiled": {"x": {}}, "bundles": {"host-cpu/int8": {"path": "bundles/host-cpu-int8.tar.gz"}}}]
     commands = [c["command"] for m in manifests for c in next_commands("runs/my run", m, rows)]
     assert {c.split()[1] for c in commands} == {"compile", "bench", "bundle", "ship"}
     for command in commands:
