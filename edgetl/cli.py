@@ -70,6 +70,11 @@ def cli():
       report    Markdown / HTML / JSON report of a run
       bundle    self-checking package for a device; ship copies it over SSH
       deploy    all of the above in one command
+
+    \b
+    Exit codes: 0 done, 1 a budget failed (--check), 2 a user error (one line),
+    130 Ctrl-C, 143 SIGTERM (128 + 15, as a shell reports it). Interrupted or
+    terminated, a stage removes its temporary files and keeps earlier results.
     """
 
 

@@ -109,7 +109,7 @@ class SshUrl:
 
 # A full disk as tar ("Cannot write: No space left on device"), cat ("write error"), python
 # ("[Errno 28]") or a quota report it.
-_DISK_FULL = re.compile(r"No space left on device|Errno 28\b|ENOSPC|Disk quota exceeded|\bwrite error\b|Cannot write")
+_DISK_FULL = re.compile(r"No space left on device|Errno 28\b|ENOSPC|Disk quota exceeded|\bwrite error\b")
 
 # ssh's own messages (exit 255) -> what failed and what to do.
 _SSH_FAILURES = [
@@ -319,6 +319,9 @@ class Shipper:
         self.name = safe_name(self.manifest["name"], "bundle name", where)
         self.top = safe_name(archive_top(self.bundle), "top folder", where)
         self.extra = runtime_extra(self.manifest, where)
+        for rel in self.manifest["files"]:  # they become lines of `sha256sum -c` on the device
+            if _CONTROL.search(rel):
+                raise BundleError(f"{where}: file name {shown(rel)} holds a control character: refusing the bundle")
         self.release_number = release_number(self.manifest, where)
         self.sha256 = sha256_file(self.bundle)
         self.release_id = self.sha256[:16]

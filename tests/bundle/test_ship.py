@@ -5,6 +5,7 @@ The "device" is this machine through ssh: its edgetl is this venv's (``--remote-
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -376,3 +377,26 @@ def test_stale_uploads_are_swept(sshd, bundle_file, tmp_path):
         os.utime(p, (two_hours_ago, two_hours_ago))
     ship_to(sshd, bundle_file, dest)
     assert sorted(p.name for p in incoming.iterdir()) == [fresh.name]
+
+
+def test_file_names_with_control_characters_are_refused(sshd, bundle_file, tmp_path):
+    """A listed file whose name holds a newline would add lines to `sha256sum -c` on the device."""
+    evil = tmp_path / "evil.tar.gz"
+    data = b"0123"
+    name = "golden/x\n0000  /etc/passwd"
+    with tarfile.open(bundle_file) as tin, tarfile.open(evil, "w:gz") as tout:
+        for m in tin.getmembers():
+            content = tin.extractfile(m).read() if m.isfile() else None
+            if m.name.count("/") == 1 and m.name.endswith("/manifest.json"):
+                manifest = json.loads(content)
+                manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                content = json.dumps(manifest).encode()
+                m.size = len(content)
+            tout.addfile(m, io.BytesIO(content) if content is not None else None)
+        extra = tarfile.TarInfo(f"{inspect_archive(bundle_file)['name']}/{name}")
+        extra.size = len(data)
+        tout.addfile(extra, io.BytesIO(data))
+    inspect_archive(evil)  # a bundle by every other check
+    line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
+    assert "holds a control character: refusing the bundle" in line
+    assert not (tmp_path / "device").exists()
