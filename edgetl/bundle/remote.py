@@ -30,7 +30,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from edgetl._io import write_json
-from edgetl.bundle.ship import Remote, SshUrl, safe_name, ship, shown
+from edgetl.bundle.format import slug
+from edgetl.bundle.ship import Remote, SshUrl, ship, shown
 from edgetl.config import load_toml
 from edgetl.errors import ConfigError, EdgetlError, RemoteError
 from edgetl.rundir import RunDir
@@ -111,8 +112,8 @@ def remote_bench(
                     ssh_options=access.ssh_options, connect_timeout=access.connect_timeout,
                     allow_rollback=access.allow_rollback, step=step)
     # The workstation's own names for the result file, checked before the device is even asked.
-    key = f"{safe_name(shipment.target, 'target', str(bundle))}/{safe_name(shipment.precision, 'precision', str(bundle))}"
-    path = result_file(run, key, device)
+    key = f"{shipment.target}/{shipment.precision}"
+    path = result_file(run, f"{slug(shipment.target)}/{slug(shipment.precision)}", device)
     remote = Remote(parsed, list(access.ssh_options), access.connect_timeout, access.remote_edgetl)
     remote.require_edgetl(shipment.runtime_extra)
     step("benching on the device")

@@ -279,7 +279,7 @@ class Shipment:
     copied: bool  # False when the device already had this exact bundle
     verified: str  # "golden" (edgetl verify ran there) or "hashes" (no edgetl on the device)
     runtime_extra: str  # the pip extra the bundle's runtime needs there
-    target: str = ""  # the bundle's target and precision (safe names), as the workstation built it
+    target: str = ""  # the bundle's target and precision, as its manifest says
     precision: str = ""
 
 
@@ -323,6 +323,10 @@ class Shipper:
             if _CONTROL.search(rel):
                 raise BundleError(f"{where}: file name {shown(rel)} holds a control character: refusing the bundle")
         self.release_number = release_number(self.manifest, where)
+        target = self.manifest.get("target")
+        self.target = str(target.get("name") or self.manifest["runtime"]["name"]) if isinstance(target, dict) \
+            else self.manifest["runtime"]["name"]
+        self.precision = str(self.manifest["precision"])
         self.sha256 = sha256_file(self.bundle)
         self.release_id = self.sha256[:16]
         self.base = _join(remote.url.path, self.name)
@@ -481,6 +485,5 @@ def ship(
                 shipper.cleanup()
             except RemoteError:
                 pass  # the host went away: the original error matters; the next ship sweeps .incoming
-    target = (shipper.manifest.get("target") or {}).get("name", shipper.manifest["runtime"]["name"])
     return Shipment(str(url), shipper.name, shipper.release, shipper.current, shipper.sha256, copied=not present,
-                    verified=verified, runtime_extra=shipper.extra, target=target, precision=shipper.manifest["precision"])
+                    verified=verified, runtime_extra=shipper.extra, target=shipper.target, precision=shipper.precision)
