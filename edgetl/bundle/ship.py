@@ -324,8 +324,7 @@ class Shipper:
                 raise BundleError(f"{where}: file name {shown(rel)} holds a control character: refusing the bundle")
         self.release_number = release_number(self.manifest, where)
         target = self.manifest.get("target")
-        self.target = str(target.get("name") or self.manifest["runtime"]["name"]) if isinstance(target, dict) \
-            else self.manifest["runtime"]["name"]
+        self.target = str((target.get("name") if isinstance(target, dict) else None) or self.manifest["runtime"]["name"])
         self.precision = str(self.manifest["precision"])
         self.sha256 = sha256_file(self.bundle)
         self.release_id = self.sha256[:16]
