@@ -214,9 +214,13 @@ def not_a_file(path: Path) -> str | None:
 
 def check_argument_order(bundle: Path, images: Path) -> None:
     """``predict photo.jpg bundle.tar.gz``: say the bundle comes first, not that the photo is a bad bundle."""
-    if bundle.suffix.lower() in IMAGE_SUFFIXES and not bundle.is_dir() and is_bundle(images):
+    if bundle.suffix.lower() not in IMAGE_SUFFIXES or bundle.is_dir():
+        return
+    if is_bundle(images):
         raise DataError(f"{bundle} is an image and {images} a bundle: the bundle comes first, "
                         f"e.g. edgetl predict {images} {bundle}")
+    raise DataError(f"{bundle} is an image, not a bundle: the bundle comes first, "
+                    f"e.g. edgetl predict model-bundle.tar.gz {bundle}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -257,6 +257,8 @@ def test_predict_with_swapped_arguments_says_the_bundle_comes_first(bundle_file,
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{photo} is an image and {bundle_file} a bundle: the bundle comes first" in result.output
     assert "copy it again" not in result.output
+    result = CliRunner().invoke(cli, ["predict", str(photo), str(tmp_path)])  # an image, then a folder
+    assert result.exit_code == 2 and f"{photo} is an image, not a bundle: the bundle comes first" in result.output
     assert not list(tmp_path.rglob("*.tmp"))
 
 
