@@ -9,7 +9,9 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -24,19 +26,37 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
 err_console = Console(stderr=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, a CI timeout), raised where the program is, as Ctrl-C is: every
+    ``finally`` runs, so atomic writes remove their temporary files and child processes are stopped."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Turns EdgetlError into one red line and exit code 2; Ctrl-C into exit 130."""
+    """Turns EdgetlError into one red line and exit code 2; Ctrl-C into exit 130, SIGTERM into 143
+    (128 + the signal's number, what a shell reports for a process the signal ended)."""
 
     def invoke(self, ctx):
+        in_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
         try:
             return super().invoke(ctx)
         except EdgetlError as exc:
             # escape: messages hold literal brackets, e.g. pip install "edgetl[onnxruntime]"
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
+        except Terminated:
+            err_console.print("[yellow]terminated[/]")
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -52,6 +72,11 @@ def cli():
       report    Markdown / HTML / JSON report of a run
       bundle    self-checking package for a device; ship copies it over SSH
       deploy    all of the above in one command
+
+    \b
+    Exit codes: 0 done, 1 a budget failed (--check), 2 a user error (one line),
+    130 Ctrl-C, 143 SIGTERM (128 + 15, as a shell reports it). Interrupted or
+    terminated, a stage removes its temporary files and keeps earlier results.
     """
 
 
@@ -264,6 +289,8 @@ def _int_list(option: str, text: str) -> list[int]:
 
 def _remote_options(f):
     """Options of every command that reaches a device over SSH."""
+    f = click.option("--allow-rollback", is_flag=True, help="Install a bundle whose release is lower than the one "
+                     "the device runs (refused otherwise).")(f)
     f = click.option("--connect-timeout", default=10, show_default=True, help="Seconds to wait for the SSH connection.")(f)
     f = click.option("--install", is_flag=True, help='pip install "edgetl[<runtime>]" on the device first (with the '
                      "python next to --remote-edgetl, else python3).")(f)
@@ -312,7 +339,7 @@ def _trust_option(f):
 @_remote_options
 @_trust_option
 def bench_cmd(run, targets, batches, threads, iterations, duration, device, check, remote, fleet, as_json,
-              remote_edgetl, ssh_options, install, connect_timeout):
+              remote_edgetl, ssh_options, install, connect_timeout, allow_rollback):
     """Latency and accuracy of a run's compiled artifacts on this machine, next to PyTorch FP32.
 
     \b
@@ -354,7 +381,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
         from edgetl.bundle.remote import Access, BenchSettings
 
         settings = BenchSettings(_int_list("--batch", batches), threads, iterations, duration)
-        access = Access(list(ssh_options), remote_edgetl, install, connect_timeout)
+        access = Access(list(ssh_options), remote_edgetl, install, connect_timeout, allow_rollback)
         return _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access)
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
@@ -507,16 +534,19 @@ def keys_list():
 @click.argument("url", metavar="ssh://[user@]host[:port][/path]")
 @_remote_options
 @_trust_option
-def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
+def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout, allow_rollback):
     """Copy a bundle to a device over SSH, check it there and make it current.
 
     \b
     Uses the system ssh client, so ~/.ssh/config, keys, agents and jump hosts work.
-    Steps: copy to a temporary file, compare its sha256 on arrival, extract into
-    <path>/<name>/releases/<id>/, run `edgetl verify` there (golden outputs on the
-    device's runtime; file hashes only when edgetl is absent), then switch the
+    Steps: copy to <path>/<name>/.incoming/, compare its sha256 on arrival, extract
+    into <path>/<name>/releases/<id>/ (files 0644, folders 0755: the archive's owners
+    and modes are not kept), run `edgetl verify` there (golden outputs on the device's
+    runtime; file hashes only when edgetl is absent), then switch the
     <path>/<name>/current symlink atomically. If anything fails the device keeps its
-    previous bundle. A path without a leading /~/ is absolute; no path: ~/edgetl.
+    previous bundle and the upload is removed. A bundle whose release is lower than
+    the installed one is refused unless --allow-rollback. A path without a leading
+    /~/ is absolute; no path: ~/edgetl; ~user paths are refused.
 
     \b
     Examples:
@@ -527,7 +557,7 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout):
 
     with console.status("shipping") as status:
         done = ship(bundle, url, install=install, remote_edgetl=remote_edgetl, ssh_options=ssh_options,
-                    connect_timeout=connect_timeout, step=lambda m: status.update(m))
+                    connect_timeout=connect_timeout, allow_rollback=allow_rollback, step=lambda m: status.update(m))
     how = "golden outputs verified on the device" if done.verified == "golden" else \
         "file hashes checked (no edgetl there: pass --install to verify its outputs)"
     copied = "copied" if done.copied else "already on the device"
@@ -597,27 +627,38 @@ def _refuse_run_folder(path: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
-    """Classify an image, or every image under a folder, with a bundle.
+    """Classify an image, or every image under a folder, with a bundle (the bundle comes first).
 
     \b
     Examples:
       edgetl predict model-bundle.tar.gz photo.jpg --top 3
       edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
+
+    \b
+    An image that cannot be read (corrupt, truncated, not an image, a FIFO or device
+    named like one) gets an error in its row (JSON: "error") and the others go on; the
+    command then exits 2 with a one-line count. FIFOs and devices are never opened.
     """
     from rich.table import Table
 
     from edgetl.bundle.runner import predict
+    from edgetl.errors import DataError
 
     results = predict(bundle, images, top=top, threads=threads)
+    failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=2))
-        return
-    table = Table("image", *[f"#{i + 1}" for i in range(len(results[0]["top"]))])
-    folder = Path(images) if Path(images).is_dir() else None
-    for r in results:
-        name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
-        table.add_row(name, *[f"{t['label']} ({t['score']:.1%})" for t in r["top"]])
-    console.print(table)
+    else:
+        k = max(len(r["top"]) for r in results)
+        table = Table("image", *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
+        folder = Path(images) if Path(images).is_dir() else None
+        for r in results:
+            name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
+            cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k
+            table.add_row(escape(name), *cells, *([escape(r.get("error", ""))] if failed else []))
+        console.print(table)
+    if failed:
+        raise DataError(f"{len(failed)} of {len(results)} image(s) could not be read, e.g. {failed[0]['error']}")
 
 
 @cli.command("build")
@@ -674,8 +715,8 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
 
         if targets:
             raise ConfigError("--target does not apply to a bundle: it holds one artifact")
-        if access.install or access.ssh_options:
-            raise ConfigError("--install and --ssh-option need --remote or --fleet")
+        if access.install or access.ssh_options or access.allow_rollback:
+            raise ConfigError("--install, --ssh-option and --allow-rollback need --remote or --fleet")
         with BenchProgress(err_console if as_json else console) as progress:
             doc = bench_bundle(run, batches=settings.batches, threads=settings.threads, iterations=settings.iterations,
                                duration_s=settings.duration_s, device_name=device, progress=progress.callback(Path(run).name))

@@ -110,7 +110,7 @@ def default_threads() -> int:
     return max(1, min(cpu["physical_cores"] or cpu["usable_cores"] or 1, cpu["usable_cores"] or 1))
 
 
-def _check_settings(batches: Sequence[int], threads: int | None, iterations: int, duration_s: float | None) -> None:
+def check_settings(batches: Sequence[int], threads: int | None, iterations: int, duration_s: float | None) -> None:
     if not batches or any(int(b) < 1 for b in batches):
         raise ConfigError(f"--batch {','.join(map(str, batches))}: batch sizes must be integers >= 1, e.g. --batch 1,8")
     if threads is not None and threads < 1:
@@ -191,7 +191,7 @@ def bench(
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
     batches = [int(b) for b in dict.fromkeys(batches)]
-    _check_settings(batches, threads, iterations, duration_s)
+    check_settings(batches, threads, iterations, duration_s)
     keys = select(compiled, targets)
     budgets = {k: budgets_for(compiled[k]) for k in keys}
     for k in keys:  # every artifact before any measuring: a tampered one stops the bench (exit 2)

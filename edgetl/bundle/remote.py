@@ -1,6 +1,10 @@
 """Bench on remote devices: ship the target's bundle (when the device lacks it), run ``edgetl bench``
 there, and bring the ``edgetl.bench/1`` document back into the run next to the workstation's rows.
 
+The device's answer is data, never a path: it is read up to a fixed size, validated, and stored
+under a file name the workstation makes from its own target, precision and device name, proven to
+lie inside the run's ``bench/`` folder before anything is written.
+
 A fleet is a TOML list of devices benched in parallel; one failing device is reported in its row
 and does not stop the others::
 
@@ -16,16 +20,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from edgetl._io import write_json
-from edgetl.bundle.ship import Remote, SshUrl, ship
+from edgetl.bundle.format import slug
+from edgetl.bundle.ship import Remote, SshUrl, ship, shown
 from edgetl.bundle.signing import remote_flags
 from edgetl.config import load_toml
 from edgetl.errors import ConfigError, EdgetlError, RemoteError
@@ -43,6 +49,11 @@ class BenchSettings:
     iterations: int = 200
     duration_s: float | None = None
 
+    def __post_init__(self):
+        from edgetl.bench.run import check_settings
+
+        check_settings(self.batches, self.threads, self.iterations, self.duration_s)
+
     def argv(self) -> list[str]:
         argv = ["--batch", ",".join(map(str, self.batches))]
         argv += ["--duration", str(self.duration_s)] if self.duration_s is not None else ["--iterations", str(self.iterations)]
@@ -57,6 +68,7 @@ class Access:
     remote_edgetl: str = "edgetl"
     install: bool = False
     connect_timeout: int = 10
+    allow_rollback: bool = False
 
 
 def default_target(run: RunDir) -> str:
@@ -98,38 +110,147 @@ def remote_bench(
         step(f"bundling {target}")
         bundle = bundle_for(run, target, precision)
     shipment = ship(bundle, parsed, install=access.install, remote_edgetl=access.remote_edgetl,
-                    ssh_options=access.ssh_options, connect_timeout=access.connect_timeout, step=step)
+                    ssh_options=access.ssh_options, connect_timeout=access.connect_timeout,
+                    allow_rollback=access.allow_rollback, step=step)
+    # The workstation's own names for the result file, checked before the device is even asked.
+    key = f"{shipment.target}/{shipment.precision}"
+    path = result_file(run, f"{slug(shipment.target)}/{slug(shipment.precision)}", device)
     remote = Remote(parsed, list(access.ssh_options), access.connect_timeout, access.remote_edgetl)
     remote.require_edgetl(shipment.runtime_extra)
     step("benching on the device")
     out = remote.run([access.remote_edgetl, "bench", shipment.current, "--json", "--device", device, *settings.argv(),
                       *remote_flags()],
                      f"benching on {parsed.host}", timeout=3600)
-    doc = _parse_result(out, parsed.host)
+    doc = parse_result(out, parsed.host, key)
+    doc["device"]["name"] = device
     doc["remote"] = {"url": str(parsed), "release": shipment.release, "bundle_sha256": shipment.sha256}
-    save_result(run, doc)
+    save_result(run, doc, path)
     return doc
 
 
-def _parse_result(out: str, host: str) -> dict[str, Any]:
+def result_file(run: RunDir, key: str, device: str) -> Path:
+    """``bench/<target>/<precision>@<device>.json`` of the run, proven to lie inside its bench/ folder."""
+    from edgetl.bench.run import result_path
+
+    bench = (run.path / "bench").resolve()
+    path = result_path(run, key, device).resolve()
+    if not path.is_relative_to(bench) or path == bench:
+        raise RemoteError(f"the result file for {shown(key)} on {shown(device)} would lie outside {run.path / 'bench'}: "
+                          "refusing to write it")
+    return path
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+_Text = Annotated[str, StringConstraints(max_length=256)]
+_Number = Annotated[float, AfterValidator(_finite)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Cpu(_Open):
+    model: _Text | None = None
+    flags: list[_Text] = Field(default_factory=list, max_length=256)
+    physical_cores: int | None = None
+    logical_cores: int | None = None
+
+
+class _Gpu(_Open):
+    name: _Text = ""
+
+
+class _System(_Open):
+    name: _Text
+    cpu: _Cpu
+    board: _Text | None = None
+    threads: int | None = None
+    runtimes: dict[_Text, _Text | None] = Field(default_factory=dict)
+    gpus: list[_Gpu] = Field(default_factory=list, max_length=64)
+
+
+class _Latency(_Open):
+    batch: int
+    p50_ms: _Number
+    p90_ms: _Number
+    p99_ms: _Number
+    mean_ms: _Number
+    throughput_ips: _Number
+
+
+class _Gates(_Open):
+    status: _Text
+    failed: list[_Text] = Field(default_factory=list)
+
+
+class _Artifact(_Open):
+    bundle: _Text
+    runtime: _Text
+    precision: _Text
+
+
+class _Load(_Open):
+    first_inference_ms: _Number | None = None
+
+
+class _Memory(_Open):
+    session_peak_mb: _Number | None = None
+
+
+class _Golden(_Open):
+    top1_agreement: _Number
+
+
+class DeviceResult(_Open):
+    """The parts of a device's ``edgetl.bench/1`` document that the workstation reads, typed."""
+
+    schema_: _Text = Field(alias="schema")
+    key: _Text
+    status: _Text
+    device: _System
+    settings: dict[_Text, Any]
+    artifact: _Artifact
+    load: _Load
+    memory: _Memory
+    latency: list[_Latency] = Field(max_length=64)
+    gates: _Gates
+    golden: _Golden
+
+
+def parse_result(out: str, host: str, key: str) -> dict[str, Any]:
+    """The device's answer as a result document for ``key``, or a RemoteError saying what is wrong with it."""
     from edgetl.bench.run import SCHEMA
 
     try:
         doc = json.loads(out)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise RemoteError(f"`edgetl bench --json` on {host} did not print a result document: upgrade edgetl there") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         got = doc.get("schema") if isinstance(doc, dict) else None
-        raise RemoteError(f"{host} returned a bench result with schema {got!r}, not {SCHEMA!r}: install the same edgetl there")
+        raise RemoteError(f"{host} returned a bench result with schema {shown(got)}, not {SCHEMA!r}: install the same "
+                          "edgetl there")
+    try:
+        DeviceResult.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RemoteError(f"{host} returned a malformed bench result (field '{'.'.join(map(str, first['loc']))}': "
+                          f"{first['msg']}): refusing to store it") from None
+    if doc["key"] != key:
+        raise RemoteError(f"{host} answered with a result for {shown(doc['key'])}, not {key!r}: refusing to store it")
     return doc
 
 
-def save_result(run: RunDir, doc: dict[str, Any]) -> Path:
-    """Write a device's result like the local bench does, and merge its summary into the manifest."""
-    from edgetl.bench.run import result_path, summary_of
+def save_result(run: RunDir, doc: dict[str, Any], path: Path) -> Path:
+    """Write a device's result (validated, to a ``result_file`` path) like the local bench does, and
+    merge its summary into the manifest."""
+    from edgetl.bench.run import summary_of
 
     device = doc["device"]["name"]
-    path = result_path(run, doc["key"], device)
     write_json(path, doc)
     run.record(path)
     doc["file"] = run.rel(path)
@@ -215,7 +336,7 @@ def bench_fleet(
         if isinstance(made, EdgetlError):
             return {**row, "status": "error", "reason": str(made)}
         mine = Access([*access.ssh_options, *d.ssh_options], d.edgetl or access.remote_edgetl,
-                      d.install or access.install, access.connect_timeout)
+                      d.install or access.install, access.connect_timeout, access.allow_rollback)
         try:
             doc = remote_bench(run.path, d.url, d.target, precision=d.precision, device_name=d.name, settings=settings,
                                access=mine, bundle=made, step=lambda m: step(name, m))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from edgetl.bundle.format import (
     MANIFEST,
     SIGNATURE,
     Checked,
+    is_bundle,
     load_folder,
     read_head,
     tolerance,
@@ -226,16 +228,40 @@ def _label(labels: list[str], index: int) -> str:
 
 # -- predict --------------------------------------------------------------------------------------
 def image_files(target: str | os.PathLike) -> list[Path]:
-    """An image, or every image under a folder (sorted, recursive)."""
+    """An image, or every image under a folder (sorted, recursive). Listed, never opened: a FIFO or
+    a device named like an image is caught by ``not_a_file`` before anything reads it."""
     target = Path(target)
     if target.is_dir():
-        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         if not files:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {target}")
         return files
     if not target.exists():
         raise DataError(f"image {target} does not exist")
     return [target]
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image without opening it (os.stat only), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{kind}, not a regular file: skipped without reading it"
+
+
+def check_argument_order(bundle: Path, images: Path) -> None:
+    """``predict photo.jpg bundle.tar.gz``: say the bundle comes first, not that the photo is a bad bundle."""
+    if bundle.suffix.lower() not in IMAGE_SUFFIXES or bundle.is_dir():
+        return
+    if is_bundle(images):
+        raise DataError(f"{bundle} is an image and {images} a bundle: the bundle comes first, "
+                        f"e.g. edgetl predict {images} {bundle}")
+    raise DataError(f"{bundle} is an image, not a bundle: the bundle comes first, "
+                    f"e.g. edgetl predict model-bundle.tar.gz {bundle}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -245,7 +271,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, threads: int | None = None) -> list[dict]:
-    """Top-k labels with probabilities for an image or every image in a folder."""
+    """Top-k labels with probabilities for an image or every image in a folder.
+
+    One row per image, in order; an image that cannot be read (corrupt, truncated, not an image,
+    not a regular file) gets ``"top": []`` and an ``"error"`` saying why, and the others go on.
+    """
+    check_argument_order(Path(path), Path(images))
     bundle = open_bundle(path)
     spec, labels = bundle.spec, bundle.labels
     files = image_files(images)
@@ -253,7 +284,15 @@ def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, th
     results = []
     with open_session(bundle, threads) as session:
         for f in files:
-            probs = softmax(session.run(load_image(f, spec)[None])[0].astype(np.float64))
+            try:
+                why = not_a_file(f)
+                if why:
+                    raise DataError(f"{f}: {why}")
+                pixels = load_image(f, spec)
+            except DataError as exc:
+                results.append({"image": str(f), "top": [], "error": str(exc)})
+                continue
+            probs = softmax(session.run(pixels[None])[0].astype(np.float64))
             order = np.argsort(-probs, kind="stable")[:k]
             results.append({
                 "image": str(f),
@@ -281,10 +320,11 @@ def bench(
     """
     from edgetl.bench.gates import validate_budgets
     from edgetl.bench.measure import measure
-    from edgetl.bench.run import default_threads, result_doc
+    from edgetl.bench.run import check_settings, default_threads, result_doc
     from edgetl.bench.system import device_slug, system_record
     from edgetl.config import Budgets
 
+    check_settings(batches, threads, iterations, duration_s)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing
     threads = threads or bundle.threads or default_threads()

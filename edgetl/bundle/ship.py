@@ -14,15 +14,22 @@ A release is only moved into ``releases/`` after the copy's sha256 matched and `
 passed on the device, and ``current`` only moves after that: whatever fails, the device keeps
 running its previous bundle. The bundle is streamed over ``ssh ... 'cat > tmp'`` rather than scp:
 one quoting rule for every path, and no dependency on the server's sftp subsystem.
+
+Neither the bundle nor the device decides anything here: the bundle's name must be a safe slug
+before it becomes a remote folder, the pip extra comes from the backend registry, files are
+extracted without the archive's owners and modes, and every answer of the device is read up to a
+fixed size.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,9 +38,27 @@ from urllib.parse import unquote, urlsplit
 from edgetl._io import sha256_file
 from edgetl.bundle.format import archive_top, inspect_archive
 from edgetl.bundle.signing import remote_flags
-from edgetl.errors import RemoteError
+from edgetl.errors import BundleError, RemoteError
 
 DEFAULT_FOLDER = "edgetl"  # below the remote home when the URL has no path
+MAX_ANSWER_BYTES = 16 << 20  # the most a device may print in answer to one command
+STALE_UPLOAD_MINUTES = 60  # older leftovers in .incoming (a ship cut off mid-way) are swept
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a bundle name that may become a remote folder
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr`` of untrusted text for a one-line message: escaped, and cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def safe_name(value, what: str, where: str) -> str:
+    """``value`` when it is a safe slug (it becomes a folder or file name), else a BundleError."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise BundleError(f"{where}: {what} {shown(value)} is not a safe name (letters, digits, '.', '_', '-', "
+                          "starting with a letter or digit, at most 64): refusing to use it as a path")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,8 @@ class SshUrl:
     def parse(cls, url: str) -> SshUrl:
         """``ssh://[user@]host[:port][/path]``: ``/path`` is absolute, ``/~/path`` is below the remote home
         (as in git's SSH URLs), no path is ``~/edgetl``."""
+        if _CONTROL.search(url):  # urlsplit would silently drop tabs and newlines: refuse, never guess
+            raise RemoteError(f"{shown(url)} holds a control character: type the URL again")
         parts = urlsplit(url)
         if parts.scheme != "ssh" or not parts.hostname:
             raise RemoteError(f"{url!r} is not an SSH URL: use ssh://[user@]host[:port][/path], e.g. ssh://pi@raspberrypi.local/opt/models")
@@ -57,14 +84,18 @@ class SshUrl:
         if parts.password is not None:
             raise RemoteError(f"{url!r} holds a password: edgetl never stores passwords, use an SSH key (ssh-copy-id)")
         path = unquote(parts.path)
+        user = unquote(parts.username) if parts.username else None
+        if _CONTROL.search(path + (user or "")):
+            raise RemoteError(f"{shown(url)}: the user or path holds a percent-encoded control character")
         if path in ("", "/"):
             path = DEFAULT_FOLDER if path == "" else "/"
         elif path.startswith("/~/") or path == "/~":
             path = path[3:] or "."
-        if "\0" in path or "\n" in path:
-            raise RemoteError(f"{url!r}: the remote path holds a control character")
+        elif path.startswith("/~"):
+            raise RemoteError(f"{shown(url)}: another user's home (~user) is not supported: log in as that user "
+                              "(ssh://user@host/~/path) or give the absolute path (ssh://host/home/user/path)")
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        return cls(host=host, user=unquote(parts.username) if parts.username else None, port=port, path=path)
+        return cls(host=host, user=user, port=port, path=path)
 
     @property
     def destination(self) -> str:
@@ -76,6 +107,10 @@ class SshUrl:
         path = self.path if self.path.startswith("/") else f"/~/{self.path}"
         return f"ssh://{user}{self.host}{port}{path}"
 
+
+# A full disk as tar ("Cannot write: No space left on device"), cat ("write error"), python
+# ("[Errno 28]") or a quota report it.
+_DISK_FULL = re.compile(r"No space left on device|Errno 28\b|ENOSPC|Disk quota exceeded|\bwrite error\b")
 
 # ssh's own messages (exit 255) -> what failed and what to do.
 _SSH_FAILURES = [
@@ -125,17 +160,18 @@ class Remote:
     def run(self, remote: list[str], what: str, *, stdin=None, input: bytes | None = None,
             timeout: float = 300) -> str:
         """Run a remote command; its stdout, or a RemoteError naming what failed and what to do."""
-        if stdin is None and input is None:
-            stdin = subprocess.DEVNULL
         try:
-            proc = subprocess.run(self.ssh_argv(remote), stdin=stdin, input=input, capture_output=True, timeout=timeout)
+            rc, out, err = _run_bounded(self.ssh_argv(remote), stdin, input, timeout, MAX_ANSWER_BYTES)
         except FileNotFoundError:
             raise RemoteError("the OpenSSH client (ssh) is not installed here: apt-get install openssh-client") from None
         except subprocess.TimeoutExpired:
             raise RemoteError(f"{what} on {self.url.host} took longer than {timeout:.0f} s: check the device and the network") from None
-        if proc.returncode != 0:
-            raise RemoteError(self.explain(proc.returncode, proc.stderr.decode(errors="replace"), what))
-        return proc.stdout.decode(errors="replace")
+        if out is None:
+            raise RemoteError(f"{what}: {self.url.host} answered more than {MAX_ANSWER_BYTES >> 20} MiB: refusing the "
+                              "answer (is the device's edgetl the real one?)")
+        if rc != 0:
+            raise RemoteError(self.explain(rc, err.decode(errors="replace"), what))
+        return out.decode(errors="replace")
 
     def explain(self, rc: int, stderr: str, what: str) -> str:
         lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip() and not ln.startswith("Warning: Permanently")]
@@ -143,7 +179,7 @@ class Remote:
         if "externally-managed-environment" in stderr:
             return (f"{what} failed: {self.url.host}'s python3 is managed by the OS (PEP 668): create a venv there "
                     "(python3 -m venv ~/edgetl-venv) and pass --remote-edgetl ~/edgetl-venv/bin/edgetl")
-        if "No space left on device" in stderr:
+        if _DISK_FULL.search(stderr):
             return (f"{self.url.host} ran out of disk space while {what} (in {self.url.path}): free some space there "
                     "or ship to another folder")
         if rc == 255:
@@ -175,6 +211,52 @@ class Remote:
                  f'installing "edgetl[{extra}]" with {python}', timeout=1800)
 
 
+def _run_bounded(argv: list[str], stdin, input: bytes | None, timeout: float, limit: int):
+    """Run ``argv``: (exit code, stdout or None when it printed more than ``limit`` bytes, stderr's
+    first ``limit`` bytes). Reads as it goes, so a device cannot fill this machine's memory."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else (stdin or subprocess.DEVNULL),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = bytearray()
+
+    def drain_stderr():
+        while chunk := proc.stderr.read1(1 << 16):
+            err.extend(chunk[: max(0, limit - len(err))])
+
+    def feed_stdin():
+        try:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the command exited without reading it all: its exit code says why
+
+    helpers = [threading.Thread(target=drain_stderr, daemon=True)]
+    if input is not None:
+        helpers.append(threading.Thread(target=feed_stdin, daemon=True))
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+    for t in (*helpers, timer):
+        t.start()
+    out = bytearray()
+    try:
+        while chunk := proc.stdout.read1(1 << 16):
+            out.extend(chunk)
+            if len(out) > limit:
+                proc.kill()
+                out = None
+                break
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # interrupted here (Ctrl-C): take ssh down with us
+            proc.kill()
+            proc.wait()
+        for t in helpers:
+            t.join(timeout=5)
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return proc.returncode, None if out is None else bytes(out), bytes(err)
+
+
 def _control_dir() -> Path:
     """Private folder for ssh's multiplexing sockets (short path: sockets have a ~100 byte limit)."""
     folder = Path(tempfile.gettempdir()) / f"edgetl-ssh-{os.getuid()}"
@@ -198,6 +280,32 @@ class Shipment:
     copied: bool  # False when the device already had this exact bundle
     verified: str  # "golden" (edgetl verify ran there) or "hashes" (no edgetl on the device)
     runtime_extra: str  # the pip extra the bundle's runtime needs there
+    target: str = ""  # the bundle's target and precision, as its manifest says
+    precision: str = ""
+
+
+def runtime_extra(manifest: dict, where: str) -> str:
+    """The pip extra of the bundle's runtime, taken from the backend registry (a fixed set), never
+    text from the bundle: a bundle naming another extra is refused."""
+    from edgetl.backends import RUNTIMES, get_backend
+
+    runtime = manifest.get("runtime")
+    name = runtime.get("name") if isinstance(runtime, dict) else None
+    if name not in RUNTIMES:
+        raise BundleError(f"{where}: runtime {shown(name)} is not one of {', '.join(RUNTIMES)}: refusing the bundle")
+    extra = get_backend(name).extra
+    if runtime.get("extra", extra) != extra:
+        raise BundleError(f"{where}: the bundle asks for pip extra {shown(runtime['extra'])}, {name} installs with "
+                          f"{extra!r}: refusing to install anything it names")
+    return extra
+
+
+def release_number(manifest, where: str) -> int:
+    """The bundle's ``release`` counter (absent in older bundles: 0)."""
+    number = manifest.get("release", 0) if isinstance(manifest, dict) else 0
+    if type(number) is not int or number < 0:
+        raise BundleError(f"{where}: release {shown(number)} is not a whole number >= 0: refusing the bundle")
+    return number
 
 
 class Shipper:
@@ -206,29 +314,61 @@ class Shipper:
     def __init__(self, remote: Remote, bundle: str | Path):
         self.remote = remote
         self.bundle = Path(bundle)
+        where = str(self.bundle)
         self.manifest = inspect_archive(self.bundle)  # refuse an unsafe or tampered bundle before sending it
-        self.top = archive_top(self.bundle)
+        # Everything below that becomes a remote path, a command or a requirement is checked first.
+        self.name = safe_name(self.manifest["name"], "bundle name", where)
+        self.top = safe_name(archive_top(self.bundle), "top folder", where)
+        self.extra = runtime_extra(self.manifest, where)
+        for rel in self.manifest["files"]:  # they become lines of `sha256sum -c` on the device
+            if _CONTROL.search(rel):
+                raise BundleError(f"{where}: file name {shown(rel)} holds a control character: refusing the bundle")
+        self.release_number = release_number(self.manifest, where)
+        target = self.manifest.get("target")
+        self.target = str((target.get("name") if isinstance(target, dict) else None) or self.manifest["runtime"]["name"])
+        self.precision = str(self.manifest["precision"])
         self.sha256 = sha256_file(self.bundle)
-        self.extra = self.manifest["runtime"].get("extra", self.manifest["runtime"]["name"])
         self.release_id = self.sha256[:16]
-        self.base = _join(remote.url.path, self.manifest["name"])
+        self.base = _join(remote.url.path, self.name)
+        self.incoming = _join(self.base, ".incoming")
         self.releases = _join(self.base, "releases")
         self.release = _join(self.releases, self.release_id)
         self.current = _join(self.base, "current")
         token = f"{self.release_id}.{uuid.uuid4().hex[:8]}"
-        self.upload = _join(self.base, ".incoming", f"{token}.tar.gz")
-        self.staging = _join(self.base, ".incoming", f"{token}.d")
+        self.upload = _join(self.incoming, f"{token}.tar.gz")
+        self.staging = _join(self.incoming, f"{token}.d")
 
     def prepare(self) -> bool:
-        """Make the folders; True when this exact release is already on the device."""
-        script = 'mkdir -p "$1" "$2" && if [ -e "$3" ]; then echo present; fi'
-        out = self.remote.run(["sh", "-c", script, "sh", _join(self.base, ".incoming"), self.releases,
-                               _join(self.release, "manifest.json")], f"creating {self.base}")
+        """Make the folders (not writable by others) and sweep uploads older than an hour left by
+        ships that were cut off; True when this exact release is already on the device."""
+        script = ('umask 022; mkdir -p "$1" "$2" && '
+                  'find "$1" -mindepth 1 -maxdepth 1 -mmin +"$4" -exec rm -rf -- {} + && '
+                  'if [ -e "$3" ]; then echo present; fi')
+        out = self.remote.run(["sh", "-c", script, "sh", self.incoming, self.releases,
+                               _join(self.release, "manifest.json"), str(STALE_UPLOAD_MINUTES)], f"creating {self.base}")
         return out.strip() == "present"
+
+    def installed_release(self) -> int:
+        """The ``release`` of the bundle ``current`` points at on the device (0 when none, or unreadable)."""
+        out = self.remote.run(["sh", "-c", 'if [ -f "$1" ]; then cat -- "$1"; fi', "sh", _join(self.current, "manifest.json")],
+                              "reading the installed release")
+        try:
+            installed = json.loads(out) if out.strip() else {}
+            return release_number(installed, "") if installed.get("name") == self.name else 0
+        except (ValueError, AttributeError, BundleError):
+            return 0  # a broken or foreign manifest: nothing to protect from a rollback
+
+    def refuse_rollback(self) -> None:
+        installed = self.installed_release()
+        if self.release_number < installed:
+            raise RemoteError(
+                f"{self.remote.url.host} runs release {installed} of {self.name}, {self.bundle.name} is release "
+                f"{self.release_number}: refusing to roll back (pass --allow-rollback to install an older release on purpose)"
+            )
 
     def send(self) -> None:
         with open(self.bundle, "rb") as fh:
-            self.remote.run(["sh", "-c", 'cat > "$1"', "sh", self.upload], f"copying {self.bundle.name}",
+            self.remote.run(["sh", "-c", 'umask 022; cat > "$1"', "sh", self.upload], f"copying {self.bundle.name}",
                             stdin=fh, timeout=3600)
 
     def check_arrival(self) -> None:
@@ -245,10 +385,14 @@ class Shipper:
 
     def unpack(self) -> str:
         """Extract into a staging folder and return the bundle's folder there. The archive passed
-        ``inspect_archive`` here and its sha256 matched there, so plain ``tar`` is safe on it."""
-        # -m: files get the time of extraction, not the archive's fixed (reproducible) mtime
-        self.remote.run(["sh", "-c", 'mkdir -p "$1" && tar -xmzf "$2" -C "$1"', "sh", self.staging, self.upload],
-                        "extracting the bundle", timeout=1800)
+        ``inspect_archive`` here and its sha256 matched there, so plain ``tar`` is safe on it, but
+        its owners and modes are not ours to keep: files become 0644, folders 0755."""
+        # -m: files get the time of extraction, not the archive's fixed (reproducible) mtime.
+        # Folders one by one (\;): find chmods a folder before it descends into it, so a folder
+        # packed as 0000 cannot hide its files from the second find.
+        script = ('umask 022; mkdir -p "$1" && tar -xmzf "$2" -C "$1" --no-same-owner --no-same-permissions && '
+                  'find "$1" -type d -exec chmod 0755 {} \\; && find "$1" -type f -exec chmod 0644 {} +')
+        self.remote.run(["sh", "-c", script, "sh", self.staging, self.upload], "extracting the bundle", timeout=1800)
         return _join(self.staging, self.top)
 
     def verify(self, folder: str, install: bool) -> str:
@@ -259,7 +403,7 @@ class Shipper:
             self.check_hashes(folder)
             return "hashes"
         try:
-            self.remote.run([self.remote.edgetl, "verify", folder, *remote_flags()], f"verifying {self.manifest['name']}", timeout=1800)
+            self.remote.run([self.remote.edgetl, "verify", folder, *remote_flags()], f"verifying {self.name}", timeout=1800)
         except RemoteError as exc:
             hint = " (or pass --install to do it now)" if "pip install" in str(exc) and not install else ""
             raise RemoteError(f"{exc}{hint}; the device keeps its previous bundle") from None
@@ -280,12 +424,13 @@ class Shipper:
     def activate(self, staged: str | None) -> None:
         """Move the staged release into place (unless it is already there), switch ``current`` to it
         with a rename over the old link (atomic: there is no moment without a bundle), then remove
-        releases older than the one it replaced (kept for a rollback)."""
+        releases older than the one it replaced (kept for a rollback). Removal only ever touches
+        entries of ``<path>/<name>/releases/`` (``$6``), never where a link or a name points."""
         script = (
             'set -e; prev=$(readlink "$4" 2>/dev/null || true); prev=${prev##*/}; '
             'if [ -n "$1" ]; then if [ -e "$2" ]; then rm -rf -- "$1"; else mv -- "$1" "$2"; fi; fi; '
             'ln -sfn -- "releases/$3" "$5"; mv -Tf -- "$5" "$4"; '
-            'cd "$6"; for r in *; do case "$r" in "$3"|"$prev") ;; *) rm -rf -- "$r" ;; esac; done'
+            'for r in "$6"/*; do case "${r##*/}" in "$3"|"$prev") ;; *) rm -rf -- "$r" ;; esac; done'
         )
         link = _join(self.base, f".current.{self.release_id}.tmp")
         # relative link target: the whole tree can be moved
@@ -304,18 +449,22 @@ def ship(
     remote_edgetl: str = "edgetl",
     ssh_options: list[str] | tuple[str, ...] = (),
     connect_timeout: int = 10,
+    allow_rollback: bool = False,
     step=lambda message: None,
 ) -> Shipment:
     """Copy, check, extract, verify and activate ``bundle`` on the device at ``url``.
 
-    ``step(message)`` is called before each stage (for a progress display). Whatever fails, the
-    device's ``current`` bundle is left as it was.
+    A bundle whose ``release`` is lower than the one installed there is refused unless
+    ``allow_rollback``. ``step(message)`` is called before each stage (for a progress display).
+    Whatever fails, the device's ``current`` bundle is left as it was and the upload is removed.
     """
     url = SshUrl.parse(url) if isinstance(url, str) else url
     remote = Remote(url, list(ssh_options), connect_timeout, remote_edgetl)
     shipper = Shipper(remote, bundle)
     step(f"connecting to {url.destination}")
     present = shipper.prepare()
+    if not allow_rollback:
+        shipper.refuse_rollback()
     staged = None
     sent = False
     try:
@@ -335,6 +484,6 @@ def ship(
             try:
                 shipper.cleanup()
             except RemoteError:
-                pass  # the host went away: the original error matters, .incoming is reused next time
-    return Shipment(str(url), shipper.manifest["name"], shipper.release, shipper.current, shipper.sha256, copied=not present,
-                    verified=verified, runtime_extra=shipper.extra)
+                pass  # the host went away: the original error matters; the next ship sweeps .incoming
+    return Shipment(str(url), shipper.name, shipper.release, shipper.current, shipper.sha256, copied=not present,
+                    verified=verified, runtime_extra=shipper.extra, target=shipper.target, precision=shipper.precision)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -217,3 +218,83 @@ def test_cli_bundle_and_verify(bundle_run, tmp_path):
     assert set(RunDir.open(run).manifest["bundles"]) >= {"onnxruntime/fp32", "onnxruntime/int8"}
     result = CliRunner().invoke(cli, ["build", str(bundle)])
     assert result.exit_code == 2 and "no engine to build" in result.output
+
+
+# -- bad images, bad arguments, bad settings ----------------------------------------------------------
+def photos_with_bad_ones(folder: Path) -> dict[str, str]:
+    """A folder of two good images and every kind of bad one; name -> what predict must say about it."""
+    from PIL import Image
+
+    folder.mkdir()
+    for name, colour in (("a-good.png", (200, 30, 30)), ("z-good.jpg", (30, 200, 30))):
+        Image.fromarray(np.full((40, 50, 3), colour, np.uint8)).save(folder / name)
+    whole = (folder / "a-good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    (folder / "not-an-image.bmp").write_text("hello, I am text\n")
+    os.mkfifo(folder / "fifo.png")  # opening it would block forever: it must never be opened
+    return {"truncated.png": "cannot read image", "corrupt.jpg": "cannot read image",
+            "not-an-image.bmp": "cannot read image", "fifo.png": "a FIFO, not a regular file"}
+
+
+def test_predict_reports_bad_images_in_their_rows_and_goes_on(bundle_file, tmp_path):
+    folder = tmp_path / "photos"
+    bad = photos_with_bad_ones(folder)
+    # a fresh process with a timeout: if the FIFO were opened, this would hang instead of failing
+    out = device_cli("predict", str(bundle_file), str(folder), "--json")
+    assert out.returncode == 2, out.stderr
+    rows = {Path(r["image"]).name: r for r in json.loads(out.stdout)}
+    assert sorted(rows) == sorted([*bad, "a-good.png", "z-good.jpg"])
+    for name, said in bad.items():
+        assert rows[name]["top"] == [] and said in rows[name]["error"], rows[name]
+    assert all(rows[n]["top"] and "error" not in rows[n] for n in ("a-good.png", "z-good.jpg"))
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {len(bad)} of {len(rows)} image(s) could not be read")
+
+    out = device_cli("predict", str(bundle_file), str(folder), env={**os.environ, "COLUMNS": "500"})  # an error column
+    assert out.returncode == 2 and "a FIFO, not a regular file" in out.stdout and "Traceback" not in out.stderr
+    out = device_cli("predict", str(bundle_file), str(folder / "fifo.png"), "--json")  # the FIFO alone
+    assert out.returncode == 2 and "error: 1 of 1 image(s) could not be read" in out.stderr
+
+
+def test_predict_with_swapped_arguments_says_the_bundle_comes_first(bundle_file, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgetl.cli import cli
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    result = CliRunner().invoke(cli, ["predict", str(photo), str(bundle_file)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{photo} is an image and {bundle_file} a bundle: the bundle comes first" in result.output
+    assert "copy it again" not in result.output
+    result = CliRunner().invoke(cli, ["predict", str(photo), str(tmp_path)])  # an image, then a folder
+    assert result.exit_code == 2 and f"{photo} is an image, not a bundle: the bundle comes first" in result.output
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "0"], "--batch 0: batch sizes must be integers >= 1"),
+    (["--batch", "1,-2"], "--batch 1,-2: batch sizes must be integers >= 1"),
+    (["--iterations", "0"], "--iterations 0: must be >= 1"),
+    (["--duration", "0"], "--duration 0.0: must be > 0 seconds"),
+    (["--duration", "-1"], "--duration -1.0: must be > 0 seconds"),
+    (["--threads", "0"], "--threads 0: must be >= 1"),
+])
+def test_bench_bundle_settings_are_checked(bundle_file, args, message):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    for where in ([], ["--remote", "ssh://127.0.0.1:1/x"]):  # on a bundle here and on a device: before any work
+        result = CliRunner().invoke(cli, ["bench", str(bundle_file), *where, *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), result.output
+
+
+def test_bench_bundle_with_the_shortest_duration(bundle_file):
+    """Time alone ends the run: however short, at least a few runs are timed and the document is whole."""
+    doc = bench(bundle_file, duration_s=1e-9)
+    assert doc["latency"][0]["iterations"] >= 1 and doc["latency"][0]["p50_ms"] > 0

@@ -5,9 +5,15 @@ The "device" is this machine through ssh: its edgetl is this venv's (``--remote-
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import shutil
+import stat
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +154,7 @@ def test_missing_runtime_on_the_device(sshd, bundle_file, tmp_path):
     with pytest.raises(RemoteError, match=r'pip install "edgetl\[onnxruntime\]".*--install.*keeps its previous bundle'):
         ship_to(sshd, bundle_file, tmp_path / "device", remote_edgetl=str(fake))
     assert not current_of(tmp_path / "device", bundle_file).exists()
+    assert not list((current_of(tmp_path / "device", bundle_file).parent / ".incoming").iterdir())  # upload removed
 
 
 def test_device_without_edgetl_gets_hash_checks(sshd, bundle_file, tmp_path):
@@ -231,3 +238,165 @@ def test_install_uses_the_python_next_to_the_remote_edgetl(sshd, bundle_file, tm
     done = ship_to(sshd, bundle_file, tmp_path / "device", remote_edgetl=str(venv / "edgetl"), install=True)
     assert log.read_text().split() == ["-m", "pip", "install", "--quiet", "edgetl[onnxruntime]"]
     assert done.verified == "golden"
+
+
+# -- hostile bundles, URLs and devices -----------------------------------------------------------------
+def rebuilt(bundle: Path, dest: Path, *, manifest: dict | None = None, mode=None) -> Path:
+    """``bundle`` re-packed by hand with manifest fields changed and/or member modes set (``mode(member)``);
+    the listed files and their hashes stay intact, so only what was changed differs."""
+    with tarfile.open(bundle) as tin, tarfile.open(dest, "w:gz") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if manifest and m.name.count("/") == 1 and m.name.endswith("/manifest.json"):
+                data = json.dumps({**json.loads(data), **manifest}).encode()
+                m.size = len(data)
+            if mode:
+                m.mode = mode(m)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    inspect_archive(dest)  # still a bundle that passes every check
+    return dest
+
+
+def cli_ship(sshd, bundle: Path, dest: Path, *extra: str):
+    args = ["ship", str(bundle), sshd.url(str(dest)), "--remote-edgetl", EDGETL, *extra]
+    for opt in sshd.options:
+        args += ["-o", opt]
+    return CliRunner().invoke(cli, args)
+
+
+def one_error_line(result) -> str:
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("runtime, message", [
+    ({"name": "onnxruntime", "extra": 'onnxruntime] ; touch pwned; echo "['},
+     "asks for pip extra 'onnxruntime] ; touch pwned; echo \"['"),
+    ({"name": "onnxruntime", "extra": "openvino"}, "asks for pip extra 'openvino', onnxruntime installs with 'onnxruntime'"),
+    ({"name": "../../bin/sh", "extra": "onnxruntime"}, "runtime '../../bin/sh' is not one of onnxruntime, openvino, tensorrt"),
+])
+def test_bundle_text_never_becomes_a_requirement(sshd, bundle_file, tmp_path, runtime, message):
+    """`ship --install` pip-installs the registry's extra for the runtime; a bundle naming anything else is
+    refused before a single command runs on the device."""
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"runtime": {**inspect_archive(bundle_file)["runtime"],
+                                                                                  **runtime}})
+    line = one_error_line(cli_ship(sshd, evil, tmp_path / "device", "--install"))
+    assert message in line
+    assert not (tmp_path / "device").exists() and not (Path.home() / "pwned").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escape", "..", ".", "a/b", "-rf", ".hidden", "x" * 65, "", "a\nb", 7])
+def test_bundle_name_must_be_a_safe_slug(sshd, bundle_file, tmp_path, name):
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"name": name})
+    line = one_error_line(cli_ship(sshd, evil, tmp_path / "root" / "device"))
+    assert "bundle name" in line and "is not a safe name" in line
+    assert not (tmp_path / "root").exists() and not list(tmp_path.rglob("escape"))
+
+
+def test_modes_from_the_archive_do_not_survive(sshd, bundle_file, tmp_path):
+    """setuid, setgid, sticky and world-writable modes in the archive: 0644 files, 0755 folders on the device."""
+    def hostile(member):
+        return 0o1777 if member.isdir() else 0o6777
+
+    evil = rebuilt(bundle_file, tmp_path / "modes.tar.gz", mode=hostile)
+    with tarfile.open(evil) as tar:
+        assert {m.mode for m in tar.getmembers()} == {0o1777, 0o6777}
+    dest = tmp_path / "device"
+    done = ship_to(sshd, evil, dest)
+    release = Path(dest / done.name / "releases" / done.sha256[:16])
+    assert stat.S_IMODE(release.stat().st_mode) == 0o755
+    for p in [release, *release.rglob("*")]:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
+    for folder in (dest / done.name, dest / done.name / "releases"):
+        assert not folder.stat().st_mode & stat.S_IWOTH
+
+
+def test_rollback_needs_allow_rollback(sshd, bundle_file, tmp_path):
+    dest = tmp_path / "device"
+    newer = rebuilt(bundle_file, tmp_path / "r5.tar.gz", manifest={"release": 5})
+    older = rebuilt(bundle_file, tmp_path / "r3.tar.gz", manifest={"release": 3})
+    done = ship_to(sshd, newer, dest)
+    current = dest / done.name / "current"
+    for bundle, number in ((older, 3), (bundle_file, 0)):  # a bundle without "release" counts as 0
+        line = one_error_line(cli_ship(sshd, bundle, dest))
+        assert f"runs release 5 of {done.name}, {bundle.name} is release {number}: refusing to roll back" in line
+        assert "--allow-rollback" in line
+        assert os.readlink(current) == f"releases/{done.sha256[:16]}"
+    assert not list((dest / done.name / ".incoming").iterdir())  # refused before anything was sent
+    result = cli_ship(sshd, older, dest, "--allow-rollback")
+    assert result.exit_code == 0, result.output
+    assert json.loads((current / "manifest.json").read_text())["release"] == 3
+    assert ship_to(sshd, newer, dest).sha256 == done.sha256  # forward again: no flag needed
+
+
+@pytest.mark.parametrize("bad", ["not-a-number", -1, 2.5, True])
+def test_release_must_be_a_whole_number(bundle_file, tmp_path, bad):
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"release": bad})
+    with pytest.raises(BundleError, match="is not a whole number >= 0"):
+        Shipper(Remote(SshUrl.parse("ssh://host/x")), evil)
+
+
+@pytest.mark.parametrize("url", ["ssh://host/opt/a\nb", "ssh://host/opt/a\tb", "ssh://ho\nst/x", "ssh://host/x\x7f",
+                                 "ssh://host/opt/a%0Ab", "ssh://host/opt/a%09b", "ssh://host/a%00b", "ssh://pi%0A@host/x",
+                                 "ssh://host/a%7Fb"])
+def test_control_characters_in_the_url_are_refused(url):
+    with pytest.raises(RemoteError, match="control character"):
+        SshUrl.parse(url)
+
+
+def test_other_users_home_is_refused_not_made_absolute(bundle_file, tmp_path):
+    with pytest.raises(RemoteError, match=r"another user's home \(~user\) is not supported.*ssh://user@host/~/path"):
+        SshUrl.parse("ssh://host/~pi/models")
+    result = CliRunner().invoke(cli, ["ship", str(bundle_file), "ssh://host/~pi/models"])
+    assert "~user" in one_error_line(result)
+    assert SshUrl.parse("ssh://host/~/models").path == "models"
+
+
+@pytest.mark.parametrize("stderr", [
+    "tar: tiny/model/model.onnx: Cannot write: No space left on device\ntar: Exiting with failure status",
+    "cat: write error",
+    "OSError: [Errno 28] No space left on device: '/data/x'",
+    "sha256sum: standard output: Disk quota exceeded",
+])
+def test_a_full_disk_is_named_whatever_tool_reported_it(stderr):
+    message = Remote(SshUrl.parse("ssh://pi@dev/opt/m")).explain(1, stderr, "extracting the bundle")
+    assert message.startswith("dev ran out of disk space while extracting the bundle (in /opt/m)")
+
+
+def test_stale_uploads_are_swept(sshd, bundle_file, tmp_path):
+    dest = tmp_path / "device"
+    incoming = dest / inspect_archive(bundle_file)["name"] / ".incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh = incoming / "0123.cut-off.tar.gz", incoming / "4567.in-flight.tar.gz"
+    (incoming / "89ab.cut-off.d" / "tiny").mkdir(parents=True)
+    for f in (stale, fresh):
+        f.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for p in (stale, incoming / "89ab.cut-off.d"):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    ship_to(sshd, bundle_file, dest)
+    assert sorted(p.name for p in incoming.iterdir()) == [fresh.name]
+
+
+def test_file_names_with_control_characters_are_refused(sshd, bundle_file, tmp_path):
+    """A listed file whose name holds a newline would add lines to `sha256sum -c` on the device."""
+    evil = tmp_path / "evil.tar.gz"
+    data = b"0123"
+    name = "golden/x\n0000  /etc/passwd"
+    with tarfile.open(bundle_file) as tin, tarfile.open(evil, "w:gz") as tout:
+        for m in tin.getmembers():
+            content = tin.extractfile(m).read() if m.isfile() else None
+            if m.name.count("/") == 1 and m.name.endswith("/manifest.json"):
+                manifest = json.loads(content)
+                manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                content = json.dumps(manifest).encode()
+                m.size = len(content)
+            tout.addfile(m, io.BytesIO(content) if content is not None else None)
+        extra = tarfile.TarInfo(f"{inspect_archive(bundle_file)['name']}/{name}")
+        extra.size = len(data)
+        tout.addfile(extra, io.BytesIO(data))
+    inspect_archive(evil)  # a bundle by every other check
+    line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
+    assert "holds a control character: refusing the bundle" in line
+    assert not (tmp_path / "device").exists()
