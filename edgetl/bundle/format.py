@@ -234,6 +234,9 @@ def _walk_archive(path: Path, sink, *, allow_unsigned: bool | None = None) -> Ch
     with _open_tar(path) as tar:
         top, raw, sig, member = _read_head(tar, where)
         head = check_head(raw, sig, where, allow_unsigned=allow_unsigned)
+        if top != head.manifest["name"]:  # the name is a checked slug; the folder becomes a path on the device
+            raise BundleError(f"{where}: the archive's top folder {top[:80]!r} is not the bundle's name "
+                              f"{head.manifest['name']!r}: refusing it")
         listed = head.manifest["files"]
         total = len(raw) + len(sig or b"") + sum(e["size"] for e in listed.values())
         cap = unpack_cap(path.stat().st_size)
@@ -435,15 +438,6 @@ def write_archive(src: str | os.PathLike, dest: str | os.PathLike, top: str) -> 
                     else:
                         with open(p, "rb") as fh:
                             tar.addfile(info(name, p.stat().st_size), fh)
-
-
-def archive_top(path: str | os.PathLike) -> str:
-    """The archive's top folder (``inspect_archive`` checks that every member lies below it)."""
-    with _open_tar(Path(path)) as tar:
-        first = _next(tar, str(path))
-    if first is None:
-        raise BundleError(f"{path} is empty: not an edgetl bundle")
-    return PurePosixPath(_safe_relpath(first.name, str(path))).parts[0]
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

@@ -36,14 +36,14 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from edgetl._io import sha256_file
-from edgetl.bundle.format import archive_top, inspect_archive
+from edgetl.backends import get_backend
+from edgetl.bundle.format import inspect_archive
 from edgetl.bundle.signing import remote_flags
-from edgetl.errors import BundleError, RemoteError
+from edgetl.errors import RemoteError
 
 DEFAULT_FOLDER = "edgetl"  # below the remote home when the URL has no path
 MAX_ANSWER_BYTES = 16 << 20  # the most a device may print in answer to one command
 STALE_UPLOAD_MINUTES = 60  # older leftovers in .incoming (a ship cut off mid-way) are swept
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a bundle name that may become a remote folder
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -51,14 +51,6 @@ def shown(value, limit: int = 60) -> str:
     """``repr`` of untrusted text for a one-line message: escaped, and cut when long."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def safe_name(value, what: str, where: str) -> str:
-    """``value`` when it is a safe slug (it becomes a folder or file name), else a BundleError."""
-    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
-        raise BundleError(f"{where}: {what} {shown(value)} is not a safe name (letters, digits, '.', '_', '-', "
-                          "starting with a letter or digit, at most 64): refusing to use it as a path")
-    return value
 
 
 @dataclass(frozen=True)
@@ -284,46 +276,19 @@ class Shipment:
     precision: str = ""
 
 
-def runtime_extra(manifest: dict, where: str) -> str:
-    """The pip extra of the bundle's runtime, taken from the backend registry (a fixed set), never
-    text from the bundle: a bundle naming another extra is refused."""
-    from edgetl.backends import RUNTIMES, get_backend
-
-    runtime = manifest.get("runtime")
-    name = runtime.get("name") if isinstance(runtime, dict) else None
-    if name not in RUNTIMES:
-        raise BundleError(f"{where}: runtime {shown(name)} is not one of {', '.join(RUNTIMES)}: refusing the bundle")
-    extra = get_backend(name).extra
-    if runtime.get("extra", extra) != extra:
-        raise BundleError(f"{where}: the bundle asks for pip extra {shown(runtime['extra'])}, {name} installs with "
-                          f"{extra!r}: refusing to install anything it names")
-    return extra
-
-
-def release_number(manifest, where: str) -> int:
-    """The bundle's ``release`` counter (absent in older bundles: 0)."""
-    number = manifest.get("release", 0) if isinstance(manifest, dict) else 0
-    if type(number) is not int or number < 0:
-        raise BundleError(f"{where}: release {shown(number)} is not a whole number >= 0: refusing the bundle")
-    return number
-
-
 class Shipper:
     """The steps of one shipment, each a remote command; ``ship`` runs them in order."""
 
     def __init__(self, remote: Remote, bundle: str | Path):
         self.remote = remote
         self.bundle = Path(bundle)
-        where = str(self.bundle)
-        self.manifest = inspect_archive(self.bundle)  # refuse an unsafe or tampered bundle before sending it
-        # Everything below that becomes a remote path, a command or a requirement is checked first.
-        self.name = safe_name(self.manifest["name"], "bundle name", where)
-        self.top = safe_name(archive_top(self.bundle), "top folder", where)
-        self.extra = runtime_extra(self.manifest, where)
-        for rel in self.manifest["files"]:  # they become lines of `sha256sum -c` on the device
-            if _CONTROL.search(rel):
-                raise BundleError(f"{where}: file name {shown(rel)} holds a control character: refusing the bundle")
-        self.release_number = release_number(self.manifest, where)
+        # Signature, then the manifest model (the name a safe slug and the archive's top folder, the
+        # runtime and its extra from the registry, printable file names), then every hash: everything
+        # below that becomes a remote path, a command or a requirement has been checked.
+        self.manifest = inspect_archive(self.bundle)
+        self.name = self.top = self.manifest["name"]
+        self.extra = get_backend(self.manifest["runtime"]["name"]).extra  # the registry's, never the bundle's text
+        self.release_number = self.manifest["release"]
         target = self.manifest.get("target")
         self.target = str((target.get("name") if isinstance(target, dict) else None) or self.manifest["runtime"]["name"])
         self.precision = str(self.manifest["precision"])
@@ -354,9 +319,10 @@ class Shipper:
                               "reading the installed release")
         try:
             installed = json.loads(out) if out.strip() else {}
-            return release_number(installed, "") if installed.get("name") == self.name else 0
-        except (ValueError, AttributeError, BundleError):
+            number = installed.get("release", 0) if installed.get("name") == self.name else 0
+        except (ValueError, AttributeError):
             return 0  # a broken or foreign manifest: nothing to protect from a rollback
+        return number if type(number) is int and number >= 0 else 0  # older bundles carry none: 0
 
     def refuse_rollback(self) -> None:
         installed = self.installed_release()

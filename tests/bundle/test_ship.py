@@ -241,9 +241,10 @@ def test_install_uses_the_python_next_to_the_remote_edgetl(sshd, bundle_file, tm
 
 
 # -- hostile bundles, URLs and devices -----------------------------------------------------------------
-def rebuilt(bundle: Path, dest: Path, *, manifest: dict | None = None, mode=None) -> Path:
+def rebuilt(bundle: Path, dest: Path, *, manifest: dict | None = None, mode=None, valid: bool = True) -> Path:
     """``bundle`` re-packed by hand with manifest fields changed and/or member modes set (``mode(member)``);
-    the listed files and their hashes stay intact, so only what was changed differs."""
+    the listed files and their hashes stay intact, so only what was changed differs. ``valid``: the
+    result still passes every check here (False for a manifest the model must refuse)."""
     with tarfile.open(bundle) as tin, tarfile.open(dest, "w:gz") as tout:
         for m in tin.getmembers():
             data = tin.extractfile(m).read() if m.isfile() else None
@@ -253,7 +254,11 @@ def rebuilt(bundle: Path, dest: Path, *, manifest: dict | None = None, mode=None
             if mode:
                 m.mode = mode(m)
             tout.addfile(m, io.BytesIO(data) if data is not None else None)
-    inspect_archive(dest)  # still a bundle that passes every check
+    if valid:
+        inspect_archive(dest)  # still a bundle that passes every check
+    else:
+        with pytest.raises(BundleError):
+            inspect_archive(dest)
     return dest
 
 
@@ -271,16 +276,15 @@ def one_error_line(result) -> str:
 
 
 @pytest.mark.parametrize("runtime, message", [
-    ({"name": "onnxruntime", "extra": 'onnxruntime] ; touch pwned; echo "['},
-     "asks for pip extra 'onnxruntime] ; touch pwned; echo \"['"),
-    ({"name": "onnxruntime", "extra": "openvino"}, "asks for pip extra 'openvino', onnxruntime installs with 'onnxruntime'"),
+    ({"name": "onnxruntime", "extra": 'onnxruntime] ; touch pwned; echo "['}, "is not onnxruntime's pip extra 'onnxruntime'"),
+    ({"name": "onnxruntime", "extra": "openvino"}, "extra 'openvino' is not onnxruntime's pip extra 'onnxruntime'"),
     ({"name": "../../bin/sh", "extra": "onnxruntime"}, "runtime '../../bin/sh' is not one of onnxruntime, openvino, tensorrt"),
 ])
 def test_bundle_text_never_becomes_a_requirement(sshd, bundle_file, tmp_path, runtime, message):
     """`ship --install` pip-installs the registry's extra for the runtime; a bundle naming anything else is
     refused before a single command runs on the device."""
-    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"runtime": {**inspect_archive(bundle_file)["runtime"],
-                                                                                  **runtime}})
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", valid=False,
+                   manifest={"runtime": {**inspect_archive(bundle_file)["runtime"], **runtime}})
     line = one_error_line(cli_ship(sshd, evil, tmp_path / "device", "--install"))
     assert message in line
     assert not (tmp_path / "device").exists() and not (Path.home() / "pwned").exists()
@@ -288,9 +292,9 @@ def test_bundle_text_never_becomes_a_requirement(sshd, bundle_file, tmp_path, ru
 
 @pytest.mark.parametrize("name", ["../../escape", "..", ".", "a/b", "-rf", ".hidden", "x" * 65, "", "a\nb", 7])
 def test_bundle_name_must_be_a_safe_slug(sshd, bundle_file, tmp_path, name):
-    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"name": name})
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"name": name}, valid=False)
     line = one_error_line(cli_ship(sshd, evil, tmp_path / "root" / "device"))
-    assert "bundle name" in line and "is not a safe name" in line
+    assert "manifest.json is malformed: field name" in line
     assert not (tmp_path / "root").exists() and not list(tmp_path.rglob("escape"))
 
 
@@ -314,26 +318,26 @@ def test_modes_from_the_archive_do_not_survive(sshd, bundle_file, tmp_path):
 
 def test_rollback_needs_allow_rollback(sshd, bundle_file, tmp_path):
     dest = tmp_path / "device"
-    newer = rebuilt(bundle_file, tmp_path / "r5.tar.gz", manifest={"release": 5})
-    older = rebuilt(bundle_file, tmp_path / "r3.tar.gz", manifest={"release": 3})
+    base = inspect_archive(bundle_file)["release"]
+    newer = rebuilt(bundle_file, tmp_path / "newer.tar.gz", manifest={"release": base + 2})
+    older = rebuilt(bundle_file, tmp_path / "older.tar.gz", manifest={"release": base + 1})
     done = ship_to(sshd, newer, dest)
     current = dest / done.name / "current"
-    for bundle, number in ((older, 3), (bundle_file, 0)):  # a bundle without "release" counts as 0
-        line = one_error_line(cli_ship(sshd, bundle, dest))
-        assert f"runs release 5 of {done.name}, {bundle.name} is release {number}: refusing to roll back" in line
-        assert "--allow-rollback" in line
-        assert os.readlink(current) == f"releases/{done.sha256[:16]}"
+    line = one_error_line(cli_ship(sshd, older, dest))
+    assert f"runs release {base + 2} of {done.name}, {older.name} is release {base + 1}: refusing to roll back" in line
+    assert "--allow-rollback" in line
+    assert os.readlink(current) == f"releases/{done.sha256[:16]}"
     assert not list((dest / done.name / ".incoming").iterdir())  # refused before anything was sent
     result = cli_ship(sshd, older, dest, "--allow-rollback")
     assert result.exit_code == 0, result.output
-    assert json.loads((current / "manifest.json").read_text())["release"] == 3
+    assert json.loads((current / "manifest.json").read_text())["release"] == base + 1
     assert ship_to(sshd, newer, dest).sha256 == done.sha256  # forward again: no flag needed
 
 
-@pytest.mark.parametrize("bad", ["not-a-number", -1, 2.5, True])
+@pytest.mark.parametrize("bad", ["not-a-number", -1, 2.5, True, None])
 def test_release_must_be_a_whole_number(bundle_file, tmp_path, bad):
-    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"release": bad})
-    with pytest.raises(BundleError, match="is not a whole number >= 0"):
+    evil = rebuilt(bundle_file, tmp_path / "evil.tar.gz", manifest={"release": bad}, valid=False)
+    with pytest.raises(BundleError, match="field release"):
         Shipper(Remote(SshUrl.parse("ssh://host/x")), evil)
 
 
@@ -396,7 +400,20 @@ def test_file_names_with_control_characters_are_refused(sshd, bundle_file, tmp_p
         extra = tarfile.TarInfo(f"{inspect_archive(bundle_file)['name']}/{name}")
         extra.size = len(data)
         tout.addfile(extra, io.BytesIO(data))
-    inspect_archive(evil)  # a bundle by every other check
     line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
-    assert "holds a control character: refusing the bundle" in line
+    assert "manifest.json is malformed: field files" in line and "\n" not in line
+    assert not (tmp_path / "device").exists()
+
+
+def test_top_folder_must_be_the_bundle_name(sshd, bundle_file, tmp_path):
+    """The archive's top folder becomes a folder on the device: it must be the (checked) bundle name."""
+    evil = tmp_path / "evil.tar.gz"
+    top = inspect_archive(bundle_file)["name"]
+    with tarfile.open(bundle_file) as tin, tarfile.open(evil, "w:gz") as tout:
+        for m in tin.getmembers():
+            content = tin.extractfile(m).read() if m.isfile() else None
+            m.name = "-rf" + m.name[len(top):]
+            tout.addfile(m, io.BytesIO(content) if content is not None else None)
+    line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
+    assert f"the archive's top folder '-rf' is not the bundle's name '{top}'" in line
     assert not (tmp_path / "device").exists()
