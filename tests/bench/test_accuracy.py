@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.bench.accuracy import (collect_logits, evaluate, label_accuracy, paired_drop_interval,
-                                   unpaired_drop_interval, wilson)
+from edgetl.bench.accuracy import (
+    collect_logits,
+    evaluate,
+    label_accuracy,
+    paired_drop_interval,
+    unpaired_drop_interval,
+    wilson,
+)
 from edgetl.errors import ArtifactError
 
 
