@@ -338,7 +338,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
                     duration_s=duration, console=console)
     # Piped output (CI logs) gets 80 columns by default: print the table whole instead of squeezed.
-    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 150))
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
     out.print(rich_table(results.rows, f"bench on {results.device}"))
     console.print(f"[dim]{escape(summary(results.system))}[/]", highlight=False)
     console.print(f"results in [bold]{results.run / 'bench'}[/]; `edgetl report {run}` for plots")

@@ -46,7 +46,11 @@ def _pct_ci(v: float | None, ci: list[float] | None) -> str:
 def _drop_ci(v: float | None, ci: list[float] | None) -> str:
     if v is None or not ci:
         return _num(v, "+.2f")
-    return f"{v:+.2f} [{ci[0]:+.1f},{ci[1]:+.1f}]"
+    return f"{v:+.2f} [{_bound(ci[0])},{_bound(ci[1])}]"
+
+
+def _bound(pp: float) -> str:
+    return f"{pp:+.1f}" if abs(pp) < 10 else f"{pp:+.0f}"  # the table stays narrow; the JSON has all digits
 
 
 def _speedup_text(lat: dict, reference: bool) -> str:
