@@ -88,6 +88,12 @@ def test_a_runtime_that_cannot_run_here_is_a_row_and_the_others_still_run(benche
     assert "estimate)" not in text  # "estimated" is said once
 
 
+@pytest.mark.skipif(not available("tensorrt_rtx"), reason="tensorrt-rtx not installed")
+def test_benching_only_targets_that_cannot_run_here_skips_the_reference(writable):
+    results = bench(writable.path, targets=["tensorrt"], device_name="gpu-less", threads=1, iterations=5)
+    assert [(r["key"], r["status"]) for r in results.rows] == [("tensorrt/fp32", "unavailable")]
+
+
 def test_the_reference_is_timed_like_the_artifacts_and_says_how(benched):
     rows = {r["key"]: r for r in benched.rows}
     ref = rows["pytorch-eager/fp32"]

@@ -231,7 +231,9 @@ def bench(
 
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, BenchProgress(console) as progress:
         measurer = _Measurer(run, settings, progress, Path(tmp))
-        reference = _bench_reference(run, measurer, results, console)
+        runnable = [k for k in keys if _availability(compiled[k]["runtime"]) is None]
+        # no speed-up to compute when nothing selected can run here: spare the reference's minute
+        reference = _bench_reference(run, measurer, results, console) if runnable else None
         ref_latency = _latency_by_batch(reference)
         ref_method = reference and reference["method"]
         for key in keys:
