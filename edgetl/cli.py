@@ -302,17 +302,22 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     \b
     How it measures: every artifact (and the PyTorch eager FP32 reference, for the
     "vs PyTorch" speed-up) is loaded in a fresh process with fixed threads, run on real
-    validation images, warmed up, then timed run by run: p50/p90/p99, throughput, first
-    inference (load + first run) and peak resident memory. Accuracy is evaluated on the
-    full validation split in the artifact's own runtime: top-1, drop vs FP32 (points),
-    agreement with FP32 predictions. Budgets of the target profile give PASS/FAIL; a
-    runtime that cannot run here (TensorRT without a GPU) is listed as "n/a here".
+    validation images, warmed up (>= 50 runs and >= 200 ms), then timed run by run:
+    p50/p90/p99, throughput, first inference (load + first run) and peak resident memory.
+    The reference follows the same rule (a slow one is cut once its median is known to
+    +-5%); the notes under the table say how it ran, and "!" marks a speed-up measured
+    while other processes used the CPU. Accuracy is evaluated on the full validation
+    split in the artifact's own runtime: top-1, drop vs FP32 (points), agreement, each
+    with its 95% interval. Budgets of the target profile give PASS, FAIL, or UNDECIDED
+    when the drop's interval straddles the budget (too few images to tell); a runtime
+    that cannot run here (TensorRT without a GPU) is listed as "n/a here".
 
     \b
     Writes runs/<name>/bench/<target>/<precision>@<device>.json (schema edgetl.bench/1)
     and a summary in the manifest; `edgetl report` turns them into tables and plots.
-    Exit codes: 0 done, 1 a budget failed (with --check), 2 a user error or an artifact
-    that could not be benched (its row says why).
+    Exit codes: 0 done (UNDECIDED budgets are printed, not failed), 1 a budget failed
+    (with --check), 2 a user error or an artifact that could not be benched (its row
+    says why).
     """
     from rich.markup import escape
 
@@ -639,6 +644,8 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
     table.add_row("top-1", pct(acc["top1"], acc.get("top1_ci")), pct(ws.get("top1")) + (f" (n={ws['n']})" if ws.get("n") else ""))
     if "top5" in acc:
         table.add_row("top-5", pct(acc["top5"], acc.get("top5_ci")), "—")
+    if ws.get("fp32_top1") is not None:
+        table.add_row("FP32 top-1", "— (no FP32 model here)", pct(ws["fp32_top1"]))
     if acc.get("drop_pp") is not None:
         lo, hi = acc["drop_ci_pp"]
         table.add_row("drop vs FP32 (pp)", f"{acc['drop_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
