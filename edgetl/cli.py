@@ -620,6 +620,10 @@ def _print_bundle_bench(doc):
         table.add_row(str(row["batch"]), *(fmt_ms(row[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")),
                       f"{row['throughput_ips']:.1f}")
     console.print(table)
+    busy = [str(row["batch"]) for row in doc["latency"] if (row.get("contention") or {}).get("busy")]
+    if busy:
+        console.print(f"[yellow]! batch {', '.join(busy)} measured while other processes used the CPU: "
+                      "latencies may be far off[/]", highlight=False)
     console.print(f"first inference {fmt_ms(doc['load']['first_inference_ms'])} ms · session memory "
                   f"{doc['memory']['session_peak_mb']:.0f} MB · golden top-1 agreement {golden['top1_agreement']:.0%} · "
                   f"gate {doc['gates']['status']}", highlight=False)

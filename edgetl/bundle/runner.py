@@ -258,7 +258,7 @@ def bench(
     settings = {"threads": threads, "batches": list(batches), "iterations": iterations, "duration_s": duration_s,
                 "warmup_iters": 50, "warmup_s": 0.2, "isolated": False}
     measured = measure(lambda: open_session(bundle, threads), inputs, batches=batches, iterations=iterations,
-                       duration_s=duration_s, progress=progress)
+                       duration_s=duration_s, threads=threads, progress=progress)
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
         if images is not None:
