@@ -44,6 +44,12 @@ Result file ``runs/<name>/bench/<target>/<precision>@<device>.json``, schema ``e
 
 A target that cannot run here (TensorRT without a GPU) gets a row with ``"status": "unavailable"``,
 its ``reason`` and ``accuracy_estimate``: the compile stage's accuracy, estimated on its ONNX.
+
+A bundle benched on a device (``edgetl.bundle.runner.bench``) writes the same document plus
+``golden`` (agreement with the workstation's logits) and ``workstation_accuracy`` (the bundle
+manifest's); its ``accuracy`` is null, or with ``--data`` the labelled folder's
+(``edgetl.bench.labelled``: ``per_class`` with intervals, ``skipped``, and ``drop_pp``/``drop_ci_pp``
+against the workstation's FP32 top-1 with ``drop_against`` saying so).
 """
 
 from __future__ import annotations
