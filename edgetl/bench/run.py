@@ -351,8 +351,9 @@ def reference_method(settings: dict, measured: dict) -> dict:
               f"(cut at {settings['warmup_max_s']:g} s, >= 5 runs)")
     planned = (f"{settings['duration_s']:g} s" if settings.get("duration_s") is not None
                else f"{settings['iterations']} runs")
-    stop = (f"{planned}; past {settings['max_s']:g} s, stop once the median's 95% CI is within "
-            f"+-{settings['median_precision']:.0%} (at {2 * settings['max_s']:g} s in any case)")
+    stop = planned if settings.get("duration_s") is not None else (
+        f"{planned}; past {settings['max_s']:g} s, stop once the median's 95% CI is within "
+        f"+-{settings['median_precision']:.0%} (at {2 * settings['max_s']:g} s in any case)")
     timed = {str(r["batch"]): {"iterations": r["iterations"], "stop": r.get("stop")} for r in measured["latency"]}
     runs = ", ".join(f"b{b}: {t['iterations']} runs" for b, t in timed.items())
     process = "a fresh process" if settings.get("isolated") else "this process"
