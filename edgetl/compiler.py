@@ -239,7 +239,7 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
         if not ort.available():
             raise MissingDependencyError(f"estimating {backend.name} accuracy needs ONNX Runtime: pip install 'edgetl[onnxruntime]'")
         session = ort.load(compiled.estimate_with, threads)
-        evaluated_with = f"onnxruntime {ort.version()} CPU on {compiled.estimate_with.name} (estimate)"
+        evaluated_with = f"onnxruntime {ort.version()} CPU on {compiled.estimate_with.name}"  # "estimated" says it is an estimate: say it once
         estimated = True
     else:
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")

@@ -177,17 +177,22 @@ def _compile(config: DeployConfig, run: RunDir, say: _Stages) -> list[dict]:
     return rows
 
 
+def _runs_here(run: RunDir, key: str) -> bool:
+    from edgetl.backends import get_backend
+
+    backend = get_backend(run.manifest["compiled"][key]["runtime"])
+    return backend.available() and backend.can_run_here()
+
+
 def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[int]) -> list[str]:
     """Compiled keys without a result on this device for exactly the current artifact bytes."""
-    from edgetl.backends import get_backend
     from edgetl.bench.run import result_path
 
     artifacts = run.manifest.get("artifacts", {})
     stale = []
     for key in keys:
         entry = run.manifest["compiled"][key]
-        backend = get_backend(entry["runtime"])
-        if not (backend.available() and backend.can_run_here()):
+        if not _runs_here(run, key):
             continue  # e.g. a TensorRT engine without a GPU: bench it on the device (edgetl bench BUNDLE)
         path = result_path(run, key, device)
         try:
@@ -211,8 +216,11 @@ def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, con
     if not stale:
         say.done("bench", "skipped — every artifact that runs here is already benched on this device")
         return
-    results = bench(run.path, stale, batches=config.batches, threads=config.threads, iterations=config.iterations,
-                    console=console)
+    # Artifacts that cannot run here (a TensorRT engine without a GPU) keep their row in the table:
+    # "n/a here", with the accuracy estimated at compile time.
+    elsewhere = [k for k in keys if k not in stale and not _runs_here(run, k)]
+    results = bench(run.path, stale + elsewhere, batches=config.batches, threads=config.threads,
+                    iterations=config.iterations, console=console)
     console.print(rich_table(results.rows, f"bench on {results.device}"))
     measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
     say.done("bench", f"{len(measured)} artifact(s) measured on {results.device}")

@@ -71,9 +71,51 @@ def test_speedups_are_against_the_reference_measured_in_the_same_run(benched):
 def test_a_runtime_that_cannot_run_here_is_a_row_and_the_others_still_run(benched):
     rows = {r["key"]: r for r in benched.rows}
     assert rows["tensorrt/fp32"]["status"] == "unavailable"
-    assert "cannot run" in rows["tensorrt/fp32"]["reason"]
+    assert rows["tensorrt/fp32"]["reason"] == "needs an NVIDIA GPU"
     assert rows["onnxruntime/fp32"]["status"] == "ok"
     assert benched.errors() == []
+    estimate = rows["tensorrt/fp32"]["accuracy_estimate"]
+    assert estimate["estimated"] is True  # the compile stage's estimate on its ONNX, kept in the row
+
+    from rich.console import Console
+
+    from edgetl.bench.table import rich_table
+
+    console = Console(width=250, record=True)
+    console.print(rich_table(benched.rows, "bench on ci"))
+    text = console.export_text()
+    assert f"tensorrt/fp32: n/a here (needs an NVIDIA GPU): accuracy estimated {estimate['top1']:.1%}" in text
+    assert "estimate)" not in text  # "estimated" is said once
+
+
+@pytest.mark.skipif(not available("tensorrt_rtx"), reason="tensorrt-rtx not installed")
+def test_benching_only_targets_that_cannot_run_here_skips_the_reference(writable):
+    results = bench(writable.path, targets=["tensorrt"], device_name="gpu-less", threads=1, iterations=5)
+    assert [(r["key"], r["status"]) for r in results.rows] == [("tensorrt/fp32", "unavailable")]
+
+
+def test_the_reference_is_timed_like_the_artifacts_and_says_how(benched):
+    rows = {r["key"]: r for r in benched.rows}
+    ref = rows["pytorch-eager/fp32"]
+    for row in ref["latency"]:  # the artifacts' rule: warm-up >= 50 runs and >= 200 ms, then --iterations
+        assert row["warmup_iterations"] >= 50 and row["warmup_ms"] >= 200
+        assert row["iterations"] == 30 and row["stop"] == "iterations"
+    method = ref["reference_method"]
+    assert method["threads"] == {"intra_op": 1, "inter_op": 1} and method["process"] == "a fresh process"
+    assert "+-5%" in method["stop_rule"] and method["timed"]["1"] == {"iterations": 30, "stop": "iterations"}
+    art = rows["onnxruntime/int8"]
+    assert art["reference_method"] == method  # every speed-up says what its denominator was
+    for row in art["latency"]:
+        lo, hi = row["p50_ci_ms"]
+        assert lo <= row["p50_ms"] <= hi
+        s_lo, s_hi = row["speedup_ci"]
+        assert s_lo <= row["speedup_vs_reference"] <= s_hi
+        assert isinstance(row["busy"], bool) and row["contention"]["method"]
+        ref_row = next(r for r in ref["latency"] if r["batch"] == row["batch"])
+        assert row["busy"] == (row["contention"]["busy"] or ref_row["contention"]["busy"])
+    acc = art["accuracy"]
+    assert acc["top1_ci"][0] <= acc["top1"] <= acc["top1_ci"][1]
+    assert acc["drop_ci_pp"][0] <= acc["drop_pp"] <= acc["drop_ci_pp"][1]
 
 
 def test_manifest_summary_is_merged_per_device(writable):
@@ -88,7 +130,8 @@ def test_manifest_summary_is_merged_per_device(writable):
 def test_cli_prints_the_table(writable):
     result = CliRunner().invoke(cli, ["bench", str(writable.path), "--target", "onnxruntime/int8", "--batch", "1,2", *FAST])
     assert result.exit_code == 0, result.output
-    for text in ("p50 ms", "p90 ms", "p99 ms", "vs PyTorch", "drop pp", "onnxruntime/int8", "pytorch-eager/fp32"):
+    for text in ("p50 ms", "p90 ms", "p99 ms", "vs PyTorch", "drop pp", "onnxruntime/int8", "pytorch-eager/fp32",
+                 "★ best: the fastest artifact", "vs PyTorch = reference p50 / artifact p50", "1 intra-op + 1 inter-op"):
         assert text in result.output
 
 
@@ -134,6 +177,22 @@ def test_check_exits_1_when_a_budget_fails_and_0_when_all_pass(writable, tmp_pat
     passed = CliRunner().invoke(cli, ["bench", str(writable.path), "--target", "loose", "--check", *FAST])
     assert passed.exit_code == 0, passed.output
     assert "all budgets of the artifacts measured here pass" in passed.output
+
+
+def test_a_budget_the_validation_split_cannot_decide_is_undecided_loudly_and_does_not_fail_check(
+        writable, tmp_path, monkeypatch):
+    from edgetl.compiler import compile
+
+    monkeypatch.chdir(tmp_path)
+    _profile(tmp_path, "strict", "max_accuracy_drop_pp = 1.0")  # fp32: drop 0, but 12 images cannot show <= 1 pp
+    compile(writable.path, ["strict"], progress=False)
+    result = CliRunner().invoke(cli, ["bench", str(writable.path), "--target", "strict", "--check", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "UNDECIDED strict/fp32: accuracy_drop +0.00 pp (n=12: 95% CI" in result.output
+    assert "too few images to decide" in result.output
+    assert "no budget failed, but some could not be decided" in result.output
+    doc = json.loads(result_path(writable, "strict/fp32", "ci").read_text())
+    assert doc["gates"]["status"] == "UNDECIDED" and doc["gates"]["failed"] == []
 
 
 def test_nonsense_budget_in_a_profile_is_exit_2(writable, tmp_path, monkeypatch):

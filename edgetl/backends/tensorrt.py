@@ -63,6 +63,7 @@ class TensorRtBackend:
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     extra = "tensorrt"
+    runs_on = "an NVIDIA GPU"  # what a machine needs to run the artifacts (tables say "n/a here (needs ...)")
 
     def available(self) -> bool:
         return available("tensorrt") or available("tensorrt_rtx")

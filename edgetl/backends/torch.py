@@ -1,8 +1,11 @@
 """The FP32 PyTorch eager reference: the baseline every bench table's speed-ups are measured against.
 
 Not a compile target (there is nothing to compile); it runs the run's trained model as trained, on
-the workstation, with the same thread count as the artifact it is compared with. This file may
-import torch, lazily: it is never part of a bundle.
+the workstation, with the same thread count as the artifact it is compared with: ``threads``
+intra-op threads (``torch.set_num_threads``) and one inter-op thread
+(``torch.set_num_interop_threads``: eager inference runs one operator at a time, so more inter-op
+threads only add idle threads that compete for the cores). ``TorchSession.threads_info`` says what
+torch actually uses. This file may import torch, lazily: it is never part of a bundle.
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from edgetl._lazy import require
 from edgetl.backends.base import SessionBase
 
 NAME = "pytorch-eager"  # how the reference row is named in results and tables
+INTEROP_THREADS = 1
+
+
+def _set_interop_threads(torch, n: int) -> None:
+    """Torch accepts this once per process, before any inter-op work: in a fresh process (the bench
+    stage) it applies; in a shared one that already ran torch it stays as it was, and
+    ``threads_info`` reports the value in force."""
+    if torch.get_num_interop_threads() == n:
+        return
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        pass
 
 
 class TorchSession(SessionBase):
@@ -30,8 +46,11 @@ class TorchSession(SessionBase):
         self._restore = self._torch.get_num_threads()
         if threads:
             self._torch.set_num_threads(threads)
+            _set_interop_threads(self._torch, INTEROP_THREADS)
         self._model = model.eval()
         self.input_shape = input_shape
+        self.threads_info = {"intra_op": self._torch.get_num_threads(),
+                             "inter_op": self._torch.get_num_interop_threads()}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))

@@ -11,7 +11,22 @@ Method (DESIGN.md, "Measuring"):
 - then ``iterations`` timed calls, or as many as fit in ``duration_s``; each call is timed alone
   with ``time.perf_counter_ns`` around ``session.run`` only, and the garbage collector is paused
   (as ``timeit`` does) so a collection triggered by Python objects does not land in one sample;
-- percentiles by linear interpolation (numpy's default, the same as OpenVINO's benchmark_app).
+- percentiles by linear interpolation (numpy's default, the same as OpenVINO's benchmark_app);
+- the median's 95% confidence interval from order statistics (distribution-free: the ranks
+  n/2 -+ 1.96 sqrt(n)/2 of the sorted samples), so a ratio of two medians can say how sure it is;
+- a slow model (the PyTorch reference) may stop on a stated precision instead: ``max_s`` ends the
+  run once that much time is spent *and* the median's interval is within ``median_precision`` of
+  it (e.g. +-5%), or at twice ``max_s`` whatever the interval; ``warmup_max_s`` caps its warm-up
+  the same way. ``stop`` in the result says which rule ended the run.
+
+Contention (``Contention``): other processes that want the CPU while we time are the first suspect of
+a wrong number. On Linux the harness reads the machine's busy CPU time from ``/proc/stat`` (all
+CPUs, including steal time: another virtual machine on the host) before and after the timed loop
+and subtracts the CPU time this process got (``getrusage``); what is left is the CPU the *others*
+used, in cores. The run is ``busy`` when the others used more than the cores our threads left free
+(plus a quarter core for the kernel's housekeeping). Without ``/proc/stat`` (macOS) the 1-minute
+load average before and after the loop stands in, compared with the cores (it counts our own
+threads too, and lags by a minute: a cruder signal, and ``method`` says so).
 
 Peak memory (``MemoryProbe``): the runtime's allocations happen inside C++ libraries, so the only
 honest number is the process's resident set. On Linux the high-water mark ``VmHWM`` is reset to the
@@ -27,6 +42,8 @@ cannot be reset, so the peak includes everything before the load, and ``method``
 from __future__ import annotations
 
 import gc
+import math
+import os
 import resource
 import sys
 import time
@@ -40,6 +57,73 @@ Progress = Callable[[float, float], None]  # (done, total): iterations, or secon
 
 _PROGRESS_EVERY_NS = 100_000_000  # report at most 10 times a second: the callback is not free
 MIN_ITERATIONS = 10  # in duration mode, so that p90/p99 exist even for a slow model
+MIN_WARMUP_ITERATIONS = 5  # even a capped warm-up (warmup_max_s) runs this many
+_BUSY_MARGIN_CORES = 0.25  # kernel threads and the parent's progress display use a little CPU
+_PROC_STAT = Path("/proc/stat")
+
+
+def median_interval(ms: np.ndarray, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Distribution-free 95% interval of the median: order statistics at ranks n/2 -+ z sqrt(n)/2."""
+    x = np.sort(np.asarray(ms, dtype=np.float64))
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan
+    half = z * math.sqrt(n) / 2
+    lo, hi = max(int(math.floor(n / 2 - half)), 0), min(int(math.ceil(n / 2 + half)), n - 1)
+    return float(x[lo]), float(x[hi])
+
+
+def _median_within(samples_ns: list[int], precision: float) -> bool:
+    lo, hi = median_interval(np.asarray(samples_ns, np.float64))
+    median = float(np.median(samples_ns))
+    return lo >= median * (1 - precision) and hi <= median * (1 + precision)
+
+
+def _busy_cpu_seconds() -> tuple[float, int] | None:
+    """(machine-wide busy CPU seconds, number of CPUs) from /proc/stat; None where it is missing."""
+    try:
+        lines = _PROC_STAT.read_text().splitlines()
+    except OSError:
+        return None
+    fields = [int(v) for v in lines[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return busy / os.sysconf("SC_CLK_TCK"), cpus
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Contention:
+    """How much CPU other processes used between ``start()`` and ``stop()`` (see the module doc)."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads or 1
+
+    def start(self) -> None:
+        self.wall, self.own, self.machine = time.perf_counter(), _own_cpu_seconds(), _busy_cpu_seconds()
+        self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    def stop(self) -> dict:
+        wall = max(time.perf_counter() - self.wall, 1e-9)
+        after = _busy_cpu_seconds()
+        if self.machine is not None and after is not None:
+            cpus = after[1]
+            others = max(after[0] - self.machine[0] - (_own_cpu_seconds() - self.own), 0.0) / wall
+            free = max(cpus - self.threads, 0)
+            return {"method": "CPU time of other processes from /proc/stat (busy incl. steal) minus this "
+                              "process's getrusage, over the timed loop",
+                    "others_cores": round(others, 3), "cpus": cpus, "threads": self.threads,
+                    "busy": others > free + _BUSY_MARGIN_CORES}
+        if self.load is None:
+            return {"method": "unavailable", "busy": None}
+        load = max(self.load, os.getloadavg()[0])
+        cpus = os.cpu_count() or 1
+        return {"method": "1-minute load average before/after the timed loop vs CPUs (includes this process)",
+                "load_average": round(load, 2), "cpus": cpus, "threads": self.threads, "busy": load > cpus}
 
 
 @dataclass
@@ -58,11 +142,18 @@ class LatencyStats:
     throughput_ips: float
     warmup_iterations: int
     warmup_ms: float
+    p50_ci_ms: list[float] | None = None  # 95% interval of the median (order statistics)
+    stop: str = "iterations"  # what ended the timed run: iterations, duration, precision, time cap
+    contention: dict | None = None  # other processes' CPU use while timing; "busy" flags a noisy row
     samples_ms: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def busy(self) -> bool:
+        return bool((self.contention or {}).get("busy"))
 
     @classmethod
     def from_samples(cls, batch: int, samples_ns: np.ndarray, warmup_iterations: int, warmup_ns: int,
-                     keep_samples: bool = True) -> LatencyStats:
+                     keep_samples: bool = True, stop: str = "iterations", contention: dict | None = None) -> LatencyStats:
         ms = samples_ns.astype(np.float64) / 1e6
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(
@@ -79,6 +170,9 @@ class LatencyStats:
             throughput_ips=float(batch * ms.size / (ms.sum() / 1e3)),
             warmup_iterations=warmup_iterations,
             warmup_ms=warmup_ns / 1e6,
+            p50_ci_ms=list(median_interval(ms)),
+            stop=stop,
+            contention=contention,
             samples_ms=[round(float(v), 4) for v in ms] if keep_samples else None,
         )
 
@@ -98,14 +192,20 @@ def measure_latency(
     iterations: int = 200,
     duration_s: float | None = None,
     max_s: float | None = None,
+    median_precision: float | None = None,
+    warmup_max_s: float | None = None,
+    threads: int | None = None,
     progress: Progress | None = None,
     keep_samples: bool = True,
 ) -> LatencyStats:
     """Time ``session.run(batch)``: warm-up, then ``iterations`` calls or ``duration_s`` seconds.
 
     ``max_s`` stops an iteration-count run early once that many seconds are spent (for a slow
-    baseline whose median is all that is needed). Whenever time ends a run, at least
-    ``MIN_ITERATIONS`` calls are timed, so that the percentiles exist.
+    baseline whose median is all that is needed); with ``median_precision`` only once the median's
+    95% interval is also within that fraction of it (or at ``2 * max_s``). Whenever time ends a
+    run, at least ``MIN_ITERATIONS`` calls are timed, so that the percentiles exist.
+    ``warmup_max_s`` caps the warm-up (at least ``MIN_WARMUP_ITERATIONS`` calls). ``threads`` is
+    what the session was opened with: the contention check needs it.
     """
     if iterations < 1 and duration_s is None:
         raise ValueError("iterations must be >= 1")
@@ -115,7 +215,10 @@ def measure_latency(
     start = clock()
     warm = 0
     warm_until = start + int(warmup_s * 1e9)
+    warm_cap = start + int(warmup_max_s * 1e9) if warmup_max_s is not None else None
     while warm < warmup_iters or clock() < warm_until:
+        if warm_cap is not None and warm >= MIN_WARMUP_ITERATIONS and clock() >= warm_cap:
+            break
         session.run(x)
         warm += 1
     warm_ns = clock() - start
@@ -125,8 +228,10 @@ def measure_latency(
     seconds = duration_s if duration_s is not None else max_s
     time_limit_ns = int(seconds * 1e9) if seconds is not None else None
     total = float(count) if count is not None else duration_s
+    contention = Contention(threads)
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    contention.start()
     try:
         begin = last_report = clock()
         while True:
@@ -135,18 +240,35 @@ def measure_latency(
             t1 = clock()
             samples.append(t1 - t0)
             n = len(samples)
-            if (count is not None and n >= count) or (
-                    time_limit_ns is not None and t1 - begin >= time_limit_ns and n >= MIN_ITERATIONS):
+            if count is not None and n >= count:
+                stop = "iterations"
                 break
+            if time_limit_ns is not None and t1 - begin >= time_limit_ns and n >= MIN_ITERATIONS:
+                stop = _time_stop(samples, duration_s, median_precision, t1 - begin >= 2 * time_limit_ns)
+                if stop is not None:
+                    break
             if progress is not None and t1 - last_report >= _PROGRESS_EVERY_NS:
                 progress(n if count is not None else (t1 - begin) / 1e9, total)
                 last_report = clock()
+        load = contention.stop()
     finally:
         if gc_was_enabled:
             gc.enable()
     if progress is not None:
         progress(total, total)
-    return LatencyStats.from_samples(int(x.shape[0]), np.asarray(samples, np.int64), warm, warm_ns, keep_samples)
+    return LatencyStats.from_samples(int(x.shape[0]), np.asarray(samples, np.int64), warm, warm_ns, keep_samples,
+                                     stop=stop, contention=load)
+
+
+def _time_stop(samples: list[int], duration_s: float | None, precision: float | None, hard_cap: bool) -> str | None:
+    """Why a run whose time is up stops now, or None to go on until its median is precise enough."""
+    if duration_s is not None:
+        return "duration"
+    if precision is None:
+        return "time cap"
+    if _median_within(samples, precision):
+        return f"time cap, median within +-{precision:.0%}"
+    return f"hard time cap, median not within +-{precision:.0%}" if hard_cap else None
 
 
 def first_inference(load: Callable[[], object], batch: np.ndarray,

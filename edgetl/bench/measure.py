@@ -96,6 +96,9 @@ def bench_session(
     warmup_iters: int = 50,
     warmup_s: float = 0.2,
     max_s: float | None = None,
+    median_precision: float | None = None,
+    warmup_max_s: float | None = None,
+    threads: int | None = None,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
 ) -> dict:
@@ -104,7 +107,7 @@ def bench_session(
     check_input_shape(session, inputs)
     arrays, skipped = runnable_batches(session, make_batches(inputs, batches))
     timing = {"iterations": iterations, "duration_s": duration_s, "warmup_iters": warmup_iters, "warmup_s": warmup_s,
-              "max_s": max_s}
+              "max_s": max_s, "median_precision": median_precision, "warmup_max_s": warmup_max_s, "threads": threads}
     return {
         "latency": _latency(session, arrays, progress, **timing),
         "skipped_batches": skipped,
@@ -124,6 +127,9 @@ def measure(
     warmup_iters: int = 50,
     warmup_s: float = 0.2,
     max_s: float | None = None,
+    median_precision: float | None = None,
+    warmup_max_s: float | None = None,
+    threads: int | None = None,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
 ) -> dict:
@@ -137,13 +143,17 @@ def measure(
     try:
         arrays, skipped = runnable_batches(session, arrays)
         latency = _latency(session, arrays, progress, iterations=iterations, duration_s=duration_s,
-                           warmup_iters=warmup_iters, warmup_s=warmup_s, max_s=max_s)
+                           warmup_iters=warmup_iters, warmup_s=warmup_s, max_s=max_s,
+                           median_precision=median_precision, warmup_max_s=warmup_max_s, threads=threads)
         memory = probe.stop()
         accuracy = _accuracy(session, inputs, labels, reference_logits, classes, progress)
     finally:
         session.close()
-    return {"load": load_times, "memory": memory, "latency": latency, "skipped_batches": skipped,
-            "accuracy": accuracy}
+    result = {"load": load_times, "memory": memory, "latency": latency, "skipped_batches": skipped,
+              "accuracy": accuracy}
+    if getattr(session, "threads_info", None):  # the reference says which thread pools torch used
+        result["threads_info"] = session.threads_info
+    return result
 
 
 # -- in a fresh process ------------------------------------------------------------------------------

@@ -18,18 +18,38 @@ Result file ``runs/<name>/bench/<target>/<precision>@<device>.json``, schema ``e
       "device": {...},                           # edgetl.bench.system.system_record(): name, cpu (model, flags,
                                                  # cores), memory, os, python, gpus, runtimes (versions)
       "settings": {"threads", "batches", "iterations", "duration_s", "warmup_iters", "warmup_s", "isolated"},
+                                                 # the reference adds "warmup_max_s", "max_s", "median_precision"
       "artifact": {"runtime", "precision", "path", "files": {relpath: sha256}, "size_bytes", "versions"},
       "load": {"load_ms", "first_run_ms", "first_inference_ms"},
       "memory": {"method", "baseline_mb", "process_peak_mb", "session_peak_mb", "isolated"},
       "latency": [{"batch", "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms",
                    "max_ms", "throughput_ips", "warmup_iterations", "warmup_ms", "samples_ms": [...],
-                   "speedup_vs_reference": float | null}],   # reference p50 / this p50, same batch
+                   "p50_ci_ms": [lo, hi],                # 95% interval of the median (order statistics)
+                   "stop": "iterations" | "duration" | "time cap, median within +-5%" | ...,
+                   "contention": {"method", "others_cores", "cpus", "threads", "busy"},  # see bench.latency
+                   "busy": bool,                         # this row or the reference's row was busy
+                   "speedup_vs_reference": float | null, # reference p50 / this p50, same batch
+                   "speedup_ci": [lo, hi] | null}],      # from the two medians' intervals
       "skipped_batches": [{"batch", "reason"}],
-      "accuracy": {"n", "num_classes", "top1", "fp32_top1", "drop_pp", "fraction_of_fp32", "agreement",
-                   "max_abs_diff", "nonfinite", "top5"?, "fp32_top5"?, "per_class_changed": [...]},
-      "reference_latency": {"<batch>": {"p50_ms", "p90_ms"}} | null,
-      "gates": {"status": "PASS" | "FAIL" | "n/a", "budgets": {...}, "checks": [...], "failed": [...]}
+      "accuracy": {"n", "num_classes", "top1", "top1_ci", "fp32_top1", "fp32_top1_ci", "drop_pp",
+                   "drop_ci_pp", "interval", "fraction_of_fp32", "agreement", "max_abs_diff", "nonfinite",
+                   "top5"?, "top5_ci"?, "fp32_top5"?, "per_class_changed": [...]},   # *_ci: 95% [lo, hi]
+      "reference_latency": {"<batch>": {"p50_ms", "p90_ms", "p50_ci_ms", "busy"}} | null,
+      "reference_method": {"runtime", "process", "threads": {"intra_op", "inter_op"}, "warmup",
+                           "iterations", "stop_rule", "timed": {"<batch>": {"iterations", "stop"}},
+                           "summary"} | null,   # how the speed-ups' denominator was measured
+      "gates": {"status": "PASS" | "FAIL" | "UNDECIDED" | "not measured here" | "n/a", "budgets": {...},
+                "checks": [...], "failed": [...], "undecided": [...]}     # rules: edgetl.bench.gates
     }
+
+A target that cannot run here (TensorRT without a GPU) gets a row with ``"status": "unavailable"``,
+its ``reason`` and ``accuracy_estimate``: the compile stage's accuracy, estimated on its ONNX.
+
+A bundle benched on a device (``edgetl.bundle.runner.bench``) writes the same document plus
+``golden`` (agreement with the workstation's logits) and ``workstation_accuracy`` (the bundle
+manifest's); its ``accuracy`` is null, or with ``--data`` the labelled folder's
+(``edgetl.bench.labelled``: ``per_class`` with intervals, ``skipped``, and ``drop_pp``/``drop_ci_pp``
+against the workstation's FP32 top-1 with ``drop_against`` saying so).
 """
 
 from __future__ import annotations
@@ -59,10 +79,12 @@ from edgetl.rundir import RunDir
 
 SCHEMA = "edgetl.bench/1"
 REFERENCE_KEY = f"{torch_reference.NAME}/fp32"
-# PyTorch eager can be 10-100x slower than the artifacts (EfficientNet-Lite0, batch 8: ~3 s a run on
-# a loaded 2-core VM), and the speed-up needs only its median: a short warm-up, and at most ~15 s
-# per batch size (never fewer than 10 timed runs). The artifacts get the full rule.
-REFERENCE_TIMING = {"warmup_iters": 5, "max_s": 15.0}
+# The reference gets the artifacts' rule (warm-up >= 50 runs and >= 0.2 s, then --iterations runs), in
+# its own fresh process, at the same threads. Only when that would take long (PyTorch eager is 10-100x
+# slower than an int8 artifact; EfficientNet-Lite0 at batch 8 takes ~3 s a run on a loaded 2-core VM)
+# is it cut: the warm-up at 10 s, the timed runs at 60 s once the median's 95% interval is within
+# +-5% of it (at 120 s whatever the interval). ``stop`` in each latency row says which rule ended it.
+REFERENCE_TIMING = {"warmup_max_s": 10.0, "max_s": 60.0, "median_precision": 0.05}
 
 
 class GatesFailed(EdgetlError):
@@ -86,6 +108,11 @@ class BenchResults:
     def failed_gates(self) -> list[str]:
         return [f"{r['key']}: {'; '.join(r['gates']['failed'])}" for r in self.rows
                 if r.get("status") == "ok" and r["gates"]["status"] == gates_mod.FAIL]
+
+    def undecided_gates(self) -> list[str]:
+        """Budgets the data could not decide (UNDECIDED): they do not fail ``--check``, but say so."""
+        return [f"{r['key']}: {'; '.join(r['gates'].get('undecided') or [])}" for r in self.rows
+                if r.get("status") == "ok" and r["gates"].get("undecided")]
 
     def errors(self) -> list[str]:
         return [f"{r['key']}: {r['reason']}" for r in self.rows if r.get("status") == "error"]
@@ -161,7 +188,8 @@ def _availability(runtime: str) -> str | None:
     if not backend.available():
         return f"{runtime} is not installed: pip install 'edgetl[{backend.extra}]'"
     if not backend.can_run_here():
-        return f"{runtime} artifacts cannot run on this machine (e.g. no GPU)"
+        needs = getattr(backend, "runs_on", None)
+        return f"needs {needs}" if needs else f"{runtime} artifacts cannot run on this machine"
     return None
 
 
@@ -209,8 +237,11 @@ def bench(
 
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, BenchProgress(console) as progress:
         measurer = _Measurer(run, settings, progress, Path(tmp))
-        reference = _bench_reference(run, measurer, results, console)
+        runnable = [k for k in keys if _availability(compiled[k]["runtime"]) is None]
+        # no speed-up to compute when nothing selected can run here: spare the reference's minute
+        reference = _bench_reference(run, measurer, results, console) if runnable else None
         ref_latency = _latency_by_batch(reference)
+        ref_method = reference and reference["method"]
         for key in keys:
             entry = compiled[key]
             stub = {"key": key, "target": entry["target"], "artifact": _artifact(run, entry),
@@ -219,6 +250,7 @@ def bench(
                 unmeasured = {"status": gates_mod.NA, "checks": [], "failed": [],
                               "budgets": budgets[key].model_dump(exclude_none=True) if budgets[key] else {}}
                 results.rows.append(save_result(run, {**stub, "status": "unavailable", "reason": reason,
+                                                      "accuracy_estimate": entry.get("accuracy"),
                                                       "gates": unmeasured}))
                 continue
             try:
@@ -228,7 +260,7 @@ def bench(
                 results.rows.append(save_result(run, {**stub, **_failure(exc, console)}))
                 continue
             doc = result_doc(key, entry["target"], measured, system, settings, ref_latency, budgets[key],
-                             artifact=stub["artifact"])
+                             artifact=stub["artifact"], reference_method=ref_method)
             results.rows.append(save_result(run, doc))
 
     if check:
@@ -247,7 +279,8 @@ class _Measurer:
         self.data = {"inputs": normalize(pixels, spec_of(run)), "labels": labels, "reference": reference_logits(run)}
         self.classes = run.manifest["train"].get("classes")
         self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
-        self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s")}
+        self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s",
+                                                "threads")}
         self.files = {}
         if self.isolate:  # the child memory-maps these instead of receiving copies
             for name, arr in self.data.items():
@@ -282,8 +315,9 @@ def _failure(exc: Exception, console) -> dict:
 
 
 def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, console) -> dict | None:
-    """PyTorch eager FP32 at the same threads (where torch is installed). Its accuracy *is* the
-    reference logits: no second pass over the validation split."""
+    """PyTorch eager FP32 at the same threads (where torch is installed), under ``REFERENCE_TIMING``.
+    Its accuracy *is* the reference logits: no second pass over the validation split. The result
+    carries ``method``: how it was measured, for every speed-up computed from it."""
     if importlib.util.find_spec("torch") is None:
         return None
     ckpt = run.manifest["train"]["checkpoint"]
@@ -301,17 +335,47 @@ def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, co
     data = measurer.data
     measured["accuracy"] = evaluate(data["reference"], data["labels"], data["reference"], measurer.classes)
     measured["accuracy"]["evaluated_with"] = "the cached reference logits (this model, FP32)"
-    doc = result_doc(REFERENCE_KEY, torch_reference.NAME, measured, results.system,
-                     {**measurer.settings, **REFERENCE_TIMING}, None, None, artifact=artifact)
+    settings = {**measurer.settings, **REFERENCE_TIMING}
+    measured["method"] = reference_method(settings, measured)
+    doc = result_doc(REFERENCE_KEY, torch_reference.NAME, measured, results.system, settings, None, None,
+                     artifact=artifact, reference_method=measured["method"])
     doc["reference"] = True
     results.rows.append(save_result(run, doc))
     return measured
 
 
+def reference_method(settings: dict, measured: dict) -> dict:
+    """How the PyTorch reference was measured, in the bench document and under the table."""
+    threads = measured.get("threads_info") or {"intra_op": settings["threads"]}
+    warmup = (f">= {settings['warmup_iters']} runs and >= {settings['warmup_s']:g} s "
+              f"(cut at {settings['warmup_max_s']:g} s, >= 5 runs)")
+    planned = (f"{settings['duration_s']:g} s" if settings.get("duration_s") is not None
+               else f"{settings['iterations']} runs")
+    stop = planned if settings.get("duration_s") is not None else (
+        f"{planned}; past {settings['max_s']:g} s, stop once the median's 95% CI is within "
+        f"+-{settings['median_precision']:.0%} (at {2 * settings['max_s']:g} s in any case)")
+    timed = {str(r["batch"]): {"iterations": r["iterations"], "stop": r.get("stop")} for r in measured["latency"]}
+    runs = ", ".join(f"b{b}: {t['iterations']} runs" for b, t in timed.items())
+    process = "a fresh process" if settings.get("isolated") else "this process"
+    summary = (f"PyTorch eager FP32 (torch.inference_mode) in {process}, {threads.get('intra_op')} intra-op + "
+               f"{threads.get('inter_op', '?')} inter-op thread(s); warm-up {warmup}; timed {runs}")
+    return {"runtime": "PyTorch eager FP32, torch.inference_mode", "process": process, "threads": threads,
+            "warmup": warmup, "iterations": planned, "stop_rule": stop, "timed": timed, "summary": summary}
+
+
 def _latency_by_batch(measured: dict | None) -> dict[int, dict] | None:
     if measured is None:
         return None
-    return {row["batch"]: {"p50_ms": row["p50_ms"], "p90_ms": row["p90_ms"]} for row in measured["latency"]}
+    return {row["batch"]: {"p50_ms": row["p50_ms"], "p90_ms": row["p90_ms"], "p50_ci_ms": row.get("p50_ci_ms"),
+                           "busy": bool((row.get("contention") or {}).get("busy"))} for row in measured["latency"]}
+
+
+def _speedup(row: dict, ref: dict | None) -> None:
+    """Reference p50 / this p50, its interval from the two medians' intervals, and the busy flag."""
+    row["busy"] = bool((row.get("contention") or {}).get("busy")) or bool(ref and ref.get("busy"))
+    row["speedup_vs_reference"] = ref["p50_ms"] / row["p50_ms"] if ref else None
+    ref_ci, ci = (ref or {}).get("p50_ci_ms"), row.get("p50_ci_ms")
+    row["speedup_ci"] = [ref_ci[0] / ci[1], ref_ci[1] / ci[0]] if ref_ci and ci and min(ci) > 0 else None
 
 
 def _artifact(run: RunDir, entry: dict) -> dict:
@@ -329,11 +393,12 @@ def _artifact(run: RunDir, entry: dict) -> dict:
 
 
 def result_doc(key: str, target: str, measured: dict, system: dict, settings: dict,
-               reference_latency: dict[int, dict] | None, budgets: Budgets | None, *, artifact: dict) -> dict:
-    """The ``edgetl.bench/1`` document for one measured session (see the module docstring)."""
+               reference_latency: dict[int, dict] | None, budgets: Budgets | None, *, artifact: dict,
+               reference_method: dict | None = None, accuracy_elsewhere: dict | None = None) -> dict:
+    """The ``edgetl.bench/1`` document for one measured session (see the module docstring).
+    ``accuracy_elsewhere``: see ``edgetl.bench.gates.evaluate_gates``."""
     for row in measured["latency"]:
-        ref = (reference_latency or {}).get(row["batch"])
-        row["speedup_vs_reference"] = ref["p50_ms"] / row["p50_ms"] if ref else None
+        _speedup(row, (reference_latency or {}).get(row["batch"]))
     doc = {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -351,8 +416,9 @@ def result_doc(key: str, target: str, measured: dict, system: dict, settings: di
         "skipped_batches": measured.get("skipped_batches", []),
         "accuracy": measured.get("accuracy"),
         "reference_latency": {str(b): v for b, v in reference_latency.items()} if reference_latency else None,
+        "reference_method": reference_method,
     }
-    doc["gates"] = gates_mod.evaluate_gates(budgets, doc)
+    doc["gates"] = gates_mod.evaluate_gates(budgets, doc, accuracy_elsewhere=accuracy_elsewhere)
     return doc
 
 
@@ -371,8 +437,9 @@ def summary_of(doc: dict) -> dict:
     acc = doc.get("accuracy") or {}
     return {**out, "file": doc.get("file"), "batch": first.get("batch"), "p50_ms": first.get("p50_ms"),
             "p90_ms": first.get("p90_ms"), "p99_ms": first.get("p99_ms"), "throughput_ips": first.get("throughput_ips"),
-            "speedup_vs_reference": first.get("speedup_vs_reference"), "top1": acc.get("top1"),
-            "drop_pp": acc.get("drop_pp"), "agreement": acc.get("agreement"),
+            "speedup_vs_reference": first.get("speedup_vs_reference"), "busy": first.get("busy"),
+            "top1": acc.get("top1"), "top1_ci": acc.get("top1_ci"), "drop_pp": acc.get("drop_pp"),
+            "drop_ci_pp": acc.get("drop_ci_pp"), "agreement": acc.get("agreement"),
             "memory_mb": doc["memory"].get("session_peak_mb"), "gate": doc["gates"]["status"]}
 
 

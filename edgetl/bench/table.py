@@ -1,9 +1,12 @@
 """The bench table, formatted once for the console, report.md and report.html.
 
 One row per artifact and batch size; accuracy, size, memory, first inference and the gate appear on
-an artifact's first row only. Rows that could not be measured and failed gates get numbered notes
-under the table. The best artifact of a device is the fastest (batch-1 p90, else the smallest batch
-measured) among those that do not fail a gate; it is marked with a star.
+an artifact's first row only. Accuracy and drop carry their 95% intervals in brackets. Rows that
+could not be measured, failed or undecided gates, how the PyTorch reference was measured and the
+speed-ups measured on a busy machine ("!") get numbered notes under the table. A target that cannot
+run here keeps its row, with the accuracy the compile stage estimated. The best artifact of a device
+is the fastest (batch-1 p90, else the smallest batch measured) among those that do not fail a gate;
+it is marked with a star (``BEST_LEGEND``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s"
 NUMERIC = set(COLUMNS[2:-1])
 # The console drops the runtime (the key names the target) and first inference (in the report).
 CONSOLE_COLUMNS = tuple(c for c in COLUMNS if c not in ("runtime", "1st inf ms"))
+BEST_LEGEND = "★ best: the fastest artifact (batch-1 p90) that does not fail a gate"
+BUSY_MARK = "!"
 
 
 def columns(docs: list[dict], base: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
@@ -31,6 +36,31 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v * 100:.1f}%"
 
 
+def _pct_ci(v: float | None, ci: list[float] | None) -> str:
+    """``95.0% [91–98]``: the value and its 95% interval, in percent."""
+    if v is None or not ci:
+        return _pct(v)
+    return f"{v * 100:.1f}% [{ci[0] * 100:.0f}–{ci[1] * 100:.0f}]"
+
+
+def _drop_ci(v: float | None, ci: list[float] | None) -> str:
+    if v is None or not ci:
+        return _num(v, "+.2f")
+    return f"{v:+.2f} [{_bound(ci[0])},{_bound(ci[1])}]"
+
+
+def _bound(pp: float) -> str:
+    return f"{pp:+.1f}" if abs(pp) < 10 else f"{pp:+.0f}"  # the table stays narrow; the JSON has all digits
+
+
+def _speedup_text(lat: dict, reference: bool) -> str:
+    mark = BUSY_MARK if lat.get("busy") or (reference and (lat.get("contention") or {}).get("busy")) else ""
+    if reference:
+        return f"1.00×{mark}"
+    speedup = lat.get("speedup_vs_reference")
+    return f"{speedup:.2f}×{mark}" if speedup else "—"
+
+
 def _num(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
@@ -47,38 +77,69 @@ def best_key(docs: list[dict]) -> str | None:
     return min(candidates, key=_speed_key)["key"] if candidates else None
 
 
+def _unmeasured_row(doc: dict, base: dict, notes: list[str]) -> dict:
+    """A row for an artifact that could not be measured here: why, and the compile stage's accuracy
+    estimate when it has one (a TensorRT engine on a machine without an NVIDIA GPU)."""
+    unavailable = doc.get("status") == "unavailable"
+    estimate = doc.get("accuracy_estimate") or {}
+    row = {**{c: "—" for c in COLUMNS}, **base, "_gate": doc.get("status")}
+    if unavailable:
+        note = f"{doc['key']}: n/a here ({doc.get('reason')})"
+        if estimate.get("top1") is not None:
+            row.update({"top-1": f"{_pct(estimate['top1'])} est.", "drop pp": f"{estimate['drop_pp']:+.2f} est."})
+            note += f": accuracy estimated {_pct(estimate['top1'])} (drop {estimate['drop_pp']:+.2f} pp)"
+            if estimate.get("evaluated_with"):
+                note += f" with {estimate['evaluated_with']}"
+        notes.append(note)
+    else:
+        notes.append(f"{doc['key']}: error: {doc.get('reason')}")
+    row["gate"] = f"[{len(notes)}] {'n/a here' if unavailable else 'error'}"
+    return row
+
+
+def _reference_note(docs: list[dict]) -> str | None:
+    method = next((d.get("reference_method") for d in docs if d.get("reference_method")), None)
+    return f"vs PyTorch = reference p50 / artifact p50; reference: {method['summary']}" if method else None
+
+
+def _busy_note(docs: list[dict]) -> str | None:
+    busy = [f"{d['key']} b{lat['batch']}" for d in docs if d.get("status") == "ok"
+            for lat in d.get("latency") or [] if lat.get("busy") or (lat.get("contention") or {}).get("busy")]
+    if not busy:
+        return None
+    return (f"{BUSY_MARK} measured while other processes used the CPU ({', '.join(busy)}): the speed-up may be "
+            "far off; bench on an idle machine for numbers to publish")
+
+
 def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
     """Formatted rows (column -> text, plus ``_best``/``_gate``/``_reference`` flags) and the notes."""
     best = best_key(docs)
     rows: list[dict] = []
-    notes: list[str] = []
+    notes = [n for n in (_reference_note(docs), _busy_note(docs)) if n]
     for doc in docs:
         artifact = doc.get("artifact") or {}
         base = {"artifact": doc["key"], "runtime": artifact.get("runtime", ""), "_best": doc["key"] == best,
                 "_reference": bool(doc.get("reference"))}
         if doc.get("status") != "ok":
-            notes.append(f"{doc['key']}: {'not available here' if doc.get('status') == 'unavailable' else 'error'}: "
-                         f"{doc.get('reason')}")
-            rows.append({**{c: "—" for c in COLUMNS}, **base,
-                         "gate": f"[{len(notes)}] {'n/a here' if doc.get('status') == 'unavailable' else 'error'}",
-                         "_gate": doc.get("status")})
+            rows.append(_unmeasured_row(doc, base, notes))
             continue
         acc = doc.get("accuracy") or {}
         gate = doc["gates"]["status"]
         gate_text = gate
-        if doc["gates"].get("failed"):
-            notes.append(f"{doc['key']}: " + "; ".join(doc["gates"]["failed"]))
+        said = [*doc["gates"].get("failed", []), *doc["gates"].get("undecided", [])]
+        if said:
+            notes.append(f"{doc['key']}: " + "; ".join(said))
             gate_text = f"{gate} [{len(notes)}]"
         for skip in doc.get("skipped_batches") or []:
             notes.append(f"{doc['key']}: batch {skip['batch']} skipped: {skip['reason']}")
         for i, lat in enumerate(sorted(doc["latency"], key=lambda r: r["batch"])):
-            speedup = lat.get("speedup_vs_reference")
             row = {**base, "batch": str(lat["batch"]), "p50 ms": fmt_ms(lat["p50_ms"]), "p90 ms": fmt_ms(lat["p90_ms"]),
                    "p99 ms": fmt_ms(lat["p99_ms"]), "img/s": _num(lat["throughput_ips"], ".1f"),
-                   "vs PyTorch": "1.00×" if doc.get("reference") else (f"{speedup:.2f}×" if speedup else "—")}
+                   "vs PyTorch": _speedup_text(lat, bool(doc.get("reference")))}
             if i == 0:
                 row.update({
-                    "top-1": _pct(acc.get("top1")), "top-5": _pct(acc.get("top5")), "drop pp": _num(acc.get("drop_pp"), "+.2f"),
+                    "top-1": _pct_ci(acc.get("top1"), acc.get("top1_ci")), "top-5": _pct(acc.get("top5")),
+                    "drop pp": _drop_ci(acc.get("drop_pp"), acc.get("drop_ci_pp")),
                     "agree": _pct(acc.get("agreement")), "size MB": _num(artifact.get("size_bytes", 0) / 1e6, ".2f"),
                     "mem MB": _num((doc.get("memory") or {}).get("session_peak_mb"), ".0f"),
                     "1st inf ms": fmt_ms((doc.get("load") or {}).get("first_inference_ms")),
@@ -97,13 +158,15 @@ def rich_table(docs: list[dict], title: str):
     from rich.table import Table
 
     rows, notes = bench_rows(docs)
+    legend = [BEST_LEGEND] if any(r["_best"] for r in rows) else []
     table = Table(title=escape(title), title_justify="left",
-                  caption="\n".join(escape(f"[{i}] {n}") for i, n in enumerate(notes, 1)),
+                  caption="\n".join([*legend, *(escape(f"[{i}] {n}") for i, n in enumerate(notes, 1))]),
                   caption_justify="left")
     shown = columns(docs, CONSOLE_COLUMNS)
     for col in shown:
         table.add_column(col, justify="right" if col in NUMERIC else "left", no_wrap=col != "artifact")
-    colours = {"PASS": "green", "FAIL": "bold red", "unavailable": "dim", "error": "red"}
+    colours = {"PASS": "green", "FAIL": "bold red", "UNDECIDED": "bold yellow", "not measured here": "yellow",
+               "unavailable": "dim", "error": "red"}
     for row in rows:
         cells = [escape(row[c]) for c in shown]
         if row["_best"] and row["artifact"]:

@@ -310,15 +310,19 @@ def bench(
     iterations: int = 200,
     duration_s: float | None = None,
     device_name: str | None = None,
+    data: str | os.PathLike | None = None,
     progress=None,
 ) -> dict[str, Any]:
     """Bench a bundle on this machine with the bench stage's harness: an ``edgetl.bench/1`` document.
 
-    Latency is timed on the golden inputs (real preprocessed validation images); the bundle holds no
-    validation split, so ``accuracy`` is null and ``golden`` says how closely this device reproduces
-    the workstation's logits. The target profile's budgets are applied as gates.
+    Latency is timed on the golden inputs (real preprocessed validation images); ``golden`` says how
+    closely this device reproduces the workstation's logits. ``accuracy`` is measured on ``data``, a
+    labelled folder or CSV (``edgetl.bench.labelled``); without it, it is null and the accuracy
+    budget reads "not measured here" next to the workstation's measurement
+    (``workstation_accuracy``). The target profile's budgets are applied as gates.
     """
     from edgetl.bench.gates import validate_budgets
+    from edgetl.bench.labelled import folder_accuracy, labelled_images
     from edgetl.bench.measure import measure
     from edgetl.bench.run import check_settings, default_threads, result_doc
     from edgetl.bench.system import device_slug, system_record
@@ -327,14 +331,18 @@ def bench(
     check_settings(batches, threads, iterations, duration_s)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing
+    images = labelled_images(data, bundle.labels) if data is not None else None  # so does a bad folder
+    workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
     threads = threads or bundle.threads or default_threads()
     inputs, expected = bundle.golden()
     settings = {"threads": threads, "batches": list(batches), "iterations": iterations, "duration_s": duration_s,
                 "warmup_iters": 50, "warmup_s": 0.2, "isolated": False}
     measured = measure(lambda: open_session(bundle, threads), inputs, batches=batches, iterations=iterations,
-                       duration_s=duration_s, progress=progress)
+                       duration_s=duration_s, threads=threads, progress=progress)
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
+        if images is not None:
+            measured["accuracy"] = folder_accuracy(session, data, images, bundle.labels, bundle.spec, workstation)
     target = bundle.manifest.get("target") or {}
     budgets = Budgets.model_validate(target["budgets"]) if target.get("budgets") else None
     if budgets is not None:
@@ -350,7 +358,8 @@ def bench(
     }
     key = f"{target.get('name', bundle.runtime)}/{bundle.precision}"
     doc = result_doc(key, target.get("name", bundle.runtime), measured, system_record(threads, device_slug(device_name)),
-                     settings, None, budgets, artifact=artifact)
+                     settings, None, budgets, artifact=artifact, accuracy_elsewhere=workstation or {})
+    doc["workstation_accuracy"] = workstation
     doc["golden"] = {
         "samples": len(inputs),
         "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
-from edgetl.report.decide import DEFAULT_PROFILE, FAIL, PASS, UNDECIDED, decisions, next_commands
+from edgetl.report.decide import DEFAULT_PROFILE, FAIL, NO_BUDGETS, PASS, UNDECIDED, decisions, next_commands
 from edgetl.rundir import RunDir
 
 # 2: leads with "decisions", adds "bundles", "history", "validation" and "next".
@@ -115,7 +115,7 @@ def _validation(run: RunDir, bench: dict[str, list[dict]], rows: list[dict], not
     docs = {(device, d["key"]): d for device, ds in bench.items() for d in ds}
     for row in rows:
         doc = docs.get((row["device"], row["artifact"]))
-        if row["verdict"] in (PASS, FAIL, UNDECIDED) and doc:
+        if row["verdict"] in (PASS, FAIL, UNDECIDED, NO_BUDGETS) and doc:
             moved = {c["index"]: c["top1"] for c in (doc.get("accuracy") or {}).get("per_class_changed") or []}
             name = row["artifact"] if len(bench) == 1 else f"{row['artifact']} on {row['device']}"
             artifacts[name] = [moved.get(i, fp32[i]) for i in range(k)]

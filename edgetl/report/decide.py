@@ -4,19 +4,24 @@ A target is what ``edgetl compile --target`` was given: a device profile (with b
 runtime name (without). Its artifacts (one per precision) were benched on a device; the verdict is
 
 - PASS: the fastest artifact (batch-1 p90) that meets every budget of the profile;
-- FAIL: no artifact meets them; the one closest to passing is shown with the budgets it misses;
-- undecided: the target has no budgets (a bare runtime name); the fastest artifact is shown;
+- UNDECIDED: none passes, and the fastest of those whose accuracy interval straddles a budget (too few
+  validation images to tell) is shown with the reason;
+- FAIL: every artifact misses a budget; the one closest to passing is shown with the budgets it misses;
+- no budgets: the target has none (a bare runtime name); the fastest artifact is shown;
 - not measured here: its artifacts cannot run on the benching machine (e.g. TensorRT without a GPU);
 - error: its artifacts could not be measured (the reason is shown);
 - not benched yet: compiled, never benched.
+
+The gate statuses are the bench stage's (edgetl/bench/gates.py); this module only ranks them.
 """
 
 from __future__ import annotations
 
 import shlex
 
-PASS, FAIL, UNDECIDED, UNMEASURED, ERROR, NOT_BENCHED = (
-    "PASS", "FAIL", "undecided", "not measured here", "error", "not benched yet")
+from edgetl.bench.gates import FAIL, PASS, UNDECIDED  # the bench stage's own words
+
+NO_BUDGETS, UNMEASURED, ERROR, NOT_BENCHED = "no budgets", "not measured here", "error", "not benched yet"
 # A profile shipped with edgetl, with budgets: what the report suggests compiling for.
 DEFAULT_PROFILE = "host-cpu"
 
@@ -63,12 +68,15 @@ def decide(docs: list[dict], compiled: dict) -> dict:
     passing = [d for d in ok if d["gates"]["status"] == PASS]
     if passing:
         return _measured_row(passing[0], PASS, _passed_why(passing[0]))
+    undecided = [d for d in ok if d["gates"]["status"] == UNDECIDED]
+    if undecided:
+        return _measured_row(undecided[0], UNDECIDED, "; ".join(undecided[0]["gates"].get("undecided") or []))
     if ok and all(d["gates"]["status"] == FAIL for d in ok):
         closest = min(ok, key=lambda d: (len(d["gates"]["failed"]), _p90(d)))
         return _measured_row(closest, FAIL, "no artifact meets the budgets; closest misses " +
                              "; ".join(closest["gates"]["failed"]))
     if ok:
-        return _measured_row(ok[0], UNDECIDED, f"target {_target(ok[0])!r} has no budgets: the fastest artifact is "
+        return _measured_row(ok[0], NO_BUDGETS, f"target {_target(ok[0])!r} has no budgets: the fastest artifact is "
                              "shown; compile for a device profile (`edgetl targets`) to get a verdict")
     unavailable = [d for d in docs if d.get("status") == "unavailable"]
     if unavailable:

@@ -253,7 +253,7 @@ ul.next{margin:.3rem 0 .5rem;padding-left:1.2rem;font-size:.88rem}ul.next code{b
 svg{max-width:100%;height:auto}figcaption{font-size:.82rem;color:#57606a}
 details{margin:.6rem 0}summary{cursor:pointer;font-weight:600}
 """
-_VERDICT_CLASS = {"PASS": "v-pass", "FAIL": "v-fail", "undecided": "v-undecided"}
+_VERDICT_CLASS = {"PASS": "v-pass", "FAIL": "v-fail", "UNDECIDED": "v-undecided"}
 
 
 def _inline(text: str) -> str:

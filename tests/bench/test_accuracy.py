@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.bench.accuracy import collect_logits, evaluate
+from edgetl.bench.accuracy import (
+    collect_logits,
+    evaluate,
+    label_accuracy,
+    paired_drop_interval,
+    unpaired_drop_interval,
+    wilson,
+)
 from edgetl.errors import ArtifactError
 
 
@@ -84,3 +91,56 @@ def test_collect_logits_pads_a_static_batch(tmp_path, tiny_inputs):
         expected = np.concatenate([s.run(tiny_inputs[:8]), s.run(tiny_inputs[8:16])])
     assert out.shape == (20, 5)
     np.testing.assert_allclose(out[:16], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wilson_interval_matches_scipy_and_stays_inside_0_1():
+    from scipy.stats import binomtest
+
+    for hits, n in [(81, 263), (54, 60), (0, 10), (10, 10), (1, 1)]:
+        ci = binomtest(hits, n).proportion_ci(method="wilson")
+        assert wilson(hits, n) == pytest.approx((ci.low, ci.high))
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_unpaired_drop_interval_reproduces_newcombes_published_example():
+    # Newcombe (1998), "Interval estimation for the difference between independent proportions",
+    # method 10 on 56/70 - 48/80: 0.0524 to 0.3339
+    lo, hi = unpaired_drop_interval(56 / 70, 70, 48 / 80, 80)
+    assert (lo, hi) == (pytest.approx(5.24, abs=0.01), pytest.approx(33.39, abs=0.01))
+
+
+def test_paired_drop_interval_is_driven_by_the_discordant_pairs():
+    ok_ref = np.ones(200, bool)
+    ok_ref[:10] = False                      # the reference gets 190 of 200 right
+    same = ok_ref.copy()                      # an artifact with exactly the same mistakes
+    lo, hi = paired_drop_interval(ok_ref, same)
+    assert lo < 0 < hi and hi - lo < 6        # no discordant pair: centred on 0, still not a point
+    worse = ok_ref.copy()
+    worse[10:30] = False                      # 20 more mistakes, no new successes
+    lo2, hi2 = paired_drop_interval(ok_ref, worse)
+    assert 0 < lo2 < 10 < hi2                 # a real drop of 10 pp: the interval excludes 0
+    unpaired = unpaired_drop_interval(0.95, 200, 0.85, 200)
+    assert hi2 - lo2 < unpaired[1] - unpaired[0]  # pairing the same images narrows the interval
+
+
+def test_evaluate_reports_intervals_for_the_validation_size():
+    labels = np.arange(60) % 3
+    ref = one_hot(labels, 3)
+    pred = labels.copy()
+    pred[0] = 1                               # one image of 60 lost: 1.67 pp
+    r = evaluate(one_hot(pred, 3), labels, ref)
+    assert r["drop_pp"] == pytest.approx(100 / 60)
+    lo, hi = r["drop_ci_pp"]
+    assert lo < 0 < r["drop_pp"] < hi         # one image cannot prove a 1 pp budget failed
+    assert r["top1_ci"] == pytest.approx(list(wilson(59, 60)))
+    assert r["fp32_top1_ci"] == pytest.approx(list(wilson(60, 60)))
+
+
+def test_label_accuracy_per_class_with_intervals():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    pred = np.array([0, 1, 1, 1, 2, 0, 2, 0])
+    r = label_accuracy(one_hot(pred, 4), labels, ["a", "b", "c", "d"])
+    assert r["n"] == 8 and r["top1"] == pytest.approx(6 / 8)
+    assert [c["class"] for c in r["per_class"]] == ["a", "b", "c"]  # d has no image: no row
+    assert r["per_class"][0]["top1"] == pytest.approx(2 / 3)
+    assert r["per_class"][0]["top1_ci"] == pytest.approx(list(wilson(2, 3)))

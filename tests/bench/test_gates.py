@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edgetl.bench.gates import FAIL, NA, PASS, evaluate_gates, validate_budgets
+from edgetl.bench.gates import FAIL, NA, NOT_HERE, PASS, UNDECIDED, evaluate_gates, validate_budgets
 from edgetl.config import Budgets
 from edgetl.errors import ConfigError
 
@@ -33,7 +33,7 @@ def test_each_failing_budget_is_named_with_value_and_budget():
     assert gates["status"] == FAIL
     assert len(gates["failed"]) == 3
     assert "p90_latency 12 ms > budget 10 ms" in gates["failed"][1]
-    assert "accuracy_drop 0.8 pp > budget 0.5 pp" in gates["failed"][0]
+    assert "accuracy_drop +0.80 pp > budget 0.5 pp" in gates["failed"][0]
 
 
 def test_latency_budget_is_on_batch_one_and_fails_when_it_was_not_measured():
@@ -62,3 +62,40 @@ def test_sensible_budgets_validate():
 def test_negative_and_infinite_budgets_are_rejected_by_the_profile_model(value):
     with pytest.raises(ValidationError):
         Budgets(p90_latency_ms=value)
+
+
+def _drop(point, lo, hi, n=60):
+    return {"accuracy": {"drop_pp": point, "drop_ci_pp": [lo, hi], "n": n}}
+
+
+@pytest.mark.parametrize("point, lo, hi, status", [
+    (0.2, -0.9, 0.9, PASS),         # the whole interval is within the budget
+    (1.7, -1.5, 4.9, UNDECIDED),    # one image of 60 over the budget: the interval straddles it
+    (-0.5, -3.0, 2.0, UNDECIDED),   # even a gain does not prove the budget holds
+    (6.0, 2.5, 10.0, FAIL),         # the whole interval is above the budget
+])
+def test_the_accuracy_budget_is_decided_on_the_drop_interval(point, lo, hi, status):
+    gates = evaluate_gates(Budgets(max_accuracy_drop_pp=1.0), _drop(point, lo, hi))
+    assert gates["status"] == status and gates["checks"][0]["interval"] == [lo, hi]
+    reason = gates["checks"][0]["reason"]
+    assert f"n=60: 95% CI {lo:+.2f}..{hi:+.2f}" in reason
+    assert (gates["failed"] == [reason]) == (status == FAIL)
+    assert (gates["undecided"] == [reason]) == (status == UNDECIDED)
+    if status == UNDECIDED:
+        assert "too few images to decide" in reason
+
+
+def test_undecided_never_hides_a_failing_budget():
+    result = {**_drop(1.7, -1.5, 4.9), "memory": {"session_peak_mb": 500.0}}
+    assert evaluate_gates(Budgets(max_accuracy_drop_pp=1.0, max_memory_mb=100), result)["status"] == FAIL
+
+
+def test_no_labelled_images_on_a_device_is_not_measured_here_with_the_workstation_value():
+    workstation = {"drop_pp": 0.4, "n": 360}
+    result = {"accuracy": None, "latency": [{"batch": 1, "p90_ms": 5.0}]}
+    gates = evaluate_gates(Budgets(max_accuracy_drop_pp=1.0, p90_latency_ms=10), result, accuracy_elsewhere=workstation)
+    assert gates["status"] == NOT_HERE and gates["failed"] == []
+    assert gates["checks"][0]["workstation"] == workstation
+    assert "not measured here" in gates["undecided"][0] and "+0.40 pp on 360 images" in gates["undecided"][0]
+    # without a workstation value to show, a missing accuracy still fails: a gate is never skipped silently
+    assert evaluate_gates(Budgets(max_accuracy_drop_pp=1.0), result)["status"] == FAIL

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.bench.latency import MIN_ITERATIONS, LatencyStats, MemoryProbe, first_inference, measure_latency
+from edgetl.bench.latency import (
+    MIN_ITERATIONS,
+    MIN_WARMUP_ITERATIONS,
+    LatencyStats,
+    MemoryProbe,
+    first_inference,
+    measure_latency,
+    median_interval,
+)
 
 
 class CountingSession:
@@ -127,3 +135,71 @@ def test_max_s_ends_a_slow_run_early_but_never_below_the_minimum():
     stats = measure_latency(Slow(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
                             iterations=10_000, max_s=0.001)
     assert stats.iterations == MIN_ITERATIONS
+
+
+class Sleepy(CountingSession):
+    """Takes ``seconds()`` per call without using the CPU."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def run(self, batch):
+        import time
+
+        time.sleep(self.seconds())
+        return super().run(batch)
+
+
+def test_median_interval_uses_the_order_statistics_and_covers_the_median():
+    assert median_interval(np.arange(1, 101)) == (41.0, 61.0)  # ranks 50 -+ 1.96 * 10 / 2
+    rng = np.random.default_rng(0)
+    true_median = np.log(2)  # of the unit exponential: skewed, like latencies
+    covered = []
+    for _ in range(400):
+        lo, hi = median_interval(rng.exponential(size=51))
+        covered.append(lo <= true_median <= hi)
+    assert 0.92 <= np.mean(covered) <= 0.995  # a 95% interval, slightly conservative (discrete ranks)
+
+
+def test_every_row_has_its_median_interval_and_the_rule_that_stopped_it():
+    stats = measure_latency(CountingSession(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+                            iterations=40)
+    lo, hi = stats.p50_ci_ms
+    assert lo <= stats.p50_ms <= hi and stats.stop == "iterations"
+    assert stats.to_dict()["p50_ci_ms"] == [lo, hi]
+
+
+def test_a_capped_run_goes_on_until_its_median_is_precise_enough():
+    steady = measure_latency(Sleepy(lambda: 0.003), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+                             iterations=10_000, max_s=0.05, median_precision=1.0)
+    assert steady.stop == "time cap, median within +-100%" and steady.iterations < 10_000
+    rng = np.random.default_rng(0)
+    noisy = measure_latency(Sleepy(lambda: rng.uniform(0.0005, 0.004)), np.zeros((1, 3, 8, 8), np.float32),
+                            warmup_iters=1, warmup_s=0, iterations=10_000, max_s=0.02, median_precision=0.0001)
+    assert noisy.stop == "hard time cap, median not within +-0%" and noisy.iterations < 10_000
+
+
+def test_warmup_max_s_caps_a_slow_warmup_but_keeps_a_minimum():
+    stats = measure_latency(Sleepy(lambda: 0.002), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=10_000,
+                            warmup_s=0, warmup_max_s=0.001, iterations=3)
+    assert stats.warmup_iterations == MIN_WARMUP_ITERATIONS
+
+
+def test_other_processes_using_the_cpu_mark_the_row_busy():
+    import os
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        stats = measure_latency(Sleepy(lambda: 0.01), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1,
+                                warmup_s=0.3, iterations=30, threads=os.cpu_count())
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert stats.contention["busy"] is True and stats.busy
+    assert stats.contention["method"]
+    if "others_cores" in stats.contention:
+        assert stats.contention["others_cores"] > 0.25

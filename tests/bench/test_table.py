@@ -30,7 +30,7 @@ def test_rows_notes_and_unavailable_artifacts():
     assert [r["batch"] for r in rows] == ["1", "8", "—"]
     assert rows[0]["gate"] == "FAIL [1]" and rows[1]["gate"] == ""  # accuracy & gate on the first row only
     assert rows[2]["gate"] == "[2] n/a here"
-    assert notes == ["a/int8: p90_latency 1 ms > budget 0.5 ms", "jetson/int8: not available here: no GPU"]
+    assert notes == ["a/int8: p90_latency 1 ms > budget 0.5 ms", "jetson/int8: n/a here (no GPU)"]
 
 
 def test_top5_column_only_when_some_artifact_has_it():
@@ -45,3 +45,45 @@ def test_rich_table_escapes_markup_in_reasons():
     console = Console(width=200, record=True)
     console.print(rich_table([bad], "bench on ci"))
     assert "edgetl[openvino]" in console.export_text()
+
+
+def test_busy_speedups_get_a_mark_and_one_note_and_the_reference_method_is_stated():
+    ref = doc("pytorch-eager/fp32", 4.0, reference=True)
+    ref["reference_method"] = {"summary": "PyTorch eager FP32 in a fresh process, 1 intra-op + 1 inter-op thread(s)"}
+    busy = doc("a/int8", 1.0)
+    busy["latency"][0]["busy"] = True
+    quiet = doc("b/int8", 2.0)
+    rows, notes = bench_rows([ref, busy, quiet])
+    assert [r["vs PyTorch"] for r in rows] == ["1.00×", "2.00×!", "2.00×"]
+    assert notes[0] == ("vs PyTorch = reference p50 / artifact p50; reference: PyTorch eager FP32 in a fresh "
+                        "process, 1 intra-op + 1 inter-op thread(s)")
+    assert notes[1].startswith("! measured while other processes used the CPU (a/int8 b1)")
+
+
+def test_intervals_are_shown_next_to_accuracy_and_drop():
+    d = doc("a/int8", 1.0, gate="UNDECIDED")
+    d["accuracy"].update(top1_ci=[0.81, 0.95], drop_ci_pp=[-1.234, 12.6])
+    d["gates"]["undecided"] = ["accuracy_drop +0.50 pp (n=60: 95% CI -1.23..+12.60) straddles budget 1 pp"]
+    rows, notes = bench_rows([d])
+    assert rows[0]["top-1"] == "90.0% [81–95]" and rows[0]["drop pp"] == "+0.50 [-1.2,+13]"
+    assert rows[0]["gate"] == "UNDECIDED [1]" and "straddles budget 1 pp" in notes[0]
+
+
+def test_a_target_that_cannot_run_here_keeps_its_row_with_the_estimated_accuracy():
+    trt = {"key": "jetson/int8", "status": "unavailable", "reason": "needs an NVIDIA GPU",
+           "artifact": {"runtime": "tensorrt"},
+           "accuracy_estimate": {"top1": 0.95, "drop_pp": 0.5, "estimated": True,
+                                 "evaluated_with": "onnxruntime 1.22 CPU on model.qdq.onnx"}}
+    rows, notes = bench_rows([trt])
+    assert rows[0]["top-1"] == "95.0% est." and rows[0]["gate"] == "[1] n/a here"
+    assert notes == ["jetson/int8: n/a here (needs an NVIDIA GPU): accuracy estimated 95.0% (drop +0.50 pp) "
+                     "with onnxruntime 1.22 CPU on model.qdq.onnx"]
+
+
+def test_the_star_has_a_legend_in_the_terminal():
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(rich_table([doc("a/int8", 1.0, "PASS")], "bench on ci"))
+    text = console.export_text()
+    assert "★ a/int8" in text and "★ best: the fastest artifact (batch-1 p90) that does not fail a gate" in text

@@ -44,9 +44,16 @@ def test_fail_names_the_failing_budget_of_the_closest_artifact():
     assert "| host-cpu | nothing (closest: onnxruntime fp32) | **FAIL** |" in to_markdown(data, [])
 
 
-def test_a_target_without_budgets_is_undecided():
+def test_too_few_images_to_decide_is_undecided_not_fail():
+    doc = _doc("host-cpu/int8", "UNDECIDED", p90=0.5, drop=0.0)
+    doc["gates"]["undecided"] = ["accuracy_drop +0.00 pp (n=60: 95% CI -4.1..+6.0) straddles budget 1 pp"]
+    row = _only({"ci": [doc, _doc("host-cpu/fp32", "FAIL", p90=60, failed=("p90_latency 60 ms > budget 50 ms",))]})
+    assert row["verdict"] == "UNDECIDED" and row["artifact"] == "host-cpu/int8" and "straddles budget 1 pp" in row["why"]
+
+
+def test_a_target_without_budgets_says_so():
     row = _only({"ci": [_doc("onnxruntime/fp32", "n/a", p90=2.0), _doc("onnxruntime/int8", "n/a", p90=1.0)]})
-    assert row["verdict"] == "undecided" and row["artifact"] == "onnxruntime/int8" and "no budgets" in row["why"]
+    assert row["verdict"] == "no budgets" and row["artifact"] == "onnxruntime/int8" and "no budgets" in row["why"]
 
 
 def test_an_artifact_that_cannot_run_here_is_not_measured_and_shows_its_estimated_accuracy():

@@ -63,7 +63,7 @@ def test_report_leads_with_the_decision_then_bundles_charts_and_details(benched_
     html_at = [html.index(f"<h2>{title}</h2>") for title in SECTIONS]
     assert md_at == sorted(md_at) and html_at == sorted(html_at)  # the same order in both
     assert md.index("| host-cpu | onnxruntime fp32 | **PASS** |") < md_at[1]
-    assert re.search(r"^\| onnxruntime \| onnxruntime (fp32|int8) \| \*\*undecided\*\* \|", md, flags=re.M)
+    assert re.search(r"^\| onnxruntime \| onnxruntime (fp32|int8) \| \*\*no budgets\*\* \|", md, flags=re.M)
     assert "Stages not run yet" not in md and "(estimate) (estimated)" not in md
     bundles = md.split("## Bundles")[1].split("## ")[0]
     assert f"No bundles yet. `edgetl bundle {benched_run.path} --target host-cpu --precision fp32`" in bundles

@@ -1,0 +1,125 @@
+"""Accuracy on the device: a bundle's top-1, top-5 and per-class top-1 on a labelled image folder.
+
+A labelled folder holds one subfolder per class, named like the bundle's labels (a subset is fine),
+or is a CSV of ``path,label`` rows (paths relative to the CSV). Images go through the bundle's own
+preprocessing (``edgetl.data.preprocess``) in chunks, so memory stays flat whatever the folder's size.
+numpy and Pillow only: this runs on a device without PyTorch.
+
+The device has no FP32 model, so the drop is measured against the workstation's FP32 top-1 (the
+bundle manifest's ``workstation.accuracy``), on *different* images: its interval is Newcombe's
+unpaired one, wider than the paired interval the workstation gets, and the result says so.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.bench.accuracy import collect_logits, label_accuracy, unpaired_drop_interval
+from edgetl.data.preprocess import PreprocessSpec, load_image
+from edgetl.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
+
+
+def _from_folder(root: Path) -> list[tuple[Path, str]]:
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no class subfolders: expected {root}/<label>/<image>.jpg, one folder per label")
+    return [(f, d.name) for d in folders for f in sorted(d.rglob("*"))
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+
+
+def _from_csv(path: Path) -> list[tuple[Path, str]]:
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or row[0].startswith("#"):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2 or not row[1].strip():
+                raise DataError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
+            image = Path(row[0].strip())
+            rows.append((image if image.is_absolute() else path.parent / image, row[1].strip()))
+    return rows
+
+
+def labelled_images(source: str | Path, labels: Sequence[str]) -> tuple[list[Path], np.ndarray]:
+    """(image paths, label indices into ``labels``) of a labelled folder or CSV; a class that is not
+    one of ``labels`` is an error naming it, so a typo never silently counts as a wrong answer."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"labelled data {source} does not exist: give a folder with one subfolder per label, "
+                        "or a CSV of path,label")
+    entries = _from_csv(source) if source.is_file() else _from_folder(source)
+    unknown = sorted({name for _, name in entries} - set(labels))
+    if unknown:
+        raise DataError(f"{source}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "
+                        f"among the bundle's labels ({', '.join(labels)}): rename or remove "
+                        f"{'it' if len(unknown) == 1 else 'them'}")
+    if not entries:
+        raise DataError(f"{source} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    index = {name: i for i, name in enumerate(labels)}
+    return [p for p, _ in entries], np.array([index[name] for _, name in entries], np.int64)
+
+
+def folder_logits(session, paths: list[Path], spec: PreprocessSpec,
+                  progress: Callable[[float, float], None] | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
+    """Logits of every readable image, the indices of those images, and the unreadable ones (skipped)."""
+    logits, kept, skipped = [], [], []
+    for start in range(0, len(paths), _CHUNK):
+        chunk = []
+        for i in range(start, min(start + _CHUNK, len(paths))):
+            try:
+                chunk.append(load_image(paths[i], spec))
+                kept.append(i)
+            except DataError as exc:
+                skipped.append({"path": str(paths[i]), "reason": str(exc)})
+        if chunk:
+            logits.append(collect_logits(session, np.stack(chunk)))
+        if progress is not None:
+            progress(min(start + _CHUNK, len(paths)), len(paths))
+    return (np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)), kept, skipped
+
+
+def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray], labels: Sequence[str],
+                    spec: PreprocessSpec, workstation: dict | None = None,
+                    progress: Callable[[float, float], None] | None = None) -> dict:
+    """``label_accuracy`` of ``session`` on ``images`` (``labelled_images(source, labels)``, scanned
+    before any runtime is loaded), plus the drop against the workstation's FP32 top-1
+    (``workstation``: the bundle's ``workstation.accuracy``) with its unpaired interval."""
+    paths, targets = images
+    logits, kept, skipped = folder_logits(session, paths, spec, progress)
+    if not kept:
+        raise DataError(f"{source}: none of its {len(paths)} images could be read (first: {skipped[0]['reason']})")
+    result = label_accuracy(logits, targets[kept], list(labels))
+    result.update(source=str(source), skipped=skipped)
+    ws = workstation or {}
+    if ws.get("fp32_top1") is not None and ws.get("n"):
+        result.update(
+            fp32_top1=ws["fp32_top1"],
+            drop_pp=(ws["fp32_top1"] - result["top1"]) * 100.0,
+            drop_ci_pp=list(unpaired_drop_interval(ws["fp32_top1"], ws["n"], result["top1"], result["n"])),
+            drop_against=f"the workstation's FP32 top-1 on its {ws['n']} validation images (different images: "
+                         "unpaired 95% interval, Newcombe)",
+        )
+    return result
+
+
+def bundle_accuracy(path: str | Path, source: str | Path, threads: int | None = None,
+                    progress: Callable[[float, float], None] | None = None) -> dict:
+    """``edgetl val``: a bundle's accuracy on a labelled folder, with the workstation's beside it."""
+    from edgetl.bundle.runner import open_bundle, open_session
+
+    bundle = open_bundle(path)
+    images = labelled_images(source, bundle.labels)  # a bad folder fails before the runtime loads
+    workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
+    with open_session(bundle, threads) as session:
+        accuracy = folder_accuracy(session, source, images, bundle.labels, bundle.spec, workstation, progress)
+    return {"bundle": bundle.name, "runtime": bundle.runtime, "precision": bundle.precision,
+            "accuracy": accuracy, "workstation_accuracy": workstation}
