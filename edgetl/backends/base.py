@@ -75,6 +75,7 @@ class Backend(Protocol):
     runs_on: str  # what a machine needs to run the artifacts ("needs an NVIDIA GPU")
     options_model: type[BaseModel]  # the profile fields of this runtime; validated values reach compile
     builds_on_device: bool  # True when the device must finish the artifact (``prepare``) before running
+    plot_style: tuple[str, str]  # (colour, matplotlib marker) of its points in the report's charts
 
     def available(self) -> bool:
         """True when the runtime can be imported here (compile may still need more, e.g. a GPU)."""
@@ -118,6 +119,7 @@ class BackendBase:
     runs_on = "a CPU"
     options_model: ClassVar[type[BaseModel]] = NoOptions
     builds_on_device = False  # True: `edgetl build` finishes the artifact on the device (``prepare``)
+    plot_style: ClassVar[tuple[str, str]] = ("#bbbbbb", "o")
 
     def bundle_files(self, entry: dict[str, Any], export_path: str) -> tuple[list[str], str]:
         return list(entry["files"]), entry["path"]

@@ -60,6 +60,7 @@ class OnnxRuntimeBackend(BackendBase):
     devices = ("cpu",)
     runs_on = "a CPU with ONNX Runtime"
     options_model = CpuOptions
+    plot_style = ("#1f77b4", "o")
 
     def available(self) -> bool:
         return available("onnxruntime")

@@ -81,6 +81,7 @@ class OpenVinoBackend(BackendBase):
     devices = ("cpu",)  # sessions use the CPU plugin
     runs_on = "a CPU with OpenVINO's CPU plugin"
     options_model = CpuOptions
+    plot_style = ("#6f2da8", "s")
 
     def available(self) -> bool:
         return available("openvino")

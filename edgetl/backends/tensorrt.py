@@ -89,6 +89,7 @@ class TensorRtBackend(BackendBase):
     devices = ("gpu",)
     runs_on = "an NVIDIA GPU"  # what a machine needs to run the artifacts (tables say "n/a here (needs ...)")
     options_model = TensorRtOptions
+    plot_style = ("#76b900", "D")
     builds_on_device = True
 
     def available(self) -> bool:

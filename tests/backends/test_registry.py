@@ -27,6 +27,8 @@ def _check_complete(backend) -> None:
     assert issubclass(backend.options_model, BaseModel)
     assert backend.options_model.model_config.get("extra") == "forbid"  # a typo in a profile is reported
     assert isinstance(backend.builds_on_device, bool)
+    colour, marker = backend.plot_style
+    assert colour.startswith("#") and marker
     for method in ("available", "can_run_here", "version", "compile", "load", "bundle_files", "build_settings",
                    "prepare"):
         assert callable(getattr(backend, method)), method
