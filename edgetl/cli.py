@@ -700,7 +700,7 @@ def build_cmd(bundle, force, any_arch):
     version ($EDGETL_CACHE or ~/.cache/edgetl/engines). verify, predict and bench build
     it on first use too; run this once after shipping to take the wait out of the first run.
     """
-    from edgetl.bundle.engine import engine_info
+    from edgetl.backends._trt_engine import engine_info
     from edgetl.bundle.runner import open_bundle, require_runtime
     from edgetl.errors import BundleError
 

@@ -20,7 +20,7 @@ default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32).
 
 A bundle carries the ONNX and the build settings, never the engine (``bundle_files``,
 ``build_settings``); the device builds its engine before the first run (``prepare``,
-edgetl/bundle/engine.py).
+edgetl/backends/_trt_engine.py).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class TensorRtBackend(BackendBase):
 
     def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
         """Build (or reuse from the cache) this GPU's engine from the bundle's ONNX."""
-        from edgetl.bundle.engine import build_engine
+        from edgetl.backends._trt_engine import build_engine
 
         return build_engine(bundle, force=force, any_arch=any_arch)
 
