@@ -59,5 +59,6 @@ def test_a_fourth_runtime_runs_the_whole_flow(copy_run, digits_dir, tmp_path, mo
 
     # Uninstalled, the bundle names a runtime edgetl does not know: one line, exit 2.
     result = CliRunner().invoke(cli, ["verify", str(bundle)])
-    assert result.exit_code == 2 and "unknown runtime 'ortwrap'. Valid: onnxruntime" in result.output
+    assert result.exit_code == 2 and "runtime 'ortwrap' is not one of onnxruntime" in result.output
+    assert "needs the package that registers it" in result.output
     assert "Traceback" not in result.output

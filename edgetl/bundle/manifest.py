@@ -92,7 +92,8 @@ class Runtime(_Model):
         from edgetl.backends import get_backend, runtimes
 
         if self.name not in runtimes():
-            raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(runtimes())}")
+            raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(runtimes())} (a plugin's "
+                             "runtime needs the package that registers it installed here)")
         extra = get_backend(self.name).extra
         if self.extra != extra:
             raise ValueError(f"extra {self.extra[:40]!r} is not {self.name}'s pip extra {extra!r}")
@@ -237,7 +238,8 @@ def _describe(exc: ValidationError) -> str:
             known = isinstance(fmt, str) and fmt.startswith("edgetl.bundle/")
             hint = "upgrade edgetl on this machine" if known else "not an edgetl bundle"
             return f"bundle format {_short(fmt)} is not {FORMAT!r}: {hint}"
-    error = errors[0]
+    # An unknown runtime also fails the target profile that names it: say what is missing, once.
+    error = next((e for e in errors if e["loc"][:1] == ("runtime",)), errors[0])
     if not error["loc"] and error["type"] == "model_type":
         return f"{MANIFEST} is not a JSON object: not an edgetl bundle"
     loc = _location(error["loc"])
