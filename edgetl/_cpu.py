@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# CPU features that decide which kernels a runtime can use (int8 dot products, bf16, AMX, NEON).
+FLAGS_OF_INTEREST = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+    "asimd", "asimddp", "asimdhp", "sve", "sve2", "i8mm", "bf16", "neon",
+)
 # int8 dot products that accumulate u8 x s8 in int32 without the int16 saturation of vpmaddubsw.
 X86_VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 ARM_ARCHS = frozenset({"aarch64", "arm64"})
@@ -51,8 +57,8 @@ class TargetCpu:
         return self.flags & X86_VNNI
 
     def record(self) -> dict[str, Any]:
-        """For the manifest: which CPU the artifact was built for."""
-        return {"arch": self.arch or None, "flags": sorted(self.flags), "from": self.source}
+        """For the manifest: which CPU the artifact was built for (the flags that choose kernels)."""
+        return {"arch": self.arch or None, "flags": [f for f in FLAGS_OF_INTEREST if f in self.flags], "from": self.source}
 
 
 def target_cpu(options: dict[str, Any]) -> TargetCpu:

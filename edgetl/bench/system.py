@@ -20,14 +20,8 @@ import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
-from edgetl._cpu import parse_cpu_flags
+from edgetl._cpu import FLAGS_OF_INTEREST, parse_cpu_flags
 
-# CPU features that decide which kernels a runtime can use (int8 dot products, bf16, AMX, NEON).
-FLAGS_OF_INTEREST = (
-    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-    "asimd", "asimddp", "asimdhp", "sve", "sve2", "i8mm", "bf16", "neon",
-)
 # Distributions whose versions change the numbers besides the runtimes' (``Backend.distributions``).
 _DISTS = ("numpy", "torch", "edgetl")
 # Environment variables that change how many threads runtimes use behind our back.
