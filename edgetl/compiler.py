@@ -153,10 +153,11 @@ class _Context:
         return self._calib[key]
 
 
-def _fingerprint(ctx: _Context, cell: Cell, version: str) -> str:
+def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
     return sha256_json({
-        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": version, "precision": cell.precision,
-        "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": cell.options, "edgetl": __version__,
+        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
+        "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": backend.fingerprint(cell.options),
+        "edgetl": __version__,
     })
 
 
@@ -168,7 +169,7 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]
             raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")
         if cell.precision not in backend.precisions:
             raise CompileError(f"{cell.runtime} cannot build {cell.precision}: it supports {', '.join(backend.precisions)}")
-        fingerprint = _fingerprint(ctx, cell, backend.version())
+        fingerprint = _fingerprint(ctx, cell, backend)
         entry = _current(ctx.run, cell, fingerprint) if not force else None
         status = "cached"
         if entry is None:

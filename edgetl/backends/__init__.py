@@ -17,7 +17,15 @@ import functools
 import sys
 from importlib.metadata import EntryPoint, entry_points
 
-from edgetl.backends.base import Backend, BackendBase, Compiled, CpuOptions, NoOptions, Session
+from edgetl.backends.base import (
+    Backend,
+    BackendBase,
+    Compiled,
+    CpuBackendBase,
+    CpuOptions,
+    NoOptions,
+    Session,
+)
 from edgetl.errors import UnknownNameError
 
 GROUP = "edgetl.backends"
@@ -58,5 +66,5 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["Backend", "BackendBase", "Compiled", "CpuOptions", "NoOptions", "Session", "ONNX_RUNNER", "RUNTIMES",
+__all__ = ["Backend", "BackendBase", "Compiled", "CpuBackendBase", "CpuOptions", "NoOptions", "Session", "ONNX_RUNNER", "RUNTIMES",
            "get_backend", "runtimes"]

@@ -109,6 +109,9 @@ class Backend(Protocol):
     def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
         """What the device does before running a bundle; returns the file ``load`` takes."""
 
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Everything besides the model, precision and recipe that changes what ``compile`` builds."""
+
 
 class BackendBase:
     """Defaults: the bundle carries the compiled files as they are and the device loads them."""
@@ -129,6 +132,22 @@ class BackendBase:
 
     def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
         return bundle.file(bundle.manifest["model"]["path"])
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        return dict(options)
+
+
+class CpuBackendBase(BackendBase):
+    """A CPU runtime: int8 is built for the profile's CPU, else this machine's (``_cpu.target_cpu``),
+    so that CPU is part of what it builds: compiling the same run on another machine rebuilds it."""
+
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    options_model: ClassVar[type[BaseModel]] = CpuOptions
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        from edgetl._cpu import target_cpu
+
+        return {**options, "cpu": target_cpu(options).record()}
 
 
 class SessionBase:

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
-from edgetl.backends.base import BackendBase, Compiled, CpuOptions, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError
 
@@ -49,7 +49,7 @@ def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
             "why": "no AVX2/VNNI/NEON flags found: U8S8, ONNX Runtime's most widely supported combination"}
 
 
-class OnnxRuntimeBackend(BackendBase):
+class OnnxRuntimeBackend(CpuBackendBase):
     name = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
     extra = "onnxruntime"
@@ -57,9 +57,7 @@ class OnnxRuntimeBackend(BackendBase):
     # opset 18 / IR v11 models, as exported here
     min_versions = {"onnxruntime": "1.16"}
     distributions = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
-    devices = ("cpu",)
     runs_on = "a CPU with ONNX Runtime"
-    options_model = CpuOptions
     plot_style = ("#1f77b4", "o")
 
     def available(self) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
 from edgetl.backends._qdq import check_calibration
-from edgetl.backends.base import BackendBase, Compiled, CpuOptions, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, ConfigError
 
@@ -70,7 +70,7 @@ _ONNX_TO_OV_TYPES = {
 }
 
 
-class OpenVinoBackend(BackendBase):
+class OpenVinoBackend(CpuBackendBase):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     extra = "openvino"
@@ -78,9 +78,7 @@ class OpenVinoBackend(BackendBase):
     # IR v11 with rt_info, read by the 2024 releases and later
     min_versions = {"openvino": "2024.0"}
     distributions = ("openvino", "nncf")
-    devices = ("cpu",)  # sessions use the CPU plugin
     runs_on = "a CPU with OpenVINO's CPU plugin"
-    options_model = CpuOptions
     plot_style = ("#6f2da8", "s")
 
     def available(self) -> bool:

@@ -30,7 +30,7 @@ def _check_complete(backend) -> None:
     colour, marker = backend.plot_style
     assert colour.startswith("#") and marker
     for method in ("available", "can_run_here", "version", "compile", "load", "bundle_files", "build_settings",
-                   "prepare"):
+                   "prepare", "fingerprint"):
         assert callable(getattr(backend, method)), method
     if backend.available():  # the flavour version() names has a minimum (require_runtime checks it)
         *flavour, _ = backend.version().split()
@@ -93,5 +93,10 @@ def test_int8_types_follow_the_profiles_cpu_not_the_hosts(cpuinfo, arch, activat
     assert (chosen["activations"], chosen["weights"], chosen["reduce_range"]) == (activations, "int8", reduce_range)
 
 
-def test_without_a_cpu_in_the_profile_the_host_decides():
+def test_without_a_cpu_in_the_profile_the_host_decides_and_is_fingerprinted():
     assert target_cpu({}).source == "this workstation"
+    backend = get_backend("onnxruntime")
+    assert backend.fingerprint({})["cpu"]["from"] == "this workstation"  # another machine rebuilds
+    pi = {"cpu_arch": "aarch64", "cpu_flags": ["asimd", "asimddp"]}
+    assert backend.fingerprint(pi)["cpu"] == {"arch": "aarch64", "flags": ["asimd", "asimddp"], "from": "the target profile"}
+    assert get_backend("tensorrt").fingerprint({"gpu_arch": "sm87"}) == {"gpu_arch": "sm87"}
