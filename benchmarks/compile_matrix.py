@@ -22,8 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgetl.backends import RUNTIMES, get_backend
-from edgetl.backends.onnxruntime import host_cpu_flags
+from edgetl._cpu import host_cpu_flags
+from edgetl.backends import get_backend
+from edgetl.backends import runtimes as registered_runtimes
 from edgetl.compiler import compile as compile_run
 from edgetl.export.onnx import export_run
 from edgetl.rundir import RunDir
@@ -39,7 +40,7 @@ def scratch_copy(run: Path, dest: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a trained run directory (edgetl train --out ...)")
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--runtimes", default=",".join(registered_runtimes()))
     ap.add_argument("--precisions", default="fp32,fp16,int8")
     ap.add_argument("--calibration", default="default", help="comma-separated recipes, each gives its own int8 rows")
     ap.add_argument("--gpu-arch", default=None, help="TensorRT engine target (default: the backend's)")

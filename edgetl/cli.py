@@ -180,8 +180,8 @@ def _names(text: str | None) -> list[str] | None:
 @cli.command("compile")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "-t", "targets", required=True, metavar="NAMES",
-              help="Comma-separated targets: device profiles (see `edgetl targets`), runtime names "
-              "(onnxruntime, openvino, tensorrt) or paths to profile .toml files.")
+              help="Comma-separated targets: device profiles or bare runtime names (both listed by "
+              "`edgetl targets`), or paths to profile .toml files.")
 @click.option("--precision", "-p", "precisions", metavar="LIST",
               help="Comma-separated precisions: fp32, fp16, int8. Default: each profile's own precision; "
               "int8 for a bare runtime name.")
@@ -210,7 +210,8 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
                     checked against PyTorch on the validation images
       2. calibrate  int8 only: images from the TRAINING split (class-balanced, seeded),
                     never the validation split; cached in runs/<name>/cache/
-      3. build      onnxruntime: optimised fp32, fp16, int8 QDQ (types chosen for this CPU)
+      3. build      onnxruntime: optimised fp32, fp16, int8 QDQ (types chosen for the profile's
+                                 cpu_arch/cpu_flags, else for this CPU)
                     openvino:    IR fp32, fp16 (compressed weights), int8 via NNCF
                     tensorrt:    QDQ ONNX (symmetric int8, float bias) + strongly typed engine,
                                  built here without a GPU by tensorrt_rtx for --gpu-arch
@@ -251,8 +252,10 @@ def targets():
 
     \b
     A profile (targets/<name>.toml, or ./targets/<name>.toml of your own) names a runtime,
-    a precision, threads, a GPU arch for TensorRT, the calibration recipe and the budgets
-    `edgetl bench --check` enforces. Use its name with --target; a bare runtime name works too.
+    a precision, threads, the runtime's own options (TensorRT: gpu_arch, max_batch; ONNX
+    Runtime and OpenVINO: the device's cpu_arch and cpu_flags, to cross-compile int8), the
+    calibration recipe and the budgets `edgetl bench --check` enforces. Use its name with
+    --target; a bare runtime name works too.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -260,7 +263,7 @@ def targets():
     from edgetl.compiler import target_rows
 
     table = Table(title="targets (use with `edgetl compile RUN --target NAME`)", title_justify="left")
-    for col in ("name", "runtime", "precision", "device", "gpu arch", "budgets", "available here"):
+    for col in ("name", "runtime", "precision", "device", "options", "budgets", "available here"):
         table.add_column(col)
     for r in target_rows():
         if "error" in r:
@@ -273,8 +276,8 @@ def targets():
             f"mem <= {b['max_memory_mb']} MB" if "max_memory_mb" in b else "",
         ]))
         here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
-        table.add_row(f"[bold]{r['name']}[/]", r["runtime"], r["precision"], r["device"], r["gpu_arch"] or "",
-                      budgets, here)
+        options = ", ".join(f"{k}={' '.join(v) if isinstance(v, list) else v}" for k, v in r["options"].items())
+        table.add_row(f"[bold]{r['name']}[/]", r["runtime"], r["precision"], r["device"], escape(options), budgets, here)
     console.print(table)
 
 
@@ -689,7 +692,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
 @click.option("--any-arch", is_flag=True, help="Build although the bundle was made for another GPU architecture.")
 @_trust_option
 def build_cmd(bundle, force, any_arch):
-    """Build a TensorRT bundle's engine with this device's TensorRT, and cache it.
+    """Finish a bundle's artifact on this device (a TensorRT engine), and cache it.
 
     \b
     Engines only run on the GPU and TensorRT version that built them, so TensorRT bundles
@@ -697,16 +700,16 @@ def build_cmd(bundle, force, any_arch):
     version ($EDGETL_CACHE or ~/.cache/edgetl/engines). verify, predict and bench build
     it on first use too; run this once after shipping to take the wait out of the first run.
     """
-    from edgetl.bundle.engine import build_engine, engine_info
+    from edgetl.backends._trt_engine import engine_info
     from edgetl.bundle.runner import open_bundle, require_runtime
     from edgetl.errors import BundleError
 
     opened = open_bundle(bundle)
-    if opened.runtime != "tensorrt":
+    backend = require_runtime(opened)
+    if not backend.builds_on_device:
         raise BundleError(f"bundle {opened.name} runs on {opened.runtime}: there is no engine to build, it runs as it is")
-    require_runtime(opened)
-    with console.status("building the TensorRT engine (minutes on a Jetson)"):
-        path = build_engine(opened, force=force, any_arch=any_arch)
+    with console.status(f"building the {opened.runtime} engine (minutes on a Jetson)"):
+        path = backend.prepare(opened, force=force, any_arch=any_arch)
     info = engine_info(path)
     console.print(f"engine [bold]{path}[/] ({info.get('gpu')}, {info.get('gpu_arch')}, {info.get('tensorrt')})", highlight=False)
 

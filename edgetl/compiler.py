@@ -8,10 +8,11 @@ The module is ``compiler`` rather than ``compile`` so that importing it never sh
 ``edgetl.compile`` function a notebook calls.
 
 Choices:
-- A target is a profile name from ``targets/`` (runtime, precision, GPU arch, threads, recipe come
-  from it) or a bare runtime name (precision ``int8`` unless ``precisions`` says otherwise).
-- A cell whose inputs (ONNX sha256, runtime and its version, precision, recipe, GPU arch) are
-  unchanged and whose files still match their sha256 is not rebuilt unless ``force``.
+- A target is a profile name from ``targets/`` (runtime, precision, threads, recipe and the
+  runtime's own options, e.g. the GPU arch or the device's CPU, come from it) or a bare runtime name
+  (precision ``int8`` unless ``precisions`` says otherwise).
+- A cell whose inputs (ONNX sha256, runtime and its version, precision, recipe, runtime options)
+  are unchanged and whose files still match their sha256 is not rebuilt unless ``force``.
 - Calibration needs at least ``MIN_CALIBRATION_SAMPLES`` (10) training images; with fewer than the
   recipe asks, all of them are used and a warning says so.
 - A failing cell is reported in its row and does not stop the others; what was compiled before
@@ -31,7 +32,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl._io import atomic_dir, sha256_file, sha256_json
-from edgetl.backends import RUNTIMES, Compiled, get_backend
+from edgetl.backends import ONNX_RUNNER, Compiled, get_backend, runtimes
 from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
 from edgetl.rundir import RunDir
@@ -49,7 +50,7 @@ class Cell:
     runtime: str
     precision: str
     recipe: CalibrationRecipe | None  # int8 only
-    gpu_arch: str | None
+    options: dict[str, Any]  # the profile's runtime options (backend.options_model), for compile
     threads: int | None
 
     @property
@@ -75,19 +76,27 @@ def plan(targets: list[str], precisions: list[str] | None = None, calibration: s
             profile = load_target(name)
             runtime, default_precision = profile.runtime, profile.precision
             name = profile.name
-        elif name in RUNTIMES:
+        elif name in runtimes():
             profile, runtime, default_precision = None, name, BARE_RUNTIME_PRECISION
         else:
-            raise UnknownNameError("target", name, [*profiles, *RUNTIMES])
+            raise UnknownNameError("target", name, [*profiles, *runtimes()])
+        options = _options(runtime, profile.options if profile else {}, gpu_arch)
         for precision in precisions or [default_precision]:
             recipe = None
             if precision == "int8":
                 source = calibration or (profile.calibration if profile else "default")
                 recipe = recipes.get(source) or recipes.setdefault(source, load_recipe(source))
-            cells.append(Cell(name, runtime, precision, recipe,
-                              gpu_arch or (profile.gpu_arch if profile else None),
+            cells.append(Cell(name, runtime, precision, recipe, options,
                               threads or (profile.threads if profile else None)))
     return list({c.key: c for c in cells}.values())  # a target named twice compiles once
+
+
+def _options(runtime: str, profile_options: dict[str, Any], gpu_arch: str | None) -> dict[str, Any]:
+    """The profile's runtime options, with --gpu-arch over them for a runtime that has a GPU arch."""
+    options = dict(profile_options)
+    if gpu_arch is not None and "gpu_arch" in get_backend(runtime).options_model.model_fields:
+        options["gpu_arch"] = gpu_arch
+    return options
 
 
 # -- the stage ---------------------------------------------------------------------------------------
@@ -144,10 +153,11 @@ class _Context:
         return self._calib[key]
 
 
-def _fingerprint(ctx: _Context, cell: Cell, version: str) -> str:
+def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
     return sha256_json({
-        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": version, "precision": cell.precision,
-        "recipe": cell.recipe.model_dump() if cell.recipe else None, "gpu_arch": cell.gpu_arch, "edgetl": __version__,
+        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
+        "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": backend.fingerprint(cell.options),
+        "edgetl": __version__,
     })
 
 
@@ -159,7 +169,7 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]
             raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")
         if cell.precision not in backend.precisions:
             raise CompileError(f"{cell.runtime} cannot build {cell.precision}: it supports {', '.join(backend.precisions)}")
-        fingerprint = _fingerprint(ctx, cell, backend.version())
+        fingerprint = _fingerprint(ctx, cell, backend)
         entry = _current(ctx.run, cell, fingerprint) if not force else None
         status = "cached"
         if entry is None:
@@ -190,7 +200,7 @@ def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, bar) -> dict[st
     if cell.precision == "int8":
         bar.step(cell, "calibration images")
         calibration = ctx.calibration(cell.recipe, bar.warn)
-    options = {"recipe": cell.recipe, "threads": cell.threads, "gpu_arch": cell.gpu_arch}
+    options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads}
     dest = run.path / "compiled" / cell.target / cell.precision
     with atomic_dir(dest) as tmp:
         bar.step(cell, f"{cell.runtime} {cell.precision}")
@@ -235,11 +245,11 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     if backend.can_run_here():
         session, evaluated_with, estimated = backend.load(compiled.path, threads), f"{backend.name} {backend.version()} CPU", False
     elif compiled.estimate_with is not None:
-        ort = get_backend("onnxruntime")
+        ort = get_backend(ONNX_RUNNER)
         if not ort.available():
-            raise MissingDependencyError(f"estimating {backend.name} accuracy needs ONNX Runtime: pip install 'edgetl[onnxruntime]'")
+            raise MissingDependencyError(f"estimating {backend.name} accuracy needs {ONNX_RUNNER}: pip install 'edgetl[{ort.extra}]'")
         session = ort.load(compiled.estimate_with, threads)
-        evaluated_with = f"onnxruntime {ort.version()} CPU on {compiled.estimate_with.name}"  # "estimated" says it is an estimate: say it once
+        evaluated_with = f"{ONNX_RUNNER} {ort.version()} CPU on {compiled.estimate_with.name}"  # "estimated" says it is an estimate: say it once
         estimated = True
     else:
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
@@ -257,7 +267,7 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
 def _versions(backend, accuracy: dict) -> dict[str, str]:
     versions = {backend.name: backend.version()}
     if accuracy["estimated"]:
-        versions["onnxruntime"] = get_backend("onnxruntime").version()
+        versions[ONNX_RUNNER] = get_backend(ONNX_RUNNER).version()
     return versions
 
 
@@ -293,12 +303,12 @@ def target_rows() -> list[dict[str, Any]]:
             rows.append({"name": name, "runtime": "?", "error": str(exc)})
             continue
         rows.append({"name": p.name, "runtime": p.runtime, "precision": p.precision, "device": p.device,
-                     "gpu_arch": p.gpu_arch, "threads": p.threads, "calibration": p.calibration,
+                     "options": p.options, "threads": p.threads, "calibration": p.calibration,
                      "budgets": p.budgets.model_dump(exclude_none=True), "description": p.description,
                      "here": _availability(p.runtime)})
-    for runtime in RUNTIMES:
+    for runtime in runtimes():
         rows.append({"name": runtime, "runtime": runtime, "precision": BARE_RUNTIME_PRECISION, "device": "",
-                     "gpu_arch": None, "threads": None, "calibration": "default", "budgets": {},
+                     "options": {}, "threads": None, "calibration": "default", "budgets": {},
                      "description": "bare runtime: any precision it supports, no budgets", "here": _availability(runtime)})
     return rows
 

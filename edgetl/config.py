@@ -11,9 +11,18 @@ import difflib
 import re
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edgetl.errors import ConfigError, UnknownNameError
 
@@ -42,34 +51,82 @@ class Budgets(_Strict):
 
 
 class TargetProfile(_Strict):
+    """A device profile. Besides these fields, a profile holds its runtime's own fields (``gpu_arch``
+    for TensorRT, ``cpu_arch``/``cpu_flags`` for the CPU runtimes): the backend's ``options_model``
+    validates them into ``options``, and they dump back flat, as the TOML file has them."""
+
     name: str
     description: str = ""
-    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
+    runtime: str
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     threads: int | None = Field(None, ge=1)
-    gpu_arch: str | None = Field(None, description="TensorRT compute capability, e.g. sm87")
     device: Literal["cpu", "gpu", "npu"] = Field("cpu", validate_default=True, description="what runs the model")
     calibration: str = "default"
     budgets: Budgets = Budgets()
+    options: dict[str, Any] = Field({}, description="the runtime's own fields, validated by its backend")
 
-    @field_validator("gpu_arch")
+    @model_validator(mode="before")
     @classmethod
-    def _arch(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        if not (v.startswith("sm") and v[2:].isdigit()):
-            raise ValueError("must look like sm87 (compute capability 8.7)")
-        runtime = info.data.get("runtime")
-        if runtime not in (None, "tensorrt"):
-            raise ValueError(f"only applies to runtime 'tensorrt', not {runtime!r}: remove it")
+    def _runtime_fields(cls, data: Any) -> Any:
+        """Move the fields that are not common to every profile into ``options``, validated by the runtime."""
+        from edgetl.backends import get_backend, runtimes
+
+        if not isinstance(data, dict) or data.get("runtime") not in runtimes():
+            return data  # the runtime field reports it; other fields are reported as unknown
+        common = set(cls.model_fields) - {"options"}
+        own = {k: v for k, v in data.items() if k not in common}
+        own = {**own.pop("options", {}), **own}  # a dumped profile read back may nest them
+        own = {k: v for k, v in own.items() if v is not None}  # manifests of older bundles list unset fields
+        model = get_backend(data["runtime"]).options_model
+        for field in own:
+            if field not in model.model_fields:
+                raise ValueError(_unknown_profile_field(field, data["runtime"], sorted(common | set(model.model_fields))))
+        try:
+            options = model.model_validate(own)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"field '{where}': {_explain(model, first)}") from None
+        return {**{k: v for k, v in data.items() if k in common}, "options": options.model_dump(exclude_none=True)}
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler) -> dict[str, Any]:
+        dumped = handler(self)
+        options = dumped.pop("options", {})
+        return {**dumped, **options}
+
+    @field_validator("runtime")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from edgetl.backends import runtimes
+
+        if v not in runtimes():
+            raise ValueError(f"unknown runtime {v!r}.{_closest(v, list(runtimes()))} Valid: {', '.join(runtimes())}")
         return v
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str, info: ValidationInfo) -> str:
-        if info.data.get("runtime") == "tensorrt" and v != "gpu":
-            raise ValueError(f"runtime 'tensorrt' runs on a GPU: set device = \"gpu\" (it is {v!r})")
+        from edgetl.backends import get_backend
+
+        runtime = info.data.get("runtime")
+        if runtime is None:
+            return v
+        devices = get_backend(runtime).devices
+        if v not in devices:
+            raise ValueError(f"runtime {runtime!r} runs on {' or '.join(devices)}: set device = \"{devices[0]}\" (it is {v!r})")
         return v
+
+
+def _unknown_profile_field(field: str, runtime: str, valid: list[str]) -> str:
+    """An unknown field, or one that belongs to another runtime."""
+    from edgetl.backends import get_backend, runtimes
+
+    owners = [r for r in runtimes() if field in get_backend(r).options_model.model_fields]
+    if owners:
+        return (f"field '{field}': only applies to runtime {' or '.join(repr(o) for o in owners)}, "
+                f"not {runtime!r}: remove it")
+    return f"field '{field}': unknown field.{_closest(field, valid)} Valid: {', '.join(valid)}"
 
 
 class CalibrationRecipe(_Strict):
@@ -90,8 +147,10 @@ class CalibrationRecipe(_Strict):
 
 def validation_message(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if not first["loc"]:  # a model-level check: its message names the field itself
+        return f"{path}: {_explain(model, first)}{more}"
+    where = ".".join(str(p) for p in first["loc"])
     return f"{path}: field '{where}': {_explain(model, first)}{more}"
 
 

@@ -78,7 +78,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
 def check_config(config: DeployConfig) -> None:
     """Every path, name and number deploy will use, checked before any work: a typo must not cost a
     training. Raises the one-line ``EdgetlError`` the stage itself would raise later."""
-    from edgetl.backends import RUNTIMES, get_backend
+    from edgetl.backends import get_backend, runtimes
     from edgetl.bench.gates import validate_budgets
     from edgetl.compiler import plan
     from edgetl.config import load_target
@@ -97,7 +97,7 @@ def check_config(config: DeployConfig) -> None:
             raise ConfigError(f"target {cell.target}: {cell.runtime} cannot build {cell.precision} "
                               f"(it builds {', '.join(precisions)}): change --precision")
     for name in config.targets:
-        if name not in RUNTIMES:
+        if name not in runtimes():
             validate_budgets(load_target(name).budgets, f"target profile {name!r}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from edgetl.compiler import plan, target_rows
 from edgetl.data import arrays
 from edgetl.errors import ConfigError, RunDirError, UnknownNameError
 from edgetl.rundir import RunDir
+
+REPO_TARGETS = Path(__file__).resolve().parent.parent / "targets"
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +158,26 @@ def test_int8_logits_stay_close_to_fp32(compiled_run):
     ref = arrays.reference_logits(run)
     entry = run.manifest["compiled"]["onnxruntime/int8"]
     assert entry["accuracy"]["max_abs_diff"] <= 0.6 * np.abs(ref).max()
+
+
+def test_cross_compiling_for_the_pi_uses_its_cpu_and_its_cpu_is_in_the_fingerprint(copy_run, tmp_path, monkeypatch):
+    """On an x86 workstation, raspberry-pi-5 int8 gets the ARM types (S8S8), says why and for which CPU;
+    changing the profile's CPU rebuilds the artifact."""
+    run = copy_run()
+    monkeypatch.chdir(tmp_path)
+    [row] = compile_run(run.path, ["raspberry-pi-5"], progress=False)
+    assert row["status"] == "ok", row
+    entry = RunDir.open(run.path).manifest["compiled"]["raspberry-pi-5/int8"]
+    options = entry["options"]
+    assert (options["activations"], options["weights"]) == ("int8", "int8")
+    assert options["why"].startswith("ARM64: S8S8") and "target profile" in options["why"]
+    assert options["cpu"]["arch"] == "aarch64" and "asimddp" in options["cpu"]["flags"]
+    assert options["cpu"]["from"] == "the target profile"
+    assert compile_run(run.path, ["raspberry-pi-5"], progress=False)[0]["status"] == "cached"
+
+    shipped = (REPO_TARGETS / "raspberry-pi-5.toml").read_text()
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "raspberry-pi-5.toml").write_text(shipped.replace('"asimddp"', '"asimddp", "i8mm"'))
+    [row] = compile_run(run.path, ["raspberry-pi-5"], progress=False)
+    assert row["status"] == "ok", row  # another CPU: rebuilt, not reused
+    assert "i8mm" in RunDir.open(run.path).manifest["compiled"]["raspberry-pi-5/int8"]["options"]["cpu"]["flags"]

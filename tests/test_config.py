@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edgetl.backends import get_backend, runtimes
 from edgetl.config import (
     Budgets,
     TargetProfile,
@@ -38,7 +39,7 @@ def test_every_shipped_profile_loads(name):
     assert profile.name == name and profile.description
     # budgets are what bench enforces: every shipped device has an accuracy and a latency gate
     assert profile.budgets.max_accuracy_drop_pp is not None and profile.budgets.p90_latency_ms is not None
-    assert (profile.runtime == "tensorrt") == (profile.gpu_arch is not None) == (profile.device == "gpu")
+    assert (profile.runtime == "tensorrt") == ("gpu_arch" in profile.options) == (profile.device == "gpu")
     load_recipe(profile.calibration)
 
 
@@ -50,7 +51,9 @@ def test_every_shipped_recipe_loads(name):
 
 def test_one_profile_documents_every_field():
     text = (REPO / "targets" / "host-cpu.toml").read_text()
-    fields = (set(TargetProfile.model_fields) - {"name", "budgets"}) | set(Budgets.model_fields) | {"[budgets]"}
+    runtime_fields = {f for r in runtimes() for f in get_backend(r).options_model.model_fields}
+    fields = (set(TargetProfile.model_fields) - {"name", "budgets", "options"}) | set(Budgets.model_fields) | {"[budgets]"}
+    fields |= runtime_fields
     missing = [f for f in sorted(fields) if f not in text]
     assert not missing, f"targets/host-cpu.toml should show (at least commented) {missing}"
 
@@ -86,6 +89,13 @@ GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
         ('runtime = "onnxruntime"\ncalibration = "defualt"\n', "calibration", "Did you mean 'default'"),
         ('name = "other-board"\nruntime = "onnxruntime"\n', "name", "differs from the file name"),
         ("threads = 4\n", "runtime", "Field required"),
+        # the runtime's own fields, validated by its backend's options model
+        ('runtime = "onnxruntime"\ncpu_arch = "arm"\n', "cpu_arch", "'aarch64'"),
+        ('runtime = "openvino"\ncpu_flags = "avx2"\n', "cpu_flags", "valid list"),
+        ('runtime = "onnxruntime"\ncpu_flag = ["avx2"]\n', "cpu_flag", "Did you mean 'cpu_flags'"),
+        ('runtime = "tensorrt"\ndevice = "gpu"\ncpu_arch = "aarch64"\n', "cpu_arch",
+         "only applies to runtime 'onnxruntime' or 'openvino'"),
+        (GOOD_TRT + "max_batch = 0\n", "max_batch", "greater than or equal to 1"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path, text, field, hint):
@@ -95,6 +105,18 @@ def test_bad_profile_names_file_and_field(tmp_path, text, field, hint):
     message = str(info.value)
     assert message.startswith(f"{path}: field '{field}'") and hint in message, message
     assert "\n" not in message
+
+
+def test_runtime_fields_validate_and_dump_flat(tmp_path):
+    """A profile's runtime fields land in ``options`` and dump back flat, as in the TOML (bundle manifests)."""
+    path = _write(tmp_path, "pi", 'runtime = "onnxruntime"\ncpu_arch = "aarch64"\ncpu_flags = ["asimd", "asimddp"]\n')
+    profile = load_target(path)
+    assert profile.options == {"cpu_arch": "aarch64", "cpu_flags": ["asimd", "asimddp"]}
+    dumped = profile.model_dump()
+    assert dumped["cpu_arch"] == "aarch64" and "options" not in dumped
+    assert TargetProfile.model_validate(dumped) == profile
+    # manifests of older bundles list unset fields as null
+    assert TargetProfile.model_validate({**dumped, "gpu_arch": None}) == profile
 
 
 @pytest.mark.parametrize(

@@ -1,27 +1,70 @@
-"""Registry of runtimes: the one table that the CLI, the docs and the tests read."""
+"""Registry of runtimes: the one table that config, compile, bench, bundle, the CLI and the docs read.
+
+Runtimes are registered under the ``edgetl.backends`` entry-point group, the built-in three in
+edgetl's own pyproject.toml::
+
+    [project.entry-points."edgetl.backends"]
+    onnxruntime = "edgetl.backends.onnxruntime:OnnxRuntimeBackend"
+
+A third party ships a runtime the same way, from its own package, without touching edgetl. The
+entry point's name is the runtime's name (the backend class's ``name``). Modules are imported on
+first use, so a runtime that is not installed costs nothing.
+"""
 
 from __future__ import annotations
 
-import importlib
+import functools
+import sys
+from importlib.metadata import EntryPoint, entry_points
 
-from edgetl.backends.base import Backend, Compiled, Session
+from edgetl.backends.base import (
+    Backend,
+    BackendBase,
+    Compiled,
+    CpuBackendBase,
+    CpuOptions,
+    NoOptions,
+    Session,
+)
 from edgetl.errors import UnknownNameError
 
-# name -> "module:Class"; modules are imported on first use so a missing runtime costs nothing.
-_BACKENDS = {
-    "onnxruntime": "edgetl.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "edgetl.backends.openvino:OpenVinoBackend",
-    "tensorrt": "edgetl.backends.tensorrt:TensorRtBackend",
-}
+GROUP = "edgetl.backends"
+# The runtime that runs a plain ONNX file on any CPU: compile's accuracy estimates and a bundle's
+# golden outputs where the artifact cannot run on the workstation (a TensorRT engine without a GPU).
+ONNX_RUNNER = "onnxruntime"
 
-RUNTIMES = tuple(_BACKENDS)
+
+def _entry_points() -> dict[str, EntryPoint]:
+    # Keyed on sys.path: a distribution added to it later (a plugin installed at run time) is seen.
+    return _scan(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    if not found:  # a bug of the install, not a user's mistake: keep the traceback
+        raise RuntimeError(f"no runtimes are registered under the {GROUP!r} entry points: edgetl's install "
+                           "predates them; reinstall it (pip install -e . in a checkout)")
+    return dict(sorted(found.items()))
+
+
+def runtimes() -> tuple[str, ...]:
+    """The names of every registered runtime, sorted."""
+    return tuple(_entry_points())
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _BACKENDS:
-        raise UnknownNameError("runtime", name, _BACKENDS)
-    module, cls = _BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    registered = _entry_points()
+    if name not in registered:
+        raise UnknownNameError("runtime", name, registered)
+    return registered[name].load()()
 
 
-__all__ = ["Backend", "Compiled", "Session", "RUNTIMES", "get_backend"]
+def __getattr__(attr: str):
+    if attr == "RUNTIMES":  # computed on each access: the registry can grow at run time
+        return runtimes()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["Backend", "BackendBase", "Compiled", "CpuBackendBase", "CpuOptions", "NoOptions", "Session", "ONNX_RUNNER", "RUNTIMES",
+           "get_backend", "runtimes"]

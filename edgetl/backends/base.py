@@ -1,16 +1,20 @@
 """The Backend and Session protocols every runtime file implements.
 
-Adding a runtime = one file here + one profile in ``targets/`` + one conformance test subclass in
-``tests/backends/``. Load/run code never imports torch: sessions run on the device.
+A runtime is one self-describing plugin: its backend class carries every fact about it (see
+``Backend``), and it is registered under the ``edgetl.backends`` entry-point group (see
+``edgetl/backends/__init__.py``). Adding a runtime = one file + one profile in ``targets/`` + one
+conformance test subclass in ``tests/backends/``. Load/run code never imports torch: sessions run on
+the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass
@@ -39,11 +43,39 @@ class Session(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
+class NoOptions(BaseModel):
+    """Profile fields of a runtime that has none of its own."""
+
+    # strict and closed, like the profile itself: a typo is reported, never ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class CpuOptions(NoOptions):
+    """Profile fields of the CPU runtimes: the device's CPU, so a workstation can cross-compile.
+
+    Left out, int8 types are chosen for the CPU that compiles (fine for ``host-cpu``).
+    """
+
+    cpu_arch: Literal["x86_64", "aarch64"] | None = Field(None, description="the device's CPU architecture")
+    cpu_flags: list[str] | None = Field(
+        None, description="the device's CPU feature flags, as /proc/cpuinfo's flags/Features line lists them")
+
+
 @runtime_checkable
 class Backend(Protocol):
-    name: str  # "onnxruntime", "openvino", "tensorrt", "torch"
+    """Every fact about one runtime; ``BackendBase`` gives the defaults most runtimes keep."""
+
+    name: str  # "onnxruntime", "openvino", "tensorrt": the entry-point name, profiles' `runtime`
     precisions: tuple[str, ...]  # e.g. ("fp32", "fp16", "int8")
-    extra: str  # pip extra that installs the runtime
+    extra: str  # pip extra that installs the runtime: pip install "edgetl[<extra>]"
+    modules: tuple[str, ...]  # importable modules that extra provides (for "pip install" hints)
+    min_versions: dict[str, str]  # oldest runtime per flavour (module) that can read what we ship
+    distributions: tuple[str, ...]  # fnmatch patterns of the distributions the system record lists
+    devices: tuple[str, ...]  # the profile `device` values it runs on ("cpu", "gpu", "npu")
+    runs_on: str  # what a machine needs to run the artifacts ("needs an NVIDIA GPU")
+    options_model: type[BaseModel]  # the profile fields of this runtime; validated values reach compile
+    builds_on_device: bool  # True when the device must finish the artifact (``prepare``) before running
+    plot_style: tuple[str, str]  # (colour, matplotlib marker) of its points in the report's charts
 
     def available(self) -> bool:
         """True when the runtime can be imported here (compile may still need more, e.g. a GPU)."""
@@ -51,7 +83,8 @@ class Backend(Protocol):
     def can_run_here(self) -> bool:
         """True when compiled artifacts can be executed on this machine."""
 
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """"1.23.0", or "<flavour> <version>" where the runtime comes in flavours (a ``min_versions`` key)."""
 
     def compile(
         self,
@@ -61,10 +94,60 @@ class Backend(Protocol):
         calibration: np.ndarray | None,
         options: dict[str, Any],
     ) -> Compiled:
-        """Build the artifact for ``precision`` into ``out_dir``; ``calibration`` is float32 NCHW."""
+        """Build the artifact for ``precision`` into ``out_dir``; ``calibration`` is float32 NCHW.
+        ``options``: ``recipe``, ``threads`` and the profile's own fields (``options_model``)."""
 
     def load(self, path: Path, threads: int | None = None) -> Session:
         """Open an artifact produced by ``compile`` for inference."""
+
+    def bundle_files(self, entry: dict[str, Any], export_path: str) -> tuple[list[str], str]:
+        """(run-relative files a bundle carries, the one the device loads) for a compiled entry."""
+
+    def build_settings(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """What the device needs to finish the artifact (``model.kind`` and ``model.build``), or {}."""
+
+    def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
+        """What the device does before running a bundle; returns the file ``load`` takes."""
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Everything besides the model, precision and recipe that changes what ``compile`` builds."""
+
+
+class BackendBase:
+    """Defaults: the bundle carries the compiled files as they are and the device loads them."""
+
+    modules: ClassVar[tuple[str, ...]] = ()
+    distributions: ClassVar[tuple[str, ...]] = ()
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    runs_on = "a CPU"
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+    builds_on_device = False  # True: `edgetl build` finishes the artifact on the device (``prepare``)
+    plot_style: ClassVar[tuple[str, str]] = ("#bbbbbb", "o")
+
+    def bundle_files(self, entry: dict[str, Any], export_path: str) -> tuple[list[str], str]:
+        return list(entry["files"]), entry["path"]
+
+    def build_settings(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
+        return bundle.file(bundle.manifest["model"]["path"])
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        return dict(options)
+
+
+class CpuBackendBase(BackendBase):
+    """A CPU runtime: int8 is built for the profile's CPU, else this machine's (``_cpu.target_cpu``),
+    so that CPU is part of what it builds: compiling the same run on another machine rebuilds it."""
+
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    options_model: ClassVar[type[BaseModel]] = CpuOptions
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        from edgetl._cpu import target_cpu
+
+        return {**options, "cpu": target_cpu(options).record()}
 
 
 class SessionBase:

@@ -5,53 +5,40 @@ Artifacts (one ONNX file each, ``model.<precision>.onnx``):
 - fp32: the exported graph optimised offline at ``ORT_ENABLE_EXTENDED`` and saved;
 - fp16: weights and activations in float16, float32 inputs/outputs;
 - int8: static QDQ from the calibration images, with the activation/weight types that are fast on
-  the host CPU (see ``choose_int8_types``).
+  the target's CPU (see ``choose_int8_types``).
 
 ``compile`` options (all optional):
 
 - ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
 - ``threads``: threads for the optimisation session (the saved model does not depend on it);
-- ``cpu_flags``: CPU feature flags to choose int8 types for (default: this host's /proc/cpuinfo);
-  lets a workstation compile for another x86 device.
+- ``cpu_arch``, ``cpu_flags``: the device's CPU, from its profile (``CpuOptions``), to choose int8
+  types for; left out: this machine's. An x86 workstation compiles S8S8 for a Raspberry Pi this way.
 
 Load/run never imports torch: sessions run on the device.
 """
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
-from edgetl.backends.base import Compiled, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError
-
-_VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def host_cpu_flags() -> set[str]:
-    """Feature flags of this CPU (empty where /proc/cpuinfo is absent, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
     """Activation/weight types that ONNX Runtime's CPU kernels (MLAS) run fastest, and why."""
-    if machine.lower() in {"aarch64", "arm64"} or "asimd" in flags:
+    cpu = TargetCpu(machine, frozenset(flags), "")
+    if cpu.is_arm:
         return {"activations": "int8", "weights": "int8", "reduce_range": False,
                 "why": "ARM64: S8S8 uses the signed dot-product (sdot) kernels; ONNX Runtime's default for QDQ"}
-    if flags & _VNNI:
-        found = ", ".join(sorted(flags & _VNNI))
+    if cpu.vnni:
+        found = ", ".join(sorted(cpu.vnni))
         return {"activations": "uint8", "weights": "int8", "reduce_range": False,
                 "why": f"x86 with VNNI ({found}): U8S8 maps onto vpdpbusd without saturation"}
     if "avx2" in flags or "avx512bw" in flags:
@@ -62,10 +49,16 @@ def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
             "why": "no AVX2/VNNI/NEON flags found: U8S8, ONNX Runtime's most widely supported combination"}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(CpuBackendBase):
     name = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
     extra = "onnxruntime"
+    modules = ("onnxruntime",)
+    # opset 18 / IR v11 models, as exported here
+    min_versions = {"onnxruntime": "1.16"}
+    distributions = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
+    runs_on = "a CPU with ONNX Runtime"
+    plot_style = ("#1f77b4", "o")
 
     def available(self) -> bool:
         return available("onnxruntime")
@@ -117,13 +110,12 @@ class OnnxRuntimeBackend:
         from edgetl.backends._qdq import quantize_qdq
 
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
-        if options.get("cpu_flags") is not None:  # compiling for another CPU: its flags say it all
-            types = choose_int8_types(set(options["cpu_flags"]), machine="")
-        else:
-            types = choose_int8_types(host_cpu_flags(), platform.machine())
+        cpu = target_cpu(options)
+        types = choose_int8_types(set(cpu.flags), cpu.arch)
         settings = quantize_qdq(src, out, calibration, recipe, activation_type=types["activations"],
                                 weight_type=types["weights"], reduce_range=types["reduce_range"])
-        return {**settings, "calibration": recipe.name, "why": types["why"]}
+        return {**settings, "calibration": recipe.name, "cpu": cpu.record(),
+                "why": f"{types['why']} (for {cpu.source}'s CPU)"}
 
     def _check_loads(self, path: Path) -> None:
         """Fail at compile time, not on the device, if ONNX Runtime rejects the artifact."""

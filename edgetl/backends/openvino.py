@@ -12,7 +12,8 @@ Artifacts are OpenVINO IR, ``model.xml`` + ``model.bin``, with a dynamic batch a
 
 - ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
 - ``threads``: threads for the session that checks the artifact loads;
-- ``cpu_flags``: CPU feature flags of the device, for int8's overflow fix (default: this host's).
+- ``cpu_arch``, ``cpu_flags``: the device's CPU, from its profile (``CpuOptions``), for int8's
+  overflow fix; left out: this machine's.
 
 The IR records its precision in its ``rt_info`` (``edgetl/precision``) so ``load`` can pick the
 inference precision without a side file. Load/run never imports torch or nncf.
@@ -21,15 +22,15 @@ inference precision without a side file. Load/run never imports torch or nncf.
 from __future__ import annotations
 
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
 from edgetl.backends._qdq import check_calibration
-from edgetl.backends.base import Compiled, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, ConfigError
 
@@ -69,10 +70,16 @@ _ONNX_TO_OV_TYPES = {
 }
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(CpuBackendBase):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     extra = "openvino"
+    modules = ("openvino", "nncf")
+    # IR v11 with rt_info, read by the 2024 releases and later
+    min_versions = {"openvino": "2024.0"}
+    distributions = ("openvino", "nncf")
+    runs_on = "a CPU with OpenVINO's CPU plugin"
+    plot_style = ("#6f2da8", "s")
 
     def available(self) -> bool:
         return available("openvino")
@@ -100,7 +107,7 @@ class OpenVinoBackend:
             calibration = check_calibration(calibration, recipe)  # before the slow conversion
         model = _convert(ov, Path(onnx_path))
         if precision == "int8":
-            model, chosen = _quantize(model, calibration, recipe, options.get("cpu_flags"))
+            model, chosen = _quantize(model, calibration, recipe, target_cpu(options))
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",
                       "why": "half the size; the CPU decompresses weights at load and computes in f16 "
@@ -142,7 +149,7 @@ def _dynamic_batch(ov, model) -> None:
 
 
 # -- int8 through nncf -----------------------------------------------------------------------------
-def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu_flags: list[str] | None):
+def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu: TargetCpu):
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
@@ -161,7 +168,7 @@ def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu_fla
         range_notes["not_mapped"].append(
             "symmetric_activations = false: OpenVINO int8 uses symmetric activations (nncf preset "
             "'performance'); asymmetric ones crash OpenVINO's CPU plugin with a dynamic batch")
-    overflow_fix, overflow_why = _overflow_fix(cpu_flags)
+    overflow_fix, overflow_why = _overflow_fix(cpu)
     advanced = AdvancedQuantizationParameters(
         batchwise_statistics=True,
         overflow_fix=overflow_fix,
@@ -193,11 +200,12 @@ def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu_fla
         "method": recipe.method,
         **range_notes,
         "overflow_fix": overflow_fix.value,
-        "why": overflow_why,
+        "cpu": cpu.record(),
+        "why": f"{overflow_why} (for {cpu.source}'s CPU)",
     }
 
 
-def _overflow_fix(cpu_flags: list[str] | None):
+def _overflow_fix(cpu: TargetCpu):
     """nncf's overflow fix (7-bit weights) only where int8 dot products can saturate.
 
     x86 without VNNI multiplies u8 x s8 pairs into int16 (vpmaddubsw), which saturates with full
@@ -207,15 +215,10 @@ def _overflow_fix(cpu_flags: list[str] | None):
     """
     from nncf.quantization.advanced_parameters import OverflowFix
 
-    from edgetl.backends.onnxruntime import host_cpu_flags
-
-    flags = set(cpu_flags) if cpu_flags is not None else host_cpu_flags()
-    machine = "" if cpu_flags is not None else platform.machine().lower()
-    vnni = flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    if machine in {"aarch64", "arm64"} or "asimd" in flags:
+    if cpu.is_arm:
         return OverflowFix.DISABLE, "ARM64: int8 dot products accumulate in int32; full 8-bit weights"
-    if vnni:
-        return OverflowFix.DISABLE, f"x86 with VNNI ({', '.join(sorted(vnni))}): full 8-bit weights, no saturation"
+    if cpu.vnni:
+        return OverflowFix.DISABLE, f"x86 with VNNI ({', '.join(sorted(cpu.vnni))}): full 8-bit weights, no saturation"
     return OverflowFix.FIRST_LAYER, ("x86 without VNNI (or unknown CPU): 7-bit weights in the first layer "
                                      "avoid int16 saturation of vpmaddubsw (nncf's default)")
 

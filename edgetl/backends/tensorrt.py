@@ -15,8 +15,12 @@ bias DequantizeLinear), and the network is strongly typed so the Q/DQ nodes deci
 When the installed builder cannot target the requested GPU (tensorrt_rtx has no sm87 for Jetson
 Orin), the artifact is the ONNX alone and ``load`` builds the engine on the device on first use.
 
-``compile`` options: ``recipe`` (int8), ``gpu_arch`` ("sm89"; default ``DEFAULT_ARCH``),
-``max_batch`` (engine profile, default 32).
+``compile`` options: ``recipe`` (int8) and the profile's ``TensorRtOptions``: ``gpu_arch`` ("sm89";
+default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32).
+
+A bundle carries the ONNX and the build settings, never the engine (``bundle_files``,
+``build_settings``); the device builds its engine before the first run (``prepare``,
+edgetl/backends/_trt_engine.py).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from edgetl._lazy import available, require
 from edgetl.backends import _cuda
-from edgetl.backends.base import Compiled, SessionBase
+from edgetl.backends.base import BackendBase, Compiled, NoOptions, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, EdgetlError
 
@@ -59,11 +64,33 @@ def _flavour(trt: ModuleType) -> str:
     return f"{trt.__name__} {trt.__version__}"
 
 
-class TensorRtBackend:
+class TensorRtOptions(NoOptions):
+    """Profile fields of TensorRT: the GPU the engine is built for and its batch range."""
+
+    gpu_arch: str | None = Field(None, description="the GPU's compute capability, e.g. sm87 (Jetson Orin)")
+    max_batch: int | None = Field(None, ge=1, le=1024, description="largest batch the engine accepts (default 32)")
+
+    @field_validator("gpu_arch")
+    @classmethod
+    def _arch(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("sm") and v[2:].isdigit() and 2 <= len(v[2:]) <= 3):
+            raise ValueError("must look like sm87 (compute capability 8.7)")
+        return v
+
+
+class TensorRtBackend(BackendBase):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     extra = "tensorrt"
+    modules = ("tensorrt", "tensorrt_rtx")
+    # Strongly typed networks; TensorRT-RTX numbers its releases apart from TensorRT.
+    min_versions = {"tensorrt": "10.0", "tensorrt_rtx": "1.0"}
+    distributions = ("tensorrt*",)  # tensorrt, tensorrt-cu12, tensorrt-rtx-cu13 ...
+    devices = ("gpu",)
     runs_on = "an NVIDIA GPU"  # what a machine needs to run the artifacts (tables say "n/a here (needs ...)")
+    options_model = TensorRtOptions
+    plot_style = ("#76b900", "D")
+    builds_on_device = True
 
     def available(self) -> bool:
         return available("tensorrt") or available("tensorrt_rtx")
@@ -127,6 +154,26 @@ class TensorRtBackend:
         if forced:
             why += f" (recipe's {' and '.join(forced)}=false overridden: TensorRT needs them)"
         return {**settings, "calibration": recipe.name, "why": why}
+
+    # -- bundle --------------------------------------------------------------------------------
+    def bundle_files(self, entry: dict[str, Any], export_path: str) -> tuple[list[str], str]:
+        """The ONNX the engine was built from (engines only run on the GPU and TensorRT that built them)."""
+        source = entry.get("estimate_with")
+        if source is None:
+            onnx = [f for f in entry["files"] if f.endswith(".onnx")]
+            source = onnx[0] if onnx else export_path
+        data = [f for f in entry["files"] if f.startswith(source) and f != source]  # external weights
+        return [source, *data], source
+
+    def build_settings(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "onnx-for-tensorrt", "build": {"precision": entry["precision"], "gpu_arch": entry.get("gpu_arch"),
+                                                       "options": entry.get("options") or {}}}
+
+    def prepare(self, bundle, *, force: bool = False, any_arch: bool = False) -> Path:
+        """Build (or reuse from the cache) this GPU's engine from the bundle's ONNX."""
+        from edgetl.backends._trt_engine import build_engine
+
+        return build_engine(bundle, force=force, any_arch=any_arch)
 
     # -- load ----------------------------------------------------------------------------------
     def load(self, path: Path, threads: int | None = None) -> TensorRtSession:

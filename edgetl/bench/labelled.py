@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.bench.accuracy import collect_logits, label_accuracy, unpaired_drop_interval
+from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
 
 

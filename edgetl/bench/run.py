@@ -66,7 +66,7 @@ from rich.markup import escape
 
 from edgetl import __version__
 from edgetl._io import write_json
-from edgetl.backends import RUNTIMES, get_backend
+from edgetl.backends import get_backend, runtimes
 from edgetl.backends import torch as torch_reference
 from edgetl.bench import gates as gates_mod
 from edgetl.bench.accuracy import evaluate
@@ -168,7 +168,7 @@ def budgets_for(entry: dict) -> Budgets | None:
         profile = TargetProfile.model_validate(entry["profile"])
     elif name in target_names():
         profile = load_target(name)
-    elif name in RUNTIMES:
+    elif name in runtimes():
         return None
     else:
         raise ConfigError(
@@ -188,8 +188,7 @@ def _availability(runtime: str) -> str | None:
     if not backend.available():
         return f"{runtime} is not installed: pip install 'edgetl[{backend.extra}]'"
     if not backend.can_run_here():
-        needs = getattr(backend, "runs_on", None)
-        return f"needs {needs}" if needs else f"{runtime} artifacts cannot run on this machine"
+        return f"needs {backend.runs_on}"
     return None
 
 

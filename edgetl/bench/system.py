@@ -1,11 +1,13 @@
 """The system record stored with every bench result: a latency without its machine means nothing.
 
-Standard library only (device side). Nothing heavy is imported: runtime versions come from the
-installed distributions' metadata, so recording them costs no import of torch or a runtime.
+Device side: the standard library and the runtime registry. Nothing heavy is imported: runtime
+versions come from the installed distributions' metadata (each backend names its distributions),
+so recording them costs no import of torch or a runtime.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as metadata
 import importlib.util
 import os
@@ -15,18 +17,13 @@ import shutil
 import socket
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
-# CPU features that decide which kernels a runtime can use (int8 dot products, bf16, AMX, NEON).
-FLAGS_OF_INTEREST = (
-    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-    "asimd", "asimddp", "asimdhp", "sve", "sve2", "i8mm", "bf16", "neon",
-)
-# Distributions whose versions change the numbers (runtimes, the reference, numpy).
-_DISTS = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino", "nncf",
-          "edgetl")
-_DIST_PREFIXES = ("tensorrt",)  # tensorrt, tensorrt-cu12, tensorrt-rtx-cu13 ...
+from edgetl._cpu import FLAGS_OF_INTEREST, parse_cpu_flags
+
+# Distributions whose versions change the numbers besides the runtimes' (``Backend.distributions``).
+_DISTS = ("numpy", "torch", "edgetl")
 # Environment variables that change how many threads runtimes use behind our back.
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
                "KMP_BLOCKTIME", "KMP_AFFINITY", "GOMP_SPINCOUNT", "TBB_NUM_THREADS")
@@ -77,7 +74,7 @@ def cpu_record() -> dict:
     info = _cpuinfo()
     model = (info.get("model name") or info.get("Model") or info.get("Hardware") or info.get("cpu model")
              or _sysctl("machdep.cpu.brand_string") or platform.processor() or platform.machine())
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = parse_cpu_flags(_read("/proc/cpuinfo"))
     if sys.platform == "darwin" and platform.machine() == "arm64":
         flags |= {"neon", "asimd"}  # every Apple silicon core has them; macOS has no cpuinfo
     try:
@@ -142,20 +139,30 @@ def _num(text: str) -> float | None:
 
 def runtime_versions() -> dict[str, str]:
     """Installed versions of every runtime and of the reference stack, from package metadata."""
+    from edgetl.backends import get_backend, runtimes
+
+    backends = [get_backend(name) for name in runtimes()]
+    patterns = [*_DISTS, *(p for b in backends for p in b.distributions)]
     found = {}
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if (name in _DISTS or name.startswith(_DIST_PREFIXES)) and not name.endswith(("-libs", "-bindings")):
+        if any(fnmatch(name, p) for p in patterns) and not name.endswith(("-libs", "-bindings")):
             found[name] = dist.version
-    # JetPack installs TensorRT's Python bindings with apt, without pip metadata.
-    if not any(k.startswith("tensorrt") for k in found) and importlib.util.find_spec("tensorrt"):
-        try:
-            import tensorrt
-
-            found["tensorrt"] = tensorrt.__version__
-        except Exception:  # a broken install must not stop the bench
-            found["tensorrt"] = "unknown (import failed)"
+    for backend in backends:
+        if not any(fnmatch(name, p) for name in found for p in backend.distributions):
+            found.update(_unpackaged_version(backend.modules[:1]))
     return dict(sorted(found.items()))
+
+
+def _unpackaged_version(modules: tuple[str, ...]) -> dict[str, str]:
+    """A runtime installed without pip metadata (JetPack's TensorRT comes from apt): its module's version."""
+    for module in modules:
+        if importlib.util.find_spec(module):
+            try:
+                return {module: str(importlib.import_module(module).__version__)}
+            except Exception:  # a broken install must not stop the bench
+                return {module: "unknown (import failed)"}
+    return {}
 
 
 def system_record(threads: int | None = None, name: str | None = None) -> dict:

@@ -5,7 +5,6 @@
 - ``signing``: Ed25519 signatures over the exact manifest bytes, and the trusted keys.
 - ``create``: ``create_bundle(run, target)`` -> ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation).
 - ``runner``: ``verify``, ``predict``, ``bench`` on the device: numpy, Pillow and the runtime only.
-- ``engine``: TensorRT engines built on the device from the bundle's ONNX, cached per GPU.
 - ``ship``: copy, check and activate a bundle over the system ``ssh`` client.
 - ``remote``: bench on one device or a fleet over SSH, results back into the run.
 

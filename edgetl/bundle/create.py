@@ -1,7 +1,8 @@
 """Make a bundle from a run: ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation side).
 
-The bundle carries one compiled artifact of the target (for TensorRT the ONNX the engine is built
-from, since engines only run on the GPU and TensorRT version that built them), everything needed
+The bundle carries one compiled artifact of the target (what its backend's ``bundle_files`` says:
+for TensorRT the ONNX the engine is built from, since engines only run on the GPU and TensorRT
+version that built them), everything needed
 to preprocess and label images, and golden inputs with the outputs the workstation got for them,
 so the device can prove it computes the same thing (``edgetl verify``).
 """
@@ -23,7 +24,6 @@ from edgetl.bundle import signing
 from edgetl.bundle.format import (
     FORMAT,
     MANIFEST,
-    MIN_RUNTIME,
     SIGNATURE,
     SUFFIX,
     file_entries,
@@ -151,10 +151,13 @@ def up_to_date(run: RunDir, target: str, precision: str | None = None) -> Path |
 
 def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int) -> dict[str, Any]:
     """Write the bundle's files into ``stage`` and return its manifest (also written there)."""
+    from edgetl.backends import get_backend
+
     train = run.manifest["train"]
-    model_files, model_path = _copy_model(run, entry, stage / "model")
-    golden = _write_golden(run, entry, stage / "golden")
     runtime = entry["runtime"]
+    backend = get_backend(runtime)
+    model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.manifest["export"]["path"]), stage / "model")
+    golden = _write_golden(run, entry, stage / "golden")
     manifest = {
         "format": FORMAT,
         "name": f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
@@ -165,11 +168,11 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "gpu_arch": entry.get("gpu_arch"),
         "runtime": {
             "name": runtime,
-            "extra": runtime,
-            "min_version": MIN_RUNTIME[runtime],
+            "extra": backend.extra,
+            "min_version": backend.min_versions,
             "built_with": (entry.get("versions") or {}).get(runtime),
         },
-        "model": {"path": model_path, "files": model_files, "compiled": key, **_build_settings(entry)},
+        "model": {"path": model_path, "files": model_files, "compiled": key, **backend.build_settings(entry)},
         "input": golden.pop("input"),
         "output": {"name": "logits", "shape": [-1, len(train["classes"])], "dtype": "float32"},
         "preprocess": train["preprocess"],
@@ -184,20 +187,9 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     return manifest
 
 
-def _carried_files(run: RunDir, entry: dict[str, Any]) -> tuple[list[str], str]:
-    """(run-relative files to carry, the one to load). TensorRT: the ONNX to build the engine from."""
-    if entry["runtime"] != "tensorrt":
-        return list(entry["files"]), entry["path"]
-    source = entry.get("estimate_with")  # the ONNX the engine was built from (see backends/tensorrt.py)
-    if source is None:
-        onnx = [f for f in entry["files"] if f.endswith(".onnx")]
-        source = onnx[0] if onnx else run.manifest["export"]["path"]
-    data = [f for f in entry["files"] if f.startswith(source) and f != source]  # external weights
-    return [source, *data], source
-
-
-def _copy_model(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[list[str], str]:
-    files, main = _carried_files(run, entry)
+def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple[list[str], str]:
+    """Copy the run-relative ``carried`` files (the list, and the one to load) into ``out``."""
+    files, main = carried
     base = Path(main).parent
     names = []
     for rel in files:
@@ -207,13 +199,6 @@ def _copy_model(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[list[str
         shutil.copyfile(src, out / name)
         names.append(f"model/{name}")
     return names, f"model/{Path(main).relative_to(base).as_posix()}"
-
-
-def _build_settings(entry: dict[str, Any]) -> dict[str, Any]:
-    if entry["runtime"] != "tensorrt":
-        return {}
-    return {"kind": "onnx-for-tensorrt", "build": {"precision": entry["precision"], "gpu_arch": entry.get("gpu_arch"),
-                                                   "options": entry.get("options") or {}}}
 
 
 def golden_indices(labels: np.ndarray, n: int = GOLDEN_SAMPLES) -> list[int]:
@@ -253,7 +238,7 @@ def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> dict[str, An
 
 def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
     """Logits of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here."""
-    from edgetl.backends import get_backend
+    from edgetl.backends import ONNX_RUNNER, get_backend
     from edgetl.bundle.runner import run_each
 
     backend = get_backend(entry["runtime"])
@@ -261,10 +246,10 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
         path, kind = run.verify(entry["path"]), "same"
         what = f"the artifact on {entry['runtime']} {backend.version()} (workstation CPU)"
     else:
-        backend = get_backend("onnxruntime")
+        backend = get_backend(ONNX_RUNNER)
         proxy = entry.get("estimate_with") or run.manifest["export"]["path"]
         path, kind = run.verify(proxy), "proxy"
-        what = f"{proxy} on onnxruntime {backend.version()}: {entry['runtime']} cannot run on the workstation"
+        what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
     with backend.load(path, threads=1) as session:
         logits = run_each(session, inputs)
         shape = session.input_shape or (-1, *inputs.shape[1:])

@@ -61,15 +61,6 @@ TOLERANCES = {
     "proxy": {"fp32": (1e-4, 1e-2), "fp16": (1e-3, 5e-2), "int8": (1e-3, 0.25)},
 }
 
-# Oldest runtime that can read what we ship (ONNX opset 18 / IR v11 / strongly typed networks), per
-# flavour: TensorRT-RTX numbers its releases apart from TensorRT.
-MIN_RUNTIME = {
-    "onnxruntime": {"onnxruntime": "1.16"},
-    "openvino": {"openvino": "2024.0"},
-    "tensorrt": {"tensorrt": "10.0", "tensorrt_rtx": "1.0"},
-}
-
-
 def tolerance(precision: str, source: str) -> dict[str, float]:
     atol, rtol = TOLERANCES[source][precision]
     return {"atol": atol, "rtol": rtol}

@@ -89,10 +89,11 @@ class Runtime(_Model):
     @model_validator(mode="after")
     def _registered(self) -> Runtime:
         """Only a runtime of edgetl's registry, with exactly its pip extra (the device may pip install it)."""
-        from edgetl.backends import RUNTIMES, get_backend
+        from edgetl.backends import get_backend, runtimes
 
-        if self.name not in RUNTIMES:
-            raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(RUNTIMES)}")
+        if self.name not in runtimes():
+            raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(runtimes())} (a plugin's "
+                             "runtime needs the package that registers it installed here)")
         extra = get_backend(self.name).extra
         if self.extra != extra:
             raise ValueError(f"extra {self.extra[:40]!r} is not {self.name}'s pip extra {extra!r}")
@@ -151,13 +152,15 @@ class Golden(_Model):
     tolerance: Tolerance
 
 
-class TensorRtBuild(_Model):
+class BuildSettings(_Model):
+    """What the device needs to finish the artifact (``Backend.build_settings``: a TensorRT engine)."""
+
     precision: Precision
     gpu_arch: GpuArch | None
     options: dict[Slug, Any]
 
     @model_validator(mode="after")
-    def _max_batch(self) -> TensorRtBuild:
+    def _max_batch(self) -> BuildSettings:
         batch = self.options.get("max_batch")
         if batch is not None and not (type(batch) is int and 1 <= batch <= MAX_BATCH):
             raise ValueError(f"options.max_batch must be an integer 1..{MAX_BATCH}")
@@ -168,8 +171,8 @@ class ModelFiles(_Model):
     path: RelPath
     files: list[RelPath] = Field(min_length=1, max_length=MAX_FILES)
     compiled: Text | None = None
-    kind: Literal["onnx-for-tensorrt"] | None = None
-    build: TensorRtBuild | None = None
+    kind: Slug | None = None  # e.g. "onnx-for-tensorrt": what ``path`` is when the device finishes it
+    build: BuildSettings | None = None
 
 
 class BareTarget(_Model):
@@ -235,7 +238,8 @@ def _describe(exc: ValidationError) -> str:
             known = isinstance(fmt, str) and fmt.startswith("edgetl.bundle/")
             hint = "upgrade edgetl on this machine" if known else "not an edgetl bundle"
             return f"bundle format {_short(fmt)} is not {FORMAT!r}: {hint}"
-    error = errors[0]
+    # An unknown runtime also fails the target profile that names it: say what is missing, once.
+    error = next((e for e in errors if e["loc"][:1] == ("runtime",)), errors[0])
     if not error["loc"] and error["type"] == "model_type":
         return f"{MANIFEST} is not a JSON object: not an edgetl bundle"
     loc = _location(error["loc"])

@@ -30,10 +30,9 @@ from edgetl.bundle.format import (
     version_tuple,
 )
 from edgetl.bundle.signing import SignatureStatus
+from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import BundleError, DataError, MissingDependencyError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def cache_dir() -> Path:
@@ -146,7 +145,7 @@ def require_runtime(bundle: Bundle):
     if not backend.available():
         raise MissingDependencyError(
             f"bundle {bundle.name} runs on {rt['name']}, which is not installed here: "
-            f'pip install "edgetl[{rt.get("extra", rt["name"])}]"'
+            f'pip install "edgetl[{backend.extra}]"'
         )
     # "1.32.0", or "tensorrt_rtx 1.7.1" where one runtime comes in flavours
     *flavour, have = backend.version().split()
@@ -155,20 +154,16 @@ def require_runtime(bundle: Bundle):
     if need and version_tuple(have) < version_tuple(need):
         raise BundleError(
             f"bundle {bundle.name} needs {flavour} >= {need} (it was built with {rt.get('built_with')}), "
-            f'this machine has {have}: pip install -U "edgetl[{rt.get("extra", rt["name"])}]"'
+            f'this machine has {have}: pip install -U "edgetl[{backend.extra}]"'
         )
     return backend
 
 
 def open_session(bundle: Bundle, threads: int | None = None):
-    """A Session on this machine's runtime; TensorRT bundles build (or reuse) their engine first."""
+    """A Session on this machine's runtime, after what the runtime must do first on a device
+    (``Backend.prepare``: TensorRT builds, or reuses, its engine)."""
     backend = require_runtime(bundle)
-    threads = threads or bundle.threads
-    if bundle.runtime == "tensorrt":
-        from edgetl.bundle.engine import build_engine
-
-        return backend.load(build_engine(bundle), threads)
-    return backend.load(bundle.file(bundle.manifest["model"]["path"]), threads)
+    return backend.load(backend.prepare(bundle), threads or bundle.threads)
 
 
 def run_each(session, inputs: np.ndarray) -> np.ndarray:

@@ -9,9 +9,25 @@ import io
 
 from edgetl.bench.table import fmt_ms
 
-# One colour per runtime, so the two charts read together.
-RUNTIME_COLOURS = {"torch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#6f2da8", "tensorrt": "#76b900"}
-_MARKERS = {"torch": "*", "onnxruntime": "o", "openvino": "s", "tensorrt": "D"}
+# One colour per runtime (its backend's ``plot_style``), so the two charts read together.
+_REFERENCE_STYLE = ("#7f7f7f", "*")  # the PyTorch FP32 reference ("torch"), not a registered runtime
+_UNKNOWN_STYLE = ("#bbbbbb", "o")  # a runtime no longer registered here (its plugin uninstalled)
+
+
+def _colour(runtime: str) -> str:
+    return _style(runtime)[0]
+
+
+def _marker(runtime: str) -> str:
+    return _style(runtime)[1]
+
+
+def _style(runtime: str) -> tuple[str, str]:
+    from edgetl.backends import get_backend, runtimes
+
+    if runtime == "torch":
+        return _REFERENCE_STYLE
+    return get_backend(runtime).plot_style if runtime in runtimes() else _UNKNOWN_STYLE
 _RC = {"svg.fonttype": "none", "font.size": 10, "axes.spines.top": False, "axes.spines.right": False}
 
 
@@ -91,7 +107,7 @@ def latency_distribution_svg(docs: list[dict], device: str) -> str | None:
                          widths=0.6, patch_artist=True, flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
                          medianprops={"color": "black"})
         for patch, (_, _, runtime) in zip(box["boxes"], series, strict=True):
-            patch.set_facecolor(RUNTIME_COLOURS.get(runtime, "#bbbbbb"))
+            patch.set_facecolor(_colour(runtime))
             patch.set_alpha(0.55)
         ax.scatter([r["p90_ms"] for _, r, _ in series], range(1, len(series) + 1), marker="|", s=250, color="crimson",
                    zorder=3)
@@ -102,7 +118,7 @@ def latency_distribution_svg(docs: list[dict], device: str) -> str | None:
                      loc="left", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         handles = [Line2D([], [], color="crimson", marker="|", linestyle="", markersize=12, label="p90")]
-        handles += [Line2D([], [], color=RUNTIME_COLOURS.get(rt, "#bbbbbb"), marker="s", linestyle="", label=rt)
+        handles += [Line2D([], [], color=_colour(rt), marker="s", linestyle="", label=rt)
                     for rt in dict.fromkeys(rt for _, _, rt in reversed(series))]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
         return _svg(fig)
@@ -128,7 +144,7 @@ def accuracy_latency_svg(docs: list[dict], device: str) -> str | None:
         for runtime in dict.fromkeys(p[3] for p in points):
             mine = [p for p in points if p[3] == runtime]
             ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=140 if runtime == "torch" else 60,
-                       marker=_MARKERS.get(runtime, "o"), color=RUNTIME_COLOURS.get(runtime, "#bbbbbb"), clip_on=False,
+                       marker=_marker(runtime), color=_colour(runtime), clip_on=False,
                        label="PyTorch eager FP32 (reference)" if runtime == "torch" else runtime, zorder=3)
         by_key = {p[2]: p for p in points}
         fx, fy = [by_key[k][0] for k in front], [by_key[k][1] for k in front]

@@ -190,16 +190,18 @@ def test_unconvertible_op_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("arch", "flags", "expected"),
     [
-        (["avx2", "avx512f", "avx512_vnni"], "disable"),
-        (["avx2", "avx_vnni"], "disable"),
-        (["avx2", "fma"], "first_layer_only"),
-        (["asimd", "asimddp"], "disable"),
+        ("", ["avx2", "avx512f", "avx512_vnni"], "disable"),
+        ("", ["avx2", "avx_vnni"], "disable"),
+        ("", ["avx2", "fma"], "first_layer_only"),
+        ("", ["asimd", "asimddp"], "disable"),
+        ("aarch64", [], "disable"),  # a profile that names only the architecture
     ],
 )
-def test_overflow_fix_follows_the_cpu(flags, expected):
+def test_overflow_fix_follows_the_cpu(arch, flags, expected):
+    from edgetl._cpu import target_cpu
     from edgetl.backends.openvino import _overflow_fix
 
-    fix, why = _overflow_fix(flags)
+    fix, why = _overflow_fix(target_cpu({"cpu_arch": arch or None, "cpu_flags": flags}))
     assert fix.value == expected and why

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from edgetl.backends import _cuda, get_backend
+from edgetl.backends._trt_engine import build_engine
 from edgetl.bundle.create import create_bundle
-from edgetl.bundle.engine import build_engine
 from edgetl.bundle.format import MANIFEST, extract_archive, inspect_archive
 from edgetl.bundle.runner import open_bundle, verify
 from edgetl.errors import BundleError
