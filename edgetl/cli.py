@@ -276,7 +276,9 @@ def targets():
             f"mem <= {b['max_memory_mb']} MB" if "max_memory_mb" in b else "",
         ]))
         here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
-        options = ", ".join(f"{k}={' '.join(v) if isinstance(v, list) else v}" for k, v in r["options"].items())
+        # a list (cpu_flags) is counted, not spelled out: the profile file has it
+        options = ", ".join(f"{len(v)} {k.replace('_', ' ')}" if isinstance(v, list) else f"{k}={v}"
+                            for k, v in r["options"].items())
         table.add_row(f"[bold]{r['name']}[/]", r["runtime"], r["precision"], r["device"], escape(options), budgets, here)
     console.print(table)
 
