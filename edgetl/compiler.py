@@ -248,7 +248,7 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
         ort = get_backend(ONNX_RUNNER)
         if not ort.available():
             raise MissingDependencyError(f"estimating {backend.name} accuracy needs {ONNX_RUNNER}: pip install 'edgetl[{ort.extra}]'")
-        session = ort.load(compiled.estimate_with, threads)
+        session = ort.load_as_specified(compiled.estimate_with, threads)
         evaluated_with = f"{ONNX_RUNNER} {ort.version()} CPU on {compiled.estimate_with.name}"  # "estimated" says it is an estimate: say it once
         estimated = True
     else:

@@ -126,13 +126,25 @@ class OnnxRuntimeBackend(CpuBackendBase):
     def load(self, path: Path, threads: int | None = None) -> OnnxRuntimeSession:
         return OnnxRuntimeSession(Path(path), threads)
 
+    def load_as_specified(self, path: Path, threads: int | None = None) -> OnnxRuntimeSession:
+        """A QDQ model computed as the ONNX spec defines it: each QuantizeLinear/DequantizeLinear
+        in float around float operators, nothing fused into this CPU's integer kernels.
+
+        For estimating another runtime's int8 (TensorRT accumulates int8 products in int32). Fused,
+        x86 without VNNI sums u8 x s8 pairs in saturating int16 (vpmaddubsw) unless the weights were
+        quantized to 7 bits: EfficientNet-Lite0's TensorRT QDQ model scored 57.7% top-1 fused on an
+        AVX2 EPYC against 95.5% unfused, where TensorRT-like arithmetic gives the latter."""
+        return OnnxRuntimeSession(Path(path), threads, fuse=False)
+
 
 class OnnxRuntimeSession(SessionBase):
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, *, fuse: bool = True):
         ort = require("onnxruntime", "running ONNX Runtime artifacts")
         if not path.is_file():
             raise ArtifactError(f"ONNX Runtime artifact {path} does not exist: compile it with `edgetl compile`")
         so = ort.SessionOptions()
+        if not fuse:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         # Fixed threads and sequential execution: latency is reproducible and comparable.
         so.intra_op_num_threads = threads or 0
         so.inter_op_num_threads = 1

@@ -245,12 +245,14 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
     if backend.available() and backend.can_run_here():
         path, kind = run.verify(entry["path"]), "same"
         what = f"the artifact on {entry['runtime']} {backend.version()} (workstation CPU)"
+        load = backend.load
     else:
         backend = get_backend(ONNX_RUNNER)
         proxy = entry.get("estimate_with") or run.manifest["export"]["path"]
         path, kind = run.verify(proxy), "proxy"
         what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
-    with backend.load(path, threads=1) as session:
+        load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
+    with load(path, threads=1) as session:
         logits = run_each(session, inputs)
         shape = session.input_shape or (-1, *inputs.shape[1:])
     return logits, {"kind": kind, "what": what}, shape

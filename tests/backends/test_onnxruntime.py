@@ -27,6 +27,28 @@ class TestOnnxRuntime(BackendConformance):
         with pytest.raises(ConfigError, match="keep_float_ops.*Sigmod"):
             backend.compile(tiny[0], tmp_path, "int8", tiny[1], {"recipe": recipe})
 
+    def test_as_specified_runs_qdq_unfused(self, backend, build, tiny, tmp_path):
+        """Estimates of another runtime's int8 must not go through this CPU's fused integer kernels
+        (which saturate on x86 without VNNI): the graph the session runs keeps its Q/DQ nodes."""
+        import onnx
+        import onnxruntime as ort
+
+        path = build("int8").path
+
+        def ops_run_by(load) -> set[str]:
+            with load(path, threads=1) as session:
+                so = session._sess.get_session_options()
+            so.optimized_model_filepath = str(tmp_path / f"{load.__name__}.onnx")  # what that session runs
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+        assert "QLinearConv" in ops_run_by(backend.load)
+        unfused = ops_run_by(backend.load_as_specified)
+        assert "QLinearConv" not in unfused and {"DequantizeLinear", "Conv"} <= unfused
+        with backend.load_as_specified(path, threads=1) as session:
+            out = session.run(tiny[2])
+        assert (out.argmax(1) == tiny[3].argmax(1)).mean() >= 0.9
+
     @pytest.mark.parametrize("method", ["entropy", "percentile"])
     def test_histogram_methods(self, backend, tiny, tmp_path, method):
         recipe = CalibrationRecipe(name=method, method=method, keep_float_ops=["Gemm"])
