@@ -152,8 +152,13 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
     return rows, notes
 
 
-def rich_table(docs: list[dict], title: str):
-    """The console table; the best artifact in bold green, FAIL in red."""
+# What a narrow terminal loses first, one column at a time, until the table fits.
+_DROPPABLE = ("top-5", "p99 ms", "size MB", "img/s", "mem MB", "agree", "batch")
+
+
+def rich_table(docs: list[dict], title: str, width: int | None = None):
+    """The console table; the best artifact in bold green, FAIL in red. With ``width``, the least
+    needed columns are left out until it fits (the result files and the report keep them all)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -163,8 +168,15 @@ def rich_table(docs: list[dict], title: str):
                   caption="\n".join([*legend, *(escape(f"[{i}] {n}") for i, n in enumerate(notes, 1))]),
                   caption_justify="left")
     shown = columns(docs, CONSOLE_COLUMNS)
+    if width is not None:
+        shown = _fitting(rows, shown, width)
+    # When the console is narrow, the intervals and the gate wrap onto a second line; names and
+    # latencies never do (rich would otherwise squeeze the artifact column to nothing).
+    wraps = {"top-1": 7, "drop pp": 7, "gate": 9}
     for col in shown:
-        table.add_column(col, justify="right" if col in NUMERIC else "left", no_wrap=col != "artifact")
+        widest = max([len(col), *(len(r[col]) + 2 for r in rows)]) if col == "artifact" else wraps.get(col)
+        table.add_column(col, justify="right" if col in NUMERIC else "left", no_wrap=col not in wraps,
+                         min_width=widest)
     colours = {"PASS": "green", "FAIL": "bold red", "UNDECIDED": "bold yellow", "not measured here": "yellow",
                "unavailable": "dim", "error": "red"}
     for row in rows:
@@ -176,3 +188,27 @@ def rich_table(docs: list[dict], title: str):
         style = "bold green" if row["_best"] else ("dim" if row.get("_gate") == "unavailable" else None)
         table.add_row(*cells, style=style)
     return table
+
+
+def _fitting(rows: list[dict], shown: tuple[str, ...], width: int) -> tuple[str, ...]:
+    def natural(cols) -> int:  # every cell on one line, plus rich's borders and padding
+        return sum(max(len(c), *(len(r[c]) + (2 if c == "artifact" else 0) for r in rows)) + 3 for c in cols) + 1
+
+    for col in _DROPPABLE:
+        if natural(shown) <= width:
+            break
+        shown = tuple(c for c in shown if c != col)
+    return shown
+
+
+def print_table(console, docs: list[dict], title: str) -> None:
+    """Print the bench table whole: a terminal leaves out the least needed columns until it fits; a
+    log or a pipe (80 columns by default) gets as many columns as the table needs."""
+    from rich.console import Console
+
+    if console.is_terminal:
+        console.print(rich_table(docs, title, width=console.width))
+        return
+    table = rich_table(docs, title)
+    needed = Console(width=1000).measure(table).maximum
+    Console(file=console.file, width=max(console.width, needed), no_color=console.no_color).print(table)

@@ -87,3 +87,25 @@ def test_the_star_has_a_legend_in_the_terminal():
     console.print(rich_table([doc("a/int8", 1.0, "PASS")], "bench on ci"))
     text = console.export_text()
     assert "★ a/int8" in text and "★ best: the fastest artifact (batch-1 p90) that does not fail a gate" in text
+
+
+def test_a_narrow_terminal_drops_columns_never_the_artifact_names_and_a_log_gets_them_all():
+    import io
+
+    from rich.console import Console
+
+    from edgetl.bench.table import print_table
+
+    docs = [doc("host-openvino/int8", 1.0, "PASS", top5=0.99), doc("pytorch-eager/fp32", 30.0, reference=True)]
+    terminal = Console(width=90, force_terminal=True, record=True, file=io.StringIO())
+    print_table(terminal, docs, "bench on ci")
+    text = terminal.export_text()
+    header = next(line for line in text.splitlines() if "artifact" in line)
+    assert "host-openvino/int8" in text and "pytorch-eager/fp32" in text and "drop pp" in header
+    assert "top-5" not in header and "p99 ms" not in header and "…" not in header
+    assert max(map(len, text.splitlines())) <= 90
+
+    log = io.StringIO()
+    print_table(Console(file=log, width=80), docs, "bench on ci")  # a pipe: not a terminal
+    header = next(line for line in log.getvalue().splitlines() if "artifact" in line)
+    assert all(c in header for c in ("top-5", "p99 ms", "size MB", "mem MB", "gate")) and "…" not in header
