@@ -43,8 +43,8 @@ def _measured_row(doc: dict, verdict: str, why: str) -> dict:
     artifact, acc, first = doc.get("artifact") or {}, doc.get("accuracy") or {}, _batch1(doc)
     return {"verdict": verdict, "artifact": doc["key"], "runtime": artifact.get("runtime"),
             "precision": artifact.get("precision"), "p90_ms": first.get("p90_ms"),
-            "speedup": first.get("speedup_vs_reference"), "top1": acc.get("top1"), "drop_pp": acc.get("drop_pp"),
-            "estimated": False, "why": why}
+            "speedup": first.get("speedup_vs_reference"), "busy": bool(first.get("busy")), "top1": acc.get("top1"),
+            "drop_pp": acc.get("drop_pp"), "drop_ci_pp": acc.get("drop_ci_pp"), "estimated": False, "why": why}
 
 
 def _compiled_row(doc: dict, entry: dict | None, verdict: str, why: str) -> dict:
@@ -120,17 +120,22 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
     for r in rows:
         target = shlex.quote(r["target"])
         bundle = bundles.get(f"{r['target']}/{r.get('precision')}")  # keyed like the compiled artifact
-        if r["verdict"] == PASS and bundle:
+        if r["verdict"] == UNDECIDED and bundle:
+            path = shlex.quote(f"{run_path}/{bundle['path']}")
+            commands.append({"command": f"edgetl val {path} ./more-labelled-images",
+                             "why": f"decide {r['target']}'s accuracy budget on more labelled images (one "
+                                    "folder per class; runs where the bundle runs)"})
+        if r["verdict"] in (PASS, UNDECIDED) and bundle:
             path = shlex.quote(f"{run_path}/{bundle['path']}")
             commands.append({"command": f"edgetl ship {path} ssh://user@device/opt/models",
                              "why": f"copy the {r['target']} bundle to the device, verify it there and switch to it"})
-        elif r["verdict"] == PASS:
+        elif r["verdict"] in (PASS, UNDECIDED):
             commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
                              "why": f"package {r['artifact']} for the device"})
         elif r["verdict"] == UNMEASURED:
             commands.append({"command": f"edgetl bench {run} --target {target} --remote ssh://user@device",
                              "why": f"measure {r['target']} on the device itself"})
-    if not any(r["verdict"] in (PASS, FAIL) for r in rows):
+    if not any(r["verdict"] in (PASS, FAIL, UNDECIDED) for r in rows):
         commands += [{"command": with_budgets, "why": "a device profile has budgets, so its bench gives a verdict"},
                      {"command": f"edgetl bench {run} --target {DEFAULT_PROFILE}", "why": "then bench it"}]
     return list({c["command"]: c for c in commands}.values())

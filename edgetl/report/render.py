@@ -17,7 +17,7 @@ import re
 import shlex
 
 from edgetl.bench.system import summary
-from edgetl.bench.table import NUMERIC, bench_rows, columns, fmt_ms
+from edgetl.bench.table import BUSY_MARK, NUMERIC, bench_rows, columns, fmt_ms
 from edgetl.report.data import compile_rows, scalars
 
 DECISION_COLUMNS = ("target", "ship", "verdict", "p90 ms", "vs PyTorch FP32", "top-1", "drop pp", "measured on",
@@ -61,14 +61,18 @@ def _decision_rows(decisions: list[dict]) -> list[dict]:
             "ship": f"nothing (closest: {artifact})" if d["verdict"] == "FAIL" else artifact,
             "verdict": d["verdict"],
             "p90 ms": fmt_ms(d.get("p90_ms")),
-            "vs PyTorch FP32": f"{d['speedup']:.1f}× faster" if d.get("speedup") else "—",
+            "vs PyTorch FP32": f"{d['speedup']:.1f}× faster{' ' + BUSY_MARK if d.get('busy') else ''}" if d.get("speedup") else "—",
             "top-1": _pct(d.get("top1")) + estimated,
-            "drop pp": "—" if d.get("drop_pp") is None else f"{d['drop_pp']:.2f}{estimated}",
+            "drop pp": "—" if d.get("drop_pp") is None else f"{d['drop_pp']:.2f}{_interval(d.get('drop_ci_pp'))}{estimated}",
             "measured on": d.get("device") or "—",
             "why": d["why"],
             "_verdict": d["verdict"],
         })
     return rows
+
+
+def _interval(ci) -> str:
+    return f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
 
 
 def _decision(data: dict, notes: list[str]) -> list:
@@ -77,7 +81,11 @@ def _decision(data: dict, notes: list[str]) -> list:
         blocks.append(("table", DECISION_COLUMNS, _decision_rows(data["decisions"]), "decision"))
         blocks.append(("text", "Ship: the fastest artifact (batch-1 p90) of the target that meets every budget of "
                                "its device profile. vs PyTorch FP32: batch-1 median speed-up over PyTorch eager FP32 "
-                               "in the same bench. Drop: top-1 points lost against FP32 on the validation split."))
+                               "in the same bench. Drop: top-1 points lost against FP32 on the validation split, "
+                               "with its 95% interval."))
+        if any(d.get("busy") for d in data["decisions"]):
+            blocks.append(("text", f"{BUSY_MARK} measured while other processes used the CPU: the speed-up may be "
+                                   "far off; bench on an idle machine for numbers to publish."))
     else:
         blocks.append(("text", "Nothing to decide yet: no artifact has been compiled."))
     if data["next"]:
@@ -239,9 +247,10 @@ section.decision h2{margin-top:.6rem;border:none}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem;background:#fff}
 th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.decision{font-size:.95rem}table.decision th{white-space:nowrap}table.decision td:nth-child(2){font-weight:600;white-space:nowrap}
-table.decision td.why{font-size:.82rem;color:#57606a;max-width:30rem}
-td.v{font-weight:700;text-align:center;white-space:nowrap}
+table.decision{font-size:.95rem}table.decision td:nth-child(2){font-weight:600;white-space:nowrap}
+table.decision td.why{font-size:.82rem;color:#57606a;min-width:12rem;max-width:30rem}
+table.decision td.num{white-space:normal}table.decision{width:100%}
+td.v{font-weight:700;text-align:center}
 td.v-pass{background:#dafbe1;color:#116329}td.v-fail{background:#ffebe9;color:#a40e26}
 td.v-undecided{background:#fff8c5;color:#7d4e00}td.v-other{background:#eaeef2;color:#57606a}
 tr.best td{background:#e6f6e6;font-weight:600}tr.ref td{color:#57606a}

@@ -49,6 +49,12 @@ def test_too_few_images_to_decide_is_undecided_not_fail():
     doc["gates"]["undecided"] = ["accuracy_drop +0.00 pp (n=60: 95% CI -4.1..+6.0) straddles budget 1 pp"]
     row = _only({"ci": [doc, _doc("host-cpu/fp32", "FAIL", p90=60, failed=("p90_latency 60 ms > budget 50 ms",))]})
     assert row["verdict"] == "UNDECIDED" and row["artifact"] == "host-cpu/int8" and "straddles budget 1 pp" in row["why"]
+    from edgetl.report.decide import next_commands
+
+    commands = [c["command"] for c in next_commands("runs/r", {"compiled": {"x": {}}, "bundles": {
+        "host-cpu/int8": {"path": "bundles/host-cpu-int8.tar.gz"}}}, [{**row, "target": "host-cpu"}])]
+    assert commands[0].startswith("edgetl val runs/r/bundles/host-cpu-int8.tar.gz ")  # decide it on more images
+    assert not any(c.startswith("edgetl compile") for c in commands)  # it was decided as far as it can be
 
 
 def test_a_target_without_budgets_says_so():
