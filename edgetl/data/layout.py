@@ -30,6 +30,7 @@ def resolve_layout(data: str | Path, val: str | Path | None = None) -> DataLayou
     check_source(data, "--data")
     if val is not None:
         check_source(Path(val), "--val")
+        _refuse_a_split_as_val(Path(val))
     split = _split_folders(data) if data.is_dir() else None
     if split is None:
         return DataLayout(data, Path(val) if val is not None else None)
@@ -63,6 +64,16 @@ def check_source(path: Path, option: str) -> None:
             head = b"\0"
     if b"\0" in head:
         raise DataError(f"{option} {path} is not a UTF-8 text CSV: expected rows of path,label")
+
+
+def _refuse_a_split_as_val(val: Path) -> None:
+    """``--val d`` where ``d`` holds train/ and val/ would read the split names as classes."""
+    split = _split_folders(val) if val.is_dir() else None
+    if split is None:
+        return
+    hint = f"--val {split[1]}" if split[1] is not None else "a folder of class subfolders as --val"
+    raise DataError(f"--val {val} holds train/val splits, not classes: give `--data {val}` alone "
+                    f"(it validates on its own val/) or {hint}")
 
 
 def _split_folders(root: Path) -> tuple[Path, Path | None] | None:
