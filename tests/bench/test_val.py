@@ -138,3 +138,13 @@ def test_labelled_images_accepts_a_subset_of_the_labels(digits_dir, tmp_path):
     with pytest.raises(DataError, match="contains no images"):
         (tmp_path / "empty" / "0").mkdir(parents=True)
         labelled_images(tmp_path / "empty", ["0"])
+
+
+def test_swapped_arguments_say_the_bundle_comes_first(bundle, digits_dir, tmp_path):
+    before = sorted(p.name for p in bundle.parent.iterdir())
+    result = CliRunner().invoke(cli, ["val", str(digits_dir), str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {digits_dir} is the labelled data and {bundle} the bundle: the bundle comes first, "
+        f"e.g. edgetl val {bundle} {digits_dir}"]
+    assert sorted(p.name for p in bundle.parent.iterdir()) == before
