@@ -239,8 +239,9 @@ section.decision h2{margin-top:.6rem;border:none}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem;background:#fff}
 th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.decision{font-size:.95rem}table.decision th{white-space:nowrap}table.decision td:nth-child(2){font-weight:600;white-space:nowrap}
-table.decision td.why{font-size:.82rem;color:#57606a;max-width:30rem}
+table.decision{font-size:.95rem}table.decision td:nth-child(2){font-weight:600;white-space:nowrap}
+table.decision td.why{font-size:.82rem;color:#57606a;min-width:16rem;max-width:30rem}
+table.decision td.num,table.decision td.v{white-space:normal}
 td.v{font-weight:700;text-align:center;white-space:nowrap}
 td.v-pass{background:#dafbe1;color:#116329}td.v-fail{background:#ffebe9;color:#a40e26}
 td.v-undecided{background:#fff8c5;color:#7d4e00}td.v-other{background:#eaeef2;color:#57606a}
