@@ -87,6 +87,7 @@ def _deploy_in_process(*args):
     ("args", "message"),
     [
         (["--targets", "host-cpux"], "Did you mean 'host-cpu'"),
+        (["--target", "host-cpux"], "Did you mean 'host-cpu'"),  # compile's and bench's spelling works too
         (["--targets", "onnxruntime,jetsn-orin-nano"], "Did you mean 'jetson-orin-nano'"),
         (["--precision", "int4"], "unknown precision 'int4'"),
         (["--calibration", "entropi"], "Did you mean 'entropy'"),

@@ -91,7 +91,8 @@ def test_bench_bundle_with_data_decides_the_accuracy_gate_and_without_says_not_m
 
     out = device_cli("bench", str(bundle), "--iterations", "10", "--check")
     assert out.returncode == 0, out.stderr  # not measured here never fails --check
-    assert "UNDECIDED" in out.stdout and "not measured here" in out.stdout
+    assert "NOT MEASURED HERE accuracy_drop: not measured here" in out.stdout
+    assert "UNDECIDED" not in out.stdout  # nothing was measured that the data could not decide
     assert "the workstation measured a drop of" in out.stdout
 
 
