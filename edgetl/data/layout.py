@@ -79,9 +79,14 @@ def _refuse_a_split_as_val(val: Path) -> None:
 def _split_folders(root: Path) -> tuple[Path, Path | None] | None:
     """(train, val) when every subfolder of ``root`` is a split name and the train one holds class folders."""
     subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    if not subdirs or not set(subdirs) <= set(SPLIT_NAMES):
-        return None
     train = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
     if train is None or not any(d.is_dir() for d in train.iterdir()):
         return None
+    others = sorted(d.name for n, d in subdirs.items() if n not in SPLIT_NAMES)
+    if others:
+        # Read as class folders, this tree would train a classifier of "train" against "val".
+        val = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
+        pair = f"--data {train}" + (f" --val {val}" if val is not None else "")
+        raise DataError(f"{root} holds a {train.name}/ split of class folders next to other folders "
+                        f"({', '.join(others)}): move those out, or give {pair}")
     return train, next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)

@@ -83,3 +83,29 @@ def test_train_with_a_split_as_val_is_one_line_exit_2_and_writes_no_run(tmp_path
                                                   f"give `--data {tmp_path / 'd'}` alone (it validates on its own "
                                                   f"val/) or --val {tmp_path / 'd' / 'val'}"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_split_next_to_other_folders_is_refused_not_read_as_classes_train_and_val(tmp_path):
+    _classes(tmp_path / "d" / "train")
+    _classes(tmp_path / "d" / "val")
+    (tmp_path / "d" / "checkpoints").mkdir()
+    with pytest.raises(DataError) as err:
+        resolve_layout(tmp_path / "d")
+    assert str(err.value) == (f"{tmp_path / 'd'} holds a train/ split of class folders next to other folders "
+                              f"(checkpoints): move those out, or give --data {tmp_path / 'd' / 'train'} "
+                              f"--val {tmp_path / 'd' / 'val'}")
+
+
+def test_train_on_a_split_next_to_other_folders_is_exit_2_and_writes_no_run(tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    _classes(tmp_path / "d" / "train")
+    (tmp_path / "d" / "runs").mkdir()
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'd'} holds a train/ split of class folders next "
+                                                  f"to other folders (runs): move those out, or give --data "
+                                                  f"{tmp_path / 'd' / 'train'}"]
+    assert not (tmp_path / "run").exists()
