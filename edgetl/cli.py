@@ -379,7 +379,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
 
     from edgetl.bench.run import bench
     from edgetl.bench.system import summary
-    from edgetl.bench.table import rich_table
+    from edgetl.bench.table import print_table, rich_table
     from edgetl.errors import ConfigError
 
     if duration is not None and click.get_current_context().get_parameter_source("iterations").name == "COMMANDLINE":
@@ -398,9 +398,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
                     duration_s=duration, console=console)
-    # Piped output (CI logs) gets 80 columns by default: print the table whole instead of squeezed.
-    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
-    out.print(rich_table(results.rows, f"bench on {results.device}"))
+    print_table(console, rich_table(results.rows, f"bench on {results.device}"))
     console.print(f"[dim]{escape(summary(results.system))}[/]", highlight=False)
     console.print(f"results in [bold]{results.run / 'bench'}[/]; `edgetl report {run}` for plots")
     _say_undecided(results.undecided_gates())

@@ -209,7 +209,7 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
 def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, console) -> None:
     from edgetl.bench.run import bench
     from edgetl.bench.system import device_slug
-    from edgetl.bench.table import rich_table
+    from edgetl.bench.table import print_table, rich_table
 
     say.start("bench")
     stale = _stale_bench_keys(run, keys, device_slug(), config.batches)
@@ -221,7 +221,7 @@ def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, con
     elsewhere = [k for k in keys if k not in stale and not _runs_here(run, k)]
     results = bench(run.path, stale + elsewhere, batches=config.batches, threads=config.threads,
                     iterations=config.iterations, console=console)
-    console.print(rich_table(results.rows, f"bench on {results.device}"))
+    print_table(console, rich_table(results.rows, f"bench on {results.device}"))
     measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
     say.done("bench", f"{len(measured)} artifact(s) measured on {results.device}")
 

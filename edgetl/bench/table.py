@@ -176,3 +176,12 @@ def rich_table(docs: list[dict], title: str):
         style = "bold green" if row["_best"] else ("dim" if row.get("_gate") == "unavailable" else None)
         table.add_row(*cells, style=style)
     return table
+
+
+def print_table(console, table) -> None:
+    """Piped output (CI logs, ``deploy > log``) gets 80 columns by default, which squeezes the artifact
+    column to nothing: print the table whole instead."""
+    from rich.console import Console
+
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
+    out.print(table)

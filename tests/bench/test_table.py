@@ -87,3 +87,20 @@ def test_the_star_has_a_legend_in_the_terminal():
     console.print(rich_table([doc("a/int8", 1.0, "PASS")], "bench on ci"))
     text = console.export_text()
     assert "★ a/int8" in text and "★ best: the fastest artifact (batch-1 p90) that does not fail a gate" in text
+
+
+def test_a_piped_table_is_printed_whole_not_squeezed_to_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from edgetl.bench.table import print_table
+
+    rows = [doc("pytorch-eager/fp32", 144.0, top5=1.0, reference=True),
+            doc("host-cpu/int8", 4.15, "UNDECIDED", top5=1.0), doc("host-openvino/int8", 4.29, "UNDECIDED", top5=1.0)]
+    for d in rows:
+        d["accuracy"].update(top1_ci=[0.93, 1.0], drop_ci_pp=[-7.41, 7.41])
+    log = io.StringIO()  # not a terminal: what `edgetl deploy > log` and CI see
+    print_table(Console(file=log, width=80), rich_table(rows, "bench on ci"))
+    for key in ("pytorch-eager/fp32", "host-cpu/int8", "host-openvino/int8"):
+        assert f"│ {key}" in log.getvalue() or f"│ ★ {key}" in log.getvalue(), key
