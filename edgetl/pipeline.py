@@ -242,7 +242,9 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
         elif bench.get("status") == "ok":
             gates = _result_gates(run, bench)
-            out.append({**row, "gate": gates["status"], "detail": "; ".join(gates.get("failed") or [])})
+            # An UNDECIDED gate is bundled: its reason (too few images) must be read before it is shipped.
+            said = [*(gates.get("failed") or []), *(gates.get("undecided") or [])]
+            out.append({**row, "gate": gates["status"], "detail": "; ".join(said)})
         elif bench.get("status") == "error":
             out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
         else:

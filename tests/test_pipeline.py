@@ -139,3 +139,17 @@ def test_deploy_config_errors_come_before_training(digits_dir, tmp_path, toml, m
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_the_gates_summary_gives_an_undecided_gate_its_reason(tmp_path):
+    from edgetl.pipeline import gate_rows
+    from edgetl.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    reason = "accuracy_drop +1.67 pp (n=60: 95% CI -4.50..+8.86) straddles budget 1 pp: too few images to decide"
+    (run.path / "bench").mkdir()
+    (run.path / "bench" / "r.json").write_text(json.dumps(
+        {"gates": {"status": "UNDECIDED", "failed": [], "undecided": [reason]}}))
+    run.set("bench", {"vm": {"results": {"host-cpu/int8": {"status": "ok", "file": "bench/r.json"}}}})
+    rows = gate_rows(run, [{"cell": "host-cpu/int8", "target": "host-cpu", "precision": "int8"}], "vm")
+    assert [(r["gate"], r["detail"]) for r in rows] == [("UNDECIDED", reason)]
