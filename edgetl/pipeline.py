@@ -248,9 +248,26 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
         elif bench.get("status") == "error":
             out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
         else:
-            out.append({**row, "gate": NOT_HERE, "detail": bench.get("reason") or f"bench its bundle on the device: "
-                        f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz"})
+            detail = bench.get("reason") or (f"bench its bundle on the device: "
+                                             f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz")
+            out.append({**row, "gate": NOT_HERE, "detail": detail + _estimate_over_budget(run, r)})
     return out
+
+
+def _estimate_over_budget(run: RunDir, row: dict) -> str:
+    """An artifact that cannot run here is still bundled: when the compile stage's estimate of its drop
+    is already over the profile's budget, say so before it is shipped."""
+    from edgetl.backends import RUNTIMES
+    from edgetl.config import load_target
+
+    drop = (((run.manifest.get("compiled") or {}).get(row["cell"]) or {}).get("accuracy") or {}).get("drop_pp")
+    if drop is None or row["target"] in RUNTIMES:
+        return ""
+    budget = load_target(row["target"]).budgets.max_accuracy_drop_pp
+    if budget is None or drop <= budget:
+        return ""
+    return (f"; estimated drop {drop:+.2f} pp is over its {budget:g} pp budget: measure it on the device "
+            f"(edgetl val BUNDLE FOLDER) before shipping")
 
 
 def _result_gates(run: RunDir, summary: dict) -> dict:
