@@ -127,7 +127,12 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
         elif r["verdict"] == PASS:
             commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
                              "why": f"package {r['artifact']} for the device"})
-        elif r["verdict"] == UNDECIDED and not bundle:
+        elif r["verdict"] == UNDECIDED and bundle:
+            path = shlex.quote(f"{run_path}/{bundle['path']}")
+            commands.append({"command": f"edgetl val {path} ./labelled",
+                             "why": f"decide {r['artifact']}'s accuracy on more labelled images than the validation "
+                                    "split (one subfolder per label)"})
+        elif r["verdict"] == UNDECIDED:
             commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
                              "why": f"package {r['artifact']}, then decide its accuracy on more labelled images "
                                     "with `edgetl val BUNDLE FOLDER`"})

@@ -129,6 +129,10 @@ def test_undecided_targets_are_bundled_for_more_data_not_compiled_again():
         "edgetl bundle runs/tex --target host-cpu --precision int8",
         "edgetl bench runs/tex --target jetson-orin-nano --remote ssh://user@device"]
     assert "edgetl val BUNDLE FOLDER" in commands[0]["why"]
+    bundled = {"compiled": {"host-cpu/int8": {}}, "bundles": {"host-cpu/int8": {"path": "bundles/host-cpu-int8.tar.gz"}}}
+    assert [c["command"] for c in next_commands("runs/tex", bundled, rows[:1])] == [
+        "edgetl val runs/tex/bundles/host-cpu-int8.tar.gz ./labelled"]
+    cli.get_command(click.Context(cli), "val").make_context("val", ["runs/tex/bundles/host-cpu-int8.tar.gz", "./labelled"])
 
 
 def test_the_suggested_compile_of_a_trained_run_works(tiny_run, tmp_path):
