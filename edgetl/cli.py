@@ -179,7 +179,7 @@ def _names(text: str | None) -> list[str] | None:
 
 @cli.command("compile")
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--target", "-t", "targets", required=True, metavar="NAMES",
+@click.option("--target", "--targets", "-t", "targets", required=True, metavar="NAMES",
               help="Comma-separated targets: device profiles or bare runtime names (both listed by "
               "`edgetl targets`), or paths to profile .toml files.")
 @click.option("--precision", "-p", "precisions", metavar="LIST",
@@ -325,7 +325,7 @@ def _trust_option(f):
 
 @cli.command("bench")
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--target", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
+@click.option("--target", "--targets", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
               "keys. Default: every compiled artifact.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8. "
               "Latency budgets are on batch 1.")
@@ -414,6 +414,8 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
             console.print(f"[yellow]budgets not checked (cannot run here):[/] {', '.join(results.unchecked_gates())}")
         if results.undecided_gates():
             console.print("[bold yellow]no budget failed, but some could not be decided (above)[/]")
+        elif not results.checked_gates():
+            console.print("[bold yellow]no artifact with budgets was measured here: --check decided nothing[/]")
         else:
             console.print("[green]all budgets of the artifacts measured here pass[/]")
 
@@ -421,7 +423,9 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
 def _say_undecided(lines: list[str]) -> None:
     """UNDECIDED and not-measured budgets do not fail --check: say them where no one can miss them."""
     for line in lines:
-        console.print(f"[bold yellow]UNDECIDED[/] {escape(line)}", highlight=False)
+        # A drop this machine could not measure (no --data) is not one the data could not decide.
+        label = "NOT MEASURED HERE" if ": not measured here" in line else "UNDECIDED"
+        console.print(f"[bold yellow]{label}[/] {escape(line)}", highlight=False)
 
 
 @cli.command("report")
@@ -877,7 +881,9 @@ def _bench_fleet(run, fleet, check, settings, access):
               help="TOML file holding any of these options (see README); the command line wins over it.")
 @click.option("--data", type=click.Path(path_type=str), help="Image folder or CSV manifest (path,label).")
 @click.option("--out", help="Run directory (default runs/exp). Rerunning only does what changed.")
-@click.option("--targets", "-t", metavar="NAMES", help="Comma-separated device profiles or runtimes (default host-cpu).")
+# --target too: compile and bench spell it so, and a user going from them to deploy types it.
+@click.option("--targets", "--target", "-t", "targets", metavar="NAMES",
+              help="Comma-separated device profiles or runtimes (default host-cpu).")
 @_train_options(with_defaults=False)
 @click.option("--precision", "precisions", metavar="LIST", help="Comma-separated precisions (default: each profile's).")
 @click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")

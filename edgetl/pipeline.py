@@ -242,14 +242,32 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
         elif bench.get("status") == "ok":
             gates = _result_gates(run, bench)
-            out.append({**row, "gate": gates["status"],
-                        "detail": "; ".join([*(gates.get("failed") or []), *(gates.get("undecided") or [])])})
+            # An UNDECIDED gate is bundled: its reason (too few images) must be read before it is shipped.
+            said = [*(gates.get("failed") or []), *(gates.get("undecided") or [])]
+            out.append({**row, "gate": gates["status"], "detail": "; ".join(said)})
         elif bench.get("status") == "error":
             out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
         else:
-            out.append({**row, "gate": NOT_HERE, "detail": bench.get("reason") or f"bench its bundle on the device: "
-                        f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz"})
+            detail = bench.get("reason") or (f"bench its bundle on the device: "
+                                             f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz")
+            out.append({**row, "gate": NOT_HERE, "detail": detail + _estimate_over_budget(run, r)})
     return out
+
+
+def _estimate_over_budget(run: RunDir, row: dict) -> str:
+    """An artifact that cannot run here is still bundled: when the compile stage's estimate of its drop
+    is already over the profile's budget, say so before it is shipped."""
+    from edgetl.backends import RUNTIMES
+    from edgetl.config import load_target
+
+    drop = (((run.manifest.get("compiled") or {}).get(row["cell"]) or {}).get("accuracy") or {}).get("drop_pp")
+    if drop is None or row["target"] in RUNTIMES:
+        return ""
+    budget = load_target(row["target"]).budgets.max_accuracy_drop_pp
+    if budget is None or drop <= budget:
+        return ""
+    return (f"; estimated drop {drop:+.2f} pp is over its {budget:g} pp budget: measure it on the device "
+            f"(edgetl val BUNDLE FOLDER) before shipping")
 
 
 def _result_gates(run: RunDir, summary: dict) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl._io import sha256_file, write_json
+from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.errors import ArtifactError, RunDirError
 
 SCHEMA_VERSION = 1
@@ -42,10 +43,8 @@ class RunDir:
     def open(cls, path: str | Path, *, need: str | None = None) -> RunDir:
         """Open an existing run; ``need`` names a section that must be there (e.g. ``"train"``)."""
         run = cls(path)
-        if not run.path.is_dir():
-            raise RunDirError(f"run directory {run.path} does not exist: create it with `edgetl train --out {run.path}`")
-        if not (run.path / MANIFEST).is_file():
-            raise RunDirError(f"{run.path} is not an edgetl run (no {MANIFEST}): create it with `edgetl train --out {run.path}`")
+        if not run.path.is_dir() or not (run.path / MANIFEST).is_file():
+            raise RunDirError(_not_a_run(run.path))
         if need and need not in run.manifest:
             hint = {"train": "edgetl train", "export": "edgetl compile", "compiled": "edgetl compile"}.get(need, need)
             raise RunDirError(f"{run.path} has no {need} stage yet: run `{hint}` on it first")
@@ -111,3 +110,25 @@ class RunDir:
                 f"rebuild it with `edgetl compile {self.path} --force`"
             )
         return path
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` is not a run, and the command that makes one from what the user holds."""
+    train = "edgetl train --data {} --out runs/<name>"
+    if not path.exists():
+        return f"run directory {path} does not exist: create it with `edgetl train --out {path}`"
+    if path.is_file():
+        kind = "a bundle" if path.name.endswith((".tar.gz", ".tgz")) else "a file"
+        return f"{path} is {kind}, not a run directory: give the folder `edgetl train --out` wrote (runs/<name>)"
+    if _holds_images(path):
+        # The data, not the run: suggesting `--out` here would write a run into the user's images.
+        return f"{path} is an image folder, not a run: train on it first with `{train.format(path)}`"
+    return f"{path} is not an edgetl run (no {MANIFEST}): create it with `edgetl train --out {path}`"
+
+
+def _holds_images(path: Path) -> bool:
+    """True for a class-folder tree (or a train/val split of one): images one or two levels down."""
+    for pattern in ("*/*", "*/*/*"):
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.glob(pattern)):
+            return True
+    return False

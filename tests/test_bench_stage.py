@@ -195,6 +195,22 @@ def test_a_budget_the_validation_split_cannot_decide_is_undecided_loudly_and_doe
     assert doc["gates"]["status"] == "UNDECIDED" and doc["gates"]["failed"] == []
 
 
+@pytest.mark.skipif(not available("tensorrt_rtx"), reason="tensorrt-rtx not installed")
+def test_check_of_only_artifacts_that_cannot_run_here_says_it_decided_nothing(writable, tmp_path, monkeypatch):
+    from edgetl.compiler import compile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "gpu.toml").write_text(
+        'runtime = "tensorrt"\nprecision = "fp32"\ngpu_arch = "sm89"\ndevice = "gpu"\n\n[budgets]\np90_latency_ms = 5.0\n')
+    compile(writable.path, ["gpu"], progress=False)
+    result = CliRunner().invoke(cli, ["bench", str(writable.path), "--target", "gpu", "--check", *FAST])
+    assert result.exit_code == 0, result.output  # not measured here never fails --check
+    assert "budgets not checked (cannot run here): gpu/fp32" in result.output
+    assert "no artifact with budgets was measured here: --check decided nothing" in result.output
+    assert "all budgets of the artifacts measured here pass" not in result.output
+
+
 def test_nonsense_budget_in_a_profile_is_exit_2(writable, tmp_path, monkeypatch):
     from edgetl.compiler import compile
 

@@ -87,6 +87,7 @@ def _deploy_in_process(*args):
     ("args", "message"),
     [
         (["--targets", "host-cpux"], "Did you mean 'host-cpu'"),
+        (["--target", "host-cpux"], "Did you mean 'host-cpu'"),  # compile's and bench's spelling works too
         (["--targets", "onnxruntime,jetsn-orin-nano"], "Did you mean 'jetson-orin-nano'"),
         (["--precision", "int4"], "unknown precision 'int4'"),
         (["--calibration", "entropi"], "Did you mean 'entropy'"),
@@ -138,3 +139,34 @@ def test_deploy_config_errors_come_before_training(digits_dir, tmp_path, toml, m
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_the_gates_summary_gives_an_undecided_gate_its_reason(tmp_path):
+    from edgetl.pipeline import gate_rows
+    from edgetl.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    reason = "accuracy_drop +1.67 pp (n=60: 95% CI -4.50..+8.86) straddles budget 1 pp: too few images to decide"
+    (run.path / "bench").mkdir()
+    (run.path / "bench" / "r.json").write_text(json.dumps(
+        {"gates": {"status": "UNDECIDED", "failed": [], "undecided": [reason]}}))
+    run.set("bench", {"vm": {"results": {"host-cpu/int8": {"status": "ok", "file": "bench/r.json"}}}})
+    rows = gate_rows(run, [{"cell": "host-cpu/int8", "target": "host-cpu", "precision": "int8"}], "vm")
+    assert [(r["gate"], r["detail"]) for r in rows] == [("UNDECIDED", reason)]
+
+
+def test_an_artifact_not_measured_here_whose_estimate_is_over_budget_is_flagged(tmp_path):
+    from edgetl.pipeline import gate_rows
+    from edgetl.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    run.set("compiled", {"jetson-orin-nano/int8": {"accuracy": {"drop_pp": 28.33, "estimated": True}},
+                         "tensorrt/int8": {"accuracy": {"drop_pp": 28.33, "estimated": True}}})
+    run.set("bench", {"vm": {"results": {k: {"status": "unavailable", "reason": "needs an NVIDIA GPU"}
+                                         for k in ("jetson-orin-nano/int8", "tensorrt/int8")}}})
+    rows = gate_rows(run, [{"cell": "jetson-orin-nano/int8", "target": "jetson-orin-nano", "precision": "int8"},
+                           {"cell": "tensorrt/int8", "target": "tensorrt", "precision": "int8"}], "vm")
+    assert [(r["gate"], r["detail"]) for r in rows] == [
+        ("not measured here", "needs an NVIDIA GPU; estimated drop +28.33 pp is over its 1 pp budget: measure it on "
+                              "the device (edgetl val BUNDLE FOLDER) before shipping"),
+        ("not measured here", "needs an NVIDIA GPU")]  # a bare runtime has no budget to be over

@@ -111,11 +111,21 @@ def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.nd
     return result
 
 
+def _check_argument_order(path: str | Path, source: str | Path) -> None:
+    """``val ./labelled model.tar.gz``: say the bundle comes first, not that the folder is a bad bundle."""
+    from edgetl.bundle.format import is_bundle
+
+    if is_bundle(source) and not is_bundle(path):
+        raise DataError(f"{path} is the labelled data and {source} the bundle: the bundle comes first, "
+                        f"e.g. edgetl val {source} {path}")
+
+
 def bundle_accuracy(path: str | Path, source: str | Path, threads: int | None = None,
                     progress: Callable[[float, float], None] | None = None) -> dict:
     """``edgetl val``: a bundle's accuracy on a labelled folder, with the workstation's beside it."""
     from edgetl.bundle.runner import open_bundle, open_session
 
+    _check_argument_order(path, source)
     bundle = open_bundle(path)
     images = labelled_images(source, bundle.labels)  # a bad folder fails before the runtime loads
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")

@@ -117,6 +117,10 @@ class BenchResults:
     def errors(self) -> list[str]:
         return [f"{r['key']}: {r['reason']}" for r in self.rows if r.get("status") == "error"]
 
+    def checked_gates(self) -> list[str]:
+        """Artifacts measured here against budgets: what a passing ``--check`` vouches for."""
+        return [r["key"] for r in self.rows if r.get("status") == "ok" and (r.get("gates") or {}).get("budgets")]
+
     def unchecked_gates(self) -> list[str]:
         """Artifacts with budgets that could not run here: their gates say nothing about this run."""
         return [r["key"] for r in self.rows if r.get("status") == "unavailable" and (r.get("gates") or {}).get("budgets")]

@@ -9,6 +9,7 @@ so the device can prove it computes the same thing (``edgetl verify``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from edgetl.bundle.format import (
     write_archive,
 )
 from edgetl.bundle.manifest import parse as parse_manifest
+from edgetl.config import target_names
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.rundir import RunDir
 
@@ -49,10 +51,13 @@ def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> t
     compiled = run.manifest.get("compiled") or {}
     mine = {k: e for k, e in compiled.items() if e.get("target") == target}
     if not mine:
-        have = sorted({e.get("target") for e in compiled.values()}) or ["none"]
+        have = sorted({e.get("target") for e in compiled.values()})
+        known = target in target_names() or Path(target).is_file()
+        close = [] if known else difflib.get_close_matches(target, have, n=1, cutoff=0.75)
+        # A typo of a compiled target: suggesting to compile the typo would only fail again.
+        todo = f"did you mean {close[0]!r}?" if close else f"run `edgetl compile {run.path} --target {target}` first"
         raise BundleError(
-            f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have)}): "
-            f"run `edgetl compile {run.path} --target {target}` first"
+            f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have) or 'none'}): {todo}"
         )
     by_precision = {e["precision"]: (k, e) for k, e in mine.items()}
     if precision is None:

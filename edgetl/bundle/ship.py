@@ -424,6 +424,8 @@ def ship(
     ``allow_rollback``. ``step(message)`` is called before each stage (for a progress display).
     Whatever fails, the device's ``current`` bundle is left as it was and the upload is removed.
     """
+    if isinstance(url, str) and str(bundle).startswith("ssh://") and not url.startswith("ssh://"):
+        raise RemoteError(f"the bundle comes first, then the URL: edgetl ship {url} {bundle}")
     url = SshUrl.parse(url) if isinstance(url, str) else url
     remote = Remote(url, list(ssh_options), connect_timeout, remote_edgetl)
     shipper = Shipper(remote, bundle)

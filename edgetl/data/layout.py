@@ -30,6 +30,7 @@ def resolve_layout(data: str | Path, val: str | Path | None = None) -> DataLayou
     check_source(data, "--data")
     if val is not None:
         check_source(Path(val), "--val")
+        _refuse_a_split_as_val(Path(val))
     split = _split_folders(data) if data.is_dir() else None
     if split is None:
         return DataLayout(data, Path(val) if val is not None else None)
@@ -65,12 +66,27 @@ def check_source(path: Path, option: str) -> None:
         raise DataError(f"{option} {path} is not a UTF-8 text CSV: expected rows of path,label")
 
 
+def _refuse_a_split_as_val(val: Path) -> None:
+    """``--val d`` where ``d`` holds train/ and val/ would read the split names as classes."""
+    split = _split_folders(val) if val.is_dir() else None
+    if split is None:
+        return
+    hint = f"--val {split[1]}" if split[1] is not None else "a folder of class subfolders as --val"
+    raise DataError(f"--val {val} holds train/val splits, not classes: give `--data {val}` alone "
+                    f"(it validates on its own val/) or {hint}")
+
+
 def _split_folders(root: Path) -> tuple[Path, Path | None] | None:
     """(train, val) when every subfolder of ``root`` is a split name and the train one holds class folders."""
     subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    if not subdirs or not set(subdirs) <= set(SPLIT_NAMES):
-        return None
     train = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
     if train is None or not any(d.is_dir() for d in train.iterdir()):
         return None
+    others = sorted(d.name for n, d in subdirs.items() if n not in SPLIT_NAMES)
+    if others:
+        # Read as class folders, this tree would train a classifier of "train" against "val".
+        val = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
+        pair = f"--data {train}" + (f" --val {val}" if val is not None else "")
+        raise DataError(f"{root} holds a {train.name}/ split of class folders next to other folders "
+                        f"({', '.join(others)}): move those out, or give {pair}")
     return train, next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)

@@ -132,10 +132,20 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
         elif r["verdict"] in (PASS, UNDECIDED):
             commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
                              "why": f"package {r['artifact']} for the device"})
+        elif r["verdict"] == UNDECIDED and bundle:
+            path = shlex.quote(f"{run_path}/{bundle['path']}")
+            commands.append({"command": f"edgetl val {path} ./labelled",
+                             "why": f"decide {r['artifact']}'s accuracy on more labelled images than the validation "
+                                    "split (one subfolder per label)"})
+        elif r["verdict"] == UNDECIDED:
+            commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
+                             "why": f"package {r['artifact']}, then decide its accuracy on more labelled images "
+                                    "with `edgetl val BUNDLE FOLDER`"})
         elif r["verdict"] == UNMEASURED:
             commands.append({"command": f"edgetl bench {run} --target {target} --remote ssh://user@device",
                              "why": f"measure {r['target']} on the device itself"})
-    if not any(r["verdict"] in (PASS, FAIL, UNDECIDED) for r in rows):
+    # Only when no compiled target has budgets yet: an UNDECIDED one has them, compiling again decides nothing.
+    if not any(r["verdict"] in (PASS, FAIL, UNDECIDED) or r["target"] == DEFAULT_PROFILE for r in rows):
         commands += [{"command": with_budgets, "why": "a device profile has budgets, so its bench gives a verdict"},
                      {"command": f"edgetl bench {run} --target {DEFAULT_PROFILE}", "why": "then bench it"}]
     return list({c["command"]: c for c in commands}.values())

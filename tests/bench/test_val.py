@@ -91,7 +91,8 @@ def test_bench_bundle_with_data_decides_the_accuracy_gate_and_without_says_not_m
 
     out = device_cli("bench", str(bundle), "--iterations", "10", "--check")
     assert out.returncode == 0, out.stderr  # not measured here never fails --check
-    assert "UNDECIDED" in out.stdout and "not measured here" in out.stdout
+    assert "NOT MEASURED HERE accuracy_drop: not measured here" in out.stdout
+    assert "UNDECIDED" not in out.stdout  # nothing was measured that the data could not decide
     assert "the workstation measured a drop of" in out.stdout
 
 
@@ -138,3 +139,13 @@ def test_labelled_images_accepts_a_subset_of_the_labels(digits_dir, tmp_path):
     with pytest.raises(DataError, match="contains no images"):
         (tmp_path / "empty" / "0").mkdir(parents=True)
         labelled_images(tmp_path / "empty", ["0"])
+
+
+def test_swapped_arguments_say_the_bundle_comes_first(bundle, digits_dir, tmp_path):
+    before = sorted(p.name for p in bundle.parent.iterdir())
+    result = CliRunner().invoke(cli, ["val", str(digits_dir), str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {digits_dir} is the labelled data and {bundle} the bundle: the bundle comes first, "
+        f"e.g. edgetl val {bundle} {digits_dir}"]
+    assert sorted(p.name for p in bundle.parent.iterdir()) == before

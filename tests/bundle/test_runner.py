@@ -175,6 +175,21 @@ def test_choosing_the_artifact(bundle_run):
         create_bundle(bundle_run.path, "jetson")
 
 
+def test_a_typo_of_a_compiled_target_is_answered_with_the_compiled_one(bundle_run):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    bundles = sorted((bundle_run.path / "bundles").glob("*")) if (bundle_run.path / "bundles").exists() else []
+    result = CliRunner().invoke(cli, ["bundle", str(bundle_run.path), "--target", "onnxruntimee"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {bundle_run.path} has no artifact compiled for target 'onnxruntimee' (compiled: onnxruntime): "
+        "did you mean 'onnxruntime'?"]
+    now = sorted((bundle_run.path / "bundles").glob("*")) if (bundle_run.path / "bundles").exists() else []
+    assert now == bundles
+
+
 def test_device_without_torch_verifies_predicts_and_benches(bundle_file, tmp_path):
     """A fresh interpreter that cannot import torch, timm, onnx, openvino...: the base install + onnxruntime."""
     image = tmp_path / "photo.png"

@@ -69,6 +69,16 @@ def test_parse_bad_url(url, match):
         SshUrl.parse(url)
 
 
+def test_swapped_bundle_and_url_say_the_bundle_comes_first(tmp_path):
+    bundle = tmp_path / "tiny-int8.tar.gz"
+    bundle.write_bytes(b"not read: the order is checked first")
+    url = f"ssh://127.0.0.1:{free_port()}{tmp_path}/device"
+    result = CliRunner().invoke(cli, ["ship", url, str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: the bundle comes first, then the URL: edgetl ship {bundle} {url}"]
+    assert not (tmp_path / "device").exists()
+
+
 def test_remote_commands_are_quoted():
     remote = Remote(SshUrl.parse("ssh://pi@host:2200/x"), ["IdentityFile=/k"])
     argv = remote.ssh_argv(["mkdir", "-p", "/tmp/a b; rm -rf ~"])

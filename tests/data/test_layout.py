@@ -58,3 +58,54 @@ def test_a_file_that_is_not_a_csv_is_one_clear_line(tmp_path, name, content, mes
         resolve_layout(tmp_path / name)
     with pytest.raises(DataError, match="--val .*does not exist"):
         resolve_layout(_classes(tmp_path / "d"), tmp_path / "nope")
+
+
+def test_a_split_folder_given_as_val_names_its_val_subfolder(tmp_path):
+    _classes(tmp_path / "d" / "train")
+    _classes(tmp_path / "d" / "val")
+    with pytest.raises(DataError) as err:
+        resolve_layout(tmp_path / "d" / "train", tmp_path / "d")
+    assert str(err.value) == (f"--val {tmp_path / 'd'} holds train/val splits, not classes: give `--data "
+                              f"{tmp_path / 'd'}` alone (it validates on its own val/) or --val {tmp_path / 'd' / 'val'}")
+
+
+def test_train_with_a_split_as_val_is_one_line_exit_2_and_writes_no_run(tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    _classes(tmp_path / "d" / "train")
+    _classes(tmp_path / "d" / "val")
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "d" / "train"), "--val", str(tmp_path / "d"),
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: --val {tmp_path / 'd'} holds train/val splits, not classes: "
+                                                  f"give `--data {tmp_path / 'd'}` alone (it validates on its own "
+                                                  f"val/) or --val {tmp_path / 'd' / 'val'}"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_split_next_to_other_folders_is_refused_not_read_as_classes_train_and_val(tmp_path):
+    _classes(tmp_path / "d" / "train")
+    _classes(tmp_path / "d" / "val")
+    (tmp_path / "d" / "checkpoints").mkdir()
+    with pytest.raises(DataError) as err:
+        resolve_layout(tmp_path / "d")
+    assert str(err.value) == (f"{tmp_path / 'd'} holds a train/ split of class folders next to other folders "
+                              f"(checkpoints): move those out, or give --data {tmp_path / 'd' / 'train'} "
+                              f"--val {tmp_path / 'd' / 'val'}")
+
+
+def test_train_on_a_split_next_to_other_folders_is_exit_2_and_writes_no_run(tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    _classes(tmp_path / "d" / "train")
+    (tmp_path / "d" / "runs").mkdir()
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'd'} holds a train/ split of class folders next "
+                                                  f"to other folders (runs): move those out, or give --data "
+                                                  f"{tmp_path / 'd' / 'train'}"]
+    assert not (tmp_path / "run").exists()

@@ -56,3 +56,31 @@ def test_the_first_screen_holds_the_whole_decision_table(chromium, benched_run, 
     assert decision.max() < VIEWPORT[1] - 1, "the decision section runs past the fold"
     passed = _rows_with(pixels, PASS_BACKGROUND)
     assert passed.size and decision.min() < passed.min() < decision.max(), "the PASS verdict is not on screen"
+
+
+def test_long_reasons_and_estimates_keep_the_decision_inside_the_first_screen(chromium, benched_run, tmp_path):
+    """Two UNDECIDED targets (their reasons are long) and an estimated one: the table wraps, it does not
+    squeeze the reasons into a sliver nor spill past the section's right edge or the fold."""
+    from edgetl.report.data import collect
+    from edgetl.report.render import to_html
+
+    data, notes = collect(benched_run)
+    why = ("accuracy_drop +2.08 pp (n=48: 95% CI -5.52..+10.90) straddles budget 1 pp: too few images to decide "
+           "(use a larger validation split)")
+    row = {"device": "vm", "p90_ms": 4.29, "speedup": 13.1, "top1": 0.979, "drop_pp": 2.08, "estimated": False}
+    data["decisions"] = [
+        {**row, "target": "host-cpu", "verdict": "UNDECIDED", "artifact": "host-cpu/int8", "runtime": "onnxruntime",
+         "precision": "int8", "why": why},
+        {**row, "target": "host-openvino", "verdict": "UNDECIDED", "artifact": "host-openvino/int8",
+         "runtime": "openvino", "precision": "int8", "why": why},
+        {**row, "target": "jetson-orin-nano", "verdict": "not measured here", "artifact": "jetson-orin-nano/int8",
+         "runtime": "tensorrt", "precision": "int8", "p90_ms": None, "speedup": None, "top1": 0.833,
+         "drop_pp": 16.67, "estimated": True, "why": "needs an NVIDIA GPU"}]
+    page = tmp_path / "report.html"
+    page.write_text(to_html(data, notes, {}))
+    pixels = _screenshot(chromium, page, tmp_path / "first-screen.png", tmp_path)
+
+    decision = _rows_with(pixels, DECISION_BACKGROUND)
+    assert decision.size > 100 and decision.max() < VIEWPORT[1] - 1, "the decision section runs past the fold"
+    right_margin = pixels[decision.min():decision.max(), -16:]
+    assert (right_margin == 255).all(), "the decision table spills past the section's right edge"

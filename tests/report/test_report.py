@@ -119,6 +119,22 @@ def test_suggested_commands_parse_with_the_real_cli():
         sub.make_context(args[1], args[2:])  # raises click.UsageError on a missing --target
 
 
+def test_undecided_targets_are_bundled_for_more_data_not_compiled_again():
+    from edgetl.report.decide import next_commands
+
+    rows = [{"target": "host-cpu", "verdict": "UNDECIDED", "precision": "int8", "artifact": "host-cpu/int8"},
+            {"target": "jetson-orin-nano", "verdict": "not measured here", "precision": "int8", "artifact": "x"}]
+    commands = next_commands("runs/tex", {"compiled": {"host-cpu/int8": {}, "jetson-orin-nano/int8": {}}}, rows)
+    assert [c["command"] for c in commands] == [
+        "edgetl bundle runs/tex --target host-cpu --precision int8",
+        "edgetl bench runs/tex --target jetson-orin-nano --remote ssh://user@device"]
+    assert "edgetl val BUNDLE FOLDER" in commands[0]["why"]
+    bundled = {"compiled": {"host-cpu/int8": {}}, "bundles": {"host-cpu/int8": {"path": "bundles/host-cpu-int8.tar.gz"}}}
+    assert [c["command"] for c in next_commands("runs/tex", bundled, rows[:1])] == [
+        "edgetl val runs/tex/bundles/host-cpu-int8.tar.gz ./labelled"]
+    cli.get_command(click.Context(cli), "val").make_context("val", ["runs/tex/bundles/host-cpu-int8.tar.gz", "./labelled"])
+
+
 def test_the_suggested_compile_of_a_trained_run_works(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path / "run")
     result = CliRunner().invoke(cli, ["report", str(run.path)])

@@ -1,0 +1,56 @@
+"""Opening a run: a path that is not one says what it is and the command that makes a run from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Blocks torch: the answer comes before anything heavy loads.
+_NO_TORCH = "import sys; sys.modules['torch'] = None\nfrom edgetl.cli import main; main()"
+
+
+def _compile(run, cwd):
+    return subprocess.run([sys.executable, "-c", _NO_TORCH, "compile", str(run), "--target", "host-cpu"],
+                          capture_output=True, text=True, timeout=120, cwd=cwd, env={**os.environ, "COLUMNS": "300"})
+
+
+def _image_folder(root):
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        (root / label / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["classes", "split"])
+def test_an_image_folder_given_as_run_points_to_train_not_to_writing_a_run_into_it(tmp_path, layout):
+    data = tmp_path / "images"
+    _image_folder(data / "train" if layout == "split" else data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    result = _compile(data, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {data} is an image folder, not a run: train on it first with "
+        f"`edgetl train --data {data} --out runs/<name>`"]
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("name", "kind"), [("tiny-int8.tar.gz", "a bundle"), ("manifest.json", "a file")])
+def test_a_file_given_as_run_is_named_as_such(tmp_path, name, kind):
+    (tmp_path / name).write_bytes(b"{}")
+    result = _compile(tmp_path / name, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / name} is {kind}, not a run directory: give the folder `edgetl train --out` wrote "
+        "(runs/<name>)"]
+
+
+def test_a_missing_or_empty_run_folder_still_says_how_to_create_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    missing, empty = _compile(tmp_path / "missing", tmp_path), _compile(tmp_path / "empty", tmp_path)
+    assert missing.returncode == empty.returncode == 2
+    assert "does not exist: create it with `edgetl train --out" in missing.stderr
+    assert f"{tmp_path / 'empty'} is not an edgetl run (no manifest.json)" in empty.stderr
+    assert not (tmp_path / "missing").exists() and list((tmp_path / "empty").iterdir()) == []
