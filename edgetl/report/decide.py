@@ -120,16 +120,11 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
     for r in rows:
         target = shlex.quote(r["target"])
         bundle = bundles.get(f"{r['target']}/{r.get('precision')}")  # keyed like the compiled artifact
-        if r["verdict"] == UNDECIDED and bundle:
-            path = shlex.quote(f"{run_path}/{bundle['path']}")
-            commands.append({"command": f"edgetl val {path} ./more-labelled-images",
-                             "why": f"decide {r['target']}'s accuracy budget on more labelled images (one "
-                                    "folder per class; runs where the bundle runs)"})
-        if r["verdict"] in (PASS, UNDECIDED) and bundle:
+        if r["verdict"] == PASS and bundle:
             path = shlex.quote(f"{run_path}/{bundle['path']}")
             commands.append({"command": f"edgetl ship {path} ssh://user@device/opt/models",
                              "why": f"copy the {r['target']} bundle to the device, verify it there and switch to it"})
-        elif r["verdict"] in (PASS, UNDECIDED):
+        elif r["verdict"] == PASS:
             commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
                              "why": f"package {r['artifact']} for the device"})
         elif r["verdict"] == UNDECIDED and bundle:
