@@ -304,14 +304,38 @@ class Shipper:
         self.staging = _join(self.incoming, f"{token}.d")
 
     def prepare(self) -> bool:
-        """Make the folders (not writable by others) and sweep uploads older than an hour left by
-        ships that were cut off; True when this exact release is already on the device."""
-        script = ('umask 022; mkdir -p "$1" "$2" && '
-                  'find "$1" -mindepth 1 -maxdepth 1 -mmin +"$4" -exec rm -rf -- {} + && '
-                  'if [ -e "$3" ]; then echo present; fi')
-        out = self.remote.run(["sh", "-c", script, "sh", self.incoming, self.releases,
-                               _join(self.release, "manifest.json"), str(STALE_UPLOAD_MINUTES)], f"creating {self.base}")
-        return out.strip() == "present"
+        """Check ship's own entries on the device, make the folders (not writable by others) and sweep
+        uploads older than an hour left by ships that were cut off; True when this exact release is
+        already on the device.
+
+        ``<name>/``, ``.incoming``, ``releases/`` and this release are never symbolic links, and
+        ``current`` is absent or ship's own link into ``releases/``: through a link, the upload, the
+        extraction and the sweep of old releases would write and remove files where it points."""
+        script = ('umask 022; i=0; for d in "$1" "$2" "$3" "$4"; do i=$((i+1)); '
+                  'if [ -L "$d" ]; then echo "link $i"; exit 0; fi; done; '
+                  'mkdir -p "$2" "$3" && '
+                  'find "$2" -mindepth 1 -maxdepth 1 -mmin +"$6" -exec rm -rf -- {} + && '
+                  'if [ -L "$5" ]; then echo "current $(readlink -- "$5")|"; elif [ -e "$5" ]; then echo "current |"; fi && '
+                  'if [ -e "$4/manifest.json" ]; then echo present; fi')
+        ours = [self.base, self.incoming, self.releases, self.release]
+        out = self.remote.run(["sh", "-c", script, "sh", *ours, self.current, str(STALE_UPLOAD_MINUTES)],
+                              f"creating {self.base}")
+        lines = out.splitlines()
+        self._refuse_links(ours, lines)
+        return "present" in lines
+
+    def _refuse_links(self, ours: list[str], lines: list[str]) -> None:
+        host = self.remote.url.host
+        linked = next((line.split()[1] for line in lines if re.fullmatch(r"link [1-4]", line)), None)
+        if linked is not None:
+            raise RemoteError(f"{host}: {ours[int(linked) - 1]} is a symbolic link: refusing to ship through it (files "
+                              "would be written and removed where it points); remove the link there and ship again")
+        current = next((line[len("current "):] for line in lines if line.startswith("current ")), None)
+        # "|" ends readlink's answer: a link target holding a newline cannot pass for ship's own
+        if current is not None and not re.fullmatch(r"releases/[0-9a-f]{16}\|", current):
+            what = f"points at {shown(current.rstrip('|'))}" if current != "|" else "is not a symbolic link"
+            raise RemoteError(f"{host}: {self.current} {what}, not into releases/: it is not ship's own link, refusing "
+                              "to read or replace it; move it away there and ship again")
 
     def installed_release(self) -> int:
         """The ``release`` of the bundle ``current`` points at on the device (0 when none, or unreadable)."""

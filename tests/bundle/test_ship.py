@@ -417,3 +417,45 @@ def test_top_folder_must_be_the_bundle_name(sshd, bundle_file, tmp_path):
     line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
     assert f"the archive's top folder '-rf' is not the bundle's name '{top}'" in line
     assert not (tmp_path / "device").exists()
+
+
+# -- a device whose edgetl folders were tampered with before the ship ----------------------------------
+def _precious(tmp_path: Path) -> Path:
+    """A folder outside the shipment's place, with a file ship must neither remove nor add to."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep me")
+    return elsewhere
+
+
+@pytest.mark.parametrize("link", ["releases", ".incoming", "bundle folder"])
+def test_a_linked_folder_on_the_device_is_refused(sshd, bundle_file, tmp_path, link):
+    """`releases/`, `.incoming` or `<name>/` itself a symbolic link: ship would move, extract and sweep
+    where the link points, outside its place (the sweep of old releases removes what is there)."""
+    dest, name = tmp_path / "device", inspect_archive(bundle_file)["name"]
+    elsewhere = _precious(tmp_path)
+    linked = dest / name if link == "bundle folder" else dest / name / link
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(elsewhere)
+    line = one_error_line(cli_ship(sshd, bundle_file, dest))
+    assert f"{linked.name} is a symbolic link" in line and "refusing to ship" in line
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious"]
+    assert linked.is_symlink() and not (dest / name / "current").exists()
+
+
+def test_current_pointing_elsewhere_is_refused(sshd, bundle_file, fp32_bundle, tmp_path):
+    """`current` must be ship's own link into releases/: one pointing elsewhere is not read for the
+    installed release, and not replaced; the device keeps it until someone looks."""
+    dest = tmp_path / "device"
+    done = ship_to(sshd, bundle_file, dest)
+    elsewhere = _precious(tmp_path)
+    (elsewhere / "manifest.json").write_text(json.dumps({"name": done.name, "release": 2**62}))
+    current = Path(done.current)
+    current.unlink()
+    current.symlink_to(elsewhere)
+    line = one_error_line(cli_ship(sshd, fp32_bundle, dest))
+    assert "current points at" in line and "not into releases/" in line
+    assert os.readlink(current) == str(elsewhere)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["manifest.json", "precious"]
+    assert not list((dest / done.name / ".incoming").iterdir())
+
