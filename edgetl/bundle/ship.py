@@ -344,7 +344,7 @@ class Shipper:
         try:
             installed = json.loads(out) if out.strip() else {}
             number = installed.get("release", 0) if installed.get("name") == self.name else 0
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return 0  # a broken or foreign manifest: nothing to protect from a rollback
         return number if type(number) is int and number >= 0 else 0  # older bundles carry none: 0
 

@@ -459,3 +459,15 @@ def test_current_pointing_elsewhere_is_refused(sshd, bundle_file, fp32_bundle, t
     assert sorted(p.name for p in elsewhere.iterdir()) == ["manifest.json", "precious"]
     assert not list((dest / done.name / ".incoming").iterdir())
 
+
+
+def test_an_unreadable_installed_manifest_is_no_release(sshd, bundle_file, fp32_bundle, tmp_path):
+    """The installed manifest is the device's text: nested too deep to parse, it protects nothing."""
+    dest = tmp_path / "device"
+    done = ship_to(sshd, bundle_file, dest)
+    installed = Path(dest / done.name / "releases" / done.sha256[:16] / "manifest.json")
+    installed.chmod(0o644)
+    installed.write_text("[" * 100_000)
+    result = cli_ship(sshd, fp32_bundle, dest)
+    assert result.exit_code == 0, result.output
+    assert check_folder(Path(done.current))["precision"] == "fp32"
