@@ -80,10 +80,20 @@ HOSTILE = {
     "key for another artifact": (_set("key", "onnxruntime/fp32"), "not 'onnxruntime/int8': refusing to store it"),
     "device name of the wrong type": (_set("device.name", 5), "malformed bench result (field 'device.name'"),
     "latency as text": (_set("latency.0.p50_ms", "fast"), "malformed bench result (field 'latency.0.p50_ms'"),
+    "latency as a number in text": (_set("latency.0.p90_ms", "1.5"), "malformed bench result (field 'latency.0.p90_ms'"),
     "latency NaN": (_set("latency.0.p90_ms", float("nan")), "malformed bench result (field 'latency.0.p90_ms'"),
     "a huge name": (_set("device.cpu.model", "x" * 100_000), "malformed bench result (field 'device.cpu.model'"),
     "no gates": (lambda doc: doc.pop("gates"), "malformed bench result (field 'gates'"),
     "another schema": (_set("schema", "evil/1"), "bench result with schema 'evil/1'"),
+    # what the manifest's summary and the report read besides: typed like the rest, never trusted as is
+    "accuracy as text": (_set("accuracy", "perfect"), "malformed bench result (field 'accuracy'"),
+    "top-1 as text": (_set("accuracy", {"source": "d", "n": 1, "top1": "99%"}), "malformed bench result (field 'accuracy.top1'"),
+    "drop NaN": (_set("accuracy", {"source": "d", "n": 1, "top1": 0.9, "drop_pp": float("nan")}), "malformed bench result (field 'accuracy.drop_pp'"),
+    "changed class without index": (_set("accuracy", {"source": "d", "n": 1, "per_class_changed": [{"top1": 1}]}),
+                                    "malformed bench result (field 'accuracy.per_class_changed.0.index'"),
+    "speed-up as text": (_set("latency.0.speedup_vs_reference", "10x"),
+                         "malformed bench result (field 'latency.0.speedup_vs_reference'"),
+    "samples as text": (_set("latency.0.samples_ms", ["1", "2"]), "malformed bench result (field 'latency.0.samples_ms.0'"),
 }
 
 
