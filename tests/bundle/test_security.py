@@ -526,3 +526,18 @@ def test_bundle_refuses_a_bad_key_or_release_before_writing(signed, tmp_path):
     refused([*base, "--sign", str(tmp_path / "missing.key")], "missing.key does not exist", run)
     refused([*base, "--sign", str(tmp_path / "public-only.pem")], "is not an unencrypted Ed25519 private key", run)
     refused([*base, "--release", "-1"], "--release -1: expected an integer", run)
+
+
+@pytest.mark.parametrize("setting", ["only-private", "empty", "separators"])
+def test_trusted_keys_named_but_none_found_fails_closed(tmp_path, key, monkeypatch, setting):
+    """$EDGETL_TRUSTED_KEYS set to places holding no public key (a private key copied by mistake, an
+    empty folder, only separators) must not switch signature checks off: unsigned is not accepted."""
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    if setting == "only-private":
+        shutil.copyfile(key, folder / "release.key")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", os.pathsep if setting == "separators" else str(folder))
+    root = demo(tmp_path)
+    refused(["verify", str(root)], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
+    archive = pack(tmp_path / "unsigned.tar.gz", folder_entries(root))
+    refused(["predict", str(archive), "photo.png"], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
