@@ -14,7 +14,15 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from edgetl.config import TargetProfile
 from edgetl.errors import BundleError
@@ -178,6 +186,35 @@ class BareTarget(_Model):
     name: Slug
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Interval = Annotated[list[Finite], Field(min_length=2, max_length=2)]
+
+
+class WorkstationAccuracy(_Model):
+    """The compile stage's accuracy of the artifact: the fields the device computes with and prints
+    (the drop against FP32 and its gate) are typed; the rest is kept as the workstation wrote it."""
+
+    model_config = ConfigDict(extra="allow")
+    n: int | None = Field(None, ge=0)
+    top1: Finite | None = None
+    top1_ci: Interval | None = None
+    fp32_top1: Finite | None = None
+    drop_pp: Finite | None = None
+    drop_ci_pp: Interval | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler) -> dict[str, Any]:
+        """The fields the bundle holds, without the defaults of those it does not."""
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+class Workstation(_Model):
+    """Informational: the workstation's accuracy and latency (by machine) of the artifact."""
+
+    accuracy: WorkstationAccuracy | None = None
+    latency: dict[str, dict[str, Any]] = {}
+
+
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/1"]
     name: Slug
@@ -193,7 +230,7 @@ class BundleManifest(_Model):
     preprocess: Preprocess
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
     golden: Golden
-    workstation: dict[str, Any] = {}  # informational: the workstation's accuracy and latency
+    workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
     files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
 

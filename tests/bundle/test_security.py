@@ -293,6 +293,14 @@ MALFORMED = {
     "newer-format": (_set("format", "edgetl.bundle/99"), "upgrade edgetl on this machine"),
     "foreign-format": (_set("format", "docker/1"), "not an edgetl bundle"),
     "threads-flood": (_set("target", {"name": "pi", "runtime": "onnxruntime", "threads": 10**6}), "target.threads"),
+    # the workstation's accuracy feeds the drop, the gates and the printed tables on the device
+    "workstation-accuracy-as-text": (_set("workstation", {"accuracy": "high"}), "field workstation.accuracy"),
+    "workstation-number-as-text": (_set("workstation", {"accuracy": {"fp32_top1": "0.9", "n": 12}}),
+                                   "field workstation.accuracy.fp32_top1"),
+    "workstation-drop-nan": (_set("workstation", {"accuracy": {"top1": 0.9, "drop_pp": float("nan")}}),
+                             "field workstation.accuracy.drop_pp"),
+    "workstation-images-as-text": (_set("workstation", {"accuracy": {"fp32_top1": 0.9, "n": "12"}}),
+                                   "field workstation.accuracy.n"),
 }
 
 
