@@ -155,7 +155,8 @@ def _finite(value: float) -> float:
     return value
 
 
-_Text = Annotated[str, StringConstraints(max_length=256)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # printed on the workstation's terminal: no escape sequences
+_Text = Annotated[str, StringConstraints(max_length=256, pattern=_PRINTABLE)]
 _Number = Annotated[float, AfterValidator(_finite)]
 
 
@@ -176,7 +177,7 @@ class _Gpu(_Open):
 
 
 class _System(_Open):
-    name: _Text
+    name: Annotated[str, StringConstraints(max_length=256)]  # replaced by the workstation's own name for it
     cpu: _Cpu
     board: _Text | None = None
     threads: int | None = None
@@ -206,7 +207,7 @@ class _Latency(_Open):
 
 class _Check(_Open):
     status: _Text
-    reason: Annotated[str, StringConstraints(max_length=2000)]
+    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_PRINTABLE)]
 
 
 class _Gates(_Open):
@@ -228,7 +229,7 @@ class _Changed(_Open):
 
 
 class _Skipped(_Open):
-    reason: Annotated[str, StringConstraints(max_length=2000)]
+    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_PRINTABLE)]
 
 
 class _Accuracy(_Open):

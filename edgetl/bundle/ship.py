@@ -45,6 +45,12 @@ DEFAULT_FOLDER = "edgetl"  # below the remote home when the URL has no path
 MAX_ANSWER_BYTES = 16 << 20  # the most a device may print in answer to one command
 STALE_UPLOAD_MINUTES = 60  # older leftovers in .incoming (a ship cut off mid-way) are swept
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TERMINAL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls: escape sequences, bells, carriage returns
+
+
+def printable(text: str) -> str:
+    """A device's text for a message: its control characters as '?', so it cannot drive the terminal."""
+    return _TERMINAL.sub("?", text)
 
 
 def shown(value, limit: int = 60) -> str:
@@ -166,7 +172,8 @@ class Remote:
         return out.decode(errors="replace")
 
     def explain(self, rc: int, stderr: str, what: str) -> str:
-        lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip() and not ln.startswith("Warning: Permanently")]
+        lines = [printable(ln.strip()) for ln in stderr.strip().splitlines()
+                 if ln.strip() and not ln.startswith("Warning: Permanently")]
         last = lines[-1] if lines else f"exit code {rc}"
         if "externally-managed-environment" in stderr:
             return (f"{what} failed: {self.url.host}'s python3 is managed by the OS (PEP 668): create a venv there "
@@ -366,7 +373,7 @@ class Shipper:
         script = 'if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else python3 -c "$2" "$1"; fi'
         py = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
         out = self.remote.run(["sh", "-c", script, "sh", self.upload, py], "checking the copy's sha256")
-        got = (out.split() or [""])[0]
+        got = printable((out.split() or [""])[0])
         if got != self.sha256:
             raise RemoteError(
                 f"the copy on {self.remote.url.host} has sha256 {got[:12] or 'none'}…, the bundle {self.sha256[:12]}…: it "
@@ -407,7 +414,7 @@ class Shipper:
         confirmed = {line[: -len(": OK")] for line in out.splitlines() if line.endswith(": OK")}
         missing = sorted(set(self.manifest["files"]) - confirmed)
         if missing:
-            said = next((line for line in out.splitlines() if not line.endswith(": OK")), "no output")
+            said = printable(next((line for line in out.splitlines() if not line.endswith(": OK")), "no output")[:200])
             raise RemoteError(f"{missing[0]} does not match its sha256 on {self.remote.url.host} ({said}); the device "
                               "keeps its previous bundle")
 
