@@ -37,7 +37,7 @@ MAX_SIDE = 4096
 MAX_THREADS = 1024
 MAX_CLASSES = 100_000
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters: every message stays one line
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
 
 
@@ -300,5 +300,5 @@ def _location(loc: tuple) -> str:
 def _short(value: Any, limit: int = 60, quote: bool = True) -> str:
     """A bundle's text in a message: bounded, on one line."""
     text = repr(value) if quote else str(value)
-    text = re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -278,6 +278,8 @@ MALFORMED = {
     "duplicate-labels": (_set("labels", ["a", "a", "b"]), "labels must be unique"),
     "empty-label": (_set("labels", ["a", "", "c"]), "field labels[1]"),
     "label-not-text": (_set("labels", ["a", 2, "c"]), "field labels[1]"),
+    "label-with-terminal-escape": (_set("labels", ["a", "\x1b[2Jb", "c"]), "field labels[1]"),
+    "label-with-c1-escape": (_set("labels", ["a", "b\x9b2J", "c"]), "field labels[1]"),
     "bad-slug": (_set("name", "../../etc"), "must be a slug"),
     "dotdot-name": (_set("name", "a..b"), "must be a slug"),
     "unknown-runtime": (_set("runtime.name", "pytorch-nightly"), "runtime 'pytorch-nightly' is not one of"),
