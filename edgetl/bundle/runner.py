@@ -104,7 +104,9 @@ class Bundle:
                     raise ValueError(f"npy format version {version}")
                 got, fortran_order, dtype = read_header(fh)
             except ValueError as exc:
-                raise BundleError(f"{bad} ({exc}): refusing it") from None
+                # numpy's reasons span lines and may quote the header: its first line, bounded
+                reason = (str(exc).splitlines() or ["unreadable header"])[0][:200]
+                raise BundleError(f"{bad} ({reason}): refusing it") from None
             if dtype != np.dtype(np.float32) or fortran_order or tuple(got) != shape:
                 raise BundleError(f"{bad} (it holds {dtype}{' Fortran-order' if fortran_order else ''} {tuple(got)}): "
                                   "rebuild the bundle")

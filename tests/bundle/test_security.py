@@ -345,6 +345,27 @@ def test_golden_arrays_are_checked_before_loading(tmp_path):
             verify(root)
 
 
+def _npy_v2(header: dict) -> bytes:
+    text = repr(header).encode()
+    text += b" " * ((64 - (12 + len(text) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 200_000}, "is large"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 9_000 + "\n" * 10}, "golden/inputs.npy"),
+])
+def test_a_hostile_npy_header_is_one_short_line(tmp_path, header, message):
+    """numpy's own complaint about a header spans lines and quotes the header: one bounded line."""
+    root = make_folder(tmp_path / "src")
+    (root / "golden" / "inputs.npy").write_bytes(_npy_v2(header) + bytes(384))
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    line = refused(["verify", str(root)], message, tmp_path)
+    assert len(line) < 600
+
+
 # -- signatures -----------------------------------------------------------------------------------------
 def test_keys_commands(tmp_path, monkeypatch):
     runner = CliRunner()
