@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from edgetl._io import sha256_file
 from edgetl.backends import get_backend
-from edgetl.bundle.format import inspect_archive
+from edgetl.bundle.format import inspect_archive, read_head
 from edgetl.bundle.signing import remote_flags
 from edgetl.errors import RemoteError
 
@@ -329,7 +329,18 @@ class Shipper:
                               f"creating {self.base}")
         lines = out.splitlines()
         self._refuse_links(ours, lines)
-        return "present" in lines
+        present = "present" in lines
+        if present:
+            self._refuse_another_bundle()
+        return present
+
+    def _refuse_another_bundle(self) -> None:
+        """A release folder named after this archive must hold its manifest, byte for byte: another
+        (older, validly signed) bundle planted there would be verified and made current instead."""
+        there = self.remote.run(["cat", "--", _join(self.release, "manifest.json")], "reading the release on the device")
+        if there.encode() != read_head(self.bundle)[0]:
+            raise RemoteError(f"{self.remote.url.host}: {self.release} holds another bundle than {self.bundle.name}: "
+                              "refusing to make it current; remove that folder there and ship again")
 
     def _refuse_links(self, ours: list[str], lines: list[str]) -> None:
         host = self.remote.url.host

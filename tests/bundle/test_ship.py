@@ -471,3 +471,18 @@ def test_an_unreadable_installed_manifest_is_no_release(sshd, bundle_file, fp32_
     result = cli_ship(sshd, fp32_bundle, dest)
     assert result.exit_code == 0, result.output
     assert check_folder(Path(done.current))["precision"] == "fp32"
+
+
+def test_a_planted_release_folder_is_not_taken_for_the_bundle(sshd, bundle_file, tmp_path):
+    """releases/<id> already there but holding another (older, validly signed) bundle: ship must not
+    skip the copy and switch current to it, which would roll back while reporting the new release."""
+    dest = tmp_path / "device"
+    base = inspect_archive(bundle_file)["release"]
+    newer = rebuilt(bundle_file, tmp_path / "newer.tar.gz", manifest={"release": base + 1})
+    done = ship_to(sshd, bundle_file, dest)
+    releases = dest / done.name / "releases"
+    planted = releases / hashlib.sha256(newer.read_bytes()).hexdigest()[:16]
+    shutil.copytree(releases / done.sha256[:16], planted)
+    line = one_error_line(cli_ship(sshd, newer, dest))
+    assert f"{planted.name} holds another bundle" in line
+    assert os.readlink(dest / done.name / "current") == f"releases/{done.sha256[:16]}"
