@@ -383,7 +383,22 @@ def load_fleet(path: str | Path) -> list[FleetDevice]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{path}: device name(s) {', '.join(dupes)} appear twice: give each device its own name")
+    _refuse_shared_result_files(path, names)
     return fleet
+
+
+def _refuse_shared_result_files(path: str | Path, names: list[str]) -> None:
+    """Names that differ but make the same result file ("kitchen pi", "Kitchen-Pi") would overwrite
+    each other's results in parallel."""
+    from edgetl.bench.system import device_slug
+
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(device_slug(name), []).append(name)
+    shared = next((group for group in by_file.values() if len(group) > 1), None)
+    if shared:
+        raise ConfigError(f"{path}: devices {', '.join(map(shown, shared))} share the result file name "
+                          f"{device_slug(shared[0])!r}: give each device a name of its own")
 
 
 def bench_fleet(

@@ -486,3 +486,18 @@ def test_a_planted_release_folder_is_not_taken_for_the_bundle(sshd, bundle_file,
     line = one_error_line(cli_ship(sshd, newer, dest))
     assert f"{planted.name} holds another bundle" in line
     assert os.readlink(dest / done.name / "current") == f"releases/{done.sha256[:16]}"
+
+
+@pytest.mark.parametrize("names", [("kitchen pi", "kitchen-pi"), ("Kitchen", "kitchen"), ("a/b", "a.b")])
+def test_fleet_names_that_share_a_result_file_are_refused(bundle_run, tmp_path, names):
+    """Two devices whose names make the same result file would overwrite each other's results."""
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("".join(f'[[device]]\nname = "{n}"\nurl = "ssh://127.0.0.1:{free_port()}/x"\ntarget = "onnxruntime"\n\n'
+                             for n in names))
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    line = one_error_line(CliRunner().invoke(cli, ["bench", str(run), "--fleet", str(fleet)]))
+    assert "share the result file name" in line
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.name != ".manifest.lock") == \
+        [p for p in before if not p.endswith(".manifest.lock")]
