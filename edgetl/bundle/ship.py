@@ -89,6 +89,8 @@ class SshUrl:
             path = DEFAULT_FOLDER if path == "" else "/"
         elif path.startswith("/~/") or path == "/~":
             path = path[3:] or "."
+            if path.startswith("-"):  # every remote tool would read "-rf/..." as options
+                path = f"./{path}"
         elif path.startswith("/~"):
             raise RemoteError(f"{shown(url)}: another user's home (~user) is not supported: log in as that user "
                               "(ssh://user@host/~/path) or give the absolute path (ssh://host/home/user/path)")

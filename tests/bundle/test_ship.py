@@ -55,6 +55,9 @@ def current_of(dest: Path, bundle: Path) -> Path:
         ("ssh://nvidia@10.0.0.7:2222/~/models", "10.0.0.7", "nvidia", 2222, "models"),
         ("ssh://orin", "orin", None, None, "edgetl"),
         ("ssh://me@[::1]:22/srv/x%20y", "[::1]", "me", 22, "/srv/x y"),
+        # below the home, a folder named like an option stays a path for mkdir, find, tar and edgetl
+        ("ssh://pi@dev/~/-rf", "dev", "pi", None, "./-rf"),
+        ("ssh://pi@dev/~/--help%20me", "dev", "pi", None, "./--help me"),
     ],
 )
 def test_parse_url(url, host, user, port, path):
