@@ -572,3 +572,20 @@ def test_trusted_keys_named_but_none_found_fails_closed(tmp_path, key, monkeypat
     refused(["verify", str(root)], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
     archive = pack(tmp_path / "unsigned.tar.gz", folder_entries(root))
     refused(["predict", str(archive), "photo.png"], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["verify", "predict", "bench"])
+def test_a_fifo_manifest_in_a_folder_does_not_hang(tmp_path, command):
+    """Opening a FIFO named manifest.json waits for a writer forever: it is refused unopened."""
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "src")
+    (root / MANIFEST).unlink()
+    os.mkfifo(root / MANIFEST)
+    extra = ["photo.png"] if command == "predict" else []
+    edgetl = Path(sys.executable).with_name("edgetl")
+    done = subprocess.run([str(edgetl), command, str(root), *extra], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "EDGETL_CACHE": str(tmp_path / "cache")})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "manifest.json is not a plain file" in lines[0], done.stderr
