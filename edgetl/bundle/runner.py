@@ -9,6 +9,7 @@ way its signature, manifest and every file's hash are checked each time it is op
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -128,6 +129,13 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
         with contextlib.suppress(BundleError):  # a damaged or foreign cache entry: extract the archive again
             if _cached_head(root) == read_head(path):
                 return Bundle.of(root, load_folder(root, allow_unsigned=allow_unsigned), path)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(root.parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:  # below a file, a link to nowhere, not writable
+        raise BundleError(f"cannot use the bundle cache {cache_dir()} ({exc.strerror}): point EDGETL_CACHE at a "
+                          "writable folder") from None
     return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
 
 

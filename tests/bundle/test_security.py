@@ -589,3 +589,18 @@ def test_a_fifo_manifest_in_a_folder_does_not_hang(tmp_path, command):
                           env={**os.environ, "EDGETL_CACHE": str(tmp_path / "cache")})
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "manifest.json is not a plain file" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("cache", ["under-a-file", "dangling-link"])
+def test_an_unusable_cache_folder_is_one_line(tmp_path, monkeypatch, cache):
+    """$EDGETL_CACHE below a file, or a link to nowhere: one line naming the cache, nothing written."""
+    root = demo(tmp_path)
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(root))
+    (tmp_path / "file").write_text("x")
+    if cache == "under-a-file":
+        folder = tmp_path / "file" / "cache"
+    else:
+        folder = tmp_path / "cache"
+        folder.symlink_to(tmp_path / "nowhere" / "cache")
+    monkeypatch.setenv("EDGETL_CACHE", str(folder))
+    refused(["verify", str(archive)], "cannot use the bundle cache", tmp_path)
