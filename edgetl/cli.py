@@ -809,8 +809,10 @@ def _print_bundle_bench(doc):
     if busy:
         console.print(f"[yellow]! batch {', '.join(busy)} measured while other processes used the CPU: "
                       "latencies may be far off[/]", highlight=False)
+    peak = doc["memory"].get("session_peak_mb")
+    memory = "—" if peak is None else f"{peak:.0f}"  # a device may not say
     console.print(f"first inference {fmt_ms(doc['load']['first_inference_ms'])} ms · session memory "
-                  f"{doc['memory']['session_peak_mb']:.0f} MB · golden top-1 agreement {golden['top1_agreement']:.0%} · "
+                  f"{memory} MB · golden top-1 agreement {golden['top1_agreement']:.0%} · "
                   f"gate {doc['gates']['status']}", highlight=False)
     if doc.get("accuracy"):
         _print_accuracy(doc["accuracy"], doc.get("workstation_accuracy"))

@@ -436,7 +436,13 @@ def is_bundle(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.is_file():
         return path.name.endswith((SUFFIX, ".tgz"))
+    manifest = path / MANIFEST
     try:
-        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format", "").startswith("edgetl.bundle/")
+        info = manifest.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MANIFEST_BYTES:
+            # never opened (a FIFO would block forever): no run has such a manifest, so the bundle
+            # checks take it and refuse it in one line
+            return True
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format", "").startswith("edgetl.bundle/")
     except (OSError, ValueError, AttributeError, RecursionError):
         return False

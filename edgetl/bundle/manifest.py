@@ -14,7 +14,15 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from edgetl.config import TargetProfile
 from edgetl.errors import BundleError
@@ -29,7 +37,7 @@ MAX_SIDE = 4096
 MAX_THREADS = 1024
 MAX_CLASSES = 100_000
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters: every message stays one line
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
 
 
@@ -181,6 +189,35 @@ class BareTarget(_Model):
     name: Slug
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Interval = Annotated[list[Finite], Field(min_length=2, max_length=2)]
+
+
+class WorkstationAccuracy(_Model):
+    """The compile stage's accuracy of the artifact: the fields the device computes with and prints
+    (the drop against FP32 and its gate) are typed; the rest is kept as the workstation wrote it."""
+
+    model_config = ConfigDict(extra="allow")
+    n: int | None = Field(None, ge=0)
+    top1: Finite | None = None
+    top1_ci: Interval | None = None
+    fp32_top1: Finite | None = None
+    drop_pp: Finite | None = None
+    drop_ci_pp: Interval | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler) -> dict[str, Any]:
+        """The fields the bundle holds, without the defaults of those it does not."""
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+class Workstation(_Model):
+    """Informational: the workstation's accuracy and latency (by machine) of the artifact."""
+
+    accuracy: WorkstationAccuracy | None = None
+    latency: dict[str, dict[str, Any]] = {}
+
+
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/1"]
     name: Slug
@@ -196,7 +233,7 @@ class BundleManifest(_Model):
     preprocess: Preprocess
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
     golden: Golden
-    workstation: dict[str, Any] = {}  # informational: the workstation's accuracy and latency
+    workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
     files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
 
@@ -267,5 +304,5 @@ def _location(loc: tuple) -> str:
 def _short(value: Any, limit: int = 60, quote: bool = True) -> str:
     """A bundle's text in a message: bounded, on one line."""
     text = repr(value) if quote else str(value)
-    text = re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

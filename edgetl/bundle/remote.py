@@ -27,10 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from edgetl._io import write_json
 from edgetl.bundle.format import slug
+from edgetl.bundle.manifest import MAX_CLASSES
 from edgetl.bundle.ship import Remote, SshUrl, ship, shown
 from edgetl.bundle.signing import remote_flags
 from edgetl.config import load_toml
@@ -146,12 +155,14 @@ def _finite(value: float) -> float:
     return value
 
 
-_Text = Annotated[str, StringConstraints(max_length=256)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # printed on the workstation's terminal: no escape sequences
+_Text = Annotated[str, StringConstraints(max_length=256, pattern=_PRINTABLE)]
 _Number = Annotated[float, AfterValidator(_finite)]
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: "12.5" is not 12.5 (the document is stored as the device wrote it, then formatted as numbers)
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Cpu(_Open):
@@ -166,12 +177,19 @@ class _Gpu(_Open):
 
 
 class _System(_Open):
-    name: _Text
+    name: Annotated[str, StringConstraints(max_length=256)]  # replaced by the workstation's own name for it
     cpu: _Cpu
     board: _Text | None = None
     threads: int | None = None
     runtimes: dict[_Text, _Text | None] = Field(default_factory=dict)
     gpus: list[_Gpu] = Field(default_factory=list, max_length=64)
+
+
+_Interval = Annotated[list[_Number], Field(min_length=2, max_length=2)]
+
+
+class _Contention(_Open):
+    busy: bool | None = None
 
 
 class _Latency(_Open):
@@ -181,11 +199,72 @@ class _Latency(_Open):
     p99_ms: _Number
     mean_ms: _Number
     throughput_ips: _Number
+    samples_ms: list[_Number] = Field(default_factory=list)
+    speedup_vs_reference: _Number | None = None
+    busy: bool | None = None
+    contention: _Contention | None = None
+
+
+class _Check(_Open):
+    status: _Text
+    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_PRINTABLE)]
 
 
 class _Gates(_Open):
     status: _Text
     failed: list[_Text] = Field(default_factory=list)
+    checks: list[_Check] = Field(default_factory=list, max_length=64)
+
+
+class _ClassRow(_Open):
+    class_: _Text = Field(alias="class")
+    n: int
+    top1: _Number | None
+    top1_ci: _Interval | None
+
+
+class _Changed(_Open):
+    index: int
+    top1: _Number
+
+
+class _Skipped(_Open):
+    reason: Annotated[str, StringConstraints(max_length=2000, pattern=_PRINTABLE)]
+
+
+class _Accuracy(_Open):
+    """What the summary, the report and the printed table read of a device's accuracy."""
+
+    source: _Text
+    n: int
+    top1: _Number | None = None
+    top1_ci: _Interval | None = None
+    top5: _Number | None = None
+    top5_ci: _Interval | None = None
+    drop_pp: _Number | None = None
+    drop_ci_pp: _Interval | None = None
+    agreement: _Number | None = None
+    per_class: list[_ClassRow] = Field(default_factory=list, max_length=MAX_CLASSES)
+    per_class_changed: list[_Changed] = Field(default_factory=list, max_length=MAX_CLASSES)
+    drop_against: _Text | None = None
+    skipped: list[_Skipped] = Field(default_factory=list)
+    evaluated_with: _Text | None = None
+    estimated: bool | None = None
+
+    @model_validator(mode="after")
+    def _drop_with_interval(self) -> _Accuracy:
+        if self.drop_pp is not None and self.drop_ci_pp is None:
+            raise ValueError("drop_pp comes with drop_ci_pp")
+        return self
+
+
+class _Elsewhere(_Open):
+    """The bundle's workstation accuracy, as the device echoes it."""
+
+    top1: _Number | None = None
+    n: int | None = None
+    fp32_top1: _Number | None = None
+    drop_pp: _Number | None = None
 
 
 class _Artifact(_Open):
@@ -220,6 +299,8 @@ class DeviceResult(_Open):
     latency: list[_Latency] = Field(max_length=64)
     gates: _Gates
     golden: _Golden
+    accuracy: _Accuracy | None = None
+    workstation_accuracy: _Elsewhere | None = None
 
 
 def parse_result(out: str, host: str, key: str) -> dict[str, Any]:
@@ -302,7 +383,22 @@ def load_fleet(path: str | Path) -> list[FleetDevice]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{path}: device name(s) {', '.join(dupes)} appear twice: give each device its own name")
+    _refuse_shared_result_files(path, names)
     return fleet
+
+
+def _refuse_shared_result_files(path: str | Path, names: list[str]) -> None:
+    """Names that differ but make the same result file ("kitchen pi", "Kitchen-Pi") would overwrite
+    each other's results in parallel."""
+    from edgetl.bench.system import device_slug
+
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(device_slug(name), []).append(name)
+    shared = next((group for group in by_file.values() if len(group) > 1), None)
+    if shared:
+        raise ConfigError(f"{path}: devices {', '.join(map(shown, shared))} share the result file name "
+                          f"{device_slug(shared[0])!r}: give each device a name of its own")
 
 
 def bench_fleet(

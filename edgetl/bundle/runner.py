@@ -9,6 +9,7 @@ way its signature, manifest and every file's hash are checked each time it is op
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ class Bundle:
                     raise ValueError(f"npy format version {version}")
                 got, fortran_order, dtype = read_header(fh)
             except ValueError as exc:
-                raise BundleError(f"{bad} ({exc}): refusing it") from None
+                # numpy's reasons span lines and may quote the header: its first line, bounded
+                reason = (str(exc).splitlines() or ["unreadable header"])[0][:200]
+                raise BundleError(f"{bad} ({reason}): refusing it") from None
             if dtype != np.dtype(np.float32) or fortran_order or tuple(got) != shape:
                 raise BundleError(f"{bad} (it holds {dtype}{' Fortran-order' if fortran_order else ''} {tuple(got)}): "
                                   "rebuild the bundle")
@@ -125,6 +128,13 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
         with contextlib.suppress(BundleError):  # a damaged or foreign cache entry: extract the archive again
             if _cached_head(root) == read_head(path):
                 return Bundle.of(root, load_folder(root, allow_unsigned=allow_unsigned), path)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(root.parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:  # below a file, a link to nowhere, not writable
+        raise BundleError(f"cannot use the bundle cache {cache_dir()} ({exc.strerror}): point EDGETL_CACHE at a "
+                          "writable folder") from None
     return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
 
 

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from edgetl._io import sha256_file
 from edgetl.backends import get_backend
-from edgetl.bundle.format import inspect_archive
+from edgetl.bundle.format import inspect_archive, read_head
 from edgetl.bundle.signing import remote_flags
 from edgetl.errors import RemoteError
 
@@ -45,6 +45,12 @@ DEFAULT_FOLDER = "edgetl"  # below the remote home when the URL has no path
 MAX_ANSWER_BYTES = 16 << 20  # the most a device may print in answer to one command
 STALE_UPLOAD_MINUTES = 60  # older leftovers in .incoming (a ship cut off mid-way) are swept
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TERMINAL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls: escape sequences, bells, carriage returns
+
+
+def printable(text: str) -> str:
+    """A device's text for a message: its control characters as '?', so it cannot drive the terminal."""
+    return _TERMINAL.sub("?", text)
 
 
 def shown(value, limit: int = 60) -> str:
@@ -83,6 +89,8 @@ class SshUrl:
             path = DEFAULT_FOLDER if path == "" else "/"
         elif path.startswith("/~/") or path == "/~":
             path = path[3:] or "."
+            if path.startswith("-"):  # every remote tool would read "-rf/..." as options
+                path = f"./{path}"
         elif path.startswith("/~"):
             raise RemoteError(f"{shown(url)}: another user's home (~user) is not supported: log in as that user "
                               "(ssh://user@host/~/path) or give the absolute path (ssh://host/home/user/path)")
@@ -166,7 +174,8 @@ class Remote:
         return out.decode(errors="replace")
 
     def explain(self, rc: int, stderr: str, what: str) -> str:
-        lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip() and not ln.startswith("Warning: Permanently")]
+        lines = [printable(ln.strip()) for ln in stderr.strip().splitlines()
+                 if ln.strip() and not ln.startswith("Warning: Permanently")]
         last = lines[-1] if lines else f"exit code {rc}"
         if "externally-managed-environment" in stderr:
             return (f"{what} failed: {self.url.host}'s python3 is managed by the OS (PEP 668): create a venv there "
@@ -304,14 +313,49 @@ class Shipper:
         self.staging = _join(self.incoming, f"{token}.d")
 
     def prepare(self) -> bool:
-        """Make the folders (not writable by others) and sweep uploads older than an hour left by
-        ships that were cut off; True when this exact release is already on the device."""
-        script = ('umask 022; mkdir -p "$1" "$2" && '
-                  'find "$1" -mindepth 1 -maxdepth 1 -mmin +"$4" -exec rm -rf -- {} + && '
-                  'if [ -e "$3" ]; then echo present; fi')
-        out = self.remote.run(["sh", "-c", script, "sh", self.incoming, self.releases,
-                               _join(self.release, "manifest.json"), str(STALE_UPLOAD_MINUTES)], f"creating {self.base}")
-        return out.strip() == "present"
+        """Check ship's own entries on the device, make the folders (not writable by others) and sweep
+        uploads older than an hour left by ships that were cut off; True when this exact release is
+        already on the device.
+
+        ``<name>/``, ``.incoming``, ``releases/`` and this release are never symbolic links, and
+        ``current`` is absent or ship's own link into ``releases/``: through a link, the upload, the
+        extraction and the sweep of old releases would write and remove files where it points."""
+        script = ('umask 022; i=0; for d in "$1" "$2" "$3" "$4"; do i=$((i+1)); '
+                  'if [ -L "$d" ]; then echo "link $i"; exit 0; fi; done; '
+                  'mkdir -p "$2" "$3" && '
+                  'find "$2" -mindepth 1 -maxdepth 1 -mmin +"$6" -exec rm -rf -- {} + && '
+                  'if [ -L "$5" ]; then echo "current $(readlink -- "$5")|"; elif [ -e "$5" ]; then echo "current |"; fi && '
+                  'if [ -e "$4/manifest.json" ]; then echo present; fi')
+        ours = [self.base, self.incoming, self.releases, self.release]
+        out = self.remote.run(["sh", "-c", script, "sh", *ours, self.current, str(STALE_UPLOAD_MINUTES)],
+                              f"creating {self.base}")
+        lines = out.splitlines()
+        self._refuse_links(ours, lines)
+        present = "present" in lines
+        if present:
+            self._refuse_another_bundle()
+        return present
+
+    def _refuse_another_bundle(self) -> None:
+        """A release folder named after this archive must hold its manifest, byte for byte: another
+        (older, validly signed) bundle planted there would be verified and made current instead."""
+        there = self.remote.run(["cat", "--", _join(self.release, "manifest.json")], "reading the release on the device")
+        if there.encode() != read_head(self.bundle)[0]:
+            raise RemoteError(f"{self.remote.url.host}: {self.release} holds another bundle than {self.bundle.name}: "
+                              "refusing to make it current; remove that folder there and ship again")
+
+    def _refuse_links(self, ours: list[str], lines: list[str]) -> None:
+        host = self.remote.url.host
+        linked = next((line.split()[1] for line in lines if re.fullmatch(r"link [1-4]", line)), None)
+        if linked is not None:
+            raise RemoteError(f"{host}: {ours[int(linked) - 1]} is a symbolic link: refusing to ship through it (files "
+                              "would be written and removed where it points); remove the link there and ship again")
+        current = next((line[len("current "):] for line in lines if line.startswith("current ")), None)
+        # "|" ends readlink's answer: a link target holding a newline cannot pass for ship's own
+        if current is not None and not re.fullmatch(r"releases/[0-9a-f]{16}\|", current):
+            what = f"points at {shown(current.rstrip('|'))}" if current != "|" else "is not a symbolic link"
+            raise RemoteError(f"{host}: {self.current} {what}, not into releases/: it is not ship's own link, refusing "
+                              "to read or replace it; move it away there and ship again")
 
     def installed_release(self) -> int:
         """The ``release`` of the bundle ``current`` points at on the device (0 when none, or unreadable)."""
@@ -320,7 +364,7 @@ class Shipper:
         try:
             installed = json.loads(out) if out.strip() else {}
             number = installed.get("release", 0) if installed.get("name") == self.name else 0
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return 0  # a broken or foreign manifest: nothing to protect from a rollback
         return number if type(number) is int and number >= 0 else 0  # older bundles carry none: 0
 
@@ -342,7 +386,7 @@ class Shipper:
         script = 'if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else python3 -c "$2" "$1"; fi'
         py = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
         out = self.remote.run(["sh", "-c", script, "sh", self.upload, py], "checking the copy's sha256")
-        got = (out.split() or [""])[0]
+        got = printable((out.split() or [""])[0])
         if got != self.sha256:
             raise RemoteError(
                 f"the copy on {self.remote.url.host} has sha256 {got[:12] or 'none'}…, the bundle {self.sha256[:12]}…: it "
@@ -383,7 +427,7 @@ class Shipper:
         confirmed = {line[: -len(": OK")] for line in out.splitlines() if line.endswith(": OK")}
         missing = sorted(set(self.manifest["files"]) - confirmed)
         if missing:
-            said = next((line for line in out.splitlines() if not line.endswith(": OK")), "no output")
+            said = printable(next((line for line in out.splitlines() if not line.endswith(": OK")), "no output")[:200])
             raise RemoteError(f"{missing[0]} does not match its sha256 on {self.remote.url.host} ({said}); the device "
                               "keeps its previous bundle")
 

@@ -159,6 +159,9 @@ def trusted_keys() -> dict[str, tuple[Ed25519PublicKey, Path]]:
         for file in files:
             key = load_public_key(file)
             keys.setdefault(key_id(key), (key, file))
+    if explicit and not keys:  # set, yet no key: checks must not silently switch off (a .key copied by mistake)
+        raise ConfigError(f"EDGETL_TRUSTED_KEYS names no public key (key files, or folders of "
+                          f"{'/'.join(sorted(_KEY_SUFFIXES))} files): trust one with `edgetl keys trust PUB`, or unset the variable")
     return keys
 
 

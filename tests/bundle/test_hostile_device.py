@@ -80,10 +80,23 @@ HOSTILE = {
     "key for another artifact": (_set("key", "onnxruntime/fp32"), "not 'onnxruntime/int8': refusing to store it"),
     "device name of the wrong type": (_set("device.name", 5), "malformed bench result (field 'device.name'"),
     "latency as text": (_set("latency.0.p50_ms", "fast"), "malformed bench result (field 'latency.0.p50_ms'"),
+    "latency as a number in text": (_set("latency.0.p90_ms", "1.5"), "malformed bench result (field 'latency.0.p90_ms'"),
     "latency NaN": (_set("latency.0.p90_ms", float("nan")), "malformed bench result (field 'latency.0.p90_ms'"),
     "a huge name": (_set("device.cpu.model", "x" * 100_000), "malformed bench result (field 'device.cpu.model'"),
     "no gates": (lambda doc: doc.pop("gates"), "malformed bench result (field 'gates'"),
     "another schema": (_set("schema", "evil/1"), "bench result with schema 'evil/1'"),
+    # what the manifest's summary and the report read besides: typed like the rest, never trusted as is
+    "accuracy as text": (_set("accuracy", "perfect"), "malformed bench result (field 'accuracy'"),
+    "top-1 as text": (_set("accuracy", {"source": "d", "n": 1, "top1": "99%"}), "malformed bench result (field 'accuracy.top1'"),
+    "drop NaN": (_set("accuracy", {"source": "d", "n": 1, "top1": 0.9, "drop_pp": float("nan")}), "malformed bench result (field 'accuracy.drop_pp'"),
+    "changed class without index": (_set("accuracy", {"source": "d", "n": 1, "per_class_changed": [{"top1": 1}]}),
+                                    "malformed bench result (field 'accuracy.per_class_changed.0.index'"),
+    "speed-up as text": (_set("latency.0.speedup_vs_reference", "10x"),
+                         "malformed bench result (field 'latency.0.speedup_vs_reference'"),
+    "terminal escape in a name": (_set("device.cpu.model", "\x1b[2J\x1b]0;pwned"), "malformed bench result (field 'device.cpu.model'"),
+    "terminal escape in a reason": (_set("gates.checks", [{"status": "PASS", "reason": "ok\x9b2J"}]),
+                                    "malformed bench result (field 'gates.checks.0.reason'"),
+    "samples as text": (_set("latency.0.samples_ms", ["1", "2"]), "malformed bench result (field 'latency.0.samples_ms.0'"),
 }
 
 
@@ -129,3 +142,17 @@ def test_the_workstation_names_the_result_file(sshd, honest_answer, run, tmp_pat
     saved = json.loads((run / "bench" / "onnxruntime" / "int8@loop.json").read_text())
     assert saved["device"]["name"] == "loop"
     assert not list(tmp_path.rglob("escape*")) and not Path("/tmp/escape").exists()
+
+
+def test_the_device_cannot_write_to_the_terminal(sshd, bundle_file, tmp_path):
+    """What a failing device prints on stderr reaches the error line without its control characters:
+    no escape sequence (clear screen, window title, a fake prompt) from the device reaches the terminal."""
+    from tests.bundle.test_ship import cli_ship
+
+    script = tmp_path / "edgetl"
+    script.write_text("#!/bin/sh\nprintf 'error: \\033[2J\\033]0;pwned\\007 broken\\233\\n' >&2\nexit 1\n")
+    script.chmod(0o755)
+    result = cli_ship(sshd, bundle_file, tmp_path / "device", "--remote-edgetl", str(script))
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "broken" in errors[0] and not any(c in result.output for c in "\x1b\x07\x9b"), repr(result.output)

@@ -278,6 +278,8 @@ MALFORMED = {
     "duplicate-labels": (_set("labels", ["a", "a", "b"]), "labels must be unique"),
     "empty-label": (_set("labels", ["a", "", "c"]), "field labels[1]"),
     "label-not-text": (_set("labels", ["a", 2, "c"]), "field labels[1]"),
+    "label-with-terminal-escape": (_set("labels", ["a", "\x1b[2Jb", "c"]), "field labels[1]"),
+    "label-with-c1-escape": (_set("labels", ["a", "b\x9b2J", "c"]), "field labels[1]"),
     "bad-slug": (_set("name", "../../etc"), "must be a slug"),
     "dotdot-name": (_set("name", "a..b"), "must be a slug"),
     "unknown-runtime": (_set("runtime.name", "pytorch-nightly"), "runtime 'pytorch-nightly' is not one of"),
@@ -293,6 +295,14 @@ MALFORMED = {
     "newer-format": (_set("format", "edgetl.bundle/99"), "upgrade edgetl on this machine"),
     "foreign-format": (_set("format", "docker/1"), "not an edgetl bundle"),
     "threads-flood": (_set("target", {"name": "pi", "runtime": "onnxruntime", "threads": 10**6}), "target.threads"),
+    # the workstation's accuracy feeds the drop, the gates and the printed tables on the device
+    "workstation-accuracy-as-text": (_set("workstation", {"accuracy": "high"}), "field workstation.accuracy"),
+    "workstation-number-as-text": (_set("workstation", {"accuracy": {"fp32_top1": "0.9", "n": 12}}),
+                                   "field workstation.accuracy.fp32_top1"),
+    "workstation-drop-nan": (_set("workstation", {"accuracy": {"top1": 0.9, "drop_pp": float("nan")}}),
+                             "field workstation.accuracy.drop_pp"),
+    "workstation-images-as-text": (_set("workstation", {"accuracy": {"fp32_top1": 0.9, "n": "12"}}),
+                                   "field workstation.accuracy.n"),
 }
 
 
@@ -333,6 +343,27 @@ def test_golden_arrays_are_checked_before_loading(tmp_path):
         (root / MANIFEST).write_text(json.dumps(manifest))
         with pytest.raises(BundleError, match=re.escape(message)):
             verify(root)
+
+
+def _npy_v2(header: dict) -> bytes:
+    text = repr(header).encode()
+    text += b" " * ((64 - (12 + len(text) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 200_000}, "is large"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 9_000 + "\n" * 10}, "golden/inputs.npy"),
+])
+def test_a_hostile_npy_header_is_one_short_line(tmp_path, header, message):
+    """numpy's own complaint about a header spans lines and quotes the header: one bounded line."""
+    root = make_folder(tmp_path / "src")
+    (root / "golden" / "inputs.npy").write_bytes(_npy_v2(header) + bytes(384))
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    line = refused(["verify", str(root)], message, tmp_path)
+    assert len(line) < 600
 
 
 # -- signatures -----------------------------------------------------------------------------------------
@@ -526,3 +557,50 @@ def test_bundle_refuses_a_bad_key_or_release_before_writing(signed, tmp_path):
     refused([*base, "--sign", str(tmp_path / "missing.key")], "missing.key does not exist", run)
     refused([*base, "--sign", str(tmp_path / "public-only.pem")], "is not an unencrypted Ed25519 private key", run)
     refused([*base, "--release", "-1"], "--release -1: expected an integer", run)
+
+
+@pytest.mark.parametrize("setting", ["only-private", "empty", "separators"])
+def test_trusted_keys_named_but_none_found_fails_closed(tmp_path, key, monkeypatch, setting):
+    """$EDGETL_TRUSTED_KEYS set to places holding no public key (a private key copied by mistake, an
+    empty folder, only separators) must not switch signature checks off: unsigned is not accepted."""
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    if setting == "only-private":
+        shutil.copyfile(key, folder / "release.key")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", os.pathsep if setting == "separators" else str(folder))
+    root = demo(tmp_path)
+    refused(["verify", str(root)], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
+    archive = pack(tmp_path / "unsigned.tar.gz", folder_entries(root))
+    refused(["predict", str(archive), "photo.png"], "EDGETL_TRUSTED_KEYS names no public key", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["verify", "predict", "bench"])
+def test_a_fifo_manifest_in_a_folder_does_not_hang(tmp_path, command):
+    """Opening a FIFO named manifest.json waits for a writer forever: it is refused unopened."""
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "src")
+    (root / MANIFEST).unlink()
+    os.mkfifo(root / MANIFEST)
+    extra = ["photo.png"] if command == "predict" else []
+    edgetl = Path(sys.executable).with_name("edgetl")
+    done = subprocess.run([str(edgetl), command, str(root), *extra], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "EDGETL_CACHE": str(tmp_path / "cache")})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "manifest.json is not a plain file" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("cache", ["under-a-file", "dangling-link"])
+def test_an_unusable_cache_folder_is_one_line(tmp_path, monkeypatch, cache):
+    """$EDGETL_CACHE below a file, or a link to nowhere: one line naming the cache, nothing written."""
+    root = demo(tmp_path)
+    archive = pack(tmp_path / "b.tar.gz", folder_entries(root))
+    (tmp_path / "file").write_text("x")
+    if cache == "under-a-file":
+        folder = tmp_path / "file" / "cache"
+    else:
+        folder = tmp_path / "cache"
+        folder.symlink_to(tmp_path / "nowhere" / "cache")
+    monkeypatch.setenv("EDGETL_CACHE", str(folder))
+    refused(["verify", str(archive)], "cannot use the bundle cache", tmp_path)

@@ -55,6 +55,9 @@ def current_of(dest: Path, bundle: Path) -> Path:
         ("ssh://nvidia@10.0.0.7:2222/~/models", "10.0.0.7", "nvidia", 2222, "models"),
         ("ssh://orin", "orin", None, None, "edgetl"),
         ("ssh://me@[::1]:22/srv/x%20y", "[::1]", "me", 22, "/srv/x y"),
+        # below the home, a folder named like an option stays a path for mkdir, find, tar and edgetl
+        ("ssh://pi@dev/~/-rf", "dev", "pi", None, "./-rf"),
+        ("ssh://pi@dev/~/--help%20me", "dev", "pi", None, "./--help me"),
     ],
 )
 def test_parse_url(url, host, user, port, path):
@@ -427,3 +430,87 @@ def test_top_folder_must_be_the_bundle_name(sshd, bundle_file, tmp_path):
     line = one_error_line(cli_ship(sshd, evil, tmp_path / "device"))
     assert f"the archive's top folder '-rf' is not the bundle's name '{top}'" in line
     assert not (tmp_path / "device").exists()
+
+
+# -- a device whose edgetl folders were tampered with before the ship ----------------------------------
+def _precious(tmp_path: Path) -> Path:
+    """A folder outside the shipment's place, with a file ship must neither remove nor add to."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep me")
+    return elsewhere
+
+
+@pytest.mark.parametrize("link", ["releases", ".incoming", "bundle folder"])
+def test_a_linked_folder_on_the_device_is_refused(sshd, bundle_file, tmp_path, link):
+    """`releases/`, `.incoming` or `<name>/` itself a symbolic link: ship would move, extract and sweep
+    where the link points, outside its place (the sweep of old releases removes what is there)."""
+    dest, name = tmp_path / "device", inspect_archive(bundle_file)["name"]
+    elsewhere = _precious(tmp_path)
+    linked = dest / name if link == "bundle folder" else dest / name / link
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(elsewhere)
+    line = one_error_line(cli_ship(sshd, bundle_file, dest))
+    assert f"{linked.name} is a symbolic link" in line and "refusing to ship" in line
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious"]
+    assert linked.is_symlink() and not (dest / name / "current").exists()
+
+
+def test_current_pointing_elsewhere_is_refused(sshd, bundle_file, fp32_bundle, tmp_path):
+    """`current` must be ship's own link into releases/: one pointing elsewhere is not read for the
+    installed release, and not replaced; the device keeps it until someone looks."""
+    dest = tmp_path / "device"
+    done = ship_to(sshd, bundle_file, dest)
+    elsewhere = _precious(tmp_path)
+    (elsewhere / "manifest.json").write_text(json.dumps({"name": done.name, "release": 2**62}))
+    current = Path(done.current)
+    current.unlink()
+    current.symlink_to(elsewhere)
+    line = one_error_line(cli_ship(sshd, fp32_bundle, dest))
+    assert "current points at" in line and "not into releases/" in line
+    assert os.readlink(current) == str(elsewhere)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["manifest.json", "precious"]
+    assert not list((dest / done.name / ".incoming").iterdir())
+
+
+
+def test_an_unreadable_installed_manifest_is_no_release(sshd, bundle_file, fp32_bundle, tmp_path):
+    """The installed manifest is the device's text: nested too deep to parse, it protects nothing."""
+    dest = tmp_path / "device"
+    done = ship_to(sshd, bundle_file, dest)
+    installed = Path(dest / done.name / "releases" / done.sha256[:16] / "manifest.json")
+    installed.chmod(0o644)
+    installed.write_text("[" * 100_000)
+    result = cli_ship(sshd, fp32_bundle, dest)
+    assert result.exit_code == 0, result.output
+    assert check_folder(Path(done.current))["precision"] == "fp32"
+
+
+def test_a_planted_release_folder_is_not_taken_for_the_bundle(sshd, bundle_file, tmp_path):
+    """releases/<id> already there but holding another (older, validly signed) bundle: ship must not
+    skip the copy and switch current to it, which would roll back while reporting the new release."""
+    dest = tmp_path / "device"
+    base = inspect_archive(bundle_file)["release"]
+    newer = rebuilt(bundle_file, tmp_path / "newer.tar.gz", manifest={"release": base + 1})
+    done = ship_to(sshd, bundle_file, dest)
+    releases = dest / done.name / "releases"
+    planted = releases / hashlib.sha256(newer.read_bytes()).hexdigest()[:16]
+    shutil.copytree(releases / done.sha256[:16], planted)
+    line = one_error_line(cli_ship(sshd, newer, dest))
+    assert f"{planted.name} holds another bundle" in line
+    assert os.readlink(dest / done.name / "current") == f"releases/{done.sha256[:16]}"
+
+
+@pytest.mark.parametrize("names", [("kitchen pi", "kitchen-pi"), ("Kitchen", "kitchen"), ("a/b", "a.b")])
+def test_fleet_names_that_share_a_result_file_are_refused(bundle_run, tmp_path, names):
+    """Two devices whose names make the same result file would overwrite each other's results."""
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("".join(f'[[device]]\nname = "{n}"\nurl = "ssh://127.0.0.1:{free_port()}/x"\ntarget = "onnxruntime"\n\n'
+                             for n in names))
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    line = one_error_line(CliRunner().invoke(cli, ["bench", str(run), "--fleet", str(fleet)]))
+    assert "share the result file name" in line
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.name != ".manifest.lock") == \
+        [p for p in before if not p.endswith(".manifest.lock")]
