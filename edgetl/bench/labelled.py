@@ -12,41 +12,18 @@ unpaired one, wider than the paired interval the workstation gets, and the resul
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.bench.accuracy import collect_logits, label_accuracy, unpaired_drop_interval
+from edgetl.data.datasets import csv_entries, folder_entries
 from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import DataError
 
 _CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
-
-
-def _from_folder(root: Path) -> list[tuple[Path, str]]:
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not folders:
-        raise DataError(f"{root} has no class subfolders: expected {root}/<label>/<image>.jpg, one folder per label")
-    return [(f, d.name) for d in folders for f in sorted(d.rglob("*"))
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
-
-
-def _from_csv(path: Path) -> list[tuple[Path, str]]:
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or row[0].startswith("#"):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                continue
-            if len(row) < 2 or not row[1].strip():
-                raise DataError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
-            image = Path(row[0].strip())
-            rows.append((image if image.is_absolute() else path.parent / image, row[1].strip()))
-    return rows
 
 
 def labelled_images(source: str | Path, labels: Sequence[str]) -> tuple[list[Path], np.ndarray]:
@@ -56,7 +33,7 @@ def labelled_images(source: str | Path, labels: Sequence[str]) -> tuple[list[Pat
     if not source.exists():
         raise DataError(f"labelled data {source} does not exist: give a folder with one subfolder per label, "
                         "or a CSV of path,label")
-    entries = _from_csv(source) if source.is_file() else _from_folder(source)
+    entries = csv_entries(source) if source.is_file() else folder_entries(source)
     unknown = sorted({name for _, name in entries} - set(labels))
     if unknown:
         raise DataError(f"{source}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "

@@ -50,7 +50,8 @@ def _check_readable(paths_labels: list[tuple[Path, str]]) -> tuple[list[tuple[Pa
     return good, skipped
 
 
-def _from_folder(root: Path) -> list[tuple[Path, str]]:
+def folder_entries(root: Path) -> list[tuple[Path, str]]:
+    """(image, class name) of a folder with one subfolder per class (torch-free: the device uses it)."""
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root} has no class subfolders: expected {root}/<class>/<image>.jpg")
@@ -62,7 +63,8 @@ def _from_folder(root: Path) -> list[tuple[Path, str]]:
     ]
 
 
-def _from_csv(path: Path) -> list[tuple[Path, str]]:
+def csv_entries(path: Path) -> list[tuple[Path, str]]:
+    """(image, class name) rows of a ``path,label`` CSV, paths relative to the CSV."""
     rows = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -84,7 +86,7 @@ def load_image_set(source: str | Path, classes: list[str] | None = None) -> Imag
     """Scan a folder or CSV; ``classes`` pins the class order (for a separate validation folder)."""
     source = Path(source)
     check_source(source, "data path")
-    entries = _from_csv(source) if source.is_file() else _from_folder(source)
+    entries = csv_entries(source) if source.is_file() else folder_entries(source)
     if not entries:
         raise DataError(f"{source} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     good, skipped = _check_readable(entries)
