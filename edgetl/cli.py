@@ -74,6 +74,10 @@ def cli():
       deploy    all of the above in one command
 
     \b
+    On the device (no PyTorch needed): verify, predict, val (accuracy on labelled
+    images), bench BUNDLE, build (TensorRT engine). keys: sign bundles, trust keys.
+
+    \b
     Exit codes: 0 done, 1 a budget failed (--check), 2 a user error (one line),
     130 Ctrl-C, 143 SIGTERM (128 + 15, as a shell reports it). Interrupted or
     terminated, a stage removes its temporary files and keeps earlier results.
