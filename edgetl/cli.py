@@ -898,9 +898,11 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
 @click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
 @click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
+@click.option("--sign", type=click.Path(path_type=str), metavar="KEY",
+              help="Sign every bundle with this Ed25519 private key (`edgetl keys new`).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
 def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
-           no_bundle, check, **params):
+           no_bundle, sign, check, **params):
     """Train, compile, bench, bundle and report in one command.
 
     Every option (targets, precisions, recipes, batches, [train] fields, the data path) is
@@ -921,6 +923,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
       edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
       edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
+      edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key
     """
     from edgetl.pipeline import deploy as run_deploy
     from edgetl.pipeline import load_config
@@ -930,7 +933,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
         "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
         "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,
         "batches": _int_list("--batch", batches) if batches else None,
-        "bundle": False if no_bundle else None, "check": True if check else None,
+        "bundle": False if no_bundle else None, "sign": sign, "check": True if check else None,
         **run_level, "train": options,
     }
     if config_file is None and data is None:

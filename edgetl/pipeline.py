@@ -47,6 +47,7 @@ class DeployConfig(BaseModel):
     batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
     iterations: int = Field(200, ge=1)
     bundle: bool = True
+    sign: str | None = None  # Ed25519 private key that signs every bundle (edgetl keys new)
     check: bool = False
 
 
@@ -91,6 +92,10 @@ def check_config(config: DeployConfig) -> None:
     if config.weights is not None and not Path(config.weights).is_file():
         raise ConfigError(f"--weights {config.weights} is not a file (expected a .safetensors or .pth state dict)")
     registry.resolve(config.backbone)
+    if config.sign is not None:
+        from edgetl.bundle.signing import load_private_key
+
+        load_private_key(config.sign)  # a wrong key path fails now, not after training
     for cell in plan(config.targets, config.precisions, config.calibration, config.gpu_arch, config.threads):
         precisions = get_backend(cell.runtime).precisions
         if cell.precision not in precisions:
@@ -118,7 +123,7 @@ def deploy(config: DeployConfig, console=None) -> dict:
     rows = _compile(config, run, say)
     _bench(config, run, [r["cell"] for r in rows if r.get("status") != "failed"], say, console)
     gates = gate_rows(run, rows, device_slug())
-    bundles = _bundle(run, gates, say) if config.bundle else {}
+    bundles = _bundle(run, gates, say, config.sign) if config.bundle else {}
     from edgetl.report import make_report
 
     say.start("report")  # last, so it lists the bundles just made
@@ -278,8 +283,9 @@ def _result_gates(run: RunDir, summary: dict) -> dict:
         return {"status": summary.get("gate") or NOT_BENCHED, "failed": [f"result file {summary.get('file')} unreadable"]}
 
 
-def _bundle(run: RunDir, gates: list[dict], say: _Stages) -> dict[str, Path]:
-    """Bundle every built artifact but those that FAILED a budget: they are named, not shipped as fine."""
+def _bundle(run: RunDir, gates: list[dict], say: _Stages, sign: str | None = None) -> dict[str, Path]:
+    """Bundle every built artifact but those that FAILED a budget: they are named, not shipped as fine.
+    With ``sign`` every bundle is signed by that key (an existing one signed otherwise is remade)."""
     from edgetl.bench.gates import FAIL
     from edgetl.bundle.create import create_bundle, up_to_date
 
@@ -294,8 +300,8 @@ def _bundle(run: RunDir, gates: list[dict], say: _Stages) -> dict[str, Path]:
                               f"--precision {row['precision']}", highlight=False)
             continue
         try:
-            out[row["key"]] = up_to_date(run, row["target"], row["precision"]) or \
-                create_bundle(run.path, row["target"], row["precision"])
+            out[row["key"]] = up_to_date(run, row["target"], row["precision"], sign=sign) or \
+                create_bundle(run.path, row["target"], row["precision"], sign=sign)
         except EdgetlError as exc:
             say.console.print(f"[yellow]bundle {row['key']}: {exc}[/]", highlight=False)
     say.done("bundle", f"{len(out)} bundle(s)")

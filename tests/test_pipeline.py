@@ -101,6 +101,8 @@ def _deploy_in_process(*args):
         (["--data", "{tmp}/photo.jpg"], "is an image file"),
         (["--data", "{tmp}/missing"], "does not exist"),
         (["--weights", "{tmp}/missing.pth"], "--weights"),
+        (["--sign", "{tmp}/missing.key"], "missing.key"),
+        (["--sign", "{tmp}/photo.jpg"], "photo.jpg"),  # not a private key
     ],
 )
 def test_deploy_checks_every_option_before_any_work(digits_dir, tmp_path, args, message):

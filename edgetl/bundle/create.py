@@ -141,13 +141,16 @@ def _inputs_hash(run: RunDir, key: str, entry: dict[str, Any]) -> str:
                         "workstation": _workstation(run, key, entry)})
 
 
-def up_to_date(run: RunDir, target: str, precision: str | None = None) -> Path | None:
+def up_to_date(run: RunDir, target: str, precision: str | None = None, *,
+               sign: str | os.PathLike | None = None) -> Path | None:
     """The existing bundle of ``target`` (at ``precision``, chosen as ``create_bundle`` would) when it
-    was made from the current artifact, else None."""
+    was made from the current artifact (and, with ``sign``, signed by that key), else None."""
     key, entry = choose_compiled(run, target, precision)
     record = (run.manifest.get("bundles") or {}).get(key)
     dest = bundle_path(run, target, entry["precision"])
     if not record or not dest.is_file() or sha256_file(dest) != record.get("sha256"):
+        return None
+    if sign is not None and record.get("signed_by") != signing.key_id(signing.load_private_key(sign).public_key()):
         return None
     if _inputs_hash(run, key, entry) != record.get("inputs"):
         return None

@@ -86,6 +86,7 @@ def _public_pem(public: Ed25519PublicKey) -> bytes:
 
 
 def _read_key_file(path: Path) -> bytes:
+    path = path.expanduser()  # a TOML file or a notebook does not expand "~" the way a shell does
     try:
         if path.stat().st_size > _MAX_KEY_BYTES:
             raise ConfigError(f"{path} is too large to be an Ed25519 key")

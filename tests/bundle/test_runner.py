@@ -69,6 +69,23 @@ def test_bundle_contents(bundle_run, bundle_file):
     assert up_to_date(bundle_run, "onnxruntime", "int8") == bundle_run.path / entry["path"]
 
 
+def test_an_unsigned_bundle_is_not_up_to_date_for_a_signing_deploy(bundle_run, tmp_path):
+    """deploy --sign remakes a bundle that exists unsigned (or signed by another key), then reuses it."""
+    from edgetl.bundle import signing
+
+    run = tmp_path / "run"
+    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    run = RunDir.open(run)
+    create_bundle(run.path, "onnxruntime", "int8")
+    key, _ = signing.new_key_pair(tmp_path / "keys", "release")
+    other, _ = signing.new_key_pair(tmp_path / "keys", "other")
+    assert up_to_date(run, "onnxruntime", "int8") is not None
+    assert up_to_date(run, "onnxruntime", "int8", sign=key) is None
+    made = create_bundle(run.path, "onnxruntime", "int8", sign=key)
+    assert up_to_date(run, "onnxruntime", "int8", sign=key) == made
+    assert up_to_date(run, "onnxruntime", "int8", sign=other) is None
+
+
 def test_golden_inputs_are_the_preprocessed_val_images(bundle_run, bundle_file):
     """Bundle inputs == numpy preprocessing of the real image files (what predict does on the device)."""
     bundle = open_bundle(bundle_file)
