@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv, then train -> compile -> bench -> report -> bundle on the embedded default
+#   make demo   set up .venv, then train -> compile -> bench -> bundle -> report on the embedded default
 #   make test   set up .venv (and an OpenSSH server and Chromium for the ship and report tests), then run every test
 # The virtual environment is created when missing and reused otherwise.
 
