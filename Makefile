@@ -31,8 +31,7 @@ demo: setup
 		--targets $(DEMO_TARGETS) --out $(DEMO_RUN)
 
 test: setup
-	bash scripts/ensure-sshd.sh
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-test-tools.sh
 	$(BIN)/pytest -q
 
 lint: setup

@@ -97,33 +97,30 @@ def _read_key_file(path: Path) -> bytes:
         raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
 
 
-def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
-    """A private key as PEM (PKCS#8, unencrypted) or as the raw 32 bytes."""
+def _load_key(path: str | os.PathLike, cls, from_raw, from_pem, what: str, hint: str):
+    """A key of type ``cls`` from a PEM file or the raw 32 bytes; anything else is one ConfigError."""
     path = Path(path)
     data = _read_key_file(path)
     try:
-        key = Ed25519PrivateKey.from_private_bytes(data) if len(data) == 32 else \
-            serialization.load_pem_private_key(data, password=None)
+        key = from_raw(data) if len(data) == 32 else from_pem(data)
     except (ValueError, TypeError):
-        raise ConfigError(f"{path} is not an unencrypted Ed25519 private key (PEM or raw 32 bytes): make one with "
-                          "`edgetl keys new`") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is a {type(key).__name__}, not an Ed25519 key: make one with `edgetl keys new`")
+        raise ConfigError(f"{path} is not {what} (PEM or raw 32 bytes): {hint}") from None
+    if not isinstance(key, cls):
+        raise ConfigError(f"{path} is a {type(key).__name__}, not {what}: {hint}")
     return key
+
+
+def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+    """A private key as PEM (PKCS#8, unencrypted) or as the raw 32 bytes."""
+    return _load_key(path, Ed25519PrivateKey, Ed25519PrivateKey.from_private_bytes,
+                     lambda data: serialization.load_pem_private_key(data, password=None),
+                     "an unencrypted Ed25519 private key", "make one with `edgetl keys new`")
 
 
 def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
     """A public key as PEM (SubjectPublicKeyInfo) or as the raw 32 bytes."""
-    path = Path(path)
-    data = _read_key_file(path)
-    try:
-        key = Ed25519PublicKey.from_public_bytes(data) if len(data) == 32 else serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{path} is not an Ed25519 public key (PEM or raw 32 bytes): pass the .pub file of "
-                          "`edgetl keys new`") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is a {type(key).__name__}, not an Ed25519 public key")
-    return key
+    return _load_key(path, Ed25519PublicKey, Ed25519PublicKey.from_public_bytes, serialization.load_pem_public_key,
+                     "an Ed25519 public key", "pass the .pub file of `edgetl keys new`")
 
 
 def trusted_key_paths() -> list[Path]:

@@ -2,7 +2,7 @@
 
 Its own host key, user key, authorized_keys, config and pid file live in a temporary folder; the
 system's sshd configuration and service are never touched. Install the server with
-``scripts/ensure-sshd.sh`` (Debian's openssh-server).
+``scripts/ensure-test-tools.sh`` (Debian's openssh-server).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class SshServer:
 
 def sshd_missing() -> str | None:
     if not (Path(SSHD).is_file() and shutil.which("ssh") and shutil.which("ssh-keygen")):
-        return "OpenSSH server not installed: run scripts/ensure-sshd.sh"
+        return "OpenSSH server not installed: run scripts/ensure-test-tools.sh"
     return None
 
 

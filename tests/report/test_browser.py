@@ -23,8 +23,8 @@ def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed and CI is set: run `bash scripts/ensure-chromium.sh` first")
-        pytest.skip("chromium is not installed (bash scripts/ensure-chromium.sh installs it)")
+            pytest.fail("chromium is not installed and CI is set: run `bash scripts/ensure-test-tools.sh` first")
+        pytest.skip("chromium is not installed (bash scripts/ensure-test-tools.sh installs it)")
     return exe
 
 
