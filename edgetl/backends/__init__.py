@@ -26,7 +26,7 @@ from edgetl.backends.base import (
     NoOptions,
     Session,
 )
-from edgetl.errors import UnknownNameError
+from edgetl.errors import MissingDependencyError, UnknownNameError
 
 GROUP = "edgetl.backends"
 # The runtime that runs a plain ONNX file on any CPU: compile's accuracy estimates and a bundle's
@@ -42,9 +42,9 @@ def _entry_points() -> dict[str, EntryPoint]:
 @functools.lru_cache(maxsize=8)
 def _scan(path: tuple[str, ...]) -> dict[str, EntryPoint]:
     found = {ep.name: ep for ep in entry_points(group=GROUP)}
-    if not found:  # a bug of the install, not a user's mistake: keep the traceback
-        raise RuntimeError(f"no runtimes are registered under the {GROUP!r} entry points: edgetl's install "
-                           "predates them; reinstall it (pip install -e . in a checkout)")
+    if not found:  # a venv from before the entry points: the user's to fix, so one line and exit 2
+        raise MissingDependencyError(f"no runtimes are registered under the {GROUP!r} entry points: edgetl's "
+                                     "install predates them; reinstall it (pip install -e . in a checkout)")
     return dict(sorted(found.items()))
 
 

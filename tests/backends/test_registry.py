@@ -100,3 +100,19 @@ def test_without_a_cpu_in_the_profile_the_host_decides_and_is_fingerprinted():
     pi = {"cpu_arch": "aarch64", "cpu_flags": ["asimd", "asimddp"]}
     assert backend.fingerprint(pi)["cpu"] == {"arch": "aarch64", "flags": ["asimd", "asimddp"], "from": "the target profile"}
     assert get_backend("tensorrt").fingerprint({"gpu_arch": "sm87"}) == {"gpu_arch": "sm87"}
+
+
+def test_an_install_without_the_entry_points_is_one_line_saying_reinstall(monkeypatch):
+    from click.testing import CliRunner
+
+    import edgetl.backends as registry
+    from edgetl.cli import cli
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    registry._scan.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["targets"])
+    finally:
+        registry._scan.cache_clear()
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "reinstall it (pip install -e . in a checkout)" in result.output
