@@ -1,0 +1,88 @@
+"""Named tensors: what a model takes and gives, described once and checked everywhere.
+
+Every ``Session`` takes ``feeds: Mapping[str, ndarray]`` and returns ``dict[str, ndarray]``; its
+``inputs`` and ``outputs`` are ``TensorSpec``s, like Polygraphy's runners and optimum's ``OnnxConfig``.
+A dimension is an ``int`` when fixed, or a name (``"batch"``, ``"sequence"``, ``"samples"``) when
+dynamic; axis 0 is the batch axis of every tensor. numpy and the standard library only: this runs
+on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from edgetl.errors import DataError
+
+Dim = Union[int, str]
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: ``TensorSpec("input", "float32", ("batch", 3, 224, 224))``."""
+
+    name: str
+    dtype: str  # a numpy dtype name: "float32", "int64", ...
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
+
+    def matches(self, array: np.ndarray) -> str | None:
+        """None when ``array`` fits this spec, else why not (one phrase)."""
+        if array.dtype != np.dtype(self.dtype):
+            return f"{self.name}: dtype {array.dtype}, expected {self.dtype}"
+        if array.ndim != len(self.shape):
+            return f"{self.name}: {array.ndim} dimensions {list(array.shape)}, expected {list(self.shape)}"
+        for axis, (got, want) in enumerate(zip(array.shape, self.shape)):
+            if isinstance(want, int) and want >= 0 and got != want:
+                return f"{self.name}: dimension {axis} is {got}, expected {want} (shape {list(self.shape)})"
+        return None
+
+
+def check_feeds(specs: Iterable[TensorSpec], feeds: Feeds, where: str) -> None:
+    """Raise one ``DataError`` line when ``feeds`` lacks, adds or mis-shapes a tensor."""
+    specs = list(specs)
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        raise DataError(f"{where}: inputs {sorted(feeds)} do not match the model's {names}"
+                        + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
+    for spec in specs:
+        why = spec.matches(np.asarray(feeds[spec.name]))
+        if why:
+            raise DataError(f"{where}: {why}")
+
+
+def batch_size(feeds: Feeds) -> int:
+    """The common length of axis 0 (every tensor is batched on it)."""
+    sizes = {len(v) for v in feeds.values()}
+    if len(sizes) != 1:
+        raise DataError(f"inputs disagree on the batch size: { {k: len(v) for k, v in feeds.items()} }")
+    return sizes.pop()
+
+
+def take(feeds: Feeds, index: slice | np.ndarray) -> dict[str, np.ndarray]:
+    """The same rows of every tensor (a batch, or a sample of the data)."""
+    return {k: np.ascontiguousarray(v[index]) for k, v in feeds.items()}
+
+
+def batches(feeds: Feeds, size: int) -> Iterable[dict[str, np.ndarray]]:
+    n = batch_size(feeds)
+    for start in range(0, n, size):
+        yield take(feeds, slice(start, start + size))
+
+
+def concat(parts: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Outputs of several batches, joined on axis 0 per name."""
+    parts = list(parts)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
