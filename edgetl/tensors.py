@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from edgetl.errors import DataError
 
-Dim = Union[int, str]
+Dim = int | str
 Feeds = Mapping[str, np.ndarray]
 
 
@@ -42,7 +42,7 @@ class TensorSpec:
             return f"{self.name}: dtype {array.dtype}, expected {self.dtype}"
         if array.ndim != len(self.shape):
             return f"{self.name}: {array.ndim} dimensions {list(array.shape)}, expected {list(self.shape)}"
-        for axis, (got, want) in enumerate(zip(array.shape, self.shape)):
+        for axis, (got, want) in enumerate(zip(array.shape, self.shape, strict=True)):
             if isinstance(want, int) and want >= 0 and got != want:
                 return f"{self.name}: dimension {axis} is {got}, expected {want} (shape {list(self.shape)})"
         return None
