@@ -1,0 +1,50 @@
+"""Registry of tasks: the one table that train, compile, bench, bundle, predict and `edgetl tasks` read.
+
+Tasks are registered under the ``edgetl.tasks`` entry-point group, like the runtimes
+(``edgetl.backends``), the built-in ones in edgetl's own pyproject.toml::
+
+    [project.entry-points."edgetl.tasks"]
+    image-classification = "edgetl.tasks.image_classification:ImageClassification"
+
+The entry point's name is the task's name. Device side: no torch here.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from importlib.metadata import EntryPoint, entry_points
+
+from edgetl.errors import MissingDependencyError, UnknownNameError
+from edgetl.tasks.base import BENCH_METRICS, Metric
+
+GROUP = "edgetl.tasks"
+DEFAULT_TASK = "image-classification"  # what a run or bundle that records no task is
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return _scan(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    if not found:
+        raise MissingDependencyError(f"no tasks are registered under the {GROUP!r} entry points: edgetl's "
+                                     "install predates them; reinstall it (pip install -e . in a checkout)")
+    return dict(sorted(found.items()))
+
+
+def tasks() -> tuple[str, ...]:
+    """The names of every registered task, sorted."""
+    return tuple(_entry_points())
+
+
+def get_task(name: str):
+    registered = _entry_points()
+    if name not in registered:
+        raise UnknownNameError("task", name, registered)
+    return registered[name].load()()
+
+
+__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "tasks"]
