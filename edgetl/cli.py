@@ -705,8 +705,14 @@ def build_cmd(bundle, force, any_arch):
     \b
     Engines only run on the GPU and TensorRT version that built them, so TensorRT bundles
     carry the ONNX; the engine is cached by GPU name, compute capability and TensorRT
-    version ($EDGETL_CACHE or ~/.cache/edgetl/engines). verify, predict and bench build
-    it on first use too; run this once after shipping to take the wait out of the first run.
+    version in engines/ under the cache root: $EDGETL_CACHE, else $XDG_CACHE_HOME/edgetl,
+    else ~/.cache/edgetl. verify, predict and bench build it on first use too; run this
+    once after shipping to take the wait out of the first run.
+
+    \b
+    Examples:
+      edgetl build model-bundle.tar.gz
+      EDGETL_CACHE=/data/edgetl edgetl build model-bundle.tar.gz --force
     """
     from edgetl.backends._trt_engine import engine_info
     from edgetl.bundle.runner import open_bundle, require_runtime

@@ -74,7 +74,7 @@ def test_an_unsigned_bundle_is_not_up_to_date_for_a_signing_deploy(bundle_run, t
     from edgetl.bundle import signing
 
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     run = RunDir.open(run)
     create_bundle(run.path, "onnxruntime", "int8")
     key, _ = signing.new_key_pair(tmp_path / "keys", "release")
@@ -237,7 +237,7 @@ def test_cli_bundle_and_verify(bundle_run, tmp_path):
     from edgetl.cli import cli
 
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "fp32"])
     assert result.exit_code == 0, result.output
     bundle = run / "bundles" / "onnxruntime-fp32.tar.gz"
