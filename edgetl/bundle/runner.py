@@ -312,7 +312,8 @@ def bench(
     data: str | os.PathLike | None = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Bench a bundle on this machine with the bench stage's harness: an ``edgetl.bench/1`` document.
+    """Bench a bundle on this machine with the bench stage's harness: its result document
+    (``edgetl.bench.run.SCHEMA``).
 
     Latency is timed on the golden inputs (real preprocessed validation images); ``golden`` says how
     closely this device reproduces the workstation's logits. ``accuracy`` is measured on ``data``, a

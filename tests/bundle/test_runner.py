@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgetl.backends import get_backend
+from edgetl.bench.run import SCHEMA
 from edgetl.bundle.create import choose_compiled, create_bundle, up_to_date
 from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspect_archive
 from edgetl.bundle.runner import bench, open_bundle, predict, verify
@@ -229,7 +230,7 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
 
 def test_bench_uses_the_bench_schema(bundle_file):
     doc = bench(bundle_file, batches=[1, 2], iterations=20)
-    assert doc["schema"] == "edgetl.bench/1"
+    assert doc["schema"] == SCHEMA
     assert [row["batch"] for row in doc["latency"]] == [1, 2]
     assert doc["latency"][0]["p90_ms"] >= doc["latency"][0]["p50_ms"] > 0
     assert doc["artifact"]["runtime"] == "onnxruntime" and doc["artifact"]["precision"] == "int8"
@@ -290,7 +291,7 @@ def test_device_without_torch_verifies_predicts_and_benches(bundle_file, tmp_pat
     assert len(json.loads(out.stdout)[0]["top"]) == 2
     out = device_cli("bench", str(bundle_file), "--iterations", "10", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["schema"] == "edgetl.bench/1"
+    assert json.loads(out.stdout)["schema"] == SCHEMA
 
 
 def test_missing_runtime_names_the_extra(bundle_file):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgetl.bench.run import SCHEMA
 from edgetl.bundle.create import create_bundle, up_to_date
 from edgetl.bundle.format import check_folder, inspect_archive
 from edgetl.bundle.remote import Access, BenchSettings, remote_bench
@@ -212,7 +213,7 @@ def test_remote_bench_brings_the_result_home(sshd, bundle_run, tmp_path):
     shutil.copytree(bundle_run.path, run)
     doc = remote_bench(run, sshd.url(str(tmp_path / "device")), "onnxruntime", precision="int8", device_name="loop-pi",
                        settings=BenchSettings(iterations=10), access=Access(sshd.options, EDGETL))
-    assert doc["schema"] == "edgetl.bench/1" and doc["device"]["name"] == "loop-pi"
+    assert doc["schema"] == SCHEMA and doc["device"]["name"] == "loop-pi"
     saved = run / "bench" / "onnxruntime" / "int8@loop-pi.json"
     assert saved.is_file() and doc["file"] == "bench/onnxruntime/int8@loop-pi.json"
     # the device's own result does not make the bundle stale: the next remote bench ships nothing new
