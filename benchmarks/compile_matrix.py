@@ -29,7 +29,7 @@ from edgetl.compiler import compile as compile_run
 from edgetl.export.onnx import export_run
 from edgetl.rundir import RunDir
 
-_SKIP = shutil.ignore_patterns("compiled", "bench", "bundles", "report.*", ".manifest.lock")
+_SKIP = shutil.ignore_patterns("compiled", "bench", "bundles", "report.*")
 
 
 def scratch_copy(run: Path, dest: Path) -> Path:

@@ -344,7 +344,8 @@ def _trust_option(f):
               "target's bundle there (when it lacks it), runs `edgetl bench` on it and brings the result back.")
 @click.option("--fleet", type=click.Path(path_type=str), help="TOML list of devices ([[device]] name, url, target) "
               "to bench in parallel over SSH.")
-@click.option("--json", "as_json", is_flag=True, help="Bundles: print the edgetl.bench/1 document on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Bundles: print the bench result document (JSON, as the run's bench/ files hold) on "
+              "stdout.")
 @click.option("--data", type=click.Path(path_type=str), help="Bundles: a labelled image folder (one subfolder per "
               "label) or CSV (path,label) to measure top-1/top-5 on this device. Without it the accuracy budget "
               "reads 'not measured here'. A run is always measured on its validation split.")
@@ -378,8 +379,8 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     that cannot run here (TensorRT without a GPU) is listed as "n/a here".
 
     \b
-    Writes runs/<name>/bench/<target>/<precision>@<device>.json (schema edgetl.bench/1)
-    and a summary in the manifest; `edgetl report` turns them into tables and plots.
+    Writes runs/<name>/bench/<target>/<precision>@<device>.json (its "schema" names the
+    version) and a summary in the manifest; `edgetl report` turns them into tables and plots.
     Exit codes: 0 done (UNDECIDED budgets are printed, not failed), 1 a budget failed
     (with --check), 2 a user error or an artifact that could not be benched (its row
     says why).
@@ -705,8 +706,14 @@ def build_cmd(bundle, force, any_arch):
     \b
     Engines only run on the GPU and TensorRT version that built them, so TensorRT bundles
     carry the ONNX; the engine is cached by GPU name, compute capability and TensorRT
-    version ($EDGETL_CACHE or ~/.cache/edgetl/engines). verify, predict and bench build
-    it on first use too; run this once after shipping to take the wait out of the first run.
+    version in engines/ under the cache root: $EDGETL_CACHE, else $XDG_CACHE_HOME/edgetl,
+    else ~/.cache/edgetl. verify, predict and bench build it on first use too; run this
+    once after shipping to take the wait out of the first run.
+
+    \b
+    Examples:
+      edgetl build model-bundle.tar.gz
+      EDGETL_CACHE=/data/edgetl edgetl build model-bundle.tar.gz --force
     """
     from edgetl.backends._trt_engine import engine_info
     from edgetl.bundle.runner import open_bundle, require_runtime

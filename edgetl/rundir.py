@@ -2,8 +2,8 @@
 
 ``runs/<name>/manifest.json`` records each stage's inputs, outputs (with sha256) and metrics. Every
 stage reads what the previous one wrote and adds its own section; writes are atomic and serialised
-with a file lock, so parallel stages (several targets, several devices) never lose each other's
-entries.
+by an flock on the run folder itself (no lock file in the run), so parallel stages (several targets,
+several devices) never lose each other's entries.
 
 Sections: ``train``, ``export``, ``compiled`` (``<target>/<precision>`` -> entry), ``bench``,
 ``bundles``; ``artifacts`` maps every file a stage produced (relative path) to its sha256.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,7 @@ class RunDir:
     @contextlib.contextmanager
     def editing(self) -> Iterator[dict[str, Any]]:
         """Read-modify-write the manifest under an exclusive lock."""
-        with open(self.path / ".manifest.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _locked(self.path):
             data = self.manifest
             yield data
             write_json(self.path / MANIFEST, data)
@@ -110,6 +110,24 @@ class RunDir:
                 f"rebuild it with `edgetl compile {self.path} --force`"
             )
         return path
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the run folder itself, not on a file in it or next to it.
+
+    manifest.json is replaced by a rename on every write, so locking it would lock a stale inode;
+    the folder's inode stays. No lock file means nothing in the run for copies (tests, bundles,
+    reports, ``cp -r``) to skip, and nothing to create in a parent the user may not write to.
+    Every path to the run (relative, absolute, through a symlink) reaches the same inode. The lock
+    goes with the descriptor, so a crashed writer never leaves the run locked.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _not_a_run(path: Path) -> str:

@@ -66,7 +66,7 @@ def copy_run(tiny_run, tmp_path):
 
     def make(name: str = "run") -> RunDir:
         dest = tmp_path / name
-        shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+        shutil.copytree(tiny_run.path, dest)
         return RunDir.open(dest)
 
     return make

@@ -23,7 +23,7 @@ def compiled_run(tiny_run, tmp_path_factory):
     from edgetl.compiler import compile
 
     dest = tmp_path_factory.mktemp("bench") / "run"
-    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, dest)
     rows = compile(dest, ["onnxruntime"], precisions=["fp32", "int8"], progress=False)
     if available("tensorrt_rtx"):
         rows += compile(dest, ["tensorrt"], precisions=["fp32"], gpu_arch="sm89", progress=False)
@@ -39,7 +39,7 @@ def benched(compiled_run):
 @pytest.fixture
 def writable(compiled_run, tmp_path):
     dest = tmp_path / "run"
-    shutil.copytree(compiled_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(compiled_run.path, dest)
     return RunDir.open(dest)
 
 

@@ -25,7 +25,7 @@ def compiled_run(tiny_run, tmp_path_factory):
     import shutil
 
     dest = tmp_path_factory.mktemp("compiled") / "run"
-    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, dest)
     rows = compile_run(dest, ["onnxruntime"], ["fp32", "fp16", "int8"], progress=False)
     rows += compile_run(dest, ["tensorrt"], ["int8"], gpu_arch="sm86", progress=False)
     return RunDir.open(dest), rows
@@ -35,6 +35,12 @@ def test_matrix_builds_every_cell(compiled_run):
     run, rows = compiled_run
     assert [r["status"] for r in rows] == ["ok"] * 4, rows
     assert set(run.manifest["compiled"]) == {"onnxruntime/fp32", "onnxruntime/fp16", "onnxruntime/int8", "tensorrt/int8"}
+
+
+def test_train_and_compile_leave_no_lock_file_in_the_run(tiny_run, compiled_run):
+    """The manifest's lock is the run folder itself: a copy of a run has nothing to skip."""
+    for run in (tiny_run, compiled_run[0]):
+        assert not [p for p in run.path.rglob("*") if "lock" in p.name], run.path
 
 
 def test_manifest_entry_follows_the_contract(compiled_run):

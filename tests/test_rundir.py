@@ -54,3 +54,27 @@ def test_a_missing_or_empty_run_folder_still_says_how_to_create_it(tmp_path):
     assert "does not exist: create it with `edgetl train --out" in missing.stderr
     assert f"{tmp_path / 'empty'} is not an edgetl run (no manifest.json)" in empty.stderr
     assert not (tmp_path / "missing").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
+_WRITER = """
+import sys
+from edgetl.rundir import RunDir
+run = RunDir.open(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    run.set_item("compiled", f"{sys.argv[2]}/{i}", {"n": i})
+"""
+
+
+def test_concurrent_writers_lose_no_entry_and_leave_no_lock_file(tmp_path):
+    """Two processes editing one manifest (one through a symlink to the run) keep every entry; the
+    lock is the run folder's own, so nothing but the manifest is left in it."""
+    from edgetl.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "runs" / "r")
+    (tmp_path / "link").symlink_to(run.path)
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "40"])
+               for path, name in ((run.path, "a"), (tmp_path / "link", "b"))]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert set(run.manifest["compiled"]) == {f"{n}/{i}" for n in "ab" for i in range(40)}
+    assert [p.name for p in run.path.iterdir()] == ["manifest.json"]
+    assert [p.name for p in run.path.parent.iterdir()] == ["r"]

@@ -4,20 +4,14 @@ computed once, cached on disk keyed by backbone + data, and a head is trained on
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
+from edgetl._cache import cache_root
 from edgetl._io import atomic_path, sha256_json
 from edgetl.adapt import distributed
 from edgetl.adapt.distributed import Dist
 from edgetl.adapt.loop import FitResult, fit, predict, progress_bar
 from edgetl.data.preprocess import PreprocessSpec, normalize
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
 
 
 def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: str, batch: int = 64) -> np.ndarray:

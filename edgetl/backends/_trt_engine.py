@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from edgetl._cache import cache_root
 from edgetl._io import atomic_path, write_json
 from edgetl.bundle.format import slug
 from edgetl.errors import BundleError
@@ -54,7 +55,6 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
     """
     from edgetl.backends import _cuda
     from edgetl.backends import tensorrt as trt_backend
-    from edgetl.bundle.runner import cache_dir
 
     arch = _cuda.gpu_arch()
     if arch is None:
@@ -67,7 +67,7 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
     model = bundle.manifest["model"]
     onnx_rel = model["path"]
     onnx_sha = bundle.manifest["files"][onnx_rel]["sha256"]
-    folder = cache_dir() / "engines" / onnx_sha[:24]
+    folder = cache_root() / "engines" / onnx_sha[:24]
     path = folder / f"{engine_key(gpu_name(), arch, flavour)}.engine"
     if path.is_file() and not force:
         return path

@@ -43,10 +43,10 @@ def _read(path: str) -> str:
         return ""
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo plus the ARM-wide lines."""
+def _cpuinfo(text: str) -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo text plus the ARM-wide lines."""
     info: dict[str, str] = {}
-    for line in _read("/proc/cpuinfo").splitlines():
+    for line in text.splitlines():
         if ":" in line:
             key, value = (s.strip() for s in line.split(":", 1))
             info.setdefault(key, value)
@@ -70,11 +70,13 @@ def _sysctl(key: str) -> str:
         return ""
 
 
-def cpu_record() -> dict:
-    info = _cpuinfo()
+def cpu_record(cpuinfo: str | None = None) -> dict:
+    """This CPU; ``cpuinfo`` is /proc/cpuinfo text to read model and flags from instead of this machine's."""
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    info = _cpuinfo(text)
     model = (info.get("model name") or info.get("Model") or info.get("Hardware") or info.get("cpu model")
              or _sysctl("machdep.cpu.brand_string") or platform.processor() or platform.machine())
-    flags = parse_cpu_flags(_read("/proc/cpuinfo"))
+    flags = parse_cpu_flags(text)
     if sys.platform == "darwin" and platform.machine() == "arm64":
         flags |= {"neon", "asimd"}  # every Apple silicon core has them; macOS has no cpuinfo
     try:

@@ -1,5 +1,6 @@
 """Bench on remote devices: ship the target's bundle (when the device lacks it), run ``edgetl bench``
-there, and bring the ``edgetl.bench/1`` document back into the run next to the workstation's rows.
+there, and bring the bench result document (``edgetl.bench.run.SCHEMA``) back into the run next to
+the workstation's rows.
 
 The device's answer is data, never a path: it is read up to a fixed size, validated, and stored
 under a file name the workstation makes from its own target, precision and device name, proven to
@@ -286,7 +287,7 @@ class _Golden(_Open):
 
 
 class DeviceResult(_Open):
-    """The parts of a device's ``edgetl.bench/1`` document that the workstation reads, typed."""
+    """The parts of a device's bench result document that the workstation reads, typed."""
 
     schema_: _Text = Field(alias="schema")
     key: _Text

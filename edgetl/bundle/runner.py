@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl._cache import cache_root
 from edgetl._io import sha256_file
 from edgetl.bundle.format import (
     MANIFEST,
@@ -34,13 +35,6 @@ from edgetl.bundle.signing import SignatureStatus
 from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import BundleError, DataError, MissingDependencyError
-
-
-def cache_dir() -> Path:
-    """Where extracted bundles and TensorRT engines live: $EDGETL_CACHE, else the XDG cache."""
-    if os.environ.get("EDGETL_CACHE"):
-        return Path(os.environ["EDGETL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetl"
 
 
 @dataclass
@@ -123,7 +117,7 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
         return Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path)
     if not path.is_file():
         raise BundleError(f"bundle {path} does not exist")
-    root = cache_dir() / "bundles" / sha256_file(path)[:24]
+    root = cache_root() / "bundles" / sha256_file(path)[:24]
     if (root / MANIFEST).is_file():
         with contextlib.suppress(BundleError):  # a damaged or foreign cache entry: extract the archive again
             if _cached_head(root) == read_head(path):
@@ -133,7 +127,7 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
         if not os.access(root.parent, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:  # below a file, a link to nowhere, not writable
-        raise BundleError(f"cannot use the bundle cache {cache_dir()} ({exc.strerror}): point EDGETL_CACHE at a "
+        raise BundleError(f"cannot use the bundle cache {cache_root()} ({exc.strerror}): point EDGETL_CACHE at a "
                           "writable folder") from None
     return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
 
@@ -160,6 +154,8 @@ def require_runtime(bundle: Bundle):
     # "1.32.0", or "tensorrt_rtx 1.7.1" where one runtime comes in flavours
     *flavour, have = backend.version().split()
     flavour = flavour[0] if flavour else rt["name"]
+    # A backend need not list every flavour: without an entry no minimum is known, and the golden
+    # outputs (verify) decide whether this runtime reads the artifact.
     need = (rt.get("min_version") or {}).get(flavour)
     if need and version_tuple(have) < version_tuple(need):
         raise BundleError(
@@ -318,7 +314,8 @@ def bench(
     data: str | os.PathLike | None = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Bench a bundle on this machine with the bench stage's harness: an ``edgetl.bench/1`` document.
+    """Bench a bundle on this machine with the bench stage's harness: its result document
+    (``edgetl.bench.run.SCHEMA``).
 
     Latency is timed on the golden inputs (real preprocessed validation images); ``golden`` says how
     closely this device reproduces the workstation's logits. ``accuracy`` is measured on ``data``, a

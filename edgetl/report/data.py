@@ -9,13 +9,13 @@ import shlex
 import numpy as np
 
 from edgetl import __version__
+from edgetl.bench.run import SCHEMA as BENCH_SCHEMA
 from edgetl.errors import EdgetlError
 from edgetl.report.decide import DEFAULT_PROFILE, FAIL, NO_BUDGETS, PASS, UNDECIDED, decisions, next_commands
 from edgetl.rundir import RunDir
 
 # 2: leads with "decisions", adds "bundles", "history", "validation" and "next".
 SCHEMA = "edgetl.report/2"
-BENCH_SCHEMA = "edgetl.bench/1"
 STAGES = {  # manifest section -> the command that creates it ({run}: the run directory)
     "train": "edgetl train --data IMAGES --out {run}",
     "export": "edgetl compile {run} --target " + DEFAULT_PROFILE,

@@ -62,8 +62,15 @@ def test_finetune_trains_only_the_last_stages(digits_dir, tmp_path):
     trained = create_model(resolve("timm:test_efficientnet"), 3, pretrained=False)
     trained.load_state_dict(load_file(tmp_path / "ft/train/model.safetensors"))
     stages_start, stages_trained = body_stages(start), body_stages(trained)
-    frozen_equal = all(torch.equal(a, b) for a, b in zip(stages_start[0], stages_trained[0], strict=True))
-    assert frozen_equal, "the stem must stay frozen with --unfreeze 1"
+    assert len(stages_start) > 2
+    # the fine-tuned weights were kept (not the linear probe's), so the last stage must show training
+    assert RunDir.open(tmp_path / "ft").manifest["train"]["metrics"]["kept"]["phase"] == "finetune"
+    for i, (before, after) in enumerate(zip(stages_start, stages_trained, strict=True)):
+        changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        if i == len(stages_start) - 1:
+            assert any(changed), "the last stage is unfrozen with --unfreeze 1: its weights must change"
+        else:
+            assert not any(changed), f"stage {i} must stay frozen with --unfreeze 1"
 
 
 def test_second_run_reuses_cached_features(digits_dir, tmp_path):

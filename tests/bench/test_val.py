@@ -39,7 +39,7 @@ def bundle(tiny_run, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("val")
     run = home / "run"
-    shutil.copytree(tiny_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, run)
     (home / "targets").mkdir()
     (home / "targets" / "gated.toml").write_text(
         'runtime = "onnxruntime"\nprecision = "int8"\n\n[budgets]\nmax_accuracy_drop_pp = 1.0\n')

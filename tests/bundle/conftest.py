@@ -17,7 +17,7 @@ def bundle_run(tiny_run, tmp_path_factory) -> RunDir:
     from edgetl.compiler import compile as compile_run
 
     dest = tmp_path_factory.mktemp("bundle-run") / "tiny"
-    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, dest)
     rows = compile_run(dest, ["onnxruntime"], ["fp32", "int8"], progress=False)
     assert all(r["status"] != "failed" for r in rows), rows
     return RunDir.open(dest)

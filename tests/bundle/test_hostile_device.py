@@ -29,7 +29,7 @@ def honest_answer(bundle_file) -> dict:
 @pytest.fixture
 def run(bundle_run, tmp_path) -> Path:
     dest = tmp_path / "runs" / "tiny"
-    shutil.copytree(bundle_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, dest)
     return dest
 
 
@@ -46,7 +46,7 @@ def fake_edgetl(folder: Path, answer: str | bytes) -> Path:
 
 def snapshot(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".manifest.lock"}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def remote_bench_cli(sshd, run: Path, device: Path, edgetl: Path):

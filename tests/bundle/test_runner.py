@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgetl.backends import get_backend
+from edgetl.bench.run import SCHEMA
 from edgetl.bundle.create import choose_compiled, create_bundle, up_to_date
 from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspect_archive
 from edgetl.bundle.runner import bench, open_bundle, predict, verify
@@ -74,7 +75,7 @@ def test_an_unsigned_bundle_is_not_up_to_date_for_a_signing_deploy(bundle_run, t
     from edgetl.bundle import signing
 
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     run = RunDir.open(run)
     create_bundle(run.path, "onnxruntime", "int8")
     key, _ = signing.new_key_pair(tmp_path / "keys", "release")
@@ -145,6 +146,66 @@ def test_runtime_too_old(bundle_file, tmp_path):
         verify(root)
 
 
+@pytest.mark.parametrize("minimums", [None, {}, {"tensorrt": "10.0"}])
+def test_a_bundle_without_a_minimum_for_this_runtime_runs(bundle_file, tmp_path, minimums):
+    """No minimum version for the runtime found here (absent, empty, only another flavour's): none is
+    enforced, the golden outputs still decide, and no KeyError escapes."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    root = folder_copy(bundle_file, tmp_path / "b")
+    manifest = json.loads((root / MANIFEST).read_text())
+    if minimums is None:
+        del manifest["runtime"]["min_version"]
+    else:
+        manifest["runtime"]["min_version"] = minimums
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["verify", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["ok"]
+
+
+_FLAVOURLESS = """from tests.backends.plugin.ortwrap_backend import OrtWrapBackend
+
+
+class Flavourless(OrtWrapBackend):
+    name = "ortbare"
+    extra = "ortbare-extra"
+    min_versions = {}  # a plugin that states no minimum for its runtime
+"""
+
+
+def test_a_plugin_without_minimum_versions_bundles_with_its_own_extra(copy_run, tmp_path):
+    """Bundle ``runtime.extra`` is the backend's pip extra (not its name, not onnxruntime's), and a
+    backend whose ``min_versions`` lacks its flavour bundles and verifies: no KeyError anywhere."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+    from tests.backends.plugin import registered
+
+    site = tmp_path / "site"
+    (site / "ortbare_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "ortbare_backend.py").write_text(_FLAVOURLESS)
+    (site / "ortbare_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ortbare-plugin\n"
+                                                                     "Version: 0.1\n")
+    (site / "ortbare_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[edgetl.backends]\nortbare = ortbare_backend:Flavourless\n")
+    run = copy_run()
+    with registered(site):
+        for args in (["compile", str(run.path), "--target", "ortbare", "--precision", "fp32"],
+                     ["bundle", str(run.path), "--target", "ortbare"]):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, result.output
+        bundle = run.path / "bundles" / "ortbare-fp32.tar.gz"
+        assert inspect_archive(bundle)["runtime"] == {
+            "name": "ortbare", "extra": "ortbare-extra", "min_version": {},
+            "built_with": RunDir.open(run.path).manifest["compiled"]["ortbare/fp32"]["versions"]["ortbare"]}
+        result = CliRunner().invoke(cli, ["verify", str(bundle), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["ok"]
+
+
 def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
     """Same labels and scores as ONNX Runtime running the run's artifact on the same images."""
     split = json.loads((bundle_run.path / "train" / "split.json").read_text())
@@ -169,7 +230,7 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
 
 def test_bench_uses_the_bench_schema(bundle_file):
     doc = bench(bundle_file, batches=[1, 2], iterations=20)
-    assert doc["schema"] == "edgetl.bench/1"
+    assert doc["schema"] == SCHEMA
     assert [row["batch"] for row in doc["latency"]] == [1, 2]
     assert doc["latency"][0]["p90_ms"] >= doc["latency"][0]["p50_ms"] > 0
     assert doc["artifact"]["runtime"] == "onnxruntime" and doc["artifact"]["precision"] == "int8"
@@ -182,6 +243,15 @@ def test_archive_cache_is_reused_and_repaired(bundle_file):
     assert open_bundle(bundle_file).root == first.root
     (first.root / "golden" / "inputs.npy").write_bytes(b"damaged")
     assert verify(bundle_file)["ok"]  # the damaged cache entry is extracted again
+
+
+def test_archives_are_extracted_under_the_cache_root(bundle_file, tmp_path, monkeypatch):
+    """XDG_CACHE_HOME moves the cache when EDGETL_CACHE is not set; EDGETL_CACHE wins when it is."""
+    monkeypatch.delenv("EDGETL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert open_bundle(bundle_file).root.parent == tmp_path / "xdg" / "edgetl" / "bundles"
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "mine"))
+    assert open_bundle(bundle_file).root.parent == tmp_path / "mine" / "bundles"
 
 
 def test_choosing_the_artifact(bundle_run):
@@ -221,7 +291,7 @@ def test_device_without_torch_verifies_predicts_and_benches(bundle_file, tmp_pat
     assert len(json.loads(out.stdout)[0]["top"]) == 2
     out = device_cli("bench", str(bundle_file), "--iterations", "10", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["schema"] == "edgetl.bench/1"
+    assert json.loads(out.stdout)["schema"] == SCHEMA
 
 
 def test_missing_runtime_names_the_extra(bundle_file):
@@ -237,7 +307,7 @@ def test_cli_bundle_and_verify(bundle_run, tmp_path):
     from edgetl.cli import cli
 
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "fp32"])
     assert result.exit_code == 0, result.output
     bundle = run / "bundles" / "onnxruntime-fp32.tar.gz"

@@ -478,7 +478,7 @@ def signed(bundle_run, tmp_path_factory) -> tuple[Path, Path]:
     """(signed int8 bundle, its private key), made through `edgetl bundle --sign` on a copy of the run."""
     base = tmp_path_factory.mktemp("signed")
     run = base / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     private, _ = signing.new_key_pair(base / "keys", "release")
     result = CliRunner().invoke(cli, ["bundle", str(run), "--target", "onnxruntime", "--precision", "int8",
                                       "--sign", str(private), "--release", "7"])

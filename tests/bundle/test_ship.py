@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgetl.bench.run import SCHEMA
 from edgetl.bundle.create import create_bundle, up_to_date
 from edgetl.bundle.format import check_folder, inspect_archive
 from edgetl.bundle.remote import Access, BenchSettings, remote_bench
@@ -35,7 +36,7 @@ EDGETL = str(Path(sys.executable).with_name("edgetl"))  # this venv's, as on a d
 def fp32_bundle(bundle_run, tmp_path_factory) -> Path:
     """A second, different bundle with the same name (a new version of the same deployment)."""
     run = tmp_path_factory.mktemp("fp32") / "tiny"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     return create_bundle(run, "onnxruntime", "fp32")
 
 
@@ -209,10 +210,10 @@ def test_cli_ship_and_errors(sshd, bundle_file, tmp_path):
 
 def test_remote_bench_brings_the_result_home(sshd, bundle_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     doc = remote_bench(run, sshd.url(str(tmp_path / "device")), "onnxruntime", precision="int8", device_name="loop-pi",
                        settings=BenchSettings(iterations=10), access=Access(sshd.options, EDGETL))
-    assert doc["schema"] == "edgetl.bench/1" and doc["device"]["name"] == "loop-pi"
+    assert doc["schema"] == SCHEMA and doc["device"]["name"] == "loop-pi"
     saved = run / "bench" / "onnxruntime" / "int8@loop-pi.json"
     assert saved.is_file() and doc["file"] == "bench/onnxruntime/int8@loop-pi.json"
     # the device's own result does not make the bundle stale: the next remote bench ships nothing new
@@ -224,7 +225,7 @@ def test_remote_bench_brings_the_result_home(sshd, bundle_run, tmp_path):
 
 def test_fleet_reports_a_failing_device_in_its_row(sshd, bundle_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
         f'[[device]]\nname = "good"\nurl = "{sshd.url(str(tmp_path / "good"))}"\ntarget = "onnxruntime"\nprecision = "int8"\n\n'
@@ -505,12 +506,11 @@ def test_a_planted_release_folder_is_not_taken_for_the_bundle(sshd, bundle_file,
 def test_fleet_names_that_share_a_result_file_are_refused(bundle_run, tmp_path, names):
     """Two devices whose names make the same result file would overwrite each other's results."""
     run = tmp_path / "run"
-    shutil.copytree(bundle_run.path, run, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, run)
     fleet = tmp_path / "fleet.toml"
     fleet.write_text("".join(f'[[device]]\nname = "{n}"\nurl = "ssh://127.0.0.1:{free_port()}/x"\ntarget = "onnxruntime"\n\n'
                              for n in names))
     before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     line = one_error_line(CliRunner().invoke(cli, ["bench", str(run), "--fleet", str(fleet)]))
     assert "share the result file name" in line
-    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.name != ".manifest.lock") == \
-        [p for p in before if not p.endswith(".manifest.lock")]
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before

@@ -22,7 +22,7 @@ def trt_bundle(bundle_run, tmp_path_factory):
     from edgetl.compiler import compile as compile_run
 
     dest = tmp_path_factory.mktemp("trt") / "tiny"
-    shutil.copytree(bundle_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(bundle_run.path, dest)
     rows = compile_run(dest, ["tensorrt"], ["int8"], progress=False)
     assert rows[0]["status"] != "failed", rows
     return create_bundle(dest, "tensorrt")

@@ -23,7 +23,7 @@ def benched_run(tiny_run, tmp_path_factory) -> RunDir:
 
     base = tmp_path_factory.mktemp("report")
     dest = base / "run"
-    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, dest)
     (base / "targets").mkdir()
     (base / "targets" / "host-cpu.toml").write_text(
         'runtime = "onnxruntime"\nprecision = "int8"\ndevice = "cpu"\n\n'

@@ -23,7 +23,7 @@ SECTIONS = ("Decision: what to ship", "Bundles", "Speed and accuracy on ci", "Tr
 
 
 def _copy(run: RunDir, dest) -> RunDir:
-    shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(run.path, dest)
     return RunDir.open(dest)
 
 
