@@ -265,6 +265,7 @@ def targets():
     from rich.table import Table
 
     from edgetl.compiler import target_rows
+    from edgetl.config import Budgets
 
     table = Table(title="targets (use with `edgetl compile RUN --target NAME`)", title_justify="left")
     for col in ("name", "runtime", "precision", "device", "options", "budgets", "available here"):
@@ -273,12 +274,7 @@ def targets():
         if "error" in r:
             table.add_row(r["name"], "", "", "", "", "", f"[red]broken:[/] {escape(r['error'])}")
             continue
-        b = r["budgets"]
-        budgets = ", ".join(filter(None, [
-            f"drop <= {b['max_accuracy_drop_pp']} pp" if "max_accuracy_drop_pp" in b else "",
-            f"p90 <= {b['p90_latency_ms']} ms" if "p90_latency_ms" in b else "",
-            f"mem <= {b['max_memory_mb']} MB" if "max_memory_mb" in b else "",
-        ]))
+        budgets = ", ".join(str(goal) for goal in Budgets.model_validate(r["budgets"]).as_goals())
         here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
         # a list (cpu_flags) is counted, not spelled out: the profile file has it
         options = ", ".join(f"{len(v)} {k.replace('_', ' ')}" if isinstance(v, list) else f"{k}={v}"
