@@ -258,6 +258,7 @@ def targets():
     from rich.markup import escape
     from rich.table import Table
 
+    from edgetl.bench.gates import goal_text
     from edgetl.compiler import target_rows
     from edgetl.config import Budgets
 
@@ -268,7 +269,7 @@ def targets():
         if "error" in r:
             table.add_row(r["name"], "", "", "", "", "", f"[red]broken:[/] {escape(r['error'])}")
             continue
-        budgets = ", ".join(str(goal) for goal in Budgets.model_validate(r["budgets"]).as_goals())
+        budgets = ", ".join(goal_text(goal) for goal in Budgets.model_validate(r["budgets"]).as_goals())
         here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
         # a list (cpu_flags) is counted, not spelled out: the profile file has it
         options = ", ".join(f"{len(v)} {k.replace('_', ' ')}" if isinstance(v, list) else f"{k}={v}"

@@ -52,9 +52,6 @@ class Goal(NamedTuple):
     value: float
     key: str
 
-    def __str__(self) -> str:
-        return f"{self.metric} {'<=' if self.bound == 'max' else '>='} {self.value:g}"
-
 
 # The three keys profiles have always had: each is a goal on a metric (a task's or the bench's).
 LEGACY_GOALS = {"max_accuracy_drop_pp": ("accuracy_drop_pp", "max"),

@@ -184,4 +184,4 @@ def test_a_profile_sets_goals_on_declared_metrics(tmp_path):
     goals = load_target(path).budgets.as_goals()
     assert [(g.metric, g.bound, g.value) for g in goals] == [
         ("p90_latency_ms", "max", 20), ("top1", "min", 0.9), ("agreement", "min", 0.98)]
-    assert str(goals[1]) == "top1 >= 0.9"
+    assert [g.key for g in goals] == ["p90_latency_ms", "goals.top1", "goals.agreement"]

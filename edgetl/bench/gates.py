@@ -106,6 +106,12 @@ def _nonsense(goal: Goal, metric: Metric) -> str | None:
     return None
 
 
+def goal_text(goal: Goal) -> str:
+    """A goal as the gates word it: ``p90_latency <= 50 ms``, ``top1 >= 0.9``."""
+    metric = metric_table()[goal.metric]
+    return f"{_check_name(metric)} {'<=' if goal.bound == 'max' else '>='} {goal.value:g}{_unit(metric)}"
+
+
 def _met(value: float, goal: Goal) -> bool:
     return value <= goal.value if goal.bound == "max" else value >= goal.value
 

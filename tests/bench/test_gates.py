@@ -7,7 +7,16 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from edgetl.bench.gates import FAIL, NA, NOT_HERE, PASS, UNDECIDED, evaluate_gates, validate_budgets
+from edgetl.bench.gates import (
+    FAIL,
+    NA,
+    NOT_HERE,
+    PASS,
+    UNDECIDED,
+    evaluate_gates,
+    goal_text,
+    validate_budgets,
+)
 from edgetl.config import Budgets
 from edgetl.errors import ConfigError
 
@@ -112,6 +121,9 @@ def test_the_named_budgets_are_goals_on_metrics():
     budgets = Budgets(max_accuracy_drop_pp=1, p90_latency_ms=15, max_memory_mb=200)
     assert [(g.metric, g.bound, g.value) for g in budgets.as_goals()] == [
         ("accuracy_drop_pp", "max", 1), ("p90_latency_ms", "max", 15), ("memory_mb", "max", 200)]
+    assert [goal_text(g) for g in budgets.as_goals()] == ["accuracy_drop <= 1 pp", "p90_latency <= 15 ms",
+                                                         "memory <= 200 MB"]
+    assert goal_text(_goals(top1={"min": 0.9}).as_goals()[0]) == "top1 >= 0.9"
     # the general form gives the same checks, with the same words
     general = _goals(accuracy_drop_pp={"max": 1}, p90_latency_ms={"max": 15}, memory_mb={"max": 200})
     same = [{k: c[k] for k in ("name", "status", "reason")} for c in evaluate_gates(general, RESULT)["checks"]]
