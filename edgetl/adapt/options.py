@@ -79,6 +79,11 @@ class _Options(BaseModel):
         except ValidationError as exc:
             raise ConfigError(option_error(exc)) from None
 
+    # Only a direct call runs this (pydantic's RootModel marks its own __init__ so): validation of a
+    # TOML file or a nested model skips it and keeps pydantic's error, which ``load_config`` words
+    # with the file and the field.
+    __init__.__pydantic_base_init__ = True
+
 
 class TrainInputs(_Options):
     """What a run is trained from besides the images: run-level arguments of ``train``."""
