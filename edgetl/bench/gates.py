@@ -87,7 +87,7 @@ def validate_budgets(budgets: Budgets, where: str, task: str = DEFAULT_TASK) -> 
                               f"{unknown_metric(goal.metric, list(metrics))}")
         problem = _nonsense(goal, metrics[goal.metric])
         if problem:
-            raise ConfigError(f"{where}: {goal.key} = {goal.value:g} {problem}")
+            raise ConfigError(f"{where}: {goal.key} = {goal.value} {problem}")
 
 
 def _nonsense(goal: Goal, metric: Metric) -> str | None:

@@ -173,9 +173,9 @@ def test_the_same_goal_twice_is_refused():
 
 
 @pytest.mark.parametrize("goals, message", [
-    ({"top1": {"min": 90.0}}, "goals.top1 = 90 is outside 0-1: top1 is a fraction, not a percentage (did you mean 0.9?)"),
+    ({"top1": {"min": 90.0}}, "goals.top1 = 90.0 is outside 0-1: top1 is a fraction, not a percentage (did you mean 0.9?)"),
     ({"p90_latency_ms": {"max": 0.002}}, "goals.p90_latency_ms = 0.002 is below 0.01 ms"),
-    ({"accuracy_drop_pp": {"max": 150.0}}, "goals.accuracy_drop_pp = 150 lets any accuracy pass"),
+    ({"accuracy_drop_pp": {"max": 150.0}}, "goals.accuracy_drop_pp = 150.0 lets any accuracy pass"),
 ])
 def test_goals_in_the_wrong_unit_are_config_errors(goals, message):
     with pytest.raises(ConfigError) as exc:
