@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.adapt.options import flag as flag_of
 from edgetl.errors import EdgetlError
 
 console = Console(soft_wrap=True)  # messages stay one greppable line; tables still fit the width
@@ -100,13 +101,12 @@ def _model_option(name: str, field, with_defaults: bool):
     """One flag for a field of an options model: its name, type, help (the field's description, with
     its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``."""
     default = field.get_default(call_default_factory=True)
-    flag = "--" + name.replace("_", "-")
     if field.annotation is bool:
-        flag, value = (f"--no-{flag[2:]}", False) if default else (flag, True)
+        flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
                             help=field.description)
     shown = f"  [default: {default}]" if default is not None else ""
-    return click.option(flag, name, type=_click_type(field.annotation), default=default if with_defaults else None,
+    return click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
                         help=f"{field.description}{shown}")
 
 
