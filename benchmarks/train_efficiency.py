@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from edgetl.adapt.options import TrainOptions
 from edgetl.adapt.train import train
 from edgetl.data.demo import write_digits
 from edgetl.models.build import create_model
@@ -91,12 +92,13 @@ def main() -> None:
             for label, pretrained in (("pretrained", True), ("random init", False)):
                 # Flips and crops change what a digit means: fine-tune on the images as they are.
                 # From scratch the backbone needs the full learning rate, not a tenth of it.
-                section = train(folder, out=work / f"run-{n}-{pretrained}", val=val, mode="finetune",
-                                unfreeze="all", epochs=args.epochs, pretrained=pretrained, augment=False,
-                                backbone_lr_scale=0.1 if pretrained else 1.0, image_size=args.image_size, seed=0)
+                options = TrainOptions(mode="finetune", unfreeze="all", epochs=args.epochs, pretrained=pretrained,
+                                       augment=False, backbone_lr_scale=0.1 if pretrained else 1.0,
+                                       image_size=args.image_size, seed=0)
+                section = train(folder, options, out=work / f"run-{n}-{pretrained}", val=val)
                 row[label] = section["metrics"]["val_top1"]
-            probe = train(folder, out=work / f"probe-{n}", val=val, mode="feature-extraction",
-                          image_size=args.image_size, seed=0)
+            probe = train(folder, TrainOptions(mode="feature-extraction", image_size=args.image_size, seed=0),
+                          out=work / f"probe-{n}", val=val)
             row["linear probe"] = probe["metrics"]["val_top1"]
             rows.append(row)
 

@@ -1,45 +1,48 @@
 """edgetl: adapt a pretrained backbone, compile it for edge runtimes, bench it, ship it.
 
-The stage functions are importable for notebooks; heavy dependencies load on first call.
+The stages are importable for notebooks, as the real functions (their own signatures and
+docstrings: ``help(edgetl.deploy)``), loaded on first access so that ``import edgetl`` stays light
+(no torch, no runtime)::
+
+    import edgetl
+    edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
+    edgetl.compile("runs/flowers", ["host-cpu"])
+    edgetl.run_bench("runs/flowers")
+    edgetl.make_report("runs/flowers")
+    edgetl.deploy("images", targets=["host-cpu"], out="runs/flowers")   # all of the above
+
+A bad option raises the CLI's one-line ``edgetl.errors.EdgetlError``.
 """
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-
-def train(*args, **kwargs):
-    from edgetl.adapt.train import train as _train
-
-    return _train(*args, **kwargs)
-
-
-def compile(*args, **kwargs):  # noqa: A001 - the stage's name; shadows the builtin only inside edgetl
-    """``edgetl compile``: see ``edgetl.compiler.compile``."""
-    from edgetl.compiler import compile as _compile
-
-    return _compile(*args, **kwargs)
+# name -> (module, attribute). ``edgetl.bench`` and ``edgetl.report`` are subpackages (importing one
+# binds that attribute), so their stage functions get verb names that cannot clash.
+_API = {
+    "train": ("edgetl.adapt.train", "train"),
+    "TrainOptions": ("edgetl.adapt.options", "TrainOptions"),
+    "compile": ("edgetl.compiler", "compile"),
+    "run_bench": ("edgetl.bench.run", "bench"),
+    "make_report": ("edgetl.report", "make_report"),
+    "deploy": ("edgetl.pipeline", "deploy_with"),
+}
 
 
-# ``edgetl.bench`` and ``edgetl.report`` are subpackages (importing one rebinds that attribute), so
-# the stage functions get verb names that cannot clash.
-def run_bench(*args, **kwargs):
-    """``edgetl bench``: see ``edgetl.bench.run.bench``."""
-    from edgetl.bench.run import bench as _bench
-
-    return _bench(*args, **kwargs)
-
-
-def make_report(*args, **kwargs):
-    """``edgetl report``: see ``edgetl.report.make_report``."""
-    from edgetl.report import make_report as _make_report
-
-    return _make_report(*args, **kwargs)
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'edgetl' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later accesses skip this function
+    return value
 
 
-def deploy(data, **options):
-    """``edgetl deploy``: train -> compile -> bench -> report -> bundle; options as in DeployConfig."""
-    from edgetl.pipeline import DeployConfig
-    from edgetl.pipeline import deploy as _deploy
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
 
-    return _deploy(DeployConfig(data=str(data), **options))
+
+__all__ = [*_API]  # every name resolves through __getattr__

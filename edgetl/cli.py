@@ -12,12 +12,15 @@ import re
 import signal
 import sys
 import threading
+import typing
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.adapt.options import flag as flag_of
 from edgetl.errors import EdgetlError
 
 console = Console(soft_wrap=True)  # messages stay one greppable line; tables still fit the width
@@ -84,53 +87,44 @@ def cli():
     """
 
 
-# name, click option arguments, default: shared by `train` and `deploy` (deploy leaves defaults to its config).
-_TRAIN_OPTIONS = [
-    ("--backbone", dict(help="efficientnet_lite0 (embedded, offline) or timm:<name>. See `edgetl backbones`."), "efficientnet_lite0"),
-    ("--mode", dict(type=click.Choice(["feature-extraction", "finetune"]),
-                    help="feature-extraction: frozen backbone, cached features, new head. "
-                         "finetune: head first, then the last N stages."), "feature-extraction"),
-    ("--weights", dict(type=click.Path(path_type=str), help="Local checkpoint (.safetensors or .pth state dict) for the backbone."), None),
-    ("--no-pretrained", dict(is_flag=True, help="Start from random weights (a baseline to compare with)."), False),
-    ("--val", dict(type=click.Path(path_type=str), help="Separate validation folder/CSV (same classes)."), None),
-    ("--val-split", dict(type=float, help="Stratified, seeded validation fraction when --val is not given."), 0.2),
-    ("--image-size", dict(type=int, help="Input size override (pixels); small sizes train much faster on a CPU."), None),
-    ("--epochs", dict(type=int, help="Epochs (default: 100 for the head on features, 15 for fine-tuning)."), None),
-    ("--head-epochs", dict(type=int, help="finetune: epochs of the head on cached features first."), 100),
-    ("--unfreeze", dict(help="finetune: number of last stages to train, or 'all'."), "2"),
-    ("--lr", dict(type=float, help="Head learning rate (default 1e-3); the backbone gets --backbone-lr-scale of it."), None),
-    ("--backbone-lr-scale", dict(type=float, help="finetune: backbone LR as a fraction of the head's."), 0.1),
-    ("--batch-size", dict(type=int, help="Training batch size."), 32),
-    ("--head", dict(type=click.Choice(["linear", "mlp"]), help="Classifier head."), "linear"),
-    ("--no-augment", dict(is_flag=True, help="finetune: turn off random resized crop and flip."), False),
-    ("--patience", dict(type=int, help="Early stopping: epochs without a better val top-1 (default 15 head / 5 finetune)."), None),
-    ("--seed", dict(type=int, help="Seed for the split, the initialisation and the data order."), 0),
-]
-_RUN_LEVEL = {"backbone", "weights", "val"}  # train() arguments; the rest are TrainOptions fields
+def _click_type(annotation):
+    """click's type for a field: a Literal's values as choices, int and float as such, the rest str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice(args)
+    if args and typing.get_origin(annotation) is not typing.Literal:  # X | None
+        return _click_type(args[0])
+    return annotation if annotation in (int, float) else str
 
 
-def _train_options(with_defaults: bool):
+def _model_option(name: str, field, with_defaults: bool):
+    """One flag for a field of an options model: its name, type, help (the field's description, with
+    its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``."""
+    default = field.get_default(call_default_factory=True)
+    if field.annotation is bool:
+        flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
+        return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
+                            help=field.description)
+    shown = f"  [default: {default}]" if default is not None else ""
+    return click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
+                        help=f"{field.description}{shown}")
+
+
+def model_options(*models, with_defaults: bool):
+    """The flags of the options models' fields, in field order. Without ``with_defaults`` an option not
+    given is None (deploy: the config file's value, else the model's default, applies)."""
     def decorate(f):
-        for flag, kwargs, default in reversed(_TRAIN_OPTIONS):
-            extra = {"default": default, "show_default": default not in (None, False)} if with_defaults else {}
-            f = click.option(flag, **kwargs, **extra)(f)
+        fields = [(name, field) for model in models for name, field in model.model_fields.items()]
+        for name, field in reversed(fields):
+            f = _model_option(name, field, with_defaults)(f)
         return f
 
     return decorate
 
 
-def _split_train_params(params: dict, keep_defaults: bool) -> tuple[dict, dict]:
-    """CLI values -> (run-level arguments, TrainOptions fields); drops options not given when asked."""
-    run_level, options = {}, {}
-    for flag, _, _ in _TRAIN_OPTIONS:
-        name = flag.lstrip("-").replace("-", "_")
-        value = params.pop(name)
-        if name.startswith("no_"):  # --no-pretrained / --no-augment: only a given flag says anything
-            name, value = name[3:], (False if value else (True if keep_defaults else None))
-        if value is None and not keep_defaults:
-            continue
-        (run_level if name in _RUN_LEVEL else options)[name] = value
-    return run_level, options
+def _take_fields(params: dict, model) -> dict:
+    """Pop ``model``'s fields out of the command's parameters, leaving out options not given (None)."""
+    return {name: value for name in model.model_fields if (value := params.pop(name)) is not None}
 
 
 @cli.command()
@@ -138,7 +132,7 @@ def _split_train_params(params: dict, keep_defaults: bool) -> tuple[dict, dict]:
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
               "train/ and val/ (or training/, validation/, valid/) class folders.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
-@_train_options(with_defaults=True)
+@model_options(TrainInputs, TrainOptions, with_defaults=True)
 def train(data, out, **params):
     """Adapt a pretrained backbone to your images.
 
@@ -150,11 +144,11 @@ def train(data, out, **params):
     """
     from edgetl.data.layout import resolve_layout
 
-    resolve_layout(data, params["val"])  # a wrong path answers now, not after torch and timm load
+    inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
+    resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
     from edgetl.adapt.train import train as run_train
 
-    run_level, options = _split_train_params(params, keep_defaults=True)
-    section = run_train(data, out=out, console=console, **run_level, **options)
+    section = run_train(data, options, out=out, console=console, **inputs.model_dump())
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
@@ -264,7 +258,9 @@ def targets():
     from rich.markup import escape
     from rich.table import Table
 
+    from edgetl.bench.gates import goal_text
     from edgetl.compiler import target_rows
+    from edgetl.config import Budgets
 
     table = Table(title="targets (use with `edgetl compile RUN --target NAME`)", title_justify="left")
     for col in ("name", "runtime", "precision", "device", "options", "budgets", "available here"):
@@ -273,12 +269,7 @@ def targets():
         if "error" in r:
             table.add_row(r["name"], "", "", "", "", "", f"[red]broken:[/] {escape(r['error'])}")
             continue
-        b = r["budgets"]
-        budgets = ", ".join(filter(None, [
-            f"drop <= {b['max_accuracy_drop_pp']} pp" if "max_accuracy_drop_pp" in b else "",
-            f"p90 <= {b['p90_latency_ms']} ms" if "p90_latency_ms" in b else "",
-            f"mem <= {b['max_memory_mb']} MB" if "max_memory_mb" in b else "",
-        ]))
+        budgets = ", ".join(goal_text(goal) for goal in Budgets.model_validate(r["budgets"]).as_goals())
         here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
         # a list (cpu_flags) is counted, not spelled out: the profile file has it
         options = ", ".join(f"{len(v)} {k.replace('_', ' ')}" if isinstance(v, list) else f"{k}={v}"
@@ -897,7 +888,7 @@ def _bench_fleet(run, fleet, check, settings, access):
 # --target too: compile and bench spell it so, and a user going from them to deploy types it.
 @click.option("--targets", "--target", "-t", "targets", metavar="NAMES",
               help="Comma-separated device profiles or runtimes (default host-cpu).")
-@_train_options(with_defaults=False)
+@model_options(TrainInputs, TrainOptions, with_defaults=False)
 @click.option("--precision", "precisions", metavar="LIST", help="Comma-separated precisions (default: each profile's).")
 @click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")
 @click.option("--gpu-arch", metavar="smXY", help="TensorRT compute capability (default: the profile's).")
@@ -935,7 +926,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     from edgetl.pipeline import deploy as run_deploy
     from edgetl.pipeline import load_config
 
-    run_level, options = _split_train_params(params, keep_defaults=False)
+    run_level, options = _take_fields(params, TrainInputs), _take_fields(params, TrainOptions)
     overrides = {
         "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
         "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -42,12 +43,96 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+class Goal(NamedTuple):
+    """A goal on a metric: ``value`` is the most (``bound = "max"``) or the least (``"min"``) it may be.
+    ``key`` is how the profile spelt it, for messages."""
+
+    metric: str
+    bound: Literal["max", "min"]
+    value: float
+    key: str
+
+
+# The three keys profiles have always had: each is a goal on a metric (a task's or the bench's).
+LEGACY_GOALS = {"max_accuracy_drop_pp": ("accuracy_drop_pp", "max"),
+                "p90_latency_ms": ("p90_latency_ms", "max"),
+                "max_memory_mb": ("memory_mb", "max")}
+
+
+class Limit(_Strict):
+    """One entry of ``[budgets.goals]``: ``top1 = { min = 0.9 }`` or ``p90_latency_ms = { max = 20 }``."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Limit:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give one bound: { min = VALUE } or { max = VALUE }")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _the_bound(self, handler) -> dict[str, float]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def metric_table(task: str | None = None) -> dict:
+    """name -> Metric a budget may set a goal on: ``task``'s metrics (every registered task's when
+    None, as a profile does not know the run it will gate) and the bench's."""
+    from edgetl.tasks import BENCH_METRICS, get_task, tasks
+
+    names = [task] if task else tasks()
+    return {m.name: m for t in names for m in get_task(t).metrics} | {m.name: m for m in BENCH_METRICS}
+
+
+def unknown_metric(name: str, valid: list[str]) -> str:
+    return f"unknown metric {name!r}.{_closest(name, valid)} Valid: {', '.join(sorted(valid))}"
+
+
 class Budgets(_Strict):
-    """Pass/fail gates the bench stage enforces on this device."""
+    """Pass/fail gates the bench stage enforces on this device: goals on metrics (``as_goals``).
+
+    The three named fields are the historical spelling of three goals; ``goals`` sets a goal on any
+    metric a task declares or the bench measures (``[budgets.goals]`` in the TOML)."""
 
     max_accuracy_drop_pp: float | None = Field(None, ge=0, le=100, description="top-1 drop vs FP32, points")
     p90_latency_ms: float | None = Field(None, gt=0, description="batch-1 p90 latency")
     max_memory_mb: float | None = Field(None, gt=0, description="peak resident memory of the session")
+    goals: dict[str, Limit] = Field({}, description="metric = { min = VALUE } or { max = VALUE }")
+
+    @field_validator("goals")
+    @classmethod
+    def _declared_metrics(cls, goals: dict[str, Limit]) -> dict[str, Limit]:
+        metrics = metric_table()
+        for name, limit in goals.items():
+            if name not in metrics:
+                raise ValueError(unknown_metric(name, list(metrics)))
+            wanted = "min" if metrics[name].better == "higher" else "max"
+            if getattr(limit, wanted) is None:  # a floor on latency, a ceiling on top-1: a typo, not a goal
+                raise ValueError(f"{name} is better {metrics[name].better}: give it a {wanted} "
+                                 f"({name} = {{ {wanted} = VALUE }})")
+        return goals
+
+    @model_validator(mode="after")
+    def _each_metric_once(self) -> Budgets:
+        for key, (metric, _) in LEGACY_GOALS.items():
+            if getattr(self, key) is not None and metric in self.goals:
+                raise ValueError(f"{key} and goals.{metric} set the same goal: keep one")
+        return self
+
+    def as_goals(self) -> list[Goal]:
+        """Every goal, the named fields first (in their order), then ``goals`` in the file's order."""
+        named = [Goal(metric, bound, getattr(self, key), key)
+                 for key, (metric, bound) in LEGACY_GOALS.items() if getattr(self, key) is not None]
+        general = [Goal(name, "min" if limit.min is not None else "max",
+                        limit.min if limit.min is not None else limit.max, f"goals.{name}")
+                   for name, limit in self.goals.items()]
+        return named + general
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler) -> dict[str, Any]:
+        # Dumped into bench results, manifests and bundles: only the goals the profile sets.
+        return {k: v for k, v in handler(self).items() if v not in (None, {})}
 
 
 class TargetProfile(_Strict):
@@ -158,8 +243,7 @@ def _explain(model: type[BaseModel], error: dict) -> str:
     """Pydantic's message, plus the closest valid name for a misspelt field or choice."""
     if error["type"] == "extra_forbidden":
         *parents, field = [str(p) for p in error["loc"]]
-        for parent in parents:  # e.g. budgets.p90_latency -> the Budgets model's fields
-            model = model.model_fields[parent].annotation
+        model = _model_at(model, parents)  # e.g. budgets.p90_latency -> the Budgets model's fields
         valid = sorted(model.model_fields)
         return f"unknown field.{_closest(field, valid)} Valid: {', '.join(valid)}"
     if error["type"] == "literal_error" and isinstance(error.get("input"), str):
@@ -168,6 +252,16 @@ def _explain(model: type[BaseModel], error: dict) -> str:
     if error["type"] == "value_error":  # our validators: drop pydantic's "Value error, " prefix
         return str(error["ctx"]["error"])
     return error["msg"]
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
+    """The model that holds the last field of ``path``; a dict's keys (``budgets.goals.top1``) are skipped."""
+    for part in path:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            model = model.model_fields[part].annotation
+        else:  # dict[str, Model]: ``part`` is a key, the values are the model
+            model = typing.get_args(model)[-1]
+    return model
 
 
 def _closest(name: str, valid: list[str]) -> str:

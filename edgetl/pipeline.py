@@ -13,13 +13,14 @@ results; an artifact that FAILED a budget is not bundled (``edgetl bundle`` stil
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from edgetl.adapt.train import TrainOptions
+from edgetl.adapt.options import TrainInputs, TrainOptions, keyword_parameters, unknown_options
 from edgetl.config import load_toml, validation_message
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import CompileError, ConfigError, EdgetlError
@@ -28,17 +29,14 @@ from edgetl.rundir import RunDir
 _FLAGS = {"targets": "--targets", "precisions": "--precision", "batches": "--batch"}  # field -> option
 
 
-class DeployConfig(BaseModel):
-    """Every option of ``edgetl deploy``; the TOML file uses the same names (``[train]`` etc. sections)."""
-
-    model_config = ConfigDict(extra="forbid")
+class DeployConfig(TrainInputs):
+    """Every option of ``edgetl deploy``; the TOML file uses the same names: top-level keys (these
+    fields, with ``backbone``, ``weights`` and ``val`` from ``TrainInputs``) and the ``[train]``
+    (``TrainOptions``), ``[compile]`` and ``[bench]`` tables."""
 
     data: str
     out: str = "runs/exp"
-    backbone: str = "efficientnet_lite0"
     targets: list[str] = Field(default_factory=lambda: ["host-cpu"])
-    val: str | None = None
-    weights: str | None = None
     train: TrainOptions = Field(default_factory=TrainOptions)
     precisions: list[str] | None = None
     calibration: str | None = None
@@ -74,6 +72,31 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
             field = str(first["loc"][1])
         flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
         raise ConfigError(f"option {flag}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def deploy_with(data: str | Path, **options) -> dict:
+    """``edgetl deploy`` from Python: train -> compile -> bench -> bundle -> report, each stage only
+    when its inputs changed. The keywords are the command's options (``DeployConfig``'s fields, and
+    ``TrainOptions``' flat, as on the command line); a bad one raises the CLI's one-line
+    ``EdgetlError`` before any work. Returns where the report and bundles are, and the gates.
+
+    Example::
+
+        import edgetl
+        edgetl.deploy("images", targets=["host-cpu", "raspberry-pi-5"], mode="finetune", epochs=10)
+    """
+    problem = unknown_options(options, {p.name for p in _DEPLOY_KEYWORDS})
+    if problem:
+        raise ConfigError(problem)
+    train = {name: options.pop(name) for name in list(options) if name in TrainOptions.model_fields}
+    return deploy(load_config(None, {**options, "data": str(data), "train": train}))
+
+
+# The real keywords of ``deploy_with``, from the models: what help() and inspect.signature show.
+_DEPLOY_KEYWORDS = keyword_parameters(DeployConfig, TrainOptions, skip={"data", "train"})
+deploy_with.__signature__ = inspect.Signature(
+    [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Path"), *_DEPLOY_KEYWORDS],
+    return_annotation="dict")
 
 
 def check_config(config: DeployConfig) -> None:
@@ -150,14 +173,13 @@ def _train(config: DeployConfig, say: _Stages, console) -> RunDir:
     from edgetl.adapt.train import train, train_inputs_hash
 
     say.start("train")
-    kwargs = dict(backbone=config.backbone, val=config.val, weights=config.weights,
-                  **config.train.model_dump(exclude_defaults=True))
-    wanted = train_inputs_hash(config.data, **kwargs)
+    inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
+    wanted = train_inputs_hash(config.data, config.train, **inputs)
     existing = _existing_train(config.out)
     if existing and existing.get("inputs_hash") == wanted and not existing["metrics"].get("interrupted"):
         say.done("train", f"skipped — data and options unchanged (val top-1 {existing['metrics']['val_top1']:.2%})")
     else:
-        section = train(config.data, out=config.out, console=console, **kwargs)
+        section = train(config.data, config.train, out=config.out, console=console, **inputs)
         say.done("train", f"val top-1 {section['metrics']['val_top1']:.2%}")
     return RunDir.open(config.out, need="train")
 
@@ -260,19 +282,19 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
 
 
 def _estimate_over_budget(run: RunDir, row: dict) -> str:
-    """An artifact that cannot run here is still bundled: when the compile stage's estimate of its drop
-    is already over the profile's budget, say so before it is shipped."""
+    """An artifact that cannot run here is still bundled: when the compile stage's estimate of its
+    accuracy already misses a goal of the profile, say so before it is shipped."""
     from edgetl.backends import RUNTIMES
+    from edgetl.bench.gates import estimates_missing
     from edgetl.config import load_target
 
-    drop = (((run.manifest.get("compiled") or {}).get(row["cell"]) or {}).get("accuracy") or {}).get("drop_pp")
-    if drop is None or row["target"] in RUNTIMES:
+    estimate = (((run.manifest.get("compiled") or {}).get(row["cell"]) or {}).get("accuracy"))
+    if not estimate or row["target"] in RUNTIMES:
         return ""
-    budget = load_target(row["target"]).budgets.max_accuracy_drop_pp
-    if budget is None or drop <= budget:
+    missed = estimates_missing(load_target(row["target"]).budgets, estimate)
+    if not missed:
         return ""
-    return (f"; estimated drop {drop:+.2f} pp is over its {budget:g} pp budget: measure it on the device "
-            f"(edgetl val BUNDLE FOLDER) before shipping")
+    return f"; {', '.join(missed)}: measure it on the device (edgetl val BUNDLE FOLDER) before shipping"
 
 
 def _result_gates(run: RunDir, summary: dict) -> dict:

@@ -49,12 +49,14 @@ def tiny_run(tmp_path_factory, digits_dir) -> RunDir:
 
     Read-only for tests: copy it (``copy_run``) before changing it.
     """
+    from edgetl.adapt.options import TrainOptions
     from edgetl.adapt.train import train
     from edgetl.export.onnx import export_run
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(digits_dir, out=out, backbone="timm:test_efficientnet", pretrained=False, image_size=32,
-          mode="finetune", unfreeze="all", augment=False, epochs=8, head_epochs=10, lr=1e-2, seed=0)
+    options = TrainOptions(pretrained=False, image_size=32, mode="finetune", unfreeze="all", augment=False,
+                           epochs=8, head_epochs=10, lr=1e-2, seed=0)
+    train(digits_dir, options, out=out, backbone="timm:test_efficientnet")
     run = RunDir.open(out)
     export_run(run)
     return run

@@ -88,3 +88,42 @@ def test_compile_prints_a_next_step_that_works(copy_run):
     made = CliRunner().invoke(cli, bundle[1:])
     assert made.exit_code == 0, made.output
     assert (run.path / "bundles" / "onnxruntime-fp32.tar.gz").is_file()
+
+
+# -- train flags are generated from the options models ------------------------------------------------
+def test_every_train_option_is_a_teaching_flag_of_train_and_deploy():
+    import click
+
+    from edgetl.adapt.options import TrainInputs, TrainOptions
+    from edgetl.cli import deploy, train
+
+    for command in (train, deploy):
+        options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+        assert all(o.help for o in options.values()), [n for n, o in options.items() if not o.help]
+        for model in (TrainInputs, TrainOptions):
+            for name, field in model.model_fields.items():
+                flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
+                assert flag in options[name].opts, (command.name, flag)
+                assert field.description in options[name].help
+                if field.default not in (None, True, False):
+                    assert f"[default: {field.default}]" in options[name].help
+    # one default, two places: train's flag and deploy's [train] table
+    assert {n: o.default for n, o in {p.name: p for p in train.params}.items() if n in TrainOptions.model_fields} == \
+        TrainOptions().model_dump()
+    help_text = _run("train", "--help").stdout
+    assert "--no-pretrained" in help_text and "--no-augment" in help_text and "[default: 100]" in help_text
+
+
+def test_a_bad_generated_flag_is_one_line_before_torch_loads(digits_dir, tmp_path):
+    def train(*args):
+        return _run_without_torch("train", "--data", str(digits_dir), "--out", str(tmp_path / "run"), *args)
+
+    for args, message in [(["--label-smoothing", "2"], "option --label-smoothing: Input should be less than 1 (got 2.0)"),
+                          (["--epochs", "0"], "option --epochs: Input should be greater than or equal to 1 (got 0)")]:
+        result = train(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"error: {message}"
+    # a Literal is click's choice: click's usage error, exit 2
+    result = train("--head", "cnn")
+    assert result.returncode == 2 and "'cnn' is not one of 'linear', 'mlp'" in result.stderr
+    assert not (tmp_path / "run").exists()

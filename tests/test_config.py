@@ -96,6 +96,12 @@ GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
         ('runtime = "tensorrt"\ndevice = "gpu"\ncpu_arch = "aarch64"\n', "cpu_arch",
          "only applies to runtime 'onnxruntime' or 'openvino'"),
         (GOOD_TRT + "max_batch = 0\n", "max_batch", "greater than or equal to 1"),
+        # goals on any metric a task declares or the bench measures
+        ('runtime = "onnxruntime"\n[budgets.goals]\ntop5 = { min = 0.9 }\n', "budgets.goals",
+         "unknown metric 'top5'. Did you mean 'top1'? Valid: accuracy_drop_pp, agreement, memory_mb, p90_latency_ms, top1"),
+        ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = { mn = 0.9 }\n', "budgets.goals.top1.mn",
+         "unknown field. Did you mean 'min'? Valid: max, min"),
+        ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = 0.9\n', "budgets.goals.top1", "valid dictionary"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path, text, field, hint):
@@ -170,3 +176,12 @@ def test_unknown_name_gets_the_closest_and_the_list(load, name, closest):
     message = str(info.value)
     assert f"Did you mean {closest!r}" in message and "Valid:" in message
     assert "host-cpu" in message or "default" in message
+
+
+def test_a_profile_sets_goals_on_declared_metrics(tmp_path):
+    path = _write(tmp_path, "pi", 'runtime = "onnxruntime"\n[budgets]\np90_latency_ms = 20\n'
+                  '[budgets.goals]\ntop1 = { min = 0.9 }\nagreement = { min = 0.98 }\n')
+    goals = load_target(path).budgets.as_goals()
+    assert [(g.metric, g.bound, g.value) for g in goals] == [
+        ("p90_latency_ms", "max", 20), ("top1", "min", 0.9), ("agreement", "min", 0.98)]
+    assert [g.key for g in goals] == ["p90_latency_ms", "goals.top1", "goals.agreement"]

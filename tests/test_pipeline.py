@@ -118,6 +118,22 @@ def test_deploy_checks_every_option_before_any_work(digits_dir, tmp_path, args, 
     assert not out.exists()  # nothing trained, nothing written
 
 
+@pytest.mark.parametrize(("goal", "message"), [
+    ("top5 = { min = 0.9 }", "field 'budgets.goals': unknown metric 'top5'. Did you mean 'top1'? Valid: "
+                             "accuracy_drop_pp, agreement, memory_mb, p90_latency_ms, top1"),
+    ("top1 = { min = 90.0 }", "pi.toml': goals.top1 = 90.0 is outside 0-1: top1 is a fraction"),
+])
+def test_a_profile_goal_that_cannot_be_met_as_meant_is_one_line_before_any_work(digits_dir, tmp_path, goal, message):
+    profile = tmp_path / "pi.toml"
+    profile.write_text(f'runtime = "onnxruntime"\n[budgets.goals]\n{goal}\n')
+    out = tmp_path / "run"
+    result = _deploy_in_process("--data", str(digits_dir), "--out", str(out), "--targets", str(profile))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [

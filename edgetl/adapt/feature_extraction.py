@@ -11,6 +11,7 @@ from edgetl._io import atomic_path, sha256_json
 from edgetl.adapt import distributed
 from edgetl.adapt.distributed import Dist
 from edgetl.adapt.loop import FitResult, fit, predict, progress_bar
+from edgetl.adapt.options import HEAD_MIN_BATCH, TrainOptions
 from edgetl.data.preprocess import PreprocessSpec, normalize
 
 
@@ -60,29 +61,25 @@ def train_head(
     f_val: np.ndarray,
     y_val: np.ndarray,
     head,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    patience: int,
-    batch_size: int,
-    seed: int,
+    opts: TrainOptions,
     dist: Dist,
-    label_smoothing: float = 0.0,
+    *,
     on_improve=None,
 ) -> FitResult:
-    """AdamW on cached features; every rank trains the same head on all rows (it takes seconds)."""
+    """AdamW on cached features for ``opts.phase_epochs("head")``; every rank trains the same head on
+    all rows (it takes seconds)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(opts.seed)
+    epochs = opts.phase_epochs("head")
     loader = DataLoader(
         TensorDataset(torch.from_numpy(f_train), torch.from_numpy(y_train)),
-        batch_size=batch_size,
+        batch_size=max(opts.batch_size, HEAD_MIN_BATCH),
         shuffle=True,
         generator=generator,
     )
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=opts.head_lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
 
     def evaluate(model) -> float:
@@ -94,12 +91,12 @@ def train_head(
         evaluate,
         optimizer,
         epochs=epochs,
-        patience=patience,
+        patience=opts.phase_patience("head"),
         phase="head",
         show=dist.is_main,
         world=1,  # identical on every rank: no gradient sync needed
         scheduler=scheduler,
         on_improve=on_improve,
-        label_smoothing=label_smoothing,
+        label_smoothing=opts.label_smoothing,
         per_epoch_bars=False,
     )

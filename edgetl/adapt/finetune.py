@@ -12,6 +12,7 @@ import numpy as np
 
 from edgetl.adapt.distributed import Dist
 from edgetl.adapt.loop import FitResult, fit, predict
+from edgetl.adapt.options import TrainOptions
 from edgetl.data.preprocess import PreprocessSpec, normalize
 from edgetl.models.build import body_stages, head_parameters
 
@@ -101,31 +102,25 @@ def finetune(
     val_pixels: np.ndarray,
     y_val: np.ndarray,
     spec: PreprocessSpec,
-    *,
-    unfreeze: int | str,
-    epochs: int,
-    lr: float,
-    backbone_lr_scale: float,
-    layer_decay: float,
-    weight_decay: float,
-    batch_size: int,
-    patience: int,
-    seed: int,
+    opts: TrainOptions,
     dist: Dist,
-    label_smoothing: float,
+    *,
     keep_bn_stats: bool = True,
     on_improve=None,
 ) -> FitResult:
+    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
-    trainable, batchnorms = freeze_for_finetune(model, unfreeze, keep_bn_stats)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = DistributedSampler(train_data, dist.world, dist.rank, shuffle=True, seed=seed) if dist.enabled else None
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, drop_last=len(train_data) > batch_size * dist.world)
-    optimizer = torch.optim.AdamW(param_groups(model, trainable, lr, backbone_lr_scale, layer_decay),
-                                  weight_decay=weight_decay)
+    trainable, batchnorms = freeze_for_finetune(model, opts.unfreeze, keep_bn_stats)
+    generator = torch.Generator().manual_seed(opts.seed)
+    sampler = (DistributedSampler(train_data, dist.world, dist.rank, shuffle=True, seed=opts.seed)
+               if dist.enabled else None)
+    loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, drop_last=len(train_data) > opts.batch_size * dist.world)
+    groups = param_groups(model, trainable, opts.head_lr, opts.backbone_lr_scale, opts.layer_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
+    epochs = opts.phase_epochs("finetune")
     total = epochs * len(loader)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(len(loader), total // 5 or 1), total_steps=total)
     net = model
@@ -145,12 +140,12 @@ def finetune(
         evaluate,
         optimizer,
         epochs=epochs,
-        patience=patience,
+        patience=opts.phase_patience("finetune"),
         phase="finetune",
         show=dist.is_main,
         world=dist.world,
         scheduler=scheduler,
         eval_modules=batchnorms,
         on_improve=on_improve,
-        label_smoothing=label_smoothing,
+        label_smoothing=opts.label_smoothing,
     )

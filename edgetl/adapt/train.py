@@ -13,56 +13,21 @@ import random
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
 from edgetl.adapt import distributed
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import AugmentedImages, finetune
+from edgetl.adapt.options import TrainOptions
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
-from edgetl.errors import ConfigError
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
 from edgetl.rundir import RunDir
-
-
-class TrainOptions(BaseModel):
-    """Every training hyper-parameter; recorded in the manifest and hashed to skip unchanged reruns."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["feature-extraction", "finetune"] = "feature-extraction"
-    epochs: int | None = Field(None, ge=1, description="default: 100 for the head on features, 15 for fine-tuning")
-    head_epochs: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float | None = Field(None, gt=0, lt=10, description="default: 1e-3 (head); backbone gets backbone_lr_scale of it")
-    backbone_lr_scale: float = Field(0.1, gt=0, le=1)
-    layer_decay: float = Field(0.5, gt=0, le=1)
-    weight_decay: float = Field(1e-2, ge=0)
-    unfreeze: str = Field("2", pattern=r"^(all|\d+)$", description="number of last stages, or 'all'")
-    augment: bool = True
-    head: Literal["linear", "mlp"] = "linear"
-    patience: int | None = Field(None, ge=1)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    val_split: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
-    image_size: int | None = Field(None, ge=16, le=4096)
-    pretrained: bool = True
-
-    @classmethod
-    def parse(cls, options: dict) -> TrainOptions:
-        try:
-            return cls.model_validate(options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            name = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-            raise ConfigError(f"option {name}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def _seed_everything(seed: int) -> None:
@@ -127,9 +92,11 @@ def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_has
     return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.model_dump(), "data": data_hash})
 
 
-def train_inputs_hash(data, *, backbone: str = registry.DEFAULT_BACKBONE, val=None, weights=None, **options) -> str:
+def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
+                      backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
+                      weights: str | Path | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
-    opts = TrainOptions.parse(options)
+    opts = options or TrainOptions()
     resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
@@ -139,16 +106,28 @@ def train_inputs_hash(data, *, backbone: str = registry.DEFAULT_BACKBONE, val=No
 
 def train(
     data: str | Path,
+    options: TrainOptions | None = None,
     *,
     out: str | Path = "runs/exp",
     backbone: str = registry.DEFAULT_BACKBONE,
     val: str | Path | None = None,
     weights: str | Path | None = None,
     console=None,
-    **options,
 ) -> dict:
-    """Train and return the manifest's ``train`` section. Options are the fields of TrainOptions."""
-    opts = TrainOptions.parse(options)
+    """Train and return the manifest's ``train`` section.
+
+    ``data``: an image folder (one subfolder per class), a CSV manifest (path,label), or a folder
+    holding train/ and val/; ``options``: the hyper-parameters (``TrainOptions()``: the defaults);
+    ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
+    ``timm:<name>``; ``val``: a separate validation set; ``weights``: a local start checkpoint;
+    ``console``: a rich Console for progress and the summary (None: silent).
+
+    Example::
+
+        import edgetl
+        section = edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
+    """
+    opts = options or TrainOptions()
     layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()
@@ -211,13 +190,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
                               lambda: extract(model, train_pixels, spec, dist, "features (train)"))
     f_val = cached_features({**feature_key, "part": "val"},
                             lambda: extract(model, val_pixels, spec, dist, "features (val)"))
-    head_epochs = (opts.epochs or opts.head_epochs) if opts.mode == "feature-extraction" else opts.head_epochs
-    head_result = train_head(
-        f_train, y_train, f_val, y_val, head,
-        epochs=head_epochs, lr=opts.lr or 1e-3, weight_decay=opts.weight_decay,
-        patience=opts.patience or 15, batch_size=max(opts.batch_size, 64), seed=opts.seed, dist=dist,
-        label_smoothing=opts.label_smoothing, on_improve=save_head,
-    )
+    head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -230,14 +203,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         train_paths = [p for p, _ in train_samples]
         train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
             torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
-        result = finetune(
-            model, train_data, val_pixels, y_val, spec,
-            unfreeze=opts.unfreeze, epochs=opts.epochs or 15, lr=opts.lr or 1e-3,
-            backbone_lr_scale=opts.backbone_lr_scale, layer_decay=opts.layer_decay,
-            weight_decay=opts.weight_decay, batch_size=opts.batch_size, patience=opts.patience or 5,
-            seed=opts.seed, dist=dist, label_smoothing=opts.label_smoothing, on_improve=save_full,
-            keep_bn_stats=opts.pretrained or weights is not None,
-        )
+        result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
+                          keep_bn_stats=opts.pretrained or weights is not None)
         history += result.history
         if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)

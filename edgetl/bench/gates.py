@@ -1,10 +1,14 @@
 """Budgets as gates: a device profile's budgets turn each bench result into PASS, FAIL or UNDECIDED.
 
+A budget is a list of goals (``edgetl.config.Goal``): a metric the run's task declares or the bench
+measures (``edgetl.tasks``), a bound (max or min) and a value. Each goal is one check, evaluated by
+the same rules whatever its metric; where a metric sits in a result document is ``_READINGS``.
+
 A gate that cannot be evaluated (the budget is on batch-1 latency but batch 1 was not measured)
 FAILS with the reason: a CI job that asked for a gate must never pass because it was skipped.
 A target without budgets (a bare runtime name) gets ``n/a``.
 
-The accuracy budget is decided on the drop's 95% interval (``edgetl.bench.accuracy``), because a
+An accuracy goal (the drop, top-1, ...) is decided on its 95% interval (``edgetl.bench.accuracy``), because a
 validation split of 60 images moves top-1 by 1.7 pp per image: PASS when the whole interval is
 within the budget, FAIL when the whole interval is above it, UNDECIDED when it straddles the budget
 (too few images to tell; the point estimate and the interval are in the reason). UNDECIDED does
@@ -16,8 +20,11 @@ the workstation's measurement, and does not fail ``--check`` either.
 
 from __future__ import annotations
 
-from edgetl.config import Budgets
+from dataclasses import dataclass
+
+from edgetl.config import Budgets, Goal, metric_table, unknown_metric
 from edgetl.errors import ConfigError
+from edgetl.tasks import DEFAULT_TASK, Metric
 
 PASS, FAIL, NA = "PASS", "FAIL", "n/a"
 UNDECIDED, NOT_HERE = "UNDECIDED", "not measured here"
@@ -29,88 +36,180 @@ _MIN_P90_MS = 0.01
 _MIN_MEMORY_MB = 1.0
 
 
-def validate_budgets(budgets: Budgets, where: str) -> None:
-    """Reject budgets that cannot mean what the user wants; ``where`` names the profile.
+@dataclass(frozen=True)
+class _Reading:
+    """Where a metric's value sits in a bench result document."""
 
-    The profile model already rejects negative, infinite and NaN values; these are the values it
-    accepts that no one can mean."""
-    drop, p90, mem = budgets.max_accuracy_drop_pp, budgets.p90_latency_ms, budgets.max_memory_mb
-    if drop is not None and drop >= 100:
-        raise ConfigError(
-            f"{where}: max_accuracy_drop_pp = {drop} lets any accuracy pass (it is in percentage points, "
-            "0-100): use e.g. 1.0, or remove it"
-        )
-    if p90 is not None and p90 < _MIN_P90_MS:
-        raise ConfigError(
-            f"{where}: p90_latency_ms = {p90} is below {_MIN_P90_MS} ms, which no model reaches; "
-            f"the unit is milliseconds (did you mean {p90 * 1000:g}?)"
-        )
-    if mem is not None and mem < _MIN_MEMORY_MB:
-        raise ConfigError(
-            f"{where}: max_memory_mb = {mem} is below {_MIN_MEMORY_MB} MB; the unit is megabytes "
-            f"(did you mean {mem * 1024:g}?)"
-        )
+    section: str  # "accuracy", "latency" or "memory"
+    key: str
+    interval: str | None  # the key of its 95% interval, when the section has one
+    missing: str  # why it can be absent: said when a goal cannot be evaluated
+    phrase: str = ""  # how the workstation's value is named ("a drop of +0.40 pp")
 
 
-def _check(name: str, budget: float, value: float | None, unit: str, missing: str) -> dict:
-    if value is None:
-        return {"name": name, "budget": budget, "value": None, "unit": unit, "status": FAIL,
-                "reason": f"{name}: not measured ({missing})"}
-    passed = value <= budget
-    return {"name": name, "budget": budget, "value": value, "unit": unit, "status": PASS if passed else FAIL,
-            "reason": f"{name} {value:.3g} {unit} {'<=' if passed else '>'} budget {budget:g} {unit}"}
+# The bench's own metrics and the one task metric stored under another name. Any other task metric
+# is read from the result's ``accuracy`` section under its own name, with ``<name>_ci`` its interval.
+_READINGS = {
+    "accuracy_drop_pp": _Reading("accuracy", "drop_pp", "drop_ci_pp", "no accuracy was evaluated", "drop"),
+    "p90_latency_ms": _Reading("latency", "p90_ms", None, "the budget is on batch 1: add 1 to --batch"),
+    "memory_mb": _Reading("memory", "session_peak_mb", None, "memory could not be read here"),
+}
 
 
-def _interval(lo: float, hi: float) -> str:
-    return f"95% CI {lo:+.2f}..{hi:+.2f}"
+def _reading(metric: str) -> _Reading:
+    return _READINGS.get(metric) or _Reading("accuracy", metric, f"{metric}_ci", "no accuracy was evaluated")
 
 
-def _check_drop(budget: float, accuracy: dict | None, elsewhere: dict | None) -> dict:
-    """The accuracy budget on the drop's interval (see the module doc)."""
-    base = {"name": "accuracy_drop", "budget": budget, "unit": "pp"}
-    if not accuracy or accuracy.get("drop_pp") is None:
-        if elsewhere is None:
-            return _check("accuracy_drop", budget, None, "pp", "no accuracy was evaluated")
-        seen = elsewhere.get("drop_pp")
-        where = (f"the workstation measured a drop of {seen:+.2f} pp on {elsewhere.get('n', '?')} images"
-                 if seen is not None else "the workstation measured no drop")
-        return {**base, "value": None, "status": NOT_HERE, "workstation": elsewhere,
-                "reason": f"accuracy_drop: not measured here (no labelled images: pass --data FOLDER); {where}"}
-    drop, n, ci = accuracy["drop_pp"], accuracy.get("n"), accuracy.get("drop_ci_pp")
-    lo, hi = ci or (drop, drop)  # a result without an interval is decided on its point estimate
-    if hi <= budget:
-        status, verdict = PASS, f"<= budget {budget:g} pp"
-    elif lo > budget:
-        status, verdict = FAIL, f"> budget {budget:g} pp"
+def _check_name(metric: Metric) -> str:
+    """The name a check is reported under: the metric's without its unit (``p90_latency_ms`` -> ``p90_latency``)."""
+    suffix = f"_{metric.unit.lower()}"
+    return metric.name.removesuffix(suffix) if metric.unit else metric.name
+
+
+def _unit(metric: Metric) -> str:
+    return f" {metric.unit}" if metric.unit else ""
+
+
+def _fmt(value: float, metric: Metric) -> str:
+    return f"{value:+.2f}" if metric.unit == "pp" else f"{value:.3g}"
+
+
+def validate_budgets(budgets: Budgets, where: str, task: str = DEFAULT_TASK) -> None:
+    """Reject budgets that cannot mean what the user wants; ``where`` names the profile, ``task`` is the
+    run's (a goal on a metric it does not declare would never be measured).
+
+    The profile model already rejects negative, infinite and NaN values and names no profile knows;
+    these are the values it accepts that no one can mean."""
+    metrics = metric_table(task)
+    for goal in budgets.as_goals():
+        if goal.metric not in metrics:
+            raise ConfigError(f"{where}: {goal.key}: task {task!r} measures no such metric: "
+                              f"{unknown_metric(goal.metric, list(metrics))}")
+        problem = _nonsense(goal, metrics[goal.metric])
+        if problem:
+            raise ConfigError(f"{where}: {goal.key} = {goal.value} {problem}")
+
+
+def _nonsense(goal: Goal, metric: Metric) -> str | None:
+    """Why ``goal`` is a unit mistake rather than a goal, by the metric's unit; None when it is sensible."""
+    value = goal.value
+    if metric.unit == "pp" and value >= 100:
+        return "lets any accuracy pass (it is in percentage points, 0-100): use e.g. 1.0, or remove it"
+    if metric.unit == "ms" and value < _MIN_P90_MS:
+        return (f"is below {_MIN_P90_MS} ms, which no model reaches; the unit is milliseconds "
+                f"(did you mean {value * 1000:g}?)")
+    if metric.unit == "MB" and value < _MIN_MEMORY_MB:
+        return f"is below {_MIN_MEMORY_MB} MB; the unit is megabytes (did you mean {value * 1024:g}?)"
+    if metric.unit == "" and not 0 <= value <= 1:
+        hint = f" (did you mean {value / 100:g}?)" if 1 < value <= 100 else ""
+        return f"is outside 0-1: {metric.name} is a fraction, not a percentage{hint}"
+    return None
+
+
+def goal_text(goal: Goal) -> str:
+    """A goal as the gates word it: ``p90_latency <= 50 ms``, ``top1 >= 0.9``."""
+    metric = metric_table()[goal.metric]
+    return f"{_check_name(metric)} {'<=' if goal.bound == 'max' else '>='} {goal.value:g}{_unit(metric)}"
+
+
+def _met(value: float, goal: Goal) -> bool:
+    return value <= goal.value if goal.bound == "max" else value >= goal.value
+
+
+def _verdict(passed: bool, goal: Goal, metric: Metric) -> str:
+    sign = ("<=" if passed else ">") if goal.bound == "max" else (">=" if passed else "<")
+    return f"{sign} budget {goal.value:g}{_unit(metric)}"
+
+
+def _base(goal: Goal, metric: Metric) -> dict:
+    return {"name": _check_name(metric), "metric": goal.metric, "goal": goal.bound, "budget": goal.value}
+
+
+def _not_measured(goal: Goal, metric: Metric, reading: _Reading) -> dict:
+    name = _check_name(metric)
+    return {**_base(goal, metric), "value": None, "unit": metric.unit, "status": FAIL,
+            "reason": f"{name}: not measured ({reading.missing})"}
+
+
+def _check(goal: Goal, metric: Metric, value: float) -> dict:
+    passed = _met(value, goal)
+    return {**_base(goal, metric), "value": value, "unit": metric.unit, "status": PASS if passed else FAIL,
+            "reason": f"{_check_name(metric)} {value:.3g}{_unit(metric)} {_verdict(passed, goal, metric)}"}
+
+
+def _check_interval(goal: Goal, metric: Metric, value: float, ci: list | None, n: int | None) -> dict:
+    """A goal decided on the value's 95% interval (see the module doc)."""
+    lo, hi = ci or (value, value)  # a result without an interval is decided on its point estimate
+    if _met(lo, goal) and _met(hi, goal):
+        status, verdict = PASS, _verdict(True, goal, metric)
+    elif not _met(lo, goal) and not _met(hi, goal):
+        status, verdict = FAIL, _verdict(False, goal, metric)
     else:
-        status, verdict = UNDECIDED, (f"straddles budget {budget:g} pp: too few images to decide "
+        status, verdict = UNDECIDED, (f"straddles budget {goal.value:g}{_unit(metric)}: too few images to decide "
                                       "(use a larger validation split)")
-    measured = f"accuracy_drop {drop:+.2f} pp" + (f" (n={n}: {_interval(lo, hi)})" if ci else "")
-    return {**base, "value": drop, "interval": ci, "n": n, "status": status, "reason": f"{measured} {verdict}"}
+    measured = f"{_check_name(metric)} {_fmt(value, metric)}{_unit(metric)}"
+    if ci:
+        measured += f" (n={n}: 95% CI {_fmt(lo, metric)}..{_fmt(hi, metric)})"
+    return {**_base(goal, metric), "unit": metric.unit, "value": value, "interval": ci, "n": n,
+            "status": status, "reason": f"{measured} {verdict}"}
+
+
+def _elsewhere(goal: Goal, metric: Metric, reading: _Reading, elsewhere: dict) -> dict:
+    """An accuracy goal on a device without labelled images: the workstation's value, not a verdict."""
+    seen, what = elsewhere.get(reading.key), reading.phrase or _check_name(metric)
+    where = (f"the workstation measured a {what} of {_fmt(seen, metric)}{_unit(metric)} on {elsewhere.get('n', '?')} images"
+             if seen is not None else f"the workstation measured no {what}")
+    return {**_base(goal, metric), "unit": metric.unit, "value": None, "status": NOT_HERE, "workstation": elsewhere,
+            "reason": f"{_check_name(metric)}: not measured here (no labelled images: pass --data FOLDER); {where}"}
+
+
+def _goal_check(goal: Goal, metric: Metric, result: dict, elsewhere: dict | None) -> dict:
+    reading = _reading(goal.metric)
+    if reading.section == "accuracy":
+        accuracy = result.get("accuracy") or {}
+        if accuracy.get(reading.key) is None:
+            if elsewhere is None:
+                return _not_measured(goal, metric, reading)
+            return _elsewhere(goal, metric, reading, elsewhere)
+        return _check_interval(goal, metric, accuracy[reading.key], accuracy.get(reading.interval), accuracy.get("n"))
+    if reading.section == "latency":
+        row = next((r for r in result.get("latency") or [] if r.get("batch") == 1), None)
+        value = row and row.get(reading.key)
+    else:
+        value = (result.get(reading.section) or {}).get(reading.key)
+    return _not_measured(goal, metric, reading) if value is None else _check(goal, metric, value)
 
 
 def evaluate_gates(budgets: Budgets | None, result: dict, *, accuracy_elsewhere: dict | None = None) -> dict:
-    """Gates for one bench result (the ``latency``/``accuracy``/``memory`` sections of its JSON).
+    """Gates for one bench result (the ``latency``/``accuracy``/``memory`` sections of its JSON): one
+    check per goal of ``budgets``, in ``Budgets.as_goals`` order.
 
     ``accuracy_elsewhere``: the workstation's accuracy of this artifact, for a device that has no
-    labelled images; without it a missing accuracy FAILS the accuracy budget."""
-    if budgets is None or all(v is None for v in budgets.model_dump().values()):
+    labelled images; without it a missing accuracy FAILS the accuracy goals."""
+    goals = budgets.as_goals() if budgets is not None else []
+    if not goals:
         return {"status": NA, "budgets": {}, "checks": [], "failed": [], "undecided": []}
-    checks = []
-    if budgets.max_accuracy_drop_pp is not None:
-        checks.append(_check_drop(budgets.max_accuracy_drop_pp, result.get("accuracy"), accuracy_elsewhere))
-    if budgets.p90_latency_ms is not None:
-        b1 = next((row for row in result.get("latency") or [] if row.get("batch") == 1), None)
-        checks.append(_check("p90_latency", budgets.p90_latency_ms, b1 and b1["p90_ms"], "ms",
-                             "the budget is on batch 1: add 1 to --batch"))
-    if budgets.max_memory_mb is not None:
-        mem = (result.get("memory") or {}).get("session_peak_mb")
-        checks.append(_check("memory", budgets.max_memory_mb, mem, "MB", "memory could not be read here"))
+    metrics = metric_table()
+    checks = [_goal_check(goal, metrics[goal.metric], result, accuracy_elsewhere) for goal in goals]
     statuses = {c["status"] for c in checks}
     return {
         "status": next(s for s in _PRECEDENCE if s in statuses),
-        "budgets": budgets.model_dump(exclude_none=True),
+        "budgets": budgets.model_dump(),
         "checks": checks,
         "failed": [c["reason"] for c in checks if c["status"] == FAIL],
         "undecided": [c["reason"] for c in checks if c["status"] in (UNDECIDED, NOT_HERE)],
     }
+
+
+def estimates_missing(budgets: Budgets | None, estimate: dict | None) -> list[str]:
+    """The accuracy goals that the compile stage's point estimate (an artifact that cannot run here,
+    checked on a stand-in) already misses, e.g. "estimated drop +28.33 pp is over its 1 pp budget"."""
+    metrics, out = metric_table(), []
+    for goal in budgets.as_goals() if budgets is not None else []:
+        reading, metric = _reading(goal.metric), metrics[goal.metric]
+        value = (estimate or {}).get(reading.key) if reading.section == "accuracy" else None
+        if value is not None and not _met(value, goal):
+            side = "over" if goal.bound == "max" else "under"
+            out.append(f"estimated {reading.phrase or _check_name(metric)} {_fmt(value, metric)}{_unit(metric)} "
+                       f"is {side} its {goal.value:g}{_unit(metric)} budget")
+    return out

@@ -57,9 +57,12 @@ def _compiled_row(doc: dict, entry: dict | None, verdict: str, why: str) -> dict
 
 
 def _passed_why(doc: dict) -> str:
-    checks = doc["gates"]["checks"]
-    return "meets every budget: " + "; ".join(f"{c['name']} {c['value']:.3g} ≤ {c['budget']:g} {c['unit']}"
-                                              for c in checks)
+    """Each goal's check, whatever its metric: "top1 0.95 ≥ 0.9; p90_latency 12 ≤ 50 ms"."""
+    def met(c: dict) -> str:
+        sign = "≥" if c.get("goal") == "min" else "≤"  # results written before min goals existed: all max
+        return f"{c['name']} {c['value']:.3g} {sign} {c['budget']:g} {c['unit']}".rstrip()
+
+    return "meets every budget: " + "; ".join(met(c) for c in doc["gates"]["checks"])
 
 
 def decide(docs: list[dict], compiled: dict) -> dict:

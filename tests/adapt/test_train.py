@@ -16,10 +16,15 @@ torch = pytest.importorskip("torch")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
 
-TINY = dict(backbone="timm:test_efficientnet", pretrained=False, image_size=32, seed=0)
+BACKBONE = "timm:test_efficientnet"
+
+
+def _tiny(**options) -> TrainOptions:
+    return TrainOptions(pretrained=False, image_size=32, seed=0, **options)
 EDGETL = [sys.executable, "-m", "edgetl.cli"]
 
 
@@ -28,7 +33,7 @@ def _cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_feature_extraction_writes_a_complete_run(digits_dir, tmp_path):
-    section = train(digits_dir, out=tmp_path / "run", mode="feature-extraction", epochs=20, **TINY)
+    section = train(digits_dir, _tiny(mode="feature-extraction", epochs=20), out=tmp_path / "run", backbone=BACKBONE)
     run = RunDir.open(tmp_path / "run", need="train")
     manifest = run.manifest
     assert manifest["train"] == json.loads(json.dumps(section))
@@ -43,8 +48,8 @@ def test_feature_extraction_writes_a_complete_run(digits_dir, tmp_path):
 
 
 def test_training_is_reproducible(digits_dir, tmp_path):
-    a = train(digits_dir, out=tmp_path / "a", epochs=5, **TINY)
-    b = train(digits_dir, out=tmp_path / "b", epochs=5, **TINY)
+    a = train(digits_dir, _tiny(epochs=5), out=tmp_path / "a", backbone=BACKBONE)
+    b = train(digits_dir, _tiny(epochs=5), out=tmp_path / "b", backbone=BACKBONE)
     assert RunDir(tmp_path / "a").manifest["artifacts"]["train/model.safetensors"] == \
         RunDir(tmp_path / "b").manifest["artifacts"]["train/model.safetensors"]
     assert a["metrics"]["val_top1"] == b["metrics"]["val_top1"]
@@ -54,7 +59,8 @@ def test_finetune_trains_only_the_last_stages(digits_dir, tmp_path):
     from edgetl.models.build import body_stages, create_model
     from edgetl.models.registry import resolve
 
-    train(digits_dir, out=tmp_path / "ft", mode="finetune", unfreeze="1", epochs=2, head_epochs=3, **TINY)
+    train(digits_dir, _tiny(mode="finetune", unfreeze="1", epochs=2, head_epochs=3), out=tmp_path / "ft",
+          backbone=BACKBONE)
     history = json.loads((tmp_path / "ft/train/history.json").read_text())
     assert {r["phase"] for r in history} == {"head", "finetune"}
     torch.manual_seed(0)  # train() seeds before building; rebuild the same random init

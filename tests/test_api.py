@@ -1,0 +1,96 @@
+"""The notebook API: the real stage functions, light to import, with the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import inspect
+import pydoc
+import subprocess
+import sys
+
+import pytest
+
+import edgetl
+from edgetl.adapt.options import TrainOptions
+from edgetl.errors import ConfigError, EdgetlError, UnknownNameError
+
+
+def test_importing_edgetl_imports_neither_torch_nor_a_stage():
+    code = ("import sys, edgetl\n"
+            "loaded = [m for m in ('torch', 'pydantic', 'edgetl.pipeline', 'edgetl.compiler') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name, module, attribute", [
+    ("train", "edgetl.adapt.train", "train"),
+    ("compile", "edgetl.compiler", "compile"),
+    ("run_bench", "edgetl.bench.run", "bench"),
+    ("make_report", "edgetl.report", "make_report"),
+    ("deploy", "edgetl.pipeline", "deploy_with"),
+    ("TrainOptions", "edgetl.adapt.options", "TrainOptions"),
+])
+def test_the_api_names_are_the_real_functions(name, module, attribute):
+    real = getattr(__import__(module, fromlist=[attribute]), attribute)
+    assert getattr(edgetl, name) is real
+    assert "*args" not in str(inspect.signature(real)) and real.__doc__
+    assert real.__doc__.strip().splitlines()[0] in pydoc.render_doc(real)
+    assert name in dir(edgetl)
+
+
+def test_signatures_show_the_real_parameters_and_the_models_defaults():
+    train = inspect.signature(edgetl.train).parameters
+    assert list(train)[:2] == ["data", "options"] and train["out"].default == "runs/exp"
+    deploy = inspect.signature(edgetl.deploy).parameters
+    assert list(deploy)[0] == "data"
+    assert "**" not in str(inspect.signature(edgetl.deploy))
+    for name, field in TrainOptions.model_fields.items():  # flat, as on the command line
+        assert deploy[name].default == field.default and deploy[name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert deploy["targets"].default == ["host-cpu"] and deploy["iterations"].default == 200
+    assert "epochs" in pydoc.render_doc(edgetl.deploy) and "Example" in pydoc.render_doc(edgetl.deploy)
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        edgetl.trian  # noqa: B018
+
+
+def _cli_error(*args) -> str:
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 2, result.output
+    return result.output.strip().removeprefix("error: ")
+
+
+@pytest.mark.parametrize("options, flags", [
+    ({"epochs": 0}, ["--epochs", "0"]),
+    ({"unfreeze": "few"}, ["--unfreeze", "few"]),
+    ({"targets": ["host-cpux"]}, ["--targets", "host-cpux"]),
+    ({"precisions": ["int4"]}, ["--precision", "int4"]),
+    ({"iterations": 0}, ["--iterations", "0"]),
+])
+def test_a_bad_option_is_the_clis_one_line_error(digits_dir, tmp_path, options, flags):
+    out = tmp_path / "run"
+    with pytest.raises(EdgetlError) as exc:
+        edgetl.deploy(digits_dir, out=str(out), **options)
+    assert str(exc.value) == _cli_error("deploy", "--data", str(digits_dir), "--out", str(out), *flags)
+    assert "\n" not in str(exc.value)
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_an_unknown_keyword_names_the_closest_option(digits_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown option 'epoch'\. Did you mean 'epochs'\? Valid: .*batches"):
+        edgetl.deploy(digits_dir, out=str(tmp_path / "run"), epoch=3)
+    with pytest.raises(UnknownNameError, match="Did you mean 'host-cpu'"):
+        edgetl.deploy(digits_dir, out=str(tmp_path / "run"), targets=["host-cpux"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_options_built_in_a_notebook_raise_the_clis_message():
+    with pytest.raises(ConfigError) as exc:
+        TrainOptions(epochs=0)
+    assert str(exc.value) == "option --epochs: Input should be greater than or equal to 1 (got 0)"
+    with pytest.raises(ConfigError, match=r"unknown option 'lr_scale'\. Did you mean 'backbone_lr_scale'\?"):
+        TrainOptions(lr_scale=0.1)
+    with pytest.raises(ConfigError, match="option --mode: Input should be 'feature-extraction' or 'finetune'"):
+        edgetl.TrainOptions(mode="fine-tune")
