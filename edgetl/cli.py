@@ -18,6 +18,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from edgetl.bench.settings import DEFAULTS as BENCH
+from edgetl.bench.settings import BenchSettings
 from edgetl.errors import EdgetlError
 
 console = Console(soft_wrap=True)  # messages stay one greppable line; tables still fit the width
@@ -229,7 +231,6 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
     """
     from edgetl.compiler import compile as compile_run
     from edgetl.compiler import summary_table
-    from edgetl.errors import CompileError
 
     rows = compile_run(run, _names(targets), _names(precisions), calibration, gpu_arch, threads, force,
                        progress=not as_json)
@@ -240,14 +241,12 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
     for r in rows:
         if "traceback" in r:  # not a user mistake: keep the evidence
             err_console.print(r["traceback"], highlight=False, markup=False)
-    failed = [r for r in rows if r["status"] == "failed"]
     built = [r for r in rows if r["status"] != "failed"]
     if built and not as_json:
         first = built[0]
         console.print(f"next: edgetl bench {run} --target {first['target']}   then: edgetl bundle {run} "
                       f"--target {first['target']} --precision {first['precision']}", highlight=False)
-    if failed:
-        raise CompileError(f"{len(failed)} of {len(rows)} artifact(s) failed: " + "; ".join(f"{r['cell']}: {r['error']}" for r in failed))
+    rows.raise_for_errors()
 
 
 @cli.command()
@@ -331,12 +330,12 @@ def _trust_option(f):
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "--targets", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
               "keys. Default: every compiled artifact.")
-@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8. "
-              "Latency budgets are on batch 1.")
+@click.option("--batch", "batches", default=",".join(map(str, BENCH.batches)), show_default=True,
+              help="Comma-separated batch sizes, e.g. 1,8. Latency budgets are on batch 1.")
 @click.option("--threads", type=int, help="Threads for every runtime and for PyTorch, the same for all rows so they "
               "compare. Default: this machine's physical cores.")
-@click.option("--iterations", default=200, show_default=True, help="Timed runs per batch size, after a warm-up of "
-              ">= 50 runs and >= 200 ms.")
+@click.option("--iterations", default=BENCH.iterations, show_default=True, help="Timed runs per batch size, after a "
+              f"warm-up of >= {BENCH.warmup_iters} runs and >= {BENCH.warmup_s * 1000:g} ms.")
 @click.option("--duration", type=float, help="Time each batch size for this many seconds instead of --iterations.")
 @click.option("--device", help="Name of this machine in the result files (default: its host name).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
@@ -399,9 +398,10 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
         raise ConfigError("--data applies to a bundle benched on this machine (edgetl bench BUNDLE --data FOLDER); "
                           "a run is measured on its own validation split")
     if remote or fleet or is_bundle(run):  # a bundle here, or a device over SSH: edgetl.bundle does it
-        from edgetl.bundle.remote import Access, BenchSettings
+        from edgetl.bundle.remote import Access
 
-        settings = BenchSettings(_int_list("--batch", batches), threads, iterations, duration)
+        settings = BenchSettings.parse(batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
+                                       duration_s=duration)
         access = Access(list(ssh_options), remote_edgetl, install, connect_timeout, allow_rollback)
         return _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data)
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
@@ -783,8 +783,7 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
         if access.install or access.ssh_options or access.allow_rollback:
             raise ConfigError("--install, --ssh-option and --allow-rollback need --remote or --fleet")
         with BenchProgress(err_console if as_json else console) as progress:
-            doc = bench_bundle(run, batches=settings.batches, threads=settings.threads, iterations=settings.iterations,
-                               duration_s=settings.duration_s, device_name=device, data=data,
+            doc = bench_bundle(run, settings=settings, device_name=device, data=data,
                                progress=progress.callback(Path(run).name))
         if as_json:
             click.echo(json.dumps(doc))
@@ -895,8 +894,9 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")
 @click.option("--gpu-arch", metavar="smXY", help="TensorRT compute capability (default: the profile's).")
 @click.option("--threads", type=int, help="CPU threads for compile checks and bench (default: physical cores).")
-@click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
-@click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
+@click.option("--batch", "batches", metavar="LIST",
+              help=f"Bench batch sizes, e.g. 1,8 (default {','.join(map(str, BENCH.batches))}).")
+@click.option("--iterations", type=int, help=f"Bench iterations per measurement (default {BENCH.iterations}).")
 @click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
 @click.option("--sign", type=click.Path(path_type=str), metavar="KEY",
               help="Sign every bundle with this Ed25519 private key (`edgetl keys new`).")

@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl.adapt.train import TrainOptions
+from edgetl.bench.settings import DEFAULTS as BENCH
+from edgetl.bench.settings import BenchSettings
 from edgetl.config import load_toml, validation_message
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import CompileError, ConfigError, EdgetlError
@@ -44,11 +46,15 @@ class DeployConfig(BaseModel):
     calibration: str | None = None
     gpu_arch: str | None = None
     threads: int | None = Field(None, ge=1)
-    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
-    iterations: int = Field(200, ge=1)
+    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: list(BENCH.batches), min_length=1)
+    iterations: int = Field(BENCH.iterations, ge=1)
     bundle: bool = True
     sign: str | None = None  # Ed25519 private key that signs every bundle (edgetl keys new)
     check: bool = False
+
+    def bench_settings(self) -> BenchSettings:
+        """The bench stage's settings: these options over ``BenchSettings``' defaults."""
+        return BenchSettings.parse(batches=tuple(self.batches), threads=self.threads, iterations=self.iterations)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployConfig:
