@@ -389,6 +389,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     from edgetl.bench.system import summary
     from edgetl.bench.table import print_table
     from edgetl.errors import ConfigError
+    from edgetl.stages import RichReporter
 
     if duration is not None and click.get_current_context().get_parameter_source("iterations").name == "COMMANDLINE":
         raise ConfigError("--iterations and --duration exclude each other: pass one of them")
@@ -406,7 +407,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
         return _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data)
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
-                    duration_s=duration, console=console)
+                    duration_s=duration, reporter=RichReporter(console))
     print_table(console, results.rows, f"bench on {results.device}")
     console.print(f"[dim]{escape(summary(results.system))}[/]", highlight=False)
     console.print(f"results in [bold]{results.run / 'bench'}[/]; `edgetl report {run}` for plots")
@@ -756,9 +757,8 @@ def val_cmd(bundle, data, threads, as_json):
 
 def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data=None):
     """``edgetl bench`` on a bundle (this machine), on a device (--remote) or on a fleet (--fleet)."""
-    from edgetl.bench.progress import BenchProgress
-    from edgetl.bench.run import GatesFailed
-    from edgetl.errors import ConfigError
+    from edgetl.errors import ConfigError, GatesFailed
+    from edgetl.stages import RichReporter
 
     if remote and fleet:
         raise ConfigError("--remote and --fleet exclude each other: pass one of them")
@@ -782,7 +782,7 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
             raise ConfigError("--target does not apply to a bundle: it holds one artifact")
         if access.install or access.ssh_options or access.allow_rollback:
             raise ConfigError("--install, --ssh-option and --allow-rollback need --remote or --fleet")
-        with BenchProgress(err_console if as_json else console) as progress:
+        with RichReporter(err_console if as_json else console).measuring() as progress:
             doc = bench_bundle(run, settings=settings, device_name=device, data=data,
                                progress=progress.callback(Path(run).name))
         if as_json:
@@ -859,10 +859,9 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
 def _bench_fleet(run, fleet, check, settings, access):
     from rich.table import Table
 
-    from edgetl.bench.run import GatesFailed
     from edgetl.bench.table import fmt_ms
     from edgetl.bundle.remote import bench_fleet
-    from edgetl.errors import RemoteError
+    from edgetl.errors import GatesFailed, RemoteError
 
     with console.status(f"benching the fleet of {fleet}") as status:
         rows = bench_fleet(run, fleet, settings=settings, access=access,

@@ -224,8 +224,33 @@ def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
     })
 
 
+def current_rows(run: RunDir, cells: list[Cell]) -> CompileResults | None:
+    """The rows ``compile`` would return when every cell is already built from the same inputs
+    (the rule ``compile`` applies per cell), else None: something would be built."""
+    from edgetl.export.onnx import current_export
+
+    onnx_path = current_export(run)
+    if onnx_path is None:
+        return None
+    ctx = _Context(run, onnx_path)
+    rows = CompileResults()
+    for cell in cells:
+        backend = get_backend(cell.runtime)
+        if not backend.available() or cell.precision not in backend.precisions:
+            return None
+        entry = _current(run, cell, _fingerprint(ctx, cell, backend))
+        if entry is None:
+            return None
+        rows.append({**_row(cell), **_summary(entry), "status": "cached"})
+    return rows
+
+
+def _row(cell: Cell) -> dict[str, Any]:
+    return {"cell": cell.key, "target": cell.target, "runtime": cell.runtime, "precision": cell.precision}
+
+
 def _compile_cell(ctx: _Context, cell: Cell, force: bool, reporter: Reporter) -> dict[str, Any]:
-    row = {"cell": cell.key, "target": cell.target, "runtime": cell.runtime, "precision": cell.precision}
+    row = _row(cell)
     try:
         backend = get_backend(cell.runtime)
         if not backend.available():

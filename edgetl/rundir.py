@@ -63,7 +63,12 @@ class Record(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The JSON the manifest holds: the fields it was given (a record read back keeps its shape),
         ``schema`` included."""
-        return {**self.model_dump(mode="json", by_alias=True, exclude_unset=True), "schema": self.VERSION}
+        return {**self.fields(), "schema": self.VERSION}
+
+    def fields(self) -> dict[str, Any]:
+        """The record's content as JSON, without its schema version: what a hash of its inputs or a
+        report shows (the same for a record written before versions were recorded)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"schema_version"})
 
 
 R = TypeVar("R", bound=Record)

@@ -85,7 +85,8 @@ class Reporter(Protocol):
         """The stage ended; ``note`` sums it up (or says why it was skipped)."""
 
     def table(self, table: Any) -> None:
-        """A result table (a rich renderable)."""
+        """A result table: a rich renderable, or a function of the width there is (None: no limit)
+        that makes one."""
 
     def measuring(self) -> contextlib.AbstractContextManager[Bars]:
         """Live bars for measurements (the bench harness), open while measuring."""
@@ -169,8 +170,17 @@ class RichReporter(SilentReporter):
         self.console.print(f"[green]✓[/] {stage}: {escape(note)}", highlight=False)
 
     def table(self, table: Any) -> None:
+        """Printed whole: a terminal gets the table made for its width; a log or a pipe (80 columns by
+        default) gets as many columns as the table needs."""
+        from rich.console import Console
+
         self._close_bar()
-        self.console.print(table)
+        if self.console.is_terminal:
+            self.console.print(table(self.console.width) if callable(table) else table)
+            return
+        table = table(None) if callable(table) else table
+        needed = Console(width=1000).measure(table).maximum
+        Console(file=self.console.file, width=max(self.console.width, needed), no_color=self.console.no_color).print(table)
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[Bars]:

@@ -554,7 +554,7 @@ def merge_summary(run: RunDir, doc: dict, system: dict | None, **fields) -> None
     device = doc["device"]["name"]
     with run.editing() as manifest:
         old = run.entries(DeviceBench, manifest).get(device) or DeviceBench()
-        recorded = old.model_dump(exclude_unset=True, exclude={"schema_version"})
+        recorded = old.fields()
         summary = BenchSummary.model_validate(summary_of(doc))
         record = DeviceBench.model_validate({
             **recorded, **({"system": system} if system is not None else {}), **fields,

@@ -68,7 +68,7 @@ def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> t
     as ``compile`` does), else the only one compiled."""
     from edgetl.compiler import CompiledEntry
 
-    compiled = {k: e.dump() for k, e in run.entries(CompiledEntry).items()}
+    compiled = {k: e.fields() for k, e in run.entries(CompiledEntry).items()}
     mine = {k: e for k, e in compiled.items() if e["target"] == target}
     if not mine:
         have = sorted({e.get("target") for e in compiled.values()})

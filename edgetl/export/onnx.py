@@ -54,11 +54,9 @@ def export_run(run, *, force: bool = False) -> Path:
         raise RunDirError(f"{run.path} has no trained model: run `edgetl train --out {run.path}` first")
     train = run.section(TrainRecord)
     ckpt_sha = run.manifest["artifacts"].get(train.checkpoint)
-    current = run.section(ExportRecord)
     dest = run.path / "export" / "model.onnx"
-    if not force and current and current.checkpoint_sha256 == ckpt_sha and dest.is_file():
-        run.verify(current.path)
-        return dest
+    if not force and (current := current_export(run)) is not None:
+        return current
 
     torch = require("torch", "ONNX export")
     onnx = require("onnx", "ONNX export")
@@ -88,6 +86,19 @@ def export_run(run, *, force: bool = False) -> Path:
     run.record(dest)
     run.set_record(record)
     return dest
+
+
+def current_export(run) -> Path | None:
+    """The export when it was made from the run's current checkpoint and is intact, else None."""
+    from edgetl.adapt.train import TrainRecord
+
+    train, current = run.section(TrainRecord), run.section(ExportRecord)
+    dest = run.path / "export" / "model.onnx"
+    if train is None or current is None or not dest.is_file():
+        return None
+    if current.checkpoint_sha256 != run.manifest["artifacts"].get(train.checkpoint):
+        return None
+    return run.verify(current.path)
 
 
 def _export(torch, model, example, dest) -> None:
