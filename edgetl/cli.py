@@ -757,7 +757,8 @@ def val_cmd(bundle, data, threads, as_json):
 
 def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data=None):
     """``edgetl bench`` on a bundle (this machine), on a device (--remote) or on a fleet (--fleet)."""
-    from edgetl.errors import ConfigError, GatesFailed
+    from edgetl.bench.run import DocumentResult
+    from edgetl.errors import ConfigError
     from edgetl.stages import RichReporter
 
     if remote and fleet:
@@ -791,8 +792,8 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
             _print_bundle_bench(doc)
     if not as_json:
         _say_undecided(doc["gates"].get("undecided") or [])
-    if check and doc["gates"]["status"] == "FAIL":
-        raise GatesFailed("budget failed: " + "; ".join(doc["gates"]["failed"]))
+    if check:
+        DocumentResult(doc).raise_for_gates()
 
 
 def _print_bundle_bench(doc):
@@ -861,7 +862,6 @@ def _bench_fleet(run, fleet, check, settings, access):
 
     from edgetl.bench.table import fmt_ms
     from edgetl.bundle.remote import bench_fleet
-    from edgetl.errors import GatesFailed, RemoteError
 
     with console.status(f"benching the fleet of {fleet}") as status:
         rows = bench_fleet(run, fleet, settings=settings, access=access,
@@ -872,12 +872,9 @@ def _bench_fleet(run, fleet, check, settings, access):
         table.add_row(r["device"], r["target"], "[green]ok[/]" if ok else "[red]failed[/]", fmt_ms(r.get("p50_ms")),
                       fmt_ms(r.get("p90_ms")), r.get("gate", "—"), r.get("file") if ok else r["reason"])
     console.print(table)
-    failed = [r["device"] for r in rows if r["status"] != "ok"]
-    if failed:
-        raise RemoteError(f"{len(failed)} of {len(rows)} devices could not be benched ({', '.join(failed)}): see their rows")
-    gated = [r["device"] for r in rows if r.get("gate") == "FAIL"]
-    if check and gated:
-        raise GatesFailed(f"budget failed on {', '.join(gated)}")
+    rows.raise_for_errors()
+    if check:
+        rows.raise_for_gates()
 
 
 @cli.command()

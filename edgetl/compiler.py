@@ -224,21 +224,31 @@ def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
     })
 
 
-def current_rows(run: RunDir, cells: list[Cell]) -> CompileResults | None:
-    """The rows ``compile`` would return when every cell is already built from the same inputs
-    (the rule ``compile`` applies per cell), else None: something would be built."""
+def fingerprints(run: RunDir, cells: list[Cell]) -> dict[str, str | None] | None:
+    """Each cell's fingerprint (what its ``CompiledEntry`` records), None for a cell this machine
+    cannot build; None as a whole while the export is not current (it would be redone first)."""
     from edgetl.export.onnx import current_export
 
     onnx_path = current_export(run)
     if onnx_path is None:
         return None
-    ctx = _Context(run, onnx_path)
-    rows = CompileResults()
+    ctx, out = _Context(run, onnx_path), {}
     for cell in cells:
         backend = get_backend(cell.runtime)
-        if not backend.available() or cell.precision not in backend.precisions:
-            return None
-        entry = _current(run, cell, _fingerprint(ctx, cell, backend))
+        buildable = backend.available() and cell.precision in backend.precisions
+        out[cell.key] = _fingerprint(ctx, cell, backend) if buildable else None
+    return out
+
+
+def current_rows(run: RunDir, cells: list[Cell]) -> CompileResults | None:
+    """The rows ``compile`` would return when every cell is already built from the same inputs
+    (the rule ``compile`` applies per cell), else None: something would be built."""
+    wanted = fingerprints(run, cells)
+    if wanted is None:
+        return None
+    rows = CompileResults()
+    for cell in cells:
+        entry = _current(run, cell, wanted[cell.key]) if wanted[cell.key] else None
         if entry is None:
             return None
         rows.append({**_row(cell), **_summary(entry), "status": "cached"})

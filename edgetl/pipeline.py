@@ -1,9 +1,11 @@
 """``edgetl deploy``: train -> compile -> bench -> bundle -> report, in one command.
 
-Each stage is skipped when its inputs did not change: training when the data, backbone, weights and
-hyper-parameters hash the same; compiling per cell (the compiler compares the ONNX, recipe and
-options); benching when a result for the same artifact bytes exists on this device; bundling when
-the bundle was made from the current artifact. So adding a target to an existing run only does the
+``deploy`` is a loop over stages (``edgetl.stages``: fingerprint, is-current, run, a result that
+decides pass/fail) with one skip rule: a stage whose recorded output is current is not run. Training
+is current when the data, backbone, weights and hyper-parameters hash the same; compiling when every
+cell was built from the same ONNX, recipe and options (the compiler's own per-cell rule); benching
+when a result for the same artifact bytes exists on this device; bundling when every bundle was
+made from the current artifact. So adding a target to an existing run only does the
 new work. A TOML file can hold every option (``edgetl deploy --config deploy.toml``).
 
 Every option is checked before the first stage (``check_config``): a misspelt target must not cost
@@ -116,7 +118,8 @@ def check_config(config: DeployConfig) -> None:
 
 
 def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = None) -> dict:
-    """Run every stage that is out of date; returns where the report and bundles are, and the gates.
+    """Run every stage that is out of date; returns where the report and bundles are, the gates, and
+    per stage whether it was skipped, its note and the fingerprint of its inputs.
 
     ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
     ``RichReporter`` on ``console`` (default: a new rich Console). Training shows its epochs on
@@ -132,21 +135,20 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
                            _Report(state)]  # the report last, so it lists the bundles just made
     reporter = reporter or RichReporter(console, [s.name for s in stages])
+    done = {}
     for stage in stages:  # one skip rule: a stage whose recorded output is current is not run
         reporter.start(stage.name)
-        if stage.is_current():
-            result = stage.recorded()
-            reporter.done(stage.name, f"skipped — {result.note}")
-        else:
-            result = stage.run(reporter)
-            reporter.done(stage.name, result.note)
+        skipped = stage.is_current()
+        result = stage.recorded() if skipped else stage.run(reporter)
+        reporter.done(stage.name, f"skipped — {result.note}" if skipped else result.note)
+        done[stage.name] = {"skipped": skipped, "note": result.note, "fingerprint": stage.fingerprint()}
     outcome = DeployResult(state.run, state.gates, state.bundles)
     outcome.report(reporter)
     outcome.raise_for_errors()
     if config.check:
         outcome.raise_for_gates()
     return {"run": str(state.run.path), "report": str(state.run.path / "report.html"),
-            "bundles": {k: str(v) for k, v in state.bundles.items()}, "gates": state.gates}
+            "bundles": {k: str(v) for k, v in state.bundles.items()}, "gates": state.gates, "stages": done}
 
 
 class _State:
@@ -216,8 +218,9 @@ class _Compile:
         return plan(c.targets, c.precisions, c.calibration, c.gpu_arch, c.threads)
 
     def fingerprint(self) -> str:
-        rows = self._current()
-        return sha256_json([r["cell"] for r in rows] if rows is not None else None)
+        from edgetl.compiler import fingerprints
+
+        return sha256_json(fingerprints(self.state.run, self._cells()))
 
     def _current(self):
         from edgetl.compiler import current_rows

@@ -38,7 +38,10 @@ class StageResult:
     def raise_for_errors(self) -> None:
         """One ``error_class`` line (exit 2) naming every item that could not be made."""
         if errors := self.errors():
-            raise self.error_class(f"{len(errors)} artifact(s) {self.what_failed}: " + " | ".join(errors))
+            raise self.error_class(self.errors_message(errors))
+
+    def errors_message(self, errors: list[str]) -> str:
+        return f"{len(errors)} artifact(s) {self.what_failed}: " + " | ".join(errors)
 
     def raise_for_gates(self) -> None:
         """``GatesFailed`` (exit 1) naming every failed budget."""

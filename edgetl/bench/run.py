@@ -226,6 +226,17 @@ class BenchResults(StageResult):
 
 
 
+@dataclass
+class DocumentResult(StageResult):
+    """One result document (a bundle benched here or on a device over SSH) as a stage result."""
+
+    doc: dict
+
+    def failed_gates(self) -> list[str]:
+        gates = self.doc.get("gates") or {}
+        return ["; ".join(gates.get("failed") or [])] if gates.get("status") == gates_mod.FAIL else []
+
+
 # -- options ---------------------------------------------------------------------------------------
 def default_threads() -> int:
     """Physical cores this process may use: one thread per core is what latency-bound runs want."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -43,8 +43,9 @@ from edgetl.bundle.manifest import MAX_CLASSES
 from edgetl.bundle.ship import Remote, SshUrl, ship, shown
 from edgetl.bundle.signing import remote_flags
 from edgetl.config import load_toml
-from edgetl.errors import ConfigError, EdgetlError, RemoteError
+from edgetl.errors import ConfigError, EdgetlError, GatesFailed, RemoteError
 from edgetl.rundir import RunDir
+from edgetl.stages import StageResult
 
 Step = Callable[[str], None]
 
@@ -383,7 +384,7 @@ def bench_fleet(
     access: Access | None = None,
     workers: int = 8,
     step: Callable[[str, str], None] = lambda device, message: None,
-) -> list[dict[str, Any]]:
+) -> FleetResults:
     """Bench every device of the fleet in parallel; one row per device, failures included."""
     run = RunDir.open(run_path, need="compiled")
     fleet = load_fleet(fleet_path)
@@ -418,4 +419,24 @@ def bench_fleet(
                 "gate": doc["gates"]["status"], "golden_agreement": (doc.get("golden") or {}).get("top1_agreement")}
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(fleet)))) as pool:
-        return list(pool.map(one, fleet))
+        return FleetResults(pool.map(one, fleet))
+
+
+class FleetResults(list, StageResult):
+    """One row per device; a device that could not be benched is an error (exit 2), a FAILed gate on
+    a device a failed gate (exit 1)."""
+
+    error_class: ClassVar[type[EdgetlError]] = RemoteError
+
+    def errors(self) -> list[str]:
+        return [r["device"] for r in self if r["status"] != "ok"]
+
+    def errors_message(self, errors: list[str]) -> str:
+        return f"{len(errors)} of {len(self)} devices could not be benched ({', '.join(errors)}): see their rows"
+
+    def failed_gates(self) -> list[str]:
+        return [r["device"] for r in self if r.get("gate") == "FAIL"]
+
+    def raise_for_gates(self) -> None:
+        if failed := self.failed_gates():
+            raise GatesFailed(f"budget failed on {', '.join(failed)}")
