@@ -122,8 +122,8 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     per stage whether it was skipped, its note and the fingerprint of its inputs.
 
     ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
-    ``RichReporter`` on ``console`` (default: a new rich Console). Training shows its epochs on
-    ``console``: with a reporter and no console, nothing is printed. Raises ``GatesFailed`` (exit 1)
+    ``RichReporter`` on ``console`` (default: a new rich Console). Training prints its summary on
+    ``console`` (with a reporter and no console: not at all; its epoch bars are its own). Raises ``GatesFailed`` (exit 1)
     with ``config.check`` when a budget failed, and ``CompileError`` (exit 2) when an artifact could
     not be built or benched, after the summary is reported."""
     from rich.console import Console
@@ -131,7 +131,7 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     check_config(config)
     if reporter is None:
         console = console or Console()
-    state = _State(config, console)  # training's own display goes to ``console`` (None: silent)
+    state = _State(config, console)  # training's summary goes to ``console`` (None: not printed)
     stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
                            _Report(state)]  # the report last, so it lists the bundles just made
     reporter = reporter or RichReporter(console, [s.name for s in stages])
