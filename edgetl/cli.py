@@ -484,17 +484,17 @@ def bundle_cmd(run, target, precision, sign_key, release):
       edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
       edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
-    from edgetl.bundle.create import choose_compiled, create_bundle
+    from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle
     from edgetl.rundir import RunDir
 
     with console.status(f"bundling {target}: golden outputs, hashes"):
         path = create_bundle(run, target, precision, sign=sign_key, release=release)
     opened = RunDir.open(run)
     key, _ = choose_compiled(opened, target, precision)
-    entry = opened.manifest["bundles"][key]
-    signed = f"signed by {entry['signed_by']}" if entry["signed_by"] else "unsigned"
-    console.print(f"wrote [bold]{path}[/] ({entry['runtime']} {entry['precision']}, {entry['size_bytes'] / 1e6:.2f} MB, "
-                  f"release {entry['release']}, {signed}, sha256 {entry['sha256'][:16]}…)", highlight=False)
+    made = opened.entries(BundleRecord)[key]
+    signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
+    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}, {made.size_bytes / 1e6:.2f} MB, "
+                  f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
 
 
