@@ -137,7 +137,8 @@ class RunDir:
         """``section``, or the ``RunDirError`` naming the command that writes it."""
         record = self.section(model)
         if record is None:
-            self.open(self.path, need=model.SECTION)  # raises: the same hint as a missing stage
+            self.open(self.path, need=model.SECTION)  # a missing stage: the same hint as everywhere
+            raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' is empty: rerun that stage")
         return record
 
     def entries(self, model: type[R], manifest: dict[str, Any] | None = None) -> dict[str, R]:
