@@ -21,6 +21,8 @@ from rich.markup import escape
 
 from edgetl.adapt.options import TrainInputs, TrainOptions
 from edgetl.adapt.options import flag as flag_of
+from edgetl.bench.settings import DEFAULTS as BENCH
+from edgetl.bench.settings import BenchSettings
 from edgetl.errors import EdgetlError
 
 console = Console(soft_wrap=True)  # messages stay one greppable line; tables still fit the width
@@ -223,7 +225,6 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
     """
     from edgetl.compiler import compile as compile_run
     from edgetl.compiler import summary_table
-    from edgetl.errors import CompileError
 
     rows = compile_run(run, _names(targets), _names(precisions), calibration, gpu_arch, threads, force,
                        progress=not as_json)
@@ -234,14 +235,12 @@ def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force,
     for r in rows:
         if "traceback" in r:  # not a user mistake: keep the evidence
             err_console.print(r["traceback"], highlight=False, markup=False)
-    failed = [r for r in rows if r["status"] == "failed"]
     built = [r for r in rows if r["status"] != "failed"]
     if built and not as_json:
         first = built[0]
         console.print(f"next: edgetl bench {run} --target {first['target']}   then: edgetl bundle {run} "
                       f"--target {first['target']} --precision {first['precision']}", highlight=False)
-    if failed:
-        raise CompileError(f"{len(failed)} of {len(rows)} artifact(s) failed: " + "; ".join(f"{r['cell']}: {r['error']}" for r in failed))
+    rows.raise_for_errors()
 
 
 @cli.command()
@@ -322,12 +321,12 @@ def _trust_option(f):
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "--targets", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
               "keys. Default: every compiled artifact.")
-@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8. "
-              "Latency budgets are on batch 1.")
+@click.option("--batch", "batches", default=",".join(map(str, BENCH.batches)), show_default=True,
+              help="Comma-separated batch sizes, e.g. 1,8. Latency budgets are on batch 1.")
 @click.option("--threads", type=int, help="Threads for every runtime and for PyTorch, the same for all rows so they "
               "compare. Default: this machine's physical cores.")
-@click.option("--iterations", default=200, show_default=True, help="Timed runs per batch size, after a warm-up of "
-              ">= 50 runs and >= 200 ms.")
+@click.option("--iterations", default=BENCH.iterations, show_default=True, help="Timed runs per batch size, after a "
+              f"warm-up of >= {BENCH.warmup_iters} runs and >= {BENCH.warmup_s * 1000:g} ms.")
 @click.option("--duration", type=float, help="Time each batch size for this many seconds instead of --iterations.")
 @click.option("--device", help="Name of this machine in the result files (default: its host name).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
@@ -382,6 +381,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     from edgetl.bench.system import summary
     from edgetl.bench.table import print_table
     from edgetl.errors import ConfigError
+    from edgetl.stages import RichReporter
 
     if duration is not None and click.get_current_context().get_parameter_source("iterations").name == "COMMANDLINE":
         raise ConfigError("--iterations and --duration exclude each other: pass one of them")
@@ -391,14 +391,15 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
         raise ConfigError("--data applies to a bundle benched on this machine (edgetl bench BUNDLE --data FOLDER); "
                           "a run is measured on its own validation split")
     if remote or fleet or is_bundle(run):  # a bundle here, or a device over SSH: edgetl.bundle does it
-        from edgetl.bundle.remote import Access, BenchSettings
+        from edgetl.bundle.remote import Access
 
-        settings = BenchSettings(_int_list("--batch", batches), threads, iterations, duration)
+        settings = BenchSettings.parse(batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
+                                       duration_s=duration)
         access = Access(list(ssh_options), remote_edgetl, install, connect_timeout, allow_rollback)
         return _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data)
     results = bench(run, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                     device_name=device, batches=_int_list("--batch", batches), threads=threads, iterations=iterations,
-                    duration_s=duration, console=console)
+                    duration_s=duration, reporter=RichReporter(console))
     print_table(console, results.rows, f"bench on {results.device}")
     console.print(f"[dim]{escape(summary(results.system))}[/]", highlight=False)
     console.print(f"results in [bold]{results.run / 'bench'}[/]; `edgetl report {run}` for plots")
@@ -475,17 +476,17 @@ def bundle_cmd(run, target, precision, sign_key, release):
       edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
       edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
-    from edgetl.bundle.create import choose_compiled, create_bundle
+    from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle
     from edgetl.rundir import RunDir
 
     with console.status(f"bundling {target}: golden outputs, hashes"):
         path = create_bundle(run, target, precision, sign=sign_key, release=release)
     opened = RunDir.open(run)
     key, _ = choose_compiled(opened, target, precision)
-    entry = opened.manifest["bundles"][key]
-    signed = f"signed by {entry['signed_by']}" if entry["signed_by"] else "unsigned"
-    console.print(f"wrote [bold]{path}[/] ({entry['runtime']} {entry['precision']}, {entry['size_bytes'] / 1e6:.2f} MB, "
-                  f"release {entry['release']}, {signed}, sha256 {entry['sha256'][:16]}…)", highlight=False)
+    made = opened.entries(BundleRecord)[key]
+    signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
+    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}, {made.size_bytes / 1e6:.2f} MB, "
+                  f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
 
 
@@ -754,9 +755,9 @@ def val_cmd(bundle, data, threads, as_json):
 
 def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settings, access, data=None):
     """``edgetl bench`` on a bundle (this machine), on a device (--remote) or on a fleet (--fleet)."""
-    from edgetl.bench.progress import BenchProgress
-    from edgetl.bench.run import GatesFailed
+    from edgetl.bench.run import DocumentResult
     from edgetl.errors import ConfigError
+    from edgetl.stages import RichReporter
 
     if remote and fleet:
         raise ConfigError("--remote and --fleet exclude each other: pass one of them")
@@ -780,9 +781,8 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
             raise ConfigError("--target does not apply to a bundle: it holds one artifact")
         if access.install or access.ssh_options or access.allow_rollback:
             raise ConfigError("--install, --ssh-option and --allow-rollback need --remote or --fleet")
-        with BenchProgress(err_console if as_json else console) as progress:
-            doc = bench_bundle(run, batches=settings.batches, threads=settings.threads, iterations=settings.iterations,
-                               duration_s=settings.duration_s, device_name=device, data=data,
+        with RichReporter(err_console if as_json else console).measuring() as progress:
+            doc = bench_bundle(run, settings=settings, device_name=device, data=data,
                                progress=progress.callback(Path(run).name))
         if as_json:
             click.echo(json.dumps(doc))
@@ -790,8 +790,8 @@ def _bench_elsewhere(run, targets, device, check, remote, fleet, as_json, settin
             _print_bundle_bench(doc)
     if not as_json:
         _say_undecided(doc["gates"].get("undecided") or [])
-    if check and doc["gates"]["status"] == "FAIL":
-        raise GatesFailed("budget failed: " + "; ".join(doc["gates"]["failed"]))
+    if check:
+        DocumentResult(doc).raise_for_gates()
 
 
 def _print_bundle_bench(doc):
@@ -858,10 +858,8 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
 def _bench_fleet(run, fleet, check, settings, access):
     from rich.table import Table
 
-    from edgetl.bench.run import GatesFailed
     from edgetl.bench.table import fmt_ms
     from edgetl.bundle.remote import bench_fleet
-    from edgetl.errors import RemoteError
 
     with console.status(f"benching the fleet of {fleet}") as status:
         rows = bench_fleet(run, fleet, settings=settings, access=access,
@@ -872,12 +870,9 @@ def _bench_fleet(run, fleet, check, settings, access):
         table.add_row(r["device"], r["target"], "[green]ok[/]" if ok else "[red]failed[/]", fmt_ms(r.get("p50_ms")),
                       fmt_ms(r.get("p90_ms")), r.get("gate", "—"), r.get("file") if ok else r["reason"])
     console.print(table)
-    failed = [r["device"] for r in rows if r["status"] != "ok"]
-    if failed:
-        raise RemoteError(f"{len(failed)} of {len(rows)} devices could not be benched ({', '.join(failed)}): see their rows")
-    gated = [r["device"] for r in rows if r.get("gate") == "FAIL"]
-    if check and gated:
-        raise GatesFailed(f"budget failed on {', '.join(gated)}")
+    rows.raise_for_errors()
+    if check:
+        rows.raise_for_gates()
 
 
 @cli.command()
@@ -893,8 +888,9 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")
 @click.option("--gpu-arch", metavar="smXY", help="TensorRT compute capability (default: the profile's).")
 @click.option("--threads", type=int, help="CPU threads for compile checks and bench (default: physical cores).")
-@click.option("--batch", "batches", metavar="LIST", help="Bench batch sizes, e.g. 1,8 (default 1).")
-@click.option("--iterations", type=int, help="Bench iterations per measurement (default 200).")
+@click.option("--batch", "batches", metavar="LIST",
+              help=f"Bench batch sizes, e.g. 1,8 (default {','.join(map(str, BENCH.batches))}).")
+@click.option("--iterations", type=int, help=f"Bench iterations per measurement (default {BENCH.iterations}).")
 @click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
 @click.option("--sign", type=click.Path(path_type=str), metavar="KEY",
               help="Sign every bundle with this Ed25519 private key (`edgetl keys new`).")

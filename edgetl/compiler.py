@@ -26,16 +26,18 @@ import re
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl import __version__
 from edgetl._io import atomic_dir, sha256_file, sha256_json
 from edgetl.backends import ONNX_RUNNER, Compiled, get_backend, runtimes
 from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
-from edgetl.rundir import RunDir
+from edgetl.rundir import Record, RunDir
+from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BARE_RUNTIME_PRECISION = "int8"
@@ -56,6 +58,44 @@ class Cell:
     @property
     def key(self) -> str:
         return f"{self.target}/{self.precision}"
+
+
+class CompileAccuracy(BaseModel):
+    """An artifact's accuracy on the full validation split, next to the FP32 PyTorch reference."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n: int
+    top1: float
+    fp32_top1: float
+    drop_pp: float
+    agreement: float
+    max_abs_diff: float
+    estimated: bool = False  # run through a stand-in (its ONNX on ONNX Runtime CPU), not the artifact
+    evaluated_with: str = ""
+
+
+class CompiledEntry(Record):
+    """One entry of the manifest's ``compiled`` section, keyed ``<target>/<precision>``."""
+
+    SECTION: ClassVar[str] = "compiled"
+    KEYED: ClassVar[bool] = True
+
+    target: str
+    runtime: str
+    precision: str
+    dir: str
+    path: str  # the file a runtime loads
+    files: list[str]  # every file of the artifact (run-relative; hashed in ``artifacts``)
+    estimate_with: str | None = None
+    size_bytes: int
+    compile_s: float
+    options: dict[str, Any] = Field(default_factory=dict)  # what the backend built with, and why
+    versions: dict[str, str] = Field(default_factory=dict)
+    gpu_arch: str | None = None
+    calibration: str | None = None
+    accuracy: CompileAccuracy
+    fingerprint: str  # the inputs it was built from: the same fingerprint is not rebuilt
 
 
 # -- planning: every name is checked before anything is built --------------------------------------
@@ -102,11 +142,13 @@ def _options(runtime: str, profile_options: dict[str, Any], gpu_arch: str | None
 # -- the stage ---------------------------------------------------------------------------------------
 def compile(run_path: str | Path, targets: list[str], precisions: list[str] | None = None,  # noqa: A001
             calibration: str | None = None, gpu_arch: str | None = None, threads: int | None = None,
-            force: bool = False, *, progress: bool = True) -> list[dict[str, Any]]:
+            force: bool = False, *, progress: bool = True, reporter: Reporter | None = None) -> CompileResults:
     """Compile the run's model for every target x precision; returns one result row per cell.
 
     Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
-    that fails afterwards is returned with ``status="failed"`` and its ``error``.
+    that fails afterwards is returned with ``status="failed"`` and its ``error`` (the result's
+    ``raise_for_errors`` turns those into one line). ``reporter`` (``edgetl.stages``) gets the
+    progress; without one, a rich bar on stderr when ``progress``, else nothing.
     """
     from edgetl.export.onnx import export_run
 
@@ -114,13 +156,34 @@ def compile(run_path: str | Path, targets: list[str], precisions: list[str] | No
     cells = plan(targets, precisions, calibration, gpu_arch, threads)
     onnx_path = export_run(run)
     ctx = _Context(run, onnx_path)
-    rows = []
-    with _Progress(progress, len(cells)) as bar:
-        for cell in cells:
-            bar.start(cell)
-            rows.append(_compile_cell(ctx, cell, force, bar))
-            bar.done(rows[-1])
+    if reporter is None:
+        reporter = _stderr_reporter() if progress else SilentReporter()
+    rows = CompileResults()
+    reporter.start("compile", total=len(cells))
+    for cell in cells:
+        reporter.step("compile", f"{cell.key}: checking inputs")
+        rows.append(_compile_cell(ctx, cell, force, reporter))
+        reporter.advance("compile", f"{_DONE.get(rows[-1]['status'], 'failed')} {cell.key}")
     return rows
+
+
+_DONE = {"ok": "built", "cached": "unchanged"}
+
+
+class CompileResults(list, StageResult):
+    """The compile stage's rows (one dict per cell, as before); failed cells are its errors."""
+
+    error_class: ClassVar[type[EdgetlError]] = CompileError
+    what_failed: ClassVar[str] = "could not be built"
+
+    def errors(self) -> list[str]:
+        return [f"{r['cell']}: {r['error']}" for r in self if r.get("status") == "failed"]
+
+
+def _stderr_reporter():
+    from rich.console import Console
+
+    return RichReporter(Console(stderr=True))
 
 
 class _Context:
@@ -161,8 +224,43 @@ def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
     })
 
 
-def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]:
-    row = {"cell": cell.key, "target": cell.target, "runtime": cell.runtime, "precision": cell.precision}
+def fingerprints(run: RunDir, cells: list[Cell]) -> dict[str, str | None] | None:
+    """Each cell's fingerprint (what its ``CompiledEntry`` records), None for a cell this machine
+    cannot build; None as a whole while the export is not current (it would be redone first)."""
+    from edgetl.export.onnx import current_export
+
+    onnx_path = current_export(run)
+    if onnx_path is None:
+        return None
+    ctx, out = _Context(run, onnx_path), {}
+    for cell in cells:
+        backend = get_backend(cell.runtime)
+        buildable = backend.available() and cell.precision in backend.precisions
+        out[cell.key] = _fingerprint(ctx, cell, backend) if buildable else None
+    return out
+
+
+def current_rows(run: RunDir, cells: list[Cell]) -> CompileResults | None:
+    """The rows ``compile`` would return when every cell is already built from the same inputs
+    (the rule ``compile`` applies per cell), else None: something would be built."""
+    wanted = fingerprints(run, cells)
+    if wanted is None:
+        return None
+    rows = CompileResults()
+    for cell in cells:
+        entry = _current(run, cell, wanted[cell.key]) if wanted[cell.key] else None
+        if entry is None:
+            return None
+        rows.append({**_row(cell), **_summary(entry), "status": "cached"})
+    return rows
+
+
+def _row(cell: Cell) -> dict[str, Any]:
+    return {"cell": cell.key, "target": cell.target, "runtime": cell.runtime, "precision": cell.precision}
+
+
+def _compile_cell(ctx: _Context, cell: Cell, force: bool, reporter: Reporter) -> dict[str, Any]:
+    row = _row(cell)
     try:
         backend = get_backend(cell.runtime)
         if not backend.available():
@@ -173,7 +271,7 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]
         entry = _current(ctx.run, cell, fingerprint) if not force else None
         status = "cached"
         if entry is None:
-            entry, status = _build(ctx, cell, backend, fingerprint, bar), "ok"
+            entry, status = _build(ctx, cell, backend, fingerprint, reporter), "ok"
         return {**row, **_summary(entry), "status": status}
     except EdgetlError as exc:
         return {**row, "status": "failed", "error": str(exc)}
@@ -181,53 +279,53 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, bar) -> dict[str, Any]
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
-def _current(run: RunDir, cell: Cell, fingerprint: str) -> dict | None:
+def _current(run: RunDir, cell: Cell, fingerprint: str) -> CompiledEntry | None:
     """The manifest entry when it was built from the same inputs and its files are intact."""
-    entry = run.get("compiled", {}).get(cell.key)
-    if not entry or entry.get("fingerprint") != fingerprint:
-        return None
     try:
-        for f in entry["files"]:
+        entry = run.entries(CompiledEntry).get(cell.key)
+        if not entry or entry.fingerprint != fingerprint:
+            return None
+        for f in entry.files:
             run.verify(f)
-    except EdgetlError:
+    except EdgetlError:  # a malformed or tampered entry is rebuilt
         return None
     return entry
 
 
-def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, bar) -> dict[str, Any]:
+def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, reporter: Reporter) -> CompiledEntry:
     run = ctx.run
     calibration = None
     if cell.precision == "int8":
-        bar.step(cell, "calibration images")
-        calibration = ctx.calibration(cell.recipe, bar.warn)
+        reporter.step("compile", f"{cell.key}: calibration images")
+        calibration = ctx.calibration(cell.recipe, reporter.warn)
     options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads}
     dest = run.path / "compiled" / cell.target / cell.precision
     with atomic_dir(dest) as tmp:
-        bar.step(cell, f"{cell.runtime} {cell.precision}")
+        reporter.step("compile", f"{cell.key}: {cell.runtime} {cell.precision}")
         started = time.perf_counter()
         compiled = backend.compile(ctx.onnx_path, tmp, cell.precision, calibration, options)
         compile_s = time.perf_counter() - started
-        bar.step(cell, "accuracy on the validation split")
+        reporter.step("compile", f"{cell.key}: accuracy on the validation split")
         accuracy = _accuracy(ctx, backend, compiled, cell.threads)
     moved = _moved(compiled, tmp, dest)
     files = [run.rel(f) for f in moved.files]
-    entry = {
-        "target": cell.target, "runtime": cell.runtime, "precision": cell.precision,
-        "dir": run.rel(dest), "path": run.rel(moved.path), "files": files,
-        "estimate_with": run.rel(moved.estimate_with) if accuracy["estimated"] else None,
-        "size_bytes": sum(f.stat().st_size for f in moved.files), "compile_s": round(compile_s, 3),
-        "options": _jsonable(compiled.options), "versions": _versions(backend, accuracy),
-        "gpu_arch": compiled.options.get("gpu_arch"),
-        "calibration": cell.recipe.name if cell.recipe else None,
-        "accuracy": accuracy, "fingerprint": fingerprint,
-    }
+    entry = CompiledEntry(
+        target=cell.target, runtime=cell.runtime, precision=cell.precision,
+        dir=run.rel(dest), path=run.rel(moved.path), files=files,
+        estimate_with=run.rel(moved.estimate_with) if accuracy["estimated"] else None,
+        size_bytes=sum(f.stat().st_size for f in moved.files), compile_s=round(compile_s, 3),
+        options=_jsonable(compiled.options), versions=_versions(backend, accuracy),
+        gpu_arch=compiled.options.get("gpu_arch"),
+        calibration=cell.recipe.name if cell.recipe else None,
+        accuracy=accuracy, fingerprint=fingerprint,
+    )
     hashes = {f: sha256_file(run.path / f) for f in files}
-    with run.editing() as manifest:
+    with run.editing() as manifest:  # the artifact's hashes and its entry in one locked write
         artifacts = manifest.setdefault("artifacts", {})
-        for stale in [k for k in artifacts if k.startswith(entry["dir"] + "/") and k not in hashes]:
+        for stale in [k for k in artifacts if k.startswith(entry.dir + "/") and k not in hashes]:
             del artifacts[stale]  # files of the artifact this one replaced
         artifacts.update(hashes)
-        manifest.setdefault("compiled", {})[cell.key] = entry
+        manifest.setdefault(CompiledEntry.SECTION, {})[cell.key] = entry.dump()
     return entry
 
 
@@ -283,12 +381,12 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _summary(entry: dict) -> dict[str, Any]:
-    acc = entry["accuracy"]
-    row = {"path": entry["path"], "size_mb": entry["size_bytes"] / 1e6, "compile_s": entry["compile_s"],
-           "top1": acc["top1"], "drop_pp": acc["drop_pp"], "agreement": acc["agreement"], "estimated": acc["estimated"]}
-    if "engine" in entry["options"]:  # a TensorRT engine left to the device: say it in the row
-        row["note"] = f"engine {entry['options']['engine']}"
+def _summary(entry: CompiledEntry) -> dict[str, Any]:
+    acc = entry.accuracy
+    row = {"path": entry.path, "size_mb": entry.size_bytes / 1e6, "compile_s": entry.compile_s,
+           "top1": acc.top1, "drop_pp": acc.drop_pp, "agreement": acc.agreement, "estimated": acc.estimated}
+    if "engine" in entry.options:  # a TensorRT engine left to the device: say it in the row
+        row["note"] = f"engine {entry.options['engine']}"
     return row
 
 
@@ -321,51 +419,6 @@ def _availability(runtime: str) -> str:
 
 
 # -- display -------------------------------------------------------------------------------------
-class _Progress:
-    """A rich progress bar over the cells, with the current step; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[cell]}"), TextColumn("{task.description}"),
-                             BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
-                             transient=True, disable=not enabled)
-        self._task = self._bar.add_task("", total=total, cell="")
-
-    def __enter__(self):
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._bar.__exit__(*exc)
-
-    def start(self, cell: Cell) -> None:
-        self._bar.update(self._task, cell=cell.key, description="checking inputs")
-
-    def step(self, cell: Cell, what: str) -> None:
-        self._bar.update(self._task, cell=cell.key, description=what)
-
-    def warn(self, message: str) -> None:
-        if self.enabled:
-            self._bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
-
-    def done(self, row: dict) -> None:
-        self._bar.advance(self._task)
-        if self.enabled:
-            mark = {"ok": "[green]built[/]", "cached": "[dim]unchanged[/]"}.get(row["status"], "[red]failed[/]")
-            self._bar.console.print(f"{mark} {row['cell']}", highlight=False)
-
-
 def summary_table(rows: list[dict[str, Any]]):
     """A rich table of the matrix (what ``edgetl compile`` prints)."""
     from rich.markup import escape

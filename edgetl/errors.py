@@ -63,3 +63,9 @@ class BundleError(EdgetlError):
 
 class RemoteError(EdgetlError):
     """An SSH host that cannot be reached or refused the command."""
+
+
+class GatesFailed(EdgetlError):
+    """A budget failed under ``--check`` (exit code 1: the command worked, the model did not pass)."""
+
+    exit_code = 1

@@ -1,9 +1,11 @@
 """``edgetl deploy``: train -> compile -> bench -> bundle -> report, in one command.
 
-Each stage is skipped when its inputs did not change: training when the data, backbone, weights and
-hyper-parameters hash the same; compiling per cell (the compiler compares the ONNX, recipe and
-options); benching when a result for the same artifact bytes exists on this device; bundling when
-the bundle was made from the current artifact. So adding a target to an existing run only does the
+``deploy`` is a loop over stages (``edgetl.stages``: fingerprint, is-current, run, a result that
+decides pass/fail) with one skip rule: a stage whose recorded output is current is not run. Training
+is current when the data, backbone, weights and hyper-parameters hash the same; compiling when every
+cell was built from the same ONNX, recipe and options (the compiler's own per-cell rule); benching
+when a result for the same artifact bytes exists on this device; bundling when every bundle was
+made from the current artifact. So adding a target to an existing run only does the
 new work. A TOML file can hold every option (``edgetl deploy --config deploy.toml``).
 
 Every option is checked before the first stage (``check_config``): a misspelt target must not cost
@@ -13,18 +15,24 @@ results; an artifact that FAILED a budget is not bundled (``edgetl bundle`` stil
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationError
 
+from edgetl._io import sha256_json
 from edgetl.adapt.options import TrainInputs, TrainOptions, keyword_parameters, unknown_options
+from edgetl.adapt.train import TrainRecord
+from edgetl.bench.settings import DEFAULTS as BENCH
+from edgetl.bench.settings import BenchSettings
+from edgetl.compiler import CompiledEntry
 from edgetl.config import load_toml, validation_message
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import CompileError, ConfigError, EdgetlError
 from edgetl.rundir import RunDir
+from edgetl.stages import Reporter, RichReporter, Stage, StageResult
 
 _FLAGS = {"targets": "--targets", "precisions": "--precision", "batches": "--batch"}  # field -> option
 
@@ -42,11 +50,15 @@ class DeployConfig(TrainInputs):
     calibration: str | None = None
     gpu_arch: str | None = None
     threads: int | None = Field(None, ge=1)
-    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
-    iterations: int = Field(200, ge=1)
+    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: list(BENCH.batches), min_length=1)
+    iterations: int = Field(BENCH.iterations, ge=1)
     bundle: bool = True
     sign: str | None = None  # Ed25519 private key that signs every bundle (edgetl keys new)
     check: bool = False
+
+    def bench_settings(self) -> BenchSettings:
+        """The bench stage's settings: these options over ``BenchSettings``' defaults."""
+        return BenchSettings.parse(batches=tuple(self.batches), threads=self.threads, iterations=self.iterations)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployConfig:
@@ -129,128 +141,292 @@ def check_config(config: DeployConfig) -> None:
             validate_budgets(load_target(name).budgets, f"target profile {name!r}")
 
 
-def deploy(config: DeployConfig, console=None) -> dict:
-    """Run every stage that is out of date; returns where the report and bundles are, and the gates.
+def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = None) -> dict:
+    """Run every stage that is out of date; returns where the report and bundles are, the gates, and
+    per stage whether it was skipped, its note and the fingerprint of its inputs.
 
-    Raises ``GatesFailed`` (exit 1) with ``config.check`` when a budget failed, and ``CompileError``
-    (exit 2) when an artifact could not be built or benched, after the summary is printed."""
+    ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
+    ``RichReporter`` on ``console`` (default: a new rich Console). Training prints its summary on
+    ``console`` (with a reporter and no console: not at all; its epoch bars are its own). Raises ``GatesFailed`` (exit 1)
+    with ``config.check`` when a budget failed, and ``CompileError`` (exit 2) when an artifact could
+    not be built or benched, after the summary is reported."""
     from rich.console import Console
 
-    from edgetl.bench.system import device_slug
-
     check_config(config)
-    console = console or Console()
-    steps = ["train", "compile", "bench", *(["bundle"] if config.bundle else []), "report"]
-    say = _Stages(console, steps)
-    run = _train(config, say, console)
-    rows = _compile(config, run, say)
-    _bench(config, run, [r["cell"] for r in rows if r.get("status") != "failed"], say, console)
-    gates = gate_rows(run, rows, device_slug())
-    bundles = _bundle(run, gates, say, config.sign) if config.bundle else {}
-    from edgetl.report import make_report
-
-    say.start("report")  # last, so it lists the bundles just made
-    written = make_report(run.path)
-    say.done("report", ", ".join(str(p) for p in written.files))
-    _summary(console, run, gates, bundles)
-    _raise_for_outcome(gates, config.check)
-    return {"run": str(run.path), "report": str(run.path / "report.html"),
-            "bundles": {k: str(v) for k, v in bundles.items()}, "gates": gates}
-
-
-class _Stages:
-    def __init__(self, console, steps: list[str]):
-        self.console, self.steps = console, steps
-
-    def start(self, step: str) -> None:
-        self.console.rule(f"[bold]{self.steps.index(step) + 1}/{len(self.steps)} {step}")
-
-    def done(self, step: str, note: str) -> None:
-        self.console.print(f"[green]✓[/] {step}: {note}", highlight=False)
+    if reporter is None:
+        console = console or Console()
+    state = _State(config, console)  # training's summary goes to ``console`` (None: not printed)
+    stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
+                           _Report(state)]  # the report last, so it lists the bundles just made
+    reporter = reporter or RichReporter(console, [s.name for s in stages])
+    done = {}
+    for stage in stages:  # one skip rule: a stage whose recorded output is current is not run
+        reporter.start(stage.name)
+        skipped = stage.is_current()
+        result = stage.recorded() if skipped else stage.run(reporter)
+        reporter.done(stage.name, f"skipped — {result.note}" if skipped else result.note)
+        done[stage.name] = {"skipped": skipped, "note": result.note, "fingerprint": stage.fingerprint()}
+    outcome = DeployResult(state.run, state.gates, state.bundles)
+    outcome.report(reporter)
+    outcome.raise_for_errors()
+    if config.check:
+        outcome.raise_for_gates()
+    return {"run": str(state.run.path), "report": str(state.run.path / "report.html"),
+            "bundles": {k: str(v) for k, v in state.bundles.items()}, "gates": state.gates, "stages": done}
 
 
-def _train(config: DeployConfig, say: _Stages, console) -> RunDir:
-    from edgetl.adapt.train import train, train_inputs_hash
+class _State:
+    """What the stages of one deploy hand each other: the options, the run, and each stage's output."""
 
-    say.start("train")
-    inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
-    wanted = train_inputs_hash(config.data, config.train, **inputs)
-    existing = _existing_train(config.out)
-    if existing and existing.get("inputs_hash") == wanted and not existing["metrics"].get("interrupted"):
-        say.done("train", f"skipped — data and options unchanged (val top-1 {existing['metrics']['val_top1']:.2%})")
-    else:
-        section = train(config.data, config.train, out=config.out, console=console, **inputs)
-        say.done("train", f"val top-1 {section['metrics']['val_top1']:.2%}")
-    return RunDir.open(config.out, need="train")
+    def __init__(self, config: DeployConfig, console):
+        self.config, self.console = config, console
+        self.run: RunDir | None = None
+        self.rows: list[dict] = []  # compile rows, one per cell
+        self.gates: list[dict] = []  # gate_rows, after the bench
+        self.bundles: dict[str, Path] = {}
 
 
-def _existing_train(out: str) -> dict | None:
-    try:
-        return RunDir.open(out).get("train")
-    except EdgetlError:
-        return None
+@dataclasses.dataclass
+class _Done(StageResult):
+    """A stage's outcome in one line; deploy decides pass/fail on the whole (``DeployResult``)."""
+
+    note: str
 
 
-def _compile(config: DeployConfig, run: RunDir, say: _Stages) -> list[dict]:
-    from edgetl.compiler import compile as compile_stage
-    from edgetl.compiler import summary_table
+class _Train:
+    name = "train"
 
-    say.start("compile")
-    rows = compile_stage(run.path, config.targets, config.precisions, config.calibration, config.gpu_arch, config.threads)
-    say.console.print(summary_table(rows))
-    failed = [r for r in rows if r.get("status") == "failed"]
-    say.done("compile", f"{len(rows) - len(failed)} of {len(rows)} artifact(s) ready"
-             + (f"; failed: {', '.join(r['cell'] for r in failed)}" if failed else ""))
-    return rows
+    def __init__(self, state: _State):
+        self.state = state
+        config = state.config
+        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
+
+    def fingerprint(self) -> str:
+        from edgetl.adapt.train import train_inputs_hash
+
+        return train_inputs_hash(self.state.config.data, self.state.config.train, **self.inputs)
+
+    def _existing(self) -> TrainRecord | None:
+        try:
+            return RunDir.open(self.state.config.out).section(TrainRecord)
+        except EdgetlError:  # no run yet, or a training that never finished
+            return None
+
+    def is_current(self) -> bool:
+        existing = self._existing()
+        return bool(existing and existing.inputs_hash == self.fingerprint() and not existing.metrics.interrupted)
+
+    def recorded(self) -> _Done:
+        self.state.run = RunDir.open(self.state.config.out, need="train")
+        return _Done(f"data and options unchanged (val top-1 {self._existing().metrics.val_top1:.2%})")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.adapt.train import train
+
+        config = self.state.config
+        section = train(config.data, config.train, out=config.out, console=self.state.console, **self.inputs)
+        self.state.run = RunDir.open(self.state.config.out, need="train")
+        return _Done(f"val top-1 {section['metrics']['val_top1']:.2%}")
+
+
+class _Compile:
+    name = "compile"
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def _cells(self):
+        from edgetl.compiler import plan
+
+        c = self.state.config
+        return plan(c.targets, c.precisions, c.calibration, c.gpu_arch, c.threads)
+
+    def fingerprint(self) -> str:
+        from edgetl.compiler import fingerprints
+
+        return sha256_json(fingerprints(self.state.run, self._cells()))
+
+    def _current(self):
+        from edgetl.compiler import current_rows
+
+        return current_rows(self.state.run, self._cells())
+
+    def is_current(self) -> bool:
+        return self._current() is not None
+
+    def recorded(self) -> _Done:
+        self.state.rows = self._current()
+        return _Done(f"{len(self.state.rows)} artifact(s) unchanged")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.compiler import compile as compile_stage
+        from edgetl.compiler import summary_table
+
+        c = self.state.config
+        rows = compile_stage(self.state.run.path, c.targets, c.precisions, c.calibration, c.gpu_arch, c.threads,
+                             reporter=reporter)
+        reporter.table(summary_table(rows))
+        self.state.rows = rows
+        failed = [r["cell"] for r in rows if r.get("status") == "failed"]
+        return _Done(f"{len(rows) - len(failed)} of {len(rows)} artifact(s) ready"
+                     + (f"; failed: {', '.join(failed)}" if failed else ""))
+
+
+class _Bench:
+    name = "bench"
+
+    def __init__(self, state: _State):
+        self.state = state
+        self.settings = state.config.bench_settings()
+
+    def _keys(self) -> list[str]:
+        return [r["cell"] for r in self.state.rows if r.get("status") != "failed"]
+
+    def fingerprint(self) -> str:
+        run = self.state.run
+        files = {k: _artifact_files(run, e) for k, e in run.entries(CompiledEntry).items() if k in self._keys()}
+        return sha256_json({"files": files, "settings": self.settings.record()})
+
+    def is_current(self) -> bool:
+        from edgetl.bench.system import device_slug
+
+        return not _stale_bench_keys(self.state.run, self._keys(), device_slug(), list(self.settings.batches))
+
+    def _gates(self) -> None:
+        from edgetl.bench.system import device_slug
+
+        self.state.gates = gate_rows(self.state.run, self.state.rows, device_slug())
+
+    def recorded(self) -> _Done:
+        self._gates()
+        return _Done("every artifact that runs here is already benched on this device")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.bench.run import bench
+        from edgetl.bench.system import device_slug
+        from edgetl.bench.table import rich_table
+
+        run, keys = self.state.run, self._keys()
+        stale = _stale_bench_keys(run, keys, device_slug(), list(self.settings.batches))
+        # Artifacts that cannot run here (a TensorRT engine without a GPU) keep their row in the table:
+        # "n/a here", with the accuracy estimated at compile time.
+        elsewhere = [k for k in keys if k not in stale and not _runs_here(run, k)]
+        results = bench(run.path, stale + elsewhere, settings=self.settings, reporter=reporter)
+        reporter.table(lambda width: rich_table(results.rows, f"bench on {results.device}", width=width))
+        self._gates()
+        measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
+        return _Done(f"{len(measured)} artifact(s) measured on {results.device}")
+
+
+class _Bundle:
+    """Bundle every built artifact but those that FAILED a budget: they are named, not shipped as fine.
+    With ``sign`` every bundle is signed by that key (an existing one signed otherwise is remade)."""
+
+    name = "bundle"
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def _wanted(self) -> list[dict]:
+        from edgetl.bench.gates import FAIL
+
+        return [g for g in self.state.gates if g["gate"] not in (NOT_BUILT, FAIL)]
+
+    def fingerprint(self) -> str:
+        return sha256_json({"bundles": [g["key"] for g in self._wanted()], "sign": self.state.config.sign})
+
+    def _existing(self) -> dict[str, Path] | None:
+        from edgetl.bundle.create import up_to_date
+
+        made = {}
+        for g in self._wanted():
+            try:
+                made[g["key"]] = up_to_date(self.state.run, g["target"], g["precision"], sign=self.state.config.sign)
+            except EdgetlError:
+                return None
+            if made[g["key"]] is None:
+                return None
+        return made
+
+    def is_current(self) -> bool:
+        return not self._failed() and self._existing() is not None
+
+    def _failed(self) -> list[dict]:
+        from edgetl.bench.gates import FAIL
+
+        return [g for g in self.state.gates if g["gate"] == FAIL]
+
+    def recorded(self) -> _Done:
+        self.state.bundles = self._existing()
+        return _Done(f"{len(self.state.bundles)} bundle(s) unchanged")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.bundle.create import create_bundle, up_to_date
+
+        run, sign = self.state.run, self.state.config.sign
+        for row in self._failed():
+            reporter.warn(f"bundle {row['key']}: skipped, it FAILED its budget ({row['detail']}); to bundle it "
+                          f"anyway: edgetl bundle {run.path} --target {row['target']} --precision {row['precision']}")
+        for row in self._wanted():
+            try:
+                self.state.bundles[row["key"]] = up_to_date(run, row["target"], row["precision"], sign=sign) or \
+                    create_bundle(run.path, row["target"], row["precision"], sign=sign)
+            except EdgetlError as exc:
+                reporter.warn(f"bundle {row['key']}: {exc}")
+        return _Done(f"{len(self.state.bundles)} bundle(s)")
+
+
+class _Report:
+    name = "report"
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def fingerprint(self) -> str:
+        return sha256_json(self.state.run.manifest)
+
+    def is_current(self) -> bool:
+        return False  # cheap, and it says when it was made: always written
+
+    def recorded(self) -> _Done:
+        raise AssertionError("the report is never current")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.report import make_report
+
+        written = make_report(self.state.run.path)
+        return _Done(", ".join(str(p) for p in written.files))
+
+
+def _artifact_files(run: RunDir, entry: CompiledEntry) -> dict[str, str | None]:
+    artifacts = run.manifest.get("artifacts", {})
+    return {f: artifacts.get(f) for f in entry.files or [entry.path]}
 
 
 def _runs_here(run: RunDir, key: str) -> bool:
     from edgetl.backends import get_backend
 
-    backend = get_backend(run.manifest["compiled"][key]["runtime"])
+    backend = get_backend(run.compiled_entry(key).runtime)
     return backend.available() and backend.can_run_here()
 
 
 def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[int]) -> list[str]:
     """Compiled keys without a result on this device for exactly the current artifact bytes."""
-    from edgetl.bench.run import result_path
+    from edgetl.bench.run import BenchDocument, result_path
 
-    artifacts = run.manifest.get("artifacts", {})
     stale = []
     for key in keys:
-        entry = run.manifest["compiled"][key]
         if not _runs_here(run, key):
             continue  # e.g. a TensorRT engine without a GPU: bench it on the device (edgetl bench BUNDLE)
-        path = result_path(run, key, device)
         try:
-            doc = json.loads(path.read_text())
-            current = {f: artifacts.get(f) for f in entry.get("files") or [entry["path"]]}
-            same = doc["artifact"]["files"] == current and doc["settings"]["batches"] == batches
-        except (OSError, ValueError, KeyError, TypeError):
+            doc = BenchDocument.read(result_path(run, key, device))
+            same = doc.artifact["files"] == _artifact_files(run, run.compiled_entry(key)) and \
+                (doc.settings or {}).get("batches") == batches
+        except (EdgetlError, KeyError):
             same = False
         if not same:
             stale.append(key)
     return stale
-
-
-def _bench(config: DeployConfig, run: RunDir, keys: list[str], say: _Stages, console) -> None:
-    from edgetl.bench.run import bench
-    from edgetl.bench.system import device_slug
-    from edgetl.bench.table import print_table
-
-    say.start("bench")
-    stale = _stale_bench_keys(run, keys, device_slug(), config.batches)
-    if not stale:
-        say.done("bench", "skipped — every artifact that runs here is already benched on this device")
-        return
-    # Artifacts that cannot run here (a TensorRT engine without a GPU) keep their row in the table:
-    # "n/a here", with the accuracy estimated at compile time.
-    elsewhere = [k for k in keys if k not in stale and not _runs_here(run, k)]
-    results = bench(run.path, stale + elsewhere, batches=config.batches, threads=config.threads,
-                    iterations=config.iterations, console=console)
-    print_table(console, results.rows, f"bench on {results.device}")
-    measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
-    say.done("bench", f"{len(measured)} artifact(s) measured on {results.device}")
 
 
 # -- the truth at the end: one gate per artifact, read from the bench results ---------------------------
@@ -260,23 +436,26 @@ NOT_BUILT, NOT_BENCHED, NOT_HERE = "not built", "bench failed", "not measured he
 def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
     """One row per artifact: the gate status the bench stage wrote (PASS, FAIL, n/a, ...) and why,
     or why there is none (not built; bench failed; runtime cannot run here)."""
-    results = ((run.manifest.get("bench") or {}).get(device) or {}).get("results") or {}
+    from edgetl.bench.run import BenchSummary, DeviceBench
+
+    recorded = run.entries(DeviceBench).get(device)
+    results = recorded.results if recorded else {}
     out = []
     for r in rows:
         row = {"key": r["cell"], "target": r["target"], "precision": r["precision"]}
-        bench = results.get(r["cell"]) or {}
+        bench = results.get(r["cell"]) or BenchSummary()
         if r.get("status") == "failed":
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
-        elif bench.get("status") == "ok":
+        elif bench.status == "ok":
             gates = _result_gates(run, bench)
             # An UNDECIDED gate is bundled: its reason (too few images) must be read before it is shipped.
-            said = [*(gates.get("failed") or []), *(gates.get("undecided") or [])]
-            out.append({**row, "gate": gates["status"], "detail": "; ".join(said)})
-        elif bench.get("status") == "error":
-            out.append({**row, "gate": NOT_BENCHED, "detail": bench.get("reason") or ""})
+            said = [*gates.failed, *gates.undecided]
+            out.append({**row, "gate": gates.status, "detail": "; ".join(said)})
+        elif bench.status == "error":
+            out.append({**row, "gate": NOT_BENCHED, "detail": bench.reason or ""})
         else:
-            detail = bench.get("reason") or (f"bench its bundle on the device: "
-                                             f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz")
+            detail = bench.reason or (f"bench its bundle on the device: "
+                                      f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz")
             out.append({**row, "gate": NOT_HERE, "detail": detail + _estimate_over_budget(run, r)})
     return out
 
@@ -288,77 +467,62 @@ def _estimate_over_budget(run: RunDir, row: dict) -> str:
     from edgetl.bench.gates import estimates_missing
     from edgetl.config import load_target
 
-    estimate = (((run.manifest.get("compiled") or {}).get(row["cell"]) or {}).get("accuracy"))
-    if not estimate or row["target"] in RUNTIMES:
+    entry = run.entries(CompiledEntry).get(row["cell"])
+    if entry is None or row["target"] in RUNTIMES:
         return ""
-    missed = estimates_missing(load_target(row["target"]).budgets, estimate)
+    missed = estimates_missing(load_target(row["target"]).budgets, entry.accuracy.model_dump())
     if not missed:
         return ""
     return f"; {', '.join(missed)}: measure it on the device (edgetl val BUNDLE FOLDER) before shipping"
 
 
-def _result_gates(run: RunDir, summary: dict) -> dict:
+def _result_gates(run: RunDir, summary):
     """The gates of a bench result file; the manifest's one-word status when the file is gone."""
+    from edgetl.bench.run import BenchDocument, BenchGates
+
     try:
-        return json.loads((run.path / summary["file"]).read_text(encoding="utf-8"))["gates"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {"status": summary.get("gate") or NOT_BENCHED, "failed": [f"result file {summary.get('file')} unreadable"]}
+        gates = BenchDocument.read(run.path / summary.file).gates if summary.file else None
+    except EdgetlError:
+        gates = None
+    return gates or BenchGates(status=summary.gate or NOT_BENCHED, failed=[f"result file {summary.file} unreadable"])
 
 
-def _bundle(run: RunDir, gates: list[dict], say: _Stages, sign: str | None = None) -> dict[str, Path]:
-    """Bundle every built artifact but those that FAILED a budget: they are named, not shipped as fine.
-    With ``sign`` every bundle is signed by that key (an existing one signed otherwise is remade)."""
-    from edgetl.bench.gates import FAIL
-    from edgetl.bundle.create import create_bundle, up_to_date
+@dataclasses.dataclass
+class DeployResult(StageResult):
+    """The whole deploy: one gate row per artifact and the bundles made. It decides pass/fail: an
+    artifact not built or not benched is an error (exit 2), a FAILed budget a failed gate (exit 1)."""
 
-    say.start("bundle")
-    out: dict[str, Path] = {}
-    for row in gates:
-        if row["gate"] == NOT_BUILT:
-            continue
-        if row["gate"] == FAIL:
-            say.console.print(f"[red]bundle {row['key']}: skipped, it FAILED its budget[/] ({row['detail']}); "
-                              f"to bundle it anyway: edgetl bundle {run.path} --target {row['target']} "
-                              f"--precision {row['precision']}", highlight=False)
-            continue
-        try:
-            out[row["key"]] = up_to_date(run, row["target"], row["precision"], sign=sign) or \
-                create_bundle(run.path, row["target"], row["precision"], sign=sign)
-        except EdgetlError as exc:
-            say.console.print(f"[yellow]bundle {row['key']}: {exc}[/]", highlight=False)
-    say.done("bundle", f"{len(out)} bundle(s)")
-    return out
+    run: RunDir
+    gates: list[dict]
+    bundles: dict[str, Path]
+    error_class: ClassVar[type[EdgetlError]] = CompileError
+    what_failed: ClassVar[str] = "could not be built or benched"
 
+    def errors(self) -> list[str]:
+        return [f"{g['key']}: {g['detail']}" for g in self.gates if g["gate"] in (NOT_BUILT, NOT_BENCHED)]
 
-def _summary(console, run: RunDir, gates: list[dict], bundles: dict[str, Path]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    def failed_gates(self) -> list[str]:
+        from edgetl.bench.gates import FAIL
 
-    from edgetl.bench.gates import FAIL, NA, PASS
+        return [f"{g['key']}: {g['detail']}" for g in self.gates if g["gate"] == FAIL]
 
-    failed = [g for g in gates if g["gate"] == FAIL]
-    broken = [g for g in gates if g["gate"] in (NOT_BUILT, NOT_BENCHED)]
-    if failed or broken:
-        console.rule(f"[bold red]done, but {len(failed)} budget(s) FAILED and {len(broken)} artifact(s) broken")
-    else:
-        console.rule("[bold green]done")
-    table = Table("artifact", "gate", "detail", "bundle", title="gates on this machine", title_justify="left")
-    colour = {PASS: "green", FAIL: "bold red", NA: "dim", NOT_BUILT: "red", NOT_BENCHED: "red"}
-    for g in gates:
-        text = "no budgets" if g["gate"] == NA else g["gate"]
-        bundle = str(bundles[g["key"]]) if g["key"] in bundles else "-"
-        table.add_row(g["key"], f"[{colour.get(g['gate'], 'yellow')}]{escape(text)}[/]", escape(g["detail"]), bundle)
-    console.print(table)
-    console.print(f"report:  [bold]{run.path / 'report.html'}[/] (also report.md, report.json)")
+    def report(self, reporter: Reporter) -> None:
+        """The gates table, then one line: done, or how many budgets failed and artifacts broke."""
+        from rich.markup import escape
+        from rich.table import Table
 
+        from edgetl.bench.gates import FAIL, NA, PASS
 
-def _raise_for_outcome(gates: list[dict], check: bool) -> None:
-    from edgetl.bench.gates import FAIL
-    from edgetl.bench.run import GatesFailed
-
-    broken = [f"{g['key']}: {g['detail']}" for g in gates if g["gate"] in (NOT_BUILT, NOT_BENCHED)]
-    if broken:
-        raise CompileError(f"{len(broken)} artifact(s) could not be built or benched: " + " | ".join(broken))
-    failed = [f"{g['key']}: {g['detail']}" for g in gates if g["gate"] == FAIL]
-    if check and failed:
-        raise GatesFailed("budget failed: " + " | ".join(failed))
+        table = Table("artifact", "gate", "detail", "bundle", title="gates on this machine", title_justify="left")
+        colour = {PASS: "green", FAIL: "bold red", NA: "dim", NOT_BUILT: "red", NOT_BENCHED: "red"}
+        for g in self.gates:
+            text = "no budgets" if g["gate"] == NA else g["gate"]
+            bundle = str(self.bundles[g["key"]]) if g["key"] in self.bundles else "-"
+            table.add_row(g["key"], f"[{colour.get(g['gate'], 'yellow')}]{escape(text)}[/]", escape(g["detail"]), bundle)
+        reporter.table(table)
+        failed, broken = self.failed_gates(), self.errors()
+        where = f"report: {self.run.path / 'report.html'} (also report.md, report.json)"
+        if failed or broken:
+            reporter.warn(f"done, but {len(failed)} budget(s) FAILED and {len(broken)} artifact(s) broken; {where}")
+        else:
+            reporter.done("deploy", where)

@@ -7,6 +7,13 @@ several devices) never lose each other's entries.
 
 Sections: ``train``, ``export``, ``compiled`` (``<target>/<precision>`` -> entry), ``bench``,
 ``bundles``; ``artifacts`` maps every file a stage produced (relative path) to its sha256.
+
+Each section is a ``Record``, a pydantic model defined in the module that writes it (``TrainRecord``
+in adapt/train.py, ``ExportRecord`` in export/onnx.py, ``CompiledEntry`` in compiler.py,
+``DeviceBench`` in bench/run.py, ``BundleRecord`` in bundle/create.py). Stages read them through
+``RunDir.section`` / ``RunDir.entries`` and write them with ``RunDir.set_record``, never by string
+key; a section that does not fit its model is one ``RunDirError`` line. docs/architecture.md, "The
+run directory", lists them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgetl._io import sha256_file, write_json
 from edgetl.data.layout import IMAGE_SUFFIXES
@@ -25,6 +34,45 @@ from edgetl.errors import ArtifactError, RunDirError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+class Record(BaseModel):
+    """One manifest section (or one entry of a keyed section such as ``compiled``), typed.
+
+    ``SECTION`` names it in the manifest; ``KEYED`` sections map a key (``<target>/<precision>``, a
+    device) to one record each. ``schema`` versions the record: a manifest from before it was
+    recorded reads as version 1; one from a newer edgetl is refused with a line saying so. Fields
+    a model does not declare are kept (``extra="allow"``), so a record from a newer minor version
+    still loads and is written back whole.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    SECTION: ClassVar[str]
+    KEYED: ClassVar[bool] = False
+    VERSION: ClassVar[int] = 1
+
+    schema_version: int = Field(1, alias="schema")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable(cls, version: int) -> int:
+        if version > cls.VERSION:
+            raise ValueError(f"schema {version} is newer than this edgetl reads ({cls.VERSION}): upgrade edgetl")
+        return version
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON the manifest holds: the fields it was given (a record read back keeps its shape),
+        ``schema`` included."""
+        return {**self.fields(), "schema": self.VERSION}
+
+    def fields(self) -> dict[str, Any]:
+        """The record's content as JSON, without its schema version: what a hash of its inputs or a
+        report shows (the same for a record written before versions were recorded)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"schema_version"})
+
+
+R = TypeVar("R", bound=Record)
 
 
 class RunDir:
@@ -78,6 +126,59 @@ class RunDir:
 
     def get(self, section: str, default: Any = None) -> Any:
         return self.manifest.get(section, default)
+
+    # -- typed records -----------------------------------------------------------------------
+    def section(self, model: type[R], manifest: dict[str, Any] | None = None) -> R | None:
+        """The manifest's ``model.SECTION`` as a ``model`` (``None`` when that stage has not run)."""
+        raw = (self.manifest if manifest is None else manifest).get(model.SECTION)
+        return None if raw is None else self._parse(model, raw, model.SECTION)
+
+    def require(self, model: type[R]) -> R:
+        """``section``, or the ``RunDirError`` naming the command that writes it."""
+        record = self.section(model)
+        if record is None:
+            self.open(self.path, need=model.SECTION)  # a missing stage: the same hint as everywhere
+            raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' is empty: rerun that stage")
+        return record
+
+    def entries(self, model: type[R], manifest: dict[str, Any] | None = None) -> dict[str, R]:
+        """A keyed section (``compiled``, ``bench``, ``bundles``): key -> ``model``, empty when absent."""
+        raw = (self.manifest if manifest is None else manifest).get(model.SECTION) or {}
+        if not isinstance(raw, dict):
+            raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' must map keys to entries, "
+                              f"not {type(raw).__name__}: restore the manifest or rerun the stage")
+        return {key: self._parse(model, value, f"{model.SECTION}[{key!r}]") for key, value in raw.items()}
+
+    def compiled_entry(self, key: str):
+        """``compiled[key]`` as a ``CompiledEntry``; an unknown key is one line listing the compiled ones."""
+        from edgetl.compiler import CompiledEntry
+
+        entries = self.entries(CompiledEntry)
+        if key not in entries:
+            from edgetl.errors import UnknownNameError
+
+            raise UnknownNameError("compiled artifact", key, entries)
+        return entries[key]
+
+    def set_record(self, record: Record, key: str | None = None) -> None:
+        """Write ``record`` as its section (or as ``key`` of a keyed section), under the lock."""
+        if record.KEYED != (key is not None):
+            raise TypeError(f"section {record.SECTION!r} {'needs' if record.KEYED else 'takes no'} key")
+        with self.editing() as data:
+            if key is None:
+                data[record.SECTION] = record.dump()
+            else:
+                data.setdefault(record.SECTION, {})[key] = record.dump()
+
+    def _parse(self, model: type[R], raw: Any, where: str) -> R:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            at = f" field '{field}'" if field else ""
+            raise RunDirError(f"{self.path / MANIFEST}: section {where}{at}: {first['msg'].removeprefix('Value error, ')}; "
+                              "the manifest was edited or written by another edgetl version: rerun that stage") from None
 
     # -- artifacts ---------------------------------------------------------------------------
     def rel(self, path: str | Path) -> str:

@@ -166,8 +166,9 @@ def test_the_gates_summary_gives_an_undecided_gate_its_reason(tmp_path):
     run = RunDir.create(tmp_path / "run")
     reason = "accuracy_drop +1.67 pp (n=60: 95% CI -4.50..+8.86) straddles budget 1 pp: too few images to decide"
     (run.path / "bench").mkdir()
-    (run.path / "bench" / "r.json").write_text(json.dumps(
-        {"gates": {"status": "UNDECIDED", "failed": [], "undecided": [reason]}}))
+    (run.path / "bench" / "r.json").write_text(json.dumps(  # a result document (edgetl.bench.run.BenchDocument)
+        {"schema": "edgetl.bench/1", "key": "host-cpu/int8", "target": "host-cpu", "status": "ok",
+         "device": {"name": "vm"}, "artifact": {}, "gates": {"status": "UNDECIDED", "failed": [], "undecided": [reason]}}))
     run.set("bench", {"vm": {"results": {"host-cpu/int8": {"status": "ok", "file": "bench/r.json"}}}})
     rows = gate_rows(run, [{"cell": "host-cpu/int8", "target": "host-cpu", "precision": "int8"}], "vm")
     assert [(r["gate"], r["detail"]) for r in rows] == [("UNDECIDED", reason)]
@@ -178,8 +179,7 @@ def test_an_artifact_not_measured_here_whose_estimate_is_over_budget_is_flagged(
     from edgetl.rundir import RunDir
 
     run = RunDir.create(tmp_path / "run")
-    run.set("compiled", {"jetson-orin-nano/int8": {"accuracy": {"drop_pp": 28.33, "estimated": True}},
-                         "tensorrt/int8": {"accuracy": {"drop_pp": 28.33, "estimated": True}}})
+    run.set("compiled", {key: _compiled_entry(key, drop_pp=28.33) for key in ("jetson-orin-nano/int8", "tensorrt/int8")})
     run.set("bench", {"vm": {"results": {k: {"status": "unavailable", "reason": "needs an NVIDIA GPU"}
                                          for k in ("jetson-orin-nano/int8", "tensorrt/int8")}}})
     rows = gate_rows(run, [{"cell": "jetson-orin-nano/int8", "target": "jetson-orin-nano", "precision": "int8"},
@@ -188,3 +188,16 @@ def test_an_artifact_not_measured_here_whose_estimate_is_over_budget_is_flagged(
         ("not measured here", "needs an NVIDIA GPU; estimated drop +28.33 pp is over its 1 pp budget: measure it on "
                               "the device (edgetl val BUNDLE FOLDER) before shipping"),
         ("not measured here", "needs an NVIDIA GPU")]  # a bare runtime has no budget to be over
+
+
+def _compiled_entry(key: str, drop_pp: float) -> dict:
+    """A ``compiled`` entry as the compile stage writes it (edgetl.compiler.CompiledEntry), estimated."""
+    from edgetl.compiler import CompiledEntry
+
+    target, precision = key.split("/")
+    return CompiledEntry(
+        target=target, runtime="tensorrt", precision=precision, dir=f"compiled/{key}", path=f"compiled/{key}/model.engine",
+        files=[f"compiled/{key}/model.engine"], size_bytes=1, compile_s=0.1, fingerprint="f",
+        accuracy={"n": 60, "top1": 0.5, "fp32_top1": 0.78, "drop_pp": drop_pp, "agreement": 0.6, "max_abs_diff": 1.0,
+                  "estimated": True, "evaluated_with": "onnxruntime CPU"},
+    ).dump()

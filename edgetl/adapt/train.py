@@ -13,8 +13,10 @@ import random
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
@@ -27,7 +29,59 @@ from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
-from edgetl.rundir import RunDir
+from edgetl.rundir import Record, RunDir
+
+
+class TrainDataset(BaseModel):
+    """Where the images came from and how many each split got."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    val_source: str | None = None
+    hash: str
+    train_images: int
+    val_images: int
+    skipped: list[dict[str, str]] = Field(default_factory=list)
+    counts: dict[str, int]  # the --data set, before the validation split
+    val_counts: dict[str, int] = Field(default_factory=dict)
+
+
+class TrainMetrics(BaseModel):
+    """What the trained model scored; ``kept`` says which phase's weights were kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    val_top1: float
+    train_top1: float | None = None
+    per_class_val_top1: dict[str, float] = Field(default_factory=dict)
+    best_epoch: int | None = None
+    kept: dict[str, Any] = Field(default_factory=dict)
+    train_images_per_s: float | None = None
+    seconds: float | None = None
+    interrupted: bool = False
+
+
+class TrainRecord(Record):
+    """The manifest's ``train`` section (see ``RunDir.section``)."""
+
+    SECTION: ClassVar[str] = "train"
+
+    backbone: str
+    arch: str
+    weights: str | None = None
+    head: str
+    num_classes: int
+    classes: list[str]
+    preprocess: dict[str, Any]  # edgetl.data.preprocess.PreprocessSpec.to_dict()
+    checkpoint: str
+    mode: str
+    hparams: dict[str, Any]  # TrainOptions, dumped
+    dataset: TrainDataset
+    versions: dict[str, str] = Field(default_factory=dict)
+    world_size: int = 1
+    metrics: TrainMetrics
+    inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
 def _seed_everything(seed: int) -> None:
@@ -254,11 +308,13 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "metrics": metrics,
     }
     section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
+    record = TrainRecord.model_validate(section)
+    section = record.dump()
     if dist.is_main:
         _save_checkpoint(model.state_dict(), ckpt)
         write_json(run.path / "train" / "history.json", history)
         run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
-        run.set("train", section)
+        run.set_record(record)
         if console is not None:
             print_summary(console, section, history)
     if metrics["interrupted"]:

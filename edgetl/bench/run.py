@@ -60,24 +60,28 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from rich.markup import escape
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl import __version__
 from edgetl._io import write_json
+from edgetl.adapt.train import TrainRecord
 from edgetl.backends import get_backend, runtimes
 from edgetl.backends import torch as torch_reference
 from edgetl.bench import gates as gates_mod
 from edgetl.bench.accuracy import evaluate
 from edgetl.bench.measure import measure, measure_isolated, resolve_loader
-from edgetl.bench.progress import BenchProgress
+from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
+from edgetl.compiler import CompiledEntry
 from edgetl.config import Budgets, TargetProfile, load_target, target_names
-from edgetl.errors import ConfigError, EdgetlError, UnknownNameError
-from edgetl.rundir import RunDir
+from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
+from edgetl.rundir import Record, RunDir
+from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
 
-SCHEMA = "edgetl.bench/1"
+SCHEMA = "edgetl.bench/1"  # the result document's schema id; bump it when ``BenchDocument``'s shape changes
 REFERENCE_KEY = f"{torch_reference.NAME}/fp32"
 # The reference gets the artifacts' rule (warm-up >= 50 runs and >= 0.2 s, then --iterations runs), in
 # its own fresh process, at the same threads. Only when that would take long (PyTorch eager is 10-100x
@@ -87,23 +91,118 @@ REFERENCE_KEY = f"{torch_reference.NAME}/fp32"
 REFERENCE_TIMING = {"warmup_max_s": 10.0, "max_s": 60.0, "median_precision": 0.05}
 
 
-class GatesFailed(EdgetlError):
-    """A budget failed under ``--check`` (exit code 1: the command worked, the model did not pass)."""
-
-    exit_code = 1
-
-
 class BenchFailed(EdgetlError):
     """Some artifacts could not be measured (each row says why); the others were."""
 
 
+# -- the records: the result document and the manifest's summary -----------------------------------
+class _Open(BaseModel):
+    # Nested parts are written by the harness (edgetl.bench.measure, latency, accuracy, gates) and
+    # documented in the module docstring; the record types the fields the stages read.
+    model_config = ConfigDict(extra="allow")
+
+
+class BenchGates(_Open):
+    status: str
+    budgets: dict[str, Any] = Field(default_factory=dict)
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    undecided: list[str] = Field(default_factory=list)
+
+
+class BenchDocument(_Open):
+    """One ``edgetl.bench/1`` result document (the module docstring describes every field).
+
+    A measured row (``status`` "ok") has every measurement; an unavailable or failed row has its
+    ``reason`` (and, unavailable, the compile stage's ``accuracy_estimate``)."""
+
+    schema_id: Literal["edgetl.bench/1"] = Field(SCHEMA, alias="schema")
+    created: str | None = None
+    edgetl: str | None = None
+    key: str
+    target: str
+    reference: bool = False
+    status: Literal["ok", "unavailable", "error"]
+    reason: str | None = None
+    device: dict[str, Any]
+    settings: dict[str, Any] | None = None  # BenchSettings.record(); the reference adds its time caps
+    artifact: dict[str, Any]
+    load: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+    latency: list[dict[str, Any]] = Field(default_factory=list)
+    skipped_batches: list[dict[str, Any]] = Field(default_factory=list)
+    accuracy: dict[str, Any] | None = None
+    accuracy_estimate: dict[str, Any] | None = None
+    reference_latency: dict[str, dict[str, Any]] | None = None
+    reference_method: dict[str, Any] | None = None
+    gates: BenchGates | None = None
+    file: str | None = None  # run-relative path of the saved document (added when saved)
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON document, with only the fields it was given (an unavailable row stays short)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True) | {"schema": SCHEMA}
+
+    @classmethod
+    def read(cls, path: Path) -> BenchDocument:
+        """A saved document, or an ``EdgetlError`` naming the file and what is wrong with it."""
+        import json
+
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ValidationError):
+                first = exc.errors()[0]
+                exc = f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+            raise EdgetlError(f"bench result {path} is unreadable ({exc}): bench again") from None
+
+
+class BenchSummary(_Open):
+    """One row of ``manifest["bench"][<device>]["results"]``: the few numbers of a result document."""
+
+    status: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
+    reason: str | None = None
+    file: str | None = None
+    batch: int | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    throughput_ips: float | None = None
+    speedup_vs_reference: float | None = None
+    busy: bool | None = None
+    top1: float | None = None
+    top1_ci: list[float] | None = None
+    drop_pp: float | None = None
+    drop_ci_pp: list[float] | None = None
+    agreement: float | None = None
+    memory_mb: float | None = None
+    gate: str | None = None
+
+
+class DeviceBench(Record):
+    """The manifest's ``bench[<device>]`` entry: the machine, when, and one summary per compiled key."""
+
+    SECTION: ClassVar[str] = "bench"
+    KEYED: ClassVar[bool] = True
+
+    system: dict[str, Any] | None = None  # cpu, flags, cores, board, runtimes (and remote: the device's URL)
+    settings: dict[str, Any] | None = None  # a remote bench's settings
+    updated: str | None = None
+    results: dict[str, BenchSummary] = Field(default_factory=dict)
+
+
 @dataclass
-class BenchResults:
+class BenchResults(StageResult):
+    """What the bench stage returns: one result document per row; it decides pass/fail."""
+
     run: Path
     device: str
     system: dict
     rows: list[dict] = field(default_factory=list)  # result documents, reference first
     warnings: list[str] = field(default_factory=list)
+    error_class: ClassVar[type[EdgetlError]] = BenchFailed
+    what_failed: ClassVar[str] = "could not be benched"
 
     def failed_gates(self) -> list[str]:
         return [f"{r['key']}: {'; '.join(r['gates']['failed'])}" for r in self.rows
@@ -125,13 +224,17 @@ class BenchResults:
         """Artifacts with budgets that could not run here: their gates say nothing about this run."""
         return [r["key"] for r in self.rows if r.get("status") == "unavailable" and (r.get("gates") or {}).get("budgets")]
 
-    def raise_for_errors(self) -> None:
-        if self.errors():
-            raise BenchFailed(f"{len(self.errors())} artifact(s) could not be benched: " + " | ".join(self.errors()))
 
-    def raise_for_gates(self) -> None:
-        if self.failed_gates():
-            raise GatesFailed("budget failed: " + " | ".join(self.failed_gates()))
+
+@dataclass
+class DocumentResult(StageResult):
+    """One result document (a bundle benched here or on a device over SSH) as a stage result."""
+
+    doc: dict
+
+    def failed_gates(self) -> list[str]:
+        gates = self.doc.get("gates") or {}
+        return ["; ".join(gates.get("failed") or [])] if gates.get("status") == gates_mod.FAIL else []
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -141,35 +244,24 @@ def default_threads() -> int:
     return max(1, min(cpu["physical_cores"] or cpu["usable_cores"] or 1, cpu["usable_cores"] or 1))
 
 
-def check_settings(batches: Sequence[int], threads: int | None, iterations: int, duration_s: float | None) -> None:
-    if not batches or any(int(b) < 1 for b in batches):
-        raise ConfigError(f"--batch {','.join(map(str, batches))}: batch sizes must be integers >= 1, e.g. --batch 1,8")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads}: must be >= 1")
-    if duration_s is None and iterations < 1:
-        raise ConfigError(f"--iterations {iterations}: must be >= 1 (200 or more for a stable p99)")
-    if duration_s is not None and duration_s <= 0:
-        raise ConfigError(f"--duration {duration_s}: must be > 0 seconds")
-
-
-def select(compiled: dict, targets: Sequence[str] | None) -> list[str]:
+def select(compiled: dict[str, CompiledEntry], targets: Sequence[str] | None) -> list[str]:
     """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None)."""
     if not targets:
         return list(compiled)
     keys: list[str] = []
     for t in targets:
-        hits = [k for k in compiled if k == t or compiled[k].get("target") == t]
+        hits = [k for k in compiled if k == t or compiled[k].target == t]
         if not hits:
-            raise UnknownNameError("compiled target", t, {*compiled, *(e.get("target") for e in compiled.values())})
+            raise UnknownNameError("compiled target", t, {*compiled, *(e.target for e in compiled.values())})
         keys += [k for k in hits if k not in keys]
     return keys
 
 
-def budgets_for(entry: dict) -> Budgets | None:
+def budgets_for(entry: CompiledEntry) -> Budgets | None:
     """The target profile's budgets; ``None`` for a bare runtime target (no profile, no gates)."""
-    name = entry["target"]
-    if isinstance(entry.get("profile"), dict):
-        profile = TargetProfile.model_validate(entry["profile"])
+    name = entry.target
+    if isinstance((entry.model_extra or {}).get("profile"), dict):
+        profile = TargetProfile.model_validate(entry.model_extra["profile"])
     elif name in target_names():
         profile = load_target(name)
     elif name in runtimes():
@@ -201,68 +293,73 @@ def bench(
     run_path: str | Path,
     targets: Sequence[str] | None = None,
     device_name: str | None = None,
-    batches: Sequence[int] = (1,),
+    batches: Sequence[int] | None = None,
     threads: int | None = None,
-    iterations: int = 200,
+    iterations: int | None = None,
     duration_s: float | None = None,
     check: bool = False,
     *,
-    isolate: bool = True,
+    isolate: bool | None = None,
+    settings: BenchSettings | None = None,
     console=None,
+    reporter: Reporter | None = None,
 ) -> BenchResults:
     """Bench the run's compiled artifacts on this machine; see the module docstring for the files.
 
-    ``threads`` is one count for every row (default: this machine's usable physical cores), so the
-    rows compare. ``isolate`` measures each artifact in a fresh process (recommended: see
-    ``edgetl.bench.measure``). ``console``: a rich Console to show progress on. ``check`` raises
+    ``settings`` (``BenchSettings``; its defaults when None) with ``batches``, ``threads``,
+    ``iterations``, ``duration_s`` and ``isolate`` over it where given. ``threads`` is one count for
+    every row (default: this machine's usable physical cores), so the rows compare. ``isolate``
+    measures each artifact in a fresh process (recommended: see ``edgetl.bench.measure``). ``reporter`` (``edgetl.stages``) gets the progress and warnings;
+    without one, ``console`` (a rich Console) shows them, else nothing does. ``check`` raises
     ``GatesFailed`` (exit code 1) after writing everything when a budget fails.
     """
     run = RunDir.open(run_path, need="compiled")
-    compiled = run.manifest["compiled"]
+    compiled = run.entries(CompiledEntry)
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
-    batches = [int(b) for b in dict.fromkeys(batches)]
-    check_settings(batches, threads, iterations, duration_s)
+    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+                                   iterations=iterations, duration_s=duration_s, isolated=isolate)
     keys = select(compiled, targets)
     budgets = {k: budgets_for(compiled[k]) for k in keys}
     for k in keys:  # every artifact before any measuring: a tampered one stops the bench (exit 2)
-        for rel in compiled[k].get("files") or [compiled[k]["path"]]:
+        for rel in compiled[k].files or [compiled[k].path]:
             run.verify(rel)
 
-    threads = threads or default_threads()
+    settings = settings.with_threads(settings.threads or default_threads())
+    threads = settings.threads
     system = system_record(threads, device_slug(device_name))
-    settings = {"threads": threads, "batches": batches, "iterations": iterations, "duration_s": duration_s,
-                "warmup_iters": 50, "warmup_s": 0.2, "isolated": isolate}
     results = BenchResults(run.path, system["name"], system)
+    if reporter is None:
+        reporter = RichReporter(console) if console is not None else SilentReporter()
     if (busy := busy_warning(system)) is not None:
         results.warnings.append(busy)
-        _say(console, f"[yellow]warning:[/] {escape(busy)}")
+        reporter.warn(busy)
 
-    with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, BenchProgress(console) as progress:
-        measurer = _Measurer(run, settings, progress, Path(tmp))
-        runnable = [k for k in keys if _availability(compiled[k]["runtime"]) is None]
+    with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, reporter.measuring() as progress:
+        measurer = _Measurer(run, settings.record(), progress, Path(tmp))
+        runnable = [k for k in keys if _availability(compiled[k].runtime) is None]
         # no speed-up to compute when nothing selected can run here: spare the reference's minute
-        reference = _bench_reference(run, measurer, results, console) if runnable else None
+        reference = _bench_reference(run, measurer, results, reporter) if runnable else None
         ref_latency = _latency_by_batch(reference)
         ref_method = reference and reference["method"]
         for key in keys:
             entry = compiled[key]
-            stub = {"key": key, "target": entry["target"], "artifact": _artifact(run, entry),
+            stub = {"key": key, "target": entry.target, "artifact": _artifact(run, entry),
                     "device": {"name": results.device}}
-            if (reason := _availability(entry["runtime"])) is not None:
+            if (reason := _availability(entry.runtime)) is not None:
                 unmeasured = {"status": gates_mod.NA, "checks": [], "failed": [],
                               "budgets": budgets[key].model_dump(exclude_none=True) if budgets[key] else {}}
                 results.rows.append(save_result(run, {**stub, "status": "unavailable", "reason": reason,
-                                                      "accuracy_estimate": entry.get("accuracy"),
+                                                      "accuracy_estimate": entry.accuracy.model_dump(),
                                                       "gates": unmeasured}))
                 continue
             try:
                 measured = measurer(key, "edgetl.bench.measure:artifact_opener",
-                                    {"runtime": entry["runtime"], "path": str(run.path / entry["path"]), "threads": threads})
+                                    {"runtime": entry.runtime, "path": str(run.path / entry.path), "threads": threads})
             except Exception as exc:  # one failing artifact does not stop the others
-                results.rows.append(save_result(run, {**stub, **_failure(exc, console)}))
+                results.rows.append(save_result(run, {**stub, **_failure(exc, reporter)}))
                 continue
-            doc = result_doc(key, entry["target"], measured, system, settings, ref_latency, budgets[key],
+            doc = result_doc(key, entry.target, measured, system, settings.record(), ref_latency, budgets[key],
                              artifact=stub["artifact"], reference_method=ref_method)
             results.rows.append(save_result(run, doc))
 
@@ -274,13 +371,13 @@ def bench(
 class _Measurer:
     """One measurement of a session, in a fresh process (or here), on the run's validation split."""
 
-    def __init__(self, run: RunDir, settings: dict, progress: BenchProgress, tmp: Path):
+    def __init__(self, run: RunDir, settings: dict, progress: Bars, tmp: Path):
         from edgetl.data.arrays import reference_logits, spec_of, val_set
         from edgetl.data.preprocess import normalize
 
         pixels, labels = val_set(run)
         self.data = {"inputs": normalize(pixels, spec_of(run)), "labels": labels, "reference": reference_logits(run)}
-        self.classes = run.manifest["train"].get("classes")
+        self.classes = run.require(TrainRecord).classes
         self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
         self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s",
                                                 "threads")}
@@ -304,26 +401,21 @@ class _Measurer:
             self.progress.done_loading(key)
 
 
-def _say(console, text: str) -> None:
-    if console is not None:
-        console.print(text, highlight=False)
-
-
-def _failure(exc: Exception, console) -> dict:
-    """A row's error: one line for the table; a bug's traceback goes to the console, not the row."""
+def _failure(exc: Exception, reporter: Reporter) -> dict:
+    """A row's error: one line for the table; a bug's full text goes to the reporter, not the row."""
     if isinstance(exc, EdgetlError):
         return {"status": "error", "reason": str(exc)}
-    _say(console, f"[red]{escape(type(exc).__name__)}[/] while measuring:\n{escape(str(exc))}")
+    reporter.warn(f"{type(exc).__name__} while measuring:\n{exc}")
     return {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
 
 
-def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, console) -> dict | None:
+def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, reporter: Reporter) -> dict | None:
     """PyTorch eager FP32 at the same threads (where torch is installed), under ``REFERENCE_TIMING``.
     Its accuracy *is* the reference logits: no second pass over the validation split. The result
     carries ``method``: how it was measured, for every speed-up computed from it."""
     if importlib.util.find_spec("torch") is None:
         return None
-    ckpt = run.manifest["train"]["checkpoint"]
+    ckpt = run.require(TrainRecord).checkpoint
     artifact = {"runtime": "torch", "precision": "fp32", "path": ckpt, "size_bytes": (run.path / ckpt).stat().st_size,
                 "versions": {"torch": torch_reference.version()}}
     try:
@@ -333,7 +425,7 @@ def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, co
     except Exception as exc:  # the artifacts are still worth measuring, without speed-ups
         results.rows.append(save_result(run, {"key": REFERENCE_KEY, "target": torch_reference.NAME, "artifact": artifact,
                                               "device": {"name": results.device}, "reference": True,
-                                              **_failure(exc, console)}))
+                                              **_failure(exc, reporter)}))
         return None
     data = measurer.data
     measured["accuracy"] = evaluate(data["reference"], data["labels"], data["reference"], measurer.classes)
@@ -381,17 +473,17 @@ def _speedup(row: dict, ref: dict | None) -> None:
     row["speedup_ci"] = [ref_ci[0] / ci[1], ref_ci[1] / ci[0]] if ref_ci and ci and min(ci) > 0 else None
 
 
-def _artifact(run: RunDir, entry: dict) -> dict:
-    files = entry.get("files") or [entry["path"]]
+def _artifact(run: RunDir, entry: CompiledEntry) -> dict:
+    files = entry.files or [entry.path]
     recorded = run.manifest.get("artifacts", {})
     return {
-        "runtime": entry["runtime"],
-        "precision": entry["precision"],
-        "path": entry["path"],
+        "runtime": entry.runtime,
+        "precision": entry.precision,
+        "path": entry.path,
         "files": {f: recorded.get(f) for f in files},
         "size_bytes": sum((run.path / f).stat().st_size for f in files if (run.path / f).is_file()),
-        "versions": entry.get("versions", {}),
-        "estimate_with": entry.get("estimate_with"),
+        "versions": entry.versions,
+        "estimate_with": entry.estimate_with,
     }
 
 
@@ -450,19 +542,34 @@ def save_result(run: RunDir, doc: dict) -> dict:
     """Keep one row: a measured document goes to its result file (atomically, sha256 recorded); every
     row's summary is merged into ``manifest["bench"][<device>]``, so benching one target keeps the
     others' rows. A device's result brought back over SSH is saved the same way."""
-    device = doc["device"]["name"]
+    doc = BenchDocument.model_validate(doc).dump()  # the one shape, checked before anything is written
     if doc.get("status") == "ok":
-        path = result_path(run, doc["key"], device)
+        path = result_path(run, doc["key"], doc["device"]["name"])
         write_json(path, doc)
         run.record(path)
         doc["file"] = run.rel(path)
-    with run.editing() as manifest:
-        section = manifest.setdefault("bench", {}).setdefault(device, {})
-        if "cpu" in doc["device"]:
-            system = doc["device"]
-            section["system"] = {"cpu": system["cpu"].get("model"), "flags": system["cpu"].get("flags"),
-                                 "cores": system["cpu"].get("physical_cores"), "board": system.get("board"),
-                                 "runtimes": system.get("runtimes")}
-        section["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        section.setdefault("results", {})[doc["key"]] = summary_of(doc)
+    system = doc["device"]
+    merge_summary(run, doc, system_summary(system) if "cpu" in system else None)
     return doc
+
+
+def system_summary(system: dict) -> dict:
+    """The few facts of a system record that the manifest keeps next to a device's results."""
+    return {"cpu": system["cpu"].get("model"), "flags": system["cpu"].get("flags"),
+            "cores": system["cpu"].get("physical_cores"), "board": system.get("board"), "runtimes": system.get("runtimes")}
+
+
+def merge_summary(run: RunDir, doc: dict, system: dict | None, **fields) -> None:
+    """Put ``doc``'s summary in its device's ``DeviceBench`` (``system`` and ``fields`` replace the
+    recorded ones when given), under the manifest lock."""
+    device = doc["device"]["name"]
+    with run.editing() as manifest:
+        old = run.entries(DeviceBench, manifest).get(device) or DeviceBench()
+        recorded = old.fields()
+        summary = BenchSummary.model_validate(summary_of(doc))
+        record = DeviceBench.model_validate({
+            **recorded, **({"system": system} if system is not None else {}), **fields,
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "results": {**old.results, doc["key"]: summary},
+        })
+        manifest.setdefault(DeviceBench.SECTION, {})[device] = record.dump()

@@ -202,13 +202,8 @@ def _fitting(rows: list[dict], shown: tuple[str, ...], width: int) -> tuple[str,
 
 
 def print_table(console, docs: list[dict], title: str) -> None:
-    """Print the bench table whole: a terminal leaves out the least needed columns until it fits; a
-    log or a pipe (80 columns by default) gets as many columns as the table needs."""
-    from rich.console import Console
+    """Print the bench table whole (``RichReporter.table``: a terminal leaves out the least needed
+    columns until it fits; a log or a pipe gets as many columns as the table needs)."""
+    from edgetl.stages import RichReporter
 
-    if console.is_terminal:
-        console.print(rich_table(docs, title, width=console.width))
-        return
-    table = rich_table(docs, title)
-    needed = Console(width=1000).measure(table).maximum
-    Console(file=console.file, width=max(console.width, needed), no_color=console.no_color).print(table)
+    RichReporter(console).table(lambda width: rich_table(docs, title, width=width))

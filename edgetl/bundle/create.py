@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,7 +35,25 @@ from edgetl.bundle.format import (
 from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
 from edgetl.errors import BundleError, EdgetlError
-from edgetl.rundir import RunDir
+from edgetl.rundir import Record, RunDir
+
+
+class BundleRecord(Record):
+    """One entry of the manifest's ``bundles`` section, keyed like ``compiled`` (``<target>/<precision>``)."""
+
+    SECTION: ClassVar[str] = "bundles"
+    KEYED: ClassVar[bool] = True
+
+    path: str  # bundles/<target>-<precision>.tar.gz, run-relative
+    sha256: str
+    size_bytes: int
+    compiled: str  # the compiled key it packs
+    precision: str
+    runtime: str
+    name: str
+    release: int
+    signed_by: str | None = None  # key id of the Ed25519 key that signed it
+    inputs: str  # what it was made from: an unchanged bundle is reused (and not shipped again)
 
 GOLDEN_SAMPLES = 8
 
@@ -48,8 +66,10 @@ def bundle_path(run: RunDir, target: str, precision: str) -> Path:
 def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> tuple[str, dict[str, Any]]:
     """The compiled entry to bundle: ``precision`` if given, else the profile's (int8 for a bare runtime,
     as ``compile`` does), else the only one compiled."""
-    compiled = run.manifest.get("compiled") or {}
-    mine = {k: e for k, e in compiled.items() if e.get("target") == target}
+    from edgetl.compiler import CompiledEntry
+
+    compiled = {k: e.fields() for k, e in run.entries(CompiledEntry).items()}
+    mine = {k: e for k, e in compiled.items() if e["target"] == target}
     if not mine:
         have = sorted({e.get("target") for e in compiled.values()})
         known = target in target_names() or Path(target).is_file()
@@ -117,20 +137,20 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
             (stage / SIGNATURE).write_bytes(signing.sign(private_key, (stage / MANIFEST).read_bytes()))
         top = manifest["name"]
         write_archive(stage, dest, top)
-    record = {
-        "path": run.rel(dest),
-        "sha256": sha256_file(dest),
-        "size_bytes": dest.stat().st_size,
-        "compiled": key,
-        "precision": entry["precision"],
-        "runtime": entry["runtime"],
-        "name": manifest["name"],
-        "release": manifest["release"],
-        "signed_by": signing.key_id(private_key.public_key()) if private_key is not None else None,
-        "inputs": _inputs_hash(run, key, entry),
-    }
+    record = BundleRecord(
+        path=run.rel(dest),
+        sha256=sha256_file(dest),
+        size_bytes=dest.stat().st_size,
+        compiled=key,
+        precision=entry["precision"],
+        runtime=entry["runtime"],
+        name=manifest["name"],
+        release=manifest["release"],
+        signed_by=signing.key_id(private_key.public_key()) if private_key is not None else None,
+        inputs=_inputs_hash(run, key, entry),
+    )
     run.record(dest)
-    run.set_item("bundles", key, record)
+    run.set_record(record, key)
     return dest
 
 
@@ -146,25 +166,30 @@ def up_to_date(run: RunDir, target: str, precision: str | None = None, *,
     """The existing bundle of ``target`` (at ``precision``, chosen as ``create_bundle`` would) when it
     was made from the current artifact (and, with ``sign``, signed by that key), else None."""
     key, entry = choose_compiled(run, target, precision)
-    record = (run.manifest.get("bundles") or {}).get(key)
+    try:
+        record = run.entries(BundleRecord).get(key)
+    except EdgetlError:  # a malformed record: the bundle is remade
+        return None
     dest = bundle_path(run, target, entry["precision"])
-    if not record or not dest.is_file() or sha256_file(dest) != record.get("sha256"):
+    if not record or not dest.is_file() or sha256_file(dest) != record.sha256:
         return None
-    if sign is not None and record.get("signed_by") != signing.key_id(signing.load_private_key(sign).public_key()):
+    if sign is not None and record.signed_by != signing.key_id(signing.load_private_key(sign).public_key()):
         return None
-    if _inputs_hash(run, key, entry) != record.get("inputs"):
+    if _inputs_hash(run, key, entry) != record.inputs:
         return None
     return dest
 
 
 def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int) -> dict[str, Any]:
     """Write the bundle's files into ``stage`` and return its manifest (also written there)."""
+    from edgetl.adapt.train import TrainRecord
     from edgetl.backends import get_backend
+    from edgetl.export.onnx import ExportRecord
 
-    train = run.manifest["train"]
+    train = run.require(TrainRecord)
     runtime = entry["runtime"]
     backend = get_backend(runtime)
-    model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.manifest["export"]["path"]), stage / "model")
+    model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model")
     golden = _write_golden(run, entry, stage / "golden")
     manifest = {
         "format": FORMAT,
@@ -182,9 +207,9 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         },
         "model": {"path": model_path, "files": model_files, "compiled": key, **backend.build_settings(entry)},
         "input": golden.pop("input"),
-        "output": {"name": "logits", "shape": [-1, len(train["classes"])], "dtype": "float32"},
-        "preprocess": train["preprocess"],
-        "labels": list(train["classes"]),
+        "output": {"name": "logits", "shape": [-1, len(train.classes)], "dtype": "float32"},
+        "preprocess": train.preprocess,
+        "labels": list(train.classes),
         "golden": golden,
         "workstation": _workstation(run, key, entry),
         "versions": entry.get("versions") or {},
@@ -256,7 +281,9 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
         load = backend.load
     else:
         backend = get_backend(ONNX_RUNNER)
-        proxy = entry.get("estimate_with") or run.manifest["export"]["path"]
+        from edgetl.export.onnx import ExportRecord
+
+        proxy = entry.get("estimate_with") or run.require(ExportRecord).path
         path, kind = run.verify(proxy), "proxy"
         what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
         load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
@@ -272,11 +299,13 @@ def _workstation(run: RunDir, key: str, entry: dict[str, Any]) -> dict[str, Any]
     Results brought back from devices (remote bench) are left out: they are measured *with* a bundle,
     and counting them would make every remote bench change, and re-ship, the bundle.
     """
+    from edgetl.bench.run import DeviceBench
+
     latency = {}
-    for device, section in (run.manifest.get("bench") or {}).items():
-        if (section.get("system") or {}).get("remote"):
+    for device, section in run.entries(DeviceBench).items():
+        if (section.system or {}).get("remote"):
             continue
-        row = (section.get("results") or {}).get(key)
-        if row and row.get("status") == "ok":
-            latency[device] = {"cpu": (section.get("system") or {}).get("cpu"), **row}
+        row = section.results.get(key)
+        if row and row.status == "ok":
+            latency[device] = {"cpu": (section.system or {}).get("cpu"), **row.model_dump(mode="json", exclude_unset=True)}
     return {"accuracy": entry.get("accuracy"), "latency": latency}

@@ -19,14 +19,13 @@ and does not stop the others::
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -39,35 +38,17 @@ from pydantic import (
 )
 
 from edgetl._io import write_json
+from edgetl.bench.settings import BenchSettings
 from edgetl.bundle.format import slug
 from edgetl.bundle.manifest import MAX_CLASSES
 from edgetl.bundle.ship import Remote, SshUrl, ship, shown
 from edgetl.bundle.signing import remote_flags
 from edgetl.config import load_toml
-from edgetl.errors import ConfigError, EdgetlError, RemoteError
+from edgetl.errors import ConfigError, EdgetlError, GatesFailed, RemoteError
 from edgetl.rundir import RunDir
+from edgetl.stages import StageResult
 
 Step = Callable[[str], None]
-
-
-@dataclass
-class BenchSettings:
-    """What the device's ``edgetl bench`` gets: the same options as a local bench."""
-
-    batches: Sequence[int] = (1,)
-    threads: int | None = None
-    iterations: int = 200
-    duration_s: float | None = None
-
-    def __post_init__(self):
-        from edgetl.bench.run import check_settings
-
-        check_settings(self.batches, self.threads, self.iterations, self.duration_s)
-
-    def argv(self) -> list[str]:
-        argv = ["--batch", ",".join(map(str, self.batches))]
-        argv += ["--duration", str(self.duration_s)] if self.duration_s is not None else ["--iterations", str(self.iterations)]
-        return argv + (["--threads", str(self.threads)] if self.threads else [])
 
 
 @dataclass
@@ -82,7 +63,9 @@ class Access:
 
 
 def default_target(run: RunDir) -> str:
-    targets = sorted({e["target"] for e in (run.manifest.get("compiled") or {}).values()})
+    from edgetl.compiler import CompiledEntry
+
+    targets = sorted({e.target for e in run.entries(CompiledEntry).values()})
     if len(targets) != 1:
         raise ConfigError(f"choose the device's target with --target (compiled: {', '.join(targets) or 'none'})")
     return targets[0]
@@ -330,21 +313,13 @@ def parse_result(out: str, host: str, key: str) -> dict[str, Any]:
 def save_result(run: RunDir, doc: dict[str, Any], path: Path) -> Path:
     """Write a device's result (validated, to a ``result_file`` path) like the local bench does, and
     merge its summary into the manifest."""
-    from edgetl.bench.run import summary_of
+    from edgetl.bench.run import merge_summary, system_summary
 
-    device = doc["device"]["name"]
     write_json(path, doc)
     run.record(path)
     doc["file"] = run.rel(path)
-    system = doc["device"]
-    with run.editing() as manifest:
-        section = manifest.setdefault("bench", {}).setdefault(device, {})
-        section["system"] = {"cpu": system["cpu"].get("model"), "flags": system["cpu"].get("flags"),
-                             "cores": system["cpu"].get("physical_cores"), "runtimes": system.get("runtimes"),
-                             "board": system.get("board"), "remote": doc["remote"]["url"]}
-        section["settings"] = doc["settings"]
-        section["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        section.setdefault("results", {})[doc["key"]] = summary_of(doc)
+    system = {**system_summary(doc["device"]), "remote": doc["remote"]["url"]}
+    merge_summary(run, doc, system, settings=doc["settings"])
     return path
 
 
@@ -410,7 +385,7 @@ def bench_fleet(
     access: Access | None = None,
     workers: int = 8,
     step: Callable[[str, str], None] = lambda device, message: None,
-) -> list[dict[str, Any]]:
+) -> FleetResults:
     """Bench every device of the fleet in parallel; one row per device, failures included."""
     run = RunDir.open(run_path, need="compiled")
     fleet = load_fleet(fleet_path)
@@ -445,4 +420,24 @@ def bench_fleet(
                 "gate": doc["gates"]["status"], "golden_agreement": (doc.get("golden") or {}).get("top1_agreement")}
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(fleet)))) as pool:
-        return list(pool.map(one, fleet))
+        return FleetResults(pool.map(one, fleet))
+
+
+class FleetResults(list, StageResult):
+    """One row per device; a device that could not be benched is an error (exit 2), a FAILed gate on
+    a device a failed gate (exit 1)."""
+
+    error_class: ClassVar[type[EdgetlError]] = RemoteError
+
+    def errors(self) -> list[str]:
+        return [r["device"] for r in self if r["status"] != "ok"]
+
+    def errors_message(self, errors: list[str]) -> str:
+        return f"{len(errors)} of {len(self)} devices could not be benched ({', '.join(errors)}): see their rows"
+
+    def failed_gates(self) -> list[str]:
+        return [r["device"] for r in self if r.get("gate") == "FAIL"]
+
+    def raise_for_gates(self) -> None:
+        if failed := self.failed_gates():
+            raise GatesFailed(f"budget failed on {', '.join(failed)}")

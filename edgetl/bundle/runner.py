@@ -20,6 +20,7 @@ import numpy as np
 
 from edgetl._cache import cache_root
 from edgetl._io import sha256_file
+from edgetl.bench.settings import BenchSettings
 from edgetl.bundle.format import (
     MANIFEST,
     SIGNATURE,
@@ -306,13 +307,14 @@ def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, th
 def bench(
     path: str | os.PathLike,
     *,
-    batches: tuple[int, ...] | list[int] = (1,),
+    batches: tuple[int, ...] | list[int] | None = None,
     threads: int | None = None,
-    iterations: int = 200,
+    iterations: int | None = None,
     duration_s: float | None = None,
     device_name: str | None = None,
     data: str | os.PathLike | None = None,
     progress=None,
+    settings: BenchSettings | None = None,
 ) -> dict[str, Any]:
     """Bench a bundle on this machine with the bench stage's harness: its result document
     (``edgetl.bench.run.SCHEMA``).
@@ -321,26 +323,28 @@ def bench(
     closely this device reproduces the workstation's logits. ``accuracy`` is measured on ``data``, a
     labelled folder or CSV (``edgetl.bench.labelled``); without it, it is null and the accuracy
     budget reads "not measured here" next to the workstation's measurement
-    (``workstation_accuracy``). The target profile's budgets are applied as gates.
+    (``workstation_accuracy``). The target profile's budgets are applied as gates. ``settings``
+    (``BenchSettings``, its defaults when None) with the keyword values over it where given.
     """
     from edgetl.bench.gates import validate_budgets
     from edgetl.bench.labelled import folder_accuracy, labelled_images
     from edgetl.bench.measure import measure
-    from edgetl.bench.run import check_settings, default_threads, result_doc
+    from edgetl.bench.run import default_threads, result_doc
     from edgetl.bench.system import device_slug, system_record
     from edgetl.config import Budgets
 
-    check_settings(batches, threads, iterations, duration_s)
+    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+                                   iterations=iterations, duration_s=duration_s, isolated=False)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing
     images = labelled_images(data, bundle.labels) if data is not None else None  # so does a bad folder
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
-    threads = threads or bundle.threads or default_threads()
+    settings = settings.with_threads(settings.threads or bundle.threads or default_threads())
+    threads = settings.threads
     inputs, expected = bundle.golden()
-    settings = {"threads": threads, "batches": list(batches), "iterations": iterations, "duration_s": duration_s,
-                "warmup_iters": 50, "warmup_s": 0.2, "isolated": False}
-    measured = measure(lambda: open_session(bundle, threads), inputs, batches=batches, iterations=iterations,
-                       duration_s=duration_s, threads=threads, progress=progress)
+    measured = measure(lambda: open_session(bundle, threads), inputs, batches=settings.batches,
+                       iterations=settings.iterations, duration_s=settings.duration_s, warmup_iters=settings.warmup_iters,
+                       warmup_s=settings.warmup_s, threads=threads, progress=progress)
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
         if images is not None:
@@ -360,7 +364,7 @@ def bench(
     }
     key = f"{target.get('name', bundle.runtime)}/{bundle.precision}"
     doc = result_doc(key, target.get("name", bundle.runtime), measured, system_record(threads, device_slug(device_name)),
-                     settings, None, budgets, artifact=artifact, accuracy_elsewhere=workstation or {})
+                     settings.record(), None, budgets, artifact=artifact, accuracy_elsewhere=workstation or {})
     doc["workstation_accuracy"] = workstation
     doc["golden"] = {
         "samples": len(inputs),

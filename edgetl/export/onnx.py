@@ -10,6 +10,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from edgetl._io import atomic_path
 from edgetl._lazy import require
 from edgetl.data import arrays
 from edgetl.errors import ExportError
+from edgetl.rundir import Record
 
 OPSET = 18
 INPUT, OUTPUT = "input", "logits"
@@ -24,19 +26,37 @@ INPUT, OUTPUT = "input", "logits"
 ATOL, MIN_AGREEMENT = 1e-3, 0.999
 
 
+class ExportRecord(Record):
+    """The manifest's ``export`` section: the ONNX file and its check against PyTorch."""
+
+    SECTION: ClassVar[str] = "export"
+
+    path: str
+    opset: int
+    exporter: str
+    checkpoint_sha256: str | None  # the checkpoint it was exported from: a new one re-exports
+    input: dict[str, Any]
+    output: dict[str, Any]
+    seconds: float
+    max_abs_diff: float
+    top1_agreement: float
+    reference_top1: float
+    checked_images: int
+
+
 def export_run(run, *, force: bool = False) -> Path:
     """Export the run's checkpoint to ``export/model.onnx`` unless that export is already current."""
-    train = run.get("train")
-    if train is None:
+    from edgetl.adapt.train import TrainRecord
+
+    if run.get("train") is None:
         from edgetl.errors import RunDirError
 
         raise RunDirError(f"{run.path} has no trained model: run `edgetl train --out {run.path}` first")
-    ckpt_sha = run.manifest["artifacts"].get(train["checkpoint"])
-    current = run.get("export")
+    train = run.section(TrainRecord)
+    ckpt_sha = run.manifest["artifacts"].get(train.checkpoint)
     dest = run.path / "export" / "model.onnx"
-    if not force and current and current.get("checkpoint_sha256") == ckpt_sha and dest.is_file():
-        run.verify(current["path"])
-        return dest
+    if not force and (current := current_export(run)) is not None:
+        return current
 
     torch = require("torch", "ONNX export")
     onnx = require("onnx", "ONNX export")
@@ -48,24 +68,37 @@ def export_run(run, *, force: bool = False) -> Path:
     with atomic_path(dest) as tmp:
         _export(torch, model, torch.from_numpy(x_val[:2]), tmp)
         proto = onnx.load(str(tmp))
-        _set_metadata(proto, {"classes": json.dumps(train["classes"]), "preprocess": json.dumps(train["preprocess"]),
-                              "edgetl.backbone": train["backbone"]})
+        _set_metadata(proto, {"classes": json.dumps(train.classes), "preprocess": json.dumps(train.preprocess),
+                              "edgetl.backbone": train.backbone})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         check = _check_against_torch(tmp, x_val, arrays.reference_logits(run), arrays.load_split(run)["val"])
-    section = {
-        "path": run.rel(dest),
-        "opset": OPSET,
-        "exporter": f"torch.onnx (dynamo) {torch.__version__}",
-        "checkpoint_sha256": ckpt_sha,
-        "input": {"name": INPUT, "shape": ["batch", 3, *train["preprocess"]["input_size"]], "dtype": "float32"},
-        "output": {"name": OUTPUT, "shape": ["batch", train["num_classes"]]},
-        "seconds": time.perf_counter() - started,
+    record = ExportRecord(
+        path=run.rel(dest),
+        opset=OPSET,
+        exporter=f"torch.onnx (dynamo) {torch.__version__}",
+        checkpoint_sha256=ckpt_sha,
+        input={"name": INPUT, "shape": ["batch", 3, *train.preprocess["input_size"]], "dtype": "float32"},
+        output={"name": OUTPUT, "shape": ["batch", train.num_classes]},
+        seconds=time.perf_counter() - started,
         **check,
-    }
+    )
     run.record(dest)
-    run.set("export", section)
+    run.set_record(record)
     return dest
+
+
+def current_export(run) -> Path | None:
+    """The export when it was made from the run's current checkpoint and is intact, else None."""
+    from edgetl.adapt.train import TrainRecord
+
+    train, current = run.section(TrainRecord), run.section(ExportRecord)
+    dest = run.path / "export" / "model.onnx"
+    if train is None or current is None or not dest.is_file():
+        return None
+    if current.checkpoint_sha256 != run.manifest["artifacts"].get(train.checkpoint):
+        return None
+    return run.verify(current.path)
 
 
 def _export(torch, model, example, dest) -> None:

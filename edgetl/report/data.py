@@ -9,8 +9,13 @@ import shlex
 import numpy as np
 
 from edgetl import __version__
+from edgetl.adapt.train import TrainRecord
 from edgetl.bench.run import SCHEMA as BENCH_SCHEMA
+from edgetl.bench.run import BenchDocument, DeviceBench
+from edgetl.bundle.create import BundleRecord
+from edgetl.compiler import CompiledEntry
 from edgetl.errors import EdgetlError
+from edgetl.export.onnx import ExportRecord
 from edgetl.report.decide import DEFAULT_PROFILE, FAIL, NO_BUDGETS, PASS, UNDECIDED, decisions, next_commands
 from edgetl.rundir import RunDir
 
@@ -32,35 +37,45 @@ def _bench_docs(run: RunDir, notes: list[str]) -> dict[str, list[dict]]:
     devices: dict[str, dict[str, dict]] = {}
     for path in sorted((run.path / "bench").glob("*/*@*.json")):
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            notes.append(f"skipped {run.rel(path)}: unreadable ({exc})")
+            doc = BenchDocument.read(path)
+        except EdgetlError as exc:
+            schema = _schema_of(path)
+            notes.append(f"skipped {run.rel(path)}: " + (f"schema {schema!r}, this edgetl reads {BENCH_SCHEMA}"
+                                                          if schema not in (None, BENCH_SCHEMA) else str(exc)))
             continue
-        if doc.get("schema") != BENCH_SCHEMA:
-            notes.append(f"skipped {run.rel(path)}: schema {doc.get('schema')!r}, this edgetl reads {BENCH_SCHEMA}")
-            continue
-        doc["file"] = run.rel(path)
-        devices.setdefault(doc["device"]["name"], {})[doc["key"]] = doc
-    for device, section in (run.get("bench") or {}).items():
-        for key, summary in (section.get("results") or {}).items():
-            if summary.get("status") != "ok" and key not in devices.get(device, {}):
+        doc.file = run.rel(path)
+        devices.setdefault(doc.device["name"], {})[doc.key] = doc.dump()
+    for device, section in run.entries(DeviceBench).items():
+        for key, summary in section.results.items():
+            if summary.status != "ok" and key not in devices.get(device, {}):
                 devices.setdefault(device, {})[key] = {
-                    "key": key, "status": summary.get("status"), "reason": summary.get("reason"),
-                    "artifact": {"runtime": summary.get("runtime"), "precision": summary.get("precision")},
+                    "key": key, "status": summary.status, "reason": summary.reason,
+                    "artifact": {"runtime": summary.runtime, "precision": summary.precision},
                 }
     return {d: sorted(docs.values(), key=lambda r: (not r.get("reference"), r["key"])) for d, docs in sorted(devices.items())}
+
+
+def _schema_of(path) -> str | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc.get("schema") if isinstance(doc, dict) else None
 
 
 def collect(run: RunDir) -> tuple[dict, list[str]]:
     """(report data, notes about what is missing or was skipped)."""
     manifest = run.manifest
+    train, export = run.section(TrainRecord, manifest), run.section(ExportRecord, manifest)
+    compiled = {k: e.fields() for k, e in run.entries(CompiledEntry, manifest).items()}
+    bundles = run.entries(BundleRecord, manifest)
     notes: list[str] = []
     quoted = shlex.quote(str(run.path))
     missing = [f"{stage} (run `{cmd.format(run=quoted)}`)" for stage, cmd in STAGES.items() if not manifest.get(stage)]
     bench = _bench_docs(run, notes)
     if manifest.get("bench") and not bench:
         notes.append("the manifest lists bench results but no result files were found under bench/")
-    rows = decisions(manifest.get("compiled") or {}, bench)
+    rows = decisions(compiled, bench)
     data = {
         "schema": SCHEMA,
         "run": manifest.get("name", run.path.name),
@@ -70,12 +85,12 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
         "missing": missing,
         "decisions": rows,
         "next": next_commands(str(run.path), manifest, rows),
-        "bundles": [{"target": key.split("/")[0], **record} for key, record in (manifest.get("bundles") or {}).items()],
+        "bundles": [{"target": key.split("/")[0], **record.fields()} for key, record in bundles.items()],
         "history": _history(run, notes),
-        "validation": _validation(run, bench, rows, notes) if manifest.get("train") else None,
-        "train": manifest.get("train"),
-        "export": manifest.get("export"),
-        "compiled": manifest.get("compiled") or {},
+        "validation": _validation(run, train, bench, rows, notes) if train else None,
+        "train": train.fields() if train else None,
+        "export": export.fields() if export else None,
+        "compiled": compiled,
         "bench": bench,
     }
     return data, notes
@@ -93,7 +108,8 @@ def _history(run: RunDir, notes: list[str]) -> list[dict] | None:
         return None
 
 
-def _validation(run: RunDir, bench: dict[str, list[dict]], rows: list[dict], notes: list[str]) -> dict | None:
+def _validation(run: RunDir, train: TrainRecord, bench: dict[str, list[dict]], rows: list[dict],
+                notes: list[str]) -> dict | None:
     """Per-class top-1 and the confusion matrix of the FP32 model on the validation split, with the
     per-class top-1 of each decided artifact (from its bench result's classes that moved)."""
     from edgetl.data.arrays import load_split, reference_logits
@@ -104,7 +120,7 @@ def _validation(run: RunDir, bench: dict[str, list[dict]], rows: list[dict], not
     except (EdgetlError, OSError, ValueError) as exc:
         notes.append(f"per-class accuracy and confusion matrix left out: {exc}")
         return None
-    classes = [str(c) for c in run.manifest["train"].get("classes") or []]
+    classes = [str(c) for c in train.classes]
     k = max(len(classes), int(labels.max(initial=-1)) + 1, int(predicted.max(initial=-1)) + 1)
     classes += [str(i) for i in range(len(classes), k)]
     confusion = np.zeros((k, k), np.int64)

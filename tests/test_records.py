@@ -1,0 +1,164 @@
+"""Typed run records: every manifest section is a model, read and written whole; one BenchSettings."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.adapt.train import TrainRecord
+from edgetl.bench.run import BenchDocument, DeviceBench
+from edgetl.bench.settings import BenchSettings
+from edgetl.bundle.create import BundleRecord
+from edgetl.cli import cli
+from edgetl.compiler import CompiledEntry
+from edgetl.errors import ConfigError
+from edgetl.export.onnx import ExportRecord
+from edgetl.rundir import RunDir
+
+pytest.importorskip("onnxruntime")
+
+RECORDS = (TrainRecord, ExportRecord)
+KEYED = (CompiledEntry, DeviceBench, BundleRecord)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_run, tmp_path_factory) -> RunDir:
+    """tiny_run compiled (ONNX Runtime fp32), benched on "ci" and bundled: every section written."""
+    from edgetl.bench.run import bench
+    from edgetl.bundle.create import create_bundle
+    from edgetl.compiler import compile as compile_run
+
+    dest = tmp_path_factory.mktemp("records") / "run"
+    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    compile_run(dest, ["onnxruntime"], ["fp32"], progress=False)
+    bench(dest, device_name="ci", threads=1, iterations=5, isolate=False)
+    create_bundle(dest, "onnxruntime", "fp32")
+    return RunDir.open(dest)
+
+
+def _copy(run: RunDir, tmp_path) -> RunDir:
+    shutil.copytree(run.path, tmp_path / "run", ignore=shutil.ignore_patterns(".manifest.lock"))
+    return RunDir.open(tmp_path / "run")
+
+
+def test_every_section_of_a_real_manifest_round_trips_through_its_record(full_run):
+    manifest = full_run.manifest
+    for model in RECORDS:
+        record = full_run.section(model)
+        assert manifest[model.SECTION]["schema"] == model.VERSION
+        assert record.dump() == manifest[model.SECTION], model.SECTION
+    for model in KEYED:
+        entries = full_run.entries(model)
+        assert entries and set(entries) == set(manifest[model.SECTION]), model.SECTION
+        for key, record in entries.items():
+            assert record.dump() == manifest[model.SECTION][key], (model.SECTION, key)
+    assert full_run.compiled_entry("onnxruntime/fp32").accuracy.n == full_run.section(TrainRecord).dataset.val_images
+    documents = sorted((full_run.path / "bench").glob("*/*@ci.json"))
+    assert len(documents) == 2  # the PyTorch reference and the artifact
+    for path in documents:
+        assert BenchDocument.read(path).dump() == json.loads(path.read_text())
+
+
+def test_a_manifest_from_before_record_versions_still_loads(full_run, tmp_path):
+    run = _copy(full_run, tmp_path)
+    with run.editing() as manifest:  # what this version wrote before sections carried "schema"
+        for model in RECORDS:
+            manifest[model.SECTION].pop("schema")
+        for model in KEYED:
+            for entry in manifest[model.SECTION].values():
+                entry.pop("schema")
+    before = run.manifest
+    assert run.section(TrainRecord).fields() == before["train"]
+    assert run.entries(CompiledEntry)["onnxruntime/fp32"].fields() == before["compiled"]["onnxruntime/fp32"]
+    # The bundle made from the same artifact is still current: nothing is rebuilt or re-shipped.
+    from edgetl.bundle.create import up_to_date
+
+    assert up_to_date(run, "onnxruntime", "fp32") == run.path / "bundles" / "onnxruntime-fp32.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("edit", "argv", "message"),
+    [
+        (lambda m: m["train"].update(num_classes="many"), ["compile", "{run}", "--target", "onnxruntime"],
+         "section train field 'num_classes'"),
+        (lambda m: m["export"].update(schema=99), ["compile", "{run}", "--target", "onnxruntime"],
+         "section export field 'schema': schema 99 is newer than this edgetl reads (1)"),
+        (lambda m: m["compiled"]["onnxruntime/fp32"].pop("files"), ["bench", "{run}", "--device", "ci"],
+         "section compiled['onnxruntime/fp32'] field 'files'"),
+        (lambda m: m.update(compiled=[1]), ["bench", "{run}"], "section 'compiled' must map keys to entries"),
+        (lambda m: m["bundles"]["onnxruntime/fp32"].update(release="soon"), ["report", "{run}"],
+         "section bundles['onnxruntime/fp32'] field 'release'"),
+    ],
+)
+def test_a_malformed_section_is_one_line_and_nothing_is_written(full_run, tmp_path, edit, argv, message):
+    run = _copy(full_run, tmp_path)
+    with run.editing() as manifest:
+        edit(manifest)
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file() and p.name != ".manifest.lock"}
+    result = CliRunner().invoke(cli, [a.replace("{run}", str(run.path)) for a in argv])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and str(run.path / "manifest.json") in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    after = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file() and p.name != ".manifest.lock"}
+    assert after == before
+
+
+def test_set_record_refuses_a_keyed_section_without_its_key(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    with pytest.raises(TypeError):
+        run.set_record(BundleRecord(path="b", sha256="s", size_bytes=1, compiled="k", precision="fp32",
+                                    runtime="onnxruntime", name="n", release=1, inputs="i"))
+
+
+# -- BenchSettings ---------------------------------------------------------------------------------
+def test_bench_defaults_live_in_bench_settings_only():
+    from edgetl.bench.run import bench as bench_run
+    from edgetl.bundle import remote
+    from edgetl.bundle.runner import bench as bench_bundle
+    from edgetl.pipeline import DeployConfig
+
+    defaults = BenchSettings()
+    options = {p.name: p for p in cli.commands["bench"].params}
+    assert options["batches"].default == ",".join(map(str, defaults.batches))
+    assert options["iterations"].default == defaults.iterations
+    deploy_options = {p.name: p for p in cli.commands["deploy"].params}
+    assert f"default {defaults.iterations}" in deploy_options["iterations"].help
+    assert DeployConfig(data="images").bench_settings() == defaults
+    assert remote.BenchSettings is BenchSettings
+    for function in (bench_run, bench_bundle):  # no literal default repeated: None means BenchSettings'
+        parameters = inspect.signature(function).parameters
+        for name in ("batches", "threads", "iterations", "duration_s"):
+            assert parameters[name].default is None, (function.__module__, name)
+    assert defaults.record() == {"batches": [1], "threads": None, "iterations": 200, "duration_s": None,
+                                 "warmup_iters": 50, "warmup_s": 0.2, "isolated": True}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"batches": (0,)}, "--batch 0: batch sizes must be integers >= 1, e.g. --batch 1,8"),
+        ({"batches": (1, -2)}, "--batch 1,-2: batch sizes must be integers >= 1"),
+        ({"batches": ()}, "--batch : batch sizes must be integers >= 1"),
+        ({"threads": 0}, "--threads 0: must be >= 1"),
+        ({"iterations": 0}, "--iterations 0: must be >= 1 (200 or more for a stable p99)"),
+        ({"duration_s": 0.0}, "--duration 0.0: must be > 0 seconds"),
+        ({"iterations": "many"}, "--iterations many: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_bench_setting_is_one_line_naming_the_option(values, message):
+    with pytest.raises(ConfigError) as err:
+        BenchSettings.parse(**values)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_bench_settings_parse_layers_values_over_a_base():
+    base = BenchSettings.parse(batches=(1, 8, 1), iterations=50)
+    assert base.batches == (1, 8)  # a batch named twice is measured once
+    assert BenchSettings.parse(base, threads=2, iterations=None) == base.model_copy(update={"threads": 2})
+    assert base.argv() == ["--batch", "1,8", "--iterations", "50"]
+    assert BenchSettings.parse(duration_s=1.5).argv() == ["--batch", "1", "--duration", "1.5"]
