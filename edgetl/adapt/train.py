@@ -30,6 +30,7 @@ from edgetl.errors import ConfigError
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
 from edgetl.rundir import RunDir
+from edgetl.tasks import DEFAULT_TASK
 
 
 class TrainOptions(BaseModel):
@@ -262,6 +263,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "interrupted": result.interrupted or head_result.interrupted,
     }
     section = {
+        "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
         "arch": backbone.arch,
         "weights": start_weights,

@@ -11,6 +11,7 @@ The entry point's name is the task's name. Device side: no torch here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -47,4 +48,15 @@ def get_task(name: str):
     return registered[name].load()()
 
 
-__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "tasks"]
+def task_rows() -> list[dict]:
+    """Every registered task as ``edgetl tasks`` lists it (JSON-ready)."""
+    rows = []
+    for name in tasks():
+        task = get_task(name)
+        rows.append({"name": name, "description": task.description,
+                     "inputs": [s.to_dict() for s in task.inputs()], "outputs": [s.to_dict() for s in task.outputs()],
+                     "metrics": [dataclasses.asdict(m) for m in (*task.metrics, *BENCH_METRICS)]})
+    return rows
+
+
+__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "task_rows", "tasks"]
