@@ -275,11 +275,10 @@ class _Measurer:
     """One measurement of a session, in a fresh process (or here), on the run's validation split."""
 
     def __init__(self, run: RunDir, settings: dict, progress: BenchProgress, tmp: Path):
-        from edgetl.data.arrays import reference_logits, spec_of, val_set
-        from edgetl.data.preprocess import normalize
+        from edgetl.data.arrays import DataView
 
-        pixels, labels = val_set(run)
-        self.data = {"inputs": normalize(pixels, spec_of(run)), "labels": labels, "reference": reference_logits(run)}
+        view = DataView(run)
+        self.data = {"inputs": view.val_feeds()["input"], "labels": view.val_labels(), "reference": view.reference()["logits"]}
         self.classes = run.manifest["train"].get("classes")
         self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
         self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s",

@@ -209,26 +209,13 @@ def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple
     return names, f"model/{Path(main).relative_to(base).as_posix()}"
 
 
-def golden_indices(labels: np.ndarray, n: int = GOLDEN_SAMPLES) -> list[int]:
-    """Up to ``n`` validation samples, round-robin over classes, so every class is seen."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels.tolist()):
-        by_class.setdefault(label, []).append(i)
-    chosen: list[int] = []
-    while len(chosen) < min(n, len(labels)):
-        for label in sorted(by_class):
-            if by_class[label] and len(chosen) < n:
-                chosen.append(by_class[label].pop(0))
-    return sorted(chosen)
-
-
 def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> dict[str, Any]:
-    from edgetl.data.arrays import val_inputs, val_set
+    from edgetl.data.arrays import DataView
 
-    _, labels = val_set(run)
-    if len(labels) == 0:
+    view = DataView(run)
+    if len(view.val_labels()) == 0:
         raise BundleError(f"{run.path} has no validation images: golden inputs cannot be chosen")
-    inputs = np.ascontiguousarray(val_inputs(run)[golden_indices(labels)], dtype=np.float32)
+    inputs = np.ascontiguousarray(view.task.golden_inputs(view, GOLDEN_SAMPLES)["input"], dtype=np.float32)
     expected, source, shape = _expected_outputs(run, entry, inputs)
     out.mkdir(parents=True)
     np.save(out / "inputs.npy", inputs, allow_pickle=False)

@@ -43,7 +43,8 @@ def export_run(run, *, force: bool = False) -> Path:
     from edgetl.models.build import load_trained
 
     model = load_trained(run)
-    x_val = arrays.val_inputs(run)
+    view = arrays.DataView(run)
+    x_val = view.val_feeds()[INPUT]
     started = time.perf_counter()
     with atomic_path(dest) as tmp:
         _export(torch, model, torch.from_numpy(x_val[:2]), tmp)
@@ -52,7 +53,7 @@ def export_run(run, *, force: bool = False) -> Path:
                               "edgetl.backbone": train["backbone"]})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        check = _check_against_torch(tmp, x_val, arrays.reference_logits(run), arrays.load_split(run)["val"])
+        check = _check_against_torch(tmp, x_val, view.reference()[OUTPUT], view.split["val"])
     section = {
         "path": run.rel(dest),
         "opset": OPSET,
