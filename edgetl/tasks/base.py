@@ -98,6 +98,27 @@ class Task(Protocol):
     def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
         """A batch's outputs -> ``predict``'s answer per sample."""
 
+    def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
+        """Why a bundle's tensors are not what this task makes of its record (one phrase), or None."""
+
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
         """The task's metrics (with intervals) of ``outputs`` against labels and the FP32 reference."""
+
+
+def spec_mismatch(expected: Sequence[TensorSpec], got: Sequence[TensorSpec], what: str) -> str | None:
+    """Why ``got`` (an artifact's or a bundle's tensors) is not ``expected`` (a task's), or None.
+
+    Names and dtypes must be equal and every fixed dimension too; a dynamic dimension may be fixed
+    in ``got`` (a static-batch artifact)."""
+    by_name = {t.name: t for t in got}
+    if sorted(by_name) != sorted(t.name for t in expected):
+        return f"{what} are {sorted(by_name)}, the task expects {sorted(t.name for t in expected)}"
+    for want in expected:
+        have = by_name[want.name]
+        if have.dtype != want.dtype or len(have.shape) != len(want.shape):
+            return f"{what} {want.name!r} is {have.dtype} {list(have.shape)}, the task expects {want.dtype} {list(want.shape)}"
+        for axis, (h, w) in enumerate(zip(have.shape, want.shape, strict=True)):
+            if isinstance(w, int) and h != w:
+                return f"{what} {want.name!r}: dimension {axis} is {h}, the task expects {w} (shape {list(want.shape)})"
+    return None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.data.preprocess import PreprocessSpec, normalize, open_rgb, resize_and_crop
-from edgetl.tasks.base import Metric, Prediction, TaskRecord
+from edgetl.tasks.base import Metric, Prediction, TaskRecord, spec_mismatch
 from edgetl.tensors import TensorSpec
 
 INPUT, OUTPUT = "input", "logits"
@@ -71,6 +71,21 @@ class ImageClassification:
         labels = record.classes
         return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
                  for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+    def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
+        """The image-specific reasons first (they say what to fix), then the specs themselves."""
+        spec = PreprocessSpec.from_dict(record.preprocess)
+        image, logits = inputs[0].shape, outputs[0].shape
+        if len(image) == 4 and image[1] != 3:
+            return f"{image[1]} channels: 3 expected (RGB)"
+        if len(image) == 4 and list(image[2:]) != list(spec.input_size):
+            return f"preprocess.input_size {list(spec.input_size)} is not the input's {list(image[2:])}"
+        if not len(spec.mean) == len(spec.std) == 3:
+            return "preprocess mean and std need one value per input channel (3)"
+        if len(logits) == 2 and logits[1] != len(record.classes):
+            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
+        return (spec_mismatch(self.inputs(record), inputs, "inputs")
+                or spec_mismatch(self.outputs(record), outputs, "outputs"))
 
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
