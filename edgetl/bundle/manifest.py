@@ -123,14 +123,17 @@ def _tensor_name(name: str) -> str:
     return name
 
 
-def _dim_name(name: str) -> str:
-    if not _DIM_NAME.match(name):
-        raise ValueError(f"dimension name {_short(name)} must be an identifier of at most 32 characters")
-    return name
+def _dim(dim: int | str) -> int | str:
+    """A fixed size 1..MAX_DIM, or the name of a dynamic dimension ("batch", "sequence")."""
+    if isinstance(dim, str) and not _DIM_NAME.match(dim):
+        raise ValueError(f"dimension name {_short(dim)} must be an identifier of at most 32 characters")
+    if isinstance(dim, int) and not 1 <= dim <= MAX_DIM:
+        raise ValueError(f"dimension {dim} is outside 1..{MAX_DIM}")
+    return dim
 
 
 TensorName = Annotated[str, AfterValidator(_tensor_name)]
-Dim = Annotated[int, Field(ge=1, le=MAX_DIM)] | Annotated[str, AfterValidator(_dim_name)]
+Dim = Annotated[int | str, AfterValidator(_dim)]
 
 
 class Tensor(_Model):

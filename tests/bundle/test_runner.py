@@ -58,7 +58,7 @@ def test_bundle_contents(bundle_run, bundle_file):
     assert manifest["input"] == {"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
     assert manifest["labels"] == bundle_run.manifest["train"]["classes"]
     assert PreprocessSpec.from_dict(manifest["preprocess"]).input_size == (32, 32)
-    assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/inputs.npy", "golden/expected.npy"}
+    assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/in.0.npy", "golden/out.0.npy"}
     assert manifest["golden"]["tolerance"]["source"] == "same"
     assert isinstance(manifest["release"], int) and manifest["release"] > 1_700_000_000  # UTC seconds by default
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
@@ -106,13 +106,13 @@ def test_verify_passes(bundle_file, tmp_path):
 
 def test_verify_names_the_golden_sample_that_differs(bundle_file, tmp_path):
     root = folder_copy(bundle_file, tmp_path / "b")
-    expected = np.load(root / "golden" / "expected.npy")
+    expected = np.load(root / "golden" / "out.0.npy")
     expected[5, 1] += 3.0
-    np.save(root / "golden" / "expected.npy", expected)
+    np.save(root / "golden" / "out.0.npy", expected)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)  # re-signed: the hashes pass, the outputs do not
     (root / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"golden sample 5 .*output 'logits' for '.*'.*golden/expected.npy says"):
+    with pytest.raises(BundleError, match=r"golden sample 5 .*output 'logits' for '.*'.*golden/out.0.npy says"):
         verify(root)
 
 
@@ -128,7 +128,7 @@ def test_verify_refuses_tampered_model(bundle_file, tmp_path):
 
 def test_verify_refuses_pickled_golden_arrays(bundle_file, tmp_path):
     root = folder_copy(bundle_file, tmp_path / "b")
-    np.save(root / "golden" / "inputs.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(root / "golden" / "in.0.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)
     (root / MANIFEST).write_text(json.dumps(manifest))
@@ -180,7 +180,7 @@ def test_bench_uses_the_bench_schema(bundle_file):
 def test_archive_cache_is_reused_and_repaired(bundle_file):
     first = open_bundle(bundle_file)
     assert open_bundle(bundle_file).root == first.root
-    (first.root / "golden" / "inputs.npy").write_bytes(b"damaged")
+    (first.root / "golden" / "in.0.npy").write_bytes(b"damaged")
     assert verify(bundle_file)["ok"]  # the damaged cache entry is extracted again
 
 
