@@ -3,8 +3,9 @@
 ``parse(raw, where)`` is called right after the signature check and before a single other member
 is extracted or loaded. Strict JSON types (``"3"`` is not ``3``), no unknown fields, sizes and
 shapes within what an edge device can hold, names and paths that are safe to use in a file system,
-a runtime and pip extra only from edgetl's own registry, and the cross-checks that keep the parts
-consistent (labels vs. output classes, preprocessing vs. input shape, every named file listed).
+a task, runtime and pip extra only from edgetl's own registries, and the cross-checks that keep the
+parts consistent (the tensors are what the task makes of the preprocessing and labels:
+``Task.check_bundle``; one golden file per tensor; every named file listed).
 Device side: pydantic and the standard library only.
 """
 
