@@ -35,7 +35,6 @@ from edgetl.bundle.format import (
 from edgetl.bundle.manifest import MAX_DIM
 from edgetl.bundle.signing import SignatureStatus
 from edgetl.data.layout import IMAGE_SUFFIXES
-from edgetl.data.preprocess import PreprocessSpec
 from edgetl.errors import BundleError, DataError, MissingDependencyError
 from edgetl.tasks import get_task
 from edgetl.tasks.base import TaskRecord
@@ -75,10 +74,6 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return list(self.manifest["labels"])
-
-    @property
-    def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.manifest["preprocess"])
 
     @property
     def threads(self) -> int | None:

@@ -55,7 +55,11 @@ def folder_copy(bundle_file: Path, dest: Path) -> Path:
 def test_bundle_contents(bundle_run, bundle_file):
     manifest = inspect_archive(bundle_file)
     assert manifest["runtime"]["name"] == "onnxruntime" and manifest["precision"] == "int8"
-    assert manifest["input"] == {"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["format"] == "edgetl.bundle/2" and manifest["task"] == "image-classification"
+    assert manifest["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert manifest["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 3]}]
+    assert manifest["golden"]["inputs"] == {"input": "golden/in.0.npy"}
+    assert manifest["golden"]["expected"] == {"logits": "golden/out.0.npy"}
     assert manifest["labels"] == bundle_run.manifest["train"]["classes"]
     assert PreprocessSpec.from_dict(manifest["preprocess"]).input_size == (32, 32)
     assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/in.0.npy", "golden/out.0.npy"}
@@ -92,9 +96,9 @@ def test_golden_inputs_are_the_preprocessed_val_images(bundle_run, bundle_file):
     inputs, _ = bundle.golden()
     split = json.loads((bundle_run.path / "train" / "split.json").read_text())
     files = [p for p, _ in split["val"]]
-    from_files = np.stack([load_image(p, bundle.spec) for p in files])
+    from_files = np.stack([load_image(p, PreprocessSpec.from_dict(bundle.manifest["preprocess"])) for p in files])
     # every golden input is one of the validation images, bit for bit
-    for x in inputs:
+    for x in inputs["input"]:
         assert np.min(np.abs(from_files - x).reshape(len(files), -1).max(1)) == 0.0
 
 

@@ -17,7 +17,7 @@ from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import DataError, UnknownNameError
 from edgetl.tasks import DEFAULT_TASK, get_task, tasks
 from edgetl.tasks.base import Task, TaskRecord
-from edgetl.tensors import check_feeds
+from edgetl.tensors import TensorSpec, check_feeds
 
 RECORD = TaskRecord(PreprocessSpec(input_size=(32, 32)).to_dict(), ("zero", "one", "two"))
 
@@ -133,3 +133,21 @@ def test_calibration_feeds_come_from_the_training_split(tiny_run):
     check_feeds(view.inputs, feeds, "calibration")
     assert len(feeds["input"]) == 6
     np.testing.assert_array_equal(feeds["input"], view.task.calibration(DataView(tiny_run), recipe)["input"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda i, o: (i, o), None),
+    (lambda i, o: ([TensorSpec("input", "float32", (4, 3, 32, 32))], o), None),  # a static batch is fine
+    (lambda i, o: ([TensorSpec("input", "float32", ("batch", 1, 32, 32))], o), "1 channels: 3 expected"),
+    (lambda i, o: ([TensorSpec("input", "float32", ("batch", 3, 16, 32))], o),
+     "preprocess.input_size [32, 32] is not the input's [16, 32]"),
+    (lambda i, o: (i, [TensorSpec("logits", "float32", ("batch", 5))]), "3 labels for a model with 5 output classes"),
+    (lambda i, o: ([TensorSpec("pixels", "float32", ("batch", 3, 32, 32))], o), "inputs are ['pixels']"),
+    (lambda i, o: (i, [TensorSpec("logits", "float16", ("batch", 3))]), "the task expects float32"),
+    (lambda i, o: ([*i, TensorSpec("mask", "int64", ("batch", 7))], o), "inputs are ['input', 'mask']"),
+])
+def test_check_bundle_says_why_tensors_are_not_the_tasks(change, message):
+    task = get_task(DEFAULT_TASK)
+    inputs, outputs = change(task.inputs(RECORD), task.outputs(RECORD))
+    why = task.check_bundle(inputs, outputs, RECORD)
+    assert why == message if message is None else message in why
