@@ -199,7 +199,9 @@ def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, bar) -> dict[st
     calibration = None
     if cell.precision == "int8":
         bar.step(cell, "calibration images")
-        calibration = ctx.calibration(cell.recipe, bar.warn)
+        from edgetl.export.onnx import INPUT
+
+        calibration = {INPUT: ctx.calibration(cell.recipe, bar.warn)}  # bridge until the task gives feeds
     options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads}
     dest = run.path / "compiled" / cell.target / cell.precision
     with atomic_dir(dest) as tmp:
@@ -254,7 +256,8 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     else:
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
     with session:
-        out = np.concatenate([session.run(x[i : i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
+        name, output = session.inputs[0].name, session.outputs[0].name  # bridge until the task gives feeds
+        out = np.concatenate([session.run({name: x[i : i + _EVAL_BATCH]})[output] for i in range(0, len(x), _EVAL_BATCH)])
     top1 = float((out.argmax(1) == labels).mean())
     fp32_top1 = float((reference.argmax(1) == labels).mean())
     return {

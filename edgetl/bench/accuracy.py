@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from edgetl.bench.latency import static_batch
 from edgetl.errors import ArtifactError
 
 Z95 = 1.959963984540054  # two-sided 95%
@@ -141,7 +142,7 @@ def collect_logits(session, inputs: np.ndarray, batch: int = 32,
                    progress: Callable[[float, float], None] | None = None) -> np.ndarray:
     """Run every input through ``session`` in batches; a static-batch artifact gets its own batch
     size, with the last batch padded (and the padding dropped from the result)."""
-    static = session.input_shape[0] if session.input_shape and session.input_shape[0] > 0 else None
+    static = static_batch(session)
     step = static or batch
     n = inputs.shape[0]
     out: list[np.ndarray] = []
@@ -150,7 +151,7 @@ def collect_logits(session, inputs: np.ndarray, batch: int = 32,
         real = x.shape[0]
         if static and real < static:
             x = np.concatenate([x, np.repeat(x[-1:], static - real, axis=0)])
-        out.append(np.asarray(session.run(x))[:real])
+        out.append(np.asarray(session.run({session.inputs[0].name: x})[session.outputs[0].name])[:real])
         if progress is not None:
             progress(min(start + step, n), n)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgetl import errors
 from edgetl.bench.accuracy import collect_logits, evaluate
-from edgetl.bench.latency import MemoryProbe, first_inference, measure_latency
+from edgetl.bench.latency import MemoryProbe, first_inference, measure_latency, static_batch
 from edgetl.errors import ArtifactError
 
 # (phase, done, total): phase is "batch 8" or "accuracy"; done/total are iterations, seconds or images
@@ -44,9 +44,9 @@ PhaseProgress = Callable[[str, float, float], None]
 
 
 def check_input_shape(session, inputs: np.ndarray) -> None:
-    expected = tuple(session.input_shape[1:]) if session.input_shape else ()
+    expected = tuple(session.inputs[0].shape[1:]) if session.inputs else ()
     actual = tuple(inputs.shape[1:])
-    if expected and any(e > 0 and e != a for e, a in zip(expected, actual, strict=False)):
+    if expected and any(isinstance(e, int) and e != a for e, a in zip(expected, actual, strict=False)):
         raise ArtifactError(
             f"the artifact expects inputs of shape {'x'.join(map(str, expected))} but the validation images are "
             f"{'x'.join(map(str, actual))}: it was compiled for another model or input size; recompile it"
@@ -62,7 +62,7 @@ def make_batches(inputs: np.ndarray, batches: Sequence[int]) -> dict[int, np.nda
 
 def runnable_batches(session, arrays: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], list[dict]]:
     """Drop the batch sizes a static-batch artifact cannot run, saying why."""
-    static = session.input_shape[0] if session.input_shape and session.input_shape[0] > 0 else None
+    static = static_batch(session)
     if not static:
         return arrays, []
     skipped = [{"batch": b, "reason": f"the artifact has a static batch size of {static}"} for b in arrays if b != static]

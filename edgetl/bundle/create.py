@@ -262,7 +262,7 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
         load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
     with load(path, threads=1) as session:
         logits = run_each(session, inputs)
-        shape = session.input_shape or (-1, *inputs.shape[1:])
+        shape = tuple(d if isinstance(d, int) else -1 for d in session.inputs[0].shape) or (-1, *inputs.shape[1:])
     return logits, {"kind": kind, "what": what}, shape
 
 

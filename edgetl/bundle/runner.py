@@ -178,7 +178,8 @@ def open_session(bundle: Bundle, threads: int | None = None):
 
 def run_each(session, inputs: np.ndarray) -> np.ndarray:
     """One image at a time: every artifact accepts batch 1 (some have a fixed batch)."""
-    return np.concatenate([session.run(inputs[i : i + 1]) for i in range(len(inputs))]).astype(np.float32)
+    name, out = session.inputs[0].name, session.outputs[0].name  # bridge until golden files are named feeds
+    return np.concatenate([session.run({name: inputs[i : i + 1]})[out] for i in range(len(inputs))]).astype(np.float32)
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -297,7 +298,8 @@ def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, th
             except DataError as exc:
                 results.append({"image": str(f), "top": [], "error": str(exc)})
                 continue
-            probs = softmax(session.run(pixels[None])[0].astype(np.float64))
+            logits = session.run({session.inputs[0].name: pixels[None]})[session.outputs[0].name]
+            probs = softmax(logits[0].astype(np.float64))
             order = np.argsort(-probs, kind="stable")[:k]
             results.append({
                 "image": str(f),

@@ -1,7 +1,11 @@
-"""PyTorch -> ONNX, checked on real validation images against PyTorch.
+"""PyTorch -> ONNX, checked on real validation samples against PyTorch.
 
-The model gets a dynamic batch axis and the fixed spatial size it was trained at; the class names
-and the preprocessing travel in the ONNX metadata so any runtime (or person) can use it alone.
+``export_onnx`` exports any model whose inputs and outputs are described by ``TensorSpec``s: the
+ONNX tensors get the specs' names, and every named dimension (``"batch"``, ``"sequence"``...) becomes
+one dynamic axis, shared by every tensor that names it. ``export_run`` exports a run's checkpoint
+with the specs of its task (an image run: ``input`` float32 NCHW at the trained size -> ``logits``);
+the class names and the preprocessing travel in the ONNX metadata so any runtime (or person) can
+use it alone.
 """
 
 from __future__ import annotations
@@ -17,11 +21,20 @@ from edgetl._io import atomic_path
 from edgetl._lazy import require
 from edgetl.data import arrays
 from edgetl.errors import ExportError
+from edgetl.tensors import Feeds, TensorSpec, batches, concat
 
 OPSET = 18
 INPUT, OUTPUT = "input", "logits"
 # An FP32 export differs from eager PyTorch only by kernel rounding.
 ATOL, MIN_AGREEMENT = 1e-3, 0.999
+
+
+def run_specs(run) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of an image-classification run's model, from its train section."""
+    train = run.manifest["train"]
+    h, w = train["preprocess"]["input_size"][-2:]
+    return ((TensorSpec(INPUT, "float32", ("batch", 3, int(h), int(w))),),
+            (TensorSpec(OUTPUT, "float32", ("batch", int(train["num_classes"]))),))
 
 
 def export_run(run, *, force: bool = False) -> Path:
@@ -44,9 +57,10 @@ def export_run(run, *, force: bool = False) -> Path:
 
     model = load_trained(run)
     x_val = arrays.val_inputs(run)
+    inputs, outputs = run_specs(run)
     started = time.perf_counter()
     with atomic_path(dest) as tmp:
-        _export(torch, model, torch.from_numpy(x_val[:2]), tmp)
+        export_onnx(model, {INPUT: x_val[:2]}, inputs, outputs, tmp)
         proto = onnx.load(str(tmp))
         _set_metadata(proto, {"classes": json.dumps(train["classes"]), "preprocess": json.dumps(train["preprocess"]),
                               "edgetl.backbone": train["backbone"]})
@@ -58,8 +72,8 @@ def export_run(run, *, force: bool = False) -> Path:
         "opset": OPSET,
         "exporter": f"torch.onnx (dynamo) {torch.__version__}",
         "checkpoint_sha256": ckpt_sha,
-        "input": {"name": INPUT, "shape": ["batch", 3, *train["preprocess"]["input_size"]], "dtype": "float32"},
-        "output": {"name": OUTPUT, "shape": ["batch", train["num_classes"]]},
+        "input": inputs[0].to_dict(),
+        "output": outputs[0].to_dict(),
         "seconds": time.perf_counter() - started,
         **check,
     }
@@ -68,19 +82,53 @@ def export_run(run, *, force: bool = False) -> Path:
     return dest
 
 
-def _export(torch, model, example, dest) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
+def export_onnx(model, example_feeds: Feeds, input_specs, output_specs, dest) -> None:
+    """Export ``model`` (called with the inputs in ``input_specs`` order) to ONNX at ``dest``.
+
+    One ``torch.export.Dim`` per distinct dimension name: ``input_ids`` and ``attention_mask`` that
+    both name ``"sequence"`` share one axis. The example must be at least 2 long on every named
+    dimension (the exporter specialises a size-1 axis to a constant).
+    """
+    torch = require("torch", "ONNX export")
+    dims: dict[str, object] = {}
+    dynamic_shapes = tuple(
+        {axis: dims.setdefault(d, torch.export.Dim(d, min=1)) for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+        for spec in input_specs
+    )
+    args = tuple(torch.from_numpy(example_feeds[spec.name]) for spec in input_specs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT],
-                dynamic_shapes=({0: batch},), verbose=False,
+                model, args, dynamo=True, opset_version=OPSET, input_names=[s.name for s in input_specs],
+                output_names=[s.name for s in output_specs], dynamic_shapes=dynamic_shapes, verbose=False,
             )
         program.save(str(dest))
     except Exception as exc:  # the exporter names the op it could not handle
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"ONNX export failed: {first}") from None
+
+
+def onnx_outputs(path, feeds: Feeds, batch: int = 64) -> dict[str, np.ndarray]:
+    """Every output of the ONNX model at ``path`` on ONNX Runtime CPU, run ``batch`` samples at a time."""
+    ort = require("onnxruntime", "checking the ONNX export")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return concat(dict(zip(names, session.run(names, part), strict=True)) for part in batches(feeds, batch))
+
+
+def check_outputs(outputs: Feeds, reference: Feeds) -> dict[str, float]:
+    """Every output against PyTorch's: the largest |diff| per output, or an ``ExportError`` naming
+    the output and the row where it exceeds ``ATOL`` (relative to the output's largest value)."""
+    worst = {}
+    for name, ref in reference.items():
+        diff = np.abs(outputs[name].astype(np.float64) - ref).reshape(len(ref), -1)
+        tolerance = ATOL * max(1.0, float(np.abs(ref).max()))
+        if diff.max() > tolerance:
+            raise ExportError(f"ONNX export disagrees with PyTorch on output {name!r}: max |diff| {diff.max():.2e} "
+                              f"(tolerance {tolerance:.1e}) at row {int(diff.max(axis=1).argmax())}")
+        worst[name] = float(diff.max())
+    return worst
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:
@@ -92,9 +140,7 @@ def _set_metadata(proto, values: dict[str, str]) -> None:
 
 def _check_against_torch(path, x_val: np.ndarray, reference: np.ndarray, val_samples: list) -> dict:
     """Run the ONNX model on every validation image with ONNX Runtime and compare with PyTorch."""
-    ort = require("onnxruntime", "checking the ONNX export")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = np.concatenate([session.run(None, {INPUT: x_val[i : i + 64]})[0] for i in range(0, len(x_val), 64)])
+    out = onnx_outputs(path, {INPUT: x_val})[OUTPUT]
     diff = np.abs(out - reference)
     agreement = float((out.argmax(1) == reference.argmax(1)).mean())
     worst = int(diff.max(axis=1).argmax())
