@@ -29,6 +29,14 @@ class TensorSpec:
     dtype: str  # a numpy dtype name: "float32", "int64", ...
     shape: tuple[Dim, ...]
 
+    @classmethod
+    def of(cls, name: str, dtype: Any, dims) -> TensorSpec:
+        """From what a runtime reports: a dim that is ``None``, negative or a name is dynamic; an
+        unnamed one becomes ``"batch"`` on axis 0 and ``"dim<axis>"`` elsewhere."""
+        shape = tuple(d if isinstance(d, str) and d else int(d) if isinstance(d, int) and d >= 0
+                      else "batch" if axis == 0 else f"dim{axis}" for axis, d in enumerate(dims))
+        return cls(name, np.dtype(dtype).name, shape)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 

@@ -17,7 +17,6 @@ from collections import defaultdict
 import numpy as np
 
 from edgetl._io import atomic_path, sha256_json
-from edgetl._lazy import require
 from edgetl.data.preprocess import PreprocessSpec, normalize
 from edgetl.errors import RunDirError
 from edgetl.tasks import DEFAULT_TASK, get_task
@@ -84,6 +83,7 @@ class DataView:
             raise RunDirError(f"{run.path} has no trained model: run `edgetl train --out {run.path}` first")
         self.split = load_split(run)
         self.task = get_task(train.get("task", DEFAULT_TASK))
+        # classes from the split: training reads the view before it writes its train section whole
         self.record = TaskRecord(train["preprocess"], tuple(self.split["classes"]))
         self._memo: dict[str, dict[str, np.ndarray]] = {}
 
@@ -134,19 +134,11 @@ class DataView:
         return self._remember("reference", key, lambda: self._run_torch(self.val_feeds()))
 
     def _run_torch(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        torch = require("torch", "the FP32 reference")
+        from edgetl.backends.torch import TorchSession
         from edgetl.models.build import load_trained
 
-        model = load_trained(self.run)
-        names = [s.name for s in self.outputs]
-
-        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            out = model(*(torch.from_numpy(batch[s.name]) for s in self.inputs))
-            out = out if isinstance(out, (tuple, list)) else (out,)
-            return {n: o.numpy().astype(np.float32) for n, o in zip(names, out, strict=True)}
-
-        with torch.inference_mode():
-            return concat(run(b) for b in batches(feeds, _REFERENCE_BATCH))
+        with TorchSession(load_trained(self.run), tuple(self.inputs), tuple(self.outputs)) as session:
+            return concat(session.run(b) for b in batches(feeds, _REFERENCE_BATCH))
 
 
 def split_set(run, part: str) -> tuple[np.ndarray, np.ndarray]:

@@ -97,7 +97,7 @@ def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
     recipe = load_recipe("tensorrt")
     assert recipe.keep_float_depthwise
     (tmp_path / "out").mkdir()
-    compiled = get_backend("tensorrt").compile(onnx_path, tmp_path / "out", "int8", calib, {"recipe": recipe})
+    compiled = get_backend("tensorrt").compile(onnx_path, tmp_path / "out", "int8", {"input": calib}, {"recipe": recipe})
     model = onnx.load(str(compiled.estimate_with))
     produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
     depthwise = set(depthwise_convs(model))

@@ -14,12 +14,14 @@ from edgetl.bench.latency import (
     measure_latency,
     median_interval,
 )
+from edgetl.tensors import TensorSpec
 
 
 class CountingSession:
     """A real (numpy) model that counts its calls: the harness is what is under test."""
 
-    input_shape = (-1, 3, 8, 8)
+    inputs = (TensorSpec("input", "float32", ("batch", 3, 8, 8)),)
+    outputs = (TensorSpec("logits", "float32", ("batch", 4)),)
 
     def __init__(self):
         self.calls = 0
@@ -27,10 +29,11 @@ class CountingSession:
         self.closed = False
         self.w = np.random.default_rng(0).standard_normal((3 * 8 * 8, 4)).astype(np.float32)
 
-    def run(self, batch):
+    def run(self, feeds):
+        batch = feeds["input"]
         self.calls += 1
         self.batches.append(batch.shape[0])
-        return batch.reshape(batch.shape[0], -1) @ self.w
+        return {"logits": batch.reshape(batch.shape[0], -1) @ self.w}
 
     def close(self):
         self.closed = True
@@ -107,7 +110,7 @@ def test_first_inference_times_load_and_first_run_and_closes_on_failed_check():
 
 def test_first_inference_fills_a_static_batch():
     class Static(CountingSession):
-        input_shape = (4, 3, 8, 8)
+        inputs = (TensorSpec("input", "float32", (4, 3, 8, 8)),)
 
     session, _ = first_inference(Static, np.zeros((1, 3, 8, 8), np.float32))
     assert session.batches == [4]
@@ -126,11 +129,11 @@ def test_memory_probe_sees_an_allocation_between_start_and_stop():
 
 def test_max_s_ends_a_slow_run_early_but_never_below_the_minimum():
     class Slow(CountingSession):
-        def run(self, batch):
+        def run(self, feeds):
             import time
 
             time.sleep(0.002)
-            return super().run(batch)
+            return super().run(feeds)
 
     stats = measure_latency(Slow(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
                             iterations=10_000, max_s=0.001)
@@ -144,11 +147,11 @@ class Sleepy(CountingSession):
         super().__init__()
         self.seconds = seconds
 
-    def run(self, batch):
+    def run(self, feeds):
         import time
 
         time.sleep(self.seconds())
-        return super().run(batch)
+        return super().run(feeds)
 
 
 def test_median_interval_uses_the_order_statistics_and_covers_the_median():

@@ -163,7 +163,7 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
     with get_backend("onnxruntime").load(bundle_run.path / entry["path"], threads=1) as session:
         for r in results:
-            logits = session.run(load_image(r["image"], spec)[None])[0]
+            logits = session.run({"input": load_image(r["image"], spec)[None]})["logits"][0]
             assert r["top"][0]["label"] == classes[int(logits.argmax())]
             assert len(r["top"]) == 2 and r["top"][0]["score"] >= r["top"][1]["score"]
     one = predict(bundle_file, results[0]["image"], top=5)
