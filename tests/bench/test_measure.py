@@ -32,7 +32,9 @@ def arrays(tmp_path, tiny_inputs, ort_session):
     files = {"inputs": tmp_path / "inputs.npy", "labels": tmp_path / "labels.npy", "reference": tmp_path / "ref.npy"}
     for name, arr in zip(files, (tiny_inputs, labels, reference), strict=True):
         np.save(files[name], arr)
-    return {"inputs": tiny_inputs, "labels": labels, "reference": reference, "files": {k: str(v) for k, v in files.items()}}
+    named = {"inputs": {"input": str(files["inputs"])}, "labels": str(files["labels"]),
+             "reference": {"logits": str(files["reference"])}}
+    return {"inputs": {"input": tiny_inputs}, "labels": labels, "reference": {"logits": reference}, "files": named}
 
 
 def test_bench_session_on_an_open_session(ort_session, arrays):
@@ -52,8 +54,14 @@ def test_bench_session_without_labels_measures_latency_only(ort_session, arrays)
 
 
 def test_input_shape_mismatch_is_a_clear_artifact_error(ort_session):
-    with pytest.raises(ArtifactError, match="expects inputs of shape 3x8x8 but the validation images are 3x16x16"):
-        bench_session(ort_session, np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ArtifactError, match="expects 'input' of shape 3x8x8 but the validation samples are 3x16x16"):
+        bench_session(ort_session, {"input": np.zeros((2, 3, 16, 16), np.float32)})
+
+
+def test_inputs_the_artifact_does_not_take_are_a_clear_artifact_error(ort_session):
+    feeds = {"input": np.zeros((2, 3, 8, 8), np.float32), "mask": np.ones((2, 8), np.int64)}
+    with pytest.raises(ArtifactError, match=r"takes inputs \['input'\] but the data has \['input', 'mask'\]"):
+        bench_session(ort_session, feeds)
 
 
 def test_measure_in_process_adds_load_and_memory(tiny_onnx, arrays):
