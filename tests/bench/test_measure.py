@@ -95,3 +95,23 @@ def test_a_crashing_runtime_fails_only_its_measurement(arrays):
     with pytest.raises(MeasureCrashed, match="SIGKILL"):
         measure_isolated("tests.bench.test_measure:crashing_opener", {}, {"inputs": arrays["files"]["inputs"]},
                          **SETTINGS)
+
+
+def test_a_model_with_two_int64_inputs_is_measured_through_the_same_harness(tmp_path):
+    """Named feeds end to end: batches, latency, first inference and accuracy never pick "input 0"."""
+    from edgetl.backends import get_backend
+    from tests.bench.conftest import build_two_input_onnx
+
+    build_two_input_onnx(tmp_path / "text.onnx")
+    rng = np.random.default_rng(2)
+    feeds = {"ids": rng.integers(0, 50, (12, 7), dtype=np.int64), "mask": np.ones((12, 7), np.int64)}
+    feeds["mask"][:, 5:] = 0
+    with get_backend("onnxruntime").load(tmp_path / "text.onnx", threads=1) as session:
+        reference = session.run(feeds)
+    labels = reference["logits"].argmax(1)
+    result = measure(artifact_opener("onnxruntime", str(tmp_path / "text.onnx"), 1), feeds, labels, reference,
+                     **SETTINGS)
+    assert [row["batch"] for row in result["latency"]] == [1, 4]
+    assert result["accuracy"]["n"] == 12 and result["accuracy"]["top1"] == 1.0 and result["accuracy"]["agreement"] == 1.0
+    with pytest.raises(ArtifactError, match=r"takes inputs \['ids', 'mask'\] but the data has \['ids'\]"):
+        measure(artifact_opener("onnxruntime", str(tmp_path / "text.onnx"), 1), {"ids": feeds["ids"]}, **SETTINGS)
