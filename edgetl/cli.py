@@ -662,7 +662,7 @@ def verify_cmd(bundle, threads, as_json):
     signature = "unsigned" if result["signature"] == "unsigned" else f"signature {result['signature']}"
     console.print(
         f"[green]OK[/] {result['bundle']} ({signature}): {result['files_checked']} files match their sha256; "
-        f"{result['golden_samples']} golden images reproduce the workstation's outputs on {result['runtime']} "
+        f"{result['golden_samples']} golden samples reproduce the workstation's outputs on {result['runtime']} "
         f"(top-1 agreement {result['top1_agreement']:.0%}, worst difference {result['worst_diff_over_tolerance']:.0%} "
         "of the tolerance)", highlight=False)
 
