@@ -222,7 +222,7 @@ def verify(path: str | os.PathLike, threads: int | None = None, *, allow_unsigne
             worst = max(worst, float(diff.max() / allowed))
             if not np.all(diff <= allowed):
                 raise BundleError(f"{bundle.source}: golden sample {i} ({_golden_input(bundle, i)}): output {name!r} "
-                                  f"{_where(bundle, got, want, diff)} (|diff| {diff.max():.4f} > tolerance {allowed:.4f} "
+                                  f"{_where(bundle, golden['expected'][name], got, want, diff)} (|diff| {diff.max():.4f} > tolerance {allowed:.4f} "
                                   f"for {bundle.precision}): this device's {bundle.runtime} does not reproduce the "
                                   "workstation's results")
     return {
@@ -250,14 +250,13 @@ def _golden_input(bundle: Bundle, i: int) -> str:
     return ", ".join(f"{rel}[{i}]" for rel in bundle.manifest["golden"]["inputs"].values())
 
 
-def _where(bundle: Bundle, got: np.ndarray, want: np.ndarray, diff: np.ndarray) -> str:
+def _where(bundle: Bundle, file: str, got: np.ndarray, want: np.ndarray, diff: np.ndarray) -> str:
     """The worst value of one sample's output, named by its label when the output is one score per label."""
     j = int(diff.argmax())
     labels = bundle.labels
     place = f"for {_label(labels, j)!r}" if got.shape == (len(labels),) else f"at {np.unravel_index(j, got.shape)}"
     wanted = f" ({_label(labels, int(want.argmax()))!r} on the workstation)" if got.shape == (len(labels),) else ""
-    file = bundle.manifest["golden"]["expected"]
-    return f"{place}{wanted} is {got.flat[j]:.4f}, {', '.join(file.values())} says {want.flat[j]:.4f}"
+    return f"{place}{wanted} is {got.flat[j]:.4f}, {file} says {want.flat[j]:.4f}"
 
 
 def _label(labels: list[str], index: int) -> str:
