@@ -113,8 +113,11 @@ def compile(run_path: str | Path, targets: list[str], precisions: list[str] | No
 
     run = RunDir.open(run_path, need="train")
     cells = plan(targets, precisions, calibration, gpu_arch, threads)
-    onnx_path = export_run(run)
-    ctx = _Context(run, onnx_path)
+    from edgetl.data.arrays import DataView
+
+    view = DataView(run)  # one read of the split for the export and every cell
+    onnx_path = export_run(run, view=view)
+    ctx = _Context(run, onnx_path, view)
     rows = []
     with _Progress(progress, len(cells)) as bar:
         for cell in cells:
@@ -127,12 +130,10 @@ def compile(run_path: str | Path, targets: list[str], precisions: list[str] | No
 class _Context:
     """What every cell shares: the run, its ONNX and its data view (arrays read once, kept)."""
 
-    def __init__(self, run: RunDir, onnx_path: Path, view=None):
-        from edgetl.data.arrays import DataView
-
+    def __init__(self, run: RunDir, onnx_path: Path, view):
         self.run, self.onnx_path = run, onnx_path
         self.onnx_sha = sha256_file(onnx_path)
-        self.view = view or DataView(run)
+        self.view = view
         self._calib: dict[str, dict[str, np.ndarray]] = {}
 
     def calibration(self, recipe: CalibrationRecipe, warn) -> dict[str, np.ndarray]:

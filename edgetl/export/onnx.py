@@ -28,8 +28,9 @@ OPSET = 18
 ATOL, MIN_AGREEMENT = 1e-3, 0.999
 
 
-def export_run(run, *, force: bool = False) -> Path:
-    """Export the run's checkpoint to ``export/model.onnx`` unless that export is already current."""
+def export_run(run, *, force: bool = False, view=None) -> Path:
+    """Export the run's checkpoint to ``export/model.onnx`` unless that export is already current.
+    ``view``: the run's ``DataView`` when the caller has one (compile shares its arrays)."""
     train = run.get("train")
     if train is None:
         from edgetl.errors import RunDirError
@@ -47,7 +48,7 @@ def export_run(run, *, force: bool = False) -> Path:
     from edgetl.models.build import load_trained
 
     model = load_trained(run)
-    view = arrays.DataView(run)
+    view = view or arrays.DataView(run)
     feeds, inputs, outputs = view.val_feeds(), view.inputs, view.outputs
     started = time.perf_counter()
     with atomic_path(dest) as tmp:
