@@ -384,6 +384,18 @@ class BackendConformance:
             with pytest.raises(DataError, match=f"{name}: dtype float16"):
                 session.run({**one, name: one[name].astype(np.float16)})
 
+    def test_calibration_must_match_the_inputs(self, backend, tiny, tmp_path_factory, tmp_path):
+        """Calibration feeds are checked against the model's inputs: one DataError line, nothing built."""
+        if "int8" not in backend.precisions:
+            pytest.skip("no int8")
+        with pytest.raises(DataError, match=r"calibration samples: inputs \['pixels'\] do not match the model's \['input'\]"):
+            backend.compile(tiny[0], tmp_path, "int8", {"pixels": tiny[1]["input"]}, {})
+        text, calib, _, _ = named_case("text", tmp_path_factory)
+        floats = {**calib, "input_ids": calib["input_ids"].astype(np.float32)}
+        with pytest.raises(DataError, match="calibration samples: input_ids: dtype float32, expected int64"):
+            backend.compile(text, tmp_path, "int8", floats, {})
+        assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
     def test_rejects_unknown_precision(self, backend, tiny, tmp_path):
         with pytest.raises(EdgetlError, match="int3"):
             backend.compile(tiny[0], tmp_path, "int3", None, {})
