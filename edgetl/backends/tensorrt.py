@@ -33,7 +33,7 @@ import shutil
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -73,7 +73,7 @@ class TensorRtOptions(NoOptions):
 
     gpu_arch: str | None = Field(None, description="the GPU's compute capability, e.g. sm87 (Jetson Orin)")
     max_batch: int | None = Field(None, ge=1, le=1024, description="largest batch the engine accepts (default 32)")
-    dims: dict[str, int] | None = Field(
+    dims: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
         None, description="size of each named dynamic dimension besides batch that the engine is built for, "
                           "e.g. {sequence = 128} (it accepts 1 up to it); default: the calibration samples' size")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.backends import Backend, Compiled, get_backend
+from edgetl.backends import Backend, Compiled, Session, get_backend
 from edgetl.errors import DataError, EdgetlError
 from edgetl.tensors import Feeds, TensorSpec, concat, take
 
@@ -350,6 +350,7 @@ class BackendConformance:
         """(A runtime that needs a GPU overrides this with ``@pytest.mark.gpu``.)"""
         _, _, x, ref = tiny
         with backend.load(build(precision).path, threads=2) as session:
+            assert isinstance(session, Session)
             assert [s.name for s in session.inputs] == list(x) and [s.name for s in session.outputs] == list(ref)
             out = concat([session.run(take(x, slice(0, 1))), session.run(take(x, slice(1, None)))])
         self._check(out, ref, precision)

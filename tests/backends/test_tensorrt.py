@@ -142,3 +142,14 @@ def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
         if node.op_type == "Conv":
             quantized_input = produced_by.get(node.input[0]) == "DequantizeLinear"
             assert quantized_input == (node.name not in depthwise), node.name
+
+
+def test_profile_dims_are_validated():
+    from pydantic import ValidationError
+
+    from edgetl.backends.tensorrt import TensorRtOptions
+
+    assert TensorRtOptions(dims={"sequence": 128}).dims == {"sequence": 128}
+    for bad in ({"sequence": 0}, {"sequence": "128"}):
+        with pytest.raises(ValidationError, match="dims.sequence"):
+            TensorRtOptions(dims=bad)
