@@ -92,7 +92,7 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
         tmp.write_bytes(plan)
     write_json(path.with_suffix(".json"), {
         "bundle": bundle.name, "onnx": onnx_rel, "onnx_sha256": onnx_sha, "gpu": gpu_name(), "gpu_arch": arch,
-        "tensorrt": flavour, "max_batch": max_batch, "build_s": round(time.perf_counter() - start, 3),
+        "tensorrt": flavour, "max_batch": max_batch, "shapes": options.get("shapes"), "build_s": round(time.perf_counter() - start, 3),
     })
     return path
 

@@ -33,7 +33,7 @@ from edgetl.backends._qdq import check_calibration
 from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, ConfigError
-from edgetl.tensors import TensorSpec, batch_size, batches
+from edgetl.tensors import TensorSpec, batch_size, batches, check_feeds, take
 
 _RT_PRECISION = ["edgetl", "precision"]
 _CALIBRATION_BATCH = 8  # samples per nncf calibration item
@@ -108,6 +108,7 @@ class OpenVinoBackend(CpuBackendBase):
             calibration = check_calibration(calibration, recipe)  # before the slow conversion
         model = _convert(ov, Path(onnx_path))
         if precision == "int8":
+            check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
             model, chosen = _quantize(model, calibration, recipe, target_cpu(options))
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",

@@ -16,7 +16,10 @@ When the installed builder cannot target the requested GPU (tensorrt_rtx has no 
 Orin), the artifact is the ONNX alone and ``load`` builds the engine on the device on first use.
 
 ``compile`` options: ``recipe`` (int8) and the profile's ``TensorRtOptions``: ``gpu_arch`` ("sm89";
-default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32).
+default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32), ``dims`` (the size of each
+named dynamic dimension besides batch, e.g. ``{"sequence": 128}``; default: the calibration
+samples'). The engine's optimization profile covers every dynamic dimension of every input
+(``opt_shapes``, ``build_engine``); int64 inputs stay int64 (TensorRT 10 takes them as they are).
 
 A bundle carries the ONNX and the build settings, never the engine (``bundle_files``,
 ``build_settings``); the device builds its engine before the first run (``prepare``,
@@ -30,7 +33,7 @@ import shutil
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -40,7 +43,7 @@ from edgetl.backends import _cuda
 from edgetl.backends.base import BackendBase, Compiled, NoOptions, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, EdgetlError
-from edgetl.tensors import TensorSpec, batches, concat
+from edgetl.tensors import TensorSpec, batch_size, batches, concat
 
 # Ada (RTX 40xx, L4, L40): the oldest architecture with every precision TensorRT-RTX supports and
 # a common desktop/edge-server GPU. Said in the options when it was chosen for the user.
@@ -70,7 +73,7 @@ class TensorRtOptions(NoOptions):
 
     gpu_arch: str | None = Field(None, description="the GPU's compute capability, e.g. sm87 (Jetson Orin)")
     max_batch: int | None = Field(None, ge=1, le=1024, description="largest batch the engine accepts (default 32)")
-    dims: dict[str, int] | None = Field(
+    dims: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
         None, description="size of each named dynamic dimension besides batch that the engine is built for, "
                           "e.g. {sequence = 128} (it accepts 1 up to it); default: the calibration samples' size")
 
@@ -330,6 +333,7 @@ class TensorRtSession(SessionBase):
         self.where = path.name
         self.inputs = tuple(spec(n) for n in names if is_input[n])
         self.outputs = tuple(spec(n) for n in names if not is_input[n])
+        # every input shares axis 0, the batch axis, and its profile range
         self.max_batch = self._engine.get_tensor_profile_shape(self.inputs[0].name, 0)[2][0]
         self._stream = self._rt.stream_create()
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -359,9 +363,11 @@ class TensorRtSession(SessionBase):
         return ptr
 
     def _run(self, feeds):
+        if batch_size(feeds) <= self.max_batch:  # the usual case: no copy on the timed path
+            return self._run_chunk(feeds)
         return concat(self._run_chunk(chunk) for chunk in batches(feeds, self.max_batch))
 
-    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_chunk(self, feeds) -> dict[str, np.ndarray]:
         for spec in self.inputs:
             array = np.ascontiguousarray(feeds[spec.name])
             self._context.set_input_shape(spec.name, array.shape)
