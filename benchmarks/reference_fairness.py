@@ -93,14 +93,14 @@ def main() -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(summary(system_record(max(threads_list))), highlight=False)
 
-    from edgetl.data.arrays import val_inputs
+    from edgetl.data.arrays import DataView
     from edgetl.rundir import RunDir
 
     run = RunDir.open(args.run, need="train")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgetl-reference-") as tmp:
         npy = Path(tmp) / "input.npy"
-        np.save(npy, np.ascontiguousarray(val_inputs(run)[:1], dtype=np.float32))
+        np.save(npy, np.ascontiguousarray(DataView(run).val_feeds([0])["input"], dtype=np.float32))
         console.print(f"load average {system_record()['load_average']}; run {run.path}, {args.iterations} iterations, "
                       f"{args.repeats} repeats", highlight=False)
         for rep in range(args.repeats):

@@ -76,11 +76,11 @@ def export_lite0(dest: Path) -> Path:
 
 def model_and_input(args, tmp: Path) -> tuple[Path, np.ndarray]:
     if args.run:
-        from edgetl.data.arrays import val_inputs
+        from edgetl.data.arrays import DataView
         from edgetl.rundir import RunDir
 
         run = RunDir.open(args.run, need="export")
-        return run.path / run.manifest["export"]["path"], val_inputs(run)[:1]
+        return run.path / run.manifest["export"]["path"], DataView(run).val_feeds([0])["input"]
     onnx_path = Path(args.onnx) if args.onnx else export_lite0(tmp / "tf_efficientnet_lite0.onnx")
     import onnx
 

@@ -277,6 +277,41 @@ def targets():
     console.print(table)
 
 
+@cli.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON on stdout instead of a table.")
+def tasks_cmd(as_json):
+    """List the tasks: what a model takes and gives, and what is measured on it.
+
+    \b
+    A run records its task when it is trained (`image-classification` for runs older than
+    tasks); its bundles carry it. Axis 0 of every tensor is the batch; a named dimension is
+    fixed by the run (e.g. the image size it was trained at) or dynamic. Budgets in a target
+    profile set goals on these metrics.
+
+    \b
+    Examples:
+      edgetl tasks
+      edgetl tasks --json | jq '.[].metrics[].name'
+    """
+    from rich.table import Table
+
+    from edgetl.tasks import task_rows
+
+    rows = task_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    spec = lambda t: f"{t['name']}: {t['dtype']} ({', '.join(map(str, t['shape']))})"  # noqa: E731
+    table = Table(title="tasks", title_justify="left")
+    for col in ("name", "inputs", "outputs", "metrics", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(f"[bold]{r['name']}[/]", escape("\n".join(map(spec, r["inputs"]))),
+                      escape("\n".join(map(spec, r["outputs"]))),
+                      "\n".join(f"{m['name']} ({m['better']})" for m in r["metrics"]), escape(r["description"]))
+    console.print(table)
+
+
 def _int_list(option: str, text: str) -> list[int]:
     from edgetl.errors import ConfigError
 
@@ -620,7 +655,7 @@ def verify_cmd(bundle, threads, as_json):
     signature = "unsigned" if result["signature"] == "unsigned" else f"signature {result['signature']}"
     console.print(
         f"[green]OK[/] {result['bundle']} ({signature}): {result['files_checked']} files match their sha256; "
-        f"{result['golden_samples']} golden images reproduce the workstation's outputs on {result['runtime']} "
+        f"{result['golden_samples']} golden samples reproduce the workstation's outputs on {result['runtime']} "
         f"(top-1 agreement {result['top1_agreement']:.0%}, worst difference {result['worst_diff_over_tolerance']:.0%} "
         "of the tolerance)", highlight=False)
 

@@ -38,6 +38,7 @@ from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_na
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
 from edgetl.rundir import Record, RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
+from edgetl.tensors import batch_size, batches, concat
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BARE_RUNTIME_PRECISION = "int8"
@@ -154,8 +155,11 @@ def compile(run_path: str | Path, targets: list[str], precisions: list[str] | No
 
     run = RunDir.open(run_path, need="train")
     cells = plan(targets, precisions, calibration, gpu_arch, threads)
-    onnx_path = export_run(run)
-    ctx = _Context(run, onnx_path)
+    from edgetl.data.arrays import DataView
+
+    view = DataView(run)  # one read of the split for the export and every cell
+    onnx_path = export_run(run, view=view)
+    ctx = _Context(run, onnx_path, view)
     if reporter is None:
         reporter = _stderr_reporter() if progress else SilentReporter()
     rows = CompileResults()
@@ -187,32 +191,33 @@ def _stderr_reporter():
 
 
 class _Context:
-    """What every cell shares: the run, its ONNX and the (lazily loaded, cached) arrays."""
+    """What every cell shares: the run, its ONNX and its data view (arrays read once, kept)."""
 
-    def __init__(self, run: RunDir, onnx_path: Path):
+    def __init__(self, run: RunDir, onnx_path: Path, view=None):
         self.run, self.onnx_path = run, onnx_path
         self.onnx_sha = sha256_file(onnx_path)
-        self._val: tuple | None = None
-        self._calib: dict[str, np.ndarray] = {}
+        self._view = view
 
-    def val(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(inputs, labels, PyTorch FP32 logits) of the validation split."""
-        if self._val is None:
-            from edgetl.data import arrays
+    @property
+    def view(self):
+        """The run's ``DataView``, read on first use (fingerprints alone need no arrays)."""
+        if self._view is None:
+            from edgetl.data.arrays import DataView
 
-            self._val = (arrays.val_inputs(self.run), arrays.val_set(self.run)[1], arrays.reference_logits(self.run))
-        return self._val
+            self._view = DataView(self.run)
+        return self._view
+        self._calib: dict[str, dict[str, np.ndarray]] = {}
 
-    def calibration(self, recipe: CalibrationRecipe, warn) -> np.ndarray:
+    def calibration(self, recipe: CalibrationRecipe, warn) -> dict[str, np.ndarray]:
+        """The task's calibration feeds for ``recipe`` (one read per recipe)."""
         key = sha256_json(recipe.model_dump())
         if key not in self._calib:
-            from edgetl.data import arrays
-
-            images = arrays.calibration_set(self.run, recipe)
-            if len(images) < recipe.samples:
-                warn(f"recipe {recipe.name!r} asks for {recipe.samples} calibration images; the training split "
-                     f"has {len(images)}, all of them are used")
-            self._calib[key] = images
+            feeds = self.view.task.calibration(self.view, recipe)
+            n = batch_size(feeds)
+            if n < recipe.samples:
+                warn(f"recipe {recipe.name!r} asks for {recipe.samples} calibration samples; the training split "
+                     f"has {n}, all of them are used")
+            self._calib[key] = feeds
         return self._calib[key]
 
 
@@ -337,9 +342,10 @@ def _moved(compiled: Compiled, tmp: Path, dest: Path) -> Compiled:
 
 
 def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -> dict[str, Any]:
-    """Top-1, drop and agreement on the full validation split, in the artifact's own runtime, or
-    estimated on ONNX Runtime CPU through ``estimate_with`` when the artifact cannot run here."""
-    x, labels, reference = ctx.val()
+    """The task's metrics on the full validation split (image classification: top-1, drop and
+    agreement), in the artifact's own runtime, or estimated on ONNX Runtime CPU through
+    ``estimate_with`` when the artifact cannot run here."""
+    view = ctx.view
     if backend.can_run_here():
         session, evaluated_with, estimated = backend.load(compiled.path, threads), f"{backend.name} {backend.version()} CPU", False
     elif compiled.estimate_with is not None:
@@ -352,13 +358,12 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     else:
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
     with session:
-        out = np.concatenate([session.run(x[i : i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
-    top1 = float((out.argmax(1) == labels).mean())
-    fp32_top1 = float((reference.argmax(1) == labels).mean())
+        outputs = concat(session.run(b) for b in batches(view.val_feeds(), _EVAL_BATCH))
+    metrics = view.task.evaluate(outputs, view.val_labels(), view.reference(), view.record.classes)
     return {
-        "n": int(len(labels)), "top1": top1, "fp32_top1": fp32_top1, "drop_pp": round((fp32_top1 - top1) * 100, 4),
-        "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
-        "max_abs_diff": float(np.abs(out - reference).max()), "estimated": estimated, "evaluated_with": evaluated_with,
+        "n": metrics["n"], "top1": metrics["top1"], "fp32_top1": metrics["fp32_top1"],
+        "drop_pp": round(metrics["drop_pp"], 4), "agreement": metrics["agreement"],
+        "max_abs_diff": metrics["max_abs_diff"], "estimated": estimated, "evaluated_with": evaluated_with,
     }
 
 

@@ -9,6 +9,7 @@ on the device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,14 @@ class TensorSpec:
     dtype: str  # a numpy dtype name: "float32", "int64", ...
     shape: tuple[Dim, ...]
 
+    @classmethod
+    def of(cls, name: str, dtype: Any, dims) -> TensorSpec:
+        """From what a runtime reports: a dim that is ``None``, negative or a name is dynamic; an
+        unnamed one becomes ``"batch"`` on axis 0 and ``"dim<axis>"`` elsewhere."""
+        shape = tuple(d if isinstance(d, str) and d else int(d) if isinstance(d, int) and d >= 0
+                      else "batch" if axis == 0 else f"dim{axis}" for axis, d in enumerate(dims))
+        return cls(name, np.dtype(dtype).name, shape)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
@@ -36,15 +45,25 @@ class TensorSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
         return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
 
+    # Derived once per spec: sessions check every feed of every run, inside the bench's timed calls.
+    @functools.cached_property
+    def _np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @functools.cached_property
+    def _fixed(self) -> tuple[tuple[int, int], ...]:
+        return tuple((axis, d) for axis, d in enumerate(self.shape) if isinstance(d, int) and d >= 0)
+
     def matches(self, array: np.ndarray) -> str | None:
         """None when ``array`` fits this spec, else why not (one phrase)."""
-        if array.dtype != np.dtype(self.dtype):
+        if array.dtype != self._np_dtype:
             return f"{self.name}: dtype {array.dtype}, expected {self.dtype}"
         if array.ndim != len(self.shape):
             return f"{self.name}: {array.ndim} dimensions {list(array.shape)}, expected {list(self.shape)}"
-        for axis, (got, want) in enumerate(zip(array.shape, self.shape, strict=True)):
-            if isinstance(want, int) and want >= 0 and got != want:
-                return f"{self.name}: dimension {axis} is {got}, expected {want} (shape {list(self.shape)})"
+        shape = array.shape
+        for axis, want in self._fixed:
+            if shape[axis] != want:
+                return f"{self.name}: dimension {axis} is {shape[axis]}, expected {want} (shape {list(self.shape)})"
         return None
 
 

@@ -52,7 +52,7 @@ def test_manifest_entry_follows_the_contract(compiled_run):
             run.verify(f)  # recorded with its sha256
         assert entry["size_bytes"] == sum((run.path / f).stat().st_size for f in entry["files"])
         acc = entry["accuracy"]
-        assert acc["n"] == len(arrays.val_set(run)[1])
+        assert acc["n"] == len(arrays.DataView(run).val_labels())
         assert 0 <= acc["top1"] <= 1 and 0 <= acc["agreement"] <= 1
         assert acc["drop_pp"] == pytest.approx((acc["fp32_top1"] - acc["top1"]) * 100, abs=1e-3)
         assert entry["options"]["why"] if entry["precision"] == "int8" else True
@@ -68,7 +68,8 @@ def test_recorded_accuracy_matches_a_recomputation(compiled_run):
     import onnxruntime as ort
 
     run, _ = compiled_run
-    x, (_, labels), ref = arrays.val_inputs(run), arrays.val_set(run), arrays.reference_logits(run)
+    view = arrays.DataView(run)
+    x, labels, ref = view.val_feeds()["input"], view.val_labels(), view.reference()["logits"]
     for key in ("onnxruntime/int8", "tensorrt/int8"):
         entry = run.manifest["compiled"][key]
         model = run.path / (entry["estimate_with"] or entry["path"])

@@ -30,6 +30,7 @@ from edgetl.data.layout import resolve_layout
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
 from edgetl.rundir import Record, RunDir
+from edgetl.tasks import DEFAULT_TASK
 
 
 class TrainDataset(BaseModel):
@@ -67,6 +68,7 @@ class TrainRecord(Record):
 
     SECTION: ClassVar[str] = "train"
 
+    task: str = DEFAULT_TASK  # a run written before tasks were recorded is an image classifier
     backbone: str
     arch: str
     weights: str | None = None
@@ -283,6 +285,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         "interrupted": result.interrupted or head_result.interrupted,
     }
     section = {
+        "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
         "arch": backbone.arch,
         "weights": start_weights,

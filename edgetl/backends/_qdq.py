@@ -20,13 +20,14 @@ import numpy as np
 from edgetl._lazy import require
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import CompileError, ConfigError, DataError
+from edgetl.tensors import TensorSpec, batch_size, batches, check_feeds, take
 
-# Fewer images than this cannot give stable activation ranges: refuse rather than ship a bad model.
+# Fewer samples than this cannot give stable activation ranges: refuse rather than ship a bad model.
 MIN_CALIBRATION_SAMPLES = 10
-# One image per calibration inference: ORT's histogram collector stacks the batches of a stride
+# One sample per calibration inference: ORT's histogram collector stacks the batches of a stride
 # with np.asarray, which fails when the last batch is smaller than the others.
 _BATCH = 1
-_IMAGES_PER_COLLECT = 32  # bounds the intermediate tensors ORT keeps in memory between merges
+_SAMPLES_PER_COLLECT = 32  # bounds the intermediate tensors ORT keeps in memory between merges
 
 
 @contextlib.contextmanager
@@ -51,28 +52,42 @@ def to_fp16(onnx_in: Path, onnx_out: Path) -> None:
     onnx.save(model, str(onnx_out))
 
 
-def check_calibration(calibration: np.ndarray | None, recipe: CalibrationRecipe) -> np.ndarray:
-    if calibration is None:
-        raise CompileError("int8 needs calibration images (float32 NCHW): none were given")
-    if calibration.ndim != 4 or calibration.dtype != np.float32:
-        raise CompileError(
-            f"calibration images must be float32 NCHW, got {calibration.dtype} {calibration.shape}"
-        )
-    if len(calibration) < MIN_CALIBRATION_SAMPLES:
+def check_calibration(calibration: dict[str, np.ndarray] | None, recipe: CalibrationRecipe) -> dict[str, np.ndarray]:
+    """Every input's samples by name, stacked on axis 0, and enough of them for stable ranges."""
+    if not calibration:
+        raise CompileError("int8 needs calibration samples (every input of the model, by name): none were given")
+    if not all(isinstance(v, np.ndarray) for v in calibration.values()):
+        raise CompileError("calibration samples must be numpy arrays, one per input name")
+    n = batch_size(calibration)
+    if n < MIN_CALIBRATION_SAMPLES:
         raise DataError(
-            f"only {len(calibration)} calibration images (recipe {recipe.name!r} asks for {recipe.samples}); "
-            f"int8 needs at least {MIN_CALIBRATION_SAMPLES}: add training images or use fp16/fp32"
+            f"only {n} calibration samples (recipe {recipe.name!r} asks for {recipe.samples}); "
+            f"int8 needs at least {MIN_CALIBRATION_SAMPLES}: add training samples or use fp16/fp32"
         )
     return calibration
 
 
-class _Reader:
-    """CalibrationDataReader over an in-memory array, with the ``set_range`` ORT uses for strides."""
+def onnx_inputs(model) -> tuple[TensorSpec, ...]:
+    """The graph inputs of an ONNX ``ModelProto`` (initializers listed as inputs left out)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
 
-    def __init__(self, input_name: str, images: np.ndarray):
-        self.input_name = input_name
-        self.batches = [images[i : i + _BATCH] for i in range(0, len(images), _BATCH)]
-        self._it: Iterator[np.ndarray] = iter(self.batches)
+    weights = {t.name for t in model.graph.initializer}
+    return tuple(_value_spec(v, tensor_dtype_to_np_dtype) for v in model.graph.input if v.name not in weights)
+
+
+def _value_spec(value, to_dtype) -> TensorSpec:
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    return TensorSpec.of(value.name, to_dtype(tensor.elem_type), dims)
+
+
+class _Reader:
+    """CalibrationDataReader: one dict per sample with every input, and the ``set_range`` ORT uses
+    for strides."""
+
+    def __init__(self, calibration: dict[str, np.ndarray]):
+        self.batches = list(batches(calibration, _BATCH))
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -81,8 +96,7 @@ class _Reader:
         self._it = iter(self.batches[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {self.input_name: np.ascontiguousarray(batch)}
+        return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = iter(self.batches)
@@ -90,7 +104,7 @@ class _Reader:
 
 def _stride(n_batches: int) -> int:
     """Largest divisor of n_batches within the memory bound (ORT requires an exact divisor)."""
-    most = max(1, _IMAGES_PER_COLLECT // _BATCH)
+    most = max(1, _SAMPLES_PER_COLLECT // _BATCH)
     return max(d for d in range(1, most + 1) if n_batches % d == 0)
 
 
@@ -117,7 +131,7 @@ def depthwise_convs(model) -> list[str]:
 def quantize_qdq(
     onnx_in: Path,
     onnx_out: Path,
-    calibration: np.ndarray,
+    calibration: dict[str, np.ndarray],
     recipe: CalibrationRecipe,
     *,
     activation_type: str,
@@ -159,7 +173,8 @@ def quantize_qdq(
         model = onnx.load(str(prepared))
         _check_names(model, recipe)
         depthwise = depthwise_convs(model) if recipe.keep_float_depthwise else []
-        reader = _Reader(model.graph.input[0].name, calibration)
+        check_feeds(onnx_inputs(model), take(calibration, slice(0, 1)), "calibration samples")
+        reader = _Reader(calibration)
         extra["CalibStridedMinMax"] = _stride(len(reader))
         try:
             with _quiet():
@@ -181,7 +196,7 @@ def quantize_qdq(
         "format": "QDQ",
         "method": recipe.method,
         **({"percentile": recipe.percentile} if recipe.method == "percentile" else {}),
-        "samples": len(calibration),
+        "samples": batch_size(calibration),
         "activations": activation_type,
         "weights": weight_type,
         "per_channel": recipe.per_channel,

@@ -87,12 +87,12 @@ def build_engine(bundle, *, force: bool = False, any_arch: bool = False) -> Path
     options = (model.get("build") or {}).get("options") or {}
     max_batch = int(options.get("max_batch") or trt_backend.DEFAULT_MAX_BATCH)
     start = time.perf_counter()
-    plan = trt_backend.build_engine(trt, bundle.file(onnx_rel), None, max_batch)
+    plan = trt_backend.build_engine(trt, bundle.file(onnx_rel), None, max_batch, options.get("shapes"))
     with atomic_path(path) as tmp:
         tmp.write_bytes(plan)
     write_json(path.with_suffix(".json"), {
         "bundle": bundle.name, "onnx": onnx_rel, "onnx_sha256": onnx_sha, "gpu": gpu_name(), "gpu_arch": arch,
-        "tensorrt": flavour, "max_batch": max_batch, "build_s": round(time.perf_counter() - start, 3),
+        "tensorrt": flavour, "max_batch": max_batch, "shapes": options.get("shapes"), "build_s": round(time.perf_counter() - start, 3),
     })
     return path
 

@@ -9,12 +9,15 @@ the device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgetl.tensors import TensorSpec, check_feeds
 
 
 @dataclass
@@ -33,10 +36,15 @@ class Compiled:
 
 @runtime_checkable
 class Session(Protocol):
-    input_shape: tuple[int, ...]  # (batch or -1, 3, H, W)
+    """One loaded artifact. Tensors are named (docs/architecture.md, "Named tensors"): a session
+    takes every input by name and returns every output by name, in the artifact's own dtypes."""
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 NCHW batch -> float32 logits (N, classes)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``{input name: batch}`` -> ``{output name: batch}``; a missing, unknown or mis-typed input is
+        one ``DataError`` line (``check_feeds``), never the runtime's own error."""
 
     def __enter__(self) -> Session: ...
 
@@ -91,11 +99,12 @@ class Backend(Protocol):
         onnx_path: Path,
         out_dir: Path,
         precision: str,
-        calibration: np.ndarray | None,
+        calibration: dict[str, np.ndarray] | None,
         options: dict[str, Any],
     ) -> Compiled:
-        """Build the artifact for ``precision`` into ``out_dir``; ``calibration`` is float32 NCHW.
-        ``options``: ``recipe``, ``threads`` and the profile's own fields (``options_model``)."""
+        """Build the artifact for ``precision`` into ``out_dir``. ``calibration`` (int8): every input's
+        samples by name, stacked on axis 0 (``tensors.batches`` splits them). ``options``: ``recipe``,
+        ``threads`` and the profile's own fields (``options_model``)."""
 
     def load(self, path: Path, threads: int | None = None) -> Session:
         """Open an artifact produced by ``compile`` for inference."""
@@ -151,9 +160,21 @@ class CpuBackendBase(BackendBase):
 
 
 class SessionBase:
-    """Context-manager plumbing shared by the sessions."""
+    """What the sessions share: the feed check and the context-manager plumbing.
 
-    input_shape: tuple[int, ...] = ()
+    A session sets ``inputs``/``outputs`` when it loads and implements ``_run``, which gets feeds
+    already checked against ``inputs``."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    where = "the model"  # how the feed check names the artifact: its file name
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(self.inputs, feeds, self.where)
+        return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def __enter__(self):
         return self

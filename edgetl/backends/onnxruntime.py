@@ -4,7 +4,7 @@ Artifacts (one ONNX file each, ``model.<precision>.onnx``):
 
 - fp32: the exported graph optimised offline at ``ORT_ENABLE_EXTENDED`` and saved;
 - fp16: weights and activations in float16, float32 inputs/outputs;
-- int8: static QDQ from the calibration images, with the activation/weight types that are fast on
+- int8: static QDQ from the calibration samples (every input, by name), with the activation/weight types that are fast on
   the target's CPU (see ``choose_int8_types``).
 
 ``compile`` options (all optional):
@@ -29,6 +29,7 @@ from edgetl._lazy import available, require
 from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError
+from edgetl.tensors import TensorSpec
 
 
 def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class OnnxRuntimeBackend(CpuBackendBase):
         return require("onnxruntime").__version__
 
     # -- compile -------------------------------------------------------------------------------
-    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
                 options: dict[str, Any]) -> Compiled:
         if precision not in self.precisions:
             raise CompileError(f"onnxruntime cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
@@ -106,7 +107,7 @@ class OnnxRuntimeBackend(CpuBackendBase):
                 "why": "offline fusions portable to any ONNX Runtime CPU build; layout transforms "
                        "(ORT_ENABLE_ALL) are left to the device's session"}
 
-    def _int8(self, src: Path, out: Path, calibration: np.ndarray | None, options: dict[str, Any]) -> dict[str, Any]:
+    def _int8(self, src: Path, out: Path, calibration: dict[str, np.ndarray] | None, options: dict[str, Any]) -> dict[str, Any]:
         from edgetl.backends._qdq import quantize_qdq
 
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
@@ -153,16 +154,29 @@ class OnnxRuntimeSession(SessionBase):
             self._sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ArtifactError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from exc
-        inp = self._sess.get_inputs()[0]
-        self._input = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+        self.where = path.name
+        self.inputs = tuple(_spec(arg) for arg in self._sess.get_inputs())
+        self.outputs = tuple(_spec(arg) for arg in self._sess.get_outputs())
+        self._names = [spec.name for spec in self.outputs]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self._sess.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return out.astype(np.float32, copy=False)
+    def _run(self, feeds):
+        out = self._sess.run(self._names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return dict(zip(self._names, out, strict=True))
 
     def close(self) -> None:
         self._sess = None
+
+
+# ONNX Runtime's type strings ("tensor(float)") as numpy dtype names
+_DTYPES = {"float": "float32", "double": "float64", "float16": "float16", "int64": "int64", "int32": "int32",
+           "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool"}
+
+
+def _spec(arg) -> TensorSpec:
+    kind = arg.type.removeprefix("tensor(").removesuffix(")")
+    if kind not in _DTYPES:
+        raise ArtifactError(f"ONNX Runtime artifact tensor {arg.name!r} has type {arg.type}, which edgetl cannot feed")
+    return TensorSpec.of(arg.name, _DTYPES[kind], arg.shape)
 
 
 def _first_line(exc: BaseException) -> str:

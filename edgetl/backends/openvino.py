@@ -5,7 +5,7 @@ Artifacts are OpenVINO IR, ``model.xml`` + ``model.bin``, with a dynamic batch a
 - fp32: ``ov.convert_model`` of the exported ONNX, saved with float32 weights;
 - fp16: the same graph with weights compressed to float16 (half the size; see ``_INFERENCE_PRECISION``
   for what the CPU computes in);
-- int8: ``nncf.quantize`` post-training quantization on the calibration images (FakeQuantize ops
+- int8: ``nncf.quantize`` post-training quantization on the calibration samples (FakeQuantize ops
   in the IR, which the CPU plugin runs as u8/i8 kernels).
 
 ``compile`` options (same keys as the ONNX Runtime backend; all optional):
@@ -33,9 +33,10 @@ from edgetl.backends._qdq import check_calibration
 from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, ConfigError
+from edgetl.tensors import TensorSpec, batch_size, batches, check_feeds, take
 
 _RT_PRECISION = ["edgetl", "precision"]
-_CALIBRATION_BATCH = 8  # images per nncf calibration item
+_CALIBRATION_BATCH = 8  # samples per nncf calibration item
 
 # What the CPU plugin computes the float parts of each artifact in. Without a hint OpenVINO picks
 # bf16 on CPUs with AMX/AVX512-BF16 (Sapphire Rapids and later) even for an fp32 IR: fp32 would
@@ -97,7 +98,7 @@ class OpenVinoBackend(CpuBackendBase):
         return require("openvino").get_version().split("-")[0]
 
     # -- compile -------------------------------------------------------------------------------
-    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
                 options: dict[str, Any]) -> Compiled:
         if precision not in self.precisions:
             raise CompileError(f"openvino cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
@@ -107,6 +108,7 @@ class OpenVinoBackend(CpuBackendBase):
             calibration = check_calibration(calibration, recipe)  # before the slow conversion
         model = _convert(ov, Path(onnx_path))
         if precision == "int8":
+            check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
             model, chosen = _quantize(model, calibration, recipe, target_cpu(options))
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",
@@ -141,15 +143,25 @@ def _convert(ov, onnx_path: Path):
 
 
 def _dynamic_batch(ov, model) -> None:
-    """An IR exported with batch 1 still accepts any batch (bench and eval run batches)."""
-    shape = model.inputs[0].get_partial_shape()
-    if shape.rank.is_static and shape.rank.get_length() == 4 and shape[0].is_static:
-        shape[0] = ov.Dimension(-1)
-        model.reshape({model.inputs[0]: shape})
+    """An IR exported with batch 1 still accepts any batch (bench and eval run batches): axis 0 of
+    every input is the batch axis."""
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() >= 1 and shape[0].is_static:
+            shape[0] = ov.Dimension(-1)
+            shapes[port] = shape
+    if shapes:
+        model.reshape(shapes)
+
+
+def _spec(port) -> TensorSpec:
+    dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    return TensorSpec.of(port.get_any_name(), port.get_element_type().to_dtype(), dims)
 
 
 # -- int8 through nncf -----------------------------------------------------------------------------
-def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu: TargetCpu):
+def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu):
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
@@ -176,18 +188,19 @@ def _quantize(model, calibration: np.ndarray, recipe: CalibrationRecipe, cpu: Ta
         weights_quantization_params=QuantizationParameters(per_channel=recipe.per_channel),
         activations_range_estimator_params=ranges,
     )
-    # Batches with batchwise_statistics: statistics stay per image (the estimators below take
-    # extremes over images), and nncf's per-item Python bookkeeping runs once per batch, not per image
-    # (with 300 images of 224 px it took as long as the inference). subset_size counts items: all of them.
-    batches = [calibration[i : i + _CALIBRATION_BATCH] for i in range(0, len(calibration), _CALIBRATION_BATCH)]
+    # Batches with batchwise_statistics: statistics stay per sample (the estimators below take
+    # extremes over samples), and nncf's per-item Python bookkeeping runs once per batch, not per sample
+    # (with 300 images of 224 px it took as long as the inference). Each item is a dict of every
+    # input by name, which OpenVINO's infer takes as it is. subset_size counts items: all of them.
+    items = list(batches(calibration, _CALIBRATION_BATCH))
     quantized = nncf.quantize(
-        model, nncf.Dataset(batches), preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(batches),
+        model, nncf.Dataset(items), preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(items),
         fast_bias_correction=fast, model_type=None, ignored_scope=scope, advanced_parameters=advanced,
     )
     return quantized, {
         "quantizer": f"nncf {nncf.__version__} post-training quantization",
         "calibration": recipe.name,
-        "samples": len(calibration),
+        "samples": batch_size(calibration),
         "preset": preset.value,
         "symmetric_activations": True,
         "per_channel": recipe.per_channel,
@@ -334,14 +347,15 @@ class OpenVinoSession(SessionBase):
         self._request = self._compiled.create_infer_request()
         self.precision = precision
         self.inference_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        shape = model.inputs[0].get_partial_shape()
-        self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
+        self.where = path.name
+        self.inputs = tuple(_spec(port) for port in self._compiled.inputs)
+        self.outputs = tuple(_spec(port) for port in self._compiled.outputs)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        # share_inputs: no copy of the batch; outputs are copied (the request reuses its buffers).
-        out = self._request.infer({0: batch}, share_inputs=True)[0]
-        return np.asarray(out, dtype=np.float32)
+    def _run(self, feeds):
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        # share_inputs: no copy of the feeds; outputs are copied (the request reuses its buffers).
+        out = self._request.infer(feeds, share_inputs=True)
+        return {spec.name: out[i] for i, spec in enumerate(self.outputs)}
 
     def close(self) -> None:
         self._request = None

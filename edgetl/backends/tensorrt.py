@@ -16,7 +16,10 @@ When the installed builder cannot target the requested GPU (tensorrt_rtx has no 
 Orin), the artifact is the ONNX alone and ``load`` builds the engine on the device on first use.
 
 ``compile`` options: ``recipe`` (int8) and the profile's ``TensorRtOptions``: ``gpu_arch`` ("sm89";
-default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32).
+default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32), ``dims`` (the size of each
+named dynamic dimension besides batch, e.g. ``{"sequence": 128}``; default: the calibration
+samples'). The engine's optimization profile covers every dynamic dimension of every input
+(``opt_shapes``, ``build_engine``); int64 inputs stay int64 (TensorRT 10 takes them as they are).
 
 A bundle carries the ONNX and the build settings, never the engine (``bundle_files``,
 ``build_settings``); the device builds its engine before the first run (``prepare``,
@@ -30,7 +33,7 @@ import shutil
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -40,6 +43,7 @@ from edgetl.backends import _cuda
 from edgetl.backends.base import BackendBase, Compiled, NoOptions, SessionBase
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, EdgetlError
+from edgetl.tensors import TensorSpec, batch_size, batches, concat
 
 # Ada (RTX 40xx, L4, L40): the oldest architecture with every precision TensorRT-RTX supports and
 # a common desktop/edge-server GPU. Said in the options when it was chosen for the user.
@@ -69,6 +73,9 @@ class TensorRtOptions(NoOptions):
 
     gpu_arch: str | None = Field(None, description="the GPU's compute capability, e.g. sm87 (Jetson Orin)")
     max_batch: int | None = Field(None, ge=1, le=1024, description="largest batch the engine accepts (default 32)")
+    dims: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="size of each named dynamic dimension besides batch that the engine is built for, "
+                          "e.g. {sequence = 128} (it accepts 1 up to it); default: the calibration samples' size")
 
     @field_validator("gpu_arch")
     @classmethod
@@ -102,7 +109,7 @@ class TensorRtBackend(BackendBase):
         return _flavour(trt_module())
 
     # -- compile -------------------------------------------------------------------------------
-    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: np.ndarray | None,
+    def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
                 options: dict[str, Any]) -> Compiled:
         if precision not in self.precisions:
             raise CompileError(f"tensorrt cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
@@ -122,6 +129,7 @@ class TensorRtBackend(BackendBase):
         if not options.get("gpu_arch"):
             chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
         max_batch = int(options.get("max_batch") or DEFAULT_MAX_BATCH)
+        shapes = opt_shapes(onnx_out, options.get("dims") or {}, calibration)
         files = [onnx_out]
         reason = cannot_target(trt, arch)
         if reason:
@@ -129,17 +137,18 @@ class TensorRtBackend(BackendBase):
             path = onnx_out
         else:
             start = time.perf_counter()
-            plan = build_engine(trt, onnx_out, arch, max_batch)
+            plan = build_engine(trt, onnx_out, arch, max_batch, shapes)
             chosen["engine_build_s"] = round(time.perf_counter() - start, 3)
             path = out_dir / ENGINE
             path.write_bytes(plan)
-            meta = {"tensorrt": _flavour(trt), "gpu_arch": arch, "onnx": onnx_out.name, "max_batch": max_batch}
+            meta = {"tensorrt": _flavour(trt), "gpu_arch": arch, "onnx": onnx_out.name, "max_batch": max_batch,
+                    "shapes": shapes}
             (out_dir / f"{ENGINE}.json").write_text(json.dumps(meta, indent=2) + "\n")
             files = [path, out_dir / f"{ENGINE}.json", onnx_out]
-        chosen.update({"gpu_arch": arch, "max_batch": max_batch, "strongly_typed": True})
+        chosen.update({"gpu_arch": arch, "max_batch": max_batch, "shapes": shapes, "strongly_typed": True})
         return Compiled(self.name, precision, path, files, chosen, estimate_with=onnx_out)
 
-    def _qdq(self, src: Path, out: Path, calibration: np.ndarray | None, recipe: CalibrationRecipe | None) -> dict[str, Any]:
+    def _qdq(self, src: Path, out: Path, calibration: dict[str, np.ndarray] | None, recipe: CalibrationRecipe | None) -> dict[str, Any]:
         from edgetl.backends._qdq import quantize_qdq
 
         recipe = recipe or CalibrationRecipe(name="default")
@@ -206,11 +215,37 @@ def _is_rtx(trt: ModuleType) -> bool:
     return trt.__name__ == "tensorrt_rtx"
 
 
-def build_engine(trt: ModuleType, onnx_path: Path, arch: str | None, max_batch: int) -> bytes:
+def opt_shapes(onnx_path: Path, dims: dict[str, int], calibration: dict[str, np.ndarray] | None) -> dict[str, list[int]]:
+    """The shape each input is tuned for, batch 1: a named dynamic dimension besides batch takes its
+    size from ``dims`` (the profile's), else from the calibration samples. Recorded with the
+    artifact, so the device builds the same engine profile (``build_engine``)."""
+    from edgetl.backends._qdq import onnx_inputs
+
+    onnx = require("onnx", "TensorRT compile")
+    shapes = {}
+    for spec in onnx_inputs(onnx.load(str(onnx_path), load_external_data=False)):
+        shape = [1]
+        for axis, dim in enumerate(spec.shape[1:], start=1):
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in dims:
+                shape.append(int(dims[dim]))
+            elif calibration is not None and spec.name in calibration:
+                shape.append(int(calibration[spec.name].shape[axis]))
+            else:
+                raise CompileError(f"TensorRT needs the size of dimension {dim!r} of input {spec.name!r} to build "
+                                   f"its engine: set it in the profile (dims = {{{dim} = 128}})")
+        shapes[spec.name] = shape
+    return shapes
+
+
+def build_engine(trt: ModuleType, onnx_path: Path, arch: str | None, max_batch: int,
+                 shapes: dict[str, list[int]] | None = None) -> bytes:
     """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
 
-    ``arch`` None builds for the local GPU. Batch range 1..max_batch, tuned for batch 1 (edge
-    latency is single-stream).
+    ``arch`` None builds for the local GPU. One optimization profile covers every dynamic dimension
+    of every input: batch 1..max_batch tuned for 1 (edge latency is single-stream), any other
+    1..its size in ``shapes`` (``opt_shapes``), tuned for that size.
     """
     logger = _ErrorLog.make(trt)
     builder = trt.Builder(logger)
@@ -227,13 +262,30 @@ def build_engine(trt: ModuleType, onnx_path: Path, arch: str | None, max_batch: 
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        shape = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (1, *shape), (1, *shape), (max_batch, *shape))
+        profile.set_shape(tensor.name, *_profile(tensor.name, tuple(tensor.shape), max_batch, shapes or {}))
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise CompileError(f"TensorRT could not build an engine from {onnx_path.name}: {logger.last()}")
     return bytes(plan)
+
+
+def _profile(name: str, shape: tuple[int, ...], max_batch: int, shapes: dict[str, list[int]]):
+    """(min, opt, max) of one input; ``shape`` has -1 on its dynamic axes."""
+    opt = shapes.get(name)
+    low, best, high = [1], [1], [max_batch]
+    for axis, dim in enumerate(shape[1:], start=1):
+        if dim >= 0:
+            size = dim
+        elif opt is not None and len(opt) == len(shape):
+            size = opt[axis]
+        else:
+            raise CompileError(f"TensorRT needs the size of dynamic axis {axis} of input {name!r} to build its "
+                               "engine, and none was recorded with the model (its compile options' shapes)")
+        low.append(1 if dim < 0 else size)
+        best.append(size)
+        high.append(size)
+    return tuple(low), tuple(best), tuple(high)
 
 
 class _ErrorLog:
@@ -275,13 +327,16 @@ class TensorRtSession(SessionBase):
             )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self._out_dtype = trt.nptype(self._engine.get_tensor_dtype(self._output))
-        self.max_batch = self._engine.get_tensor_profile_shape(self._input, 0)[2][0]
-        self.input_shape = (-1, *tuple(self._engine.get_tensor_shape(self._input))[1:])
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        spec = lambda n: TensorSpec.of(n, trt.nptype(self._engine.get_tensor_dtype(n)),  # noqa: E731
+                                       list(self._engine.get_tensor_shape(n)))
+        self.where = path.name
+        self.inputs = tuple(spec(n) for n in names if is_input[n])
+        self.outputs = tuple(spec(n) for n in names if not is_input[n])
+        # every input shares axis 0, the batch axis, and its profile range
+        self.max_batch = self._engine.get_tensor_profile_shape(self.inputs[0].name, 0)[2][0]
         self._stream = self._rt.stream_create()
-        self._buffers: dict[str, int] = {}
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
 
     @staticmethod
     def _plan(trt: ModuleType, path: Path) -> bytes:
@@ -290,7 +345,7 @@ class TensorRtSession(SessionBase):
         cached = path.with_suffix(f".{_cuda.gpu_arch()}.engine")
         if cached.is_file():
             return cached.read_bytes()
-        plan = build_engine(trt, path, None, DEFAULT_MAX_BATCH)
+        plan = build_engine(trt, path, None, DEFAULT_MAX_BATCH, _shapes_beside(path))
         try:
             cached.write_bytes(plan)  # the next load skips the build
         except OSError:
@@ -298,35 +353,50 @@ class TensorRtSession(SessionBase):
         return plan
 
     def _buffer(self, name: str, nbytes: int) -> int:
-        # Sized for the largest batch once, so run() never allocates on the hot path.
-        if name not in self._buffers:
-            self._buffers[name] = self._rt.malloc(nbytes)
-        return self._buffers[name]
+        # Grown, never shrunk: after the largest batch, run() no longer allocates on the hot path.
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._rt.free(ptr)
+            ptr, size = self._rt.malloc(nbytes), nbytes
+            self._buffers[name] = (ptr, size)
+        return ptr
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return np.concatenate([self._run(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
+    def _run(self, feeds):
+        if batch_size(feeds) <= self.max_batch:  # the usual case: no copy on the timed path
+            return self._run_chunk(feeds)
+        return concat(self._run_chunk(chunk) for chunk in batches(feeds, self.max_batch))
 
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
-        self._context.set_input_shape(self._input, chunk.shape)
-        out = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=self._out_dtype)
-        per_item_in, per_item_out = chunk[:1].nbytes, out[:1].nbytes
-        src = self._buffer(self._input, per_item_in * self.max_batch)
-        dst = self._buffer(self._output, per_item_out * self.max_batch)
-        self._rt.to_device(src, chunk)
-        self._context.set_tensor_address(self._input, src)
-        self._context.set_tensor_address(self._output, dst)
+    def _run_chunk(self, feeds) -> dict[str, np.ndarray]:
+        for spec in self.inputs:
+            array = np.ascontiguousarray(feeds[spec.name])
+            self._context.set_input_shape(spec.name, array.shape)
+            ptr = self._buffer(spec.name, array.nbytes)
+            self._rt.to_device(ptr, array)
+            self._context.set_tensor_address(spec.name, ptr)
+        outs = {}
+        for spec in self.outputs:
+            out = np.empty(tuple(self._context.get_tensor_shape(spec.name)), dtype=spec.dtype)
+            self._context.set_tensor_address(spec.name, self._buffer(spec.name, out.nbytes))
+            outs[spec.name] = out
         if not self._context.execute_async_v3(self._stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         self._rt.stream_sync(self._stream)
-        self._rt.to_host(out, dst)
-        return out.astype(np.float32, copy=False)
+        for name, out in outs.items():
+            self._rt.to_host(out, self._buffers[name][0])
+        return outs
 
     def close(self) -> None:
-        for ptr in self._buffers.values():
+        for ptr, _ in self._buffers.values():
             self._rt.free(ptr)
         self._buffers = {}
         if self._stream:
             self._rt.stream_destroy(self._stream)
             self._stream = 0
         self._context = self._engine = None
+
+
+def _shapes_beside(onnx_path: Path) -> dict[str, list[int]] | None:
+    """The input shapes recorded when the artifact next to ``onnx_path`` was compiled, if any."""
+    meta = onnx_path.with_name(f"{ENGINE}.json")
+    return json.loads(meta.read_text()).get("shapes") if meta.is_file() else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgetl._lazy import require
 from edgetl.backends.base import SessionBase
+from edgetl.tensors import TensorSpec
 
 NAME = "pytorch-eager"  # how the reference row is named in results and tables
 INTEROP_THREADS = 1
@@ -35,27 +36,33 @@ def _set_interop_threads(torch, n: int) -> None:
 
 
 class TorchSession(SessionBase):
-    """``run(batch)`` = the trained model in eval mode under ``torch.inference_mode``.
+    """``run(feeds)`` = the trained model in eval mode under ``torch.inference_mode``, called with the
+    inputs in the order of ``inputs`` (the model's positional arguments), its outputs named in the
+    order of ``outputs`` (a tensor, or a tuple of them).
 
     ``torch.set_num_threads`` is per process: the bench stage runs the reference in its own process;
     in a shared one (a notebook, ``isolate=False``) ``close`` gives the process its thread count back.
     """
 
-    def __init__(self, model, input_shape: tuple[int, ...], threads: int | None = None):
+    def __init__(self, model, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+                 threads: int | None = None):
         self._torch = require("torch", "the PyTorch FP32 reference")
         self._restore = self._torch.get_num_threads()
         if threads:
             self._torch.set_num_threads(threads)
             _set_interop_threads(self._torch, INTEROP_THREADS)
         self._model = model.eval()
-        self.input_shape = input_shape
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self.where = "the PyTorch reference"
         self.threads_info = {"intra_op": self._torch.get_num_threads(),
                              "inter_op": self._torch.get_num_interop_threads()}
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    def _run(self, feeds):
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[spec.name])) for spec in self.inputs]
         with self._torch.inference_mode():
-            return self._model(x).numpy()
+            out = self._model(*args)
+        out = out if isinstance(out, tuple | list) else (out,)
+        return {spec.name: t.numpy() for spec, t in zip(self.outputs, out, strict=True)}
 
     def close(self) -> None:
         if self._model is not None:
@@ -77,10 +84,11 @@ def load_reference(run_path: str | Path, threads: int | None = None) -> TorchSes
     """The reference session of the run at ``run_path`` (a path: it is opened in a fresh process)."""
     from edgetl.models.build import load_trained
     from edgetl.rundir import RunDir
+    from edgetl.tasks import task_of_train
 
     run = RunDir.open(run_path, need="train")
-    h, w = run.manifest["train"]["preprocess"]["input_size"][-2:]
-    return TorchSession(load_trained(run), (-1, 3, int(h), int(w)), threads)
+    task, record = task_of_train(run.manifest["train"])
+    return TorchSession(load_trained(run), tuple(task.inputs(record)), tuple(task.outputs(record)), threads)
 
 
 def reference_opener(run_path: str, threads: int | None = None):

@@ -25,9 +25,12 @@ def main(fd: int, job: dict) -> None:
             out.flush()
 
         try:
-            arrays = {k: np.load(v, mmap_mode="r") for k, v in job["data"].items() if v}
+            data = job["data"]
+            mapped = lambda files: {name: np.load(path, mmap_mode="r") for name, path in files.items()}  # noqa: E731
+            labels = np.load(data["labels"], mmap_mode="r") if data.get("labels") else None
+            reference = mapped(data["reference"]) if data.get("reference") else None
             load = resolve_loader(job["loader"])(**job["kwargs"])  # imports happen here, untimed
-            result = measure(load, arrays["inputs"], arrays.get("labels"), arrays.get("reference"),
+            result = measure(load, mapped(data["inputs"]), labels, reference,
                              progress=lambda *p: send("progress", *p), **job["settings"])
             result["memory"]["isolated"] = True
             send("result", result)

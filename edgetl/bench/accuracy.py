@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from edgetl.bench.latency import static_batch
 from edgetl.errors import ArtifactError
+from edgetl.tensors import Feeds, batch_size, concat, take
 
 Z95 = 1.959963984540054  # two-sided 95%
 
@@ -137,23 +139,23 @@ def per_class_changed(ok: np.ndarray, ok_ref: np.ndarray, labels: np.ndarray, nu
     return sorted(rows, key=lambda r: r["delta_pp"])
 
 
-def collect_logits(session, inputs: np.ndarray, batch: int = 32,
-                   progress: Callable[[float, float], None] | None = None) -> np.ndarray:
-    """Run every input through ``session`` in batches; a static-batch artifact gets its own batch
-    size, with the last batch padded (and the padding dropped from the result)."""
-    static = session.input_shape[0] if session.input_shape and session.input_shape[0] > 0 else None
+def collect_outputs(session, feeds: Feeds, batch: int = 32,
+                    progress: Callable[[float, float], None] | None = None) -> dict[str, np.ndarray]:
+    """Every output of ``session`` for every sample of ``feeds``, run in batches; a static-batch
+    artifact gets its own batch size, with the last batch padded (and the padding dropped)."""
+    static = static_batch(session)
     step = static or batch
-    n = inputs.shape[0]
-    out: list[np.ndarray] = []
+    n = batch_size(feeds)
+    out: list[dict[str, np.ndarray]] = []
     for start in range(0, n, step):
-        x = np.ascontiguousarray(inputs[start:start + step], dtype=np.float32)
-        real = x.shape[0]
+        part = take(feeds, slice(start, start + step))
+        real = batch_size(part)
         if static and real < static:
-            x = np.concatenate([x, np.repeat(x[-1:], static - real, axis=0)])
-        out.append(np.asarray(session.run(x))[:real])
+            part = take(part, np.arange(static) % real)
+        out.append({k: np.asarray(v)[:real] for k, v in session.run(part).items()})
         if progress is not None:
             progress(min(start + step, n), n)
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return concat(out)
 
 
 def label_accuracy(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict:

@@ -2,7 +2,7 @@
 
 A labelled folder holds one subfolder per class, named like the bundle's labels (a subset is fine),
 or is a CSV of ``path,label`` rows (paths relative to the CSV). Images go through the bundle's own
-preprocessing (``edgetl.data.preprocess``) in chunks, so memory stays flat whatever the folder's size.
+preprocessing (its task's ``preprocess``) in chunks, so memory stays flat whatever the folder's size.
 numpy and Pillow only: this runs on a device without PyTorch.
 
 The device has no FP32 model, so the drop is measured against the workstation's FP32 top-1 (the
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.bench.accuracy import collect_logits, label_accuracy, unpaired_drop_interval
+from edgetl.bench.accuracy import collect_outputs, unpaired_drop_interval
 from edgetl.data.datasets import csv_entries, folder_entries
 from edgetl.data.layout import IMAGE_SUFFIXES
-from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import DataError
+from edgetl.tasks.base import TaskRecord
+from edgetl.tensors import concat
 
 _CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
 
@@ -45,36 +46,38 @@ def labelled_images(source: str | Path, labels: Sequence[str]) -> tuple[list[Pat
     return [p for p, _ in entries], np.array([index[name] for _, name in entries], np.int64)
 
 
-def folder_logits(session, paths: list[Path], spec: PreprocessSpec,
-                  progress: Callable[[float, float], None] | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
-    """Logits of every readable image, the indices of those images, and the unreadable ones (skipped)."""
-    logits, kept, skipped = [], [], []
+def folder_outputs(session, paths: list[Path], task, record: TaskRecord,
+                   progress: Callable[[float, float], None] | None = None) -> tuple[dict[str, np.ndarray], list[int], list[dict]]:
+    """Outputs (by name) of every readable sample, the indices of those samples, and the unreadable
+    ones (skipped), through the task's own preprocessing."""
+    outputs, kept, skipped = [], [], []
     for start in range(0, len(paths), _CHUNK):
         chunk = []
         for i in range(start, min(start + _CHUNK, len(paths))):
             try:
-                chunk.append(load_image(paths[i], spec))
+                chunk.append(task.preprocess([paths[i]], record))
                 kept.append(i)
             except DataError as exc:
                 skipped.append({"path": str(paths[i]), "reason": str(exc)})
         if chunk:
-            logits.append(collect_logits(session, np.stack(chunk)))
+            outputs.append(collect_outputs(session, concat(chunk)))
         if progress is not None:
             progress(min(start + _CHUNK, len(paths)), len(paths))
-    return (np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)), kept, skipped
+    return concat(outputs), kept, skipped
 
 
-def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray], labels: Sequence[str],
-                    spec: PreprocessSpec, workstation: dict | None = None,
+def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray], task, record: TaskRecord,
+                    workstation: dict | None = None,
                     progress: Callable[[float, float], None] | None = None) -> dict:
-    """``label_accuracy`` of ``session`` on ``images`` (``labelled_images(source, labels)``, scanned
-    before any runtime is loaded), plus the drop against the workstation's FP32 top-1
-    (``workstation``: the bundle's ``workstation.accuracy``) with its unpaired interval."""
+    """The task's metrics against labels only (image classification: ``label_accuracy``) of
+    ``session`` on ``images`` (``labelled_images(source, labels)``, scanned before any runtime is
+    loaded), plus the drop against the workstation's FP32 top-1 (``workstation``: the bundle's
+    ``workstation.accuracy``) with its unpaired interval."""
     paths, targets = images
-    logits, kept, skipped = folder_logits(session, paths, spec, progress)
+    outputs, kept, skipped = folder_outputs(session, paths, task, record, progress)
     if not kept:
         raise DataError(f"{source}: none of its {len(paths)} images could be read (first: {skipped[0]['reason']})")
-    result = label_accuracy(logits, targets[kept], list(labels))
+    result = task.evaluate(outputs, targets[kept], None, list(record.classes))
     result.update(source=str(source), skipped=skipped)
     ws = workstation or {}
     if ws.get("fp32_top1") is not None and ws.get("n"):
@@ -107,6 +110,6 @@ def bundle_accuracy(path: str | Path, source: str | Path, threads: int | None = 
     images = labelled_images(source, bundle.labels)  # a bad folder fails before the runtime loads
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
     with open_session(bundle, threads) as session:
-        accuracy = folder_accuracy(session, source, images, bundle.labels, bundle.spec, workstation, progress)
+        accuracy = folder_accuracy(session, source, images, bundle.task, bundle.record, workstation, progress)
     return {"bundle": bundle.name, "runtime": bundle.runtime, "precision": bundle.precision,
             "accuracy": accuracy, "workstation_accuracy": workstation}

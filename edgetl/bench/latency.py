@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.tensors import Feeds, batch_size, take
+
 Progress = Callable[[float, float], None]  # (done, total): iterations, or seconds in duration mode
 
 _PROGRESS_EVERY_NS = 100_000_000  # report at most 10 times a second: the callback is not free
@@ -185,7 +187,7 @@ class LatencyStats:
 
 def measure_latency(
     session,
-    batch: np.ndarray,
+    feeds: Feeds,
     *,
     warmup_iters: int = 50,
     warmup_s: float = 0.2,
@@ -198,7 +200,7 @@ def measure_latency(
     progress: Progress | None = None,
     keep_samples: bool = True,
 ) -> LatencyStats:
-    """Time ``session.run(batch)``: warm-up, then ``iterations`` calls or ``duration_s`` seconds.
+    """Time ``session.run(feeds)`` (one batch of every input): warm-up, then ``iterations`` calls or ``duration_s`` seconds.
 
     ``max_s`` stops an iteration-count run early once that many seconds are spent (for a slow
     baseline whose median is all that is needed); with ``median_precision`` only once the median's
@@ -209,7 +211,6 @@ def measure_latency(
     """
     if iterations < 1 and duration_s is None:
         raise ValueError("iterations must be >= 1")
-    x = np.ascontiguousarray(batch, dtype=np.float32)
     clock = time.perf_counter_ns
 
     start = clock()
@@ -219,7 +220,7 @@ def measure_latency(
     while warm < warmup_iters or clock() < warm_until:
         if warm_cap is not None and warm >= MIN_WARMUP_ITERATIONS and clock() >= warm_cap:
             break
-        session.run(x)
+        session.run(feeds)
         warm += 1
     warm_ns = clock() - start
 
@@ -236,7 +237,7 @@ def measure_latency(
         begin = last_report = clock()
         while True:
             t0 = clock()
-            session.run(x)
+            session.run(feeds)
             t1 = clock()
             samples.append(t1 - t0)
             n = len(samples)
@@ -256,7 +257,7 @@ def measure_latency(
             gc.enable()
     if progress is not None:
         progress(total, total)
-    return LatencyStats.from_samples(int(x.shape[0]), np.asarray(samples, np.int64), warm, warm_ns, keep_samples,
+    return LatencyStats.from_samples(batch_size(feeds), np.asarray(samples, np.int64), warm, warm_ns, keep_samples,
                                      stop=stop, contention=load)
 
 
@@ -271,16 +272,20 @@ def _time_stop(samples: list[int], duration_s: float | None, precision: float | 
     return f"hard time cap, median not within +-{precision:.0%}" if hard_cap else None
 
 
-def first_inference(load: Callable[[], object], batch: np.ndarray,
+def static_batch(session) -> int | None:
+    """The batch size of an artifact whose inputs have a fixed one, else None."""
+    return next((s.shape[0] for s in session.inputs if s.shape and isinstance(s.shape[0], int)), None)
+
+
+def first_inference(load: Callable[[], object], feeds: Feeds,
                     check: Callable[[object], None] | None = None) -> tuple[object, dict]:
-    """Load a session and run it once: what a user waits for before the first answer.
+    """Load a session and run it once on ``feeds``: what a user waits for before the first answer.
 
     Returns the open session and ``{"load_ms", "first_run_ms", "first_inference_ms"}``; load
     includes whatever the runtime compiles at load time (OpenVINO's plugin compile, ORT's graph
     optimisation, a TensorRT engine deserialisation). ``check(session)`` runs untimed in between
-    (an input-shape check that should fail with a clear message before the runtime's own).
+    (an input check that should fail with a clear message before the runtime's own).
     """
-    x = np.ascontiguousarray(batch, dtype=np.float32)
     t0 = time.perf_counter_ns()
     session = load()
     t1 = time.perf_counter_ns()
@@ -290,11 +295,11 @@ def first_inference(load: Callable[[], object], batch: np.ndarray,
         except BaseException:
             session.close()
             raise
-    static = (getattr(session, "input_shape", None) or (0,))[0]
-    if static > 0 and static != x.shape[0]:  # a static-batch artifact: fill its batch with the same images
-        x = np.ascontiguousarray(x[np.arange(static) % x.shape[0]])
+    static, n = static_batch(session), batch_size(feeds)
+    if static and static != n:  # a static-batch artifact: fill its batch with the same samples
+        feeds = take(feeds, np.arange(static) % n)
     t2 = time.perf_counter_ns()
-    session.run(x)
+    session.run(feeds)
     t3 = time.perf_counter_ns()
     load_ms, run_ms = (t1 - t0) / 1e6, (t3 - t2) / 1e6
     return session, {"load_ms": load_ms, "first_run_ms": run_ms, "first_inference_ms": load_ms + run_ms}

@@ -12,8 +12,8 @@ Three entry points, from the most to the least isolated:
   faster than a user's first load would). It also
   mirrors the device, where a bundle is benched by a fresh ``edgetl bench`` process, and a runtime
   that crashes (a segfault in a plugin) fails that row only.
-- ``measure(load, inputs, ...)``: the same measurement in this process.
-- ``bench_session(session, inputs, ...)``: latency and accuracy of an already open session, no load
+- ``measure(load, feeds, ...)``: the same measurement in this process.
+- ``bench_session(session, feeds, ...)``: latency and accuracy of an already open session, no load
   time and no memory (for a bundle on the device, or a notebook).
 
 numpy only: no torch, no run directory, so a bundle on a device uses the same code.
@@ -31,38 +31,48 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgetl import errors
-from edgetl.bench.accuracy import collect_logits, evaluate
-from edgetl.bench.latency import MemoryProbe, first_inference, measure_latency
+from edgetl.bench.accuracy import collect_outputs
+from edgetl.bench.latency import MemoryProbe, first_inference, measure_latency, static_batch
 from edgetl.errors import ArtifactError
+from edgetl.tasks import DEFAULT_TASK, get_task
+from edgetl.tensors import Feeds, batch_size, take
 
 # (phase, done, total): phase is "batch 8" or "accuracy"; done/total are iterations, seconds or images
 PhaseProgress = Callable[[str, float, float], None]
 
 
-def check_input_shape(session, inputs: np.ndarray) -> None:
-    expected = tuple(session.input_shape[1:]) if session.input_shape else ()
-    actual = tuple(inputs.shape[1:])
-    if expected and any(e > 0 and e != a for e, a in zip(expected, actual, strict=False)):
-        raise ArtifactError(
-            f"the artifact expects inputs of shape {'x'.join(map(str, expected))} but the validation images are "
-            f"{'x'.join(map(str, actual))}: it was compiled for another model or input size; recompile it"
-        )
+def check_inputs(session, feeds: Feeds) -> None:
+    """The artifact takes exactly these tensors, with these sizes beyond the batch axis."""
+    names = sorted(s.name for s in session.inputs)
+    if sorted(feeds) != names:
+        raise ArtifactError(f"the artifact takes inputs {names} but the data has {sorted(feeds)}: it was compiled "
+                            "for another model; recompile it")
+    for spec in session.inputs:
+        x = feeds[spec.name]
+        fixed = all(not isinstance(e, int) or e == a for e, a in zip(spec.shape[1:], x.shape[1:], strict=False))
+        if x.ndim != len(spec.shape) or not fixed:
+            raise ArtifactError(
+                f"the artifact expects {spec.name!r} of shape {'x'.join(map(str, spec.shape[1:]))} but the validation "
+                f"samples are {'x'.join(map(str, x.shape[1:]))}: it was compiled for another model or input size; "
+                "recompile it"
+            )
 
 
-def make_batches(inputs: np.ndarray, batches: Sequence[int]) -> dict[int, np.ndarray]:
-    """Real images for each batch size, repeated when the split is smaller than the batch; copies,
+def make_batches(feeds: Feeds, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Real samples for each batch size, repeated when the split is smaller than the batch; copies,
     so that timing never reads through a memory map."""
-    return {b: np.ascontiguousarray(inputs[np.arange(b) % inputs.shape[0]], dtype=np.float32)
-            for b in dict.fromkeys(batches)}
+    n = batch_size(feeds)
+    return {b: take(feeds, np.arange(b) % n) for b in dict.fromkeys(batches)}
 
 
-def runnable_batches(session, arrays: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], list[dict]]:
+def runnable_batches(session, arrays: dict[int, Feeds]) -> tuple[dict[int, Feeds], list[dict]]:
     """Drop the batch sizes a static-batch artifact cannot run, saying why."""
-    static = session.input_shape[0] if session.input_shape and session.input_shape[0] > 0 else None
+    static = static_batch(session)
     if not static:
         return arrays, []
     skipped = [{"batch": b, "reason": f"the artifact has a static batch size of {static}"} for b in arrays if b != static]
@@ -73,22 +83,23 @@ def _phase(progress: PhaseProgress | None, name: str):
     return None if progress is None else functools.partial(progress, name)
 
 
-def _latency(session, arrays: dict[int, np.ndarray], progress: PhaseProgress | None, **kw) -> list[dict]:
+def _latency(session, arrays: dict[int, Feeds], progress: PhaseProgress | None, **kw) -> list[dict]:
     return [measure_latency(session, x, progress=_phase(progress, f"batch {b}"), **kw).to_dict() for b, x in arrays.items()]
 
 
-def _accuracy(session, inputs, labels, reference, classes, progress) -> dict | None:
+def _accuracy(session, feeds, labels, reference, task, classes, progress) -> dict | None:
     if labels is None or reference is None:
         return None
-    logits = collect_logits(session, inputs, progress=_phase(progress, "accuracy"))
-    return evaluate(logits, np.asarray(labels), np.asarray(reference), classes)
+    outputs = collect_outputs(session, feeds, progress=_phase(progress, "accuracy"))
+    reference = {k: np.asarray(v) for k, v in reference.items()}
+    return get_task(task).evaluate(outputs, np.asarray(labels), reference, classes)
 
 
 def bench_session(
     session,
-    inputs: np.ndarray,
+    feeds: Feeds,
     labels: np.ndarray | None = None,
-    reference_logits: np.ndarray | None = None,
+    reference: Feeds | None = None,
     *,
     batches: Sequence[int] = (1,),
     iterations: int = 200,
@@ -99,27 +110,29 @@ def bench_session(
     median_precision: float | None = None,
     warmup_max_s: float | None = None,
     threads: int | None = None,
+    task: str = DEFAULT_TASK,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
 ) -> dict:
     """``{"latency": [LatencyStats dicts], "skipped_batches": [...], "accuracy": dict | None}`` of an
-    open session; accuracy only when ``labels`` and ``reference_logits`` are given."""
-    check_input_shape(session, inputs)
-    arrays, skipped = runnable_batches(session, make_batches(inputs, batches))
+    open session on ``feeds`` (samples of every input, by name); accuracy (``task``'s ``evaluate``)
+    only when ``labels`` and ``reference`` (the FP32 outputs, by name) are given."""
+    check_inputs(session, feeds)
+    arrays, skipped = runnable_batches(session, make_batches(feeds, batches))
     timing = {"iterations": iterations, "duration_s": duration_s, "warmup_iters": warmup_iters, "warmup_s": warmup_s,
               "max_s": max_s, "median_precision": median_precision, "warmup_max_s": warmup_max_s, "threads": threads}
     return {
         "latency": _latency(session, arrays, progress, **timing),
         "skipped_batches": skipped,
-        "accuracy": _accuracy(session, inputs, labels, reference_logits, classes, progress),
+        "accuracy": _accuracy(session, feeds, labels, reference, task, classes, progress),
     }
 
 
 def measure(
     load: Callable[[], object],
-    inputs: np.ndarray,
+    feeds: Feeds,
     labels: np.ndarray | None = None,
-    reference_logits: np.ndarray | None = None,
+    reference: Feeds | None = None,
     *,
     batches: Sequence[int] = (1,),
     iterations: int = 200,
@@ -130,23 +143,24 @@ def measure(
     median_precision: float | None = None,
     warmup_max_s: float | None = None,
     threads: int | None = None,
+    task: str = DEFAULT_TASK,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
 ) -> dict:
     """``bench_session`` plus ``load`` (first inference) and ``memory`` (peak RSS while loading and
     timing; accuracy runs after the probe so the validation set does not count)."""
-    arrays = make_batches(inputs, batches)  # before the probe: the inputs are not the session's memory
-    first = np.array(inputs[:1], dtype=np.float32)
+    arrays = make_batches(feeds, batches)  # before the probe: the inputs are not the session's memory
+    first = take(feeds, slice(0, 1))
     probe = MemoryProbe()
     probe.start()
-    session, load_times = first_inference(load, first, check=lambda s: check_input_shape(s, inputs))
+    session, load_times = first_inference(load, first, check=lambda s: check_inputs(s, feeds))
     try:
         arrays, skipped = runnable_batches(session, arrays)
         latency = _latency(session, arrays, progress, iterations=iterations, duration_s=duration_s,
                            warmup_iters=warmup_iters, warmup_s=warmup_s, max_s=max_s,
                            median_precision=median_precision, warmup_max_s=warmup_max_s, threads=threads)
         memory = probe.stop()
-        accuracy = _accuracy(session, inputs, labels, reference_logits, classes, progress)
+        accuracy = _accuracy(session, feeds, labels, reference, task, classes, progress)
     finally:
         session.close()
     result = {"load": load_times, "memory": memory, "latency": latency, "skipped_batches": skipped,
@@ -185,7 +199,7 @@ def _rebuild(module: str, name: str, message: str, tb: str) -> BaseException:
 def measure_isolated(
     loader: str,
     loader_kwargs: dict,
-    data: dict[str, str | None],
+    data: dict[str, Any],
     *,
     progress: PhaseProgress | None = None,
     **settings,
@@ -193,8 +207,9 @@ def measure_isolated(
     """``measure`` in a fresh Python process (``python -m edgetl.bench._child``).
 
     ``loader`` is ``"module:function"``; ``function(**loader_kwargs)`` imports what it needs and
-    returns the call that opens the session (see ``artifact_opener``); the kwargs are JSON values. ``data`` holds paths of ``.npy`` files: ``inputs`` (float32 NCHW),
-    optional ``labels`` and ``reference``; the child memory-maps them. A fresh interpreter, not
+    returns the call that opens the session (see ``artifact_opener``); the kwargs are JSON values.
+    ``data`` holds paths of ``.npy`` files: ``inputs`` (``{input name: path}``), optional ``labels``
+    (a path) and ``reference`` (``{output name: path}``); the child memory-maps them. A fresh interpreter, not
     ``multiprocessing``: it does not re-import the caller's ``__main__`` (a user's script without a
     ``__main__`` guard, a notebook) and it shares nothing with this process. The child reports
     progress and its result as JSON lines on a pipe; its own output is kept for the error message.

@@ -71,7 +71,6 @@ from edgetl.adapt.train import TrainRecord
 from edgetl.backends import get_backend, runtimes
 from edgetl.backends import torch as torch_reference
 from edgetl.bench import gates as gates_mod
-from edgetl.bench.accuracy import evaluate
 from edgetl.bench.measure import measure, measure_isolated, resolve_loader
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
@@ -372,33 +371,37 @@ class _Measurer:
     """One measurement of a session, in a fresh process (or here), on the run's validation split."""
 
     def __init__(self, run: RunDir, settings: dict, progress: Bars, tmp: Path):
-        from edgetl.data.arrays import reference_logits, spec_of, val_set
-        from edgetl.data.preprocess import normalize
+        from edgetl.data.arrays import DataView
 
-        pixels, labels = val_set(run)
-        self.data = {"inputs": normalize(pixels, spec_of(run)), "labels": labels, "reference": reference_logits(run)}
-        self.classes = run.require(TrainRecord).classes
+        self.view = view = DataView(run)
+        self.data = {"inputs": view.val_feeds(), "labels": view.val_labels(), "reference": view.reference()}
+        self.task, self.classes = view.task.name, list(view.record.classes)
         self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
         self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s",
                                                 "threads")}
-        self.files = {}
-        if self.isolate:  # the child memory-maps these instead of receiving copies
-            for name, arr in self.data.items():
-                self.files[name] = str(tmp / f"{name}.npy")
-                np.save(self.files[name], arr)
+        self.files: dict = {}
+        if self.isolate:  # the child memory-maps these instead of receiving copies; names stay in the JSON job
+            self.files["labels"] = _save(tmp / "labels.npy", self.data["labels"])
+            for kind in ("inputs", "reference"):
+                self.files[kind] = {name: _save(tmp / f"{kind}.{i}.npy", arr)
+                                    for i, (name, arr) in enumerate(self.data[kind].items())}
 
     def __call__(self, key: str, loader: str, kwargs: dict, with_accuracy: bool = True, **timing) -> dict:
         names = ["inputs", "labels", "reference"] if with_accuracy else ["inputs"]
-        timing = {**self.timing, **timing}
+        timing = {**self.timing, **timing, "task": self.task, "classes": self.classes}
         show = self.progress.callback(key)
         try:
             if self.isolate:
-                return measure_isolated(loader, kwargs, {n: self.files[n] for n in names}, classes=self.classes,
-                                        progress=show, **timing)
+                return measure_isolated(loader, kwargs, {n: self.files[n] for n in names}, progress=show, **timing)
             arrays = [self.data[n] for n in names]
-            return measure(resolve_loader(loader)(**kwargs), *arrays, classes=self.classes, progress=show, **timing)
+            return measure(resolve_loader(loader)(**kwargs), *arrays, progress=show, **timing)
         finally:
             self.progress.done_loading(key)
+
+
+def _save(path: Path, array: np.ndarray) -> str:
+    np.save(path, array)
+    return str(path)
 
 
 def _failure(exc: Exception, reporter: Reporter) -> dict:
@@ -428,7 +431,8 @@ def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, re
                                               **_failure(exc, reporter)}))
         return None
     data = measurer.data
-    measured["accuracy"] = evaluate(data["reference"], data["labels"], data["reference"], measurer.classes)
+    measured["accuracy"] = measurer.view.task.evaluate(data["reference"], data["labels"], data["reference"],
+                                                       measurer.classes)
     measured["accuracy"]["evaluated_with"] = "the cached reference logits (this model, FP32)"
     settings = {**measurer.settings, **REFERENCE_TIMING}
     measured["method"] = reference_method(settings, measured)

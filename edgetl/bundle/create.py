@@ -9,6 +9,7 @@ so the device can prove it computes the same thing (``edgetl verify``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -36,6 +37,7 @@ from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.rundir import Record, RunDir
+from edgetl.tensors import batch_size
 
 
 class BundleRecord(Record):
@@ -190,10 +192,11 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     runtime = entry["runtime"]
     backend = get_backend(runtime)
     model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model")
-    golden = _write_golden(run, entry, stage / "golden")
+    golden, inputs, outputs = _write_golden(run, entry, stage / "golden")
     manifest = {
         "format": FORMAT,
         "name": f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
+        "task": train.task,
         "release": release,
         "run": run.path.name,
         "target": _profile(entry["target"]) or {"name": entry["target"]},
@@ -206,8 +209,8 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
             "built_with": (entry.get("versions") or {}).get(runtime),
         },
         "model": {"path": model_path, "files": model_files, "compiled": key, **backend.build_settings(entry)},
-        "input": golden.pop("input"),
-        "output": {"name": "logits", "shape": [-1, len(train.classes)], "dtype": "float32"},
+        "inputs": [s.to_dict() for s in inputs],
+        "outputs": [s.to_dict() for s in outputs],
         "preprocess": train.preprocess,
         "labels": list(train.classes),
         "golden": golden,
@@ -234,43 +237,42 @@ def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple
     return names, f"model/{Path(main).relative_to(base).as_posix()}"
 
 
-def golden_indices(labels: np.ndarray, n: int = GOLDEN_SAMPLES) -> list[int]:
-    """Up to ``n`` validation samples, round-robin over classes, so every class is seen."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels.tolist()):
-        by_class.setdefault(label, []).append(i)
-    chosen: list[int] = []
-    while len(chosen) < min(n, len(labels)):
-        for label in sorted(by_class):
-            if by_class[label] and len(chosen) < n:
-                chosen.append(by_class[label].pop(0))
-    return sorted(chosen)
+def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[dict[str, Any], list, list]:
+    """Golden feeds (the task picks them from the validation split) and the outputs the workstation got
+    for them, one ``.npy`` per tensor: ``golden/in.<i>.npy``, ``golden/out.<i>.npy`` in the order of the
+    model's tensors, so no file name ever comes from a tensor name. Also the model's tensor specs."""
+    from edgetl.data.arrays import DataView
 
-
-def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> dict[str, Any]:
-    from edgetl.data.arrays import val_inputs, val_set
-
-    _, labels = val_set(run)
-    if len(labels) == 0:
+    view = DataView(run)
+    if len(view.val_labels()) == 0:
         raise BundleError(f"{run.path} has no validation images: golden inputs cannot be chosen")
-    inputs = np.ascontiguousarray(val_inputs(run)[golden_indices(labels)], dtype=np.float32)
-    expected, source, shape = _expected_outputs(run, entry, inputs)
+    feeds = view.task.golden_inputs(view, GOLDEN_SAMPLES)
+    expected, source, batch = _expected_outputs(run, entry, feeds)
+    inputs, outputs = _with_batch(view.inputs, batch), _with_batch(view.outputs, batch)
     out.mkdir(parents=True)
-    np.save(out / "inputs.npy", inputs, allow_pickle=False)
-    np.save(out / "expected.npy", expected, allow_pickle=False)
-    return {
-        "inputs": "golden/inputs.npy",
-        "expected": "golden/expected.npy",
-        "samples": len(inputs),
+    files: dict[str, dict[str, str]] = {"inputs": {}, "expected": {}}
+    for kind, prefix, specs, arrays in (("inputs", "in", inputs, feeds), ("expected", "out", outputs, expected)):
+        for i, spec in enumerate(specs):
+            np.save(out / f"{prefix}.{i}.npy", np.ascontiguousarray(arrays[spec.name], dtype=spec.dtype), allow_pickle=False)
+            files[kind][spec.name] = f"golden/{prefix}.{i}.npy"
+    golden = {
+        **files,
+        "samples": batch_size(feeds),
         "expected_from": source["what"],
         "tolerance": {**tolerance(entry["precision"], source["kind"]), "precision": entry["precision"],
                       "source": source["kind"]},
-        "input": {"name": "input", "shape": list(shape), "dtype": "float32", "layout": "NCHW"},
     }
+    return golden, inputs, outputs
 
 
-def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
-    """Logits of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here."""
+def _with_batch(specs, batch: int | None) -> list:
+    """The task's specs, with the artifact's fixed batch size when it has one."""
+    return [dataclasses.replace(s, shape=(batch, *s.shape[1:])) if batch else s for s in specs]
+
+
+def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.ndarray]):
+    """Outputs of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here;
+    and the artifact's fixed batch size (None when dynamic)."""
     from edgetl.backends import ONNX_RUNNER, get_backend
     from edgetl.bundle.runner import run_each
 
@@ -288,9 +290,9 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], inputs: np.ndarray):
         what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
         load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
     with load(path, threads=1) as session:
-        logits = run_each(session, inputs)
-        shape = session.input_shape or (-1, *inputs.shape[1:])
-    return logits, {"kind": kind, "what": what}, shape
+        outputs = run_each(session, feeds)
+        batch = next((s.shape[0] for s in session.inputs if isinstance(s.shape[0], int)), None)
+    return outputs, {"kind": kind, "what": what}, batch
 
 
 def _workstation(run: RunDir, key: str, entry: dict[str, Any]) -> dict[str, Any]:

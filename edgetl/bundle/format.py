@@ -3,13 +3,13 @@
 A bundle is a ``.tar.gz`` with a single top folder (so ``tar xzf`` never scatters files), or that
 folder once extracted::
 
-    <name>/manifest.json        format, release, runtime requirements, input spec, preprocessing,
-                                labels, workstation accuracy/latency, sha256 + size of every other
-                                file (the model: edgetl/bundle/manifest.py)
+    <name>/manifest.json        format, task, release, runtime requirements, named inputs and
+                                outputs, preprocessing, labels, workstation accuracy/latency, sha256
+                                + size of every other file (the model: edgetl/bundle/manifest.py)
     <name>/manifest.sig         optional: Ed25519 signature over the exact manifest.json bytes
     <name>/model/...            the artifact (for TensorRT: the ONNX the engine is built from)
-    <name>/golden/inputs.npy    a few real validation images, preprocessed (float32 NCHW)
-    <name>/golden/expected.npy  the logits the workstation got for them
+    <name>/golden/in.<i>.npy    a few real validation samples, preprocessed: one file per input
+    <name>/golden/out.<i>.npy   the outputs the workstation got for them: one file per output
 
 Nothing is trusted before it is checked, in this order: the signature over the exact manifest
 bytes (edgetl/bundle/signing.py), the manifest against its model, then the members one by one as the

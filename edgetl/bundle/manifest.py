@@ -3,13 +3,15 @@
 ``parse(raw, where)`` is called right after the signature check and before a single other member
 is extracted or loaded. Strict JSON types (``"3"`` is not ``3``), no unknown fields, sizes and
 shapes within what an edge device can hold, names and paths that are safe to use in a file system,
-a runtime and pip extra only from edgetl's own registry, and the cross-checks that keep the parts
-consistent (labels vs. output classes, preprocessing vs. input shape, every named file listed).
+a task, runtime and pip extra only from edgetl's own registries, and the cross-checks that keep the
+parts consistent (the tensors are what the task makes of the preprocessing and labels:
+``Task.check_bundle``; one golden file per tensor; every named file listed).
 Device side: pydantic and the standard library only.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -20,14 +22,16 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from edgetl.config import TargetProfile
 from edgetl.errors import BundleError
+from edgetl.tensors import TensorSpec
 
-FORMAT = "edgetl.bundle/1"
+FORMAT = "edgetl.bundle/2"  # /2: named inputs and outputs, the task
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MAX_FILES = 10_000
@@ -36,6 +40,12 @@ MAX_BATCH = 1024
 MAX_SIDE = 4096
 MAX_THREADS = 1024
 MAX_CLASSES = 100_000
+MAX_TENSORS = 16
+MAX_RANK = 8
+MAX_DIM = 2**20
+MAX_SAMPLE_VALUES = 4 * MAX_SIDE * MAX_SIDE  # a 4-channel 4096x4096 image
+DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")  # what a golden .npy may hold
+_DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
@@ -108,28 +118,46 @@ class Runtime(_Model):
         return self
 
 
-class InputSpec(_Model):
-    name: Slug
-    shape: tuple[int, int, int, int]  # N, C, H, W
-    dtype: Literal["float32"]
-    layout: Literal["NCHW"]
+def _tensor_name(name: str) -> str:
+    if not name or len(name) > 200 or not re.fullmatch(_PRINTABLE, name):
+        raise ValueError("a tensor name must be 1..200 printable characters")
+    return name
+
+
+def _dim(dim: int | str) -> int | str:
+    """A fixed size 1..MAX_DIM, or the name of a dynamic dimension ("batch", "sequence")."""
+    if isinstance(dim, str) and not _DIM_NAME.match(dim):
+        raise ValueError(f"dimension name {_short(dim)} must be an identifier of at most 32 characters")
+    if isinstance(dim, int) and not 1 <= dim <= MAX_DIM:
+        raise ValueError(f"dimension {dim} is outside 1..{MAX_DIM}")
+    return dim
+
+
+TensorName = Annotated[str, AfterValidator(_tensor_name)]
+Dim = Annotated[int | str, AfterValidator(_dim)]
+
+
+class Tensor(_Model):
+    """One named input or output (``edgetl.tensors.TensorSpec``): its file names in the bundle are
+    chosen by edgetl (``golden/in.<i>.npy``), never derived from ``name``."""
+
+    name: TensorName
+    dtype: Literal[DTYPES]
+    shape: list[Dim] = Field(min_length=1, max_length=MAX_RANK)
 
     @model_validator(mode="after")
-    def _sane(self) -> InputSpec:
-        batch, channels, height, width = self.shape
-        if not (batch == -1 or 1 <= batch <= MAX_BATCH):
-            raise ValueError(f"batch {batch} must be -1 (dynamic) or 1..{MAX_BATCH}")
-        if not 1 <= channels <= 4:
-            raise ValueError(f"{channels} channels: 1..4 expected")
-        if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-            raise ValueError(f"input size {height}x{width} is outside 1..{MAX_SIDE} pixels per side")
+    def _bounded(self) -> Tensor:
+        batch = self.shape[0]
+        if isinstance(batch, int) and batch > MAX_BATCH:
+            raise ValueError(f"{_short(self.name)}: batch {batch} must be a name (dynamic) or 1..{MAX_BATCH}")
+        values = math.prod(d for d in self.shape[1:] if isinstance(d, int))
+        if values > MAX_SAMPLE_VALUES:
+            raise ValueError(f"{_short(self.name)}: shape {self.shape} holds {values} values per sample, more than "
+                             f"{MAX_SAMPLE_VALUES}")
         return self
 
-
-class OutputSpec(_Model):
-    name: Slug
-    shape: tuple[int, Annotated[int, Field(ge=1, le=MAX_CLASSES)]]  # batch, classes
-    dtype: Literal["float32"]
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.dtype, tuple(self.shape))
 
 
 class Preprocess(_Model):
@@ -153,8 +181,8 @@ class Tolerance(_Model):
 
 
 class Golden(_Model):
-    inputs: RelPath
-    expected: RelPath
+    inputs: dict[TensorName, RelPath] = Field(min_length=1, max_length=MAX_TENSORS)  # input name -> .npy
+    expected: dict[TensorName, RelPath] = Field(min_length=1, max_length=MAX_TENSORS)  # output name -> .npy
     samples: int = Field(ge=1, le=MAX_BATCH)
     expected_from: Text
     tolerance: Tolerance
@@ -219,8 +247,9 @@ class Workstation(_Model):
 
 
 class BundleManifest(_Model):
-    format: Literal["edgetl.bundle/1"]
+    format: Literal["edgetl.bundle/2"]
     name: Slug
+    task: str
     release: int = Field(ge=0, le=2**63 - 1)  # increases with every bundle; ship refuses to go back
     run: Text | None = None
     target: TargetProfile | BareTarget
@@ -228,8 +257,8 @@ class BundleManifest(_Model):
     gpu_arch: GpuArch | None = None
     runtime: Runtime
     model: ModelFiles
-    input: InputSpec
-    output: OutputSpec
+    inputs: list[Tensor] = Field(min_length=1, max_length=MAX_TENSORS)
+    outputs: list[Tensor] = Field(min_length=1, max_length=MAX_TENSORS)
     preprocess: Preprocess
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
     golden: Golden
@@ -237,25 +266,48 @@ class BundleManifest(_Model):
     versions: dict[Slug, Text] = {}
     files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
 
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, name: str) -> str:
+        """Only a task of edgetl's registry: its code, not the bundle, says what the tensors mean."""
+        from edgetl.tasks import tasks
+
+        if name not in tasks():
+            raise ValueError(f"task {_short(name, 40)} is not one of {', '.join(tasks())} (a plugin's task needs the "
+                             "package that registers it installed here)")
+        return name
+
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
-        classes, channels = self.output.shape[1], self.input.shape[1]
-        if len(self.labels) != classes:
-            raise ValueError(f"{len(self.labels)} labels for a model with {classes} output classes")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
-        if list(self.preprocess.input_size) != list(self.input.shape[2:]):
-            raise ValueError(f"preprocess.input_size {list(self.preprocess.input_size)} is not the input's "
-                             f"{list(self.input.shape[2:])}")
-        if not len(self.preprocess.mean) == len(self.preprocess.std) == channels:
-            raise ValueError(f"preprocess mean and std need one value per input channel ({channels})")
+        for what, tensors, golden in (("inputs", self.inputs, self.golden.inputs),
+                                      ("outputs", self.outputs, self.golden.expected)):
+            names = [t.name for t in tensors]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what}: tensor names must be unique")
+            if sorted(golden) != sorted(names):
+                raise ValueError(f"golden files name {sorted(golden)} but the model's {what} are {names}")
+        self._matches_task()
         if isinstance(self.target, TargetProfile) and (self.target.threads or 1) > MAX_THREADS:
             raise ValueError(f"target.threads must be at most {MAX_THREADS}")
-        named = [self.model.path, *self.model.files, self.golden.inputs, self.golden.expected]
+        named = [self.model.path, *self.model.files, *self.golden.inputs.values(), *self.golden.expected.values()]
         unlisted = [rel for rel in named if rel not in self.files]
         if unlisted:
             raise ValueError(f"{unlisted[0]!r} is used but not listed in files")
         return self
+
+    def _matches_task(self) -> None:
+        """The tensors are what the task makes of the preprocessing and labels (an image: 3 channels at
+        the preprocessing's size; one output class per label)."""
+        from edgetl.tasks import get_task
+        from edgetl.tasks.base import TaskRecord
+
+        task = get_task(self.task)
+        record = TaskRecord(self.preprocess.model_dump(), tuple(self.labels))
+        why = task.check_bundle([t.spec() for t in self.inputs], [t.spec() for t in self.outputs], record)
+        if why:
+            raise ValueError(why)
 
 
 def parse(raw: bytes, where: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ way its signature, manifest and every file's hash are checked each time it is op
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -32,10 +34,13 @@ from edgetl.bundle.format import (
     unpack_archive,
     version_tuple,
 )
+from edgetl.bundle.manifest import MAX_DIM
 from edgetl.bundle.signing import SignatureStatus
 from edgetl.data.layout import IMAGE_SUFFIXES
-from edgetl.data.preprocess import PreprocessSpec, load_image
 from edgetl.errors import BundleError, DataError, MissingDependencyError
+from edgetl.tasks import get_task
+from edgetl.tasks.base import TaskRecord
+from edgetl.tensors import Feeds, batch_size, concat, take
 
 
 @dataclass
@@ -66,10 +71,6 @@ class Bundle:
         return list(self.manifest["labels"])
 
     @property
-    def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.manifest["preprocess"])
-
-    @property
     def threads(self) -> int | None:
         return (self.manifest.get("target") or {}).get("threads")
 
@@ -78,18 +79,29 @@ class Bundle:
             raise BundleError(f"{self.source}: the manifest names {rel!r} but does not list it: rebuild the bundle")
         return self.root / rel
 
-    def golden(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs float32 NCHW, expected logits float32), shaped as the manifest says; never unpickles."""
+    @property
+    def task(self):
+        return get_task(self.manifest["task"])
+
+    @property
+    def record(self) -> TaskRecord:
+        return TaskRecord.of_bundle(self.manifest)
+
+    def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(input feeds, expected outputs) by tensor name, checked against the manifest's specs;
+        never unpickles."""
         g, m = self.manifest["golden"], self.manifest
         samples = g["samples"]
-        inputs = self._npy(g["inputs"], (samples, *m["input"]["shape"][1:]))
-        expected = self._npy(g["expected"], (samples, m["output"]["shape"][1]))
-        return inputs, expected
+        read = lambda specs, files: {t["name"]: self._npy(files[t["name"]], t, samples) for t in specs}  # noqa: E731
+        return read(m["inputs"], g["inputs"]), read(m["outputs"], g["expected"])
 
-    def _npy(self, rel: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 C-order .npy of exactly ``shape``: header and file size checked before any data is read."""
+    def _npy(self, rel: str, tensor: dict[str, Any], samples: int) -> np.ndarray:
+        """A C-order .npy of ``tensor``'s dtype holding ``samples`` rows of its shape (a named dimension:
+        any size): header and file size checked before any data is read."""
         path = self.file(rel)
-        bad = f"{self.source}: {rel} is not a plain float32 .npy array of shape {shape}"
+        dtype = np.dtype(tensor["dtype"])
+        wanted = (samples, *tensor["shape"][1:])
+        bad = f"{self.source}: {rel} is not a plain {dtype} .npy array of shape {tuple(wanted)}"
         with open(path, "rb") as fh:
             try:
                 version = np.lib.format.read_magic(fh)
@@ -97,17 +109,19 @@ class Bundle:
                                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
                 if read_header is None:
                     raise ValueError(f"npy format version {version}")
-                got, fortran_order, dtype = read_header(fh)
+                got, fortran_order, got_dtype = read_header(fh)
             except ValueError as exc:
                 # numpy's reasons span lines and may quote the header: its first line, bounded
                 reason = (str(exc).splitlines() or ["unreadable header"])[0][:200]
                 raise BundleError(f"{bad} ({reason}): refusing it") from None
-            if dtype != np.dtype(np.float32) or fortran_order or tuple(got) != shape:
-                raise BundleError(f"{bad} (it holds {dtype}{' Fortran-order' if fortran_order else ''} {tuple(got)}): "
+            fits = len(got) == len(wanted) and all(g == w if isinstance(w, int) else 1 <= g <= MAX_DIM
+                                                   for g, w in zip(got, wanted, strict=False))
+            if got_dtype != dtype or fortran_order or not fits:
+                raise BundleError(f"{bad} (it holds {got_dtype}{' Fortran-order' if fortran_order else ''} {tuple(got)}): "
                                   "rebuild the bundle")
-            if fh.tell() + int(np.prod(shape)) * 4 != path.stat().st_size:
+            if fh.tell() + math.prod(got) * dtype.itemsize != path.stat().st_size:
                 raise BundleError(f"{bad} (its size does not match its header): rebuild the bundle")
-            return np.fromfile(fh, dtype=np.float32).reshape(shape)
+            return np.fromfile(fh, dtype=dtype).reshape(got)
 
 
 def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) -> Bundle:
@@ -173,9 +187,9 @@ def open_session(bundle: Bundle, threads: int | None = None):
     return backend.load(backend.prepare(bundle), threads or bundle.threads)
 
 
-def run_each(session, inputs: np.ndarray) -> np.ndarray:
-    """One image at a time: every artifact accepts batch 1 (some have a fixed batch)."""
-    return np.concatenate([session.run(inputs[i : i + 1]) for i in range(len(inputs))]).astype(np.float32)
+def run_each(session, feeds: Feeds) -> dict[str, np.ndarray]:
+    """One sample at a time: every artifact accepts batch 1 (some have a fixed batch)."""
+    return concat(session.run(take(feeds, slice(i, i + 1))) for i in range(batch_size(feeds)))
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -191,25 +205,23 @@ def verify(path: str | os.PathLike, threads: int | None = None, *, allow_unsigne
     tol = tolerance(bundle.precision, golden["tolerance"]["source"])
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
-    if actual.shape != expected.shape:
-        raise BundleError(
-            f"{bundle.source}: output 'logits' has shape {actual.shape} on this device, {golden['expected']} has "
-            f"{expected.shape}: the artifact does not match its bundle"
-        )
-    labels = bundle.labels
     worst = 0.0
-    for i, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        allowed = tol["atol"] + tol["rtol"] * float(np.abs(want).max())
-        diff = np.abs(got - want)
-        worst = max(worst, float(diff.max() / allowed))
-        if not np.all(diff <= allowed):
-            j = int(diff.argmax())
+    for name, want_all in expected.items():
+        got_all = actual.get(name)
+        if got_all is None or got_all.shape != want_all.shape:
             raise BundleError(
-                f"{bundle.source}: golden sample {i} ({golden['inputs']}[{i}], {_label(labels, int(want.argmax()))!r} "
-                f"on the workstation): output 'logits' for {_label(labels, j)!r} is {got[j]:.4f}, {golden['expected']} says "
-                f"{want[j]:.4f} (|diff| {diff[j]:.4f} > tolerance {allowed:.4f} for {bundle.precision}): this device's "
-                f"{bundle.runtime} does not reproduce the workstation's results"
+                f"{bundle.source}: output {name!r} has shape {None if got_all is None else got_all.shape} on this "
+                f"device, {golden['expected'][name]} has {want_all.shape}: the artifact does not match its bundle"
             )
+        for i, (got, want) in enumerate(zip(got_all.astype(np.float64), want_all.astype(np.float64), strict=True)):
+            allowed = tol["atol"] + tol["rtol"] * float(np.abs(want).max())
+            diff = np.abs(got - want)
+            worst = max(worst, float(diff.max() / allowed))
+            if not np.all(diff <= allowed):
+                raise BundleError(f"{bundle.source}: golden sample {i} ({_golden_input(bundle, i)}): output {name!r} "
+                                  f"{_where(bundle, golden['expected'][name], got, want, diff)} (|diff| {diff.max():.4f} > tolerance {allowed:.4f} "
+                                  f"for {bundle.precision}): this device's {bundle.runtime} does not reproduce the "
+                                  "workstation's results")
     return {
         "bundle": bundle.name,
         "source": str(bundle.source),
@@ -217,11 +229,31 @@ def verify(path: str | os.PathLike, threads: int | None = None, *, allow_unsigne
         "precision": bundle.precision,
         "signature": str(bundle.signature),
         "files_checked": len(bundle.manifest["files"]) + 1,
-        "golden_samples": len(inputs),
-        "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),
+        "golden_samples": batch_size(inputs),
+        "top1_agreement": _agreement(bundle, actual, expected),
         "worst_diff_over_tolerance": round(worst, 4),
         "ok": True,
     }
+
+
+def _agreement(bundle: Bundle, actual: Feeds, expected: Feeds) -> float:
+    """How often this device's top answer (the task's ``postprocess``) is the workstation's."""
+    top = lambda outputs: [p[0].index for p in bundle.task.postprocess(outputs, bundle.record, 1)]  # noqa: E731
+    return float(np.mean(np.equal(top(actual), top(expected))))
+
+
+def _golden_input(bundle: Bundle, i: int) -> str:
+    """Which golden sample, as files: "golden/in.0.npy[3]"."""
+    return ", ".join(f"{rel}[{i}]" for rel in bundle.manifest["golden"]["inputs"].values())
+
+
+def _where(bundle: Bundle, file: str, got: np.ndarray, want: np.ndarray, diff: np.ndarray) -> str:
+    """The worst value of one sample's output, named by its label when the output is one score per label."""
+    j = int(diff.argmax())
+    labels = bundle.labels
+    place = f"for {_label(labels, j)!r}" if got.shape == (len(labels),) else f"at {np.unravel_index(j, got.shape)}"
+    wanted = f" ({_label(labels, int(want.argmax()))!r} on the workstation)" if got.shape == (len(labels),) else ""
+    return f"{place}{wanted} is {got.flat[j]:.4f}, {file} says {want.flat[j]:.4f}"
 
 
 def _label(labels: list[str], index: int) -> str:
@@ -266,12 +298,6 @@ def check_argument_order(bundle: Path, images: Path) -> None:
                     f"e.g. edgetl predict model-bundle.tar.gz {bundle}")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, threads: int | None = None) -> list[dict]:
     """Top-k labels with probabilities for an image or every image in a folder.
 
@@ -280,9 +306,8 @@ def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, th
     """
     check_argument_order(Path(path), Path(images))
     bundle = open_bundle(path)
-    spec, labels = bundle.spec, bundle.labels
+    task, record = bundle.task, bundle.record
     files = image_files(images)
-    k = max(1, min(top, len(labels)))
     results = []
     with open_session(bundle, threads) as session:
         for f in files:
@@ -290,16 +315,12 @@ def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, th
                 why = not_a_file(f)
                 if why:
                     raise DataError(f"{f}: {why}")
-                pixels = load_image(f, spec)
+                feeds = task.preprocess([f], record)
             except DataError as exc:
                 results.append({"image": str(f), "top": [], "error": str(exc)})
                 continue
-            probs = softmax(session.run(pixels[None])[0].astype(np.float64))
-            order = np.argsort(-probs, kind="stable")[:k]
-            results.append({
-                "image": str(f),
-                "top": [{"label": _label(labels, int(j)), "index": int(j), "score": float(probs[j])} for j in order],
-            })
+            (answer,) = task.postprocess(session.run(feeds), record, top)
+            results.append({"image": str(f), "top": [dataclasses.asdict(p) for p in answer]})
     return results
 
 
@@ -348,7 +369,7 @@ def bench(
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
         if images is not None:
-            measured["accuracy"] = folder_accuracy(session, data, images, bundle.labels, bundle.spec, workstation)
+            measured["accuracy"] = folder_accuracy(session, data, images, bundle.task, bundle.record, workstation)
     target = bundle.manifest.get("target") or {}
     budgets = Budgets.model_validate(target["budgets"]) if target.get("budgets") else None
     if budgets is not None:
@@ -367,8 +388,8 @@ def bench(
                      settings.record(), None, budgets, artifact=artifact, accuracy_elsewhere=workstation or {})
     doc["workstation_accuracy"] = workstation
     doc["golden"] = {
-        "samples": len(inputs),
-        "top1_agreement": float(np.mean(actual.argmax(1) == expected.argmax(1))),
-        "max_abs_diff": float(np.abs(actual - expected).max()),
+        "samples": batch_size(inputs),
+        "top1_agreement": _agreement(bundle, actual, expected),
+        "max_abs_diff": max(float(np.abs(actual[k].astype(np.float64) - v).max()) for k, v in expected.items()),
     }
     return doc

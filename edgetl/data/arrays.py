@@ -1,8 +1,11 @@
-"""Preprocessed arrays of a run's images, cached in ``runs/<name>/cache/`` so that compiling and
-benching many targets reads and decodes the images once.
+"""A run's split seen through its task: ``DataView``, built once per stage, hands export, compile,
+bundle and bench the validation feeds, labels, FP32 reference outputs and calibration feeds.
 
-Validation images feed accuracy checks; calibration images come from the *training* split only, so
-quantization never sees the images it is judged on.
+Decoded arrays are cached in ``runs/<name>/cache/`` (keyed by the samples, the task and its
+preprocessing), so compiling and benching many targets reads and decodes the files once; the view
+also keeps them in memory, so one stage never re-reads the run. Validation samples feed accuracy
+checks; calibration samples come from the *training* split only, so quantization never sees the
+samples it is judged on. See docs/architecture.md, "Tasks".
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ from collections import defaultdict
 import numpy as np
 
 from edgetl._io import atomic_path, sha256_json
-from edgetl._lazy import require
-from edgetl.data.preprocess import PreprocessSpec, normalize, open_rgb, resize_and_crop
+from edgetl.data.preprocess import PreprocessSpec, normalize
 from edgetl.errors import RunDirError
+from edgetl.tasks import DEFAULT_TASK, get_task
+from edgetl.tasks.base import TaskRecord
+from edgetl.tensors import Feeds, TensorSpec, batches, concat, take
+
+__all__ = ["DataView", "load_split", "normalize", "sample_calibration", "spec_of", "split_set"]
+_REFERENCE_BATCH = 64
 
 
 def load_split(run) -> dict:
@@ -28,15 +36,6 @@ def load_split(run) -> dict:
 
 def spec_of(run) -> PreprocessSpec:
     return PreprocessSpec.from_dict(run.manifest["train"]["preprocess"])
-
-
-def pixels(paths: list[str], spec: PreprocessSpec) -> np.ndarray:
-    """uint8 (N, H, W, 3) after resize and crop."""
-    h, w = spec.input_size
-    out = np.empty((len(paths), h, w, 3), np.uint8)
-    for i, p in enumerate(paths):
-        out[i] = resize_and_crop(open_rgb(p), spec)
-    return out
 
 
 def _cached(run, name: str, key: dict, compute) -> dict[str, np.ndarray]:
@@ -52,30 +51,6 @@ def _cached(run, name: str, key: dict, compute) -> dict[str, np.ndarray]:
         with open(tmp, "wb") as fh:
             np.savez(fh, key=np.array(digest), **arrays)
     return arrays
-
-
-def split_set(run, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """``part`` ("train" or "val") through the eval transform: uint8 (N, H, W, 3) and labels."""
-    split, spec = load_split(run), spec_of(run)
-    key = {part: split[part], "spec": spec.to_dict()}
-    arrays = _cached(
-        run,
-        part,
-        key,
-        lambda: {
-            "pixels": pixels([p for p, _ in split[part]], spec),
-            "labels": np.array([lab for _, lab in split[part]], np.int64),
-        },
-    )
-    return arrays["pixels"], arrays["labels"]
-
-
-def val_set(run) -> tuple[np.ndarray, np.ndarray]:
-    return split_set(run, "val")
-
-
-def val_inputs(run) -> np.ndarray:
-    return normalize(val_set(run)[0], spec_of(run))
 
 
 def sample_calibration(train: list, n: int, sampling: str, seed: int) -> list[str]:
@@ -98,30 +73,80 @@ def sample_calibration(train: list, n: int, sampling: str, seed: int) -> list[st
     return chosen
 
 
-def calibration_set(run, recipe) -> np.ndarray:
-    """float32 NCHW calibration batch from the training split, per the recipe (too few images for int8
-    is the quantizer's error to raise: ``edgetl.backends._qdq.check_calibration``)."""
-    split, spec = load_split(run), spec_of(run)
-    paths = sample_calibration(split["train"], recipe.samples, recipe.sampling, recipe.seed)
-    key = {"paths": paths, "spec": spec.to_dict()}
-    name = f"calib-{sha256_json(key)[:12]}"
-    return normalize(_cached(run, name, key, lambda: {"pixels": pixels(paths, spec)})["pixels"], spec)
+class DataView:
+    """One run's split, its task and preprocessing, read once; every array is computed at most once."""
+
+    def __init__(self, run):
+        self.run = run
+        train = run.manifest.get("train") or {}
+        if "preprocess" not in train:
+            raise RunDirError(f"{run.path} has no trained model: run `edgetl train --out {run.path}` first")
+        self.split = load_split(run)
+        self.task = get_task(train.get("task", DEFAULT_TASK))
+        # classes from the split: training reads the view before it writes its train section whole
+        self.record = TaskRecord(train["preprocess"], tuple(self.split["classes"]))
+        self._memo: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.task.inputs(self.record)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.task.outputs(self.record)
+
+    def _remember(self, name: str, key: dict, compute) -> dict[str, np.ndarray]:
+        if name not in self._memo:
+            self._memo[name] = _cached(self.run, name, key, compute)
+        return self._memo[name]
+
+    def _decoded(self, name: str, files: list[str]) -> dict[str, np.ndarray]:
+        key = {"files": files, "task": self.task.name, "preprocess": self.record.preprocess}
+        return self._remember(name, key, lambda: self.task.load(files, self.record))
+
+    def part(self, part: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``part`` ("train" or "val") as the task decodes it (images: uint8 pixels) and its labels."""
+        samples = self.split[part]
+        decoded = self._decoded(part, [p for p, _ in samples])
+        return decoded, np.array([label for _, label in samples], np.int64)
+
+    def val_labels(self) -> np.ndarray:
+        return self.part("val")[1]
+
+    def val_feeds(self, index: list[int] | slice | None = None) -> dict[str, np.ndarray]:
+        """The validation split's feeds (all of them, or the samples at ``index``)."""
+        if "val-feeds" not in self._memo:
+            self._memo["val-feeds"] = self.task.feeds(self.part("val")[0], self.record)
+        feeds = self._memo["val-feeds"]
+        return feeds if index is None else take(feeds, np.asarray(index) if isinstance(index, list) else index)
+
+    def calibration_feeds(self, recipe) -> dict[str, np.ndarray]:
+        """Feeds of the training samples the recipe picks (too few for int8 is the quantizer's error
+        to raise: ``edgetl.backends._qdq.check_calibration``)."""
+        files = sample_calibration(self.split["train"], recipe.samples, recipe.sampling, recipe.seed)
+        name = f"calib-{sha256_json({'files': files, 'task': self.task.name, 'preprocess': self.record.preprocess})[:12]}"
+        return self.task.feeds(self._decoded(name, files), self.record)
+
+    def reference(self) -> dict[str, np.ndarray]:
+        """FP32 PyTorch outputs on the validation feeds, by output name: what every artifact is compared with."""
+        ckpt = self.run.manifest["train"]["checkpoint"]
+        key = {"checkpoint": self.run.manifest.get("artifacts", {}).get(ckpt), "val": self.split["val"]}
+        return self._remember("reference", key, lambda: self._run_torch(self.val_feeds()))
+
+    def _run_torch(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        from edgetl.backends.torch import TorchSession
+        from edgetl.models.build import load_trained
+
+        with TorchSession(load_trained(self.run), tuple(self.inputs), tuple(self.outputs)) as session:
+            return concat(session.run(b) for b in batches(feeds, _REFERENCE_BATCH))
+
+
+def split_set(run, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training's view of a part: uint8 pixels (N, H, W, 3) after resize and crop, and the labels."""
+    decoded, labels = DataView(run).part(part)
+    return decoded["pixels"], labels
 
 
 def reference_logits(run) -> np.ndarray:
-    """FP32 PyTorch logits on the validation inputs (the reference every artifact is compared with)."""
-    ckpt = run.manifest["train"]["checkpoint"]
-    key = {"checkpoint": run.manifest.get("artifacts", {}).get(ckpt), "val": load_split(run)["val"]}
-
-    def compute():
-        torch = require("torch", "the FP32 reference")
-        from edgetl.models.build import load_trained
-
-        model = load_trained(run)
-        x = torch.from_numpy(val_inputs(run))
-        with torch.inference_mode():
-            logits = torch.cat([model(b) for b in x.split(64)]).numpy()
-        return {"logits": logits.astype(np.float32)}
-
-    return _cached(run, "reference", key, compute)["logits"]
-
+    """The FP32 reference logits of an image classifier (the report's per-class view)."""
+    return DataView(run).reference()["logits"]

@@ -11,12 +11,15 @@ The entry point's name is the task's name. Device side: no torch here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from edgetl.errors import MissingDependencyError, UnknownNameError
-from edgetl.tasks.base import BENCH_METRICS, Metric
+from edgetl.tasks.base import BENCH_METRICS, Metric, Task, TaskRecord
 
 GROUP = "edgetl.tasks"
 DEFAULT_TASK = "image-classification"  # what a run or bundle that records no task is
@@ -47,4 +50,21 @@ def get_task(name: str):
     return registered[name].load()()
 
 
-__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "tasks"]
+def task_of_train(train: Mapping[str, Any]) -> tuple[Task, TaskRecord]:
+    """A run's task and its record, from the run's ``train`` section (a run from before tasks:
+    ``DEFAULT_TASK``)."""
+    return get_task(train.get("task", DEFAULT_TASK)), TaskRecord.of_train(train)
+
+
+def task_rows() -> list[dict]:
+    """Every registered task as ``edgetl tasks`` lists it (JSON-ready)."""
+    rows = []
+    for name in tasks():
+        task = get_task(name)
+        rows.append({"name": name, "description": task.description,
+                     "inputs": [s.to_dict() for s in task.inputs()], "outputs": [s.to_dict() for s in task.outputs()],
+                     "metrics": [dataclasses.asdict(m) for m in (*task.metrics, *BENCH_METRICS)]})
+    return rows
+
+
+__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "task_of_train", "task_rows", "tasks"]

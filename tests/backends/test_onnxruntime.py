@@ -20,7 +20,7 @@ class TestOnnxRuntime(BackendConformance):
 
     def test_too_few_calibration_images(self, backend, tiny, tmp_path):
         with pytest.raises(DataError, match="at least 10"):
-            backend.compile(tiny[0], tmp_path, "int8", synthetic_images(3, seed=0)[0], {})
+            backend.compile(tiny[0], tmp_path, "int8", {"input": synthetic_images(3, seed=0)[0]}, {})
 
     def test_keep_float_typo_names_the_field(self, backend, tiny, tmp_path):
         recipe = CalibrationRecipe(name="typo", keep_float_ops=["Sigmod"])
@@ -46,8 +46,8 @@ class TestOnnxRuntime(BackendConformance):
         unfused = ops_run_by(backend.load_as_specified)
         assert "QLinearConv" not in unfused and {"DequantizeLinear", "Conv"} <= unfused
         with backend.load_as_specified(path, threads=1) as session:
-            out = session.run(tiny[2])
-        assert (out.argmax(1) == tiny[3].argmax(1)).mean() >= 0.9
+            out = session.run(tiny[2])["logits"]
+        assert (out.argmax(1) == tiny[3]["logits"].argmax(1)).mean() >= 0.9
 
     @pytest.mark.parametrize("method", ["entropy", "percentile"])
     def test_histogram_methods(self, backend, tiny, tmp_path, method):
@@ -55,8 +55,8 @@ class TestOnnxRuntime(BackendConformance):
         compiled = backend.compile(tiny[0], tmp_path, "int8", tiny[1], {"recipe": recipe})
         assert compiled.options["method"] == method
         with backend.load(compiled.path) as session:
-            out = session.run(tiny[2])
-        assert (out.argmax(1) == tiny[3].argmax(1)).mean() >= 0.9
+            out = session.run(tiny[2])["logits"]
+        assert (out.argmax(1) == tiny[3]["logits"].argmax(1)).mean() >= 0.9
 
 
 @pytest.mark.parametrize(

@@ -10,16 +10,52 @@ import pytest
 
 from edgetl.backends.tensorrt import DEFAULT_ARCH
 from edgetl.config import CalibrationRecipe
-from edgetl.errors import EdgetlError
-from tests.backends.conformance import BackendConformance, compare, run_onnx_cpu
+from edgetl.errors import CompileError, EdgetlError
+from tests.backends.conformance import (
+    NAMED_MODELS,
+    SAMPLES,
+    SEQUENCE,
+    BackendConformance,
+    compare,
+    named_case,
+    run_onnx_cpu,
+)
 
 
 class TestTensorRt(BackendConformance):
     runtime = "tensorrt"
+    # the size the engine profile is built for on the named models' dynamic axes (fp32/fp16 have no
+    # calibration samples to take it from)
+    compile_options = {"dims": {"sequence": SEQUENCE, "samples": SAMPLES}}
 
     @pytest.mark.gpu
     def test_outputs_match_pytorch(self, backend, build, tiny, precision):
         super().test_outputs_match_pytorch(backend, build, tiny, precision)
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_named_model_matches_pytorch(self, backend, build_named, tmp_path_factory, named, precision):
+        super().test_named_model_matches_pytorch(backend, build_named, tmp_path_factory, named, precision)
+
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_named_model_estimate_matches_pytorch(self, build_named, tmp_path_factory, named, precision):
+        compiled = build_named(named, precision)
+        _, _, x, ref = named_case(named, tmp_path_factory)
+        self._check(run_onnx_cpu(compiled.estimate_with, x), ref, precision, named)
+
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_engine_profile_covers_every_dynamic_dim(self, build_named, named):
+        """One optimization profile: batch 1..max_batch, the other named dims 1..their size."""
+        compiled = build_named(named, "fp32")
+        expected = {"text": {"input_ids": [1, SEQUENCE], "attention_mask": [1, SEQUENCE]},
+                    "audio": {"waveform": [1, SAMPLES]}}[named]
+        assert compiled.options["shapes"] == expected
+        assert json.loads(compiled.path.with_name("model.engine.json").read_text())["shapes"] == expected
+
+    def test_dynamic_dim_without_a_size_is_a_compile_error(self, backend, tmp_path_factory, tmp_path):
+        onnx_path = named_case("text", tmp_path_factory)[0]
+        with pytest.raises(CompileError, match="dimension 'sequence' of input 'input_ids'.*dims = {sequence = 128}"):
+            backend.compile(onnx_path, tmp_path, "fp32", None, {})
 
     def test_estimate_matches_pytorch(self, build, tiny, precision):
         """Without a GPU, accuracy is estimated from the engine's ONNX twin on ONNX Runtime CPU."""
@@ -97,7 +133,7 @@ def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
     recipe = load_recipe("tensorrt")
     assert recipe.keep_float_depthwise
     (tmp_path / "out").mkdir()
-    compiled = get_backend("tensorrt").compile(onnx_path, tmp_path / "out", "int8", calib, {"recipe": recipe})
+    compiled = get_backend("tensorrt").compile(onnx_path, tmp_path / "out", "int8", {"input": calib}, {"recipe": recipe})
     model = onnx.load(str(compiled.estimate_with))
     produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
     depthwise = set(depthwise_convs(model))
@@ -106,3 +142,14 @@ def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
         if node.op_type == "Conv":
             quantized_input = produced_by.get(node.input[0]) == "DequantizeLinear"
             assert quantized_input == (node.name not in depthwise), node.name
+
+
+def test_profile_dims_are_validated():
+    from pydantic import ValidationError
+
+    from edgetl.backends.tensorrt import TensorRtOptions
+
+    assert TensorRtOptions(dims={"sequence": 128}).dims == {"sequence": 128}
+    for bad in ({"sequence": 0}, {"sequence": "128"}):
+        with pytest.raises(ValidationError, match="dims.sequence"):
+            TensorRtOptions(dims=bad)

@@ -56,3 +56,34 @@ def ort_session(tiny_onnx):
 
     with get_backend("onnxruntime").load(tiny_onnx, threads=1) as session:
         yield session
+
+
+def build_two_input_onnx(path, vocab: int = 50, classes: int = 4) -> None:
+    """A text-like classifier: int64 ``ids`` and ``mask`` (batch, sequence) -> masked mean embedding -> logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"emb": rng.standard_normal((vocab, 6)).astype(np.float32),
+               "fc_w": rng.standard_normal((6, classes)).astype(np.float32),
+               "fc_b": rng.standard_normal(classes).astype(np.float32),
+               "axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64)}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["emb", "ids"], ["e"]),
+            helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),
+            helper.make_node("Mul", ["e", "m3"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axis1"], ["pooled"], keepdims=0),
+            helper.make_node("Gemm", ["pooled", "fc_w", "fc_b"], ["logits"]),
+        ],
+        "two_inputs",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgetl.bench.accuracy import (
-    collect_logits,
+    collect_outputs,
     evaluate,
     label_accuracy,
     paired_drop_interval,
@@ -71,24 +71,26 @@ def test_class_count_mismatch_is_an_artifact_error():
         evaluate(np.zeros((2, 4)), np.array([0, 1]), np.zeros((2, 3)))
 
 
-def test_collect_logits_dynamic_batches_match_one_big_run(ort_session, tiny_inputs):
-    whole = ort_session.run(tiny_inputs)
+def test_collect_outputs_dynamic_batches_match_one_big_run(ort_session, tiny_inputs):
+    whole = ort_session.run({"input": tiny_inputs})["logits"]
     seen = []
-    out = collect_logits(ort_session, tiny_inputs, batch=6, progress=lambda d, t: seen.append((d, t)))
+    out = collect_outputs(ort_session, {"input": tiny_inputs}, batch=6, progress=lambda d, t: seen.append((d, t)))
+    assert list(out) == ["logits"]
+    out = out["logits"]
     np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5)
     assert seen[-1] == (20, 20)
 
 
-def test_collect_logits_pads_a_static_batch(tmp_path, tiny_inputs):
+def test_collect_outputs_pads_a_static_batch(tmp_path, tiny_inputs):
     from edgetl.backends import get_backend
     from tests.bench.conftest import build_tiny_onnx
 
     build_tiny_onnx(tmp_path / "static.onnx", static_batch=8)
     with get_backend("onnxruntime").load(tmp_path / "static.onnx", threads=1) as static:
-        assert static.input_shape[0] == 8
-        out = collect_logits(static, tiny_inputs)  # 20 images = 8 + 8 + 4 padded to 8
+        assert static.inputs[0].shape[0] == 8
+        out = collect_outputs(static, {"input": tiny_inputs})["logits"]  # 20 images = 8 + 8 + 4 padded to 8
     with get_backend("onnxruntime").load(tmp_path / "static.onnx", threads=1) as s:
-        expected = np.concatenate([s.run(tiny_inputs[:8]), s.run(tiny_inputs[8:16])])
+        expected = np.concatenate([s.run({"input": tiny_inputs[:8]})["logits"], s.run({"input": tiny_inputs[8:16]})["logits"]])
     assert out.shape == (20, 5)
     np.testing.assert_allclose(out[:16], expected, rtol=1e-5, atol=1e-5)
 

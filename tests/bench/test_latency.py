@@ -14,12 +14,14 @@ from edgetl.bench.latency import (
     measure_latency,
     median_interval,
 )
+from edgetl.tensors import TensorSpec
 
 
 class CountingSession:
     """A real (numpy) model that counts its calls: the harness is what is under test."""
 
-    input_shape = (-1, 3, 8, 8)
+    inputs = (TensorSpec("input", "float32", ("batch", 3, 8, 8)),)
+    outputs = (TensorSpec("logits", "float32", ("batch", 4)),)
 
     def __init__(self):
         self.calls = 0
@@ -27,10 +29,11 @@ class CountingSession:
         self.closed = False
         self.w = np.random.default_rng(0).standard_normal((3 * 8 * 8, 4)).astype(np.float32)
 
-    def run(self, batch):
+    def run(self, feeds):
+        batch = feeds["input"]
         self.calls += 1
         self.batches.append(batch.shape[0])
-        return batch.reshape(batch.shape[0], -1) @ self.w
+        return {"logits": batch.reshape(batch.shape[0], -1) @ self.w}
 
     def close(self):
         self.closed = True
@@ -38,7 +41,7 @@ class CountingSession:
 
 def test_warmup_is_at_least_50_iterations_and_200_ms_then_exact_iterations():
     session = CountingSession()
-    stats = measure_latency(session, np.zeros((2, 3, 8, 8), np.float32), iterations=37)
+    stats = measure_latency(session, {"input": np.zeros((2, 3, 8, 8), np.float32)}, iterations=37)
     assert stats.iterations == 37
     assert stats.warmup_iterations >= 50
     assert stats.warmup_ms >= 200
@@ -48,7 +51,7 @@ def test_warmup_is_at_least_50_iterations_and_200_ms_then_exact_iterations():
 
 
 def test_statistics_are_consistent_with_the_samples(ort_session, tiny_inputs):
-    stats = measure_latency(ort_session, tiny_inputs[:4], warmup_iters=5, warmup_s=0, iterations=60)
+    stats = measure_latency(ort_session, {"input": tiny_inputs[:4]}, warmup_iters=5, warmup_s=0, iterations=60)
     s = np.array(stats.samples_ms)
     assert stats.batch == 4
     assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
@@ -61,7 +64,7 @@ def test_statistics_are_consistent_with_the_samples(ort_session, tiny_inputs):
 def test_duration_mode_times_at_least_the_minimum_iterations():
     session = CountingSession()
     seen = []
-    stats = measure_latency(session, np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+    stats = measure_latency(session, {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1, warmup_s=0,
                             duration_s=0.05, progress=lambda done, total: seen.append((done, total)))
     assert stats.iterations >= MIN_ITERATIONS
     assert sum(stats.samples_ms) > 0
@@ -70,7 +73,7 @@ def test_duration_mode_times_at_least_the_minimum_iterations():
 
 def test_progress_ends_complete_and_samples_can_be_left_out():
     seen = []
-    stats = measure_latency(CountingSession(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+    stats = measure_latency(CountingSession(), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1, warmup_s=0,
                             iterations=15, progress=lambda d, t: seen.append((d, t)), keep_samples=False)
     assert seen[-1] == (15, 15)
     d = stats.to_dict()
@@ -88,7 +91,7 @@ def test_from_samples_percentiles_are_numpy_linear():
 
 
 def test_first_inference_times_load_and_first_run_and_closes_on_failed_check():
-    session, times = first_inference(CountingSession, np.zeros((1, 3, 8, 8), np.float32))
+    session, times = first_inference(CountingSession, {"input": np.zeros((1, 3, 8, 8), np.float32)})
     assert session.calls == 1
     assert times["first_inference_ms"] == pytest.approx(times["load_ms"] + times["first_run_ms"])
     made = []
@@ -101,15 +104,15 @@ def test_first_inference_times_load_and_first_run_and_closes_on_failed_check():
         raise ValueError("wrong shape")
 
     with pytest.raises(ValueError):
-        first_inference(load, np.zeros((1, 3, 8, 8), np.float32), check=reject)
+        first_inference(load, {"input": np.zeros((1, 3, 8, 8), np.float32)}, check=reject)
     assert made[0].closed and made[0].calls == 0
 
 
 def test_first_inference_fills_a_static_batch():
     class Static(CountingSession):
-        input_shape = (4, 3, 8, 8)
+        inputs = (TensorSpec("input", "float32", (4, 3, 8, 8)),)
 
-    session, _ = first_inference(Static, np.zeros((1, 3, 8, 8), np.float32))
+    session, _ = first_inference(Static, {"input": np.zeros((1, 3, 8, 8), np.float32)})
     assert session.batches == [4]
 
 
@@ -126,13 +129,13 @@ def test_memory_probe_sees_an_allocation_between_start_and_stop():
 
 def test_max_s_ends_a_slow_run_early_but_never_below_the_minimum():
     class Slow(CountingSession):
-        def run(self, batch):
+        def run(self, feeds):
             import time
 
             time.sleep(0.002)
-            return super().run(batch)
+            return super().run(feeds)
 
-    stats = measure_latency(Slow(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+    stats = measure_latency(Slow(), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1, warmup_s=0,
                             iterations=10_000, max_s=0.001)
     assert stats.iterations == MIN_ITERATIONS
 
@@ -144,11 +147,11 @@ class Sleepy(CountingSession):
         super().__init__()
         self.seconds = seconds
 
-    def run(self, batch):
+    def run(self, feeds):
         import time
 
         time.sleep(self.seconds())
-        return super().run(batch)
+        return super().run(feeds)
 
 
 def test_median_interval_uses_the_order_statistics_and_covers_the_median():
@@ -163,7 +166,7 @@ def test_median_interval_uses_the_order_statistics_and_covers_the_median():
 
 
 def test_every_row_has_its_median_interval_and_the_rule_that_stopped_it():
-    stats = measure_latency(CountingSession(), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+    stats = measure_latency(CountingSession(), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1, warmup_s=0,
                             iterations=40)
     lo, hi = stats.p50_ci_ms
     assert lo <= stats.p50_ms <= hi and stats.stop == "iterations"
@@ -171,17 +174,17 @@ def test_every_row_has_its_median_interval_and_the_rule_that_stopped_it():
 
 
 def test_a_capped_run_goes_on_until_its_median_is_precise_enough():
-    steady = measure_latency(Sleepy(lambda: 0.003), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1, warmup_s=0,
+    steady = measure_latency(Sleepy(lambda: 0.003), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1, warmup_s=0,
                              iterations=10_000, max_s=0.05, median_precision=1.0)
     assert steady.stop == "time cap, median within +-100%" and steady.iterations < 10_000
     rng = np.random.default_rng(0)
-    noisy = measure_latency(Sleepy(lambda: rng.uniform(0.0005, 0.004)), np.zeros((1, 3, 8, 8), np.float32),
+    noisy = measure_latency(Sleepy(lambda: rng.uniform(0.0005, 0.004)), {"input": np.zeros((1, 3, 8, 8), np.float32)},
                             warmup_iters=1, warmup_s=0, iterations=10_000, max_s=0.02, median_precision=0.0001)
     assert noisy.stop == "hard time cap, median not within +-0%" and noisy.iterations < 10_000
 
 
 def test_warmup_max_s_caps_a_slow_warmup_but_keeps_a_minimum():
-    stats = measure_latency(Sleepy(lambda: 0.002), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=10_000,
+    stats = measure_latency(Sleepy(lambda: 0.002), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=10_000,
                             warmup_s=0, warmup_max_s=0.001, iterations=3)
     assert stats.warmup_iterations == MIN_WARMUP_ITERATIONS
 
@@ -193,7 +196,7 @@ def test_other_processes_using_the_cpu_mark_the_row_busy():
 
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
-        stats = measure_latency(Sleepy(lambda: 0.01), np.zeros((1, 3, 8, 8), np.float32), warmup_iters=1,
+        stats = measure_latency(Sleepy(lambda: 0.01), {"input": np.zeros((1, 3, 8, 8), np.float32)}, warmup_iters=1,
                                 warmup_s=0.3, iterations=30, threads=os.cpu_count())
     finally:
         for hog in hogs:

@@ -26,13 +26,15 @@ def crashing_opener():
 
 @pytest.fixture
 def arrays(tmp_path, tiny_inputs, ort_session):
-    reference = ort_session.run(tiny_inputs)
+    reference = ort_session.run({"input": tiny_inputs})["logits"]
     labels = reference.argmax(1)
     labels[:5] = (labels[:5] + 1) % 5  # 75 % top-1 for the reference, so a drop would show
     files = {"inputs": tmp_path / "inputs.npy", "labels": tmp_path / "labels.npy", "reference": tmp_path / "ref.npy"}
     for name, arr in zip(files, (tiny_inputs, labels, reference), strict=True):
         np.save(files[name], arr)
-    return {"inputs": tiny_inputs, "labels": labels, "reference": reference, "files": {k: str(v) for k, v in files.items()}}
+    named = {"inputs": {"input": str(files["inputs"])}, "labels": str(files["labels"]),
+             "reference": {"logits": str(files["reference"])}}
+    return {"inputs": {"input": tiny_inputs}, "labels": labels, "reference": {"logits": reference}, "files": named}
 
 
 def test_bench_session_on_an_open_session(ort_session, arrays):
@@ -52,8 +54,14 @@ def test_bench_session_without_labels_measures_latency_only(ort_session, arrays)
 
 
 def test_input_shape_mismatch_is_a_clear_artifact_error(ort_session):
-    with pytest.raises(ArtifactError, match="expects inputs of shape 3x8x8 but the validation images are 3x16x16"):
-        bench_session(ort_session, np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ArtifactError, match="expects 'input' of shape 3x8x8 but the validation samples are 3x16x16"):
+        bench_session(ort_session, {"input": np.zeros((2, 3, 16, 16), np.float32)})
+
+
+def test_inputs_the_artifact_does_not_take_are_a_clear_artifact_error(ort_session):
+    feeds = {"input": np.zeros((2, 3, 8, 8), np.float32), "mask": np.ones((2, 8), np.int64)}
+    with pytest.raises(ArtifactError, match=r"takes inputs \['input'\] but the data has \['input', 'mask'\]"):
+        bench_session(ort_session, feeds)
 
 
 def test_measure_in_process_adds_load_and_memory(tiny_onnx, arrays):
@@ -87,3 +95,23 @@ def test_a_crashing_runtime_fails_only_its_measurement(arrays):
     with pytest.raises(MeasureCrashed, match="SIGKILL"):
         measure_isolated("tests.bench.test_measure:crashing_opener", {}, {"inputs": arrays["files"]["inputs"]},
                          **SETTINGS)
+
+
+def test_a_model_with_two_int64_inputs_is_measured_through_the_same_harness(tmp_path):
+    """Named feeds end to end: batches, latency, first inference and accuracy never pick "input 0"."""
+    from edgetl.backends import get_backend
+    from tests.bench.conftest import build_two_input_onnx
+
+    build_two_input_onnx(tmp_path / "text.onnx")
+    rng = np.random.default_rng(2)
+    feeds = {"ids": rng.integers(0, 50, (12, 7), dtype=np.int64), "mask": np.ones((12, 7), np.int64)}
+    feeds["mask"][:, 5:] = 0
+    with get_backend("onnxruntime").load(tmp_path / "text.onnx", threads=1) as session:
+        reference = session.run(feeds)
+    labels = reference["logits"].argmax(1)
+    result = measure(artifact_opener("onnxruntime", str(tmp_path / "text.onnx"), 1), feeds, labels, reference,
+                     **SETTINGS)
+    assert [row["batch"] for row in result["latency"]] == [1, 4]
+    assert result["accuracy"]["n"] == 12 and result["accuracy"]["top1"] == 1.0 and result["accuracy"]["agreement"] == 1.0
+    with pytest.raises(ArtifactError, match=r"takes inputs \['ids', 'mask'\] but the data has \['ids'\]"):
+        measure(artifact_opener("onnxruntime", str(tmp_path / "text.onnx"), 1), {"ids": feeds["ids"]}, **SETTINGS)

@@ -27,17 +27,17 @@ from edgetl.errors import BundleError
 def demo_manifest(files: dict) -> dict:
     """A complete, valid manifest for ``make_folder``'s files (3 classes, 4x4 RGB input)."""
     return {
-        "format": FORMAT, "name": "demo-host", "release": 1, "run": "demo", "target": {"name": "host"},
+        "format": FORMAT, "name": "demo-host", "task": "image-classification", "release": 1, "run": "demo", "target": {"name": "host"},
         "precision": "fp32", "gpu_arch": None,
         "runtime": {"name": "onnxruntime", "extra": "onnxruntime", "min_version": {"onnxruntime": "1.16"},
                     "built_with": "1.32.0"},
         "model": {"path": "model/model.onnx", "files": ["model/model.onnx"], "compiled": "onnxruntime/fp32"},
-        "input": {"name": "input", "shape": [-1, 3, 4, 4], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": "logits", "shape": [-1, 3], "dtype": "float32"},
+        "inputs": [{"name": "input", "shape": ["batch", 3, 4, 4], "dtype": "float32"}],
+        "outputs": [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}],
         "preprocess": {"input_size": [4, 4], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
                        "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center"},
         "labels": ["a", "b", "c"],
-        "golden": {"inputs": "golden/inputs.npy", "expected": "golden/expected.npy", "samples": 2,
+        "golden": {"inputs": {"input": "golden/in.0.npy"}, "expected": {"logits": "golden/out.0.npy"}, "samples": 2,
                    "expected_from": "test", "tolerance": {"atol": 1e-5, "rtol": 1e-3, "precision": "fp32", "source": "same"}},
         "workstation": {}, "versions": {"onnxruntime": "1.32.0"},
         "files": files,
@@ -49,8 +49,8 @@ def make_folder(root: Path) -> Path:
     (root / "model").mkdir(parents=True)
     (root / "golden").mkdir()
     (root / "model" / "model.onnx").write_bytes(b"not really onnx" * 10)
-    np.save(root / "golden" / "inputs.npy", np.zeros((2, 3, 4, 4), np.float32))
-    np.save(root / "golden" / "expected.npy", np.zeros((2, 3), np.float32))
+    np.save(root / "golden" / "in.0.npy", np.zeros((2, 3, 4, 4), np.float32))
+    np.save(root / "golden" / "out.0.npy", np.zeros((2, 3), np.float32))
     (root / "manifest.json").write_text(json.dumps(demo_manifest(file_entries(root))))
     return root
 
@@ -87,12 +87,12 @@ def test_roundtrip_is_reproducible_and_checked(archive, tmp_path):
     assert sha256_file(again) == sha256_file(archive)  # same contents, same sha256 (ship skips re-copies)
     assert tarfile.open(archive).next().name == "demo-host"  # one top folder, the bundle's name
     manifest = inspect_archive(archive)
-    assert set(manifest["files"]) == {"model/model.onnx", "golden/inputs.npy", "golden/expected.npy"}
+    assert set(manifest["files"]) == {"model/model.onnx", "golden/in.0.npy", "golden/out.0.npy"}
     out = tmp_path / "out"
     extract_archive(archive, out)
     assert check_folder(out)["name"] == "demo-host"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "golden/expected.npy", "golden/inputs.npy", "manifest.json", "model/model.onnx"]
+        "golden/in.0.npy", "golden/out.0.npy", "manifest.json", "model/model.onnx"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folder left behind
 
 
@@ -107,7 +107,7 @@ def test_roundtrip_is_reproducible_and_checked(archive, tmp_path):
     ],
 )
 def test_refuses_paths_outside_the_bundle(archive, tmp_path, name, what):
-    bad = rewrite(archive, tmp_path / "bad.tar.gz", lambda t, m, d: (copy_member(t, m, d), m.name.endswith("inputs.npy")
+    bad = rewrite(archive, tmp_path / "bad.tar.gz", lambda t, m, d: (copy_member(t, m, d), m.name.endswith("in.0.npy")
                                                                      and add_file(t, name, b"x")))
     with pytest.raises(BundleError, match=what):
         inspect_archive(bad)
@@ -120,7 +120,7 @@ def test_refuses_paths_outside_the_bundle(archive, tmp_path, name, what):
 def test_refuses_links_and_devices(archive, tmp_path, kind):
     def edit(tout, m, data):
         copy_member(tout, m, data)
-        if m.name.endswith("inputs.npy"):
+        if m.name.endswith("in.0.npy"):
             ti = tarfile.TarInfo("demo-host/model/escape")
             ti.type, ti.linkname = kind, "/etc/passwd"
             tout.addfile(ti)
@@ -146,7 +146,7 @@ def test_refuses_a_listed_file_replaced_by_a_symlink(archive, tmp_path):
 
 def test_refuses_unlisted_file(archive, tmp_path):
     bad = rewrite(archive, tmp_path / "bad.tar.gz",
-                  lambda t, m, d: (copy_member(t, m, d), m.name.endswith("inputs.npy") and add_file(t, "demo-host/extra.py", b"x")))
+                  lambda t, m, d: (copy_member(t, m, d), m.name.endswith("in.0.npy") and add_file(t, "demo-host/extra.py", b"x")))
     with pytest.raises(BundleError, match="extra.py is not listed"):
         inspect_archive(bad)
 
@@ -172,8 +172,8 @@ def test_refuses_resized_file_and_missing_file(archive, tmp_path):
 
     with pytest.raises(BundleError, match="bytes, the manifest says"):
         inspect_archive(rewrite(archive, tmp_path / "grown.tar.gz", grow))
-    drop = rewrite(archive, tmp_path / "dropped.tar.gz", lambda t, m, d: m.name.endswith("expected.npy") or copy_member(t, m, d))
-    with pytest.raises(BundleError, match="golden/expected.npy is listed in the manifest but missing"):
+    drop = rewrite(archive, tmp_path / "dropped.tar.gz", lambda t, m, d: m.name.endswith("out.0.npy") or copy_member(t, m, d))
+    with pytest.raises(BundleError, match="golden/out.0.npy is listed in the manifest but missing"):
         inspect_archive(drop)
 
 

@@ -56,10 +56,14 @@ def folder_copy(bundle_file: Path, dest: Path) -> Path:
 def test_bundle_contents(bundle_run, bundle_file):
     manifest = inspect_archive(bundle_file)
     assert manifest["runtime"]["name"] == "onnxruntime" and manifest["precision"] == "int8"
-    assert manifest["input"] == {"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["format"] == "edgetl.bundle/2" and manifest["task"] == "image-classification"
+    assert manifest["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert manifest["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 3]}]
+    assert manifest["golden"]["inputs"] == {"input": "golden/in.0.npy"}
+    assert manifest["golden"]["expected"] == {"logits": "golden/out.0.npy"}
     assert manifest["labels"] == bundle_run.manifest["train"]["classes"]
     assert PreprocessSpec.from_dict(manifest["preprocess"]).input_size == (32, 32)
-    assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/inputs.npy", "golden/expected.npy"}
+    assert set(manifest["files"]) == {"model/model.int8.onnx", "golden/in.0.npy", "golden/out.0.npy"}
     assert manifest["golden"]["tolerance"]["source"] == "same"
     assert isinstance(manifest["release"], int) and manifest["release"] > 1_700_000_000  # UTC seconds by default
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
@@ -93,9 +97,9 @@ def test_golden_inputs_are_the_preprocessed_val_images(bundle_run, bundle_file):
     inputs, _ = bundle.golden()
     split = json.loads((bundle_run.path / "train" / "split.json").read_text())
     files = [p for p, _ in split["val"]]
-    from_files = np.stack([load_image(p, bundle.spec) for p in files])
+    from_files = np.stack([load_image(p, PreprocessSpec.from_dict(bundle.manifest["preprocess"])) for p in files])
     # every golden input is one of the validation images, bit for bit
-    for x in inputs:
+    for x in inputs["input"]:
         assert np.min(np.abs(from_files - x).reshape(len(files), -1).max(1)) == 0.0
 
 
@@ -107,13 +111,13 @@ def test_verify_passes(bundle_file, tmp_path):
 
 def test_verify_names_the_golden_sample_that_differs(bundle_file, tmp_path):
     root = folder_copy(bundle_file, tmp_path / "b")
-    expected = np.load(root / "golden" / "expected.npy")
+    expected = np.load(root / "golden" / "out.0.npy")
     expected[5, 1] += 3.0
-    np.save(root / "golden" / "expected.npy", expected)
+    np.save(root / "golden" / "out.0.npy", expected)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)  # re-signed: the hashes pass, the outputs do not
     (root / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"golden sample 5 .*output 'logits' for '.*'.*golden/expected.npy says"):
+    with pytest.raises(BundleError, match=r"golden sample 5 .*output 'logits' for '.*'.*golden/out.0.npy says"):
         verify(root)
 
 
@@ -129,7 +133,7 @@ def test_verify_refuses_tampered_model(bundle_file, tmp_path):
 
 def test_verify_refuses_pickled_golden_arrays(bundle_file, tmp_path):
     root = folder_copy(bundle_file, tmp_path / "b")
-    np.save(root / "golden" / "inputs.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(root / "golden" / "in.0.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)
     (root / MANIFEST).write_text(json.dumps(manifest))
@@ -220,7 +224,7 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
     _, entry = choose_compiled(bundle_run, "onnxruntime", "int8")
     with get_backend("onnxruntime").load(bundle_run.path / entry["path"], threads=1) as session:
         for r in results:
-            logits = session.run(load_image(r["image"], spec)[None])[0]
+            logits = session.run({"input": load_image(r["image"], spec)[None]})["logits"][0]
             assert r["top"][0]["label"] == classes[int(logits.argmax())]
             assert len(r["top"]) == 2 and r["top"][0]["score"] >= r["top"][1]["score"]
     one = predict(bundle_file, results[0]["image"], top=5)
@@ -241,7 +245,7 @@ def test_bench_uses_the_bench_schema(bundle_file):
 def test_archive_cache_is_reused_and_repaired(bundle_file):
     first = open_bundle(bundle_file)
     assert open_bundle(bundle_file).root == first.root
-    (first.root / "golden" / "inputs.npy").write_bytes(b"damaged")
+    (first.root / "golden" / "in.0.npy").write_bytes(b"damaged")
     assert verify(bundle_file)["ok"]  # the damaged cache entry is extracted again
 
 

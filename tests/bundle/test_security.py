@@ -251,8 +251,13 @@ def _drop(key: str):
 
 
 def _huge_input(m):
-    m["input"]["shape"] = [-1, 3, 100_000, 100_000]
+    m["inputs"][0]["shape"] = ["batch", 3, 100_000, 100_000]
     m["preprocess"]["input_size"] = [100_000, 100_000]
+
+
+def _golden_file(kind: str, name: str, rel: str):
+    """Point the golden files of ``kind`` at ``{name: rel}`` instead."""
+    return lambda m: m["golden"].update({kind: {name: rel}})
 
 
 def _file(rel: str, **fields):
@@ -261,7 +266,7 @@ def _file(rel: str, **fields):
 
 MALFORMED = {
     "not-an-object": (b"[1, 2, 3]", "not a JSON object"),
-    "bad-utf8": (b'{"format": "edgetl.bundle/1", "name": "\xff\xfe"}', "manifest.json is malformed"),
+    "bad-utf8": (b'{"format": "edgetl.bundle/2", "name": "\xff\xfe"}', "manifest.json is malformed"),
     "not-json": (b'{"format": ', "manifest.json is malformed"),
     "too-deep": (b'{"workstation": ' + b"[" * 5000 + b"]" * 5000 + b"}", "manifest.json is malformed"),
     "missing-labels": (_drop("labels"), "field labels: Field required"),
@@ -271,9 +276,30 @@ MALFORMED = {
     "bad-sha256": (_file("model/model.onnx", sha256="abc"), "files['model/model.onnx'].sha256"),
     "too-many-files": (lambda m: m["files"].update({f"f{i}": {"sha256": "0" * 64, "size": 0} for i in range(10_001)}),
                        "field files: Dictionary should have at most 10000 items"),
-    "huge-input": (_huge_input, "outside 1..4096 pixels"),
-    "huge-batch": (_set("input.shape", [10**6, 3, 4, 4]), "batch 1000000 must be -1"),
-    "seven-channels": (_set("input.shape", [-1, 7, 4, 4]), "7 channels"),
+    "huge-input": (_huge_input, "more than 67108864"),
+    "huge-batch": (lambda m: m["inputs"][0].update(shape=[10**6, 3, 4, 4]), "batch 1000000 must be a name"),
+    "seven-channels": (lambda m: m["inputs"][0].update(shape=["batch", 7, 4, 4]), "7 channels: 3 expected"),
+    "input-size-not-preprocess": (lambda m: m["inputs"][0].update(shape=["batch", 3, 8, 8]),
+                                  "preprocess.input_size [4, 4] is not the input's [8, 8]"),
+    "too-many-dims": (lambda m: m["inputs"][0].update(shape=["batch", *[1] * 8]), "at most 8 items"),
+    "huge-dim": (lambda m: m["outputs"][0].update(shape=["batch", 2**40]), "outputs[0].shape[1]"),
+    "odd-dim-name": (lambda m: m["inputs"][0].update(shape=["$(id)", 3, 4, 4]), "must be an identifier"),
+    "object-dtype": (lambda m: m["inputs"][0].update(dtype="object"), "inputs[0].dtype"),
+    "wrong-input-dtype": (lambda m: m["inputs"][0].update(dtype="int64"),
+                          "inputs 'input' is int64 ['batch', 3, 4, 4], the task expects float32"),
+    "renamed-input": (lambda m: m["inputs"][0].update(name="pixels"),
+                      "golden files name ['input'] but the model's inputs are ['pixels']"),
+    "extra-output": (lambda m: m["outputs"].append({"name": "logits", "shape": ["batch", 3], "dtype": "float32"}),
+                     "outputs: tensor names must be unique"),
+    "tensor-name-with-escape": (lambda m: m["inputs"][0].update(name="in\x1b[2J"), "field inputs[0].name"),
+    "old-input-field": (_set("input", {"name": "input", "shape": [-1, 3, 4, 4], "dtype": "float32"}),
+                        "field input: Extra inputs are not permitted"),
+    "unknown-task": (_set("task", "object-detection"), "task 'object-detection' is not one of image-classification"),
+    "missing-task": (_drop("task"), "field task: Field required"),
+    "golden-path-outside": (_golden_file("inputs", "input", "../in.npy"), "unsafe path '../in.npy'"),
+    "golden-unlisted": (_golden_file("expected", "logits", "golden/other.npy"), "'golden/other.npy' is used but not listed"),
+    "golden-for-another-tensor": (_golden_file("expected", "scores", "golden/out.0.npy"),
+                                  "golden files name ['scores'] but the model's outputs are ['logits']"),
     "short-labels": (_set("labels", ["a", "b"]), "2 labels for a model with 3 output classes"),
     "duplicate-labels": (_set("labels", ["a", "a", "b"]), "labels must be unique"),
     "empty-label": (_set("labels", ["a", "", "c"]), "field labels[1]"),
@@ -337,7 +363,7 @@ def test_golden_arrays_are_checked_before_loading(tmp_path):
     }
     for name, (write, message) in cases.items():
         root = make_folder(tmp_path / name)
-        write(root / "golden" / "inputs.npy")
+        write(root / "golden" / "in.0.npy")
         manifest = json.loads((root / MANIFEST).read_text())
         manifest["files"] = file_entries(root)
         (root / MANIFEST).write_text(json.dumps(manifest))
@@ -353,12 +379,12 @@ def _npy_v2(header: dict) -> bytes:
 
 @pytest.mark.parametrize("header, message", [
     ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 200_000}, "is large"),
-    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 9_000 + "\n" * 10}, "golden/inputs.npy"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 3, 4, 4), "pad": "x" * 9_000 + "\n" * 10}, "golden/in.0.npy"),
 ])
 def test_a_hostile_npy_header_is_one_short_line(tmp_path, header, message):
     """numpy's own complaint about a header spans lines and quotes the header: one bounded line."""
     root = make_folder(tmp_path / "src")
-    (root / "golden" / "inputs.npy").write_bytes(_npy_v2(header) + bytes(384))
+    (root / "golden" / "in.0.npy").write_bytes(_npy_v2(header) + bytes(384))
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["files"] = file_entries(root)
     (root / MANIFEST).write_text(json.dumps(manifest))
@@ -518,9 +544,9 @@ def test_inflated_tolerance_changes_nothing(bundle_file, tmp_path):
     """Golden tolerances come from edgetl's table: a bundle that widens its own is still held to it."""
     root = tmp_path / "b"
     extract_archive(bundle_file, root)
-    expected = np.load(root / "golden" / "expected.npy")
+    expected = np.load(root / "golden" / "out.0.npy")
     expected[3, 0] += 5.0
-    np.save(root / "golden" / "expected.npy", expected)
+    np.save(root / "golden" / "out.0.npy", expected)
     manifest = json.loads((root / MANIFEST).read_text())
     manifest["golden"]["tolerance"].update(atol=1e9, rtol=1e9)
     manifest["files"] = file_entries(root)

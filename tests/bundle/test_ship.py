@@ -145,11 +145,11 @@ def test_tampered_bundle_is_refused_and_the_previous_one_keeps_working(sshd, bun
     shipper.send()
     shipper.check_arrival()
     staged = Path(shipper.unpack())
-    (staged / "golden" / "inputs.npy").write_bytes(b"tampered")
-    with pytest.raises(RemoteError, match=r"golden/inputs.npy does not match its sha256.*keeps its previous bundle"):
+    (staged / "golden" / "in.0.npy").write_bytes(b"tampered")
+    with pytest.raises(RemoteError, match=r"golden/in.0.npy does not match its sha256.*keeps its previous bundle"):
         shipper.verify(str(staged), install=False)
     shipper.remote.edgetl = "/nonexistent/bin/edgetl"  # a device without edgetl: sha256sum -c refuses it too
-    with pytest.raises(RemoteError, match=r"golden/inputs.npy does not match its sha256 on 127.0.0.1 \(golden/inputs.npy: FAILED"):
+    with pytest.raises(RemoteError, match=r"golden/in.0.npy does not match its sha256 on 127.0.0.1 \(golden/in.0.npy: FAILED"):
         shipper.verify(str(staged), install=False)
     shipper.cleanup()
 

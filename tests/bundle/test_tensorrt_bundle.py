@@ -30,7 +30,7 @@ def trt_bundle(bundle_run, tmp_path_factory):
 
 def test_carries_the_qdq_onnx_not_the_engine(trt_bundle):
     manifest = inspect_archive(trt_bundle)
-    assert set(manifest["files"]) == {"model/model.qdq.onnx", "golden/inputs.npy", "golden/expected.npy"}
+    assert set(manifest["files"]) == {"model/model.qdq.onnx", "golden/in.0.npy", "golden/out.0.npy"}
     assert manifest["model"]["path"] == "model/model.qdq.onnx"
     assert manifest["model"]["kind"] == "onnx-for-tensorrt"
     assert manifest["model"]["build"]["options"]["strongly_typed"] is True

@@ -21,8 +21,7 @@ def test_the_check_passes_on_the_tiny_run_and_records_its_numbers(tiny_run):
     assert export["max_abs_diff"] <= ATOL * max(1.0, float(np.abs(reference).max()))
     # The recorded difference is the real one: recomputed here from the exported file.
     session = ort.InferenceSession(str(tiny_run.verify(export["path"])), providers=["CPUExecutionProvider"])
-    x = arrays.val_inputs(tiny_run)
-    out = session.run(None, {i.name: x for i in session.get_inputs()})[0]
+    out = session.run(None, arrays.DataView(tiny_run).val_feeds())[0]
     assert float(np.abs(out - reference).max()) == pytest.approx(export["max_abs_diff"], rel=0.05, abs=1e-7)
     assert export_run(tiny_run) == tiny_run.path / export["path"]  # current: kept, not exported again
 
@@ -44,8 +43,9 @@ def test_an_export_that_disagrees_with_pytorch_is_one_error_line_naming_the_wors
     assert result.exit_code == 2, result.output
     image = arrays.load_split(run)["val"][worst][0]
     lines = result.output.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ONNX export disagrees with PyTorch: max |diff| 5.00e+01")
-    assert lines[0].endswith(f"worst output: val image {image} (row {worst})")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: ONNX export disagrees with PyTorch on output 'logits': max |diff| 5.00e+01")
+    assert lines[0].endswith(f"worst: val image {image} (row {worst})")
     assert "Traceback" not in result.output
     assert list((run.path / "export").iterdir()) == []  # no ONNX, no temporary file
     assert run.manifest["export"] == export_before and "compiled" not in run.manifest
