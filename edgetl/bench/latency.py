@@ -2,10 +2,10 @@
 
 numpy and the standard library only, so the same code measures a bundle on the device.
 
-Method (DESIGN.md, "Measuring"):
+Method (the policy docs/architecture.md "Bench" states):
 
-- fixed input: one real preprocessed batch, contiguous float32, reused every iteration (as the
-  vendors' tools do), so the loop times the runtime and not the data path;
+- fixed input: one real preprocessed batch of feeds (every tensor contiguous, in its own dtype),
+  reused every iteration (as the vendors' tools do), so the loop times the runtime and not the data path;
 - warm-up until *both* ``warmup_iters`` iterations and ``warmup_s`` seconds have passed: lazy
   kernel selection, allocator growth and CPU frequency ramp-up settle before timing starts;
 - then ``iterations`` timed calls, or as many as fit in ``duration_s``; each call is timed alone
