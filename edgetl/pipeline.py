@@ -146,8 +146,8 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     per stage whether it was skipped, its note and the fingerprint of its inputs.
 
     ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
-    ``RichReporter`` on ``console`` (default: a new rich Console). Training prints its summary on
-    ``console`` (with a reporter and no console: not at all; its epoch bars are its own). Raises ``GatesFailed`` (exit 1)
+    ``RichReporter`` on ``console`` (default: a new rich Console). Training draws its bars and summary on
+    ``console`` (with a reporter and no console: not at all) and reports each epoch to the reporter. Raises ``GatesFailed`` (exit 1)
     with ``config.check`` when a budget failed, and ``CompileError`` (exit 2) when an artifact could
     not be built or benched, after the summary is reported."""
     from rich.console import Console
@@ -224,7 +224,8 @@ class _Train:
         from edgetl.adapt.train import train
 
         config = self.state.config
-        section = train(config.data, config.train, out=config.out, console=self.state.console, **self.inputs)
+        section = train(config.data, config.train, out=config.out, console=self.state.console, reporter=reporter,
+                        **self.inputs)
         self.state.run = RunDir.open(self.state.config.out, need="train")
         return _Done(f"val top-1 {section['metrics']['val_top1']:.2%}")
 

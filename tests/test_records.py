@@ -33,7 +33,7 @@ def full_run(tiny_run, tmp_path_factory) -> RunDir:
     from edgetl.compiler import compile as compile_run
 
     dest = tmp_path_factory.mktemp("records") / "run"
-    shutil.copytree(tiny_run.path, dest, ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(tiny_run.path, dest)
     compile_run(dest, ["onnxruntime"], ["fp32"], progress=False)
     bench(dest, device_name="ci", threads=1, iterations=5, isolate=False)
     create_bundle(dest, "onnxruntime", "fp32")
@@ -41,7 +41,7 @@ def full_run(tiny_run, tmp_path_factory) -> RunDir:
 
 
 def _copy(run: RunDir, tmp_path) -> RunDir:
-    shutil.copytree(run.path, tmp_path / "run", ignore=shutil.ignore_patterns(".manifest.lock"))
+    shutil.copytree(run.path, tmp_path / "run")
     return RunDir.open(tmp_path / "run")
 
 
@@ -98,12 +98,12 @@ def test_a_malformed_section_is_one_line_and_nothing_is_written(full_run, tmp_pa
     run = _copy(full_run, tmp_path)
     with run.editing() as manifest:
         edit(manifest)
-    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file() and p.name != ".manifest.lock"}
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     result = CliRunner().invoke(cli, [a.replace("{run}", str(run.path)) for a in argv])
     assert result.exit_code == 2, result.output
     assert message in result.output and str(run.path / "manifest.json") in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
-    after = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file() and p.name != ".manifest.lock"}
+    after = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     assert after == before
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
+    # Where this process draws its progress bars: the main rank's console, None when training is
+    # silent (a notebook's silent reporter) or on the other ranks.
+    console: Any = field(default=None, compare=False)
 
     @property
     def enabled(self) -> bool:

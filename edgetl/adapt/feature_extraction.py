@@ -22,7 +22,7 @@ def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: s
     rows = pixels[distributed.shard(dist, len(pixels))]
     model.eval()
     out = []
-    with progress_bar(dist.is_main) as progress, torch.inference_mode():
+    with progress_bar(dist.console) as progress, torch.inference_mode():
         task = progress.add_task(desc, total=len(rows), stats="")
         for i in range(0, len(rows), batch):
             x = torch.from_numpy(normalize(rows[i : i + batch], spec))
@@ -65,6 +65,7 @@ def train_head(
     dist: Dist,
     *,
     on_improve=None,
+    on_epoch=None,
 ) -> FitResult:
     """AdamW on cached features for ``opts.phase_epochs("head")``; every rank trains the same head on
     all rows (it takes seconds)."""
@@ -93,10 +94,11 @@ def train_head(
         epochs=epochs,
         patience=opts.phase_patience("head"),
         phase="head",
-        show=dist.is_main,
+        console=dist.console,
         world=1,  # identical on every rank: no gradient sync needed
         scheduler=scheduler,
         on_improve=on_improve,
+        on_epoch=on_epoch,
         label_smoothing=opts.label_smoothing,
         per_epoch_bars=False,
     )

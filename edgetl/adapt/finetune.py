@@ -107,6 +107,7 @@ def finetune(
     *,
     keep_bn_stats: bool = True,
     on_improve=None,
+    on_epoch=None,
 ) -> FitResult:
     """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``."""
     import torch
@@ -142,10 +143,11 @@ def finetune(
         epochs=epochs,
         patience=opts.phase_patience("finetune"),
         phase="finetune",
-        show=dist.is_main,
+        console=dist.console,
         world=dist.world,
         scheduler=scheduler,
         eval_modules=batchnorms,
         on_improve=on_improve,
+        on_epoch=on_epoch,
         label_smoothing=opts.label_smoothing,
     )

@@ -23,14 +23,16 @@ class FitResult:
     interrupted: bool = False
 
 
-def progress_bar(enabled: bool) -> Progress:
+def progress_bar(console) -> Progress:
+    """Bars on ``console``; none at all when it is None (silent training, or not the main rank)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
-        disable=not enabled,
+        console=console,
+        disable=console is None,
     )
 
 
@@ -49,11 +51,12 @@ def fit(
     epochs: int,
     patience: int,
     phase: str,
-    show: bool = True,
+    console=None,
     world: int = 1,
     scheduler=None,
     eval_modules: list | None = None,
     on_improve: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
     label_smoothing: float = 0.0,
     per_epoch_bars: bool = True,
 ) -> FitResult:
@@ -62,7 +65,7 @@ def fit(
     result = FitResult()
     stale = 0
     total_images, total_time = 0, 0.0
-    with progress_bar(show) as progress:
+    with progress_bar(console) as progress:
         overall = None if per_epoch_bars else progress.add_task(phase, total=epochs, stats="")
         try:
             for epoch in range(epochs):
@@ -98,6 +101,8 @@ def fit(
                     "lr": optimizer.param_groups[-1]["lr"],
                 }
                 result.history.append(row)
+                if on_epoch is not None:
+                    on_epoch(row)
                 stats = _stats(row["loss"], row["train_top1"], row["images_per_s"]) + f" val {val_top1:.3f}"
                 progress.update(task if task is not None else overall, advance=0 if task is not None else 1, stats=stats)
                 if val_top1 > result.best_val_top1 or result.best_epoch < 0:

@@ -8,6 +8,7 @@ versions, metrics). Under ``torchrun`` the data is sharded and only rank 0 write
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import random
 import time
@@ -169,6 +170,7 @@ def train(
     val: str | Path | None = None,
     weights: str | Path | None = None,
     console=None,
+    reporter=None,
 ) -> dict:
     """Train and return the manifest's ``train`` section.
 
@@ -176,7 +178,8 @@ def train(
     holding train/ and val/; ``options``: the hyper-parameters (``TrainOptions()``: the defaults);
     ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
     ``timm:<name>``; ``val``: a separate validation set; ``weights``: a local start checkpoint;
-    ``console``: a rich Console for progress and the summary (None: silent).
+    ``console``: a rich Console for the progress bars and the summary (None: none of them);
+    ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch.
 
     Example::
 
@@ -187,16 +190,25 @@ def train(
     layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()
+    dist = dataclasses.replace(dist, console=console if dist.is_main else None)
     try:
         if console is not None and dist.is_main and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console)
+                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None)
     finally:
         distributed.teardown(dist)
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
+def _epoch_reporter(reporter):
+    """One line per epoch for a stage reporter (a notebook's, or deploy's), or None."""
+    if reporter is None:
+        return None
+    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
+                                              f"val top-1 {row['val_top1']:.2%}")
+
+
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch) -> dict:
     import torch
 
     from edgetl.adapt.loop import predict
@@ -246,7 +258,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
                               lambda: extract(model, train_pixels, spec, dist, "features (train)"))
     f_val = cached_features({**feature_key, "part": "val"},
                             lambda: extract(model, val_pixels, spec, dist, "features (val)"))
-    head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head)
+    head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
+                             on_epoch=on_epoch)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -260,7 +273,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console) -> dict:
         train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
             torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
         result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
-                          keep_bn_stats=opts.pretrained or weights is not None)
+                          on_epoch=on_epoch, keep_bn_stats=opts.pretrained or weights is not None)
         history += result.history
         if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)
