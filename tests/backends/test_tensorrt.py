@@ -33,6 +33,10 @@ class TestTensorRt(BackendConformance):
         super().test_outputs_match_pytorch(backend, build, tiny, precision)
 
     @pytest.mark.gpu
+    def test_run_checks_the_feeds(self, backend, build, tiny):
+        super().test_run_checks_the_feeds(backend, build, tiny)
+
+    @pytest.mark.gpu
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_named_model_matches_pytorch(self, backend, build_named, tmp_path_factory, named, precision):
         super().test_named_model_matches_pytorch(backend, build_named, tmp_path_factory, named, precision)
