@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from edgetl.errors import CompileError, GatesFailed
@@ -42,12 +40,8 @@ class Recorder(SilentReporter):
 
 
 @pytest.fixture
-def writable_run(tiny_run, tmp_path):
-    from edgetl.rundir import RunDir
-
-    dest = tmp_path / "run"
-    shutil.copytree(tiny_run.path, dest)
-    return RunDir.open(dest)
+def writable_run(copy_run):
+    return copy_run()
 
 
 def test_the_silent_reporter_prints_nothing_through_compile_and_bench(writable_run, capfd):
