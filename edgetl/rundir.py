@@ -102,11 +102,18 @@ class RunDir:
     # -- manifest ----------------------------------------------------------------------------
     @property
     def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON: an object whose ``artifacts`` map paths to sha256s, from an edgetl that
+        writes this ``SCHEMA_VERSION`` or an older one; else one ``RunDirError`` line."""
         path = self.path / MANIFEST
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunDirError(f"{path} is corrupt ({exc}); restore it or start a new run") from None
+            data = json.loads(path.read_text(encoding="utf-8"), parse_int=_bounded_int)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, too deep, a 400-digit number
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise RunDirError(f"{path} is corrupt ({reason}); restore it or start a new run") from None
+        why = _not_a_manifest(data)
+        if why:
+            raise RunDirError(f"{path} {why}")
+        return data
 
     @contextlib.contextmanager
     def editing(self) -> Iterator[dict[str, Any]]:
@@ -229,6 +236,30 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer as Python reads it, refused past 64 bits: every count, size and id of a run fits,
+    and a 400-digit "size" would fail as a float later, far from the manifest."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"the number {text[:20]}... does not fit in 64 bits")
+    return value
+
+
+def _not_a_manifest(data: Any) -> str | None:
+    """Why parsed JSON is not a run manifest this edgetl reads (a phrase), or None."""
+    if not isinstance(data, dict):
+        return f"is not a JSON object but {type(data).__name__}: restore it or start a new run"
+    version = data.get("schema", SCHEMA_VERSION)
+    if type(version) is not int:
+        return f"field 'schema' is {str(version)[:20]!r}, not a version number: restore it or start a new run"
+    if version > SCHEMA_VERSION:
+        return f"has schema {version}, newer than this edgetl reads ({SCHEMA_VERSION}): upgrade edgetl"
+    artifacts = data.get("artifacts", {})
+    if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
+        return "field 'artifacts' must map run-relative paths to sha256s: restore the manifest or rerun the stage"
+    return None
 
 
 def _not_a_run(path: Path) -> str:
