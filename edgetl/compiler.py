@@ -36,7 +36,7 @@ from edgetl._io import atomic_dir, sha256_file, sha256_json
 from edgetl.backends import ONNX_RUNNER, Compiled, get_backend, runtimes
 from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
 from edgetl.tensors import batch_size, batches, concat
 
@@ -85,10 +85,10 @@ class CompiledEntry(Record):
     target: str
     runtime: str
     precision: str
-    dir: str
-    path: str  # the file a runtime loads
-    files: list[str]  # every file of the artifact (run-relative; hashed in ``artifacts``)
-    estimate_with: str | None = None
+    dir: RunPath
+    path: RunPath  # the file a runtime loads
+    files: list[RunPath]  # every file of the artifact (run-relative; hashed in ``artifacts``)
+    estimate_with: RunPath | None = None
     size_bytes: int
     compile_s: float
     options: dict[str, Any] = Field(default_factory=dict)  # what the backend built with, and why

@@ -23,10 +23,10 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgetl._io import sha256_file, write_json
 from edgetl.data.layout import IMAGE_SUFFIXES
@@ -73,6 +73,18 @@ class Record(BaseModel):
 
 
 R = TypeVar("R", bound=Record)
+
+
+def _run_relative(path: str) -> str:
+    """A path inside the run, as stages record them: relative, without '..' (a record edited to name
+    ``/home/me/.ssh/id_rsa`` or ``../other`` would otherwise be read, loaded or packed into a bundle)."""
+    parts = PurePosixPath(path).parts
+    if not path or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path or "\0" in path:
+        raise ValueError(f"{path[:80]!r} is not a path inside the run (absolute or with '..')")
+    return path
+
+
+RunPath = Annotated[str, AfterValidator(_run_relative)]  # a record's run-relative file or folder
 
 
 class RunDir:
@@ -154,7 +166,16 @@ class RunDir:
         if not isinstance(raw, dict):
             raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' must map keys to entries, "
                               f"not {type(raw).__name__}: restore the manifest or rerun the stage")
-        return {key: self._parse(model, value, f"{model.SECTION}[{key!r}]") for key, value in raw.items()}
+        return {self._key(model, key): self._parse(model, value, f"{model.SECTION}[{key!r}]") for key, value in raw.items()}
+
+    def _key(self, model: type[Record], key: str) -> str:
+        """A keyed section's key becomes part of file names (``bench/<target>/<precision>@<device>.json``):
+        a key edited to hold '..' or a leading '/' is refused before any path is made of it."""
+        try:
+            return _run_relative(key)
+        except ValueError as exc:
+            raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}': key {exc}: restore the manifest "
+                              "or rerun the stage") from None
 
     def compiled_entry(self, key: str):
         """``compiled[key]`` as a ``CompiledEntry``; an unknown key is one line listing the compiled ones."""
@@ -203,9 +224,21 @@ class RunDir:
             data.setdefault("artifacts", {}).update(hashes)
         return hashes
 
+    def inside(self, relpath: str) -> Path:
+        """``relpath`` under the run, proven to stay inside it once links are followed."""
+        path = self.path / relpath
+        try:
+            inside = path.resolve().is_relative_to(self.path.resolve()) and path.resolve() != self.path.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if not inside:
+            raise ArtifactError(f"{self.path / MANIFEST} names {relpath[:80]!r}, which lies outside the run "
+                                f"{self.path}: refusing to read it; restore the manifest or rerun the stage")
+        return path
+
     def verify(self, relpath: str) -> Path:
         """Return the artifact's path after checking it exists and matches its recorded sha256."""
-        path = self.path / relpath
+        path = self.inside(relpath)
         expected = self.manifest.get("artifacts", {}).get(relpath)
         if not path.is_file():
             raise ArtifactError(f"artifact {path} is missing: rebuild it (edgetl compile {self.path})")

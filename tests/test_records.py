@@ -162,3 +162,52 @@ def test_bench_settings_parse_layers_values_over_a_base():
     assert BenchSettings.parse(base, threads=2, iterations=None) == base.model_copy(update={"threads": 2})
     assert base.argv() == ["--batch", "1,8", "--iterations", "50"]
     assert BenchSettings.parse(duration_s=1.5).argv() == ["--batch", "1", "--duration", "1.5"]
+
+
+def _outside(run: RunDir, how: str) -> None:
+    """Point the fp32 artifact (or a record's path) at a file beside the run, its sha256 recorded: what
+    a hand-edited manifest can do to make a stage read, load or pack a file that is not the run's."""
+    import hashlib
+
+    secret = run.path.parent / "secret.onnx"
+    secret.write_bytes((run.path / run.compiled_entry("onnxruntime/fp32").path).read_bytes())
+    with run.editing() as manifest:
+        entry = manifest["compiled"]["onnxruntime/fp32"]
+        if how == "symlink":  # a path that looks inside the run but leads out of it
+            (run.path / entry["path"]).unlink()
+            (run.path / entry["path"]).symlink_to(secret)
+            return
+        rel = {"dotdot": "../secret.onnx", "absolute": str(secret)}.get(how, entry["path"])
+        manifest["artifacts"][rel] = hashlib.sha256(secret.read_bytes()).hexdigest()
+        if how == "key":
+            manifest["compiled"]["../../escape/fp32"] = manifest["compiled"].pop("onnxruntime/fp32")
+        elif how == "bench-file":
+            for device in manifest["bench"].values():
+                for row in device["results"].values():
+                    row["file"] = "../secret.onnx"
+        else:
+            entry.update(path=rel, files=[rel])
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("dotdot", "field 'path': '../secret.onnx' is not a path inside the run"),
+    ("absolute", "is not a path inside the run (absolute or with '..')"),
+    ("key", "section 'compiled': key '../../escape/fp32' is not a path inside the run"),
+    ("bench-file", "'../secret.onnx' is not a path inside the run"),
+    ("symlink", "which lies outside the run"),
+])
+@pytest.mark.parametrize("argv", [["bench", "{run}", "--device", "ci", "--iterations", "3"], ["report", "{run}"],
+                                  ["bundle", "{run}", "--target", "onnxruntime", "--precision", "fp32"]])
+def test_a_record_naming_a_path_outside_the_run_is_refused(full_run, tmp_path, how, message, argv):
+    """Nothing outside the run is read, loaded, packed into a bundle or written (bench/<key>...)."""
+    run = _copy(full_run, tmp_path)
+    _outside(run, how)
+    if how == "symlink" and argv[0] == "report":
+        pytest.skip("the report reads records, not artifacts")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(cli, [a.replace("{run}", str(run.path)) for a in argv])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line and not line.startswith("warning:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert message in lines[0] and str(run.path / "manifest.json") in lines[0], lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -29,7 +29,7 @@ from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.tasks import DEFAULT_TASK
 
 
@@ -76,7 +76,7 @@ class TrainRecord(Record):
     num_classes: int
     classes: list[str]
     preprocess: dict[str, Any]  # edgetl.data.preprocess.PreprocessSpec.to_dict()
-    checkpoint: str
+    checkpoint: RunPath
     mode: str
     hparams: dict[str, Any]  # TrainOptions, dumped
     dataset: TrainDataset

@@ -77,7 +77,7 @@ from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_re
 from edgetl.compiler import CompiledEntry
 from edgetl.config import Budgets, TargetProfile, load_target, target_names
 from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
 
 SCHEMA = "edgetl.bench/1"  # the result document's schema id; bump it when ``BenchDocument``'s shape changes
@@ -162,7 +162,7 @@ class BenchSummary(_Open):
     runtime: str | None = None
     precision: str | None = None
     reason: str | None = None
-    file: str | None = None
+    file: RunPath | None = None
     batch: int | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
@@ -314,6 +314,7 @@ def bench(
     """
     run = RunDir.open(run_path, need="compiled")
     compiled = run.entries(CompiledEntry)
+    run.entries(DeviceBench)  # earlier results are merged into after measuring: a malformed one fails now
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
     settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,

@@ -92,9 +92,11 @@ def remote_bench(
 ) -> dict[str, Any]:
     """Ship (if needed) and bench the target's bundle on the device at ``url``; returns the result
     document, also written to ``runs/<name>/bench/<target>/<precision>@<device>.json``."""
+    from edgetl.bench.run import DeviceBench
     from edgetl.bench.system import device_slug
 
     run = RunDir.open(run_path, need="compiled")
+    run.entries(DeviceBench)  # the device's result is merged into them: a malformed one fails before shipping
     target = target or default_target(run)
     settings, access = settings or BenchSettings(), access or Access()
     parsed = SshUrl.parse(url)
