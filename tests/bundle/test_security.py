@@ -630,3 +630,17 @@ def test_an_unusable_cache_folder_is_one_line(tmp_path, monkeypatch, cache):
         folder.symlink_to(tmp_path / "nowhere" / "cache")
     monkeypatch.setenv("EDGETL_CACHE", str(folder))
     refused(["verify", str(archive)], "cannot use the bundle cache", tmp_path)
+
+
+@pytest.mark.parametrize("value", ["lots", [0.5, 1.0], {"x": 1}, True])
+def test_a_task_metric_the_bundle_brings_for_the_workstation_is_a_number(bundle_file, tmp_path, value):
+    """The workstation's accuracy keeps fields the bundle format does not name; one named after a task
+    metric (``agreement``) is what a device without labelled images prints for that metric's goal."""
+    root = tmp_path / "b"
+    extract_archive(bundle_file, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["target"] = {"name": "pi", "runtime": "onnxruntime", "budgets": {"goals": {"agreement": {"min": 0.9}}}}
+    manifest["workstation"] = {"accuracy": {"top1": 0.9, "n": 12, "agreement": value}}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    for command in (["bench", str(root), "--iterations", "3"], ["verify", str(root)]):
+        refused(command, "field workstation.accuracy: agreement must be a finite number", tmp_path)
