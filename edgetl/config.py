@@ -111,6 +111,9 @@ class Budgets(_Strict):
             if getattr(limit, wanted) is None:  # a floor on latency, a ceiling on top-1: a typo, not a goal
                 raise ValueError(f"{name} is better {metrics[name].better}: give it a {wanted} "
                                  f"({name} = {{ {wanted} = VALUE }})")
+            if getattr(limit, wanted) < 0:  # as the named fields: no drop, latency or memory is below 0
+                raise ValueError(f"{name} = {{ {wanted} = {getattr(limit, wanted):g} }} can never be met: give a "
+                                 "value >= 0")
         return goals
 
     @model_validator(mode="after")
@@ -144,7 +147,7 @@ class TargetProfile(_Strict):
     description: str = ""
     runtime: str
     precision: Literal["fp32", "fp16", "int8"] = "int8"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)  # as a bundle's manifest may hold
     device: Literal["cpu", "gpu", "npu"] = Field("cpu", validate_default=True, description="what runs the model")
     calibration: str = "default"
     budgets: Budgets = Budgets()
