@@ -111,9 +111,8 @@ class Budgets(_Strict):
             if getattr(limit, wanted) is None:  # a floor on latency, a ceiling on top-1: a typo, not a goal
                 raise ValueError(f"{name} is better {metrics[name].better}: give it a {wanted} "
                                  f"({name} = {{ {wanted} = VALUE }})")
-            if getattr(limit, wanted) < 0:  # as the named fields: no drop, latency or memory is below 0
-                raise ValueError(f"{name} = {{ {wanted} = {getattr(limit, wanted):g} }} can never be met: give a "
-                                 "value >= 0")
+            if wanted == "max" and limit.max < 0:  # as the named fields: no drop, latency or memory is below 0
+                raise ValueError(f"{name} = {{ max = {limit.max:g} }} can never be met: give a value >= 0")
         return goals
 
     @model_validator(mode="after")
