@@ -166,7 +166,8 @@ class RunDir:
         if not isinstance(raw, dict):
             raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' must map keys to entries, "
                               f"not {type(raw).__name__}: restore the manifest or rerun the stage")
-        return {self._key(model, key): self._parse(model, value, f"{model.SECTION}[{key!r}]") for key, value in raw.items()}
+        return {self._key(model, key): self._parse(model, value, f"{model.SECTION}[{_shown(key)}]")
+                for key, value in raw.items()}
 
     def _key(self, model: type[Record], key: str) -> str:
         """A keyed section's key becomes part of file names (``bench/<target>/<precision>@<device>.json``):
@@ -203,7 +204,7 @@ class RunDir:
             return model.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
+            field = ".".join(_printable(p) for p in first["loc"])
             at = f" field '{field}'" if field else ""
             raise RunDirError(f"{self.path / MANIFEST}: section {where}{at}: {first['msg'].removeprefix('Value error, ')}; "
                               "the manifest was edited or written by another edgetl version: rerun that stage") from None
@@ -269,6 +270,19 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _printable(part: str | int) -> str:
+    """One part of a field's location: a key of an edited manifest may hold a newline, an escape
+    sequence or a page of text, so anything but a plain name is shown escaped and cut."""
+    text = str(part)
+    return text if len(text) <= 80 and text.isprintable() else _shown(text)
+
+
+def _shown(text: str) -> str:
+    """``repr`` of a manifest's text for a one-line message: escaped, cut at 80 characters."""
+    text = repr(text)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def _bounded_int(text: str) -> int:

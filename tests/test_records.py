@@ -92,6 +92,10 @@ def test_a_manifest_from_before_record_versions_still_loads(full_run, tmp_path):
         (lambda m: m.update(compiled=[1]), ["bench", "{run}"], "section 'compiled' must map keys to entries"),
         (lambda m: m["bundles"]["onnxruntime/fp32"].update(release="soon"), ["report", "{run}"],
          "section bundles['onnxruntime/fp32'] field 'release'"),
+        # a key edited to hold a newline and an escape sequence is shown escaped, on the one line
+        (lambda m: m["bench"]["ci"]["results"].update({"x\n\x1b[2Jerror: fake": {"p90_ms": "fast"}}), ["report", "{run}"],
+         "field 'results.'x\\n\\x1b[2Jerror: fake'.p90_ms'"),
+        (lambda m: m["compiled"].update({"k" * 10_000: {}}), ["report", "{run}"], "section compiled['kkkkkkk"),
     ],
 )
 def test_a_malformed_section_is_one_line_and_nothing_is_written(full_run, tmp_path, edit, argv, message):
