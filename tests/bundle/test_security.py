@@ -644,3 +644,28 @@ def test_a_task_metric_the_bundle_brings_for_the_workstation_is_a_number(bundle_
     (root / MANIFEST).write_text(json.dumps(manifest))
     for command in (["bench", str(root), "--iterations", "3"], ["verify", str(root)]):
         refused(command, "field workstation.accuracy: agreement must be a finite number", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["verify", "predict", "bench"])
+def test_a_model_whose_inputs_are_not_the_manifest_s_is_one_line(bundle_file, tmp_path, command):
+    """The manifest says `input`; the (re-hashed) model file takes `pixels`: the session refuses the feeds."""
+    import onnx
+
+    root = tmp_path / "b"
+    extract_archive(bundle_file, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    model_path = root / manifest["model"]["path"]
+    model = onnx.load(model_path)
+    for tensor in model.graph.input:
+        tensor.name = tensor.name.replace("input", "pixels")
+    for node in model.graph.node:
+        node.input[:] = [n.replace("input", "pixels") if n == "input" else n for n in node.input]
+    onnx.save(model, model_path)
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    args = {"verify": [], "predict": [str(image)], "bench": ["--iterations", "3"]}[command]
+    refused([command, str(root), *args], "['pixels']", tmp_path / "b")
