@@ -204,7 +204,7 @@ class RunDir:
             return model.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(_printable(p) for p in first["loc"])
+            field = ".".join(printable_key(p) for p in first["loc"])
             at = f" field '{field}'" if field else ""
             raise RunDirError(f"{self.path / MANIFEST}: section {where}{at}: {first['msg'].removeprefix('Value error, ')}; "
                               "the manifest was edited or written by another edgetl version: rerun that stage") from None
@@ -272,7 +272,7 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _printable(part: str | int) -> str:
+def printable_key(part: str | int) -> str:
     """One part of a field's location: a key of an edited manifest may hold a newline, an escape
     sequence or a page of text, so anything but a plain name is shown escaped and cut."""
     text = str(part)

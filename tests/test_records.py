@@ -219,3 +219,23 @@ def test_a_record_naming_a_path_outside_the_run_is_refused(full_run, tmp_path, h
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert message in lines[0] and str(run.path / "manifest.json") in lines[0], lines[0]
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda doc: doc.update(device={}), "field 'device': needs a name (text)"),
+    (lambda doc: doc.update(device={"name": 5}), "field 'device': needs a name (text)"),
+    (lambda doc: doc.update(reference_latency={"\x1b[2J\nx": 5}), "field 'reference_latency.'\\x1b[2J\\nx''"),
+    (lambda doc: doc.update(schema="edgetl.bench/99"), "schema 'edgetl.bench/99', this edgetl reads edgetl.bench/1"),
+])
+def test_a_hand_edited_result_document_is_skipped_by_the_report_with_a_note(full_run, tmp_path, edit, message):
+    """The report lists what it could not read, in one escaped line, and reports the rest."""
+    run = _copy(full_run, tmp_path)
+    (path,) = [p for p in sorted((run.path / "bench").glob("*/*@ci.json")) if "onnxruntime" in p.parts]
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    result = CliRunner().invoke(cli, ["report", str(run.path)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    notes = json.loads((run.path / "report.json").read_text())["notes"]
+    skipped = [n for n in notes if n.startswith("skipped bench/onnxruntime/fp32@ci.json")]
+    assert len(skipped) == 1 and message in skipped[0] and "\x1b" not in skipped[0], notes

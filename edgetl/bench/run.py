@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgetl import __version__
 from edgetl._io import write_json
@@ -77,7 +77,7 @@ from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_re
 from edgetl.compiler import CompiledEntry
 from edgetl.config import Budgets, TargetProfile, load_target, target_names
 from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
-from edgetl.rundir import Record, RunDir, RunPath
+from edgetl.rundir import Record, RunDir, RunPath, printable_key
 from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
 
 SCHEMA = "edgetl.bench/1"  # the result document's schema id; bump it when ``BenchDocument``'s shape changes
@@ -137,6 +137,14 @@ class BenchDocument(_Open):
     gates: BenchGates | None = None
     file: str | None = None  # run-relative path of the saved document (added when saved)
 
+    @field_validator("device")
+    @classmethod
+    def _named(cls, device: dict[str, Any]) -> dict[str, Any]:
+        """The device's name keys the document everywhere (the report's columns, the manifest's rows)."""
+        if not isinstance(device.get("name"), str) or not device["name"]:
+            raise ValueError("needs a name (text): the machine it was measured on")
+        return device
+
     def dump(self) -> dict[str, Any]:
         """The JSON document, with only the fields it was given (an unavailable row stays short)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True) | {"schema": SCHEMA}
@@ -151,7 +159,7 @@ class BenchDocument(_Open):
         except (OSError, ValueError) as exc:
             if isinstance(exc, ValidationError):
                 first = exc.errors()[0]
-                exc = f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+                exc = f"field '{'.'.join(map(printable_key, first['loc']))}': {first['msg'].removeprefix('Value error, ')}"
             raise EdgetlError(f"bench result {path} is unreadable ({exc}): bench again") from None
 
 
