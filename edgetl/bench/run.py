@@ -75,7 +75,7 @@ from edgetl.bench.measure import measure, measure_isolated, resolve_loader
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
 from edgetl.compiler import CompiledEntry
-from edgetl.config import Budgets, TargetProfile, load_target, target_names
+from edgetl.config import Budgets, TargetProfile, load_target, name_list, target_names
 from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
 from edgetl.rundir import Record, RunDir, RunPath, printable_key
 from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
@@ -320,6 +320,7 @@ def bench(
     without one, ``console`` (a rich Console) shows them, else nothing does. ``check`` raises
     ``GatesFailed`` (exit code 1) after writing everything when a budget fails.
     """
+    targets = name_list("targets", targets)
     run = RunDir.open(run_path, need="compiled")
     compiled = run.entries(CompiledEntry)
     run.entries(DeviceBench)  # earlier results are merged into after measuring: a malformed one fails now
