@@ -31,5 +31,5 @@ def test_check_outputs_names_the_output_and_row_that_disagree(tmp_path_factory):
     _, _, x, ref = named_case("text", tmp_path_factory)
     wrong = {"logits": ref["logits"].copy()}
     wrong["logits"][5, 1] += 1.0
-    with pytest.raises(ExportError, match=r"output 'logits': max \|diff\| 1\.00e\+00 .* at row 5"):
+    with pytest.raises(ExportError, match=r"output 'logits': max \|diff\| 1\.00e\+00 .*; worst: row 5$"):
         check_outputs(wrong, ref)
