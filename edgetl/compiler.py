@@ -34,9 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl import __version__
 from edgetl._io import atomic_dir, sha256_file, sha256_json
 from edgetl.backends import ONNX_RUNNER, Compiled, get_backend, runtimes
-from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
+from edgetl.config import CalibrationRecipe, load_recipe, load_target, name_list, target_names
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
 from edgetl.tensors import batch_size, batches, concat
 
@@ -85,10 +85,10 @@ class CompiledEntry(Record):
     target: str
     runtime: str
     precision: str
-    dir: str
-    path: str  # the file a runtime loads
-    files: list[str]  # every file of the artifact (run-relative; hashed in ``artifacts``)
-    estimate_with: str | None = None
+    dir: RunPath
+    path: RunPath  # the file a runtime loads
+    files: list[RunPath]  # every file of the artifact (run-relative; hashed in ``artifacts``)
+    estimate_with: RunPath | None = None
     size_bytes: int
     compile_s: float
     options: dict[str, Any] = Field(default_factory=dict)  # what the backend built with, and why
@@ -102,6 +102,9 @@ class CompiledEntry(Record):
 # -- planning: every name is checked before anything is built --------------------------------------
 def plan(targets: list[str], precisions: list[str] | None = None, calibration: str | None = None,
          gpu_arch: str | None = None, threads: int | None = None) -> list[Cell]:
+    targets, precisions = name_list("targets", targets), name_list("precisions", precisions)
+    if gpu_arch is not None and not isinstance(gpu_arch, str):
+        raise ConfigError(f"--gpu-arch {gpu_arch!r} must be a text like 'sm89'")
     if not targets:
         raise ConfigError("no target given: pass --target with a profile (see `edgetl targets`) or a runtime name")
     for p in precisions or []:

@@ -111,6 +111,8 @@ class Budgets(_Strict):
             if getattr(limit, wanted) is None:  # a floor on latency, a ceiling on top-1: a typo, not a goal
                 raise ValueError(f"{name} is better {metrics[name].better}: give it a {wanted} "
                                  f"({name} = {{ {wanted} = VALUE }})")
+            if wanted == "max" and limit.max < 0:  # as the named fields: no drop, latency or memory is below 0
+                raise ValueError(f"{name} = {{ max = {limit.max:g} }} can never be met: give a value >= 0")
         return goals
 
     @model_validator(mode="after")
@@ -144,7 +146,7 @@ class TargetProfile(_Strict):
     description: str = ""
     runtime: str
     precision: Literal["fp32", "fp16", "int8"] = "int8"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)  # as a bundle's manifest may hold
     device: Literal["cpu", "gpu", "npu"] = Field("cpu", validate_default=True, description="what runs the model")
     calibration: str = "default"
     budgets: Budgets = Budgets()
@@ -262,6 +264,18 @@ def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
         else:  # dict[str, Model]: ``part`` is a key, the values are the model
             model = typing.get_args(model)[-1]
     return model
+
+
+def name_list(option: str, value: Any) -> list[str] | None:
+    """A list option of names as the Python API got it: ``"onnxruntime"`` alone would be read letter by
+    letter ("unknown target 'o'"), so anything but a list of texts is one line naming the option."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        shown = repr(value)
+        raise ConfigError(f"{option} must be a list of names, e.g. [{shown if isinstance(value, str) else repr('name')}], "
+                          f"not {shown[:80]}")
+    return list(value)
 
 
 def _closest(name: str, valid: list[str]) -> str:

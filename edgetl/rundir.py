@@ -23,10 +23,10 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgetl._io import sha256_file, write_json
 from edgetl.data.layout import IMAGE_SUFFIXES
@@ -75,6 +75,18 @@ class Record(BaseModel):
 R = TypeVar("R", bound=Record)
 
 
+def _run_relative(path: str) -> str:
+    """A path inside the run, as stages record them: relative, without '..' (a record edited to name
+    ``/home/me/.ssh/id_rsa`` or ``../other`` would otherwise be read, loaded or packed into a bundle)."""
+    parts = PurePosixPath(path).parts
+    if not path or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path or "\0" in path:
+        raise ValueError(f"{path[:80]!r} is not a path inside the run (absolute or with '..')")
+    return path
+
+
+RunPath = Annotated[str, AfterValidator(_run_relative)]  # a record's run-relative file or folder
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -102,11 +114,18 @@ class RunDir:
     # -- manifest ----------------------------------------------------------------------------
     @property
     def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON: an object whose ``artifacts`` map paths to sha256s, from an edgetl that
+        writes this ``SCHEMA_VERSION`` or an older one; else one ``RunDirError`` line."""
         path = self.path / MANIFEST
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunDirError(f"{path} is corrupt ({exc}); restore it or start a new run") from None
+            data = json.loads(path.read_text(encoding="utf-8"), parse_int=_bounded_int)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, too deep, a 400-digit number
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise RunDirError(f"{path} is corrupt ({reason}); restore it or start a new run") from None
+        why = _not_a_manifest(data)
+        if why:
+            raise RunDirError(f"{path} {why}")
+        return data
 
     @contextlib.contextmanager
     def editing(self) -> Iterator[dict[str, Any]]:
@@ -147,7 +166,17 @@ class RunDir:
         if not isinstance(raw, dict):
             raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}' must map keys to entries, "
                               f"not {type(raw).__name__}: restore the manifest or rerun the stage")
-        return {key: self._parse(model, value, f"{model.SECTION}[{key!r}]") for key, value in raw.items()}
+        return {self._key(model, key): self._parse(model, value, f"{model.SECTION}[{_shown(key)}]")
+                for key, value in raw.items()}
+
+    def _key(self, model: type[Record], key: str) -> str:
+        """A keyed section's key becomes part of file names (``bench/<target>/<precision>@<device>.json``):
+        a key edited to hold '..' or a leading '/' is refused before any path is made of it."""
+        try:
+            return _run_relative(key)
+        except ValueError as exc:
+            raise RunDirError(f"{self.path / MANIFEST}: section '{model.SECTION}': key {exc}: restore the manifest "
+                              "or rerun the stage") from None
 
     def compiled_entry(self, key: str):
         """``compiled[key]`` as a ``CompiledEntry``; an unknown key is one line listing the compiled ones."""
@@ -175,7 +204,7 @@ class RunDir:
             return model.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
+            field = ".".join(printable_key(p) for p in first["loc"])
             at = f" field '{field}'" if field else ""
             raise RunDirError(f"{self.path / MANIFEST}: section {where}{at}: {first['msg'].removeprefix('Value error, ')}; "
                               "the manifest was edited or written by another edgetl version: rerun that stage") from None
@@ -196,9 +225,21 @@ class RunDir:
             data.setdefault("artifacts", {}).update(hashes)
         return hashes
 
+    def inside(self, relpath: str) -> Path:
+        """``relpath`` under the run, proven to stay inside it once links are followed."""
+        path = self.path / relpath
+        try:
+            inside = path.resolve().is_relative_to(self.path.resolve()) and path.resolve() != self.path.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if not inside:
+            raise ArtifactError(f"{self.path / MANIFEST} names {relpath[:80]!r}, which lies outside the run "
+                                f"{self.path}: refusing to read it; restore the manifest or rerun the stage")
+        return path
+
     def verify(self, relpath: str) -> Path:
         """Return the artifact's path after checking it exists and matches its recorded sha256."""
-        path = self.path / relpath
+        path = self.inside(relpath)
         expected = self.manifest.get("artifacts", {}).get(relpath)
         if not path.is_file():
             raise ArtifactError(f"artifact {path} is missing: rebuild it (edgetl compile {self.path})")
@@ -229,6 +270,43 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def printable_key(part: str | int) -> str:
+    """One part of a field's location: a key of an edited manifest may hold a newline, an escape
+    sequence or a page of text, so anything but a plain name is shown escaped and cut."""
+    text = str(part)
+    return text if len(text) <= 80 and text.isprintable() else _shown(text)
+
+
+def _shown(text: str) -> str:
+    """``repr`` of a manifest's text for a one-line message: escaped, cut at 80 characters."""
+    text = repr(text)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer as Python reads it, refused past 64 bits: every count, size and id of a run fits,
+    and a 400-digit "size" would fail as a float later, far from the manifest."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"the number {text[:20]}... does not fit in 64 bits")
+    return value
+
+
+def _not_a_manifest(data: Any) -> str | None:
+    """Why parsed JSON is not a run manifest this edgetl reads (a phrase), or None."""
+    if not isinstance(data, dict):
+        return f"is not a JSON object but {type(data).__name__}: restore it or start a new run"
+    version = data.get("schema", SCHEMA_VERSION)
+    if type(version) is not int:
+        return f"field 'schema' is {str(version)[:20]!r}, not a version number: restore it or start a new run"
+    if version > SCHEMA_VERSION:
+        return f"has schema {version}, newer than this edgetl reads ({SCHEMA_VERSION}): upgrade edgetl"
+    artifacts = data.get("artifacts", {})
+    if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
+        return "field 'artifacts' must map run-relative paths to sha256s: restore the manifest or rerun the stage"
+    return None
 
 
 def _not_a_run(path: Path) -> str:

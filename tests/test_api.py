@@ -94,3 +94,36 @@ def test_train_options_built_in_a_notebook_raise_the_clis_message():
         TrainOptions(lr_scale=0.1)
     with pytest.raises(ConfigError, match="option --mode: Input should be 'feature-extraction' or 'finetune'"):
         edgetl.TrainOptions(mode="fine-tune")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda data, out: edgetl.train(data, {"epochs": 0}, out=out), "option --epochs: Input should be greater than or equal to 1 (got 0)"),
+    (lambda data, out: edgetl.train(data, "fast", out=out), "options must be an edgetl.TrainOptions"),
+    (lambda data, out: edgetl.train(data, backbone=5, out=out), "option --backbone: Input should be a valid string (got 5)"),
+])
+def test_train_s_options_of_the_wrong_kind_are_one_line(digits_dir, tmp_path, call, message):
+    """A dict of options is read as TrainOptions; anything else is named, not an AttributeError."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as exc:
+        call(digits_dir, out)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda run: edgetl.compile(run, "onnxruntime", progress=False),
+     "targets must be a list of names, e.g. ['onnxruntime'], not 'onnxruntime'"),
+    (lambda run: edgetl.compile(run, ["onnxruntime"], "fp32", progress=False),
+     "precisions must be a list of names, e.g. ['fp32'], not 'fp32'"),
+    (lambda run: edgetl.compile(run, [1], progress=False), "targets must be a list of names, e.g. ['name'], not [1]"),
+    (lambda run: edgetl.compile(run, ["onnxruntime"], gpu_arch=89, progress=False), "--gpu-arch 89 must be a text"),
+    (lambda run: edgetl.run_bench(run, targets="onnxruntime"), "targets must be a list of names, e.g. ['onnxruntime']"),
+])
+def test_a_name_where_a_list_of_names_goes_is_one_line(copy_run, call, message):
+    """Not read letter by letter ("unknown target 'o'"), and nothing is built or measured."""
+    run = copy_run()
+    before = run.manifest
+    with pytest.raises(ConfigError) as exc:
+        call(run.path)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value), str(exc.value)
+    assert run.manifest == before

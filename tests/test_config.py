@@ -76,6 +76,7 @@ GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
     [
         ('runtime = "onnxruntime"\nthreads = "4"\n', "threads", "valid integer"),
         ('runtime = "onnxruntime"\nthreads = 0\n', "threads", "greater than or equal to 1"),
+        ('runtime = "onnxruntime"\nthreads = 100000000\n', "threads", "less than or equal to 1024"),
         ('runtime = "openvno"\n', "runtime", "Did you mean 'openvino'"),
         ('runtime = "onnxruntime"\nthread = 4\n', "thread", "Did you mean 'threads'"),
         ('runtime = "onnxruntime"\nprecision = "int4"\n', "precision", "'int8'"),
@@ -102,6 +103,10 @@ GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
         ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = { mn = 0.9 }\n', "budgets.goals.top1.mn",
          "unknown field. Did you mean 'min'? Valid: max, min"),
         ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = 0.9\n', "budgets.goals.top1", "valid dictionary"),
+        ('runtime = "onnxruntime"\n[budgets.goals]\naccuracy_drop_pp = { max = -5 }\n', "budgets.goals",
+         "accuracy_drop_pp = { max = -5 } can never be met: give a value >= 0"),
+        ('runtime = "onnxruntime"\n[budgets.goals]\np90_latency_ms = { max = -1e-3 }\n', "budgets.goals",
+         "p90_latency_ms = { max = -0.001 } can never be met"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path, text, field, hint):

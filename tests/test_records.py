@@ -92,6 +92,10 @@ def test_a_manifest_from_before_record_versions_still_loads(full_run, tmp_path):
         (lambda m: m.update(compiled=[1]), ["bench", "{run}"], "section 'compiled' must map keys to entries"),
         (lambda m: m["bundles"]["onnxruntime/fp32"].update(release="soon"), ["report", "{run}"],
          "section bundles['onnxruntime/fp32'] field 'release'"),
+        # a key edited to hold a newline and an escape sequence is shown escaped, on the one line
+        (lambda m: m["bench"]["ci"]["results"].update({"x\n\x1b[2Jerror: fake": {"p90_ms": "fast"}}), ["report", "{run}"],
+         "field 'results.'x\\n\\x1b[2Jerror: fake'.p90_ms'"),
+        (lambda m: m["compiled"].update({"k" * 10_000: {}}), ["report", "{run}"], "section compiled['kkkkkkk"),
     ],
 )
 def test_a_malformed_section_is_one_line_and_nothing_is_written(full_run, tmp_path, edit, argv, message):
@@ -143,7 +147,11 @@ def test_bench_defaults_live_in_bench_settings_only():
         ({"batches": (0,)}, "--batch 0: batch sizes must be integers >= 1, e.g. --batch 1,8"),
         ({"batches": (1, -2)}, "--batch 1,-2: batch sizes must be integers >= 1"),
         ({"batches": ()}, "--batch : batch sizes must be integers >= 1"),
-        ({"threads": 0}, "--threads 0: must be >= 1"),
+        ({"threads": 0}, "--threads 0: must be from 1 to 1024"),
+        ({"threads": 10**9}, "--threads 1000000000: must be from 1 to 1024"),
+        ({"duration_s": float("inf")}, "--duration inf: Input should be a finite number"),
+        ({"duration_s": float("nan")}, "--duration nan: Input should be a finite number"),
+        ({"warmup_s": float("inf")}, "--warmup-s inf: Input should be a finite number"),
         ({"iterations": 0}, "--iterations 0: must be >= 1 (200 or more for a stable p99)"),
         ({"duration_s": 0.0}, "--duration 0.0: must be > 0 seconds"),
         ({"iterations": "many"}, "--iterations many: Input should be a valid integer"),
@@ -162,3 +170,72 @@ def test_bench_settings_parse_layers_values_over_a_base():
     assert BenchSettings.parse(base, threads=2, iterations=None) == base.model_copy(update={"threads": 2})
     assert base.argv() == ["--batch", "1,8", "--iterations", "50"]
     assert BenchSettings.parse(duration_s=1.5).argv() == ["--batch", "1", "--duration", "1.5"]
+
+
+def _outside(run: RunDir, how: str) -> None:
+    """Point the fp32 artifact (or a record's path) at a file beside the run, its sha256 recorded: what
+    a hand-edited manifest can do to make a stage read, load or pack a file that is not the run's."""
+    import hashlib
+
+    secret = run.path.parent / "secret.onnx"
+    secret.write_bytes((run.path / run.compiled_entry("onnxruntime/fp32").path).read_bytes())
+    with run.editing() as manifest:
+        entry = manifest["compiled"]["onnxruntime/fp32"]
+        if how == "symlink":  # a path that looks inside the run but leads out of it
+            (run.path / entry["path"]).unlink()
+            (run.path / entry["path"]).symlink_to(secret)
+            return
+        rel = {"dotdot": "../secret.onnx", "absolute": str(secret)}.get(how, entry["path"])
+        manifest["artifacts"][rel] = hashlib.sha256(secret.read_bytes()).hexdigest()
+        if how == "key":
+            manifest["compiled"]["../../escape/fp32"] = manifest["compiled"].pop("onnxruntime/fp32")
+        elif how == "bench-file":
+            for device in manifest["bench"].values():
+                for row in device["results"].values():
+                    row["file"] = "../secret.onnx"
+        else:
+            entry.update(path=rel, files=[rel])
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("dotdot", "field 'path': '../secret.onnx' is not a path inside the run"),
+    ("absolute", "is not a path inside the run (absolute or with '..')"),
+    ("key", "section 'compiled': key '../../escape/fp32' is not a path inside the run"),
+    ("bench-file", "'../secret.onnx' is not a path inside the run"),
+    ("symlink", "which lies outside the run"),
+])
+@pytest.mark.parametrize("argv", [["bench", "{run}", "--device", "ci", "--iterations", "3"], ["report", "{run}"],
+                                  ["bundle", "{run}", "--target", "onnxruntime", "--precision", "fp32"]])
+def test_a_record_naming_a_path_outside_the_run_is_refused(full_run, tmp_path, how, message, argv):
+    """Nothing outside the run is read, loaded, packed into a bundle or written (bench/<key>...)."""
+    run = _copy(full_run, tmp_path)
+    _outside(run, how)
+    if how == "symlink" and argv[0] == "report":
+        pytest.skip("the report reads records, not artifacts")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(cli, [a.replace("{run}", str(run.path)) for a in argv])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line and not line.startswith("warning:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert message in lines[0] and str(run.path / "manifest.json") in lines[0], lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda doc: doc.update(device={}), "field 'device': needs a name (text)"),
+    (lambda doc: doc.update(device={"name": 5}), "field 'device': needs a name (text)"),
+    (lambda doc: doc.update(reference_latency={"\x1b[2J\nx": 5}), "field 'reference_latency.'\\x1b[2J\\nx''"),
+    (lambda doc: doc.update(schema="edgetl.bench/99"), "schema 'edgetl.bench/99', this edgetl reads edgetl.bench/1"),
+])
+def test_a_hand_edited_result_document_is_skipped_by_the_report_with_a_note(full_run, tmp_path, edit, message):
+    """The report lists what it could not read, in one escaped line, and reports the rest."""
+    run = _copy(full_run, tmp_path)
+    (path,) = [p for p in sorted((run.path / "bench").glob("*/*@ci.json")) if "onnxruntime" in p.parts]
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    result = CliRunner().invoke(cli, ["report", str(run.path)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    notes = json.loads((run.path / "report.json").read_text())["notes"]
+    skipped = [n for n in notes if n.startswith("skipped bench/onnxruntime/fp32@ci.json")]
+    assert len(skipped) == 1 and message in skipped[0] and "\x1b" not in skipped[0], notes

@@ -78,3 +78,35 @@ def test_concurrent_writers_lose_no_entry_and_leave_no_lock_file(tmp_path):
     assert set(run.manifest["compiled"]) == {f"{n}/{i}" for n in "ab" for i in range(40)}
     assert [p.name for p in run.path.iterdir()] == ["manifest.json"]
     assert [p.name for p in run.path.parent.iterdir()] == ["r"]
+
+
+_VALID = b'{"schema": 1, "name": "r", "artifacts": {}}'
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"[1, 2]", "is not a JSON object but list"),
+    (b"\xff\xfe{}", "is corrupt ("),
+    (b"[" * 100_000 + b"]" * 100_000, "is corrupt ("),
+    (_VALID.replace(b"{}", b"[1]"), "field 'artifacts' must map run-relative paths to sha256s"),
+    (_VALID.replace(b'"schema": 1', b'"schema": 99'), "has schema 99, newer than this edgetl reads (1): upgrade edgetl"),
+    (_VALID.replace(b'"schema": 1', b'"schema": "1"'), "field 'schema' is '1', not a version number"),
+    (_VALID.replace(b"{}", b'{"compiled/m.onnx": 5}'), "field 'artifacts' must map"),
+    (_VALID[:-1] + b', "compiled": {"k": {"size_bytes": ' + b"9" * 400 + b"}}}", "does not fit in 64 bits"),
+])
+@pytest.mark.parametrize("command", [["compile", "{run}", "--target", "onnxruntime"], ["report", "{run}"],
+                                     ["bench", "{run}"], ["bundle", "{run}", "--target", "onnxruntime"]])
+def test_a_manifest_that_is_not_a_run_manifest_is_one_line(tmp_path, content, message, command):
+    """Edited by hand, truncated, from a newer edgetl: one line naming the file, exit 2, nothing written."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_bytes(content)
+    result = CliRunner().invoke(cli, [a.replace("{run}", str(run)) for a in command])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    assert str(run / "manifest.json") in lines[0] and message in lines[0], lines[0]
+    assert [p.name for p in run.iterdir()] == ["manifest.json"] and (run / "manifest.json").read_bytes() == content

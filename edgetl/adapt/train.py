@@ -12,6 +12,7 @@ import dataclasses
 import platform
 import random
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,13 +25,14 @@ from edgetl._lazy import require
 from edgetl.adapt import distributed
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import AugmentedImages, finetune
-from edgetl.adapt.options import TrainOptions
+from edgetl.adapt.options import TrainInputs, TrainOptions
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
+from edgetl.errors import ConfigError
 from edgetl.models import registry
 from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.tasks import DEFAULT_TASK
 
 
@@ -77,7 +79,7 @@ class TrainRecord(Record):
     num_classes: int
     classes: list[str]
     preprocess: dict[str, Any]  # edgetl.data.preprocess.PreprocessSpec.to_dict()
-    checkpoint: str
+    checkpoint: RunPath
     mode: str
     hparams: dict[str, Any]  # TrainOptions, dumped
     dataset: TrainDataset
@@ -153,12 +155,24 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
                       weights: str | Path | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
-    opts = options or TrainOptions()
+    opts = _options(options)
     resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
     *_, data_hash = _load_data(layout.train, layout.val, opts)
     return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
+
+
+def _options(options: TrainOptions | Mapping[str, Any] | None) -> TrainOptions:
+    """``train``'s options: a ``TrainOptions``, or a dict of its fields (checked as the CLI's flags)."""
+    if options is None:
+        return TrainOptions()
+    if isinstance(options, Mapping):
+        return TrainOptions(**options)
+    if not isinstance(options, TrainOptions):
+        raise ConfigError(f"options must be an edgetl.TrainOptions (e.g. TrainOptions(epochs=10)) or a dict of its "
+                          f"fields, not {type(options).__name__}")
+    return options
 
 
 def train(
@@ -186,7 +200,8 @@ def train(
         import edgetl
         section = edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
     """
-    opts = options or TrainOptions()
+    opts = _options(options)
+    TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgetl import __version__
 from edgetl._io import write_json
@@ -75,9 +75,9 @@ from edgetl.bench.measure import measure, measure_isolated, resolve_loader
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
 from edgetl.compiler import CompiledEntry
-from edgetl.config import Budgets, TargetProfile, load_target, target_names
+from edgetl.config import Budgets, TargetProfile, load_target, name_list, target_names
 from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath, printable_key
 from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
 
 SCHEMA = "edgetl.bench/1"  # the result document's schema id; bump it when ``BenchDocument``'s shape changes
@@ -137,6 +137,14 @@ class BenchDocument(_Open):
     gates: BenchGates | None = None
     file: str | None = None  # run-relative path of the saved document (added when saved)
 
+    @field_validator("device")
+    @classmethod
+    def _named(cls, device: dict[str, Any]) -> dict[str, Any]:
+        """The device's name keys the document everywhere (the report's columns, the manifest's rows)."""
+        if not isinstance(device.get("name"), str) or not device["name"]:
+            raise ValueError("needs a name (text): the machine it was measured on")
+        return device
+
     def dump(self) -> dict[str, Any]:
         """The JSON document, with only the fields it was given (an unavailable row stays short)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True) | {"schema": SCHEMA}
@@ -151,7 +159,7 @@ class BenchDocument(_Open):
         except (OSError, ValueError) as exc:
             if isinstance(exc, ValidationError):
                 first = exc.errors()[0]
-                exc = f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+                exc = f"field '{'.'.join(map(printable_key, first['loc']))}': {first['msg'].removeprefix('Value error, ')}"
             raise EdgetlError(f"bench result {path} is unreadable ({exc}): bench again") from None
 
 
@@ -162,7 +170,7 @@ class BenchSummary(_Open):
     runtime: str | None = None
     precision: str | None = None
     reason: str | None = None
-    file: str | None = None
+    file: RunPath | None = None
     batch: int | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
@@ -312,8 +320,10 @@ def bench(
     without one, ``console`` (a rich Console) shows them, else nothing does. ``check`` raises
     ``GatesFailed`` (exit code 1) after writing everything when a budget fails.
     """
+    targets = name_list("targets", targets)
     run = RunDir.open(run_path, need="compiled")
     compiled = run.entries(CompiledEntry)
+    run.entries(DeviceBench)  # earlier results are merged into after measuring: a malformed one fails now
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
     settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,

@@ -16,11 +16,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from edgetl.errors import ConfigError
 
+MAX_THREADS = 1024  # as a bundle's profile may ask: more is a typo, and each one is an OS thread
+
 
 class BenchSettings(BaseModel):
     """Batch sizes, threads and the timing rule of one bench (see ``edgetl.bench.latency``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity: `--duration inf` would time one batch size for ever, and NaN compares false
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     batches: tuple[int, ...] = (1,)
     threads: int | None = None  # None: the machine's (or the bundle's profile's) choice, resolved when benching
@@ -45,8 +48,8 @@ class BenchSettings(BaseModel):
     @field_validator("threads")
     @classmethod
     def _positive_threads(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be >= 1")
+        if value is not None and not 1 <= value <= MAX_THREADS:
+            raise ValueError(f"must be from 1 to {MAX_THREADS}")
         return value
 
     @field_validator("duration_s")

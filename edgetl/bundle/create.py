@@ -36,7 +36,7 @@ from edgetl.bundle.format import (
 from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
 from edgetl.errors import BundleError, EdgetlError
-from edgetl.rundir import Record, RunDir
+from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.tensors import batch_size
 
 
@@ -46,7 +46,7 @@ class BundleRecord(Record):
     SECTION: ClassVar[str] = "bundles"
     KEYED: ClassVar[bool] = True
 
-    path: str  # bundles/<target>-<precision>.tar.gz, run-relative
+    path: RunPath  # bundles/<target>-<precision>.tar.gz, run-relative
     sha256: str
     size_bytes: int
     compiled: str  # the compiled key it packs

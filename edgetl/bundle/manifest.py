@@ -233,10 +233,29 @@ class WorkstationAccuracy(_Model):
     drop_pp: Finite | None = None
     drop_ci_pp: Interval | None = None
 
+    @model_validator(mode="after")
+    def _metrics_are_numbers(self) -> WorkstationAccuracy:
+        """A kept field named after a task metric (``agreement``), or its ``<metric>_ci``, is what the
+        gates print for that metric's goal on a device without labelled images: numbers, as above."""
+        from edgetl.config import metric_table
+
+        metrics = metric_table()
+        for key, value in (self.model_extra or {}).items():
+            if key in metrics and not _finite(value):
+                raise ValueError(f"{key} must be a finite number, like the metric it is named after")
+            if key.endswith("_ci") and key[:-3] in metrics and not (
+                    isinstance(value, list) and len(value) == 2 and all(map(_finite, value))):
+                raise ValueError(f"{key} must be an interval [low, high] of finite numbers")
+        return self
+
     @model_serializer(mode="wrap")
     def _as_written(self, handler) -> dict[str, Any]:
         """The fields the bundle holds, without the defaults of those it does not."""
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 class Workstation(_Model):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -92,9 +93,11 @@ def remote_bench(
 ) -> dict[str, Any]:
     """Ship (if needed) and bench the target's bundle on the device at ``url``; returns the result
     document, also written to ``runs/<name>/bench/<target>/<precision>@<device>.json``."""
+    from edgetl.bench.run import DeviceBench
     from edgetl.bench.system import device_slug
 
     run = RunDir.open(run_path, need="compiled")
+    run.entries(DeviceBench)  # the device's result is merged into them: a malformed one fails before shipping
     target = target or default_target(run)
     settings, access = settings or BenchSettings(), access or Access()
     parsed = SshUrl.parse(url)
@@ -303,11 +306,18 @@ def parse_result(out: str, host: str, key: str) -> dict[str, Any]:
         DeviceResult.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise RemoteError(f"{host} returned a malformed bench result (field '{'.'.join(map(str, first['loc']))}': "
+        raise RemoteError(f"{host} returned a malformed bench result (field '{_field(first['loc'])}': "
                           f"{first['msg']}): refusing to store it") from None
     if doc["key"] != key:
         raise RemoteError(f"{host} answered with a result for {shown(doc['key'])}, not {key!r}: refusing to store it")
     return doc
+
+
+def _field(loc: tuple) -> str:
+    """Where a device's document is malformed: its own keys (``device.runtimes.<key>``) are the device's
+    text, so they are escaped and cut like any other (no newline or escape sequence reaches the terminal)."""
+    return ".".join(p if isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9_./\[\]-]{1,64}", p) else
+                    str(p) if isinstance(p, int) else shown(p) for p in loc)
 
 
 def save_result(run: RunDir, doc: dict[str, Any], path: Path) -> Path:

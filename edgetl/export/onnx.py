@@ -22,7 +22,7 @@ from edgetl._io import atomic_path
 from edgetl._lazy import require
 from edgetl.data import arrays
 from edgetl.errors import ExportError
-from edgetl.rundir import Record
+from edgetl.rundir import Record, RunPath
 from edgetl.tensors import Feeds, batches, concat, take
 
 OPSET = 18
@@ -35,7 +35,7 @@ class ExportRecord(Record):
 
     SECTION: ClassVar[str] = "export"
 
-    path: str
+    path: RunPath
     opset: int
     exporter: str
     checkpoint_sha256: str | None  # the checkpoint it was exported from: a new one re-exports

@@ -156,3 +156,21 @@ def test_the_device_cannot_write_to_the_terminal(sshd, bundle_file, tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1, result.output
     assert "broken" in errors[0] and not any(c in result.output for c in "\x1b\x07\x9b"), repr(result.output)
+
+
+@pytest.mark.parametrize("change", [
+    _set("device.runtimes", {"\x1b]0;pwned\x07\nerror: all good \x9b2J": 1}),
+    _set("settings", {"k" * 100_000: 1, "\x1b[2J": 2}),
+])
+def test_the_device_s_own_keys_reach_the_error_line_escaped(sshd, honest_answer, run, tmp_path, change):
+    """A malformed key of the device's answer is named in the error, escaped and cut: one short line,
+    no escape sequence or fake second line on the workstation's terminal."""
+    edgetl = fake_edgetl(tmp_path, with_changes(honest_answer, change))
+    before = snapshot(run)
+    result = remote_bench_cli(sshd, run, tmp_path / "device", edgetl)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "malformed bench result (field '" in errors[0], result.output
+    assert len(errors[0]) < 600 and not any(c in result.output for c in "\x1b\x07\x9b"), repr(result.output)
+    assert "all good" not in result.output.replace(errors[0], "")  # no line of the device's own
+    assert snapshot(run) == before

@@ -386,7 +386,10 @@ def test_predict_with_swapped_arguments_says_the_bundle_comes_first(bundle_file,
     (["--iterations", "0"], "--iterations 0: must be >= 1"),
     (["--duration", "0"], "--duration 0.0: must be > 0 seconds"),
     (["--duration", "-1"], "--duration -1.0: must be > 0 seconds"),
-    (["--threads", "0"], "--threads 0: must be >= 1"),
+    (["--threads", "0"], "--threads 0: must be from 1 to 1024"),
+    (["--threads", "100000"], "--threads 100000: must be from 1 to 1024"),
+    (["--duration", "inf"], "--duration inf: Input should be a finite number"),
+    (["--duration", "nan"], "--duration nan: Input should be a finite number"),
 ])
 def test_bench_bundle_settings_are_checked(bundle_file, args, message):
     from click.testing import CliRunner

@@ -630,3 +630,42 @@ def test_an_unusable_cache_folder_is_one_line(tmp_path, monkeypatch, cache):
         folder.symlink_to(tmp_path / "nowhere" / "cache")
     monkeypatch.setenv("EDGETL_CACHE", str(folder))
     refused(["verify", str(archive)], "cannot use the bundle cache", tmp_path)
+
+
+@pytest.mark.parametrize("value", ["lots", [0.5, 1.0], {"x": 1}, True])
+def test_a_task_metric_the_bundle_brings_for_the_workstation_is_a_number(bundle_file, tmp_path, value):
+    """The workstation's accuracy keeps fields the bundle format does not name; one named after a task
+    metric (``agreement``) is what a device without labelled images prints for that metric's goal."""
+    root = tmp_path / "b"
+    extract_archive(bundle_file, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["target"] = {"name": "pi", "runtime": "onnxruntime", "budgets": {"goals": {"agreement": {"min": 0.9}}}}
+    manifest["workstation"] = {"accuracy": {"top1": 0.9, "n": 12, "agreement": value}}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    for command in (["bench", str(root), "--iterations", "3"], ["verify", str(root)]):
+        refused(command, "field workstation.accuracy: agreement must be a finite number", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["verify", "predict", "bench"])
+def test_a_model_whose_inputs_are_not_the_manifest_s_is_one_line(bundle_file, tmp_path, command):
+    """The manifest says `input`; the (re-hashed) model file takes `pixels`: the session refuses the feeds."""
+    import onnx
+
+    root = tmp_path / "b"
+    extract_archive(bundle_file, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    model_path = root / manifest["model"]["path"]
+    model = onnx.load(model_path)
+    for tensor in model.graph.input:
+        tensor.name = tensor.name.replace("input", "pixels")
+    for node in model.graph.node:
+        node.input[:] = [n.replace("input", "pixels") if n == "input" else n for n in node.input]
+    onnx.save(model, model_path)
+    manifest["files"] = file_entries(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    args = {"verify": [], "predict": [str(image)], "bench": ["--iterations", "3"]}[command]
+    refused([command, str(root), *args], "['pixels']", tmp_path / "b")
