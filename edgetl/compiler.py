@@ -197,6 +197,7 @@ class _Context:
         self.run, self.onnx_path = run, onnx_path
         self.onnx_sha = sha256_file(onnx_path)
         self._view = view
+        self._calib: dict[str, dict[str, np.ndarray]] = {}  # recipe hash -> calibration feeds
 
     @property
     def view(self):
@@ -206,7 +207,6 @@ class _Context:
 
             self._view = DataView(self.run)
         return self._view
-        self._calib: dict[str, dict[str, np.ndarray]] = {}
 
     def calibration(self, recipe: CalibrationRecipe, warn) -> dict[str, np.ndarray]:
         """The task's calibration feeds for ``recipe`` (one read per recipe)."""
