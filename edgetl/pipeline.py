@@ -146,8 +146,8 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     per stage whether it was skipped, its note and the fingerprint of its inputs.
 
     ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
-    ``RichReporter`` on ``console`` (default: a new rich Console). Training prints its summary on
-    ``console`` (with a reporter and no console: not at all; its epoch bars are its own). Raises ``GatesFailed`` (exit 1)
+    ``RichReporter`` on ``console`` (default: a new rich Console). Training draws its bars and prints
+    its summary on ``console`` (with a reporter and no console: not at all). Raises ``GatesFailed`` (exit 1)
     with ``config.check`` when a budget failed, and ``CompileError`` (exit 2) when an artifact could
     not be built or benched, after the summary is reported."""
     from rich.console import Console
@@ -155,7 +155,7 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     check_config(config)
     if reporter is None:
         console = console or Console()
-    state = _State(config, console)  # training's summary goes to ``console`` (None: not printed)
+    state = _State(config, console)  # training's bars and summary go to ``console`` (None: not shown)
     stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
                            _Report(state)]  # the report last, so it lists the bundles just made
     reporter = reporter or RichReporter(console, [s.name for s in stages])

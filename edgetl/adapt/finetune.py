@@ -107,8 +107,10 @@ def finetune(
     *,
     keep_bn_stats: bool = True,
     on_improve=None,
+    console=None,
 ) -> FitResult:
-    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``."""
+    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``.
+    ``console``: where the progress is drawn (None: nowhere)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -142,7 +144,7 @@ def finetune(
         epochs=epochs,
         patience=opts.phase_patience("finetune"),
         phase="finetune",
-        show=dist.is_main,
+        console=console,
         world=dist.world,
         scheduler=scheduler,
         eval_modules=batchnorms,

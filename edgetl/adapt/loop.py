@@ -23,14 +23,16 @@ class FitResult:
     interrupted: bool = False
 
 
-def progress_bar(enabled: bool) -> Progress:
+def progress_bar(console) -> Progress:
+    """Bars drawn on ``console`` (the caller's rich Console); None draws nothing (a silent notebook)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
-        disable=not enabled,
+        console=console,
+        disable=console is None,
     )
 
 
@@ -49,7 +51,7 @@ def fit(
     epochs: int,
     patience: int,
     phase: str,
-    show: bool = True,
+    console=None,
     world: int = 1,
     scheduler=None,
     eval_modules: list | None = None,
@@ -62,7 +64,7 @@ def fit(
     result = FitResult()
     stale = 0
     total_images, total_time = 0, 0.0
-    with progress_bar(show) as progress:
+    with progress_bar(console) as progress:
         overall = None if per_epoch_bars else progress.add_task(phase, total=epochs, stats="")
         try:
             for epoch in range(epochs):
