@@ -688,17 +688,18 @@ def _refuse_run_folder(path: str) -> None:
 
 @cli.command("predict")
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.argument("images", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--top", default=3, show_default=True, help="How many labels per image.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
-    """Classify an image, or every image under a folder, with a bundle (the bundle comes first).
+    """Classify images, or every image under a folder, with a bundle (the bundle comes first).
 
     \b
     Examples:
       edgetl predict model-bundle.tar.gz photo.jpg --top 3
+      edgetl predict model-bundle.tar.gz shots/*.jpg              # several images, in this order
       edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
 
     \b
@@ -718,7 +719,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
     else:
         k = max(len(r["top"]) for r in results)
         table = Table("image", *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
-        folder = Path(images) if Path(images).is_dir() else None
+        folder = Path(images[0]) if len(images) == 1 and Path(images[0]).is_dir() else None
         for r in results:
             name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
             cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k

@@ -232,6 +232,31 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
     assert abs(sum(t["score"] for t in one[0]["top"]) - 1) < 1e-5
 
 
+def test_predict_takes_several_images_and_folders(bundle_run, bundle_file, tmp_path):
+    """`edgetl predict BUNDLE *.jpg`: every image (and folder) named, one row each, in the order given."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    split = json.loads((bundle_run.path / "train" / "split.json").read_text())
+    sources = [path for path, _ in split["val"][:3]]
+    first, second, third = (tmp_path / f"{name}{Path(src).suffix}" for name, src in zip("bac", sources, strict=True))
+    for dest, src in zip((first, second, third), sources, strict=True):
+        shutil.copyfile(src, dest)
+    folder = tmp_path / "more"
+    folder.mkdir()
+    third.rename(folder / third.name)
+    rows = predict(bundle_file, [first, folder, second], top=1)
+    assert [Path(r["image"]).name for r in rows] == [first.name, third.name, second.name]
+    assert all(len(r["top"]) == 1 and "error" not in r for r in rows)
+
+    result = CliRunner().invoke(cli, ["predict", str(bundle_file), str(first), str(second), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [Path(r["image"]).name for r in json.loads(result.output)] == [first.name, second.name]
+    missing = CliRunner().invoke(cli, ["predict", str(bundle_file), str(first), str(tmp_path / "nope.jpg")])
+    assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "nope.jpg does not exist" in missing.output
+
+
 def test_bench_uses_the_bench_schema(bundle_file):
     doc = bench(bundle_file, batches=[1, 2], iterations=20)
     assert doc["schema"] == SCHEMA
