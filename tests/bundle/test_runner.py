@@ -170,6 +170,26 @@ def test_a_bundle_without_a_minimum_for_this_runtime_runs(bundle_file, tmp_path,
     assert json.loads(result.output)["ok"]
 
 
+@pytest.mark.parametrize("field", ["runtime", "task"])
+def test_a_plugin_that_is_not_installed_is_named_once_and_not_blamed_on_the_bundle(bundle_file, tmp_path, field):
+    """A bundle of a plugin's runtime or task on a machine without the plugin: install it, not rebuild."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    root = folder_copy(bundle_file, tmp_path / "b")
+    manifest = json.loads((root / MANIFEST).read_text())
+    if field == "runtime":  # as the plugin's bundle has it: the runtime, and the profile naming it
+        manifest["runtime"]["name"] = manifest["target"]["runtime"] = "ortplug"
+    else:
+        manifest["task"] = "text-plug"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["verify", str(root)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "needs the package that registers it installed here" in result.output
+    assert "rebuild" not in result.output and "more)" not in result.output, result.output
+
+
 _FLAVOURLESS = """from tests.backends.plugin.ortwrap_backend import OrtWrapBackend
 
 
