@@ -94,3 +94,25 @@ def test_train_options_built_in_a_notebook_raise_the_clis_message():
         TrainOptions(lr_scale=0.1)
     with pytest.raises(ConfigError, match="option --mode: Input should be 'feature-extraction' or 'finetune'"):
         edgetl.TrainOptions(mode="fine-tune")
+
+
+def test_deploy_takes_a_reporter_so_a_notebook_can_silence_or_redirect_it(copy_run, digits_dir, capfd):
+    """``edgetl.deploy(..., reporter=)``: every stage reports to it, nothing reaches stdout or stderr."""
+    from edgetl.stages import SilentReporter
+
+    class Collect(SilentReporter):
+        def __init__(self):
+            self.done_stages = []
+
+        def done(self, stage, note):
+            self.done_stages.append(stage)
+
+    run, reporter = copy_run(), Collect()
+    assert inspect.signature(edgetl.deploy).parameters["reporter"].default is None
+    # the tiny run's own training options: train is current and skipped
+    edgetl.deploy(digits_dir, out=str(run.path), backbone="timm:test_efficientnet", pretrained=False, image_size=32,
+                  mode="finetune", unfreeze="all", augment=False, epochs=8, head_epochs=10, lr=1e-2, seed=0,
+                  targets=["onnxruntime"], precisions=["fp32"], iterations=20, bundle=False, reporter=reporter)
+    assert reporter.done_stages == ["train", "compile", "bench", "report", "deploy"]
+    assert capfd.readouterr() == ("", "")
+    assert (run.path / "report.json").is_file()
