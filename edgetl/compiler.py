@@ -25,6 +25,7 @@ import dataclasses
 import re
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl import __version__
 from edgetl._io import atomic_dir, sha256_file, sha256_json
 from edgetl.backends import ONNX_RUNNER, Compiled, get_backend, runtimes
-from edgetl.config import CalibrationRecipe, load_recipe, load_target, target_names
+from edgetl.config import CalibrationRecipe, load_recipe, load_target, name_list, target_names
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
 from edgetl.rundir import Record, RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
@@ -100,8 +101,9 @@ class CompiledEntry(Record):
 
 
 # -- planning: every name is checked before anything is built --------------------------------------
-def plan(targets: list[str], precisions: list[str] | None = None, calibration: str | None = None,
+def plan(targets: str | Sequence[str], precisions: str | Sequence[str] | None = None, calibration: str | None = None,
          gpu_arch: str | None = None, threads: int | None = None) -> list[Cell]:
+    targets, precisions = name_list(targets), name_list(precisions)
     if not targets:
         raise ConfigError("no target given: pass --target with a profile (see `edgetl targets`) or a runtime name")
     for p in precisions or []:
@@ -141,12 +143,13 @@ def _options(runtime: str, profile_options: dict[str, Any], gpu_arch: str | None
 
 
 # -- the stage ---------------------------------------------------------------------------------------
-def compile(run_path: str | Path, targets: list[str], precisions: list[str] | None = None,  # noqa: A001
+def compile(run_path: str | Path, targets: str | Sequence[str], precisions: str | Sequence[str] | None = None,  # noqa: A001
             calibration: str | None = None, gpu_arch: str | None = None, threads: int | None = None,
             force: bool = False, *, progress: bool = True, reporter: Reporter | None = None) -> CompileResults:
     """Compile the run's model for every target x precision; returns one result row per cell.
 
-    Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
+    ``targets`` and ``precisions``: lists of names, or one string as the CLI takes them ("host-cpu",
+    "onnxruntime,openvino"). Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
     that fails afterwards is returned with ``status="failed"`` and its ``error`` (the result's
     ``raise_for_errors`` turns those into one line). ``reporter`` (``edgetl.stages``) gets the
     progress; without one, a rich bar on stderr when ``progress``, else nothing.

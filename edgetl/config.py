@@ -11,6 +11,7 @@ import difflib
 import re
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -323,6 +324,15 @@ def _resolve(kind: str, name_or_path: str | Path) -> Path:
     if str(name_or_path) not in table:
         raise UnknownNameError("target profile" if kind == "targets" else "calibration recipe", str(name_or_path), table)
     return table[str(name_or_path)]
+
+
+def name_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """Names as a list, from a sequence or from one string, read as the CLI's comma list
+    (``"host-cpu,raspberry-pi-5"``): a notebook's ``targets="host-cpu"`` is one name, not eight."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def target_names() -> list[str]:

@@ -116,3 +116,16 @@ def test_deploy_takes_a_reporter_so_a_notebook_can_silence_or_redirect_it(copy_r
     assert reporter.done_stages == ["train", "compile", "bench", "report", "deploy"]
     assert capfd.readouterr() == ("", "")
     assert (run.path / "report.json").is_file()
+
+
+def test_a_string_of_names_is_the_clis_comma_list_not_its_characters(copy_run):
+    """``edgetl.compile(run, "host-cpu")``: a notebook passes one name as a string; it is that name
+    (or the CLI's comma list), never one target per character."""
+    run = copy_run()
+    with pytest.raises(UnknownNameError, match=r"unknown target 'onnxruntme'\. Did you mean 'onnxruntime'"):
+        edgetl.compile(run.path, "onnxruntime,onnxruntme", precisions="fp32")
+    assert not (run.path / "compiled").exists()
+    rows = edgetl.compile(run.path, "onnxruntime", precisions="fp32", progress=False)
+    assert [(r["target"], r["precision"], r["status"]) for r in rows] == [("onnxruntime", "fp32", "ok")]
+    with pytest.raises(UnknownNameError, match=r"unknown compiled target 'openvino'"):
+        edgetl.run_bench(run.path, targets="onnxruntime,openvino")

@@ -75,7 +75,7 @@ from edgetl.bench.measure import measure, measure_isolated, resolve_loader
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
 from edgetl.compiler import CompiledEntry
-from edgetl.config import Budgets, TargetProfile, load_target, target_names
+from edgetl.config import Budgets, TargetProfile, load_target, name_list, target_names
 from edgetl.errors import ConfigError, EdgetlError, GatesFailed, UnknownNameError  # noqa: F401 (GatesFailed: re-exported)
 from edgetl.rundir import Record, RunDir
 from edgetl.stages import Bars, Reporter, RichReporter, SilentReporter, StageResult
@@ -243,8 +243,9 @@ def default_threads() -> int:
     return max(1, min(cpu["physical_cores"] or cpu["usable_cores"] or 1, cpu["usable_cores"] or 1))
 
 
-def select(compiled: dict[str, CompiledEntry], targets: Sequence[str] | None) -> list[str]:
+def select(compiled: dict[str, CompiledEntry], targets: str | Sequence[str] | None) -> list[str]:
     """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None)."""
+    targets = name_list(targets)
     if not targets:
         return list(compiled)
     keys: list[str] = []
@@ -290,7 +291,7 @@ def _availability(runtime: str) -> str | None:
 # -- the stage -------------------------------------------------------------------------------------
 def bench(
     run_path: str | Path,
-    targets: Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
     device_name: str | None = None,
     batches: Sequence[int] | None = None,
     threads: int | None = None,
