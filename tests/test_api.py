@@ -129,3 +129,5 @@ def test_a_string_of_names_is_the_clis_comma_list_not_its_characters(copy_run):
     assert [(r["target"], r["precision"], r["status"]) for r in rows] == [("onnxruntime", "fp32", "ok")]
     with pytest.raises(UnknownNameError, match=r"unknown compiled target 'openvino'"):
         edgetl.run_bench(run.path, targets="onnxruntime,openvino")
+    with pytest.raises(ConfigError, match=r"^--batch 8: Input should be a valid tuple"):  # not a TypeError
+        edgetl.run_bench(run.path, batches=8)

@@ -317,7 +317,7 @@ def bench(
     compiled = run.entries(CompiledEntry)
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
-    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+    settings = BenchSettings.parse(settings, batches=batches, threads=threads,
                                    iterations=iterations, duration_s=duration_s, isolated=isolate)
     keys = select(compiled, targets)
     budgets = {k: budgets_for(compiled[k]) for k in keys}

@@ -358,7 +358,7 @@ def bench(
     from edgetl.bench.system import device_slug, system_record
     from edgetl.config import Budgets
 
-    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+    settings = BenchSettings.parse(settings, batches=batches, threads=threads,
                                    iterations=iterations, duration_s=duration_s, isolated=False)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing

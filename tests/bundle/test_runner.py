@@ -287,6 +287,13 @@ def test_bench_uses_the_bench_schema(bundle_file):
     assert doc["device"]["cpu"] and doc["load"]["load_ms"] > 0
 
 
+def test_a_bad_batch_from_python_is_the_clis_one_line_error(bundle_file):
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--batch 8: Input should be a valid tuple"):  # not a TypeError
+        bench(bundle_file, batches=8)
+
+
 def test_archive_cache_is_reused_and_repaired(bundle_file):
     first = open_bundle(bundle_file)
     assert open_bundle(bundle_file).root == first.root
