@@ -177,11 +177,16 @@ def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
+def _joined(ctx, param, values: tuple[str, ...]) -> str | None:
+    """A repeatable comma-list option: ``-t a -t b,c`` is ``a,b,c`` (never only the last one)."""
+    return ",".join(values) if values else None
+
+
 @cli.command("compile")
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--target", "--targets", "-t", "targets", required=True, metavar="NAMES",
-              help="Comma-separated targets: device profiles or bare runtime names (both listed by "
-              "`edgetl targets`), or paths to profile .toml files.")
+@click.option("--target", "--targets", "-t", "targets", required=True, metavar="NAMES", multiple=True,
+              callback=_joined, help="Comma-separated targets: device profiles or bare runtime names (both "
+              "listed by `edgetl targets`), or paths to profile .toml files; repeatable (-t a -t b).")
 @click.option("--precision", "-p", "precisions", metavar="LIST",
               help="Comma-separated precisions: fp32, fp16, int8. Default: each profile's own precision; "
               "int8 for a bare runtime name.")
@@ -354,8 +359,9 @@ def _trust_option(f):
 
 @cli.command("bench")
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--target", "--targets", "-t", "targets", help="Comma-separated targets: profile or runtime names, or target/precision "
-              "keys. Default: every compiled artifact.")
+@click.option("--target", "--targets", "-t", "targets", multiple=True, callback=_joined,
+              help="Comma-separated targets: profile or runtime names, or target/precision keys; repeatable "
+              "(-t a -t b). Default: every compiled artifact.")
 @click.option("--batch", "batches", default=",".join(map(str, BENCH.batches)), show_default=True,
               help="Comma-separated batch sizes, e.g. 1,8. Latency budgets are on batch 1.")
 @click.option("--threads", type=int, help="Threads for every runtime and for PyTorch, the same for all rows so they "
@@ -682,17 +688,18 @@ def _refuse_run_folder(path: str) -> None:
 
 @cli.command("predict")
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.argument("images", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--top", default=3, show_default=True, help="How many labels per image.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
-    """Classify an image, or every image under a folder, with a bundle (the bundle comes first).
+    """Classify images, or every image under a folder, with a bundle (the bundle comes first).
 
     \b
     Examples:
       edgetl predict model-bundle.tar.gz photo.jpg --top 3
+      edgetl predict model-bundle.tar.gz shots/*.jpg              # several images, in this order
       edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
 
     \b
@@ -712,7 +719,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
     else:
         k = max(len(r["top"]) for r in results)
         table = Table("image", *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
-        folder = Path(images) if Path(images).is_dir() else None
+        folder = Path(images[0]) if len(images) == 1 and Path(images[0]).is_dir() else None
         for r in results:
             name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
             cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k
@@ -916,8 +923,8 @@ def _bench_fleet(run, fleet, check, settings, access):
 @click.option("--data", type=click.Path(path_type=str), help="Image folder or CSV manifest (path,label).")
 @click.option("--out", help="Run directory (default runs/exp). Rerunning only does what changed.")
 # --target too: compile and bench spell it so, and a user going from them to deploy types it.
-@click.option("--targets", "--target", "-t", "targets", metavar="NAMES",
-              help="Comma-separated device profiles or runtimes (default host-cpu).")
+@click.option("--targets", "--target", "-t", "targets", metavar="NAMES", multiple=True, callback=_joined,
+              help="Comma-separated device profiles or runtimes, repeatable (-t a -t b; default host-cpu).")
 @model_options(TrainInputs, TrainOptions, with_defaults=False)
 @click.option("--precision", "precisions", metavar="LIST", help="Comma-separated precisions (default: each profile's).")
 @click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")

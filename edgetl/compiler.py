@@ -25,6 +25,7 @@ import dataclasses
 import re
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,7 +101,7 @@ class CompiledEntry(Record):
 
 
 # -- planning: every name is checked before anything is built --------------------------------------
-def plan(targets: list[str], precisions: list[str] | None = None, calibration: str | None = None,
+def plan(targets: str | Sequence[str], precisions: str | Sequence[str] | None = None, calibration: str | None = None,
          gpu_arch: str | None = None, threads: int | None = None) -> list[Cell]:
     targets, precisions = name_list("targets", targets), name_list("precisions", precisions)
     if gpu_arch is not None and not isinstance(gpu_arch, str):
@@ -144,12 +145,13 @@ def _options(runtime: str, profile_options: dict[str, Any], gpu_arch: str | None
 
 
 # -- the stage ---------------------------------------------------------------------------------------
-def compile(run_path: str | Path, targets: list[str], precisions: list[str] | None = None,  # noqa: A001
+def compile(run_path: str | Path, targets: str | Sequence[str], precisions: str | Sequence[str] | None = None,  # noqa: A001
             calibration: str | None = None, gpu_arch: str | None = None, threads: int | None = None,
             force: bool = False, *, progress: bool = True, reporter: Reporter | None = None) -> CompileResults:
     """Compile the run's model for every target x precision; returns one result row per cell.
 
-    Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
+    ``targets`` and ``precisions``: lists of names, or one string as the CLI takes them ("host-cpu",
+    "onnxruntime,openvino"). Bad names, recipes and run directories raise (``EdgetlError``) before anything is built; a cell
     that fails afterwards is returned with ``status="failed"`` and its ``error`` (the result's
     ``raise_for_errors`` turns those into one line). ``reporter`` (``edgetl.stages``) gets the
     progress; without one, a rich bar on stderr when ``progress``, else nothing.
@@ -200,7 +202,7 @@ class _Context:
         self.run, self.onnx_path = run, onnx_path
         self.onnx_sha = sha256_file(onnx_path)
         self._view = view
-        self._calib: dict[str, dict[str, np.ndarray]] = {}
+        self._calib: dict[str, dict[str, np.ndarray]] = {}  # recipe hash -> calibration feeds
 
     @property
     def view(self):

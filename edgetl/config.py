@@ -266,18 +266,6 @@ def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
     return model
 
 
-def name_list(option: str, value: Any) -> list[str] | None:
-    """A list option of names as the Python API got it: ``"onnxruntime"`` alone would be read letter by
-    letter ("unknown target 'o'"), so anything but a list of texts is one line naming the option."""
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        shown = repr(value)
-        raise ConfigError(f"{option} must be a list of names, e.g. [{shown if isinstance(value, str) else repr('name')}], "
-                          f"not {shown[:80]}")
-    return list(value)
-
-
 def _closest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
@@ -337,6 +325,20 @@ def _resolve(kind: str, name_or_path: str | Path) -> Path:
     if str(name_or_path) not in table:
         raise UnknownNameError("target profile" if kind == "targets" else "calibration recipe", str(name_or_path), table)
     return table[str(name_or_path)]
+
+
+def name_list(option: str, value: Any) -> list[str] | None:
+    """A list option of names as the Python API got it: a list of texts, or one text read as the CLI's
+    comma list (``targets="host-cpu,raspberry-pi-5"``; ``"host-cpu"`` is one name, not eight).
+    Anything else is one line naming the option."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{option} must be a list of names, e.g. ['host-cpu'], or one comma-separated text, "
+                          f"not {repr(value)[:80]}")
+    return [v.strip() for v in value if v.strip()]
 
 
 def target_names() -> list[str]:

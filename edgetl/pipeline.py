@@ -86,11 +86,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DeployCon
         raise ConfigError(f"option {flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def deploy_with(data: str | Path, **options) -> dict:
+def deploy_with(data: str | Path, *, reporter: Reporter | None = None, console=None, **options) -> dict:
     """``edgetl deploy`` from Python: train -> compile -> bench -> bundle -> report, each stage only
     when its inputs changed. The keywords are the command's options (``DeployConfig``'s fields, and
     ``TrainOptions``' flat, as on the command line); a bad one raises the CLI's one-line
     ``EdgetlError`` before any work. Returns where the report and bundles are, and the gates.
+    ``reporter`` (an ``edgetl.stages.SilentReporter`` subclass) gets every stage's progress instead of
+    the terminal, and training prints on ``console`` only (see ``deploy``).
 
     Example::
 
@@ -101,13 +103,15 @@ def deploy_with(data: str | Path, **options) -> dict:
     if problem:
         raise ConfigError(problem)
     train = {name: options.pop(name) for name in list(options) if name in TrainOptions.model_fields}
-    return deploy(load_config(None, {**options, "data": str(data), "train": train}))
+    return deploy(load_config(None, {**options, "data": str(data), "train": train}), console, reporter=reporter)
 
 
 # The real keywords of ``deploy_with``, from the models: what help() and inspect.signature show.
 _DEPLOY_KEYWORDS = keyword_parameters(DeployConfig, TrainOptions, skip={"data", "train"})
 deploy_with.__signature__ = inspect.Signature(
-    [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Path"), *_DEPLOY_KEYWORDS],
+    [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Path"), *_DEPLOY_KEYWORDS,
+     inspect.Parameter("reporter", inspect.Parameter.KEYWORD_ONLY, annotation="Reporter | None", default=None),
+     inspect.Parameter("console", inspect.Parameter.KEYWORD_ONLY, default=None)],
     return_annotation="dict")
 
 
@@ -146,8 +150,9 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     per stage whether it was skipped, its note and the fingerprint of its inputs.
 
     ``reporter`` (``edgetl.stages``) gets every stage's progress, tables and summary; without one, a
-    ``RichReporter`` on ``console`` (default: a new rich Console). Training draws its bars and summary on
-    ``console`` (with a reporter and no console: not at all) and reports each epoch to the reporter. Raises ``GatesFailed`` (exit 1)
+    ``RichReporter`` on ``console`` (default: a new rich Console). Training draws its bars and prints
+    its summary on ``console`` (with a reporter and no console: not at all) and reports each epoch to
+    the reporter. Raises ``GatesFailed`` (exit 1)
     with ``config.check`` when a budget failed, and ``CompileError`` (exit 2) when an artifact could
     not be built or benched, after the summary is reported."""
     from rich.console import Console
@@ -155,7 +160,7 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     check_config(config)
     if reporter is None:
         console = console or Console()
-    state = _State(config, console)  # training's summary goes to ``console`` (None: not printed)
+    state = _State(config, console)  # training's bars and summary go to ``console`` (None: not shown)
     stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
                            _Report(state)]  # the report last, so it lists the bundles just made
     reporter = reporter or RichReporter(console, [s.name for s in stages])

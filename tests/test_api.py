@@ -111,19 +111,55 @@ def test_train_s_options_of_the_wrong_kind_are_one_line(digits_dir, tmp_path, ca
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda run: edgetl.compile(run, "onnxruntime", progress=False),
-     "targets must be a list of names, e.g. ['onnxruntime'], not 'onnxruntime'"),
-    (lambda run: edgetl.compile(run, ["onnxruntime"], "fp32", progress=False),
-     "precisions must be a list of names, e.g. ['fp32'], not 'fp32'"),
-    (lambda run: edgetl.compile(run, [1], progress=False), "targets must be a list of names, e.g. ['name'], not [1]"),
+    (lambda run: edgetl.compile(run, [1], progress=False),
+     "targets must be a list of names, e.g. ['host-cpu'], or one comma-separated text, not [1]"),
+    (lambda run: edgetl.compile(run, ["onnxruntime"], {"fp32"}, progress=False),
+     "precisions must be a list of names, e.g. ['host-cpu'], or one comma-separated text, not {'fp32'}"),
     (lambda run: edgetl.compile(run, ["onnxruntime"], gpu_arch=89, progress=False), "--gpu-arch 89 must be a text"),
-    (lambda run: edgetl.run_bench(run, targets="onnxruntime"), "targets must be a list of names, e.g. ['onnxruntime']"),
+    (lambda run: edgetl.run_bench(run, targets=7), "targets must be a list of names"),
 ])
-def test_a_name_where_a_list_of_names_goes_is_one_line(copy_run, call, message):
-    """Not read letter by letter ("unknown target 'o'"), and nothing is built or measured."""
+def test_names_of_the_wrong_kind_are_one_line(copy_run, call, message):
+    """Neither a traceback nor read letter by letter, and nothing is built or measured."""
     run = copy_run()
     before = run.manifest
     with pytest.raises(ConfigError) as exc:
         call(run.path)
     assert str(exc.value).startswith(message) and "\n" not in str(exc.value), str(exc.value)
     assert run.manifest == before
+
+
+def test_deploy_takes_a_reporter_so_a_notebook_can_silence_or_redirect_it(copy_run, digits_dir, capfd):
+    """``edgetl.deploy(..., reporter=)``: every stage reports to it, nothing reaches stdout or stderr."""
+    from edgetl.stages import SilentReporter
+
+    class Collect(SilentReporter):
+        def __init__(self):
+            self.done_stages = []
+
+        def done(self, stage, note):
+            self.done_stages.append(stage)
+
+    run, reporter = copy_run(), Collect()
+    assert inspect.signature(edgetl.deploy).parameters["reporter"].default is None
+    # the tiny run's own training options: train is current and skipped
+    edgetl.deploy(digits_dir, out=str(run.path), backbone="timm:test_efficientnet", pretrained=False, image_size=32,
+                  mode="finetune", unfreeze="all", augment=False, epochs=8, head_epochs=10, lr=1e-2, seed=0,
+                  targets=["onnxruntime"], precisions=["fp32"], iterations=20, bundle=False, reporter=reporter)
+    assert reporter.done_stages == ["train", "compile", "bench", "report", "deploy"]
+    assert capfd.readouterr() == ("", "")
+    assert (run.path / "report.json").is_file()
+
+
+def test_a_string_of_names_is_the_clis_comma_list_not_its_characters(copy_run):
+    """``edgetl.compile(run, "host-cpu")``: a notebook passes one name as a string; it is that name
+    (or the CLI's comma list), never one target per character."""
+    run = copy_run()
+    with pytest.raises(UnknownNameError, match=r"unknown target 'onnxruntme'\. Did you mean 'onnxruntime'"):
+        edgetl.compile(run.path, "onnxruntime,onnxruntme", precisions="fp32")
+    assert not (run.path / "compiled").exists()
+    rows = edgetl.compile(run.path, "onnxruntime", precisions="fp32", progress=False)
+    assert [(r["target"], r["precision"], r["status"]) for r in rows] == [("onnxruntime", "fp32", "ok")]
+    with pytest.raises(UnknownNameError, match=r"unknown compiled target 'openvino'"):
+        edgetl.run_bench(run.path, targets="onnxruntime,openvino")
+    with pytest.raises(ConfigError, match=r"^--batch 8: Input should be a valid tuple"):  # not a TypeError
+        edgetl.run_bench(run.path, batches=8)

@@ -127,3 +127,22 @@ def test_a_bad_generated_flag_is_one_line_before_torch_loads(digits_dir, tmp_pat
     result = train("--head", "cnn")
     assert result.returncode == 2 and "'cnn' is not one of 'linear', 'mlp'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_repeated_target_flag_adds_targets_instead_of_replacing_them(copy_run, digits_dir, tmp_path):
+    """`-t host-cpu -t raspberry-pi-5` is both targets: a typo in the first one is not silently dropped."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    run = copy_run()
+    before = (run.path / "manifest.json").read_bytes()
+    out = tmp_path / "deployed"
+    for args in (["compile", str(run.path), "-t", "raspbery-pi-5", "-t", "host-cpu"],
+                 ["deploy", "--data", str(digits_dir), "--out", str(out), "-t", "raspbery-pi-5", "-t", "host-cpu"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "raspbery-pi-5" in result.output and "raspberry-pi-5" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert (run.path / "manifest.json").read_bytes() == before and not (run.path / "compiled").exists()
+    assert not out.exists()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
-    # Where this process draws its progress bars: the main rank's console, None when training is
-    # silent (a notebook's silent reporter) or on the other ranks.
-    console: Any = field(default=None, compare=False)
 
     @property
     def enabled(self) -> bool:

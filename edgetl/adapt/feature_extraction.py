@@ -15,14 +15,16 @@ from edgetl.adapt.options import HEAD_MIN_BATCH, TrainOptions
 from edgetl.data.preprocess import PreprocessSpec, normalize
 
 
-def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: str, batch: int = 64) -> np.ndarray:
-    """Pooled pre-logits features of uint8 images; each rank does its shard, all ranks get all rows."""
+def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: str, batch: int = 64,
+            console=None) -> np.ndarray:
+    """Pooled pre-logits features of uint8 images; each rank does its shard, all ranks get all rows.
+    ``console``: where the bar is drawn (None: nowhere)."""
     import torch
 
     rows = pixels[distributed.shard(dist, len(pixels))]
     model.eval()
     out = []
-    with progress_bar(dist.console) as progress, torch.inference_mode():
+    with progress_bar(console) as progress, torch.inference_mode():
         task = progress.add_task(desc, total=len(rows), stats="")
         for i in range(0, len(rows), batch):
             x = torch.from_numpy(normalize(rows[i : i + batch], spec))
@@ -65,10 +67,11 @@ def train_head(
     dist: Dist,
     *,
     on_improve=None,
+    console=None,
     on_epoch=None,
 ) -> FitResult:
     """AdamW on cached features for ``opts.phase_epochs("head")``; every rank trains the same head on
-    all rows (it takes seconds)."""
+    all rows (it takes seconds). ``console``: where the progress is drawn (None: nowhere)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -94,7 +97,7 @@ def train_head(
         epochs=epochs,
         patience=opts.phase_patience("head"),
         phase="head",
-        console=dist.console,
+        console=console,
         world=1,  # identical on every rank: no gradient sync needed
         scheduler=scheduler,
         on_improve=on_improve,

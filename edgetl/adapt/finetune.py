@@ -107,9 +107,11 @@ def finetune(
     *,
     keep_bn_stats: bool = True,
     on_improve=None,
+    console=None,
     on_epoch=None,
 ) -> FitResult:
-    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``."""
+    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``.
+    ``console``: where the progress is drawn (None: nowhere)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -143,7 +145,7 @@ def finetune(
         epochs=epochs,
         patience=opts.phase_patience("finetune"),
         phase="finetune",
-        console=dist.console,
+        console=console,
         world=dist.world,
         scheduler=scheduler,
         eval_modules=batchnorms,

@@ -24,7 +24,8 @@ class FitResult:
 
 
 def progress_bar(console) -> Progress:
-    """Bars on ``console``; none at all when it is None (silent training, or not the main rank)."""
+    """Bars drawn on ``console`` (the caller's rich Console); None draws nothing (a silent notebook,
+    or a rank other than the first)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -8,7 +8,6 @@ versions, metrics). Under ``torchrun`` the data is sharded and only rank 0 write
 from __future__ import annotations
 
 import copy
-import dataclasses
 import platform
 import random
 import time
@@ -205,9 +204,9 @@ def train(
     layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()
-    dist = dataclasses.replace(dist, console=console if dist.is_main else None)
+    console = console if dist.is_main else None  # one rank draws and prints
     try:
-        if console is not None and dist.is_main and layout.note:
+        if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
                       opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None)
@@ -233,7 +232,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     _seed_everything(opts.seed)
     backbone = registry.resolve(backbone_name)
     image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
-    if console is not None and dist.is_main:
+    if console is not None:
         report_skipped(console, skipped)
 
     model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
@@ -270,11 +269,11 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     # Phase 1 (both modes): the head on cached, frozen features.
     feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash}
     f_train = cached_features({**feature_key, "part": "train"},
-                              lambda: extract(model, train_pixels, spec, dist, "features (train)"))
+                              lambda: extract(model, train_pixels, spec, dist, "features (train)", console=console))
     f_val = cached_features({**feature_key, "part": "val"},
-                            lambda: extract(model, val_pixels, spec, dist, "features (val)"))
+                            lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console))
     head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
-                             on_epoch=on_epoch)
+                             console=console, on_epoch=on_epoch)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -288,7 +287,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
             torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
         result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
-                          on_epoch=on_epoch, keep_bn_stats=opts.pretrained or weights is not None)
+                          keep_bn_stats=opts.pretrained or weights is not None, console=console, on_epoch=on_epoch)
         history += result.history
         if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)

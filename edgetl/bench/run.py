@@ -251,8 +251,9 @@ def default_threads() -> int:
     return max(1, min(cpu["physical_cores"] or cpu["usable_cores"] or 1, cpu["usable_cores"] or 1))
 
 
-def select(compiled: dict[str, CompiledEntry], targets: Sequence[str] | None) -> list[str]:
+def select(compiled: dict[str, CompiledEntry], targets: str | Sequence[str] | None) -> list[str]:
     """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None)."""
+    targets = name_list("targets", targets)
     if not targets:
         return list(compiled)
     keys: list[str] = []
@@ -298,7 +299,7 @@ def _availability(runtime: str) -> str | None:
 # -- the stage -------------------------------------------------------------------------------------
 def bench(
     run_path: str | Path,
-    targets: Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
     device_name: str | None = None,
     batches: Sequence[int] | None = None,
     threads: int | None = None,
@@ -326,7 +327,7 @@ def bench(
     run.entries(DeviceBench)  # earlier results are merged into after measuring: a malformed one fails now
     if not compiled:
         raise ConfigError(f"{run.path} has no compiled artifacts: run `edgetl compile {run.path}` first")
-    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+    settings = BenchSettings.parse(settings, batches=batches, threads=threads,
                                    iterations=iterations, duration_s=duration_s, isolated=isolate)
     keys = select(compiled, targets)
     budgets = {k: budgets_for(compiled[k]) for k in keys}

@@ -48,6 +48,8 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")  # wh
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
+# A runtime or task a bundle names that no installed package registers: the machine lacks a plugin.
+NOT_INSTALLED = "needs the package that registers it installed here"
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
 
 
@@ -111,7 +113,7 @@ class Runtime(_Model):
 
         if self.name not in runtimes():
             raise ValueError(f"runtime {self.name[:40]!r} is not one of {', '.join(runtimes())} (a plugin's "
-                             "runtime needs the package that registers it installed here)")
+                             f"runtime {NOT_INSTALLED})")
         extra = get_backend(self.name).extra
         if self.extra != extra:
             raise ValueError(f"extra {self.extra[:40]!r} is not {self.name}'s pip extra {extra!r}")
@@ -292,8 +294,8 @@ class BundleManifest(_Model):
         from edgetl.tasks import tasks
 
         if name not in tasks():
-            raise ValueError(f"task {_short(name, 40)} is not one of {', '.join(tasks())} (a plugin's task needs the "
-                             "package that registers it installed here)")
+            raise ValueError(f"task {_short(name, 40)} is not one of {', '.join(tasks())} (a plugin's task "
+                             f"{NOT_INSTALLED})")
         return name
 
     @model_validator(mode="after")
@@ -346,8 +348,10 @@ def _describe(exc: ValidationError) -> str:
             known = isinstance(fmt, str) and fmt.startswith("edgetl.bundle/")
             hint = "upgrade edgetl on this machine" if known else "not an edgetl bundle"
             return f"bundle format {_short(fmt)} is not {FORMAT!r}: {hint}"
-    # An unknown runtime also fails the target profile that names it: say what is missing, once.
-    error = next((e for e in errors if e["loc"][:1] == ("runtime",)), errors[0])
+    missing = next((e for e in errors if e["type"] == "value_error" and NOT_INSTALLED in str(e["ctx"]["error"])), None)
+    if missing:  # nothing in the bundle is wrong (the profile naming the runtime fails too): this machine lacks a plugin
+        return f"{MANIFEST}: {_short(str(missing['ctx']['error']), 300, quote=False)}"
+    error = errors[0]
     if not error["loc"] and error["type"] == "model_type":
         return f"{MANIFEST} is not a JSON object: not an edgetl bundle"
     loc = _location(error["loc"])

@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,16 +299,19 @@ def check_argument_order(bundle: Path, images: Path) -> None:
                     f"e.g. edgetl predict model-bundle.tar.gz {bundle}")
 
 
-def predict(path: str | os.PathLike, images: str | os.PathLike, top: int = 3, threads: int | None = None) -> list[dict]:
-    """Top-k labels with probabilities for an image or every image in a folder.
+def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike], top: int = 3,
+            threads: int | None = None) -> list[dict]:
+    """Top-k labels with probabilities for an image, every image in a folder, or each of several.
 
-    One row per image, in order; an image that cannot be read (corrupt, truncated, not an image,
-    not a regular file) gets ``"top": []`` and an ``"error"`` saying why, and the others go on.
+    One row per image, in the order given (a folder's sorted); an image that cannot be read (corrupt,
+    truncated, not an image, not a regular file) gets ``"top": []`` and an ``"error"`` saying why,
+    and the others go on. A path that does not exist is one ``DataError`` before anything runs.
     """
-    check_argument_order(Path(path), Path(images))
+    targets = [Path(images)] if isinstance(images, str | os.PathLike) else [Path(p) for p in images]
+    check_argument_order(Path(path), targets[0])
     bundle = open_bundle(path)
     task, record = bundle.task, bundle.record
-    files = image_files(images)
+    files = [f for target in targets for f in image_files(target)]
     results = []
     with open_session(bundle, threads) as session:
         for f in files:
@@ -354,7 +358,7 @@ def bench(
     from edgetl.bench.system import device_slug, system_record
     from edgetl.config import Budgets
 
-    settings = BenchSettings.parse(settings, batches=tuple(batches) if batches is not None else None, threads=threads,
+    settings = BenchSettings.parse(settings, batches=batches, threads=threads,
                                    iterations=iterations, duration_s=duration_s, isolated=False)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing

@@ -47,6 +47,27 @@ def test_feature_extraction_writes_a_complete_run(digits_dir, tmp_path):
     assert section["metrics"]["val_top1"] == max(r["val_top1"] for r in history)
 
 
+def test_without_a_console_train_prints_nothing_and_with_one_its_bars_go_there(digits_dir, tmp_path, capfd,
+                                                                                 monkeypatch):
+    """A notebook silences ``edgetl.train`` with ``console=None`` (the default) and redirects it with its
+    own Console: feature extraction, the head and fine-tuning draw their bars there, never on stdout."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))  # features are computed, not read back
+    options = _tiny(mode="finetune", unfreeze="1", epochs=1, head_epochs=2, augment=False)
+    train(digits_dir, options, out=tmp_path / "quiet", backbone=BACKBONE)
+    assert capfd.readouterr() == ("", "")
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache2"))
+    redirected = io.StringIO()
+    train(digits_dir, options, out=tmp_path / "shown", backbone=BACKBONE, console=Console(file=redirected, width=120))
+    assert capfd.readouterr() == ("", "")
+    for bar in ("features (train)", "head", "finetune 1/1", "edgetl train"):
+        assert bar in redirected.getvalue(), bar
+
+
 def test_training_is_reproducible(digits_dir, tmp_path):
     a = train(digits_dir, _tiny(epochs=5), out=tmp_path / "a", backbone=BACKBONE)
     b = train(digits_dir, _tiny(epochs=5), out=tmp_path / "b", backbone=BACKBONE)

@@ -170,6 +170,26 @@ def test_a_bundle_without_a_minimum_for_this_runtime_runs(bundle_file, tmp_path,
     assert json.loads(result.output)["ok"]
 
 
+@pytest.mark.parametrize("field", ["runtime", "task"])
+def test_a_plugin_that_is_not_installed_is_named_once_and_not_blamed_on_the_bundle(bundle_file, tmp_path, field):
+    """A bundle of a plugin's runtime or task on a machine without the plugin: install it, not rebuild."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    root = folder_copy(bundle_file, tmp_path / "b")
+    manifest = json.loads((root / MANIFEST).read_text())
+    if field == "runtime":  # as the plugin's bundle has it: the runtime, and the profile naming it
+        manifest["runtime"]["name"] = manifest["target"]["runtime"] = "ortplug"
+    else:
+        manifest["task"] = "text-plug"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["verify", str(root)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "needs the package that registers it installed here" in result.output
+    assert "rebuild" not in result.output and "more)" not in result.output, result.output
+
+
 _FLAVOURLESS = """from tests.backends.plugin.ortwrap_backend import OrtWrapBackend
 
 
@@ -232,6 +252,31 @@ def test_predict_matches_the_workstation(bundle_run, bundle_file, tmp_path):
     assert abs(sum(t["score"] for t in one[0]["top"]) - 1) < 1e-5
 
 
+def test_predict_takes_several_images_and_folders(bundle_run, bundle_file, tmp_path):
+    """`edgetl predict BUNDLE *.jpg`: every image (and folder) named, one row each, in the order given."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    split = json.loads((bundle_run.path / "train" / "split.json").read_text())
+    sources = [path for path, _ in split["val"][:3]]
+    first, second, third = (tmp_path / f"{name}{Path(src).suffix}" for name, src in zip("bac", sources, strict=True))
+    for dest, src in zip((first, second, third), sources, strict=True):
+        shutil.copyfile(src, dest)
+    folder = tmp_path / "more"
+    folder.mkdir()
+    third.rename(folder / third.name)
+    rows = predict(bundle_file, [first, folder, second], top=1)
+    assert [Path(r["image"]).name for r in rows] == [first.name, third.name, second.name]
+    assert all(len(r["top"]) == 1 and "error" not in r for r in rows)
+
+    result = CliRunner().invoke(cli, ["predict", str(bundle_file), str(first), str(second), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [Path(r["image"]).name for r in json.loads(result.output)] == [first.name, second.name]
+    missing = CliRunner().invoke(cli, ["predict", str(bundle_file), str(first), str(tmp_path / "nope.jpg")])
+    assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "nope.jpg does not exist" in missing.output
+
+
 def test_bench_uses_the_bench_schema(bundle_file):
     doc = bench(bundle_file, batches=[1, 2], iterations=20)
     assert doc["schema"] == SCHEMA
@@ -240,6 +285,13 @@ def test_bench_uses_the_bench_schema(bundle_file):
     assert doc["artifact"]["runtime"] == "onnxruntime" and doc["artifact"]["precision"] == "int8"
     assert doc["golden"]["top1_agreement"] == 1.0
     assert doc["device"]["cpu"] and doc["load"]["load_ms"] > 0
+
+
+def test_a_bad_batch_from_python_is_the_clis_one_line_error(bundle_file):
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--batch 8: Input should be a valid tuple"):  # not a TypeError
+        bench(bundle_file, batches=8)
 
 
 def test_archive_cache_is_reused_and_repaired(bundle_file):
