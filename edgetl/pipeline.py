@@ -28,7 +28,7 @@ from edgetl.adapt.train import TrainRecord
 from edgetl.bench.settings import DEFAULTS as BENCH
 from edgetl.bench.settings import BenchSettings
 from edgetl.compiler import CompiledEntry
-from edgetl.config import load_toml, validation_message
+from edgetl.config import load_toml, name_list, validation_message
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import CompileError, ConfigError, EdgetlError
 from edgetl.rundir import RunDir
@@ -102,6 +102,9 @@ def deploy_with(data: str | Path, *, reporter: Reporter | None = None, console=N
     problem = unknown_options(options, {p.name for p in _DEPLOY_KEYWORDS})
     if problem:
         raise ConfigError(problem)
+    for names in ("targets", "precisions"):  # one text is the CLI's comma list, as in edgetl.compile
+        if isinstance(options.get(names), str):
+            options[names] = name_list(names, options[names])
     train = {name: options.pop(name) for name in list(options) if name in TrainOptions.model_fields}
     return deploy(load_config(None, {**options, "data": str(data), "train": train}), console, reporter=reporter)
 

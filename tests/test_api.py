@@ -163,3 +163,11 @@ def test_a_string_of_names_is_the_clis_comma_list_not_its_characters(copy_run):
         edgetl.run_bench(run.path, targets="onnxruntime,openvino")
     with pytest.raises(ConfigError, match=r"^--batch 8: Input should be a valid tuple"):  # not a TypeError
         edgetl.run_bench(run.path, batches=8)
+
+
+def test_deploy_reads_a_string_of_targets_as_the_clis_comma_list(digits_dir, tmp_path):
+    """As in edgetl.compile: a text is names, not "Input should be a valid list"; checked before training."""
+    out = tmp_path / "run"
+    with pytest.raises(UnknownNameError, match=r"unknown target 'onnxruntme'\. Did you mean 'onnxruntime'"):
+        edgetl.deploy(digits_dir, out=str(out), targets="host-cpu,onnxruntme", precisions="fp32")
+    assert not out.exists()
