@@ -229,3 +229,17 @@ def test_notebook_functions_survive_importing_the_subpackages():
     import edgetl.report  # noqa: F401
 
     assert callable(edgetl.run_bench) and callable(edgetl.make_report)
+
+
+def test_an_artifact_of_a_runtime_no_longer_installed_is_an_unavailable_row(writable):
+    """A plugin's artifact after the plugin is uninstalled: its row says so, the others are measured."""
+    with writable.editing() as manifest:
+        ghost = dict(manifest["compiled"]["onnxruntime/fp32"], runtime="ghostrt", target="ghost-pi")
+        manifest["compiled"]["ghost-pi/fp32"] = ghost
+    results = bench(writable.path, targets=["onnxruntime/fp32", "ghost-pi/fp32"], device_name="ci", threads=1,
+                    iterations=5, isolate=False)
+    rows = {r["key"]: r for r in results.rows}
+    assert rows["ghost-pi/fp32"]["status"] == "unavailable"
+    assert rows["ghost-pi/fp32"]["reason"] == "runtime 'ghostrt' is not installed here (no installed package registers it)"
+    assert rows["onnxruntime/fp32"]["status"] == "ok"
+    results.raise_for_errors()

@@ -285,6 +285,8 @@ def budgets_for(entry: CompiledEntry) -> Budgets | None:
 
 def _availability(runtime: str) -> str | None:
     """``None`` when artifacts of ``runtime`` can run here, else why not."""
+    if runtime not in runtimes():
+        return f"runtime {runtime!r} is not installed here (no installed package registers it)"
     try:
         backend = get_backend(runtime)
     except (ImportError, EdgetlError) as exc:
@@ -330,7 +332,9 @@ def bench(
     settings = BenchSettings.parse(settings, batches=batches, threads=threads,
                                    iterations=iterations, duration_s=duration_s, isolated=isolate)
     keys = select(compiled, targets)
-    budgets = {k: budgets_for(compiled[k]) for k in keys}
+    # An artifact of a runtime no installed package registers (a plugin since uninstalled) gets an
+    # "unavailable" row, as one that needs a GPU does: its profile cannot even be read without it.
+    budgets = {k: budgets_for(compiled[k]) if compiled[k].runtime in runtimes() else None for k in keys}
     for k in keys:  # every artifact before any measuring: a tampered one stops the bench (exit 2)
         for rel in compiled[k].files or [compiled[k].path]:
             run.verify(rel)
