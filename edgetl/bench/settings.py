@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from edgetl.errors import ConfigError
 
 MAX_THREADS = 1024  # as a bundle's profile may ask: more is a typo, and each one is an OS thread
+MAX_ITERATIONS = 10_000_000  # timed calls per batch size: more would run for days even at 10 µs each
 
 
 class BenchSettings(BaseModel):
@@ -68,8 +69,8 @@ class BenchSettings(BaseModel):
 
     @model_validator(mode="after")
     def _iterations_when_counted(self) -> BenchSettings:
-        if self.duration_s is None and self.iterations < 1:
-            raise ValueError("iterations: must be >= 1 (200 or more for a stable p99)")
+        if self.duration_s is None and not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations: must be from 1 to {MAX_ITERATIONS:,} (200 or more for a stable p99)")
         return self
 
     @classmethod
