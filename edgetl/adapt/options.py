@@ -3,7 +3,7 @@
 ``TrainOptions`` holds the hyper-parameters (recorded in the manifest, hashed to skip unchanged
 reruns); ``TrainInputs`` what a run is trained from besides the images (backbone, validation set,
 start weights). The CLI generates the flags of ``edgetl train`` and ``edgetl deploy`` from their
-fields (``edgetl.cli.model_options``) and ``edgetl deploy``'s TOML validates with them, so a new
+fields (``edgetl.cli._options.model_options``) and ``edgetl deploy``'s TOML validates with them, so a new
 option is one field here. Torch-free: the CLI imports this module to build its flags.
 
 Built with bad values, either model raises the CLI's one-line ``ConfigError`` (``option --epochs:

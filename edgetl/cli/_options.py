@@ -1,0 +1,124 @@
+"""Helpers the commands share: flags generated from the options models, name and number lists,
+the SSH and signing options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import typing
+from pathlib import Path
+
+import click
+
+from edgetl.adapt.options import flag as flag_of
+
+
+def _click_type(annotation):
+    """click's type for a field: a Literal's values as choices, int and float as such, the rest str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice(args)
+    if args and typing.get_origin(annotation) is not typing.Literal:  # X | None
+        return _click_type(args[0])
+    return annotation if annotation in (int, float) else str
+
+
+def _model_option(name: str, field, with_defaults: bool):
+    """One flag for a field of an options model: its name, type, help (the field's description, with
+    its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``."""
+    default = field.get_default(call_default_factory=True)
+    if field.annotation is bool:
+        flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
+        return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
+                            help=field.description)
+    shown = f"  [default: {default}]" if default is not None else ""
+    return click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
+                        help=f"{field.description}{shown}")
+
+
+def model_options(*models, with_defaults: bool):
+    """The flags of the options models' fields, in field order. Without ``with_defaults`` an option not
+    given is None (deploy: the config file's value, else the model's default, applies)."""
+    def decorate(f):
+        fields = [(name, field) for model in models for name, field in model.model_fields.items()]
+        for name, field in reversed(fields):
+            f = _model_option(name, field, with_defaults)(f)
+        return f
+
+    return decorate
+
+
+def _take_fields(params: dict, model) -> dict:
+    """Pop ``model``'s fields out of the command's parameters, leaving out options not given (None)."""
+    return {name: value for name in model.model_fields if (value := params.pop(name)) is not None}
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _joined(ctx, param, values: tuple[str, ...]) -> str | None:
+    """A repeatable comma-list option: ``-t a -t b,c`` is ``a,b,c`` (never only the last one)."""
+    return ",".join(values) if values else None
+
+
+def _int_list(option: str, text: str) -> list[int]:
+    from edgetl.errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. {option} 1,8") from None
+
+
+def _remote_options(f):
+    """Options of every command that reaches a device over SSH."""
+    f = click.option("--allow-rollback", is_flag=True, help="Install a bundle whose release is lower than the one "
+                     "the device runs (refused otherwise).")(f)
+    f = click.option("--connect-timeout", default=10, show_default=True, help="Seconds to wait for the SSH connection.")(f)
+    f = click.option("--install", is_flag=True, help='pip install "edgetl[<runtime>]" on the device first (with the '
+                     "python next to --remote-edgetl, else python3).")(f)
+    f = click.option("--ssh-option", "-o", "ssh_options", multiple=True, envvar="EDGETL_SSH_OPTIONS", metavar="KEY=VALUE",
+                     help="Extra `ssh -o` option, repeatable, e.g. -o IdentityFile=~/.ssh/pi -o ProxyJump=gateway "
+                     "(env EDGETL_SSH_OPTIONS). ~/.ssh/config applies as usual.")(f)
+    f = click.option("--remote-edgetl", default="edgetl", show_default=True, envvar="EDGETL_REMOTE_EDGETL",
+                     metavar="COMMAND", help="edgetl on the device, e.g. /home/pi/venv/bin/edgetl when it lives in a "
+                     "venv (env EDGETL_REMOTE_EDGETL).")(f)
+    return f
+
+
+def _trust_option(f):
+    """--allow-unsigned for every command that opens a bundle: sets the opt-out for the whole command."""
+
+    @functools.wraps(f)
+    def wrapper(*args, allow_unsigned, **kwargs):
+        from edgetl.bundle.signing import allowing_unsigned
+
+        with allowing_unsigned(allow_unsigned):
+            return f(*args, **kwargs)
+
+    return click.option("--allow-unsigned", is_flag=True, envvar="EDGETL_ALLOW_UNSIGNED",
+                        help="Accept unsigned bundles although trusted keys are configured (env "
+                        "EDGETL_ALLOW_UNSIGNED=1). A bad signature or an unknown key is refused always.")(wrapper)
+
+
+def _refuse_run_folder(path: str) -> None:
+    """A run folder is the usual wrong guess for a bundle: name the command that makes one from it."""
+    from edgetl.bundle.format import is_bundle
+    from edgetl.errors import BundleError
+
+    manifest = Path(path) / "manifest.json"
+    if not Path(path).is_dir() or is_bundle(path) or not manifest.is_file():
+        return
+    try:
+        run_manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        if "format" in run_manifest or not {"schema", "artifacts", "train", "compiled"} & set(run_manifest):
+            return  # not a run's manifest either: the bundle check says what is wrong
+        compiled = run_manifest.get("compiled") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, RecursionError):
+        return
+    target = next((e.get("target") for e in compiled.values() if isinstance(e, dict)), None) or "T"
+    raise BundleError(f"{path} is a run folder, not a bundle: edgetl bundle {path} --target {target}, "
+                      f"then verify the .tar.gz it writes")
+
+

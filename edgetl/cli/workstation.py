@@ -1,0 +1,325 @@
+"""The workstation's commands: train, backbones, compile, targets, tasks, report, bundle, deploy."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.markup import escape
+
+from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.bench.settings import DEFAULTS as BENCH
+from edgetl.cli import cli, console, err_console
+from edgetl.cli._options import (
+    _int_list,
+    _joined,
+    _names,
+    _take_fields,
+    model_options,
+)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(path_type=str),
+              help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
+              "train/ and val/ (or training/, validation/, valid/) class folders.")
+@click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
+@model_options(TrainInputs, TrainOptions, with_defaults=True)
+def train(data, out, **params):
+    """Adapt a pretrained backbone to your images.
+
+    \b
+    Examples:
+      edgetl train --data ./images --out runs/flowers
+      edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
+      torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
+    """
+    from edgetl.data.layout import resolve_layout
+
+    inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
+    resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
+    from edgetl.adapt.train import train as run_train
+
+    section = run_train(data, options, out=out, console=console, **inputs.model_dump())
+    console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
+    console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
+
+
+@cli.command()
+def backbones():
+    """List the backbones: the embedded default (offline) and suggested timm models."""
+    from rich.table import Table
+
+    from edgetl.models import registry
+
+    table = Table(title="backbones (any timm model works as timm:<name>)")
+    for col in ("name", "weights offline", "description"):
+        table.add_column(col)
+    for b in registry.EMBEDDED.values():
+        table.add_row(f"[bold]{b.name}[/] (default)", "[green]yes (embedded)[/]", b.description)
+    for name, desc in registry.SUGGESTED_TIMM:
+        cached = registry.timm_weights_in_hub_cache(name)  # importing timm to ask would take seconds
+        table.add_row(f"timm:{name}", "[green]yes (cached)[/]" if cached else "no: needs network or --weights", desc)
+    console.print(table)
+
+
+@cli.command("compile")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--target", "--targets", "-t", "targets", required=True, metavar="NAMES", multiple=True,
+              callback=_joined, help="Comma-separated targets: device profiles or bare runtime names (both "
+              "listed by `edgetl targets`), or paths to profile .toml files; repeatable (-t a -t b).")
+@click.option("--precision", "-p", "precisions", metavar="LIST",
+              help="Comma-separated precisions: fp32, fp16, int8. Default: each profile's own precision; "
+              "int8 for a bare runtime name.")
+@click.option("--calibration", "-c", metavar="NAME|PATH",
+              help="int8 calibration recipe: default (min-max), entropy, percentile, or your own .toml "
+              "(fields in calibration/default.toml). Default: the profile's recipe, else 'default'.")
+@click.option("--gpu-arch", metavar="smXY", help="TensorRT: GPU to build the engine for (sm75 Turing, sm86 Ampere, "
+              "sm87 Jetson Orin, sm89 Ada, sm120 Blackwell). Default: the profile's, else sm89.")
+@click.option("--threads", type=int, help="CPU threads for the accuracy check (default: the profile's, else all cores).")
+@click.option("--force", is_flag=True, help="Rebuild artifacts whose inputs did not change (otherwise they are kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON on stdout instead of a table.")
+def compile_cmd(run, targets, precisions, calibration, gpu_arch, threads, force, as_json):
+    """Export the trained model to ONNX, then calibrate, quantize and build it per target.
+
+    \b
+    Examples:
+      edgetl compile runs/flowers --target onnxruntime --precision int8
+      edgetl compile runs/flowers --target openvino --precision int8 --calibration entropy
+      edgetl compile runs/flowers --target tensorrt --precision int8 --gpu-arch sm89
+      edgetl compile runs/flowers --target jetson-orin-nano            # a device profile
+      edgetl compile runs/flowers --target onnxruntime,openvino --precision fp32,int8   # a matrix
+
+    \b
+    What happens:
+      1. export     runs/<name>/export/model.onnx (skipped when the checkpoint did not change),
+                    checked against PyTorch on the validation images
+      2. calibrate  int8 only: images from the TRAINING split (class-balanced, seeded),
+                    never the validation split; cached in runs/<name>/cache/
+      3. build      onnxruntime: optimised fp32, fp16, int8 QDQ (types chosen for the profile's
+                                 cpu_arch/cpu_flags, else for this CPU)
+                    openvino:    IR fp32, fp16 (compressed weights), int8 via NNCF
+                    tensorrt:    QDQ ONNX (symmetric int8, float bias) + strongly typed engine,
+                                 built here without a GPU by tensorrt_rtx for --gpu-arch
+      4. check      top-1, drop vs FP32 (points) and agreement on the full validation split,
+                    in the artifact's own runtime; TensorRT without a GPU is estimated on its
+                    ONNX with ONNX Runtime CPU (marked *)
+
+    \b
+    Artifacts go to runs/<name>/compiled/<target>/<precision>/ and the manifest. A failing
+    target is reported in its row and the others still build; the command then exits 2.
+    """
+    from edgetl.compiler import compile as compile_run
+    from edgetl.compiler import summary_table
+
+    rows = compile_run(run, _names(targets), _names(precisions), calibration, gpu_arch, threads, force,
+                       progress=not as_json)
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in r.items() if k != "traceback"} for r in rows], indent=2))
+    else:
+        console.print(summary_table(rows))
+    for r in rows:
+        if "traceback" in r:  # not a user mistake: keep the evidence
+            err_console.print(r["traceback"], highlight=False, markup=False)
+    built = [r for r in rows if r["status"] != "failed"]
+    if built and not as_json:
+        first = built[0]
+        console.print(f"next: edgetl bench {run} --target {first['target']}   then: edgetl bundle {run} "
+                      f"--target {first['target']} --precision {first['precision']}", highlight=False)
+    rows.raise_for_errors()
+
+
+@cli.command()
+def targets():
+    """List device profiles and runtimes, and whether this machine can build and run them.
+
+    \b
+    A profile (targets/<name>.toml, or ./targets/<name>.toml of your own) names a runtime,
+    a precision, threads, the runtime's own options (TensorRT: gpu_arch, max_batch; ONNX
+    Runtime and OpenVINO: the device's cpu_arch and cpu_flags, to cross-compile int8), the
+    calibration recipe and the budgets `edgetl bench --check` enforces. Use its name with
+    --target; a bare runtime name works too.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetl.bench.gates import goal_text
+    from edgetl.compiler import target_rows
+    from edgetl.config import Budgets
+
+    table = Table(title="targets (use with `edgetl compile RUN --target NAME`)", title_justify="left")
+    for col in ("name", "runtime", "precision", "device", "options", "budgets", "available here"):
+        table.add_column(col)
+    for r in target_rows():
+        if "error" in r:
+            table.add_row(r["name"], "", "", "", "", "", f"[red]broken:[/] {escape(r['error'])}")
+            continue
+        budgets = ", ".join(goal_text(goal) for goal in Budgets.model_validate(r["budgets"]).as_goals())
+        here = "[green]yes[/]" if r["here"] == "yes" else escape(r["here"])
+        # a list (cpu_flags) is counted, not spelled out: the profile file has it
+        options = ", ".join(f"{len(v)} {k.replace('_', ' ')}" if isinstance(v, list) else f"{k}={v}"
+                            for k, v in r["options"].items())
+        table.add_row(f"[bold]{r['name']}[/]", r["runtime"], r["precision"], r["device"], escape(options), budgets, here)
+    console.print(table)
+
+
+@cli.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON on stdout instead of a table.")
+def tasks_cmd(as_json):
+    """List the tasks: what a model takes and gives, and what is measured on it.
+
+    \b
+    A run records its task when it is trained (`image-classification` for runs older than
+    tasks); its bundles carry it. Axis 0 of every tensor is the batch; a named dimension is
+    fixed by the run (e.g. the image size it was trained at) or dynamic. Budgets in a target
+    profile set goals on these metrics.
+
+    \b
+    Examples:
+      edgetl tasks
+      edgetl tasks --json | jq '.[].metrics[].name'
+    """
+    from rich.table import Table
+
+    from edgetl.tasks import task_rows
+
+    rows = task_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    spec = lambda t: f"{t['name']}: {t['dtype']} ({', '.join(map(str, t['shape']))})"  # noqa: E731
+    table = Table(title="tasks", title_justify="left")
+    for col in ("name", "inputs", "outputs", "metrics", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(f"[bold]{r['name']}[/]", escape("\n".join(map(spec, r["inputs"]))),
+                      escape("\n".join(map(spec, r["outputs"]))),
+                      "\n".join(f"{m['name']} ({m['better']})" for m in r["metrics"]), escape(r["description"]))
+    console.print(table)
+
+
+@cli.command("report")
+@click.argument("run", type=click.Path(path_type=str))
+def report_cmd(run):
+    """Write report.md, report.html (tables + plots) and report.json for a run.
+
+    \b
+    The report covers every stage the run has been through (train, export, compile,
+    bench per device) and says which ones are missing. report.html is self-contained:
+    open it in a browser; its plots (latency distribution per artifact, accuracy vs
+    latency with the Pareto front) need matplotlib: pip install 'edgetl[report]'.
+
+    \b
+    Example:
+      edgetl report runs/flowers && xdg-open runs/flowers/report.html
+    """
+    from edgetl.report import make_report
+
+    written = make_report(run)
+    for note in written.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for path in written.files:
+        console.print(f"wrote [bold]{path}[/]")
+
+
+# -- bundles and devices ---------------------------------------------------------------------------
+@cli.command("bundle")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--target", "-t", required=True, help="Compiled target (profile or runtime name) to package.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which artifact when the target "
+              "was compiled in several precisions (default, as compile: the profile's precision, int8 for a "
+              "bare runtime name).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
+              help="Sign the manifest with this Ed25519 private key (from `edgetl keys new`).")
+@click.option("--release", type=int, help="Release counter written into the manifest (default: UTC seconds now); "
+              "devices refuse to go back to a lower one.")
+def bundle_cmd(run, target, precision, sign_key, release):
+    """Package a compiled artifact for a device: runs/<name>/bundles/<target>-<precision>.tar.gz.
+
+    \b
+    The bundle holds the artifact (for TensorRT: the ONNX and build settings; the device
+    builds its own engine), labels, preprocessing, the workstation's accuracy and latency,
+    and golden inputs with their expected outputs. On the device, with only
+    `pip install "edgetl[<runtime>]"` (no PyTorch): edgetl verify / predict / bench BUNDLE.
+
+    \b
+    Examples:
+      edgetl bundle runs/flowers --target jetson-orin-nano
+      edgetl bundle runs/flowers --target onnxruntime --precision fp32
+      edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
+      edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
+    """
+    from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle
+    from edgetl.rundir import RunDir
+
+    with console.status(f"bundling {target}: golden outputs, hashes"):
+        path = create_bundle(run, target, precision, sign=sign_key, release=release)
+    opened = RunDir.open(run)
+    key, _ = choose_compiled(opened, target, precision)
+    made = opened.entries(BundleRecord)[key]
+    signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
+    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}, {made.size_bytes / 1e6:.2f} MB, "
+                  f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
+    console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=str),
+              help="TOML file holding any of these options (see README); the command line wins over it.")
+@click.option("--data", type=click.Path(path_type=str), help="Image folder or CSV manifest (path,label).")
+@click.option("--out", help="Run directory (default runs/exp). Rerunning only does what changed.")
+# --target too: compile and bench spell it so, and a user going from them to deploy types it.
+@click.option("--targets", "--target", "-t", "targets", metavar="NAMES", multiple=True, callback=_joined,
+              help="Comma-separated device profiles or runtimes, repeatable (-t a -t b; default host-cpu).")
+@model_options(TrainInputs, TrainOptions, with_defaults=False)
+@click.option("--precision", "precisions", metavar="LIST", help="Comma-separated precisions (default: each profile's).")
+@click.option("--calibration", metavar="NAME|PATH", help="int8 calibration recipe (default: the profile's).")
+@click.option("--gpu-arch", metavar="smXY", help="TensorRT compute capability (default: the profile's).")
+@click.option("--threads", type=int, help="CPU threads for compile checks and bench (default: physical cores).")
+@click.option("--batch", "batches", metavar="LIST",
+              help=f"Bench batch sizes, e.g. 1,8 (default {','.join(map(str, BENCH.batches))}).")
+@click.option("--iterations", type=int, help=f"Bench iterations per measurement (default {BENCH.iterations}).")
+@click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
+@click.option("--sign", type=click.Path(path_type=str), metavar="KEY",
+              help="Sign every bundle with this Ed25519 private key (`edgetl keys new`).")
+@click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
+def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
+           no_bundle, sign, check, **params):
+    """Train, compile, bench, bundle and report in one command.
+
+    Every option (targets, precisions, recipes, batches, [train] fields, the data path) is
+    checked before training starts. Stages whose inputs did not change are skipped, so adding
+    a target to an existing run only builds, benches and bundles the new target.
+
+    \b
+    At the end a table gives each artifact's gate on this machine: PASS, FAIL (with the
+    failing budget), no budgets (a bare runtime), or not measured here (e.g. TensorRT
+    without a GPU: bench its bundle on the device). An artifact that FAILED a budget is
+    not bundled (`edgetl bundle RUN --target T --precision P` still makes it). Bundles are
+    runs/<name>/bundles/<target>-<precision>.tar.gz.
+    Exit codes: 0 done, 1 a budget failed (with --check), 2 a user error or an artifact
+    that could not be built or benched.
+
+    \b
+    Examples:
+      edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
+      edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
+      edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
+      edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key
+    """
+    from edgetl.pipeline import deploy as run_deploy
+    from edgetl.pipeline import load_config
+
+    run_level, options = _take_fields(params, TrainInputs), _take_fields(params, TrainOptions)
+    overrides = {
+        "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
+        "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,
+        "batches": _int_list("--batch", batches) if batches else None,
+        "bundle": False if no_bundle else None, "sign": sign, "check": True if check else None,
+        **run_level, "train": options,
+    }
+    if config_file is None and data is None:
+        raise click.UsageError("give --data (or a --config file that sets data)")
+    run_deploy(load_config(config_file, overrides), console=console)
+
+
