@@ -435,7 +435,7 @@ def test_predict_with_swapped_arguments_says_the_bundle_comes_first(bundle_file,
 @pytest.mark.parametrize("args, message", [
     (["--batch", "0"], "--batch 0: batch sizes must be integers >= 1"),
     (["--batch", "1,-2"], "--batch 1,-2: batch sizes must be integers >= 1"),
-    (["--iterations", "0"], "--iterations 0: must be >= 1"),
+    (["--iterations", "0"], "--iterations 0: must be from 1 to 10,000,000"),
     (["--duration", "0"], "--duration 0.0: must be > 0 seconds"),
     (["--duration", "-1"], "--duration -1.0: must be > 0 seconds"),
     (["--threads", "0"], "--threads 0: must be from 1 to 1024"),
