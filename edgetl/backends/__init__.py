@@ -13,10 +13,8 @@ first use, so a runtime that is not installed costs nothing.
 
 from __future__ import annotations
 
-import functools
-import sys
-from importlib.metadata import EntryPoint, entry_points
 
+from edgetl._plugins import registered
 from edgetl.backends.base import (
     Backend,
     BackendBase,
@@ -26,7 +24,7 @@ from edgetl.backends.base import (
     NoOptions,
     Session,
 )
-from edgetl.errors import MissingDependencyError, UnknownNameError
+from edgetl.errors import UnknownNameError
 
 GROUP = "edgetl.backends"
 # The runtime that runs a plain ONNX file on any CPU: compile's accuracy estimates and a bundle's
@@ -34,18 +32,8 @@ GROUP = "edgetl.backends"
 ONNX_RUNNER = "onnxruntime"
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    # Keyed on sys.path: a distribution added to it later (a plugin installed at run time) is seen.
-    return _scan(tuple(sys.path))
-
-
-@functools.lru_cache(maxsize=8)
-def _scan(path: tuple[str, ...]) -> dict[str, EntryPoint]:
-    found = {ep.name: ep for ep in entry_points(group=GROUP)}
-    if not found:  # a venv from before the entry points: the user's to fix, so one line and exit 2
-        raise MissingDependencyError(f"no runtimes are registered under the {GROUP!r} entry points: edgetl's "
-                                     "install predates them; reinstall it (pip install -e . in a checkout)")
-    return dict(sorted(found.items()))
+def _entry_points():
+    return registered(GROUP, "runtimes")
 
 
 def runtimes() -> tuple[str, ...]:

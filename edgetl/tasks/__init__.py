@@ -12,30 +12,19 @@ The entry point's name is the task's name. Device side: no torch here.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import sys
 from collections.abc import Mapping
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from edgetl.errors import MissingDependencyError, UnknownNameError
+from edgetl._plugins import registered
+from edgetl.errors import UnknownNameError
 from edgetl.tasks.base import BENCH_METRICS, Metric, Task, TaskRecord
 
 GROUP = "edgetl.tasks"
 DEFAULT_TASK = "image-classification"  # what a run or bundle that records no task is
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return _scan(tuple(sys.path))
-
-
-@functools.lru_cache(maxsize=8)
-def _scan(path: tuple[str, ...]) -> dict[str, EntryPoint]:
-    found = {ep.name: ep for ep in entry_points(group=GROUP)}
-    if not found:
-        raise MissingDependencyError(f"no tasks are registered under the {GROUP!r} entry points: edgetl's "
-                                     "install predates them; reinstall it (pip install -e . in a checkout)")
-    return dict(sorted(found.items()))
+def _entry_points():
+    return registered(GROUP, "tasks")
 
 
 def tasks() -> tuple[str, ...]:

@@ -105,14 +105,17 @@ def test_without_a_cpu_in_the_profile_the_host_decides_and_is_fingerprinted():
 def test_an_install_without_the_entry_points_is_one_line_saying_reinstall(monkeypatch):
     from click.testing import CliRunner
 
-    import edgetl.backends as registry
+    import edgetl._plugins as plugins
     from edgetl.cli import cli
 
-    monkeypatch.setattr(registry, "entry_points", lambda group: [])
-    registry._scan.cache_clear()
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
+    plugins._scan.cache_clear()
     try:
-        result = CliRunner().invoke(cli, ["targets"])
+        runtimes = CliRunner().invoke(cli, ["targets"])
+        tasks = CliRunner().invoke(cli, ["tasks"])
     finally:
-        registry._scan.cache_clear()
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "reinstall it (pip install -e . in a checkout)" in result.output
+        plugins._scan.cache_clear()
+    for result, what in ((runtimes, "runtimes"), (tasks, "tasks")):
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"no {what} are registered" in result.output
+        assert "reinstall it (pip install -e . in a checkout)" in result.output
