@@ -13,7 +13,6 @@ first use, so a runtime that is not installed costs nothing.
 
 from __future__ import annotations
 
-
 from edgetl._plugins import registered
 from edgetl.backends.base import (
     Backend,
