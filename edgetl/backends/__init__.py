@@ -13,7 +13,7 @@ first use, so a runtime that is not installed costs nothing.
 
 from __future__ import annotations
 
-from edgetl._plugins import registered
+from edgetl._plugins import instance, registered
 from edgetl.backends.base import (
     Backend,
     BackendBase,
@@ -23,7 +23,6 @@ from edgetl.backends.base import (
     NoOptions,
     Session,
 )
-from edgetl.errors import UnknownNameError
 
 GROUP = "edgetl.backends"
 # The runtime that runs a plain ONNX file on any CPU: compile's accuracy estimates and a bundle's
@@ -41,10 +40,7 @@ def runtimes() -> tuple[str, ...]:
 
 
 def get_backend(name: str) -> Backend:
-    registered = _entry_points()
-    if name not in registered:
-        raise UnknownNameError("runtime", name, registered)
-    return registered[name].load()()
+    return instance(GROUP, "runtimes", "runtime", name)
 
 
 def __getattr__(attr: str):

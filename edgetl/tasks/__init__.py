@@ -15,8 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from edgetl._plugins import registered
-from edgetl.errors import UnknownNameError
+from edgetl._plugins import instance, registered
 from edgetl.tasks.base import BENCH_METRICS, Metric, Task, TaskRecord
 
 GROUP = "edgetl.tasks"
@@ -33,10 +32,7 @@ def tasks() -> tuple[str, ...]:
 
 
 def get_task(name: str):
-    registered = _entry_points()
-    if name not in registered:
-        raise UnknownNameError("task", name, registered)
-    return registered[name].load()()
+    return instance(GROUP, "tasks", "task", name)
 
 
 def task_of_train(train: Mapping[str, Any]) -> tuple[Task, TaskRecord]:

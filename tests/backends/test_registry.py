@@ -119,3 +119,26 @@ def test_an_install_without_the_entry_points_is_one_line_saying_reinstall(monkey
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert f"no {what} are registered" in result.output
         assert "reinstall it (pip install -e . in a checkout)" in result.output
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(tmp_path):
+    """A third party's runtime or task whose module fails to import: one line and exit 2, not a traceback."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+    from tests.backends.plugin import registered
+
+    site = tmp_path / "site"
+    info = site / "broken_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "broken_plugin.py").write_text("import a_module_that_is_not_installed\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edgetl.backends]\nbrokenrt = broken_plugin:Backend\n"
+                                           "[edgetl.tasks]\nbroken-task = broken_plugin:Task\n")
+    with registered(site):
+        for args in (["targets"], ["tasks"]):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 2, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in result.output, result.output
+            assert "(broken_plugin:" in lines[0] and "cannot be imported: No module named " in lines[0]
