@@ -162,7 +162,10 @@ class TargetProfile(_Strict):
             return data  # the runtime field reports it; other fields are reported as unknown
         common = set(cls.model_fields) - {"options"}
         own = {k: v for k, v in data.items() if k not in common}
-        own = {**own.pop("options", {}), **own}  # a dumped profile read back may nest them
+        nested = own.pop("options", {})  # a dumped profile read back may nest them
+        if not isinstance(nested, dict):
+            raise ValueError("field 'options' must be a table of the runtime's own fields (or leave it out)")
+        own = {**nested, **own}
         own = {k: v for k, v in own.items() if v is not None}  # manifests of older bundles list unset fields
         model = get_backend(data["runtime"]).options_model
         for field in own:

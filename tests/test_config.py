@@ -190,3 +190,19 @@ def test_a_profile_sets_goals_on_declared_metrics(tmp_path):
     assert [(g.metric, g.bound, g.value) for g in goals] == [
         ("p90_latency_ms", "max", 20), ("top1", "min", 0.9), ("agreement", "min", 0.98)]
     assert [g.key for g in goals] == ["p90_latency_ms", "goals.top1", "goals.agreement"]
+
+
+def test_an_options_value_that_is_not_a_table_is_one_line(tmp_path, monkeypatch):
+    """`options = 3` in a profile: the field named, not a TypeError traceback; `edgetl targets` lists the others."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    (tmp_path / "targets").mkdir()
+    _write(tmp_path / "targets", "badopt", 'runtime = "onnxruntime"\noptions = 3\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="field 'options' must be a table of the runtime's own fields"):
+        load_target("badopt")
+    result = CliRunner().invoke(cli, ["targets"])
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert "badopt" in result.output  # its row holds the error (folded by the table)

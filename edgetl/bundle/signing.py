@@ -69,16 +69,26 @@ def new_key_pair(out: str | os.PathLike, name: str) -> tuple[Path, Path]:
     for path in (private_path, public_path):
         if path.exists():
             raise ConfigError(f"{path} already exists: refusing to overwrite a key; choose another --name or --out")
-    out.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    # O_EXCL: a file created meanwhile is not overwritten; 0600 from the first byte, not chmod after
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    public_path.write_bytes(_public_pem(private.public_key()))
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: a file created meanwhile is not overwritten; 0600 from the first byte, not chmod after
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        public_path.write_bytes(_public_pem(private.public_key()))
     return private_path, public_path
+
+
+@contextlib.contextmanager
+def _writing(folder: Path):
+    """A key that cannot be written (a file in the way, a read-only folder) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write keys to {folder}: {exc.strerror or exc}; choose another folder") from None
 
 
 def _public_pem(public: Ed25519PublicKey) -> bytes:
@@ -171,8 +181,9 @@ def trust(public_path: str | os.PathLike) -> tuple[str, Path]:
     if folder is None:
         raise ConfigError("EDGETL_TRUSTED_KEYS names only files: add a folder to it to trust more keys")
     dest = folder / f"{kid}.pub"
-    folder.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(_public_pem(key))
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(_public_pem(key))
     return kid, dest
 
 

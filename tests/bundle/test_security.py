@@ -413,6 +413,10 @@ def test_keys_commands(tmp_path, monkeypatch):
     assert result.exit_code == 0 and kid in result.output
     refused(["keys", "trust", str(private)], "is not an Ed25519 public key", tmp_path)
     refused(["keys", "new", "--name", "../x"], "--name '../x'", tmp_path)
+    (tmp_path / "afile").write_text("")  # a file where the key folder would go: one line, no traceback
+    refused(["keys", "new", "--out", str(tmp_path / "afile" / "sub")], "cannot write keys to", tmp_path)
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(tmp_path / "afile" / "trusted"))
+    refused(["keys", "trust", str(public)], "cannot write keys to", tmp_path)
 
 
 def test_raw_keys_and_a_list_of_trusted_places(tmp_path, monkeypatch):
