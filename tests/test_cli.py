@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 EDGETL = [sys.executable, "-m", "edgetl.cli"]
 
 
@@ -61,12 +63,16 @@ def test_a_wrong_data_path_answers_before_torch_loads(tmp_path):
         assert not (tmp_path / "run").exists()
 
 
-def test_verify_on_a_run_folder_says_how_to_make_a_bundle(tmp_path):
+@pytest.mark.parametrize("command", [["verify"], ["predict"], ["build"], ["val"]])
+def test_a_bundle_command_on_a_run_folder_says_how_to_make_a_bundle(tmp_path, command):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text('{"train": {}, "compiled": {"host-cpu/int8": {"target": "host-cpu"}}}')
-    result = _run("verify", str(run))
-    assert result.returncode == 2
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    extra = [str(images)] if command[0] in ("predict", "val") else []
+    result = _run(*command, str(run), *extra)
+    assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: {run} is a run folder, not a bundle: edgetl bundle {run} --target " \
         "host-cpu, then verify the .tar.gz it writes"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import math
 import os
 import stat
@@ -130,6 +131,7 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
     are required, unsafe or tampered. ``allow_unsigned`` None: ``signing.unsigned_allowed()``."""
     path = Path(path)
     if path.is_dir():
+        _refuse_run_folder(path)
         return Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path)
     if not path.is_file():
         raise BundleError(f"bundle {path} does not exist")
@@ -146,6 +148,23 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
         raise BundleError(f"cannot use the bundle cache {cache_root()} ({exc.strerror}): point EDGETL_CACHE at a "
                           "writable folder") from None
     return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
+
+
+def _refuse_run_folder(path: Path) -> None:
+    """A run folder is the usual wrong guess for a bundle: name the command that makes one from it."""
+    manifest = Path(path) / "manifest.json"
+    if not Path(path).is_dir() or is_bundle(path) or not manifest.is_file():
+        return
+    try:
+        run_manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        if "format" in run_manifest or not {"schema", "artifacts", "train", "compiled"} & set(run_manifest):
+            return  # not a run's manifest either: the bundle check says what is wrong
+        compiled = run_manifest.get("compiled") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, RecursionError):
+        return
+    target = next((e.get("target") for e in compiled.values() if isinstance(e, dict)), None) or "T"
+    raise BundleError(f"{path} is a run folder, not a bundle: edgetl bundle {path} --target {target}, "
+                      f"then verify the .tar.gz it writes")
 
 
 def _cached_head(root: Path) -> tuple[bytes, bytes | None]:

@@ -4,9 +4,7 @@ the SSH and signing options."""
 from __future__ import annotations
 
 import functools
-import json
 import typing
-from pathlib import Path
 
 import click
 
@@ -100,25 +98,3 @@ def _trust_option(f):
     return click.option("--allow-unsigned", is_flag=True, envvar="EDGETL_ALLOW_UNSIGNED",
                         help="Accept unsigned bundles although trusted keys are configured (env "
                         "EDGETL_ALLOW_UNSIGNED=1). A bad signature or an unknown key is refused always.")(wrapper)
-
-
-def _refuse_run_folder(path: str) -> None:
-    """A run folder is the usual wrong guess for a bundle: name the command that makes one from it."""
-    from edgetl.bundle.format import is_bundle
-    from edgetl.errors import BundleError
-
-    manifest = Path(path) / "manifest.json"
-    if not Path(path).is_dir() or is_bundle(path) or not manifest.is_file():
-        return
-    try:
-        run_manifest = json.loads(manifest.read_text(encoding="utf-8"))
-        if "format" in run_manifest or not {"schema", "artifacts", "train", "compiled"} & set(run_manifest):
-            return  # not a run's manifest either: the bundle check says what is wrong
-        compiled = run_manifest.get("compiled") or {}
-    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, RecursionError):
-        return
-    target = next((e.get("target") for e in compiled.values() if isinstance(e, dict)), None) or "T"
-    raise BundleError(f"{path} is a run folder, not a bundle: edgetl bundle {path} --target {target}, "
-                      f"then verify the .tar.gz it writes")
-
-

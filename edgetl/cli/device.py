@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from edgetl.cli import cli, console
 from edgetl.cli._options import (
-    _refuse_run_folder,
     _remote_options,
     _trust_option,
 )
@@ -140,7 +139,6 @@ def verify_cmd(bundle, threads, as_json):
     """
     from edgetl.bundle.runner import verify
 
-    _refuse_run_folder(bundle)
     result = verify(bundle, threads)
     if as_json:
         click.echo(json.dumps(result, indent=2))
