@@ -37,6 +37,10 @@ _ROOT = Path(__file__).resolve().parent
 _SHIPPED = {kind: [_ROOT / "_data" / kind] for kind in ("targets", "calibration")}
 
 
+# The most threads a profile, a bench or a bundle may ask for: more is a typo, and each one is an OS thread.
+MAX_THREADS = 1024
+
+
 class _Strict(BaseModel):
     # strict: TOML has real types, so `threads = "4"` or `per_channel = "no"` is a mistake to report,
     # not a value to coerce ("no" would become False, but "off" an error). No inf/nan budgets either.
@@ -146,7 +150,7 @@ class TargetProfile(_Strict):
     description: str = ""
     runtime: str
     precision: Literal["fp32", "fp16", "int8"] = "int8"
-    threads: int | None = Field(None, ge=1, le=1024)  # as a bundle's manifest may hold
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     device: Literal["cpu", "gpu", "npu"] = Field("cpu", validate_default=True, description="what runs the model")
     calibration: str = "default"
     budgets: Budgets = Budgets()

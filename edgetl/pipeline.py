@@ -208,11 +208,15 @@ class _Train:
         self.state = state
         config = state.config
         self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
+        self._fingerprint: str | None = None
 
     def fingerprint(self) -> str:
+        """The data, backbone, weights and options: hashing the data reads every image, so once per deploy."""
         from edgetl.adapt.train import train_inputs_hash
 
-        return train_inputs_hash(self.state.config.data, self.state.config.train, **self.inputs)
+        if self._fingerprint is None:
+            self._fingerprint = train_inputs_hash(self.state.config.data, self.state.config.train, **self.inputs)
+        return self._fingerprint
 
     def _existing(self) -> TrainRecord | None:
         try:
@@ -472,14 +476,14 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
 def _estimate_over_budget(run: RunDir, row: dict) -> str:
     """An artifact that cannot run here is still bundled: when the compile stage's estimate of its
     accuracy already misses a goal of the profile, say so before it is shipped."""
-    from edgetl.backends import RUNTIMES
     from edgetl.bench.gates import estimates_missing
-    from edgetl.config import load_target
+    from edgetl.bench.run import budgets_for
 
     entry = run.entries(CompiledEntry).get(row["cell"])
-    if entry is None or row["target"] in RUNTIMES:
+    budgets = budgets_for(entry) if entry is not None else None
+    if budgets is None:  # not compiled, or a bare runtime: no goals
         return ""
-    missed = estimates_missing(load_target(row["target"]).budgets, entry.accuracy.model_dump())
+    missed = estimates_missing(budgets, entry.accuracy.model_dump())
     if not missed:
         return ""
     return f"; {', '.join(missed)}: measure it on the device (edgetl val BUNDLE FOLDER) before shipping"

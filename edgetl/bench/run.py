@@ -350,9 +350,11 @@ def bench(
         reporter.warn(busy)
 
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp, reporter.measuring() as progress:
-        measurer = _Measurer(run, settings.record(), progress, Path(tmp))
-        runnable = [k for k in keys if _availability(compiled[k].runtime) is None]
-        # no speed-up to compute when nothing selected can run here: spare the reference's minute
+        why_not = {k: _availability(compiled[k].runtime) for k in keys}  # None: runs here
+        runnable = [k for k in keys if why_not[k] is None]
+        # Nothing selected runs here (a TensorRT target on a CPU machine): no validation data to
+        # prepare, no reference to time, only "unavailable" rows.
+        measurer = _Measurer(run, settings.record(), progress, Path(tmp)) if runnable else None
         reference = _bench_reference(run, measurer, results, reporter) if runnable else None
         ref_latency = _latency_by_batch(reference)
         ref_method = reference and reference["method"]
@@ -360,7 +362,7 @@ def bench(
             entry = compiled[key]
             stub = {"key": key, "target": entry.target, "artifact": _artifact(run, entry),
                     "device": {"name": results.device}}
-            if (reason := _availability(entry.runtime)) is not None:
+            if (reason := why_not[key]) is not None:
                 unmeasured = {"status": gates_mod.NA, "checks": [], "failed": [],
                               "budgets": budgets[key].model_dump(exclude_none=True) if budgets[key] else {}}
                 results.rows.append(save_result(run, {**stub, "status": "unavailable", "reason": reason,

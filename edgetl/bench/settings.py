@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from edgetl.config import MAX_THREADS
 from edgetl.errors import ConfigError
 
-MAX_THREADS = 1024  # as a bundle's profile may ask: more is a typo, and each one is an OS thread
 MAX_ITERATIONS = 10_000_000  # timed calls per batch size: more would run for days even at 10 µs each
 
 

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgetl.config import TargetProfile
+from edgetl.config import MAX_THREADS, TargetProfile
 from edgetl.errors import BundleError
 from edgetl.tensors import TensorSpec
 
@@ -38,7 +38,6 @@ MAX_FILES = 10_000
 MAX_FILE_SIZE = 2**40
 MAX_BATCH = 1024
 MAX_SIDE = 4096
-MAX_THREADS = 1024
 MAX_CLASSES = 100_000
 MAX_TENSORS = 16
 MAX_RANK = 8
