@@ -39,7 +39,7 @@ from edgetl.config import CalibrationRecipe, load_recipe, load_target, name_list
 from edgetl.errors import CompileError, ConfigError, EdgetlError, MissingDependencyError, UnknownNameError
 from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.stages import Reporter, RichReporter, SilentReporter, StageResult
-from edgetl.tensors import batch_size, batches, concat
+from edgetl.tensors import batch_size
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BARE_RUNTIME_PRECISION = "int8"
@@ -198,20 +198,10 @@ def _stderr_reporter():
 class _Context:
     """What every cell shares: the run, its ONNX and its data view (arrays read once, kept)."""
 
-    def __init__(self, run: RunDir, onnx_path: Path, view=None):
-        self.run, self.onnx_path = run, onnx_path
+    def __init__(self, run: RunDir, onnx_path: Path, view):
+        self.run, self.onnx_path, self.view = run, onnx_path, view
         self.onnx_sha = sha256_file(onnx_path)
-        self._view = view
         self._calib: dict[str, dict[str, np.ndarray]] = {}  # recipe hash -> calibration feeds
-
-    @property
-    def view(self):
-        """The run's ``DataView``, read on first use (fingerprints alone need no arrays)."""
-        if self._view is None:
-            from edgetl.data.arrays import DataView
-
-            self._view = DataView(self.run)
-        return self._view
 
     def calibration(self, recipe: CalibrationRecipe, warn) -> dict[str, np.ndarray]:
         """The task's calibration feeds for ``recipe`` (one read per recipe)."""
@@ -226,9 +216,9 @@ class _Context:
         return self._calib[key]
 
 
-def _fingerprint(ctx: _Context, cell: Cell, backend) -> str:
+def _fingerprint(onnx_sha: str, cell: Cell, backend) -> str:
     return sha256_json({
-        "onnx": ctx.onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
+        "onnx": onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
         "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": backend.fingerprint(cell.options),
         "edgetl": __version__,
     })
@@ -242,11 +232,11 @@ def fingerprints(run: RunDir, cells: list[Cell]) -> dict[str, str | None] | None
     onnx_path = current_export(run)
     if onnx_path is None:
         return None
-    ctx, out = _Context(run, onnx_path), {}
+    onnx_sha, out = sha256_file(onnx_path), {}
     for cell in cells:
         backend = get_backend(cell.runtime)
         buildable = backend.available() and cell.precision in backend.precisions
-        out[cell.key] = _fingerprint(ctx, cell, backend) if buildable else None
+        out[cell.key] = _fingerprint(onnx_sha, cell, backend) if buildable else None
     return out
 
 
@@ -277,7 +267,7 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, reporter: Reporter) ->
             raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")
         if cell.precision not in backend.precisions:
             raise CompileError(f"{cell.runtime} cannot build {cell.precision}: it supports {', '.join(backend.precisions)}")
-        fingerprint = _fingerprint(ctx, cell, backend)
+        fingerprint = _fingerprint(ctx.onnx_sha, cell, backend)
         entry = _current(ctx.run, cell, fingerprint) if not force else None
         status = "cached"
         if entry is None:
@@ -350,6 +340,8 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     """The task's metrics on the full validation split (image classification: top-1, drop and
     agreement), in the artifact's own runtime, or estimated on ONNX Runtime CPU through
     ``estimate_with`` when the artifact cannot run here."""
+    from edgetl.bench.accuracy import collect_outputs
+
     view = ctx.view
     if backend.can_run_here():
         session, evaluated_with, estimated = backend.load(compiled.path, threads), f"{backend.name} {backend.version()} CPU", False
@@ -363,7 +355,7 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     else:
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
     with session:
-        outputs = concat(session.run(b) for b in batches(view.val_feeds(), _EVAL_BATCH))
+        outputs = collect_outputs(session, view.val_feeds(), _EVAL_BATCH)
     metrics = view.task.evaluate(outputs, view.val_labels(), view.reference(), view.record.classes)
     return {
         "n": metrics["n"], "top1": metrics["top1"], "fp32_top1": metrics["fp32_top1"],

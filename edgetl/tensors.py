@@ -84,6 +84,8 @@ def check_feeds(specs: Iterable[TensorSpec], feeds: Feeds, where: str) -> None:
 
 def batch_size(feeds: Feeds) -> int:
     """The common length of axis 0 (every tensor is batched on it)."""
+    if not feeds:
+        raise DataError("no inputs were given (the feeds hold no tensor)")
     sizes = {len(v) for v in feeds.values()}
     if len(sizes) != 1:
         raise DataError(f"inputs disagree on the batch size: { {k: len(v) for k, v in feeds.items()} }")

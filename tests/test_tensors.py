@@ -51,3 +51,5 @@ def test_batches_cut_every_tensor_on_the_same_rows_and_concat_joins_them():
 def test_feeds_that_disagree_on_the_batch_are_a_data_error():
     with pytest.raises(DataError, match="disagree on the batch size"):
         batch_size({"input_ids": np.zeros((2, 12)), "attention_mask": np.zeros((3, 12))})
+    with pytest.raises(DataError, match="no inputs were given"):
+        batch_size({})

@@ -23,7 +23,7 @@ from edgetl._lazy import require
 from edgetl.data import arrays
 from edgetl.errors import ExportError
 from edgetl.rundir import Record, RunPath
-from edgetl.tensors import Feeds, batches, concat, take
+from edgetl.tensors import Feeds, take
 
 OPSET = 18
 # An FP32 export differs from eager PyTorch only by kernel rounding.
@@ -141,10 +141,11 @@ def export_onnx(model, example_feeds: Feeds, input_specs, output_specs, dest) ->
 
 def onnx_outputs(path, feeds: Feeds, batch: int = 64) -> dict[str, np.ndarray]:
     """Every output of the ONNX model at ``path`` on ONNX Runtime CPU, run ``batch`` samples at a time."""
-    ort = require("onnxruntime", "checking the ONNX export")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return concat(dict(zip(names, session.run(names, part), strict=True)) for part in batches(feeds, batch))
+    from edgetl.backends import ONNX_RUNNER, get_backend
+    from edgetl.bench.accuracy import collect_outputs
+
+    with get_backend(ONNX_RUNNER).load(Path(path)) as session:
+        return collect_outputs(session, feeds, batch)
 
 
 def check_outputs(outputs: Feeds, reference: Feeds, row_name=lambda row: f"row {row}") -> dict[str, float]:
