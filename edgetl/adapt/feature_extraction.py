@@ -17,18 +17,19 @@ from edgetl.data.preprocess import PreprocessSpec, normalize
 
 def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: str, batch: int = 64,
             console=None) -> np.ndarray:
-    """Pooled pre-logits features of uint8 images; each rank does its shard, all ranks get all rows.
-    ``console``: where the bar is drawn (None: nowhere)."""
+    """Pooled pre-logits features (float32) of uint8 images, on the rank's device under its autocast;
+    each rank does its shard, all ranks get all rows. ``console``: where the bar is drawn (None: nowhere)."""
     import torch
 
+    execution = dist.execution
     rows = pixels[distributed.shard(dist, len(pixels))]
     model.eval()
     out = []
-    with progress_bar(console) as progress, torch.inference_mode():
+    with progress_bar(console) as progress, torch.inference_mode(), execution.autocast():
         task = progress.add_task(desc, total=len(rows), stats="")
         for i in range(0, len(rows), batch):
-            x = torch.from_numpy(normalize(rows[i : i + batch], spec))
-            out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
+            x = execution.to(torch.from_numpy(normalize(rows[i : i + batch], spec)))
+            out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy())
             progress.update(task, advance=len(x))
     width = model.get_classifier().in_features
     local = np.concatenate(out) if out else np.empty((0, width), np.float32)
@@ -69,25 +70,28 @@ def train_head(
     on_improve=None,
     console=None,
     on_epoch=None,
+    checkpoint=None,
 ) -> FitResult:
     """AdamW on cached features for ``opts.phase_epochs("head")``; every rank trains the same head on
-    all rows (it takes seconds). ``console``: where the progress is drawn (None: nowhere)."""
+    all rows (it takes seconds), on the rank's device in fp32. ``console``: where the progress is
+    drawn (None: nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    generator = torch.Generator().manual_seed(opts.seed)
+    execution = dist.execution.without_amp()  # features in memory: no workers, no autocast
     epochs = opts.phase_epochs("head")
     loader = DataLoader(
         TensorDataset(torch.from_numpy(f_train), torch.from_numpy(y_train)),
         batch_size=max(opts.batch_size, HEAD_MIN_BATCH),
         shuffle=True,
-        generator=generator,
+        generator=torch.Generator().manual_seed(opts.seed),
+        pin_memory=execution.is_cuda,
     )
     optimizer = torch.optim.AdamW(head.parameters(), lr=opts.head_lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
 
     def evaluate(model) -> float:
-        return float((predict(model, f_val).argmax(1) == y_val).mean())
+        return float((predict(model, f_val, execution=execution).argmax(1) == y_val).mean())
 
     return fit(
         head,
@@ -104,4 +108,6 @@ def train_head(
         on_epoch=on_epoch,
         label_smoothing=opts.label_smoothing,
         per_epoch_bars=False,
+        execution=execution,
+        checkpoint=checkpoint,
     )

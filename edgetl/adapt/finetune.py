@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from edgetl.adapt import distributed
 from edgetl.adapt.distributed import Dist
 from edgetl.adapt.loop import FitResult, fit, predict
 from edgetl.adapt.options import TrainOptions
@@ -109,33 +110,31 @@ def finetune(
     on_improve=None,
     console=None,
     on_epoch=None,
+    checkpoint=None,
 ) -> FitResult:
-    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``.
-    ``console``: where the progress is drawn (None: nowhere)."""
+    """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``,
+    on the rank's device (``dist.execution``). ``console``: where the progress is drawn (None:
+    nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
+    execution = dist.execution
     trainable, batchnorms = freeze_for_finetune(model, opts.unfreeze, keep_bn_stats)
-    generator = torch.Generator().manual_seed(opts.seed)
     sampler = (DistributedSampler(train_data, dist.world, dist.rank, shuffle=True, seed=opts.seed)
                if dist.enabled else None)
     loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, drop_last=len(train_data) > opts.batch_size * dist.world)
+                        drop_last=len(train_data) > opts.batch_size * dist.world, **execution.loader_options(opts.seed))
     groups = param_groups(model, trainable, opts.head_lr, opts.backbone_lr_scale, opts.layer_decay)
     optimizer = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
     epochs = opts.phase_epochs("finetune")
     total = epochs * len(loader)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(len(loader), total // 5 or 1), total_steps=total)
-    net = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model)
+    net = distributed.wrap(dist, model)
     x_val = normalize(val_pixels, spec)
 
     def evaluate(_net) -> float:
         # Every rank evaluates the whole split, so all ranks take the same early-stopping decision.
-        return float((predict(model, x_val).argmax(1) == y_val).mean())
+        return float((predict(model, x_val, execution=execution).argmax(1) == y_val).mean())
 
     return fit(
         net,
@@ -152,4 +151,6 @@ def finetune(
         on_improve=on_improve,
         on_epoch=on_epoch,
         label_smoothing=opts.label_smoothing,
+        execution=execution,
+        checkpoint=checkpoint,
     )

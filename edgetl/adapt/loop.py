@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgetl.adapt.device import Execution
+from edgetl.adapt.resume import Checkpointer, restore_rng, rng_state
+
+CPU = Execution()
+
 
 @dataclass
 class FitResult:
@@ -19,8 +24,13 @@ class FitResult:
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
     best_state: dict | None = None
-    images_per_s: float = 0.0
+    images: int = 0  # trained on, all ranks together
+    seconds: float = 0.0  # spent training them (validation passes excluded)
     interrupted: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
 
 
 def progress_bar(console) -> Progress:
@@ -60,37 +70,41 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     label_smoothing: float = 0.0,
     per_epoch_bars: bool = True,
+    execution: Execution = CPU,
+    checkpoint: Checkpointer | None = None,
 ) -> FitResult:
-    import torch.nn.functional as F
-
+    """Train ``model`` (already on ``execution``'s device) for up to ``epochs``; with a
+    ``checkpoint``, continue from its saved state of ``phase`` and save one after every epoch."""
     result = FitResult()
-    stale = 0
-    total_images, total_time = 0, 0.0
+    scaler = execution.grad_scaler()
+    stale, start = 0, 0
+    saved = checkpoint.state(phase) if checkpoint is not None else None
+    if saved is not None:
+        stale, start = _restore(saved, result, model, optimizer, scheduler, scaler, loader, execution)
+        if saved["finished"]:
+            return result
     with progress_bar(console) as progress:
-        overall = None if per_epoch_bars else progress.add_task(phase, total=epochs, stats="")
+        overall = None if per_epoch_bars else progress.add_task(phase, total=epochs, completed=start, stats="")
         try:
-            for epoch in range(epochs):
+            for epoch in range(start, epochs):
                 if hasattr(loader.sampler, "set_epoch"):
                     loader.sampler.set_epoch(epoch)
                 task = progress.add_task(f"{phase} {epoch + 1}/{epochs}", total=len(loader), stats="") if per_epoch_bars else None
                 _set_train_mode(model, eval_modules or [])
-                loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+                loss_sum, correct, seen, begun = 0.0, 0, 0, time.perf_counter()
                 for x, y in loader:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    x, y = execution.to(x), execution.to(y)
+                    logits, loss = _step(model, x, y, optimizer, scaler, execution, label_smoothing)
                     if scheduler is not None:
                         scheduler.step()
-                    loss_sum += loss.item() * len(y)
+                    loss_sum += loss * len(y)
                     correct += (logits.argmax(1) == y).sum().item()
                     seen += len(y)
                     if task is not None:
-                        elapsed = time.perf_counter() - start
+                        elapsed = time.perf_counter() - begun
                         progress.update(task, advance=1, stats=_stats(loss_sum / seen, correct / seen, seen / elapsed))
-                elapsed = time.perf_counter() - start
-                total_images, total_time = total_images + seen * world, total_time + elapsed
+                elapsed = time.perf_counter() - begun
+                result.images, result.seconds = result.images + seen * world, result.seconds + elapsed
                 val_top1 = evaluate(model)
                 row = {
                     "phase": phase,
@@ -102,10 +116,6 @@ def fit(
                     "lr": optimizer.param_groups[-1]["lr"],
                 }
                 result.history.append(row)
-                if on_epoch is not None:
-                    on_epoch(row)
-                stats = _stats(row["loss"], row["train_top1"], row["images_per_s"]) + f" val {val_top1:.3f}"
-                progress.update(task if task is not None else overall, advance=0 if task is not None else 1, stats=stats)
                 if val_top1 > result.best_val_top1 or result.best_epoch < 0:
                     result.best_val_top1, result.best_epoch, stale = val_top1, epoch + 1, 0
                     result.best_state = copy.deepcopy(_unwrap(model).state_dict())
@@ -113,12 +123,66 @@ def fit(
                         on_improve(result.best_state)
                 else:
                     stale += 1
-                    if stale >= patience:
-                        break
+                finished = stale >= patience or epoch + 1 == epochs
+                if checkpoint is not None:  # before on_epoch: an interrupt there keeps this epoch
+                    checkpoint.save(phase, _state(epoch + 1, finished, stale, result, model, optimizer, scheduler,
+                                                  scaler, loader, execution))
+                if on_epoch is not None:
+                    on_epoch(row)
+                stats = _stats(row["loss"], row["train_top1"], row["images_per_s"]) + f" val {val_top1:.3f}"
+                progress.update(task if task is not None else overall, advance=0 if task is not None else 1, stats=stats)
+                if finished:
+                    break
         except KeyboardInterrupt:
             result.interrupted = True
-    result.images_per_s = total_images / total_time if total_time else 0.0
     return result
+
+
+def _step(model, x, y, optimizer, scaler, execution: Execution, label_smoothing: float):
+    """One optimisation step under the execution's autocast; (logits, loss value)."""
+    import torch.nn.functional as F
+
+    with execution.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss.item()
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _state(epoch, finished, stale, result, model, optimizer, scheduler, scaler, loader, execution) -> dict:
+    """What ``--resume`` needs of this phase after ``epoch``: its result so far and the RNG states;
+    unless the phase is finished, the weights, optimizer, scheduler and scaler to go on from."""
+    state = {"epoch": epoch, "finished": finished, "stale": stale, "history": list(result.history),
+             "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
+             "best_state": _cpu(result.best_state), "images": result.images, "seconds": result.seconds,
+             "rng": rng_state(loader.generator, execution.device)}
+    if not finished:
+        state.update(model=_cpu(_unwrap(model).state_dict()), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict() if scheduler is not None else None,
+                     scaler=scaler.state_dict())
+    return state
+
+
+def _restore(state, result, model, optimizer, scheduler, scaler, loader, execution) -> tuple[int, int]:
+    """Put a saved phase state back; (epochs without improvement, epochs done)."""
+    result.history = list(state["history"])
+    result.best_val_top1, result.best_epoch = state["best_val_top1"], state["best_epoch"]
+    result.best_state, result.images, result.seconds = state["best_state"], state["images"], state["seconds"]
+    if not state["finished"]:
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"], loader.generator, execution.device)
+    return state["stale"], state["epoch"]
 
 
 def _stats(loss: float, acc: float, ips: float) -> str:
@@ -129,13 +193,15 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def predict(model, inputs: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Logits for float32 NCHW (or feature) rows, in eval mode, without gradients."""
+def predict(model, inputs: np.ndarray, batch: int = 128, execution: Execution = CPU) -> np.ndarray:
+    """Logits (float32) for float32 NCHW (or feature) rows, in eval mode, without gradients, on the
+    execution's device and under its autocast."""
     import torch
 
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        out = torch.cat([model(torch.from_numpy(inputs[i : i + batch])) for i in range(0, len(inputs), batch)])
+    with torch.inference_mode(), execution.autocast():
+        out = torch.cat([model(execution.to(torch.from_numpy(inputs[i : i + batch]))).float().cpu()
+                         for i in range(0, len(inputs), batch)])
     model.train(was_training)
     return out.numpy()

@@ -27,6 +27,8 @@ HEAD_LR = 1e-3
 FINETUNE_EPOCHS = 15
 PATIENCE = {"head": 15, "finetune": 5}
 HEAD_MIN_BATCH = 64  # the head trains on cached features: small batches only add noise
+# Where and how fast training runs, not what it learns (amp is not here: it changes the weights).
+EXECUTION = frozenset({"device", "channels_last", "workers"})
 
 
 def flag(name: str) -> str:
@@ -127,6 +129,21 @@ class TrainOptions(_Options):
                                  f"(default {PATIENCE['head']} head / {PATIENCE['finetune']} finetune).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     seed: int = Field(0, description="Seed for the split, the initialisation and the data order.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train: auto (CUDA "
+                        "when PyTorch sees a GPU, else mps, else cpu), cpu, cuda, cuda:N or mps. Under torchrun each "
+                        "rank takes cuda:$LOCAL_RANK. E.g. --device cuda:1.")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="Mixed precision (autocast): auto = bf16 "
+                                                        "on a GPU that supports it, else fp16 with loss scaling; off "
+                                                        "on a CPU. bf16 also works on a CPU when asked for.")
+    channels_last: bool | None = Field(None, description="Channels-last memory format (faster convolutions on "
+                                       "tensor cores). Default: on for CUDA, off elsewhere.")
+    workers: int | None = Field(None, ge=0, description="Data-loader worker processes for fine-tuning. Default: 0 "
+                                "on a CPU (images are decoded in memory once), a few on CUDA.")
+
+    def hashed(self) -> dict:
+        """The options that shape the weights: all but the execution settings (``EXECUTION``), so a
+        rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare."""
+        return {k: v for k, v in self.model_dump().items() if k not in EXECUTION}
 
     def phase_epochs(self, phase: Literal["head", "finetune"]) -> int:
         if phase == "finetune":

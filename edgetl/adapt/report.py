@@ -25,6 +25,23 @@ def kept_text(kept: dict) -> str:
     return text
 
 
+def device_text(execution: dict, world: int) -> str:
+    """Where it trained, e.g. ``cuda:0 (NVIDIA H200), bf16 autocast, channels-last, 4 workers, 2 processes``."""
+    parts = [execution.get("device", "cpu")]
+    if execution.get("amp", "off") != "off":
+        parts.append(f"{execution['amp']} autocast")
+    if execution.get("channels_last"):
+        parts.append("channels-last")
+    if execution.get("workers"):
+        parts.append(f"{execution['workers']} loader workers")
+    if world > 1:
+        parts.append(f"{world} processes")
+    if execution.get("resumed_from"):
+        at = execution["resumed_from"]
+        parts.append(f"resumed after {at['phase']} epoch {at['after_epoch']}")
+    return ", ".join(parts)
+
+
 def print_summary(console, section: dict, history: list[dict]) -> None:
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
@@ -36,10 +53,12 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
     if "kept" in m:
         table.add_row("kept", kept_text(m["kept"]))
+    table.add_row("device", device_text(section.get("execution", {}), section.get("world_size", 1)))
     table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     if m["interrupted"]:
-        table.add_row("status", "[yellow]interrupted — best checkpoint so far kept[/]")
+        table.add_row("status", "[yellow]interrupted — best checkpoint so far kept; the same command with --resume "
+                                "continues at the next epoch[/]")
     console.print(table)
     per_class = Table(title="val top-1 per class")
     per_class.add_column("class")

@@ -2,7 +2,8 @@
 
 Writes ``runs/<name>/train/{model.safetensors, history.json, split.json}`` and the manifest's
 ``train`` section (backbone, weights, classes, preprocessing, mode, hyper-parameters, data hash,
-versions, metrics). Under ``torchrun`` the data is sharded and only rank 0 writes.
+versions, metrics, where it ran). Under ``torchrun`` the data is sharded and only rank 0 writes.
+While it trains, ``train/last.pt`` holds the state ``--resume`` continues from (``edgetl.adapt.resume``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
-from edgetl.adapt import distributed
+from edgetl.adapt import device, distributed
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import AugmentedImages, finetune
 from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.adapt.resume import fingerprint, open_checkpoint
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
@@ -65,6 +67,20 @@ class TrainMetrics(BaseModel):
     interrupted: bool = False
 
 
+class TrainExecution(BaseModel):
+    """Where the run trained: the device used (``cuda:0 (NVIDIA H200)``, ``cpu``), the autocast dtype
+    (off, bf16, fp16), the memory format and the loader workers per rank; ``resumed_from``: the phase
+    and epoch a ``--resume`` continued at (None: trained from the start)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device: str = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+    workers: int = 0
+    resumed_from: dict[str, Any] | None = None
+
+
 class TrainRecord(Record):
     """The manifest's ``train`` section (see ``RunDir.section``)."""
 
@@ -84,6 +100,7 @@ class TrainRecord(Record):
     dataset: TrainDataset
     versions: dict[str, str] = Field(default_factory=dict)
     world_size: int = 1
+    execution: TrainExecution = Field(default_factory=TrainExecution)  # runs written before it: CPU
     metrics: TrainMetrics
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
@@ -110,7 +127,7 @@ def _save_checkpoint(state: dict, dest: Path) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(dest) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))  # wherever it trained
 
 
 def _kept(phase: str, fit) -> dict:
@@ -147,7 +164,9 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
 
 
 def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
-    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.model_dump(), "data": data_hash})
+    """The device, workers and memory format are left out (``TrainOptions.hashed``): another device
+    is not new work."""
+    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hashed(), "data": data_hash})
 
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
@@ -184,6 +203,7 @@ def train(
     weights: str | Path | None = None,
     console=None,
     reporter=None,
+    resume: bool = False,
 ) -> dict:
     """Train and return the manifest's ``train`` section.
 
@@ -192,7 +212,8 @@ def train(
     ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
     ``timm:<name>``; ``val``: a separate validation set; ``weights``: a local start checkpoint;
     ``console``: a rich Console for the progress bars and the summary (None: none of them);
-    ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch.
+    ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch;
+    ``resume``: continue the interrupted training in ``out`` (its ``train/last.pt``) at its next epoch.
 
     Example::
 
@@ -203,13 +224,14 @@ def train(
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     layout = resolve_layout(data, val)
     require("torch", "training")
-    dist = distributed.setup()
+    execution = device.resolve(opts.device, opts.amp, opts.channels_last, opts.workers, local_rank=device.local_rank())
+    dist = distributed.setup(execution)
     console = console if dist.is_main else None  # one rank draws and prints
     try:
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None)
+                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None, resume)
     finally:
         distributed.teardown(dist)
 
@@ -222,7 +244,7 @@ def _epoch_reporter(reporter):
                                               f"val top-1 {row['val_top1']:.2%}")
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch) -> dict:
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume) -> dict:
     import torch
 
     from edgetl.adapt.loop import predict
@@ -238,6 +260,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
     spec = preprocess_spec(model, opts.image_size)
     start_weights = weights_id(backbone, pretrained=opts.pretrained, weights=weights)
+    checkpoint = open_checkpoint(out, fingerprint(backbone.name, start_weights, data_hash, opts.hashed()),
+                                 resume=resume, write=dist.is_main)
 
     run = RunDir(out)
     if dist.is_main:
@@ -257,6 +281,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     head_prefix = classifier_prefix(model)
     head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
+    execution = dist.execution
+    model = execution.place(model)
 
     def save_full(state: dict) -> None:
         if dist.is_main:
@@ -267,13 +293,14 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         save_full(model.state_dict())
 
     # Phase 1 (both modes): the head on cached, frozen features.
-    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash}
+    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash,
+                   "amp": execution.amp}
     f_train = cached_features({**feature_key, "part": "train"},
                               lambda: extract(model, train_pixels, spec, dist, "features (train)", console=console))
     f_val = cached_features({**feature_key, "part": "val"},
                             lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console))
     head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
-                             console=console, on_epoch=on_epoch)
+                             console=console, on_epoch=on_epoch, checkpoint=checkpoint)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -287,7 +314,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
             torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
         result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
-                          keep_bn_stats=opts.pretrained or weights is not None, console=console, on_epoch=on_epoch)
+                          keep_bn_stats=opts.pretrained or weights is not None, console=console, on_epoch=on_epoch,
+                          checkpoint=checkpoint)
         history += result.history
         if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)
@@ -299,8 +327,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     model.eval()
     x_val = arrays.normalize(val_pixels, spec)
-    val_pred = predict(model, x_val).argmax(1)
-    train_pred = predict(model, arrays.normalize(train_pixels, spec)).argmax(1)
+    val_pred = predict(model, x_val, execution=execution).argmax(1)
+    train_pred = predict(model, arrays.normalize(train_pixels, spec), execution=execution).argmax(1)
     metrics = {
         "val_top1": float((val_pred == y_val).mean()),
         "train_top1": float((train_pred == y_train).mean()),
@@ -335,6 +363,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         },
         "versions": _versions(),
         "world_size": dist.world,
+        "execution": {**execution.record(), "resumed_from": checkpoint.resumed_from},
         "metrics": metrics,
     }
     section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
@@ -345,6 +374,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         write_json(run.path / "train" / "history.json", history)
         run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
         run.set_record(record)
+        if not metrics["interrupted"]:
+            checkpoint.remove()
         if console is not None:
             print_summary(console, section, history)
     if metrics["interrupted"]:

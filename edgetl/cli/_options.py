@@ -25,6 +25,8 @@ def _model_option(name: str, field, with_defaults: bool):
     """One flag for a field of an options model: its name, type, help (the field's description, with
     its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``."""
     default = field.get_default(call_default_factory=True)
+    if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
+        return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
     if field.annotation is bool:
         flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,

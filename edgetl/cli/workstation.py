@@ -25,14 +25,19 @@ from edgetl.cli._options import (
               "train/ and val/ (or training/, validation/, valid/) class folders.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
 @model_options(TrainInputs, TrainOptions, with_defaults=True)
-def train(data, out, **params):
+@click.option("--resume", is_flag=True, help="Continue the interrupted training in --out at its next epoch (from "
+              "<out>/train/last.pt, written after every epoch and removed when training finishes). Refused when the "
+              "data, backbone or hyper-parameters differ; the device may.")
+def train(data, out, resume, **params):
     """Adapt a pretrained backbone to your images.
 
     \b
     Examples:
       edgetl train --data ./images --out runs/flowers
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
-      torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
+      edgetl train --data ./images --mode finetune --device cuda --amp bf16   # on a GPU (auto picks it anyway)
+      edgetl train --data ./images --mode finetune --out runs/flowers --resume  # after Ctrl-C
+      torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP, one GPU each
     """
     from edgetl.data.layout import resolve_layout
 
@@ -40,7 +45,7 @@ def train(data, out, **params):
     resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(data, options, out=out, console=console, **inputs.model_dump())
+    section = run_train(data, options, out=out, console=console, resume=resume, **inputs.model_dump())
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
