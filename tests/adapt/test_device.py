@@ -119,16 +119,20 @@ def test_loader_workers_keep_the_seeded_order(digits_dir, tmp_path):
 
 
 # -- --resume ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("stop", ["head epoch 2", "head epoch 3", "finetune epoch 1"])
-def test_an_interrupted_run_resumes_at_the_next_epoch_as_if_never_stopped(digits_dir, tmp_path, stop):
-    """Ctrl-C after an epoch (mid-phase, at the end of the head phase, in fine-tuning); --resume
-    continues after it and ends where the uninterrupted run ends (this is deterministic on a CPU)."""
-    options = _tiny(**RESUMABLE)
+@pytest.mark.parametrize(("stop", "amp"), [("head epoch 2", "auto"), ("head epoch 3", "auto"),
+                                           ("finetune epoch 1", "auto"), ("finetune epoch 1", "fp16")])
+def test_an_interrupted_run_resumes_at_the_next_epoch_as_if_never_stopped(digits_dir, tmp_path, stop, amp):
+    """Ctrl-C after an epoch (mid-phase, at the end of the head phase, in fine-tuning, with fp16's
+    loss scaling); --resume continues after it and ends where the uninterrupted run ends (this is
+    deterministic on a CPU)."""
+    options = _tiny(**RESUMABLE, amp=amp)
     train(digits_dir, options, out=tmp_path / "whole", backbone=BACKBONE)
     out = tmp_path / "resumed"
     last = _interrupted(digits_dir, out, stop, options)
     saved = torch.load(last, weights_only=True)  # data only: tensors, numbers, strings, lists, dicts
     assert list(saved["phases"])[-1] == stop.split()[0]
+    if amp == "fp16":
+        assert saved["phases"]["finetune"]["scaler"]["scale"] > 0  # the loss scale goes on where it was
     assert RunDir.open(out).manifest["train"]["metrics"]["interrupted"] is True
     assert [f"{r['phase']} epoch {r['epoch']}" for r in _history(out)][-1] == stop
 

@@ -161,6 +161,7 @@ def test_ctrl_c_keeps_the_best_checkpoint(digits_dir, tmp_path):
     run = RunDir.open(out, need="train")
     assert run.manifest["train"]["metrics"]["interrupted"] is True
     assert run.verify("train/model.safetensors") == ckpt and "classifier.weight" in state
+    assert torch.load(out / "train" / "last.pt", weights_only=True)["phases"]  # what --resume continues from
 
 
 def test_torchrun_two_processes_produce_a_valid_run(digits_dir, tmp_path):
