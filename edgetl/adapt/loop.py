@@ -1,5 +1,7 @@
 """The epoch loop shared by both strategies: early stopping on validation accuracy, best checkpoint
 kept (written atomically on every improvement, so Ctrl-C leaves a valid one), per-epoch progress.
+Batches go to the ``Execution``'s device and its autocast (``edgetl.adapt.device``); after every epoch
+the phase's state goes to a ``Checkpointer`` for ``--resume`` (``edgetl.adapt.resume``).
 """
 
 from __future__ import annotations

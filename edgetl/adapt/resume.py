@@ -99,12 +99,12 @@ def _difference(stored: dict, expected: dict) -> str | None:
 
 def rng_state(generator, device: str) -> dict:
     """Every random stream an epoch draws from: torch's (CPU, and the GPU's), the loader's
-    shuffling generator, numpy's and Python's, as tensors, numbers and lists."""
+    shuffling generator (when it has its own), numpy's and Python's, as tensors, numbers and lists."""
     import torch
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(), "loader": generator.get_state(),
+    state = {"torch": torch.get_rng_state(), "loader": generator.get_state() if generator is not None else None,
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
              "python": [version, list(internal), gauss_next]}
     if device.startswith("cuda"):
@@ -116,7 +116,8 @@ def restore_rng(state: dict, generator, device: str) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["loader"])
+    if generator is not None:
+        generator.set_state(state["loader"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]

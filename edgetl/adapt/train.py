@@ -9,6 +9,7 @@ While it trains, ``train/last.pt`` holds the state ``--resume`` continues from (
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import random
 import time
@@ -111,6 +112,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # cuBLAS is deterministic only with this workspace; read when CUDA first multiplies, after this
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _versions() -> dict[str, str]:

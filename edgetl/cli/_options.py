@@ -23,7 +23,8 @@ def _click_type(annotation):
 
 def _model_option(name: str, field, with_defaults: bool):
     """One flag for a field of an options model: its name, type, help (the field's description, with
-    its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``."""
+    its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``,
+    a ``bool | None`` (unset: decided later) ``--<name>/--no-<name>``."""
     default = field.get_default(call_default_factory=True)
     if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)

@@ -29,8 +29,8 @@ BACKBONE = "timm:test_efficientnet"
 
 
 def _tiny(**options) -> TrainOptions:
-    return TrainOptions(pretrained=False, image_size=32, seed=0, mode="finetune", unfreeze="all", epochs=2,
-                        head_epochs=3, **options)
+    return TrainOptions(**{"pretrained": False, "image_size": 32, "seed": 0, "mode": "finetune", "unfreeze": "all",
+                           "epochs": 2, "head_epochs": 3, **options})
 
 
 def _val_inputs(out) -> np.ndarray:
