@@ -9,7 +9,7 @@ listing the table stays fast.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgetl._lazy import require
@@ -20,12 +20,12 @@ from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
 class Facts:
     """What a table of backbones shows. ``params`` and ``macs`` are of the ImageNet model (1,000-class
     head), ``macs`` of one image at ``input_size`` counting convolutions and matmuls; the tests recount
-    both. ``top1`` is the published ImageNet top-1 of these very weights, from ``top1_source``."""
+    both. ``imagenet_top1`` is the published ImageNet top-1 of these very weights, from ``top1_source``."""
 
     params: int
     macs: int
     input_size: int
-    top1: float
+    imagenet_top1: float
     top1_source: str
 
 
@@ -180,3 +180,31 @@ def timm_weights_in_hub_cache(arch: str) -> bool:
     return any(
         any((repo / "snapshots").glob(f"*/{name}")) for repo in repos for name in ("model.safetensors", "pytorch_model.bin")
     )
+
+
+def recorded_facts(backbone: Backbone) -> dict | None:
+    """What the manifest's train section keeps about the backbone: its table facts and weights
+    package (an offline one), else None (a timm model: its facts are timm's)."""
+    if backbone.facts is None:
+        return None
+    return {**asdict(backbone.facts), "weights_package": backbone.weights.package}
+
+
+def backbone_rows() -> list[dict]:
+    """The rows of ``edgetl backbones`` (and its ``--json``): the offline backbones with their facts,
+    then the suggested timm models. Asks only the file system, so the listing needs neither torch nor timm."""
+    rows = []
+    for b in offline_backbones():
+        rows.append({
+            "name": b.name, "arch": b.arch, "default": b.name == DEFAULT_BACKBONE, **asdict(b.facts),
+            "offline": weights_installed(b), "weights": b.weights.package, "install": b.weights.pip,
+            "description": b.description,
+        })
+    for arch, description in SUGGESTED_TIMM:
+        rows.append({
+            "name": f"timm:{arch}", "arch": arch, "default": False,
+            "params": None, "macs": None, "input_size": None, "imagenet_top1": None, "top1_source": None,
+            "offline": timm_weights_in_hub_cache(arch), "weights": "timm's hub (or --weights PATH)",
+            "install": None, "description": description,
+        })
+    return rows
