@@ -152,3 +152,19 @@ def test_feature_extraction_trains_and_records_the_facts(name, digits_dir, tmp_p
     facts = section["backbone_facts"]
     assert facts["macs"] == registry.OFFLINE[name].facts.macs
     assert facts["weights_package"] == registry.OFFLINE[name].weights.package
+
+
+@pytest.mark.slow  # the ONNX export of a real backbone takes about a minute on one core
+def test_mobilenet_v2_fine_tunes_and_exports_like_the_default(digits_dir, tmp_path):
+    """timm's stages, head and export work on the torchvision weights as on Lite0."""
+    from edgetl.export.onnx import MIN_AGREEMENT, export_run
+    from edgetl.rundir import RunDir
+
+    options = TrainOptions(image_size=32, mode="finetune", unfreeze="1", epochs=1, head_epochs=5, augment=False, seed=0)
+    section = train(digits_dir, options, out=tmp_path / "run", backbone="mobilenet_v2")
+    assert {row["phase"] for row in json.loads((tmp_path / "run" / "train" / "history.json").read_text())} >= {
+        "head", "finetune"}
+    assert section["preprocess"]["interpolation"] == "bilinear"  # torchvision's resize for these weights
+    run = RunDir.open(tmp_path / "run")
+    export_run(run)
+    assert run.manifest["export"]["top1_agreement"] >= MIN_AGREEMENT
