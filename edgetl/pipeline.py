@@ -146,6 +146,9 @@ def check_config(config: DeployConfig) -> None:
     for name in config.targets:
         if name not in runtimes():
             validate_budgets(load_target(name).budgets, f"target profile {name!r}")
+    offline = registry.OFFLINE.get(config.backbone)
+    if offline is not None and config.weights is None and config.train.pretrained:
+        registry.offline_weights_path(offline)  # a weights package not installed: its pip command, now
 
 
 def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = None) -> dict:

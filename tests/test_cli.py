@@ -26,7 +26,8 @@ def test_help_lists_every_stage():
 def test_backbones_lists_the_embedded_default_as_offline():
     result = _run("backbones")
     assert result.returncode == 0
-    assert "efficientnet_lite0" in result.stdout and "embedded" in result.stdout
+    default = next(line for line in result.stdout.splitlines() if "efficientnet_lite0 *" in line)
+    assert "yes" in default and "* the default" in result.stdout
 
 
 def test_cli_and_device_side_modules_import_without_torch():

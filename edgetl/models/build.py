@@ -8,7 +8,7 @@ from edgetl._io import sha256_file
 from edgetl._lazy import require
 from edgetl.data.preprocess import PreprocessSpec
 from edgetl.errors import ConfigError
-from edgetl.models.registry import EMBEDDED, Backbone, embedded_weights_path
+from edgetl.models.registry import Backbone, offline_weights_path
 
 
 def _load_state_dict(path: Path) -> dict:
@@ -33,16 +33,18 @@ def _load_state_dict(path: Path) -> dict:
     return state
 
 
-def _load_embedded(model) -> None:
-    """The embedded file's tensors line up, in order, with timm's tf_efficientnet_lite0."""
-    ref = _load_state_dict(embedded_weights_path())
+def _load_offline(model, backbone: Backbone) -> None:
+    """An offline backbone's file lines up, tensor by tensor in order, with its timm architecture
+    (EfficientNet-Lite ports with tf_efficientnet_lite*, torchvision's MobileNetV2 with mobilenetv2_100);
+    every shape is checked, and the ImageNet head is left out for the new one."""
+    ref = _load_state_dict(offline_weights_path(backbone))
     target = model.state_dict()
     mapped = {}
     for (ours, tensor), (theirs, value) in zip(target.items(), ref.items(), strict=True):
         if ours.startswith("classifier."):
             continue
         if tensor.shape != value.shape:
-            raise RuntimeError(f"embedded weights do not line up: {theirs} {tuple(value.shape)} -> {ours}")
+            raise RuntimeError(f"{backbone.name} weights do not line up: {theirs} {tuple(value.shape)} -> {ours}")
         mapped[ours] = value
     model.load_state_dict(mapped, strict=False)
 
@@ -75,22 +77,26 @@ def classifier_prefix(model) -> str:
 
 
 def create_model(backbone: Backbone, num_classes: int, *, pretrained: bool = True, weights: Path | None = None):
-    """A timm model with a fresh ``num_classes`` head; weights from the embedded file, a local file or timm."""
+    """A timm model with a fresh ``num_classes`` head; weights from an offline package, a local file or timm."""
     timm = require("timm", "building backbones")
-    from_hub = pretrained and weights is None and backbone.name not in EMBEDDED
+    offline = backbone.weights is not None
+    from_hub = pretrained and weights is None and not offline
+    # The preprocessing these weights were evaluated with, where it is not timm's for the architecture.
+    overlay = {"interpolation": backbone.interpolation} if backbone.interpolation else None
     try:
-        model = timm.create_model(backbone.arch, pretrained=from_hub, num_classes=num_classes)
+        model = timm.create_model(backbone.arch, pretrained=from_hub, num_classes=num_classes,
+                                  pretrained_cfg_overlay=overlay)
     except Exception as exc:
         if from_hub:
             raise ConfigError(
                 f"could not fetch pretrained weights for {backbone.name} ({type(exc).__name__}); "
-                "offline? pass --weights PATH or use the embedded efficientnet_lite0"
+                "offline? pass --weights PATH or use an offline backbone (`edgetl backbones`)"
             ) from None
         raise
     if weights is not None:
         _load_user_weights(model, Path(weights))
-    elif pretrained and backbone.name in EMBEDDED:
-        _load_embedded(model)
+    elif pretrained and offline:
+        _load_offline(model, backbone)
     return model
 
 
@@ -100,8 +106,8 @@ def weights_id(backbone: Backbone, *, pretrained: bool, weights: Path | None) ->
         return f"file:{sha256_file(weights)}"
     if not pretrained:
         return "random"
-    if backbone.name in EMBEDDED:
-        return f"embedded:{sha256_file(embedded_weights_path())}"
+    if backbone.weights is not None:
+        return f"embedded:{sha256_file(offline_weights_path(backbone))}"
     return f"timm:{backbone.arch}:default"
 
 

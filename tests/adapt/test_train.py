@@ -117,7 +117,7 @@ def test_second_run_reuses_cached_features(digits_dir, tmp_path):
     ("args", "message"),
     [
         (["--data", "/does/not/exist"], "does not exist"),
-        (["--backbone", "efficientnet_lite"], "Did you mean 'efficientnet_lite0'"),
+        (["--backbone", "efficientnet_lte0"], "Did you mean 'efficientnet_lite0'"),
         (["--unfreeze", "few"], "--unfreeze"),
         (["--val-split", "1.5"], "--val-split"),
         (["--weights", "{weights}"], "do not fit"),

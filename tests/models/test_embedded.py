@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from edgetl.data.preprocess import load_image  # noqa: E402
 from edgetl.models.build import create_model, preprocess_spec  # noqa: E402
-from edgetl.models.registry import EMBEDDED, embedded_weights_path, resolve  # noqa: E402
+from edgetl.models.registry import EMBEDDED, offline_weights_path, resolve  # noqa: E402
 
 
 def _imagenet_model():
@@ -19,14 +19,14 @@ def _imagenet_model():
     from edgetl.models.build import _load_state_dict
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    ref = _load_state_dict(embedded_weights_path())
+    ref = _load_state_dict(offline_weights_path(EMBEDDED["efficientnet_lite0"]))
     model.load_state_dict(dict(zip(model.state_dict(), ref.values(), strict=True)))
     return model
 
 
 def test_logits_equal_the_reference_implementation(tmp_path):
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    reference = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(embedded_weights_path())).eval()
+    reference = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(offline_weights_path(EMBEDDED["efficientnet_lite0"]))).eval()
     ours = _imagenet_model()
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
