@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from edgetl.adapt.distributed import Dist
-from edgetl.adapt.transferability import knn_probe, logme
 from edgetl.config import load_target, target_names
 from edgetl.errors import ConfigError, DataError, EdgetlError
 from edgetl.models import registry
 from edgetl.rundir import Record
 
+# Torch-free and numpy-free at import: the CLI imports this module to build its flags.
 AUTO = "auto"  # the --backbone value that runs the selection
 DEFAULT_SAMPLES = 500  # LogME and the probe settle with a few hundred images; features cost the most
 KNN_K = 5
@@ -174,6 +174,7 @@ def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pret
     import numpy as np
 
     from edgetl.adapt.feature_extraction import extract
+    from edgetl.adapt.transferability import knn_probe, logme
     from edgetl.data.preprocess import normalize
     from edgetl.models.build import create_model, preprocess_spec
 
@@ -232,3 +233,41 @@ def recommend(rows: list[Candidate], target: str, budget: float | None) -> tuple
     fastest = min(measured, key=lambda r: r.latency["p90_ms"])
     return fastest.backbone, (f"no candidate meets {target}'s p90 budget of {budget:g} ms on this machine; "
                               f"the fastest (p90 {fastest.latency['p90_ms']:.1f} ms)")
+
+
+def _latency_text(row: Candidate) -> str:
+    if row.latency is None:
+        return row.latency_note or "-"
+    cached = " (cached)" if row.latency.get("source") == "cache" else ""
+    return f"{row.latency['p50_ms']:.1f} / {row.latency['p90_ms']:.1f}{cached}"
+
+
+def table(record: SelectRecord):
+    """The ranking as a rich Table, best LogME first; the recommended row in bold."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    budget = f"p90 budget {record.budget_p90_ms:g} ms" if record.budget_p90_ms is not None else "no latency budget"
+    title = (f"backbones for {record.target} ({record.runtime} {record.precision}, {budget}), "
+             f"{record.samples} images of {record.classes} classes")
+    out = Table(title=title, title_justify="left")
+    for col, justify in (("#", "right"), ("backbone", "left"), ("LogME", "right"), ("k-NN top-1 (95% CI)", "right"),
+                         ("params", "right"), ("size", "right"), ("latency p50 / p90 ms", "right"),
+                         ("within budget", "left")):
+        out.add_column(col, justify=justify)
+    for i, r in enumerate(record.candidates, 1):
+        within = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[r.within_budget]
+        name = f"[bold]{escape(r.backbone)}[/] (recommended)" if r.backbone == record.recommended else escape(r.backbone)
+        out.add_row(str(i), name, f"{r.logme:.3f}", f"{r.knn_top1:.1%} ({r.knn_ci[0]:.0%}-{r.knn_ci[1]:.0%})",
+                    f"{r.params / 1e6:.1f}M", str(r.image_size), escape(_latency_text(r)), within)
+    return out
+
+
+def latency_where(record: SelectRecord) -> str | None:
+    """Where the latencies were measured: this machine, not the device the profile describes."""
+    cpus = {r.latency["cpu"] for r in record.candidates if r.latency}
+    threads = {r.latency["threads"] for r in record.candidates if r.latency}
+    if not cpus:
+        return None
+    return (f"latency: batch 1 on this machine ({', '.join(sorted(cpus))}, {', '.join(map(str, sorted(threads)))} "
+            f"thread(s)) with {record.target}'s runtime and precision; the device itself will differ")
