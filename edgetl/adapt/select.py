@@ -271,3 +271,47 @@ def latency_where(record: SelectRecord) -> str | None:
         return None
     return (f"latency: batch 1 on this machine ({', '.join(sorted(cpus))}, {', '.join(map(str, sorted(threads)))} "
             f"thread(s)) with {record.target}'s runtime and precision; the device itself will differ")
+
+
+# -- --backbone auto ---------------------------------------------------------------------------------
+def check_auto(backbone: str, target: str | None, weights) -> None:
+    """``--backbone auto`` needs a target and starts from pretrained weights, not a checkpoint."""
+    if backbone != AUTO:
+        return
+    if not target:
+        raise ConfigError("--backbone auto needs --target (a profile from `edgetl targets`): its runtime, "
+                          "precision and latency budget decide among the backbones")
+    if weights is not None:
+        raise ConfigError("--backbone auto chooses pretrained weights itself: leave out --weights, or name "
+                          "the backbone the checkpoint belongs to")
+    target_cell(target)  # a wrong name answers before training starts
+
+
+def auto_identity(target: str) -> str:
+    """What a run trained with ``--backbone auto`` hashes instead of the backbone: the request, so
+    an unchanged rerun is skipped without selecting again."""
+    return f"{AUTO}:{target}"
+
+
+def choose_for_training(train_samples: list[tuple[str, int]], classes: list[str], target: str, *,
+                        image_size: int | None, pretrained: bool, seed: int, dist: Dist, console) -> SelectRecord:
+    """The selection on a sample of the training split (never the validation split, which judges
+    the trained model); the first rank selects, every rank gets its result."""
+    record = None
+    if dist.is_main:
+        if console is not None:
+            console.print(f"--backbone auto: ranking {', '.join(default_candidates())} for {target}", highlight=False)
+        record = rank(train_samples, classes, target, default_candidates(), image_size=image_size,
+                      pretrained=pretrained, seed=seed, source="training split", console=console)
+    if dist.enabled:
+        import torch.distributed
+
+        box = [record.dump() if record is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        record = SelectRecord.model_validate(box[0])
+    return record
+
+
+def choice_summary(record: SelectRecord) -> dict[str, Any]:
+    """What the train section records of the choice (the ranking itself is the ``select`` section)."""
+    return {"by": AUTO, "target": record.target, "backbone": record.recommended, "reason": record.reason}

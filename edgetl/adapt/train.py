@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
 from edgetl.adapt import distributed
+from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import AugmentedImages, finetune
 from edgetl.adapt.options import TrainInputs, TrainOptions
@@ -85,6 +86,7 @@ class TrainRecord(Record):
     versions: dict[str, str] = Field(default_factory=dict)
     world_size: int = 1
     metrics: TrainMetrics
+    selection: dict[str, Any] | None = None  # --backbone auto: target, backbone, reason (edgetl.adapt.select)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -152,13 +154,15 @@ def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_has
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
-                      weights: str | Path | None = None) -> str:
+                      weights: str | Path | None = None, target: str | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     opts = _options(options)
-    resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
     *_, data_hash = _load_data(layout.train, layout.val, opts)
+    if backbone == selection.AUTO:
+        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash)
+    resolved = registry.resolve(backbone)
     return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
 
 
@@ -182,6 +186,7 @@ def train(
     backbone: str = registry.DEFAULT_BACKBONE,
     val: str | Path | None = None,
     weights: str | Path | None = None,
+    target: str | None = None,
     console=None,
     reporter=None,
 ) -> dict:
@@ -190,7 +195,9 @@ def train(
     ``data``: an image folder (one subfolder per class), a CSV manifest (path,label), or a folder
     holding train/ and val/; ``options``: the hyper-parameters (``TrainOptions()``: the defaults);
     ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
-    ``timm:<name>``; ``val``: a separate validation set; ``weights``: a local start checkpoint;
+    ``timm:<name>``, or ``auto``: ``edgetl select`` on a sample of the training split chooses for
+    ``target`` (a profile name; only ``auto`` uses it); ``val``: a separate validation set;
+    ``weights``: a local start checkpoint;
     ``console``: a rich Console for the progress bars and the summary (None: none of them);
     ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch.
 
@@ -201,6 +208,7 @@ def train(
     """
     opts = _options(options)
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
+    selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
     require("torch", "training")
     dist = distributed.setup()
@@ -209,7 +217,7 @@ def train(
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None)
+                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None, target)
     finally:
         distributed.teardown(dist)
 
@@ -222,7 +230,7 @@ def _epoch_reporter(reporter):
                                               f"val top-1 {row['val_top1']:.2%}")
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch) -> dict:
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, target=None) -> dict:
     import torch
 
     from edgetl.adapt.loop import predict
@@ -230,10 +238,16 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     started = time.perf_counter()
     _seed_everything(opts.seed)
-    backbone = registry.resolve(backbone_name)
     image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
     if console is not None:
         report_skipped(console, skipped)
+    chosen = None
+    if backbone_name == selection.AUTO:
+        chosen = selection.choose_for_training(train_samples, image_set.classes, target, image_size=opts.image_size,
+                                               pretrained=opts.pretrained, seed=opts.seed, dist=dist, console=console)
+        backbone_name = chosen.recommended
+        _seed_everything(opts.seed)  # the head starts as it would with the backbone named
+    backbone = registry.resolve(backbone_name)
 
     model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
     spec = preprocess_spec(model, opts.image_size)
@@ -336,8 +350,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "versions": _versions(),
         "world_size": dist.world,
         "metrics": metrics,
+        "selection": selection.choice_summary(chosen) if chosen else None,
     }
-    section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
+    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
+                              else _inputs_hash(backbone.name, start_weights, opts, data_hash))
     record = TrainRecord.model_validate(section)
     section = record.dump()
     if dist.is_main:
@@ -345,6 +361,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         write_json(run.path / "train" / "history.json", history)
         run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
         run.set_record(record)
+        if chosen is not None:
+            run.set_record(chosen)
         if console is not None:
             print_summary(console, section, history)
     if metrics["interrupted"]:

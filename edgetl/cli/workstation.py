@@ -26,22 +26,27 @@ from edgetl.cli._options import (
               "train/ and val/ (or training/, validation/, valid/) class folders.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
 @model_options(TrainInputs, TrainOptions, with_defaults=True)
-def train(data, out, **params):
+@click.option("--target", "-t", metavar="NAME", help="--backbone auto only: the device profile (`edgetl targets`) "
+              "whose runtime, precision and latency budget the choice must fit.")
+def train(data, out, target, **params):
     """Adapt a pretrained backbone to your images.
 
     \b
     Examples:
       edgetl train --data ./images --out runs/flowers
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
+      edgetl train --data ./images --backbone auto --target raspberry-pi-5   # `edgetl select` chooses
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
     """
+    from edgetl.adapt.select import check_auto
     from edgetl.data.layout import resolve_layout
 
     inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
     resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
+    check_auto(inputs.backbone, target, inputs.weights)
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(data, options, out=out, console=console, **inputs.model_dump())
+    section = run_train(data, options, out=out, target=target, console=console, **inputs.model_dump())
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
