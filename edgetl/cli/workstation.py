@@ -1,4 +1,4 @@
-"""The workstation's commands: train, backbones, compile, targets, tasks, report, bundle, deploy."""
+"""The workstation's commands: train, backbones, select, compile, targets, tasks, report, bundle, deploy."""
 
 from __future__ import annotations
 
