@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="images the scores see (as select)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console()
+    console = Console(width=140)  # tables stay one line a row in a log
     names = candidates()
     for data_name, load in (("digits", digits), ("animals", animals)):
         images, y = load()
