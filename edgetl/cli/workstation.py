@@ -106,8 +106,13 @@ def select_cmd(data, target, candidates, samples, image_size, pretrained, out, a
       edgetl select --data ./images --target jetson-orin-nano --json > select.json
       edgetl train --data ./images --backbone auto --target raspberry-pi-5      # select, then train the choice
     """
-    from edgetl.adapt import select as selection
+    from pathlib import Path
 
+    from edgetl.adapt import select as selection
+    from edgetl.errors import ConfigError
+
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file: give a run folder")
     record = selection.select(data, target, candidates=candidates, samples=samples, image_size=image_size,
                               pretrained=pretrained, console=err_console if as_json else console)
     if out:

@@ -87,6 +87,14 @@ def test_bad_names_are_one_line_and_write_nothing(digits_dir, tmp_path, args, wo
     assert not (tmp_path / "run").exists()
 
 
+def test_out_that_is_a_file_is_one_line_before_any_work(digits_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["select", "--data", str(digits_dir), "--target", "host-cpu",
+                                      "--out", str(tmp_path / "notes.txt")])
+    _one_line_error(result, "is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_empty_data_is_one_line_and_writes_nothing(tmp_path):
     for label in ("cat", "dog"):  # class folders, no images
         (tmp_path / "empty" / label).mkdir(parents=True)
