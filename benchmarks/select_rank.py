@@ -148,6 +148,9 @@ def main() -> None:
     for data_name, load in (("digits", digits), ("animals", animals)):
         images, y = load()
         train, val = split(y, args.per_class)
+        used = np.concatenate([train, val])  # only these images are decoded and extracted
+        images, y = images[used], y[used]
+        train, val = np.arange(len(train)), np.arange(len(train), len(used))
         rows = [evaluate(n, images, y, train, val, args.image_size, args.samples, console) for n in names]
         table = Table(title=f"{data_name}: {len(train)} train / {len(val)} held-out images, {args.image_size} px, "
                             f"scores on {args.samples} training images", title_justify="left")
