@@ -141,7 +141,7 @@ def rank(items: list[tuple[str, int]], classes: list[str], target: str, names: l
     cell, budget = target_cell(target)
     pixels = _Pixels([p for p, _ in chosen])
     labels = [label for _, label in chosen]
-    rows = [_candidate(name, pixels, labels, len(classes), cell, budget, image_size, pretrained, console)
+    rows = [_candidate(name, pixels, labels, len(classes), cell, budget, image_size, pretrained, seed, console)
             for name in names]
     rows.sort(key=lambda r: r.logme, reverse=True)
     recommended, reason = recommend(rows, target, budget)
@@ -170,8 +170,9 @@ class _Pixels:
         return self._decoded[key]
 
 
-def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pretrained, console) -> Candidate:
+def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pretrained, seed, console) -> Candidate:
     import numpy as np
+    import torch
 
     from edgetl.adapt.feature_extraction import extract
     from edgetl.adapt.transferability import knn_probe, logme
@@ -179,6 +180,7 @@ def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pret
     from edgetl.models.build import create_model, preprocess_spec
 
     backbone = registry.resolve(name)
+    torch.manual_seed(seed)  # random weights (--no-pretrained) and the new head: the same on every run
     model = create_model(backbone, num_classes, pretrained=pretrained).eval()
     spec = preprocess_spec(model, image_size)
     decoded = pixels.at(spec)

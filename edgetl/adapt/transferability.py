@@ -79,4 +79,6 @@ def knn_probe(features: np.ndarray, labels: np.ndarray, k: int = 5) -> KnnProbe:
     rows = np.repeat(np.arange(n), k)
     np.add.at(votes, (rows, y[nearest].ravel()), 1.0 + sim[rows, nearest.ravel()])
     correct = int((votes.argmax(1) == y).sum())
-    return KnnProbe(k, correct / n, wilson(correct, n), n)
+    low, high = wilson(correct, n)
+    top1 = correct / n
+    return KnnProbe(k, top1, (min(low, top1), max(high, top1)), n)  # rounding must not leave 0 or 1 outside

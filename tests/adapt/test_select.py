@@ -46,6 +46,9 @@ def test_select_ranks_writes_json_and_reuses_the_cached_latency(digits_dir, tmp_
         assert c.within_budget == (c.latency["p90_ms"] <= 50)
         assert 0 <= c.knn_ci[0] <= c.knn_top1 <= c.knn_ci[1] <= 1 and c.image_size == 32 and c.params > 0
     assert record.recommended in {c.backbone for c in record.candidates} and "host-cpu" in record.reason
+    again = SelectRecord.model_validate_json(_select(digits_dir, "--target", "host-cpu", "--json").stdout)
+    assert [(c.backbone, c.logme, c.knn_top1) for c in again.candidates] == \
+        [(c.backbone, c.logme, c.knn_top1) for c in record.candidates]  # seeded: random weights repeat
     cached = sorted((tmp_path / "cache" / "latency").glob("*.json"))
     assert len(cached) == 2
     stamps = [p.stat().st_mtime_ns for p in cached]

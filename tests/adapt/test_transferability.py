@@ -48,6 +48,12 @@ def test_knn_probe_reads_separable_and_random_features():
     assert noise.top1 < 0.6 and noise.ci[0] < 1 / 3 < noise.ci[1]  # chance is inside its interval
 
 
+def test_a_perfect_probe_lies_inside_its_interval():
+    y = np.repeat(np.arange(2), 20)
+    probe = knn_probe(np.eye(2)[y], y, k=3)
+    assert probe.top1 == 1.0 and probe.ci[0] < 1.0 and probe.ci[1] == 1.0
+
+
 def test_knn_probe_never_lets_a_sample_vote_for_itself():
     # Each point's only copy of its label is itself: leave-one-out must get every one wrong.
     f = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
