@@ -5,6 +5,7 @@ docstrings: ``help(edgetl.deploy)``), loaded on first access so that ``import ed
 (no torch, no runtime)::
 
     import edgetl
+    edgetl.select("images", "raspberry-pi-5").recommended   # rank backbones for the device
     edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
     edgetl.compile("runs/flowers", ["host-cpu"])
     edgetl.run_bench("runs/flowers")
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 # name -> (module, attribute). ``edgetl.bench`` and ``edgetl.report`` are subpackages (importing one
 # binds that attribute), so their stage functions get verb names that cannot clash.
 _API = {
+    "select": ("edgetl.adapt.select", "select"),
     "train": ("edgetl.adapt.train", "train"),
     "TrainOptions": ("edgetl.adapt.options", "TrainOptions"),
     "compile": ("edgetl.compiler", "compile"),

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 
 from edgetl._io import sha256_json
 from edgetl.adapt.options import TrainInputs, TrainOptions, keyword_parameters, unknown_options
+from edgetl.adapt.select import AUTO, check_auto, strictest_target
 from edgetl.adapt.train import TrainRecord
 from edgetl.bench.settings import DEFAULTS as BENCH
 from edgetl.bench.settings import BenchSettings
@@ -133,7 +134,10 @@ def check_config(config: DeployConfig) -> None:
     resolve_layout(config.data, config.val)
     if config.weights is not None and not Path(config.weights).is_file():
         raise ConfigError(f"--weights {config.weights} is not a file (expected a .safetensors or .pth state dict)")
-    registry.resolve(config.backbone)
+    if config.backbone == AUTO:
+        check_auto(config.backbone, strictest_target(config.targets), config.weights)
+    else:
+        registry.resolve(config.backbone)
     if config.sign is not None:
         from edgetl.bundle.signing import load_private_key
 
@@ -211,6 +215,8 @@ class _Train:
         self.state = state
         config = state.config
         self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
+        if config.backbone == AUTO:  # chosen for the strictest latency budget among the targets
+            self.inputs["target"] = strictest_target(config.targets)
         self._fingerprint: str | None = None
 
     def fingerprint(self) -> str:

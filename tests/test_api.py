@@ -23,6 +23,7 @@ def test_importing_edgetl_imports_neither_torch_nor_a_stage():
 
 
 @pytest.mark.parametrize("name, module, attribute", [
+    ("select", "edgetl.adapt.select", "select"),
     ("train", "edgetl.adapt.train", "train"),
     ("compile", "edgetl.compiler", "compile"),
     ("run_bench", "edgetl.bench.run", "bench"),

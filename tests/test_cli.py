@@ -19,7 +19,7 @@ def test_help_lists_every_stage():
     result = _run("--help")
     assert result.returncode == 0
     for command in ("train", "compile", "bench", "report", "bundle", "ship", "verify", "predict", "deploy",
-                    "targets", "backbones"):
+                    "targets", "backbones", "select"):
         assert f"  {command}" in result.stdout, command
 
 

@@ -101,6 +101,8 @@ def _deploy_in_process(*args):
         (["--data", "{tmp}/photo.jpg"], "is an image file"),
         (["--data", "{tmp}/missing"], "does not exist"),
         (["--weights", "{tmp}/missing.pth"], "--weights"),
+        (["--backbone", "auto", "--targets", "raspbery-pi-5"], "Did you mean 'raspberry-pi-5'"),
+        (["--backbone", "auto", "--weights", "{tmp}/photo.jpg"], "--backbone auto chooses pretrained weights"),
         (["--sign", "{tmp}/missing.key"], "missing.key"),
         (["--sign", "{tmp}/photo.jpg"], "photo.jpg"),  # not a private key
     ],

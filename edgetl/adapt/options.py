@@ -90,8 +90,9 @@ class _Options(BaseModel):
 class TrainInputs(_Options):
     """What a run is trained from besides the images: run-level arguments of ``train``."""
 
-    backbone: str = Field(DEFAULT_BACKBONE, description=f"An offline backbone ({', '.join(OFFLINE)}) or "
-                          "timm:<name>. See `edgetl backbones`.")
+    backbone: str = Field(DEFAULT_BACKBONE, description=f"An offline backbone ({', '.join(OFFLINE)}), timm:<name>, "
+                          "or auto: `edgetl select` ranks the offline backbones on the training images for the target "
+                          "and the best within its latency budget is trained. See `edgetl backbones`.")
     weights: str | None = Field(None, description="Local checkpoint (.safetensors or .pth state dict) for the backbone.")
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
 

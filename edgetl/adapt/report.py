@@ -47,6 +47,10 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    if section.get("selection"):
+        chosen = section["selection"]
+        table.add_row("backbone", f"{section['backbone']}, chosen by --backbone auto for {chosen['target']}: "
+                      f"{chosen['reason']}")
     table.add_row("images", f"{d['train_images']} train / {d['val_images']} val, {len(d['skipped'])} skipped")
     table.add_row("input", "x".join(str(s) for s in section["preprocess"]["input_size"]))
     table.add_row("train top-1", f"{m['train_top1']:.2%}")

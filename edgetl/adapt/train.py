@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
 from edgetl.adapt import device, distributed
+from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import AugmentedImages, finetune
 from edgetl.adapt.options import TrainInputs, TrainOptions
@@ -104,6 +105,7 @@ class TrainRecord(Record):
     world_size: int = 1
     execution: TrainExecution = Field(default_factory=TrainExecution)  # runs written before it: CPU
     metrics: TrainMetrics
+    selection: dict[str, Any] | None = None  # --backbone auto: target, backbone, reason (edgetl.adapt.select)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -175,13 +177,15 @@ def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_has
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
-                      weights: str | Path | None = None) -> str:
+                      weights: str | Path | None = None, target: str | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     opts = _options(options)
-    resolved = registry.resolve(backbone)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
     *_, data_hash = _load_data(layout.train, layout.val, opts)
+    if backbone == selection.AUTO:
+        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash)
+    resolved = registry.resolve(backbone)
     return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
 
 
@@ -205,6 +209,7 @@ def train(
     backbone: str = registry.DEFAULT_BACKBONE,
     val: str | Path | None = None,
     weights: str | Path | None = None,
+    target: str | None = None,
     console=None,
     reporter=None,
     resume: bool = False,
@@ -214,7 +219,9 @@ def train(
     ``data``: an image folder (one subfolder per class), a CSV manifest (path,label), or a folder
     holding train/ and val/; ``options``: the hyper-parameters (``TrainOptions()``: the defaults);
     ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
-    ``timm:<name>``; ``val``: a separate validation set; ``weights``: a local start checkpoint;
+    ``timm:<name>``, or ``auto``: ``edgetl select`` on a sample of the training split chooses for
+    ``target`` (a profile name; only ``auto`` uses it); ``val``: a separate validation set;
+    ``weights``: a local start checkpoint;
     ``console``: a rich Console for the progress bars and the summary (None: none of them);
     ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch;
     ``resume``: continue the interrupted training in ``out`` (its ``train/last.pt``) at its next epoch.
@@ -226,6 +233,7 @@ def train(
     """
     opts = _options(options)
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
+    selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
     require("torch", "training")
     execution = device.resolve(opts.device, opts.amp, opts.channels_last, opts.workers, local_rank=device.local_rank())
@@ -235,7 +243,7 @@ def train(
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None, resume)
+                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None, resume, target)
     finally:
         distributed.teardown(dist)
 
@@ -248,7 +256,7 @@ def _epoch_reporter(reporter):
                                               f"val top-1 {row['val_top1']:.2%}")
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume) -> dict:
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None) -> dict:
     import torch
 
     from edgetl.adapt.loop import predict
@@ -256,10 +264,16 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     started = time.perf_counter()
     _seed_everything(opts.seed)
-    backbone = registry.resolve(backbone_name)
     image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
     if console is not None:
         report_skipped(console, skipped)
+    chosen = None
+    if backbone_name == selection.AUTO:
+        chosen = selection.choose_for_training(train_samples, image_set.classes, target, image_size=opts.image_size,
+                                               pretrained=opts.pretrained, seed=opts.seed, dist=dist, console=console)
+        backbone_name = chosen.recommended
+        _seed_everything(opts.seed)  # the head starts as it would with the backbone named
+    backbone = registry.resolve(backbone_name)
 
     model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
     spec = preprocess_spec(model, opts.image_size)
@@ -370,8 +384,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "world_size": dist.world,
         "execution": {**execution.record(), "resumed_from": checkpoint.resumed_from},
         "metrics": metrics,
+        "selection": selection.choice_summary(chosen) if chosen else None,
     }
-    section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
+    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
+                              else _inputs_hash(backbone.name, start_weights, opts, data_hash))
     record = TrainRecord.model_validate(section)
     section = record.dump()
     if dist.is_main:
@@ -381,6 +397,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         run.set_record(record)
         if not metrics["interrupted"]:
             checkpoint.remove()
+        if chosen is not None:
+            run.set_record(chosen)
         if console is not None:
             print_summary(console, section, history)
     if metrics["interrupted"]:

@@ -1,4 +1,4 @@
-"""The workstation's commands: train, backbones, compile, targets, tasks, report, bundle, deploy."""
+"""The workstation's commands: train, backbones, select, compile, targets, tasks, report, bundle, deploy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.adapt.select import DEFAULT_SAMPLES
 from edgetl.bench.settings import DEFAULTS as BENCH
 from edgetl.cli import cli, console, err_console
 from edgetl.cli._options import (
@@ -28,24 +29,29 @@ from edgetl.cli._options import (
 @click.option("--resume", is_flag=True, help="Continue the interrupted training in --out at its next epoch (from "
               "<out>/train/last.pt, written after every epoch and removed when training finishes). Refused when the "
               "data, backbone or hyper-parameters differ; the device may.")
-def train(data, out, resume, **params):
+@click.option("--target", "-t", metavar="NAME", help="--backbone auto only: the device profile (`edgetl targets`) "
+              "whose runtime, precision and latency budget the choice must fit.")
+def train(data, out, resume, target, **params):
     """Adapt a pretrained backbone to your images.
 
     \b
     Examples:
       edgetl train --data ./images --out runs/flowers
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
+      edgetl train --data ./images --backbone auto --target raspberry-pi-5   # `edgetl select` chooses
       edgetl train --data ./images --mode finetune --device cuda --amp bf16   # on a GPU (auto picks it anyway)
       edgetl train --data ./images --mode finetune --out runs/flowers --resume  # after Ctrl-C
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP, one GPU each
     """
+    from edgetl.adapt.select import check_auto
     from edgetl.data.layout import resolve_layout
 
     inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
     resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
+    check_auto(inputs.backbone, target, inputs.weights)
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(data, options, out=out, console=console, resume=resume, **inputs.model_dump())
+    section = run_train(data, options, out=out, resume=resume, target=target, console=console, **inputs.model_dump())
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
@@ -98,6 +104,69 @@ def _offline_cells(r: dict) -> list[str]:
     installed = "[green]yes[/]" if r["offline"] else f"[red]no:[/] {r['install']}"
     return [f"[bold]{r['name']}[/]" + (" *" if r["default"] else ""), f"{r['params'] / 1e6:.1f}M",
             f"{r['macs'] / 1e9:.2f}G", f"{r['imagenet_top1']:.1f}%", str(r["input_size"]), installed, r["weights"]]
+
+
+@cli.command("select")
+@click.option("--data", required=True, type=click.Path(path_type=str),
+              help="Labelled images: a folder with one subfolder per class, or a CSV manifest (path,label).")
+@click.option("--target", "-t", required=True, metavar="NAME",
+              help="Device profile or runtime (`edgetl targets`): its runtime, precision and p90 budget apply.")
+@click.option("--candidates", metavar="LIST", help="Comma-separated backbones to compare, e.g. "
+              "efficientnet_lite0,timm:resnet18 (default: every offline backbone of `edgetl backbones`).")
+@click.option("--samples", type=click.IntRange(min=2), default=DEFAULT_SAMPLES, show_default=True,
+              help="Class-balanced, seeded sample of the images that the features are computed on.")
+@click.option("--image-size", type=click.IntRange(16, 4096), help="Input size in pixels for every candidate "
+              "(default: each backbone's own). Use the size you will train at.")
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+              help="Score the pretrained weights (--no-pretrained: random ones, a baseline).")
+@click.option("--out", metavar="RUN", help="Also write the result to the run's manifest (its `select` section).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
+def select_cmd(data, target, candidates, samples, image_size, pretrained, out, as_json):
+    """Rank backbones for your images and a target: transferability x latency on the device.
+
+    \b
+    For each candidate, on a sample of your labelled images:
+      LogME       evidence of a linear model on the frozen features (higher is better;
+                  compare candidates on the same data, not across data sets)
+      k-NN top-1  leave-one-out nearest-neighbour accuracy of the features, a check
+                  with its 95% interval
+      latency     batch-1 p50/p90 of the classifier exported, compiled for the target's
+                  runtime and precision (int8 calibrated on your images) and timed on this
+                  machine; cached, so a second run only extracts features. "not measured
+                  here" when this machine cannot run the runtime (TensorRT without a GPU)
+    The recommendation: the best LogME within the target's p90 budget.
+
+    \b
+    Examples:
+      edgetl select --data ./images --target raspberry-pi-5
+      edgetl select --data ./images --target host-cpu --candidates efficientnet_lite0,timm:resnet18 --image-size 96
+      edgetl select --data ./images --target jetson-orin-nano --json > select.json
+      edgetl train --data ./images --backbone auto --target raspberry-pi-5      # select, then train the choice
+    """
+    from pathlib import Path
+
+    from edgetl.adapt import select as selection
+    from edgetl.errors import ConfigError
+
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file: give a run folder")
+    record = selection.select(data, target, candidates=candidates, samples=samples, image_size=image_size,
+                              pretrained=pretrained, console=err_console if as_json else console)
+    if out:
+        from edgetl.rundir import RunDir
+
+        RunDir.create(out).set_record(record)
+    if as_json:
+        click.echo(json.dumps(record.dump(), indent=2))
+        return
+    console.print(selection.table(record))
+    where = selection.latency_where(record)
+    if where:
+        console.print(where, highlight=False)
+    console.print(f"recommended: [bold]{escape(record.recommended)}[/]: {escape(record.reason)}", highlight=False)
+    if out:
+        console.print(f"written to [bold]{escape(out)}[/]/manifest.json (select)", highlight=False)
+    console.print(f"next: edgetl train --data {data} --backbone {record.recommended}", highlight=False)
 
 
 @cli.command("compile")

