@@ -109,9 +109,11 @@ def finetune(
     on_improve=None,
     console=None,
     on_epoch=None,
+    train_net=None,
 ) -> FitResult:
     """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``.
-    ``console``: where the progress is drawn (None: nowhere)."""
+    ``console``: where the progress is drawn (None: nowhere); ``train_net``: wraps the network that
+    is trained (domain adaptation adds its alignment loss there; edgetl/adapt/domain.py)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -131,6 +133,8 @@ def finetune(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model)
+    if train_net is not None:
+        net = train_net(net)
     x_val = normalize(val_pixels, spec)
 
     def evaluate(_net) -> float:

@@ -25,7 +25,8 @@ def kept_text(kept: dict) -> str:
     return text
 
 
-def print_summary(console, section: dict, history: list[dict]) -> None:
+def print_summary(console, section: dict, history: list[dict], strategy_rows: list[tuple[str, str]] = ()) -> None:
+    """``strategy_rows``: what the training strategy adds (domain adaptation: target accuracy)."""
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
     table.add_column(style="bold")
@@ -36,6 +37,8 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
     if "kept" in m:
         table.add_row("kept", kept_text(m["kept"]))
+    for name, text in strategy_rows:
+        table.add_row(name, text)
     table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     if m["interrupted"]:
