@@ -189,7 +189,13 @@ def _train_options(names: tuple[str, ...]) -> type[CommonTrainOptions]:
             fields[field_name] = (field.annotation, field)
     modes = " ".join(f"{name}: {get_strategy(name).description}" for name in names)
     mode = Field("feature-extraction", description=modes)
-    return create_model("TrainOptions", __base__=CommonTrainOptions, __module__=__name__, mode=(str, mode), **fields)
+    return create_model("TrainOptions", __base__=CommonTrainOptions, __module__=__name__, __doc__=_TRAIN_OPTIONS_DOC,
+                        mode=(str, mode), **fields)
+
+
+_TRAIN_OPTIONS_DOC = """Every training hyper-parameter: the shared ones, then each registered strategy's own (their
+flags apply to that --mode only). ``hparams()`` (the shared ones and this mode's) is recorded in the
+manifest and hashed to skip unchanged reruns. Example: ``TrainOptions(mode="finetune", epochs=10)``."""
 
 
 def __getattr__(attr: str):
