@@ -75,7 +75,7 @@ def reestimate_batchnorm(model, pixels: np.ndarray, spec: PreprocessSpec) -> Non
     with torch.no_grad():
         for i in range(0, len(pixels), BATCH):
             model(torch.from_numpy(normalize(pixels[i : i + BATCH], spec)))
-    for m, momentum in zip(layers, momenta):
+    for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum
     model.eval()
 
@@ -91,7 +91,7 @@ def running_stats_kept(model):
     try:
         yield
     finally:
-        for m, momentum in zip(layers, momenta):
+        for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
 
 

@@ -18,7 +18,15 @@ import inspect
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.models.registry import DEFAULT_BACKBONE
