@@ -201,8 +201,8 @@ def train(
     opts = _options(options)
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     layout = resolve_layout(data, val)
+    get_strategy(opts.mode).check_inputs(opts)  # before torch loads and the run folder is made
     require("torch", "training")
-    get_strategy(opts.mode).check_inputs(opts)  # before the run folder is made
     dist = distributed.setup()
     console = console if dist.is_main else None  # one rank draws and prints
     try:

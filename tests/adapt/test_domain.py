@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from edgetl.adapt import domain  # noqa: E402
 from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train, train_inputs_hash  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
-from edgetl.data import arrays  # noqa: E402
+from edgetl.data import arrays, unlabelled  # noqa: E402
 from edgetl.data.preprocess import PreprocessSpec  # noqa: E402
 from edgetl.models.build import create_model, load_trained  # noqa: E402
 from edgetl.models.registry import resolve  # noqa: E402
@@ -58,10 +60,10 @@ def test_domain_adapt_records_the_method_and_the_target(adapted, inverted):
     assert train_section == json.loads(json.dumps(section))
     assert train_section["mode"] == "domain-adapt" and train_section["hparams"]["target_data"] == str(inverted)
     record = train_section["adaptation"]
-    files = domain.image_files(inverted, "--target-data")
+    files = unlabelled.image_files(inverted, "--target-data")
     assert len(files) == 60 and record["target_images"] == 60
     assert record["method"] == "adabn+coral" and record["alignment_weight"] == 1.0
-    assert record["target_hash"] == domain.files_hash(inverted, files)
+    assert record["target_hash"] == unlabelled.files_hash(inverted, files)
     assert list(record["target_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
     assert record["target_val"]["images"] == 60
     history = json.loads((run.path / "train" / "history.json").read_text())
@@ -74,7 +76,7 @@ def test_the_shipped_model_holds_the_target_s_batchnorm_statistics(adapted, inve
     run, section = adapted
     spec = arrays.spec_of(run)
     shipped = load_trained(run)
-    target = domain.decode(domain.image_files(inverted, "--target-data"), spec)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data"), spec)
     source, _ = arrays.split_set(run, "train")
     bn = [name for name, _ in shipped.named_buffers() if name.endswith("running_mean")]
     assert bn
@@ -85,7 +87,7 @@ def test_the_shipped_model_holds_the_target_s_batchnorm_statistics(adapted, inve
     domain.reestimate_batchnorm(again, source, spec)
     assert any(not torch.allclose(shipped.get_buffer(n), again.get_buffer(n), atol=1e-3) for n in bn)
     # the manifest's target top-1 after adaptation is the shipped model's
-    labels = np.array([int(p.parts[-3]) for p in domain.image_files(inverted, "--target-data")])
+    labels = np.array([int(p.parts[-3]) for p in unlabelled.image_files(inverted, "--target-data")])
     assert domain.top1(shipped, target, labels, spec) == pytest.approx(section["adaptation"]["target_val"]["top1"]["adapted"])
 
 
@@ -94,7 +96,7 @@ def test_adabn_sets_the_running_statistics_to_the_target_s(digits_dir, inverted)
     target images (one batch: the cumulative average is exact)."""
     model = create_model(resolve(BACKBONE), 3, pretrained=False)
     spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
-    target = domain.decode(domain.image_files(inverted, "--target-data")[:40], spec)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:40], spec)
     first = domain.batchnorms(model)[0]
     seen = []
     handle = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
@@ -140,13 +142,18 @@ def _bad_folders(tmp_path, inverted):
             "corrupt": (corrupt, "cannot read image")}
 
 
+# torch and timm blocked: the target folder is refused before they load
+_NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\nfrom edgetl.cli import main; main()"
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt"])
 def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_path, case):
     folder, message = _bad_folders(tmp_path, inverted)[case]
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(out), "--backbone", BACKBONE,
-                                      "--image-size", "32", "--mode", "domain-adapt", "--target-data", str(folder)])
-    assert result.exit_code == 2, result.output
-    assert "--target-data" in result.output and message in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH, "train", "--data", str(digits_dir), "--out", str(out),
+                             "--backbone", BACKBONE, "--mode", "domain-adapt", "--target-data", str(folder)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()

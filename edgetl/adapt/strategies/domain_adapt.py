@@ -19,6 +19,8 @@ from pydantic import Field
 from edgetl.adapt.alignments import NONE, alignments, get_alignment
 from edgetl.adapt.options import _Options, flag
 from edgetl.adapt.strategies import Phase2, Phase2Result, Strategy, kept_of
+from edgetl.data import unlabelled
+from edgetl.data.datasets import load_image_set
 from edgetl.errors import ConfigError, UnknownNameError
 
 DEFAULT_ALIGNMENT = "coral"  # benchmarks/domain_adapt.py
@@ -47,20 +49,15 @@ class DomainAdapt(Strategy):
             raise ValueError(f"option {flag('alignment')}: {UnknownNameError('alignment', opts.alignment, (*alignments(), NONE))}")
 
     def check_inputs(self, opts) -> None:
-        from edgetl.adapt import domain
-        from edgetl.data.datasets import load_image_set
-
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("--mode domain-adapt trains in one process: run it without torchrun")
-        domain.check_readable(domain.image_files(opts.target_data, "--target-data"), "--target-data")
+        unlabelled.check_readable(unlabelled.image_files(opts.target_data, "--target-data"), "--target-data")
         if opts.target_val is not None:
             load_image_set(opts.target_val)  # a wrong path or an empty folder answers now
 
     def input_hashes(self, opts) -> dict[str, str]:
-        from edgetl.adapt import domain
-        from edgetl.data.datasets import load_image_set
-
-        hashes = {"target_data": domain.files_hash(opts.target_data, domain.image_files(opts.target_data, "--target-data"))}
+        files = unlabelled.image_files(opts.target_data, "--target-data")
+        hashes = {"target_data": unlabelled.files_hash(opts.target_data, files)}
         if opts.target_val is not None:
             hashes["target_val"] = load_image_set(opts.target_val).content_hash()
         return hashes
@@ -71,8 +68,8 @@ class DomainAdapt(Strategy):
         from edgetl.adapt.strategies.finetune import training_images
 
         opts = p.opts
-        files = domain.image_files(opts.target_data, "--target-data")
-        target_pixels = domain.decode(files, p.spec)
+        files = unlabelled.image_files(opts.target_data, "--target-data")
+        target_pixels = unlabelled.decode(files, p.spec)
         target_val = _TargetVal(p)
         target_val.score("head only")
         domain.reestimate_batchnorm(p.model, p.train_pixels, p.spec)  # AdaBN needs source statistics to replace
@@ -98,7 +95,7 @@ class DomainAdapt(Strategy):
             "alignment_weight": opts.alignment_weight,
             "target_data": str(opts.target_data),
             "target_images": len(files),
-            "target_hash": domain.files_hash(opts.target_data, files),
+            "target_hash": unlabelled.files_hash(opts.target_data, files),
             **target_val.record(),
         }
         return Phase2Result(result, kept, record)
@@ -116,13 +113,10 @@ class _TargetVal:
     """Top-1 on --target-val (labelled target images) after each step; nothing without the option."""
 
     def __init__(self, p: Phase2):
-        from edgetl.adapt import domain
-        from edgetl.data.datasets import load_image_set
-
         self.p, self.top1 = p, {}
         if p.opts.target_val is not None:
             samples = load_image_set(p.opts.target_val, classes=p.classes).samples
-            self.pixels = domain.decode([path for path, _ in samples], p.spec)
+            self.pixels = unlabelled.decode([path for path, _ in samples], p.spec)
             self.labels = np.array([label for _, label in samples])
 
     def score(self, step: str) -> None:
