@@ -143,7 +143,8 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
 
 
 def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
-    # the strategy's own data (domain-adapt: the target images) only where it has some: older hashes hold
+    # the strategy's own data (domain-adapt: the target images), added only where there is some, so the
+    # hashes of other runs stay what they were
     extra = get_strategy(opts.mode).input_hashes(opts)
     return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hparams(), "data": data_hash,
                         **extra})
