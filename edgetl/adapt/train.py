@@ -285,9 +285,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     # Phase 2: the strategy's (edgetl/adapt/strategies; feature extraction has none).
     strategy = get_strategy(opts.mode)
     phase2 = None if head_result.interrupted else strategy.after_head(Phase2(
-        model, opts, dist, spec, image_set.classes, [p for p, _ in train_samples], train_pixels, y_train,
-        val_pixels, y_val, head_result, probe_state, pretrained_start=opts.pretrained or weights is not None,
-        save=save_full, console=console, on_epoch=on_epoch))
+        model=model, opts=opts, dist=dist, spec=spec, classes=image_set.classes,
+        train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train,
+        val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
+        pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console, on_epoch=on_epoch))
     if phase2 is not None:
         history += phase2.fit.history
         result, kept, adaptation = phase2.fit, phase2.kept, phase2.record

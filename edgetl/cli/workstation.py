@@ -32,6 +32,7 @@ def train(data, out, **params):
     Examples:
       edgetl train --data ./images --out runs/flowers
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
+      edgetl train --data ./images --mode domain-adapt --target-data ./camera-frames   # unlabelled target images
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP
     """
     from edgetl.data.layout import resolve_layout
