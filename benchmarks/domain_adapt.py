@@ -2,6 +2,7 @@
 alignment loss, and with both.
 
     python benchmarks/domain_adapt.py                         # 64 px, unfreeze all, 4 epochs
+    python benchmarks/domain_adapt.py --size 48 --epochs 3 --per-class 100   # a few minutes per row
     python benchmarks/domain_adapt.py --size 96 --epochs 6 --alignments coral,mcc
 
 The shift: scikit-learn's 1,797 real digit scans (dark ink on white paper, as `edgetl` writes
@@ -43,10 +44,10 @@ def second_sensor(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray((rgb + rng.normal(0, 12, rgb.shape)).clip(0, 255).astype(np.uint8))
 
 
-def make_split(root: Path, size: int) -> dict[str, Path]:
+def make_split(root: Path, size: int, per_class: int | None) -> dict[str, Path]:
     from edgetl.data.demo import write_digits
 
-    scans = write_digits(root / "scans", size=size)
+    scans = write_digits(root / "scans", size=size, per_class=per_class)
     parts = {name: root / name for name in ("source", "target", "target-val")}
     rng = np.random.default_rng(0)
     for digit in sorted(p for p in scans.iterdir() if p.is_dir()):
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
     parser.add_argument("--unfreeze", default="all", help="stages to fine-tune (default all)")
+    parser.add_argument("--per-class", type=int, help="scans per digit (default: all, about 180)")
     parser.add_argument("--alignments", default="coral,mcc", help="alignment losses to compare (default coral,mcc)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -91,7 +93,7 @@ def main() -> int:
     console = Console()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgetl-domain-") as tmp:
-        parts = make_split(Path(tmp), args.size)
+        parts = make_split(Path(tmp), args.size, args.per_class)
         common = dict(image_size=args.size, unfreeze=args.unfreeze, epochs=args.epochs, head_epochs=30, seed=args.seed)
         runs = [("finetune (no adaptation)", dict(mode="finetune"))]
         for alignment in ["none", *args.alignments.split(",")]:

@@ -43,18 +43,20 @@ def reestimate_batchnorm(model, pixels: np.ndarray, spec: PreprocessSpec) -> Non
 
 
 @contextlib.contextmanager
-def running_stats_kept(model):
-    """BatchNorm in train mode normalises with the batch's statistics but does not fold them into its
-    running ones (momentum 0): target batches must not pull the source statistics."""
+def target_batch_statistics(model):
+    """Every BatchNorm normalises with the batch's own statistics, as AdaBN will normalise target
+    images once trained, without folding them into its running (source) ones: momentum 0."""
     layers = batchnorms(model)
-    momenta = [m.momentum for m in layers]
+    saved = [(m.momentum, m.training) for m in layers]
     for m in layers:
         m.momentum = 0.0
+        m.train()
     try:
         yield
     finally:
-        for m, momentum in zip(layers, momenta, strict=True):
+        for m, (momentum, training) in zip(layers, saved, strict=True):
             m.momentum = momentum
+            m.train(training)
 
 
 class _WithLoss(torch.autograd.Function):
@@ -76,8 +78,9 @@ def _endless(loader):
 
 
 class AlignedNet(nn.Module):
-    """The network as fine-tuning trains it: each source batch is followed by a target batch through
-    the same backbone, and ``weight`` times the alignment loss of their pooled features joins the
+    """The network as fine-tuning trains it: each source batch (BatchNorm with the source statistics)
+    is followed by a target batch through the same backbone (BatchNorm with the target batch's own,
+    as after AdaBN), and ``weight`` times the alignment loss of their pooled features joins the
     gradient. In eval mode it is the plain model; ``module`` is what fit() saves."""
 
     def __init__(self, model, target_loader, alignment, weight: float):
@@ -95,7 +98,7 @@ class AlignedNet(nn.Module):
         xt, _ = next(self.target_batches)
         source = self._pooled(x)
         logits = self.module.get_classifier()(source)
-        with running_stats_kept(self.module):
+        with target_batch_statistics(self.module):
             target = self._pooled(xt)
         if len(x) < 2 or len(xt) < 2:  # no covariance or confusion from one image
             return logits
