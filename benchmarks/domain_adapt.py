@@ -90,7 +90,7 @@ def main() -> int:
     import edgetl
 
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=160)  # the table is wide
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgetl-domain-") as tmp:
         parts = make_split(Path(tmp), args.size, args.per_class)

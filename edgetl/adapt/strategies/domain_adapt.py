@@ -24,7 +24,9 @@ from edgetl.data import unlabelled
 from edgetl.data.datasets import load_image_set
 from edgetl.errors import ConfigError, UnknownNameError
 
-DEFAULT_ALIGNMENT = "coral"  # benchmarks/domain_adapt.py
+# benchmarks/domain_adapt.py (48 px, 3 epochs): target top-1 30.8% AdaBN alone, 33.6% coral, 34.0% mcc
+# (one image of 250 apart); coral costs less time and needs no confident target predictions
+DEFAULT_ALIGNMENT = "coral"
 
 
 class DomainAdaptOptions(_Options):
