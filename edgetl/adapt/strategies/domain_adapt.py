@@ -122,7 +122,8 @@ def _refit_head(p: Phase2):
     f_val = extract(p.model, p.val_pixels, p.spec, p.dist, "features (source statistics, val)", console=p.console)
     head = p.model.get_classifier()
     fit = train_head(f_train, p.y_train, f_val, p.y_val, head, p.opts, p.dist, console=p.console)
-    head.load_state_dict(fit.best_state)
+    if fit.best_state is not None:  # None: interrupted before its first epoch ended
+        head.load_state_dict(fit.best_state)
     return fit
 
 
