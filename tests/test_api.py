@@ -93,7 +93,8 @@ def test_train_options_built_in_a_notebook_raise_the_clis_message():
     assert str(exc.value) == "option --epochs: Input should be greater than or equal to 1 (got 0)"
     with pytest.raises(ConfigError, match=r"unknown option 'lr_scale'\. Did you mean 'backbone_lr_scale'\?"):
         TrainOptions(lr_scale=0.1)
-    with pytest.raises(ConfigError, match="option --mode: Input should be 'feature-extraction' or 'finetune'"):
+    with pytest.raises(ConfigError, match=r"option --mode: unknown training strategy 'fine-tune'\. Did you mean "
+                       r"'finetune'\? Valid: domain-adapt, feature-extraction, finetune\. \(got 'fine-tune'\)"):
         edgetl.TrainOptions(mode="fine-tune")
 
 

@@ -111,10 +111,13 @@ def finetune(
     console=None,
     on_epoch=None,
     checkpoint=None,
+    train_net=None,
 ) -> FitResult:
     """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``,
     on the rank's device (``dist.execution``). ``console``: where the progress is drawn (None:
-    nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``)."""
+    nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``); ``train_net``:
+    wraps the network that is trained (domain adaptation adds its alignment loss there;
+    edgetl/adapt/domain.py)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -130,6 +133,8 @@ def finetune(
     total = epochs * len(loader)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(len(loader), total // 5 or 1), total_steps=total)
     net = distributed.wrap(dist, model)
+    if train_net is not None:
+        net = train_net(net)
     x_val = normalize(val_pixels, spec)
 
     def evaluate(_net) -> float:

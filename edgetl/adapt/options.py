@@ -13,13 +13,22 @@ Built with bad values, either model raises the CLI's one-line ``ConfigError`` (`
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.models.registry import DEFAULT_BACKBONE, OFFLINE
 
 # What an unset (None) option means; the help texts below quote them.
@@ -39,7 +48,11 @@ def flag(name: str) -> str:
 def option_error(exc: ValidationError) -> str:
     """The one-line message of an option model's first error, named by its flag."""
     first = exc.errors()[0]
-    return f"option {flag('-'.join(str(p) for p in first['loc']))}: {first['msg']} (got {first.get('input')!r})"
+    # a validator's own words, without pydantic's "Value error, " in front
+    msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    if not first["loc"]:  # a check of several fields together: its message names the flags
+        return msg
+    return f"option {flag('-'.join(str(p) for p in first['loc']))}: {msg} (got {first.get('input')!r})"
 
 
 def keyword_parameters(*models, skip=()) -> list[inspect.Parameter]:
@@ -97,13 +110,12 @@ class TrainInputs(_Options):
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
 
 
-class TrainOptions(_Options):
-    """Every training hyper-parameter; recorded in the manifest and hashed to skip unchanged reruns.
-    The field order is the order of the flags in ``--help``."""
+class CommonTrainOptions(_Options):
+    """The hyper-parameters every strategy shares (the fine-tuning ones too: domain adaptation
+    fine-tunes); ``TrainOptions`` adds each registered strategy's own. The field order is the order
+    of the flags in ``--help``."""
 
-    mode: Literal["feature-extraction", "finetune"] = Field(
-        "feature-extraction", description="feature-extraction: frozen backbone, cached features, new head. "
-        "finetune: head first, then the last N stages.")
+    mode: str = Field("feature-extraction", description="Training strategy (see edgetl/adapt/strategies).")
     pretrained: bool = Field(True, description="Start from the backbone's pretrained weights (--no-pretrained: "
                              "from random weights, a baseline to compare with).")
     val_split: float = Field(0.2, gt=0, lt=1, description="Stratified, seeded validation fraction when --val is not given.")
@@ -144,7 +156,7 @@ class TrainOptions(_Options):
     def hashed(self) -> dict:
         """The options that shape the weights: all but the execution settings (``EXECUTION``), so a
         rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare."""
-        return {k: v for k, v in self.model_dump().items() if k not in EXECUTION}
+        return {k: v for k, v in self.hparams().items() if k not in EXECUTION}
 
     def phase_epochs(self, phase: Literal["head", "finetune"]) -> int:
         if phase == "finetune":
@@ -157,3 +169,66 @@ class TrainOptions(_Options):
     @property
     def head_lr(self) -> float:
         return self.lr or HEAD_LR
+
+    @field_validator("mode")
+    @classmethod
+    def _registered_mode(cls, mode: str) -> str:
+        from edgetl.adapt.strategies import strategies
+
+        if mode not in strategies():
+            raise ValueError(str(UnknownNameError("training strategy", mode, strategies())))
+        return mode
+
+    @model_validator(mode="after")
+    def _options_fit_the_mode(self):
+        from edgetl.adapt.strategies import get_strategy, strategies
+
+        for name in strategies():
+            model = get_strategy(name).options_model
+            for field_name, field in (model.model_fields.items() if model else ()):
+                if name != self.mode and getattr(self, field_name) != field.get_default(call_default_factory=True):
+                    raise ValueError(f"option {flag(field_name)} is for --mode {name}, not {self.mode}")
+        get_strategy(self.mode).check(self)
+        return self
+
+    def hparams(self) -> dict:
+        """What the manifest records and ``inputs_hash`` hashes: the shared fields and this mode's own
+        (another strategy's options are not this run's)."""
+        from edgetl.adapt.strategies import get_strategy
+
+        own = get_strategy(self.mode).options_model
+        return self.model_dump(include={*CommonTrainOptions.model_fields, *(own.model_fields if own else ())})
+
+
+@functools.lru_cache(maxsize=8)
+def _train_options(names: tuple[str, ...]) -> type[CommonTrainOptions]:
+    """``CommonTrainOptions`` with every registered strategy's options, and ``--mode``'s help from
+    their descriptions."""
+    from edgetl.adapt.strategies import get_strategy
+
+    fields: dict = {}
+    for name in names:
+        model = get_strategy(name).options_model
+        for field_name, field in (model.model_fields.items() if model else ()):
+            if field_name in CommonTrainOptions.model_fields or field_name in fields:  # the plugin's bug
+                raise TypeError(f"training strategy {name!r}: option {field_name!r} is taken already")
+            fields[field_name] = (field.annotation, field)
+    modes = " ".join(f"{name}: {get_strategy(name).description}" for name in names)
+    mode = Field("feature-extraction", description=modes)
+    return create_model("TrainOptions", __base__=CommonTrainOptions, __module__=__name__, __doc__=_TRAIN_OPTIONS_DOC,
+                        mode=(str, mode), **fields)
+
+
+_TRAIN_OPTIONS_DOC = """Every training hyper-parameter: the shared ones, then each registered strategy's own (their
+flags apply to that --mode only). ``hparams()`` (the shared ones and this mode's) is recorded in the
+manifest and hashed to skip unchanged reruns. Example: ``TrainOptions(mode="finetune", epochs=10)``."""
+
+
+def __getattr__(attr: str):
+    # Built on first use from the registry (the strategies import this module for ``_Options``), and
+    # again when a plugin adds a strategy, so its flags appear.
+    if attr == "TrainOptions":
+        from edgetl.adapt.strategies import strategies
+
+        return _train_options(strategies())
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

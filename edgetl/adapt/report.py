@@ -42,7 +42,8 @@ def device_text(execution: dict, world: int) -> str:
     return ", ".join(parts)
 
 
-def print_summary(console, section: dict, history: list[dict]) -> None:
+def print_summary(console, section: dict, history: list[dict], strategy_rows: list[tuple[str, str]] = ()) -> None:
+    """``strategy_rows``: what the training strategy adds (domain adaptation: target accuracy)."""
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
     table.add_column(style="bold")
@@ -58,6 +59,8 @@ def print_summary(console, section: dict, history: list[dict]) -> None:
     if "kept" in m:
         table.add_row("kept", kept_text(m["kept"]))
     table.add_row("device", device_text(section.get("execution", {}), section.get("world_size", 1)))
+    for name, text in strategy_rows:
+        table.add_row(name, text)
     table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     if m["interrupted"]:

@@ -26,9 +26,9 @@ from edgetl._lazy import require
 from edgetl.adapt import device, distributed
 from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
-from edgetl.adapt.finetune import AugmentedImages, finetune
 from edgetl.adapt.options import TrainInputs, TrainOptions
 from edgetl.adapt.resume import fingerprint, open_checkpoint
+from edgetl.adapt.strategies import Phase2, get_strategy, kept_of
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
@@ -106,6 +106,7 @@ class TrainRecord(Record):
     execution: TrainExecution = Field(default_factory=TrainExecution)  # runs written before it: CPU
     metrics: TrainMetrics
     selection: dict[str, Any] | None = None  # --backbone auto: target, backbone, reason (edgetl.adapt.select)
+    adaptation: dict[str, Any] = Field(default_factory=dict)  # what the strategy's phase 2 recorded
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -134,11 +135,6 @@ def _save_checkpoint(state: dict, dest: Path) -> None:
 
     with atomic_path(dest) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))  # wherever it trained
-
-
-def _kept(phase: str, fit) -> dict:
-    """Which phase and epoch the saved weights come from: the probe can outlive a worse fine-tuning."""
-    return {"phase": phase, "epoch": fit.best_epoch, "val_top1": fit.best_val_top1}
 
 
 def _mark_kept(history: list[dict], kept: dict) -> None:
@@ -171,8 +167,11 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
 
 def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
     """The device, workers and memory format are left out (``TrainOptions.hashed``): another device
-    is not new work."""
-    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hashed(), "data": data_hash})
+    is not new work. The strategy's own data (domain-adapt: the target images) is added only where
+    there is some, so the hashes of other runs stay what they were."""
+    extra = get_strategy(opts.mode).input_hashes(opts)
+    return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hashed(), "data": data_hash,
+                        **extra})
 
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
@@ -235,6 +234,7 @@ def train(
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
+    get_strategy(opts.mode).check_inputs(opts)  # before torch loads and the run folder is made
     require("torch", "training")
     execution = device.resolve(opts.device, opts.amp, opts.channels_last, opts.workers, local_rank=device.local_rank())
     dist = distributed.setup(execution)
@@ -324,23 +324,19 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     head.load_state_dict(head_result.best_state)
     probe_state = copy.deepcopy(model.state_dict())
     history, result = list(head_result.history), head_result
-    kept = _kept("head", head_result)
+    kept, adaptation = kept_of("head", head_result), {}
 
-    # Phase 2 (finetune): the last N stages with the head, augmented images.
-    if opts.mode == "finetune" and not head_result.interrupted:
-        train_paths = [p for p, _ in train_samples]
-        train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
-            torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
-        result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
-                          keep_bn_stats=opts.pretrained or weights is not None, console=console, on_epoch=on_epoch,
-                          checkpoint=checkpoint)
-        history += result.history
-        if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
-            model.load_state_dict(result.best_state)
-            kept = _kept("finetune", result)
-        else:  # fine-tuning never beat the probe: keep the probe (its checkpoint is re-saved below)
-            model.load_state_dict(probe_state)
-            kept["finetune_best_val_top1"] = result.best_val_top1 if result.best_state is not None else None
+    # Phase 2: the strategy's (edgetl/adapt/strategies; feature extraction has none).
+    strategy = get_strategy(opts.mode)
+    phase2 = None if head_result.interrupted else strategy.after_head(Phase2(
+        model=model, opts=opts, dist=dist, spec=spec, classes=image_set.classes,
+        train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train,
+        val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
+        pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console, on_epoch=on_epoch,
+        checkpoint=checkpoint))
+    if phase2 is not None:
+        history += phase2.fit.history
+        result, kept, adaptation = phase2.fit, phase2.kept, phase2.record
     _mark_kept(history, kept)
 
     model.eval()
@@ -369,7 +365,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "preprocess": spec.to_dict(),
         "checkpoint": "train/model.safetensors",
         "mode": opts.mode,
-        "hparams": opts.model_dump(),
+        "hparams": opts.hparams(),
         "dataset": {
             "source": str(data),
             "val_source": str(val) if val else None,
@@ -385,6 +381,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "execution": {**execution.record(), "resumed_from": checkpoint.resumed_from},
         "metrics": metrics,
         "selection": selection.choice_summary(chosen) if chosen else None,
+        "adaptation": adaptation,
     }
     section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
                               else _inputs_hash(backbone.name, start_weights, opts, data_hash))
@@ -400,7 +397,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         if chosen is not None:
             run.set_record(chosen)
         if console is not None:
-            print_summary(console, section, history)
+            print_summary(console, section, history, strategy.summary_rows(adaptation) if adaptation else [])
     if metrics["interrupted"]:
         raise KeyboardInterrupt
     return section

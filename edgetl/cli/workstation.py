@@ -39,6 +39,7 @@ def train(data, out, resume, target, **params):
       edgetl train --data ./images --out runs/flowers
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
       edgetl train --data ./images --backbone auto --target raspberry-pi-5   # `edgetl select` chooses
+      edgetl train --data ./images --mode domain-adapt --target-data ./camera-frames   # unlabelled target images
       edgetl train --data ./images --mode finetune --device cuda --amp bf16   # on a GPU (auto picks it anyway)
       edgetl train --data ./images --mode finetune --out runs/flowers --resume  # after Ctrl-C
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP, one GPU each

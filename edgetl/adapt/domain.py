@@ -1,0 +1,123 @@
+"""Domain adaptation with unlabelled target images (edgetl/data/unlabelled.py reads them): AdaBN, and
+the training-time alignment loss (edgetl/adapt/alignments) joined to fine-tuning.
+
+AdaBN (Li et al., 2016) re-estimates every BatchNorm's statistics on the target images, so each
+domain is normalised with its own; it helps only when the statistics it replaces are the source
+domain's (measured on shifted digits: +23 to +73 points after full fine-tuning, a loss with frozen
+ImageNet statistics), which is why the strategy re-estimates them on the source first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgetl.adapt.loop import CPU
+from edgetl.data.preprocess import PreprocessSpec, normalize
+
+BATCH = 64
+
+
+def batchnorms(model) -> list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def reestimate_batchnorm(model, pixels: np.ndarray, spec: PreprocessSpec) -> None:
+    """AdaBN: every BatchNorm's running statistics become those of ``pixels`` (an equal-weight
+    average over batches); nothing else changes, and the model is left in eval mode."""
+    layers = batchnorms(model)
+    momenta = [m.momentum for m in layers]
+    device = next(model.parameters()).device  # the training device (edgetl/adapt/device.py)
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average, not an exponential one
+        m.train()
+    with torch.no_grad():
+        for i in range(0, len(pixels), BATCH):
+            model(torch.from_numpy(normalize(pixels[i : i + BATCH], spec)).to(device))
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+@contextlib.contextmanager
+def target_batch_statistics(model):
+    """Every BatchNorm normalises with the batch's own statistics, as AdaBN will normalise target
+    images once trained, without folding them into its running (source) ones: momentum 0."""
+    layers = batchnorms(model)
+    saved = [(m.momentum, m.training) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+        m.train()
+    try:
+        yield
+    finally:
+        for m, (momentum, training) in zip(layers, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+
+
+class _WithLoss(torch.autograd.Function):
+    """Returns the logits unchanged; backward gives ``loss`` the gradient 1, which is what adding
+    it to the loss computed from the logits would do (fit() computes only the cross-entropy)."""
+
+    @staticmethod
+    def forward(ctx, logits, loss):
+        return logits.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+class AlignedNet(nn.Module):
+    """The network as fine-tuning trains it: each source batch (BatchNorm with the source statistics)
+    is followed by a target batch through the same backbone (BatchNorm with the target batch's own,
+    as after AdaBN), and ``weight`` times the alignment loss of their pooled features joins the
+    gradient. In eval mode it is the plain model; ``module`` is what fit() saves."""
+
+    def __init__(self, model, target_loader, alignment, weight: float):
+        super().__init__()
+        self.module = model
+        self.target_batches = _endless(target_loader)
+        self.alignment, self.weight = alignment, weight
+
+    def _pooled(self, x):
+        return self.module.forward_head(self.module.forward_features(x), pre_logits=True)
+
+    def forward(self, x):
+        if not self.training:
+            return self.module(x)
+        xt, _ = next(self.target_batches)
+        xt = xt.to(x.device, non_blocking=True)
+        source = self._pooled(x)
+        logits = self.module.get_classifier()(source)
+        with target_batch_statistics(self.module):
+            target = self._pooled(xt)
+        if len(x) < 2 or len(xt) < 2:  # no covariance or confusion from one image
+            return logits
+        loss = self.alignment.loss(source, target, self.module.get_classifier()(target))
+        return _WithLoss.apply(logits, self.weight * loss)
+
+
+def aligner(target_data, alignment, weight: float, batch_size: int, seed: int):
+    """What ``finetune(..., train_net=)`` wraps the network with: target batches of ``batch_size``."""
+    generator = torch.Generator().manual_seed(seed + 1)  # not the source loader's order
+    loader = torch.utils.data.DataLoader(target_data, batch_size=batch_size, shuffle=True, generator=generator,
+                                         drop_last=len(target_data) > batch_size)
+    return lambda net: AlignedNet(net, loader, alignment, weight)
+
+
+def top1(model, pixels: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, execution=CPU) -> float:
+    from edgetl.adapt.loop import predict
+
+    return float((predict(model, normalize(pixels, spec), execution=execution).argmax(1) == labels).mean())
