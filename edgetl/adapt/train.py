@@ -23,7 +23,9 @@ from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
 from edgetl.adapt import distributed
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
-from edgetl.adapt.finetune import AugmentedImages, finetune
+from edgetl.adapt.auto import plan_finetune
+from edgetl.adapt.finetune import finetune
+from edgetl.adapt.negative_transfer import check_transfer
 from edgetl.adapt.options import TrainInputs, TrainOptions
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
@@ -85,6 +87,9 @@ class TrainRecord(Record):
     versions: dict[str, str] = Field(default_factory=dict)
     world_size: int = 1
     metrics: TrainMetrics
+    # What --unfreeze/--augment auto chose, with the evidence, and the negative-transfer check
+    # (edgetl/adapt/auto.py, edgetl/adapt/negative_transfer.py); empty in older runs.
+    choices: dict[str, Any] = Field(default_factory=dict)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -280,14 +285,21 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     probe_state = copy.deepcopy(model.state_dict())
     history, result = list(head_result.history), head_result
     kept = _kept("head", head_result)
+    choices: dict = {}
+    if opts.transfer_check:  # the probe against a small CNN from scratch (edgetl/adapt/negative_transfer.py)
+        choices["transfer_check"] = check_transfer(predict(head, f_val).argmax(1), train_pixels, y_train, val_pixels,
+                                                   y_val, len(image_set.classes), opts.seed)
 
     # Phase 2 (finetune): the last N stages with the head, augmented images.
     if opts.mode == "finetune" and not head_result.interrupted:
-        train_paths = [p for p, _ in train_samples]
-        train_data = AugmentedImages(train_paths, y_train, spec) if opts.augment else torch.utils.data.TensorDataset(
-            torch.from_numpy(arrays.normalize(train_pixels, spec)), torch.from_numpy(y_train))
-        result = finetune(model, train_data, val_pixels, y_val, spec, opts, dist, on_improve=save_full,
-                          keep_bn_stats=opts.pretrained or weights is not None, console=console, on_epoch=on_epoch)
+        keep_bn_stats = opts.pretrained or weights is not None
+        plan = plan_finetune(model, head_prefix, train_paths=[p for p, _ in train_samples], train_pixels=train_pixels,
+                             y_train=y_train, f_train=f_train, spec=spec, opts=opts, dist=dist,
+                             keep_bn_stats=keep_bn_stats, extract_features=lambda pixels, desc: extract(
+                                 model, pixels, spec, dist, desc, console=console))
+        choices.update(plan.choices)
+        result = finetune(model, plan.train_data, val_pixels, y_val, spec, plan.options, dist, on_improve=save_full,
+                          keep_bn_stats=keep_bn_stats, console=console, on_epoch=on_epoch)
         history += result.history
         if result.best_state is not None and result.best_val_top1 >= head_result.best_val_top1:
             model.load_state_dict(result.best_state)
@@ -336,6 +348,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "versions": _versions(),
         "world_size": dist.world,
         "metrics": metrics,
+        "choices": choices,
     }
     section["inputs_hash"] = _inputs_hash(backbone.name, start_weights, opts, data_hash)
     record = TrainRecord.model_validate(section)
