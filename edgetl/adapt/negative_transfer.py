@@ -16,18 +16,18 @@ import numpy as np
 from edgetl.bench.accuracy import paired_drop_interval
 
 SIZE = 32  # pixels: small enough for seconds, large enough for digits, signs, textures
-EPOCHS = 20
-MAX_IMAGES = 40_000  # the budget on large data sets: at most this many images seen in all
+EPOCHS = 10
+MAX_IMAGES = 6_000  # the budget on large data sets: at most this many images seen in all
 BATCH = 64
 LR = 3e-3
 
 
 def small_cnn(num_classes: int):
-    """Four conv blocks (16-32-64-128 channels) with BatchNorm, global pooling and a linear layer."""
+    """Four conv blocks (8-16-32-64 channels) with BatchNorm, global pooling and a linear layer."""
     import torch.nn as nn
 
     layers, channels = [], 3
-    for width in (16, 32, 64, 128):
+    for width in (8, 16, 32, 64):
         layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
                    nn.MaxPool2d(2)]
         channels = width
