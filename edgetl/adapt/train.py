@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
 from edgetl.adapt import distributed
-from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.auto import plan_finetune
+from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.finetune import finetune
 from edgetl.adapt.negative_transfer import check_transfer
 from edgetl.adapt.options import TrainInputs, TrainOptions
