@@ -149,6 +149,8 @@ def _probe_run(model, depth: str, train_data, held_pixels, y_held, spec, opts, d
     started = time.perf_counter()
     short = opts.model_copy(update={"unfreeze": depth, "epochs": 1, "patience": 1})
     result = finetune(model, train_data, held_pixels, y_held, spec, short, dist, keep_bn_stats=keep_bn_stats)
+    if result.interrupted:  # fit() swallows Ctrl-C to keep its best state; here it must stop the run
+        raise KeyboardInterrupt
     return {"unfreeze": depth, "inner_val_top1": round(result.best_val_top1, 4), "images": len(train_data),
             "seconds": round(time.perf_counter() - started, 1)}
 

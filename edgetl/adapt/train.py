@@ -285,19 +285,23 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     probe_state = copy.deepcopy(model.state_dict())
     history, result = list(head_result.history), head_result
     kept = _kept("head", head_result)
-    choices: dict = {}
-    if opts.transfer_check:  # the probe against a small CNN from scratch (edgetl/adapt/negative_transfer.py)
-        choices["transfer_check"] = check_transfer(predict(head, f_val).argmax(1), train_pixels, y_train, val_pixels,
-                                                   y_val, len(image_set.classes), opts.seed)
+    choices, plan = {}, None
+    keep_bn_stats = opts.pretrained or weights is not None
+    try:  # measurements between the phases (edgetl/adapt/negative_transfer.py, edgetl/adapt/auto.py)
+        if opts.transfer_check and not head_result.interrupted:
+            choices["transfer_check"] = check_transfer(predict(head, f_val).argmax(1), train_pixels, y_train,
+                                                       val_pixels, y_val, len(image_set.classes), opts.seed)
+        if opts.mode == "finetune" and not head_result.interrupted:
+            plan = plan_finetune(model, head_prefix, train_paths=[p for p, _ in train_samples],
+                                 train_pixels=train_pixels, y_train=y_train, f_train=f_train, spec=spec, opts=opts,
+                                 dist=dist, keep_bn_stats=keep_bn_stats, extract_features=lambda pixels, desc: extract(
+                                     model, pixels, spec, dist, desc, console=console))
+            choices.update(plan.choices)
+    except KeyboardInterrupt:  # Ctrl-C while measuring: stop as during an epoch, the probe is kept
+        head_result.interrupted = True
 
     # Phase 2 (finetune): the last N stages with the head, augmented images.
-    if opts.mode == "finetune" and not head_result.interrupted:
-        keep_bn_stats = opts.pretrained or weights is not None
-        plan = plan_finetune(model, head_prefix, train_paths=[p for p, _ in train_samples], train_pixels=train_pixels,
-                             y_train=y_train, f_train=f_train, spec=spec, opts=opts, dist=dist,
-                             keep_bn_stats=keep_bn_stats, extract_features=lambda pixels, desc: extract(
-                                 model, pixels, spec, dist, desc, console=console))
-        choices.update(plan.choices)
+    if plan is not None and not head_result.interrupted:
         result = finetune(model, plan.train_data, val_pixels, y_val, spec, plan.options, dist, on_improve=save_full,
                           keep_bn_stats=keep_bn_stats, console=console, on_epoch=on_epoch)
         history += result.history
