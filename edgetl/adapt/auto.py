@@ -164,10 +164,11 @@ def choose_depth(rows: list[dict], held_images: int) -> str:
 
 def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixels: np.ndarray, y_train: np.ndarray,
                   f_train: np.ndarray, spec: PreprocessSpec, opts: TrainOptions, dist: Dist, keep_bn_stats: bool,
-                  extract_features) -> FinetunePlan:
+                  extract_features, console=None) -> FinetunePlan:
     """Resolve ``--augment auto`` and ``--unfreeze auto`` (other values pass through, unmeasured).
 
-    ``extract_features(pixels, desc)``: the frozen backbone's pooled features (for mirror images).
+    ``extract_features(pixels, desc)``: the frozen backbone's pooled features (for mirror images);
+    ``console``: where each short run's result is printed as it ends (None: nowhere).
     """
     from edgetl.adapt.finetune import DEFAULT_CROP_SCALE, AugmentedImages
     from edgetl.data.preprocess import normalize
@@ -217,6 +218,9 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
             candidate.set_submodule(head_prefix, copy.deepcopy(head))
             rows.append(_probe_run(candidate, depth, probe_data, train_pixels[held_idx], y_train[held_idx], spec,
                                    opts, dist, keep_bn_stats))
+            if console is not None:
+                console.print(f"unfreeze {depth}: inner top-1 {rows[-1]['inner_val_top1']:.1%} after "
+                              f"{rows[-1]['images']} images ({rows[-1]['seconds']:.0f} s)", highlight=False)
         unfreeze = choose_depth(rows, len(held_idx))
         choices["unfreeze"] = {"chosen": unfreeze, "runs": rows, "train_images": len(y_train),
                                "rule": "the shallowest depth within one standard error of the best inner top-1"}

@@ -295,7 +295,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
             plan = plan_finetune(model, head_prefix, train_paths=[p for p, _ in train_samples],
                                  train_pixels=train_pixels, y_train=y_train, f_train=f_train, spec=spec, opts=opts,
                                  dist=dist, keep_bn_stats=keep_bn_stats, extract_features=lambda pixels, desc: extract(
-                                     model, pixels, spec, dist, desc, console=console))
+                                     model, pixels, spec, dist, desc, console=console), console=console)
             choices.update(plan.choices)
     except KeyboardInterrupt:  # Ctrl-C while measuring: stop as during an epoch, the probe is kept
         head_result.interrupted = True
