@@ -3,12 +3,14 @@ label, the depth from short runs on an inner split; each choice recorded with it
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 torch = pytest.importorskip("torch")
 
@@ -110,7 +112,9 @@ def test_augment_keeps_its_former_bool_form():
 def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     options = TrainOptions(pretrained=False, image_size=32, seed=0, mode="finetune", unfreeze="auto",
                            augment="auto", epochs=1, head_epochs=5, transfer_check=False)
-    section = train(digits_dir, options, out=tmp_path / "run", backbone="timm:test_efficientnet")
+    shown = io.StringIO()
+    section = train(digits_dir, options, out=tmp_path / "run", backbone="timm:test_efficientnet",
+                    console=Console(file=shown, width=200))
     choices = RunDir.open(tmp_path / "run").manifest["train"]["choices"]
     assert choices == json.loads(json.dumps(section["choices"]))
     assert "transfer_check" not in choices
@@ -122,6 +126,10 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     assert all(r["images"] > 0 and r["seconds"] >= 0 for r in depth["runs"][1:])
     assert depth["chosen"] == choose_depth(depth["runs"], inner["held_out_images"])
     assert section["hparams"]["unfreeze"] == "auto"  # the option as given; the choice is in choices
+
+    for depth_run in depth["runs"][1:]:  # each short run is shown as it ends, the choice in the summary
+        assert f"unfreeze {depth_run['unfreeze']}: inner top-1 {depth_run['inner_val_top1']:.1%}" in shown.getvalue()
+    assert f"│ unfreeze auto │ {depth['chosen']} (inner top-1 per depth: 0: " in shown.getvalue()
 
     augment = choices["augment"]
     # sklearn's digits span the whole height of the frame, and a mirrored 2 is no 2
