@@ -11,7 +11,9 @@
   interval lies above ``FLIP_DROP_PP`` means a flip changes the label (a mirrored 3 is no 3).
 * Depth: short runs of a few depths (``DEPTHS``), each from the inner probe with the same recipe and
   budget of images, scored on the inner held-out images (never the validation split). The shallowest
-  depth within one standard error of the best wins: deeper costs more and overfits small sets.
+  depth within one standard error of the best wins: deeper costs more and overfits small sets. No
+  runs when there is nothing to measure: under 2 held-out images per class (the last stage only), or
+  an inner probe already right on every held-out image (no stage).
 
 Each choice is recorded with its evidence (``choices`` in the manifest's train section).
 """
@@ -39,6 +41,7 @@ INNER_FRACTION = 0.2
 DEPTHS = ("1", "2", "4", "all")
 PROBE_IMAGES = 1024  # each depth's budget: images seen (one pass over at most this many inner images)
 PROBE_VAL_IMAGES = 512
+MIN_HELD_PER_CLASS = 2
 
 
 @dataclass
@@ -208,24 +211,44 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
 
     unfreeze = opts.unfreeze
     if opts.unfreeze == "auto":
-        from edgetl.models.build import body_stages
-
-        budget_idx = fit_idx[np.random.default_rng(opts.seed).permutation(len(fit_idx))[:PROBE_IMAGES]]
-        probe_data = images(np.sort(budget_idx))
-        rows = [{"unfreeze": "0", "inner_val_top1": inner["probe_top1"], "images": 0, "seconds": 0.0}]
-        for depth in _depths(len(body_stages(model))):
-            candidate = copy.deepcopy(model)
-            candidate.set_submodule(head_prefix, copy.deepcopy(head))
-            rows.append(_probe_run(candidate, depth, probe_data, train_pixels[held_idx], y_train[held_idx], spec,
-                                   opts, dist, keep_bn_stats))
-            if console is not None:
-                console.print(f"unfreeze {depth}: inner top-1 {rows[-1]['inner_val_top1']:.1%} after "
-                              f"{rows[-1]['images']} images ({rows[-1]['seconds']:.0f} s)", highlight=False)
-        unfreeze = choose_depth(rows, len(held_idx))
-        choices["unfreeze"] = {"chosen": unfreeze, "runs": rows, "train_images": len(y_train),
-                               "rule": "the shallowest depth within one standard error of the best inner top-1"}
+        choices["unfreeze"] = _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner, train_pixels,
+                                               y_train, spec, opts, dist, keep_bn_stats, console)
+        unfreeze = choices["unfreeze"]["chosen"]
     return FinetunePlan(options=opts.model_copy(update={"unfreeze": unfreeze}), train_data=images(None),
                         choices=choices)
+
+
+def _decided_without_runs(inner: dict, held_images: int) -> tuple[str, str] | None:
+    """(depth, why) when the data set's size or the probe's gap leave nothing to measure, else None."""
+    classes = round(1 / inner["chance"])
+    if held_images < MIN_HELD_PER_CLASS * classes:  # too few images to tell depths apart: the least that adapts
+        return "1", f"fewer than {MIN_HELD_PER_CLASS} held-out images per class: no short runs, the last stage only"
+    if inner["probe_top1"] >= 1.0:  # nothing left for fine-tuning to gain on the inner split
+        return "0", "the probe classifies every held-out image: no short runs, no stage trained"
+    return None
+
+
+def _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner, train_pixels, y_train, spec, opts,
+                     dist, keep_bn_stats, console) -> dict:
+    """The depth and its evidence: one short run per depth from the inner probe, or a rule when none is needed."""
+    from edgetl.models.build import body_stages
+
+    rows = [{"unfreeze": "0", "inner_val_top1": inner["probe_top1"], "images": 0, "seconds": 0.0}]
+    decided = _decided_without_runs(inner, len(held_idx))
+    if decided is not None:
+        return {"chosen": decided[0], "runs": rows, "train_images": len(y_train), "rule": decided[1]}
+    budget_idx = fit_idx[np.random.default_rng(opts.seed).permutation(len(fit_idx))[:PROBE_IMAGES]]
+    probe_data = images(np.sort(budget_idx))
+    for depth in _depths(len(body_stages(model))):
+        candidate = copy.deepcopy(model)
+        candidate.set_submodule(head_prefix, copy.deepcopy(head))
+        rows.append(_probe_run(candidate, depth, probe_data, train_pixels[held_idx], y_train[held_idx], spec,
+                               opts, dist, keep_bn_stats))
+        if console is not None:
+            console.print(f"unfreeze {depth}: inner top-1 {rows[-1]['inner_val_top1']:.1%} after "
+                          f"{rows[-1]['images']} images ({rows[-1]['seconds']:.0f} s)", highlight=False)
+    return {"chosen": choose_depth(rows, len(held_idx)), "runs": rows, "train_images": len(y_train),
+            "rule": "the shallowest depth within one standard error of the best inner top-1"}
 
 
 def _sample_images(paths: list[str], spec: PreprocessSpec, seed: int) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 from edgetl.adapt.auto import (  # noqa: E402
     DEPTHS,
     NO_CROP_ABOVE,
+    _decided_without_runs,
     choose_depth,
     crop_scale_from,
     flip_changes_labels,
@@ -95,6 +96,13 @@ def test_depth_rule_prefers_the_shallowest_within_one_standard_error():
             {"unfreeze": "all", "inner_val_top1": 0.96}]
     assert choose_depth(rows, held_images=100) == "1"  # 0.96 - sqrt(.96 * .04 / 100) = 0.940
     assert choose_depth(rows, held_images=100_000) == "all"
+
+
+def test_no_short_runs_when_there_is_nothing_to_measure():
+    inner = {"probe_top1": 0.8, "chance": 0.25}
+    assert _decided_without_runs(inner, held_images=7)[0] == "1"  # under 2 per class for 4 classes
+    assert _decided_without_runs({**inner, "probe_top1": 1.0}, held_images=40)[0] == "0"
+    assert _decided_without_runs(inner, held_images=40) is None
 
 
 def test_inner_split_is_stratified_and_disjoint():
