@@ -60,10 +60,15 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class AugmentedImages:
-    """Random resized crop + horizontal flip on images kept in memory at the eval resize scale."""
+DEFAULT_CROP_SCALE = (0.25, 1.0)  # --augment on: the area range of random resized crops
 
-    def __init__(self, paths: list[str], labels: np.ndarray, spec: PreprocessSpec):
+
+class AugmentedImages:
+    """Random resized crop (area fraction in ``crop_scale``; None: the eval resize and centre crop)
+    and, with ``flip``, a horizontal flip, on images kept in memory at the eval resize scale."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, spec: PreprocessSpec,
+                 crop_scale: tuple[float, float] | None = DEFAULT_CROP_SCALE, flip: bool = True):
         from torchvision import transforms
 
         from edgetl.data.preprocess import _INTERPOLATION, open_rgb
@@ -73,13 +78,12 @@ class AugmentedImages:
         # Decoding and downscaling once keeps epochs fast on big photos; crops stay above model resolution.
         self.images = [self._shrink(open_rgb(p), scale, interp) for p in paths]
         self.labels = labels
+        mode = transforms.InterpolationMode(spec.interpolation)
+        crop = ([transforms.RandomResizedCrop(spec.input_size, scale=crop_scale, interpolation=mode)] if crop_scale
+                else [transforms.Resize(scale, interpolation=mode), transforms.CenterCrop(spec.input_size)])
         self.transform = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(spec.input_size, scale=(0.25, 1.0), interpolation=transforms.InterpolationMode(spec.interpolation)),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                transforms.Normalize(spec.mean, spec.std),
-            ]
+            [*crop, *([transforms.RandomHorizontalFlip()] if flip else []), transforms.ToTensor(),
+             transforms.Normalize(spec.mean, spec.std)]
         )
 
     @staticmethod

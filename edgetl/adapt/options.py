@@ -125,7 +125,9 @@ class CommonTrainOptions(_Options):
                                f"{FINETUNE_EPOCHS} for fine-tuning).")
     head_epochs: int = Field(100, ge=1, description="Epochs of the head on cached features (finetune: before the "
                              "backbone; feature-extraction: when --epochs is not given).")
-    unfreeze: str = Field("2", pattern=r"^(all|\d+)$", description="finetune: number of last stages to train, or 'all'.")
+    unfreeze: str = Field("2", pattern=r"^(all|auto|\d+)$", description="finetune: number of last stages to train, "
+                          "'all', or 'auto' (short runs of a few depths on a split of the training data pick it; "
+                          "e.g. --unfreeze auto).")
     lr: float | None = Field(None, gt=0, lt=10, description=f"Head learning rate (default {HEAD_LR:g}); the backbone "
                              "gets --backbone-lr-scale of it.")
     backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="finetune: backbone LR as a fraction of the head's.")
@@ -136,8 +138,13 @@ class CommonTrainOptions(_Options):
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     head: Literal["linear", "mlp"] = Field("linear", description="Classifier head: linear, or mlp (one hidden "
                                            "layer of 512).")
-    augment: bool = Field(True, description="finetune: random resized crop and flip (--no-augment: none, e.g. "
-                          "when a flip changes what an image means).")
+    augment: Literal["auto", "on", "off"] = Field(
+        "auto", description="finetune: auto measures the crop scale from the objects' extent and allows flips "
+        "only when they keep the probe's accuracy; on: random resized crop (25-100%) and flip; off: none.",
+        json_schema_extra={"negative_flag": "off"})
+    transfer_check: bool = Field(True, description="After the head: train a small CNN from scratch for a few "
+                                 "seconds and warn when the pretrained features do no better (--no-transfer-check: "
+                                 "skip it).")
     patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a better val top-1 "
                                  f"(default {PATIENCE['head']} head / {PATIENCE['finetune']} finetune).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
@@ -157,6 +164,12 @@ class CommonTrainOptions(_Options):
         """The options that shape the weights: all but the execution settings (``EXECUTION``), so a
         rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare."""
         return {k: v for k, v in self.hparams().items() if k not in EXECUTION}
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, value):
+        """The former ``augment=True/False`` (and TOML's ``augment = false``) still mean on/off."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     def phase_epochs(self, phase: Literal["head", "finetune"]) -> int:
         if phase == "finetune":

@@ -25,6 +25,26 @@ def kept_text(kept: dict) -> str:
     return text
 
 
+def choice_rows(choices: dict) -> list[tuple[str, str]]:
+    """Summary rows for what ``--unfreeze auto``/``--augment auto`` chose and the negative-transfer check."""
+    rows = []
+    if "unfreeze" in choices:
+        runs = ", ".join(f"{r['unfreeze']}: {r['inner_val_top1']:.1%} ({r['seconds']:.0f} s)"
+                         for r in choices["unfreeze"]["runs"])
+        rows.append(("unfreeze auto", f"{choices['unfreeze']['chosen']} (inner top-1 per depth: {runs})"))
+    if "augment" in choices:
+        aug = choices["augment"]
+        crop = f"crop {aug['crop_scale'][0]:.0%}-100% of the area" if aug["crop_scale"] else "no crop"
+        flip = aug["flip_check"]
+        rows.append(("augment auto", f"{crop} ({aug['crop']['reason']}); flips {'on' if aug['flip'] else 'off'} "
+                     f"(mirrored top-1 {flip['flipped_top1']:.1%} vs {flip['top1']:.1%})"))
+    check = choices.get("transfer_check")
+    if check is not None:
+        text = f"probe {check['probe_val_top1']:.1%} vs small CNN from scratch {check['scratch_val_top1']:.1%}"
+        rows.append(("transfer", f"[yellow]{check['warning']}[/]" if check["warning"] else text))
+    return rows
+
+
 def device_text(execution: dict, world: int) -> str:
     """Where it trained, e.g. ``cuda:0 (NVIDIA H200), bf16 autocast, channels-last, 4 workers, 2 processes``."""
     parts = [execution.get("device", "cpu")]
@@ -59,7 +79,7 @@ def print_summary(console, section: dict, history: list[dict], strategy_rows: li
     if "kept" in m:
         table.add_row("kept", kept_text(m["kept"]))
     table.add_row("device", device_text(section.get("execution", {}), section.get("world_size", 1)))
-    for name, text in strategy_rows:
+    for name, text in [*choice_rows(section.get("choices", {})), *strategy_rows]:
         table.add_row(name, text)
     table.add_row("throughput", f"{m['train_images_per_s']:,.0f} images/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")

@@ -26,6 +26,7 @@ from edgetl._lazy import require
 from edgetl.adapt import device, distributed
 from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
+from edgetl.adapt.negative_transfer import check_transfer
 from edgetl.adapt.options import TrainInputs, TrainOptions
 from edgetl.adapt.resume import fingerprint, open_checkpoint
 from edgetl.adapt.strategies import Phase2, get_strategy, kept_of
@@ -107,6 +108,9 @@ class TrainRecord(Record):
     metrics: TrainMetrics
     selection: dict[str, Any] | None = None  # --backbone auto: target, backbone, reason (edgetl.adapt.select)
     adaptation: dict[str, Any] = Field(default_factory=dict)  # what the strategy's phase 2 recorded
+    # What --unfreeze/--augment auto chose, with the evidence, and the negative-transfer check
+    # (edgetl/adapt/auto.py, edgetl/adapt/negative_transfer.py); empty in older runs.
+    choices: dict[str, Any] = Field(default_factory=dict)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -324,19 +328,26 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     head.load_state_dict(head_result.best_state)
     probe_state = copy.deepcopy(model.state_dict())
     history, result = list(head_result.history), head_result
-    kept, adaptation = kept_of("head", head_result), {}
-
-    # Phase 2: the strategy's (edgetl/adapt/strategies; feature extraction has none).
-    strategy = get_strategy(opts.mode)
-    phase2 = None if head_result.interrupted else strategy.after_head(Phase2(
-        model=model, opts=opts, dist=dist, spec=spec, classes=image_set.classes,
-        train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train,
-        val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
-        pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console, on_epoch=on_epoch,
-        checkpoint=checkpoint))
+    kept, adaptation, choices = kept_of("head", head_result), {}, {}
+    try:  # measurements and phase 2: Ctrl-C while measuring stops the run as during an epoch, the probe kept
+        if opts.transfer_check and not head_result.interrupted:  # edgetl/adapt/negative_transfer.py
+            choices["transfer_check"] = check_transfer(predict(head, f_val, execution=execution).argmax(1), train_pixels,
+                                                       y_train, val_pixels, y_val, len(image_set.classes), opts.seed)
+        # Phase 2: the strategy's (edgetl/adapt/strategies; feature extraction has none).
+        strategy = get_strategy(opts.mode)
+        phase2 = None if head_result.interrupted else strategy.after_head(Phase2(
+            model=model, opts=opts, dist=dist, spec=spec, classes=image_set.classes,
+            train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train, f_train=f_train,
+            val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
+            pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console,
+            on_epoch=on_epoch, checkpoint=checkpoint))
+    except KeyboardInterrupt:
+        head_result.interrupted, phase2 = True, None
+        model.load_state_dict(probe_state)
     if phase2 is not None:
         history += phase2.fit.history
         result, kept, adaptation = phase2.fit, phase2.kept, phase2.record
+        choices.update(phase2.choices)
     _mark_kept(history, kept)
 
     model.eval()
@@ -382,6 +393,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "metrics": metrics,
         "selection": selection.choice_summary(chosen) if chosen else None,
         "adaptation": adaptation,
+        "choices": choices,
     }
     section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
                               else _inputs_hash(backbone.name, start_weights, opts, data_hash))

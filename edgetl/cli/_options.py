@@ -24,7 +24,8 @@ def _click_type(annotation):
 def _model_option(name: str, field, with_defaults: bool):
     """One flag for a field of an options model: its name, type, help (the field's description, with
     its default) and, with ``with_defaults``, the default; a True-default bool becomes ``--no-<name>``,
-    a ``bool | None`` (unset: decided later) ``--<name>/--no-<name>``."""
+    a ``bool | None`` (unset: decided later) ``--<name>/--no-<name>``, and a field with a
+    ``negative_flag`` value gets ``--no-<name>`` as a shorthand for that value."""
     default = field.get_default(call_default_factory=True)
     if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
@@ -33,8 +34,14 @@ def _model_option(name: str, field, with_defaults: bool):
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
                             help=field.description)
     shown = f"  [default: {default}]" if default is not None else ""
-    return click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
+    main = click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
                         help=f"{field.description}{shown}")
+    negative = (field.json_schema_extra or {}).get("negative_flag")
+    if negative is None:
+        return main
+    # ``--no-<name>`` sets the same parameter to one value: the flag of the option's former bool form.
+    alias = click.option(flag_of(f"no_{name}"), name, flag_value=negative, help=f"Same as {flag_of(name)} {negative}.")
+    return lambda f: alias(main(f))
 
 
 def model_options(*models, with_defaults: bool):

@@ -39,6 +39,7 @@ class Phase2:
     train_paths: list[str]
     train_pixels: np.ndarray
     y_train: np.ndarray
+    f_train: np.ndarray  # the frozen backbone's features of the training images (phase 1's)
     val_pixels: np.ndarray
     y_val: np.ndarray
     head: Any  # the FitResult of phase 1
@@ -52,12 +53,14 @@ class Phase2:
 
 @dataclass
 class Phase2Result:
-    """``fit``: the phase's epochs; ``kept``: which weights the model now holds (see
-    ``train._kept``); ``record``: what the strategy adds to the manifest's ``train.adaptation``."""
+    """``fit``: the phase's epochs; ``kept``: which weights the model now holds (``kept_of``);
+    ``record``: what the strategy adds to the manifest's ``train.adaptation``; ``choices``: to its
+    ``train.choices`` (edgetl/adapt/auto.py)."""
 
     fit: Any  # FitResult
     kept: dict
     record: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)  # what --augment/--unfreeze auto chose, and why
 
 
 def kept_of(phase: str, fit) -> dict:
@@ -106,4 +109,20 @@ def get_strategy(name: str) -> Strategy:
     return instance(GROUP, "training strategies", "training strategy", name)
 
 
-__all__ = ["GROUP", "Phase2", "Phase2Result", "Strategy", "get_strategy", "kept_of", "strategies"]
+
+
+def plan(p: Phase2):
+    """``--augment``/``--unfreeze`` resolved for this phase 2, measured where they are ``auto``
+    (edgetl/adapt/auto.py): the training images as augmented, the options, the evidence."""
+    from edgetl.adapt.auto import plan_finetune
+    from edgetl.adapt.feature_extraction import extract
+    from edgetl.models.build import classifier_prefix
+
+    return plan_finetune(p.model, classifier_prefix(p.model), train_paths=p.train_paths, train_pixels=p.train_pixels,
+                         y_train=p.y_train, f_train=p.f_train, spec=p.spec, opts=p.opts, dist=p.dist,
+                         keep_bn_stats=p.pretrained_start, console=p.console,
+                         extract_features=lambda pixels, desc: extract(p.model, pixels, p.spec, p.dist, desc,
+                                                                       console=p.console))
+
+
+__all__ = ["GROUP", "Phase2", "Phase2Result", "Strategy", "get_strategy", "kept_of", "plan", "strategies"]

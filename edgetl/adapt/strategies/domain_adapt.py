@@ -19,7 +19,7 @@ from pydantic import Field
 
 from edgetl.adapt.alignments import NONE, alignments, get_alignment
 from edgetl.adapt.options import _Options, flag
-from edgetl.adapt.strategies import Phase2, Phase2Result, Strategy, kept_of
+from edgetl.adapt.strategies import Phase2, Phase2Result, Strategy, kept_of, plan
 from edgetl.data import unlabelled
 from edgetl.data.datasets import load_image_set
 from edgetl.errors import ConfigError, UnknownNameError
@@ -68,23 +68,23 @@ class DomainAdapt(Strategy):
     def after_head(self, p: Phase2) -> Phase2Result:
         from edgetl.adapt import domain
         from edgetl.adapt.finetune import finetune
-        from edgetl.adapt.strategies.finetune import training_images
 
         opts = p.opts
         files = unlabelled.image_files(opts.target_data, "--target-data")
         target_pixels = unlabelled.decode(files, p.spec)
         target_val = _TargetVal(p)
         target_val.score("head only")
+        chosen = plan(p)  # --augment/--unfreeze auto measured on the model phase 1 left (its features are f_train)
         domain.reestimate_batchnorm(p.model, p.train_pixels, p.spec)  # AdaBN needs source statistics to replace
         head = _refit_head(p)
         train_net = None
         if opts.alignment != NONE:
-            target_data = training_images(p, [str(f) for f in files], target_pixels, np.zeros(len(files), np.int64))
+            target_data = chosen.images([str(f) for f in files], target_pixels, np.zeros(len(files), np.int64), p.spec)
             train_net = domain.aligner(target_data, get_alignment(opts.alignment), opts.alignment_weight,
                                        opts.batch_size, opts.seed)
-        train_data = training_images(p, p.train_paths, p.train_pixels, p.y_train)
-        result = finetune(p.model, train_data, p.val_pixels, p.y_val, p.spec, opts, p.dist, on_improve=p.save,
-                          keep_bn_stats=True, console=p.console, on_epoch=p.on_epoch, train_net=train_net)
+        result = finetune(p.model, chosen.train_data, p.val_pixels, p.y_val, p.spec, chosen.options, p.dist,
+                          on_improve=p.save, keep_bn_stats=True, console=p.console, on_epoch=p.on_epoch,
+                          train_net=train_net, checkpoint=p.checkpoint)
         kept = kept_of("head", p.head)
         if result.best_state is not None:
             p.model.load_state_dict(result.best_state)
@@ -103,7 +103,7 @@ class DomainAdapt(Strategy):
             "head_on_source_statistics_val_top1": head.best_val_top1,
             **target_val.record(),
         }
-        return Phase2Result(result, kept, record)
+        return Phase2Result(result, kept, record, chosen.choices)
 
     def summary_rows(self, record: dict) -> list[tuple[str, str]]:
         rows = [("adaptation", f"{record['method']} on {record['target_images']} target images "
