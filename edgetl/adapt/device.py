@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 from dataclasses import dataclass, replace
-
-import numpy as np
 
 from edgetl.errors import ConfigError
 
@@ -66,38 +63,29 @@ class Execution:
         return model.to(self.device)
 
     def to(self, tensor):
-        """A CPU batch on this device: copied from pinned memory without blocking on CUDA; images
-        (4-D) channels-last where that is on."""
+        """A CPU batch on this device (without blocking when the loader pinned it); images (4-D)
+        channels-last where that is on."""
         import torch
 
-        if self.is_cuda and not tensor.is_pinned():
-            tensor = tensor.pin_memory()
+        non_blocking = self.is_cuda and tensor.is_pinned()
         if self.channels_last and tensor.dim() == 4:
-            return tensor.to(self.device, non_blocking=self.is_cuda, memory_format=torch.channels_last)
-        return tensor.to(self.device, non_blocking=self.is_cuda)
+            return tensor.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last)
+        return tensor.to(self.device, non_blocking=non_blocking)
 
     def loader_options(self, seed: int) -> dict:
-        """DataLoader keywords: workers (pinned and kept alive on CUDA) seeded from the loader's
-        generator, so a seed gives the same batches and augmentations every run."""
+        """DataLoader keywords: workers (pinned and kept alive on CUDA); torch seeds each worker's
+        torch, random and numpy from the loader's generator, so a seed gives the same batches and
+        augmentations every run."""
         import torch
 
         options = {"num_workers": self.workers, "pin_memory": self.is_cuda,
                    "generator": torch.Generator().manual_seed(seed)}
         if self.workers:
-            options.update(persistent_workers=self.is_cuda, worker_init_fn=_seed_worker)
+            options.update(persistent_workers=self.is_cuda)
         return options
 
     def record(self) -> dict:
         return {"device": self.label, "amp": self.amp, "channels_last": self.channels_last, "workers": self.workers}
-
-
-def _seed_worker(_worker_id: int) -> None:
-    """numpy and random in a loader worker follow the seed torch gave it (which follows the generator)."""
-    import torch
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def resolve(device: str = "auto", amp: str = "auto", channels_last: bool | None = None, workers: int | None = None,

@@ -182,7 +182,8 @@ def _restore(state, result, model, optimizer, scheduler, scaler, loader, executi
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved with loss scaling off (CPU, bf16): start a fresh scale
+            scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"], loader.generator, execution.device)
     return state["stale"], state["epoch"]
 

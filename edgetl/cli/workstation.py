@@ -161,6 +161,8 @@ def select_cmd(data, target, candidates, samples, image_size, pretrained, out, a
         click.echo(json.dumps(record.dump(), indent=2))
         return
     console.print(selection.table(record))
+    if not candidates and selection.missing_candidates():
+        console.print(selection.missing_candidates(), highlight=False)
     where = selection.latency_where(record)
     if where:
         console.print(where, highlight=False)

@@ -84,7 +84,6 @@ OFFLINE = {
                                 Facts(6_092_072, 859_736_272, 260, 77.6, _LITE_SOURCE),
                                 "EfficientNet-Lite2: the most accurate here (wider, deeper, 260 px)."),
 }
-EMBEDDED = OFFLINE  # the name other modules knew when Lite0 was the only offline backbone
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

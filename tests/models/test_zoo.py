@@ -100,7 +100,7 @@ def test_params_and_macs_in_the_table_match_a_count(name):
 
 
 def test_the_table_spans_edge_latencies_and_keeps_lite0_the_default():
-    assert registry.DEFAULT_BACKBONE == "efficientnet_lite0" and registry.EMBEDDED is registry.OFFLINE
+    assert registry.DEFAULT_BACKBONE == "efficientnet_lite0" and "efficientnet_lite0" in registry.OFFLINE
     macs = [b.facts.macs for b in registry.offline_backbones()]
     assert macs == sorted(macs) and macs[-1] > 2.5 * macs[0]  # smallest first, from MobileNet to Lite2
     for b in registry.offline_backbones():
