@@ -34,13 +34,17 @@ def small_cnn(num_classes: int):
     return nn.Sequential(*layers[:-1], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
-def _small(pixels: np.ndarray):
-    """uint8 (N, H, W, 3) -> float (N, 3, SIZE, SIZE) in [-1, 1], area-averaged."""
+def _small(pixels: np.ndarray, chunk: int = 256):
+    """uint8 (N, H, W, 3) -> float (N, 3, SIZE, SIZE) in [-1, 1], area-averaged; in chunks, so only
+    the small copy of a large split is ever held in float."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return F.interpolate(x, size=(SIZE, SIZE), mode="area") if x.shape[-1] != SIZE else x
+    out = torch.empty((len(pixels), 3, SIZE, SIZE))
+    for i in range(0, len(pixels), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(pixels[i : i + chunk])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        out[i : i + chunk] = F.interpolate(x, size=(SIZE, SIZE), mode="area") if x.shape[-1] != SIZE else x
+    return out
 
 
 def train_from_scratch(train_pixels: np.ndarray, y_train: np.ndarray, val_pixels: np.ndarray, num_classes: int,
@@ -54,6 +58,9 @@ def train_from_scratch(train_pixels: np.ndarray, y_train: np.ndarray, val_pixels
     torch.manual_seed(seed)
     started = time.perf_counter()
     model = small_cnn(num_classes)
+    if len(train_pixels) > MAX_IMAGES:  # the budget sees at most this many: shrink no more than that
+        keep = np.sort(np.random.default_rng(seed).choice(len(train_pixels), MAX_IMAGES, replace=False))
+        train_pixels, y_train = train_pixels[keep], y_train[keep]
     x, y = _small(train_pixels), torch.from_numpy(y_train).long()
     steps_per_epoch = max(1, -(-len(x) // BATCH))
     steps = max(1, min(EPOCHS * steps_per_epoch, MAX_IMAGES // BATCH))
