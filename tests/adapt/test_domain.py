@@ -66,6 +66,11 @@ def test_domain_adapt_records_the_method_and_the_target(adapted, inverted):
     assert record["target_hash"] == unlabelled.files_hash(inverted, files)
     assert list(record["target_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
     assert record["target_val"]["images"] == 60
+    assert list(record["source_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
+    assert record["source_val"]["top1"]["adapted"] == pytest.approx(section["metrics"]["val_top1"])
+    # the batch-statistics recipe where the options left it open (--unfreeze was given: all)
+    assert record["recipe"] == {"unfreeze": "all", "backbone_lr_scale": 1.0, "layer_decay": 1.0}
+    assert record["adapted_batchnorms"] == len(domain.batchnorms(load_trained(run)))
     history = json.loads((run.path / "train" / "history.json").read_text())
     assert {row["phase"] for row in history} == {"head", "finetune"}
 
@@ -107,6 +112,38 @@ def test_adabn_sets_the_running_statistics_to_the_target_s(digits_dir, inverted)
     assert torch.allclose(first.running_mean, x.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(first.running_var, x.var((0, 2, 3), unbiased=True), atol=1e-4)
     assert not first.training
+
+
+def _classes_in_order() -> np.ndarray:
+    """128 images as a class-sorted set comes: 64 black, then 64 white."""
+    return np.concatenate([np.zeros((64, 32, 32, 3), np.uint8), np.full((64, 32, 32, 3), 255, np.uint8)])
+
+
+def test_adabn_draws_its_batches_across_classes():
+    """Class-sorted images in batches of 64 would give the first BatchNorm the variance inside one
+    colour (none); the seeded shuffle gives it about the variance of the whole set."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    first = domain.batchnorms(model)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    domain.reestimate_batchnorm(model, _classes_in_order(), spec)
+    handle.remove()
+    whole = torch.cat(seen).var((0, 2, 3))
+    assert len(seen) == 2 and (whole > 1e-3).any()
+    assert torch.all(first.running_var > 0.7 * whole)
+
+
+def test_adabn_can_leave_layers_alone(inverted):
+    """``layers``: only those statistics move (the strategy's frozen stages keep theirs)."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:40], spec)
+    first, *rest = domain.batchnorms(model)
+    before = [m.running_mean.clone() for m in rest]
+    domain.reestimate_batchnorm(model, target, spec, layers=[first])
+    assert not torch.allclose(first.running_mean, torch.zeros_like(first.running_mean))
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(rest, before, strict=True))
 
 
 def test_the_adapted_model_exports_and_compiles(adapted, tmp_path):
