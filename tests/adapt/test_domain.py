@@ -194,3 +194,23 @@ def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_pa
     assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_the_recipe_fills_only_what_the_user_left_open(inverted):
+    from edgetl.adapt.strategies.domain_adapt import batch_statistics_recipe
+
+    opts = TrainOptions(mode="domain-adapt", target_data=str(inverted))
+    assert batch_statistics_recipe(opts) == {"unfreeze": "all", "backbone_lr_scale": 1.0, "layer_decay": 1.0}
+    opts = TrainOptions(mode="domain-adapt", target_data=str(inverted), unfreeze="2", layer_decay=0.5)
+    assert batch_statistics_recipe(opts) == {"backbone_lr_scale": 1.0}
+
+
+def test_train_s_flags_not_given_stay_unset(digits_dir, inverted, tmp_path, monkeypatch):
+    """The CLI passes only the options given, so the recipe sees what the user left open."""
+    import edgetl.adapt.train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda data, options, **kw: seen.append(options) or 1 / 0)
+    CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--backbone",
+                             BACKBONE, "--mode", "domain-adapt", "--target-data", str(inverted), "--unfreeze", "3"])
+    assert seen and seen[0].model_fields_set == {"mode", "target_data", "unfreeze"}
