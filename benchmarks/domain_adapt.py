@@ -113,6 +113,8 @@ def main() -> int:
             source_steps = section["adaptation"].get("source_val", {}).get("top1", {})
             rows.append((name, steps, shipped_target_top1(out, parts["target-val"]), source_steps.get("fine-tuned"),
                          section["metrics"]["val_top1"], time.perf_counter() - started))
+            console.print(f"  target val {steps}, shipped {rows[-1][2]:.1%}; source val {source_steps}, "
+                          f"shipped {rows[-1][4]:.1%}")  # a row at a time: a long run stopped keeps its rows
         n = {part: sum(1 for _ in path.rglob("*.png")) for part, path in parts.items()}
 
     table = Table(title=f"target val top-1 (EfficientNet-Lite0, {args.size} px, unfreeze {args.unfreeze}, "

@@ -44,8 +44,7 @@ class DomainAdaptOptions(_Options):
 
 
 class DomainAdapt(Strategy):
-    description = ("finetune that also sees unlabelled --target-data (BatchNorm in batch mode, all stages by "
-                   "default), then AdaBN (BatchNorm statistics of the target).")
+    description = "finetune that also sees unlabelled --target-data, then AdaBN (BatchNorm statistics of the target)."
     options_model = DomainAdaptOptions
 
     def check(self, opts) -> None:
