@@ -60,19 +60,18 @@ def reestimate_batchnorm(model, pixels: np.ndarray, spec: PreprocessSpec, layers
 
 @contextlib.contextmanager
 def target_batch_statistics(model):
-    """Every BatchNorm normalises with the batch's own statistics, as AdaBN will normalise target
-    images once trained, without folding them into its running (source) ones: momentum 0."""
-    layers = batchnorms(model)
-    saved = [(m.momentum, m.training) for m in layers]
+    """Every BatchNorm that trains in batch mode normalises the target batch with its own statistics,
+    as AdaBN will normalise target images once trained, without folding them into its running
+    (source) ones: momentum 0. Those in eval mode (frozen stages) keep theirs, as they will ship."""
+    layers = [m for m in batchnorms(model) if m.training]
+    momenta = [m.momentum for m in layers]
     for m in layers:
         m.momentum = 0.0
-        m.train()
     try:
         yield
     finally:
-        for m, (momentum, training) in zip(layers, saved, strict=True):
+        for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-            m.train(training)
 
 
 class _WithLoss(torch.autograd.Function):
@@ -94,8 +93,8 @@ def _endless(loader):
 
 
 class AlignedNet(nn.Module):
-    """The network as fine-tuning trains it: each source batch (BatchNorm with the source statistics)
-    is followed by a target batch through the same backbone (BatchNorm with the target batch's own,
+    """The network as fine-tuning trains it: each source batch (BatchNorm with the source batch's
+    statistics) is followed by a target batch through the same backbone (with the target batch's,
     as after AdaBN), and ``weight`` times the alignment loss of their pooled features joins the
     gradient. In eval mode it is the plain model; ``module`` is what fit() saves."""
 
