@@ -21,7 +21,7 @@ from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train, train_inputs_hash  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
 from edgetl.data import arrays, unlabelled  # noqa: E402
-from edgetl.data.preprocess import PreprocessSpec  # noqa: E402
+from edgetl.data.preprocess import PreprocessSpec, normalize  # noqa: E402
 from edgetl.models.build import create_model, load_trained  # noqa: E402
 from edgetl.models.registry import resolve  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
@@ -214,3 +214,20 @@ def test_train_s_flags_not_given_stay_unset(digits_dir, inverted, tmp_path, monk
     CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--backbone",
                              BACKBONE, "--mode", "domain-adapt", "--target-data", str(inverted), "--unfreeze", "3"])
     assert seen and seen[0].model_fields_set == {"mode", "target_data", "unfreeze"}
+
+
+def test_target_batches_leave_every_running_statistic_as_it_was(inverted):
+    """Inside ``target_batch_statistics`` layers in batch mode normalise with the batch's statistics
+    without storing them, and layers in eval mode (frozen stages) stay in eval mode."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:16], spec)
+    model.train()
+    frozen, *training = domain.batchnorms(model)
+    frozen.eval()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with domain.target_batch_statistics(model):
+        model(torch.from_numpy(normalize(target, spec)))
+        assert not frozen.training and all(m.training for m in training)
+    assert all(torch.equal(before[name], b) for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
+    assert all(m.momentum == 0.1 for m in training)
