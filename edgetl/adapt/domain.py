@@ -26,10 +26,9 @@ def batchnorms(model) -> list:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def batchnorms_in(model, stages: list[list]) -> list:
-    """The BatchNorm layers whose parameters are in ``stages`` (lists of parameters)."""
-    ids = {id(p) for stage in stages for p in stage}
-    return [m for m in batchnorms(model) if any(id(p) in ids for p in m.parameters())]
+def trained_batchnorms(model) -> list:
+    """The BatchNorm layers fine-tuning trained (``requires_grad``: the unfrozen stages)."""
+    return [m for m in batchnorms(model) if any(p.requires_grad for p in m.parameters())]
 
 
 def reestimate_batchnorm(model, pixels: np.ndarray, spec: PreprocessSpec, layers: list | None = None,

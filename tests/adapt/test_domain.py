@@ -30,8 +30,8 @@ BACKBONE = "timm:test_efficientnet"
 
 
 def _tiny(**options) -> TrainOptions:
-    return TrainOptions(pretrained=False, image_size=32, seed=0, unfreeze="all", augment=False, epochs=2,
-                        head_epochs=3, lr=1e-2, **options)
+    return TrainOptions(**{**dict(pretrained=False, image_size=32, seed=0, unfreeze="all", augment=False, epochs=2,
+                                  head_epochs=3, lr=1e-2), **options})
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,21 @@ def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_pa
     assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_with_frozen_stages_only_the_trained_batchnorm_adapts(digits_dir, inverted, tmp_path):
+    """--unfreeze 1: the frozen stages normalised with their running statistics while training, and
+    ship with them; only the last stage's BatchNorm takes the target's."""
+    out = tmp_path / "run"
+    section = train(digits_dir, _tiny(mode="domain-adapt", target_data=str(inverted), unfreeze="1", alignment="none"),
+                    out=out, backbone=BACKBONE)
+    shipped = load_trained(RunDir.open(out))
+    fresh = create_model(resolve(BACKBONE), 3, pretrained=False)
+    moved = [not torch.equal(a.running_mean, b.running_mean)
+             for a, b in zip(domain.batchnorms(shipped), domain.batchnorms(fresh), strict=True)]
+    assert section["adaptation"]["recipe"]["unfreeze"] == "1"
+    assert 0 < sum(moved) == section["adaptation"]["adapted_batchnorms"] < len(moved)
+    assert moved[-1] and not moved[0]
 
 
 def test_the_recipe_fills_only_what_the_user_left_open(inverted):

@@ -93,7 +93,7 @@ class DomainAdapt(Strategy):
             kept = kept_of("finetune", result)
         # the frozen stages' BatchNorm normalised with ImageNet's statistics while training: only the
         # layers that learned with batch statistics take the source's, then the target's
-        adapted = domain.batchnorms_in(p.model, trainable_stages(p.model, chosen.options.unfreeze))
+        adapted = domain.trained_batchnorms(p.model)
         domain.reestimate_batchnorm(p.model, p.train_pixels, p.spec, layers=adapted)  # the running average's drift gone
         scores.score("fine-tuned")
         domain.reestimate_batchnorm(p.model, target_pixels, p.spec, layers=adapted)
@@ -128,14 +128,6 @@ def batch_statistics_recipe(opts) -> dict:
     be relearned, which the finetune defaults do too slowly (the digits of benchmarks/domain_adapt.py,
     48 px: source val 49% after 3 epochs at 0.1 x and layer decay 0.5; 76% at 1 x and 1, 95% after 5)."""
     return {key: value for key, value in RECIPE.items() if key not in opts.model_fields_set}
-
-
-def trainable_stages(model, unfreeze) -> list:
-    from edgetl.models.build import body_stages
-
-    stages = body_stages(model)
-    n = len(stages) if unfreeze == "all" else min(int(unfreeze), len(stages))
-    return stages[len(stages) - n :] if n else []
 
 
 class _Scores:
