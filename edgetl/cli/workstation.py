@@ -25,7 +25,7 @@ from edgetl.cli._options import (
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
               "train/ and val/ (or training/, validation/, valid/) class folders.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
-@model_options(TrainInputs, TrainOptions, with_defaults=True)
+@model_options(TrainInputs, TrainOptions, with_defaults=False)  # options not given stay unset (model_fields_set)
 @click.option("--resume", is_flag=True, help="Continue the interrupted training in --out at its next epoch (from "
               "<out>/train/last.pt, written after every epoch and removed when training finishes). Refused when the "
               "data, backbone or hyper-parameters differ; the device may.")

@@ -21,7 +21,7 @@ from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train, train_inputs_hash  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
 from edgetl.data import arrays, unlabelled  # noqa: E402
-from edgetl.data.preprocess import PreprocessSpec  # noqa: E402
+from edgetl.data.preprocess import PreprocessSpec, normalize  # noqa: E402
 from edgetl.models.build import create_model, load_trained  # noqa: E402
 from edgetl.models.registry import resolve  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
@@ -30,8 +30,8 @@ BACKBONE = "timm:test_efficientnet"
 
 
 def _tiny(**options) -> TrainOptions:
-    return TrainOptions(pretrained=False, image_size=32, seed=0, unfreeze="all", augment=False, epochs=2,
-                        head_epochs=3, lr=1e-2, **options)
+    return TrainOptions(**{**dict(pretrained=False, image_size=32, seed=0, unfreeze="all", augment=False, epochs=2,
+                                  head_epochs=3, lr=1e-2), **options})
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,11 @@ def test_domain_adapt_records_the_method_and_the_target(adapted, inverted):
     assert record["target_hash"] == unlabelled.files_hash(inverted, files)
     assert list(record["target_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
     assert record["target_val"]["images"] == 60
+    assert list(record["source_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
+    assert record["source_val"]["top1"]["adapted"] == pytest.approx(section["metrics"]["val_top1"])
+    # the batch-statistics recipe where the options left it open (--unfreeze was given: all)
+    assert record["recipe"] == {"unfreeze": "all", "backbone_lr_scale": 1.0, "layer_decay": 1.0}
+    assert record["adapted_batchnorms"] == len(domain.batchnorms(load_trained(run)))
     history = json.loads((run.path / "train" / "history.json").read_text())
     assert {row["phase"] for row in history} == {"head", "finetune"}
 
@@ -107,6 +112,38 @@ def test_adabn_sets_the_running_statistics_to_the_target_s(digits_dir, inverted)
     assert torch.allclose(first.running_mean, x.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(first.running_var, x.var((0, 2, 3), unbiased=True), atol=1e-4)
     assert not first.training
+
+
+def _classes_in_order() -> np.ndarray:
+    """128 images as a class-sorted set comes: 64 black, then 64 white."""
+    return np.concatenate([np.zeros((64, 32, 32, 3), np.uint8), np.full((64, 32, 32, 3), 255, np.uint8)])
+
+
+def test_adabn_draws_its_batches_across_classes():
+    """Class-sorted images in batches of 64 would give the first BatchNorm the variance inside one
+    colour (none); the seeded shuffle gives it about the variance of the whole set."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    first = domain.batchnorms(model)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    domain.reestimate_batchnorm(model, _classes_in_order(), spec)
+    handle.remove()
+    whole = torch.cat(seen).var((0, 2, 3))
+    assert len(seen) == 2 and (whole > 1e-3).any()
+    assert torch.all(first.running_var > 0.7 * whole)
+
+
+def test_adabn_can_leave_layers_alone(inverted):
+    """``layers``: only those statistics move (the strategy's frozen stages keep theirs)."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:40], spec)
+    first, *rest = domain.batchnorms(model)
+    before = [m.running_mean.clone() for m in rest]
+    domain.reestimate_batchnorm(model, target, spec, layers=[first])
+    assert not torch.allclose(first.running_mean, torch.zeros_like(first.running_mean))
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(rest, before, strict=True))
 
 
 def test_the_adapted_model_exports_and_compiles(adapted, tmp_path):
@@ -157,3 +194,55 @@ def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_pa
     assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_with_frozen_stages_only_the_trained_batchnorm_adapts(digits_dir, inverted, tmp_path):
+    """--unfreeze 1: the frozen stages normalised with their running statistics while training, and
+    ship with them; only the last stage's BatchNorm takes the target's."""
+    out = tmp_path / "run"
+    section = train(digits_dir, _tiny(mode="domain-adapt", target_data=str(inverted), unfreeze="1", alignment="none"),
+                    out=out, backbone=BACKBONE)
+    shipped = load_trained(RunDir.open(out))
+    fresh = create_model(resolve(BACKBONE), 3, pretrained=False)
+    moved = [not torch.equal(a.running_mean, b.running_mean)
+             for a, b in zip(domain.batchnorms(shipped), domain.batchnorms(fresh), strict=True)]
+    assert section["adaptation"]["recipe"]["unfreeze"] == "1"
+    assert 0 < sum(moved) == section["adaptation"]["adapted_batchnorms"] < len(moved)
+    assert moved[-1] and not moved[0]
+
+
+def test_the_recipe_fills_only_what_the_user_left_open(inverted):
+    from edgetl.adapt.strategies.domain_adapt import batch_statistics_recipe
+
+    opts = TrainOptions(mode="domain-adapt", target_data=str(inverted))
+    assert batch_statistics_recipe(opts) == {"unfreeze": "all", "backbone_lr_scale": 1.0, "layer_decay": 1.0}
+    opts = TrainOptions(mode="domain-adapt", target_data=str(inverted), unfreeze="2", layer_decay=0.5)
+    assert batch_statistics_recipe(opts) == {"backbone_lr_scale": 1.0}
+
+
+def test_train_s_flags_not_given_stay_unset(digits_dir, inverted, tmp_path, monkeypatch):
+    """The CLI passes only the options given, so the recipe sees what the user left open."""
+    import edgetl.adapt.train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda data, options, **kw: seen.append(options) or 1 / 0)
+    CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--backbone",
+                             BACKBONE, "--mode", "domain-adapt", "--target-data", str(inverted), "--unfreeze", "3"])
+    assert seen and seen[0].model_fields_set == {"mode", "target_data", "unfreeze"}
+
+
+def test_target_batches_leave_every_running_statistic_as_it_was(inverted):
+    """Inside ``target_batch_statistics`` layers in batch mode normalise with the batch's statistics
+    without storing them, and layers in eval mode (frozen stages) stay in eval mode."""
+    model = create_model(resolve(BACKBONE), 3, pretrained=False)
+    spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:16], spec)
+    model.train()
+    frozen, *training = domain.batchnorms(model)
+    frozen.eval()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with domain.target_batch_statistics(model):
+        model(torch.from_numpy(normalize(target, spec)))
+        assert not frozen.training and all(m.training for m in training)
+    assert all(torch.equal(before[name], b) for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
+    assert all(m.momentum == 0.1 for m in training)
