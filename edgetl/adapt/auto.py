@@ -6,9 +6,13 @@
   side squared (90th percentile over the sample). A centred dot gives ImageNet-style 25%, an object
   that touches the frame gives no crop at all. A textured border (a photo) cannot be measured: the
   default range applies.
-* Flips only where they keep what an image means: a linear probe trained on an inner split of the
-  training data classifies the held-out inner images and their mirror images; a drop whose 95%
-  interval lies above ``FLIP_DROP_PP`` means a flip changes the label (a mirrored 3 is no 3).
+* Flips only where the data has no handedness: a mirror image of a photo of a cat is another photo
+  of a cat, a mirrored 3 is no digit at all. A ridge classifier on the frozen features learns to
+  tell training images from their mirror images (two folds, each image and its mirror on the same
+  side); when it tells the held-out pairs apart clearly above chance (the 95% lower bound above
+  ``HANDED_ABOVE``), the data is handed and flips are off. A set of symmetric objects, or photos,
+  stays at chance: its mirror images look like more of it. Flips are off too when the inner probe's
+  top-1 on mirror images drops by more than ``FLIP_DROP_PP`` (95% interval above it).
 * Depth: short runs of a few depths (``DEPTHS``), each from the inner probe with the same recipe and
   budget of images, scored on the inner held-out images (never the validation split). The shallowest
   depth within one standard error of the best wins: deeper costs more and overfits small sets. No
@@ -37,6 +41,8 @@ EXTENT_SAMPLE = 256
 EXTENT_QUANTILE = 0.9
 NO_CROP_ABOVE = 0.9  # a smallest crop area above this is no crop: the object fills the frame
 FLIP_DROP_PP = 2.0
+HANDED_ABOVE = 0.55  # chance is 0.5: telling an image from its mirror this often means the data is handed
+HANDED_IMAGES = 512  # images (and as many mirror images) the handedness check looks at
 INNER_FRACTION = 0.2
 DEPTHS = ("1", "2", "4", "all")
 PROBE_IMAGES = 1024  # each depth's budget: images seen (one pass over at most this many inner images)
@@ -121,6 +127,34 @@ def flip_changes_labels(ok: np.ndarray, ok_flipped: np.ndarray) -> tuple[bool, d
     changes = lo > FLIP_DROP_PP
     return changes, {"top1": round(float(ok.mean()), 4), "flipped_top1": round(float(ok_flipped.mean()), 4),
                      "drop_ci_pp": [round(lo, 2), round(hi, 2)], "images": int(ok.size)}
+
+
+def handedness(features: np.ndarray, mirrored: np.ndarray, seed: int) -> tuple[bool, dict]:
+    """Whether the features tell images (``features``) from their mirror images (``mirrored``, row
+    for row) on images they were not fitted on: True when the share of held-out pairs told apart
+    has its 95% interval above ``HANDED_ABOVE``."""
+    from edgetl.bench.accuracy import wilson
+
+    order = np.random.default_rng(seed).permutation(len(features))
+    folds = (order[: len(order) // 2], order[len(order) // 2 :])
+    told = 0
+    for fit, test in (folds, folds[::-1]):
+        direction, scale = _mirror_direction(features[fit], mirrored[fit])
+        told += int(((features[test] - mirrored[test]) / scale @ direction > 0).sum())
+    low, high = wilson(told, len(features))
+    return low > HANDED_ABOVE, {"pairs": len(features), "told_apart": round(told / max(len(features), 1), 4),
+                                "told_apart_ci": [round(low, 4), round(high, 4)]}
+
+
+def _mirror_direction(features: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, feature scale) of a ridge classifier, original = +1 and mirror = -1, on standardised
+    features; solved through the n x n kernel, since there are fewer images than feature dimensions."""
+    x = np.concatenate([features, mirrored]).astype(np.float64)
+    scale = x.std(axis=0) + 1e-6
+    x = (x - x.mean(axis=0)) / scale
+    y = np.concatenate([np.ones(len(features)), -np.ones(len(mirrored))])
+    alpha = np.linalg.solve(x @ x.T + x.shape[1] * np.eye(len(x)), y)  # ridge of one per dimension
+    return x.T @ alpha, scale
 
 
 # --- the inner split -------------------------------------------------------------------------------
@@ -209,13 +243,15 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
         crop, crop_evidence = crop_scale_from(_sample_images(train_paths, spec, opts.seed), DEFAULT_CROP_SCALE)
         from edgetl.adapt.loop import predict
 
-        held = train_pixels[held_idx]
+        sample = _mirror_sample(held_idx, fit_idx, opts.seed)  # the held-out images first: the probe's check
+        mirrored = extract_features(train_pixels[sample][:, :, ::-1].copy(), "features (mirrored)")
+        handed, handed_evidence = handedness(f_train[sample], mirrored, opts.seed)
         ok = predict(head, f_train[held_idx]).argmax(1) == y_train[held_idx]
-        ok_flipped = predict(head, extract_features(held[:, :, ::-1].copy(), "features (mirrored)")).argmax(1) == y_train[held_idx]
+        ok_flipped = predict(head, mirrored[: len(held_idx)]).argmax(1) == y_train[held_idx]
         changes, flip_evidence = flip_changes_labels(ok, ok_flipped)
-        flip = not changes
+        flip = not (handed or changes)
         choices["augment"] = {"crop_scale": list(crop) if crop else None, "crop": crop_evidence, "flip": flip,
-                              "flip_check": flip_evidence}
+                              "handedness": {**handed_evidence, "handed": handed}, "flip_check": flip_evidence}
 
     def images(idx: np.ndarray | None):
         if idx is None:
@@ -262,6 +298,12 @@ def _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner,
                           f"{rows[-1]['images']} images ({rows[-1]['seconds']:.0f} s)", highlight=False)
     return {"chosen": choose_depth(rows, len(held_idx)), "runs": rows, "train_images": len(y_train),
             "rule": "the shallowest depth within one standard error of the best inner top-1"}
+
+
+def _mirror_sample(held_idx: np.ndarray, fit_idx: np.ndarray, seed: int) -> np.ndarray:
+    """The images whose mirror images are measured: every held-out one, then fit images up to ``HANDED_IMAGES``."""
+    extra = np.random.default_rng(seed).permutation(fit_idx)[: max(0, HANDED_IMAGES - len(held_idx))]
+    return np.concatenate([held_idx, np.sort(extra)]).astype(int)
 
 
 def _sample_images(paths: list[str], spec: PreprocessSpec, seed: int) -> list[np.ndarray]:

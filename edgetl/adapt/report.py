@@ -35,14 +35,25 @@ def choice_rows(choices: dict) -> list[tuple[str, str]]:
     if "augment" in choices:
         aug = choices["augment"]
         crop = f"crop {aug['crop_scale'][0]:.0%}-100% of the area" if aug["crop_scale"] else "no crop"
-        flip = aug["flip_check"]
         rows.append(("augment auto", f"{crop} ({aug['crop']['reason']}); flips {'on' if aug['flip'] else 'off'} "
-                     f"(mirrored top-1 {flip['flipped_top1']:.1%} vs {flip['top1']:.1%})"))
+                     f"({flip_text(aug)})"))
     check = choices.get("transfer_check")
     if check is not None:
         text = f"probe {check['probe_val_top1']:.1%} vs small CNN from scratch {check['scratch_val_top1']:.1%}"
         rows.append(("transfer", f"[yellow]{check['warning']}[/]" if check["warning"] else text))
     return rows
+
+
+def flip_text(augment: dict) -> str:
+    """The evidence of the flip choice: how often the features tell an image from its mirror image
+    (runs before the check have none), and the probe's top-1 on mirror images."""
+    flip = augment["flip_check"]
+    text = f"mirrored top-1 {flip['flipped_top1']:.1%} vs {flip['top1']:.1%}"
+    hand = augment.get("handedness")
+    if hand is None:
+        return text
+    verdict = "handed data" if hand["handed"] else "no handedness"
+    return f"{verdict}: features tell an image from its mirror in {hand['told_apart']:.0%} of pairs; {text}"
 
 
 def device_text(execution: dict, world: int) -> str:

@@ -22,6 +22,7 @@ from edgetl.adapt.auto import (  # noqa: E402
     crop_scale_from,
     flip_changes_labels,
     foreground_box,
+    handedness,
     inner_split,
 )
 from edgetl.adapt.options import TrainOptions  # noqa: E402
@@ -89,6 +90,47 @@ def test_flip_check_tells_a_set_whose_labels_flips_change(classes, changes):
     verdict, evidence = flip_changes_labels(ok, ok_flipped)
     assert verdict is changes
     assert evidence["top1"] == 1.0 and evidence["images"] == 40
+
+
+def _symmetric_shapes(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Discs, squares and upright bars, each its own mirror image, anywhere in the frame (a place and its
+    mirror place are equally likely): a set whose mirror images look like more of it."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    out = np.full((n, size, size, 3), 255, np.uint8)
+    for i in range(n):
+        r = int(rng.integers(3, size // 4))
+        cy, cx = rng.integers(r, size - r, 2)
+        shape = [(rows - cy) ** 2 + (cols - cx) ** 2 < r * r,
+                 (abs(rows - cy) < r) & (abs(cols - cx) < r),
+                 (abs(rows - cy) < r) & (abs(cols - cx) < max(1, r // 3))][i % 3]
+        out[i][shape] = rng.integers(0, 200, 3)
+    return out
+
+
+def test_handedness_tells_digits_from_symmetric_shapes(tmp_path):
+    """The embedded backbone's frozen features tell a digit from its mirror image (a mirrored 3 is no
+    digit), and do not tell symmetric shapes from theirs (flips keep such a set as it is)."""
+    from edgetl.adapt.loop import predict
+    from edgetl.data.demo import write_digits
+    from edgetl.data.preprocess import normalize, open_rgb
+    from edgetl.models import registry
+    from edgetl.models.build import create_model, preprocess_spec
+
+    model = create_model(registry.resolve("efficientnet_lite0"), 2, pretrained=True)
+    model.reset_classifier(0)
+    spec = preprocess_spec(model, 32)
+
+    def told_apart(pixels: np.ndarray) -> tuple[bool, dict]:
+        features = predict(model, normalize(pixels, spec))
+        return handedness(features, predict(model, normalize(pixels[:, :, ::-1].copy(), spec)), seed=0)
+
+    digits = write_digits(tmp_path / "digits", per_class=30, size=32)
+    pixels = np.stack([np.asarray(open_rgb(p)) for p in sorted(digits.rglob("*.png"))])
+    handed, evidence = told_apart(pixels)
+    assert handed and evidence["pairs"] == 300 and evidence["told_apart_ci"][0] > 0.55
+    handed, evidence = told_apart(_symmetric_shapes(300))
+    assert not handed and abs(evidence["told_apart"] - 0.5) < 0.1  # chance: a mirror image is one more shape
 
 
 def test_depth_rule_prefers_the_shallowest_within_one_standard_error():
