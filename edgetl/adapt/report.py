@@ -32,6 +32,7 @@ def choice_rows(choices: dict) -> list[tuple[str, str]]:
         runs = ", ".join(f"{r['unfreeze']}: {r['inner_val_top1']:.1%} ({r['seconds']:.0f} s)"
                          for r in choices["unfreeze"]["runs"])
         rows.append(("unfreeze auto", f"{choices['unfreeze']['chosen']} (inner top-1 per depth: {runs})"))
+        rows.extend(_recipe_rows(choices["unfreeze"]))
     if "augment" in choices:
         aug = choices["augment"]
         crop = f"crop {aug['crop_scale'][0]:.0%}-100% of the area" if aug["crop_scale"] else "no crop"
@@ -41,6 +42,21 @@ def choice_rows(choices: dict) -> list[tuple[str, str]]:
     if check is not None:
         text = f"probe {check['probe_val_top1']:.1%} vs small CNN from scratch {check['scratch_val_top1']:.1%}"
         rows.append(("transfer", f"[yellow]{check['warning']}[/]" if check["warning"] else text))
+    return rows
+
+
+def _recipe_rows(unfreeze: dict) -> list[tuple[str, str]]:
+    """The recipe the short runs and fine-tuning used, and what the short runs cost (runs before
+    they were recorded have neither)."""
+    rows = []
+    if "recipe" in unfreeze:
+        recipe = unfreeze["recipe"]
+        rows.append(("recipe", f"backbone LR {recipe['backbone_lr_scale']:g} of the head's, layer decay "
+                     f"{recipe['layer_decay']:g}"))
+    if "short_runs" in unfreeze:
+        short = unfreeze["short_runs"]
+        rows.append(("short runs", f"{short['images']:,} images in {short['seconds']:.0f} s "
+                     f"(fine-tuning: {short['finetune_images']:,} images at most)"))
     return rows
 
 

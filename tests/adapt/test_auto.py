@@ -24,6 +24,7 @@ from edgetl.adapt.auto import (  # noqa: E402
     foreground_box,
     handedness,
     inner_split,
+    short_run_images,
 )
 from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train  # noqa: E402
@@ -133,11 +134,18 @@ def test_handedness_tells_digits_from_symmetric_shapes(tmp_path):
     assert not handed and abs(evidence["told_apart"] - 0.5) < 0.1  # chance: a mirror image is one more shape
 
 
-def test_depth_rule_prefers_the_shallowest_within_one_standard_error():
-    rows = [{"unfreeze": "0", "inner_val_top1": 0.90}, {"unfreeze": "1", "inner_val_top1": 0.955},
-            {"unfreeze": "all", "inner_val_top1": 0.96}]
-    assert choose_depth(rows, held_images=100) == "1"  # 0.96 - sqrt(.96 * .04 / 100) = 0.940
-    assert choose_depth(rows, held_images=100_000) == "all"
+def test_depth_rule_prefers_the_deepest_fine_tuning_within_one_standard_error():
+    rows = [{"unfreeze": "0", "inner_val_top1": 0.99}, {"unfreeze": "1", "inner_val_top1": 0.96},
+            {"unfreeze": "2", "inner_val_top1": 0.90}, {"unfreeze": "all", "inner_val_top1": 0.955}]
+    assert choose_depth(rows, held_images=100) == "all"  # 0.96 - sqrt(.96 * .04 / 100) = 0.940; the probe's row is no run
+    assert choose_depth(rows, held_images=100_000) == "1"
+    assert choose_depth(rows[:3], held_images=100) == "1"  # depth 2 is far below the best
+
+
+def test_short_runs_stay_a_share_of_fine_tuning():
+    assert short_run_images(fit_images=1150, train_images=1438, epochs=15, depths=4) == 1024
+    assert short_run_images(fit_images=1150, train_images=1438, epochs=4, depths=4) == int(0.5 * 4 * 1438 / 4)
+    assert short_run_images(fit_images=40, train_images=48, epochs=1, depths=4) == 6
 
 
 def test_no_short_runs_when_there_is_nothing_to_measure():
@@ -164,7 +172,7 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
                            augment="auto", epochs=1, head_epochs=5, transfer_check=False)
     shown = io.StringIO()
     section = train(digits_dir, options, out=tmp_path / "run", backbone="timm:test_efficientnet",
-                    console=Console(file=shown, width=200))
+                    console=Console(file=shown, width=400))
     choices = RunDir.open(tmp_path / "run").manifest["train"]["choices"]
     assert choices == json.loads(json.dumps(section["choices"]))
     assert "transfer_check" not in choices
@@ -175,6 +183,9 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     assert [r["unfreeze"] for r in depth["runs"]] == ["0", *DEPTHS]
     assert all(r["images"] > 0 and r["seconds"] >= 0 for r in depth["runs"][1:])
     assert depth["chosen"] == choose_depth(depth["runs"], inner["held_out_images"])
+    assert depth["recipe"] == {"backbone_lr_scale": 0.3, "layer_decay": 1.0}  # auto's recipe, in every short run
+    short = depth["short_runs"]
+    assert short["images"] == sum(r["images"] for r in depth["runs"]) <= 0.5 * short["finetune_images"]
     assert section["hparams"]["unfreeze"] == "auto"  # the option as given; the choice is in choices
 
     for depth_run in depth["runs"][1:]:  # each short run is shown as it ends, the choice in the summary
@@ -184,7 +195,12 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     augment = choices["augment"]
     # sklearn's digits span the whole height of the frame, and a mirrored 2 is no 2
     assert augment["crop_scale"] is None and augment["crop"]["crop_side"] == 1.0
-    assert augment["flip"] is (augment["flip_check"]["drop_ci_pp"][0] <= 2.0)
+    handed = augment["handedness"]
+    assert handed["pairs"] == inner["fit_images"] + inner["held_out_images"]  # under 512: every training image
+    assert augment["flip"] is not (handed["handed"] or augment["flip_check"]["drop_ci_pp"][0] > 2.0)
+    summary = shown.getvalue()
+    assert "of pairs; mirrored top-1" in summary, summary[summary.find("augment auto"):][:400]
+    assert "│ short runs" in summary, summary[summary.find("unfreeze auto"):][:600]
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
