@@ -53,11 +53,17 @@ def _choice_text(section: dict) -> str:
     choices = section["choices"]
     parts = []
     if "unfreeze" in choices:
-        parts.append(f"unfreeze {choices['unfreeze']['chosen']}")
+        unfreeze = choices["unfreeze"]
+        parts.append(f"unfreeze {unfreeze['chosen']}")
+        if "short_runs" in unfreeze:
+            runs = " ".join(f"{r['unfreeze']}:{r['inner_val_top1']:.1%}" for r in unfreeze["runs"])
+            short = unfreeze["short_runs"]
+            parts.append(f"inner {runs}; short runs {short['images']} images, {short['seconds']:.0f} s")
     if "augment" in choices:
         aug = choices["augment"]
         crop = f"crop {aug['crop_scale'][0]:.0%}+" if aug["crop_scale"] else "no crop"
-        parts.append(f"{crop}, flips {'on' if aug['flip'] else 'off'}")
+        told = f" (mirror told apart {aug['handedness']['told_apart']:.0%})" if "handedness" in aug else ""
+        parts.append(f"{crop}, flips {'on' if aug['flip'] else 'off'}{told}")
     return "; ".join(parts) or "-"
 
 

@@ -162,6 +162,14 @@ def test_inner_split_is_stratified_and_disjoint():
     assert [int((labels[held] == k).sum()) for k in range(3)] == [2, 4, 0]
 
 
+def test_recipe_defaults_to_one_rate_under_auto_and_keeps_given_values():
+    assert TrainOptions(mode="finetune", unfreeze="auto").recipe() == {"backbone_lr_scale": 0.3, "layer_decay": 1.0}
+    assert TrainOptions(mode="finetune", unfreeze="2").recipe() == {"backbone_lr_scale": 0.1, "layer_decay": 0.5}
+    given = TrainOptions(mode="finetune", unfreeze="auto", layer_decay=0.7)
+    assert given.recipe() == {"backbone_lr_scale": 0.3, "layer_decay": 0.7}
+    assert given.hparams()["backbone_lr_scale"] is None  # what was not given is recorded as not given
+
+
 def test_augment_keeps_its_former_bool_form():
     assert TrainOptions(augment=False).augment == "off" and TrainOptions(augment=True).augment == "on"
     assert TrainOptions().augment == "auto"
