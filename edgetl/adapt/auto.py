@@ -6,14 +6,24 @@
   side squared (90th percentile over the sample). A centred dot gives ImageNet-style 25%, an object
   that touches the frame gives no crop at all. A textured border (a photo) cannot be measured: the
   default range applies.
-* Flips only where they keep what an image means: a linear probe trained on an inner split of the
-  training data classifies the held-out inner images and their mirror images; a drop whose 95%
-  interval lies above ``FLIP_DROP_PP`` means a flip changes the label (a mirrored 3 is no 3).
-* Depth: short runs of a few depths (``DEPTHS``), each from the inner probe with the same recipe and
-  budget of images, scored on the inner held-out images (never the validation split). The shallowest
-  depth within one standard error of the best wins: deeper costs more and overfits small sets. No
-  runs when there is nothing to measure: under 2 held-out images per class (the last stage only), or
-  an inner probe already right on every held-out image (no stage).
+* Flips only where the data has no handedness: a mirror image of a photo of a cat is another photo
+  of a cat, a mirrored 3 is no digit at all. A ridge classifier on the frozen features learns to
+  tell training images from their mirror images (two folds, each image and its mirror on the same
+  side); when it tells the held-out pairs apart clearly above chance (the 95% lower bound above
+  ``HANDED_ABOVE``), the data is handed and flips are off. A set of symmetric objects, or photos,
+  stays at chance: its mirror images look like more of it. Flips are off too when the inner probe's
+  top-1 on mirror images drops by more than ``FLIP_DROP_PP`` (95% interval above it).
+* Depth: short runs of a few depths (``DEPTHS``), each from the inner probe with the recipe
+  fine-tuning will use (``TrainOptions.recipe``: one backbone rate for every stage unless given) and
+  the same budget of images, scored on the inner held-out images (never the validation split). All
+  short runs together see at most ``SHORT_RUNS_SHARE`` of the images fine-tuning will see. One pass
+  from the probe dips below it at every depth (LP-FT's first epoch; on the digits 92-93% against the
+  probe's 95%), the deeper the further it has moved: the short runs rank fine-tuning depths, and the
+  deepest within one standard error of the best wins (the one that can adapt the most of the
+  network at no measured cost). Whether fine-tuning beats the probe is decided on the validation
+  split at the end: the probe is kept when it does not. No runs when there is nothing to measure:
+  under 2 held-out images per class (the last stage only), or an inner probe already right on every
+  held-out image (no stage).
 
 Each choice is recorded with its evidence (``choices`` in the manifest's train section).
 """
@@ -37,9 +47,12 @@ EXTENT_SAMPLE = 256
 EXTENT_QUANTILE = 0.9
 NO_CROP_ABOVE = 0.9  # a smallest crop area above this is no crop: the object fills the frame
 FLIP_DROP_PP = 2.0
+HANDED_ABOVE = 0.55  # chance is 0.5: telling an image from its mirror this often means the data is handed
+HANDED_IMAGES = 512  # images (and as many mirror images) the handedness check looks at
 INNER_FRACTION = 0.2
 DEPTHS = ("1", "2", "4", "all")
 PROBE_IMAGES = 1024  # each depth's budget: images seen (one pass over at most this many inner images)
+SHORT_RUNS_SHARE = 0.5  # all short runs together: at most this share of the images fine-tuning sees
 PROBE_VAL_IMAGES = 512
 MIN_HELD_PER_CLASS = 2
 
@@ -123,6 +136,34 @@ def flip_changes_labels(ok: np.ndarray, ok_flipped: np.ndarray) -> tuple[bool, d
                      "drop_ci_pp": [round(lo, 2), round(hi, 2)], "images": int(ok.size)}
 
 
+def handedness(features: np.ndarray, mirrored: np.ndarray, seed: int) -> tuple[bool, dict]:
+    """Whether the features tell images (``features``) from their mirror images (``mirrored``, row
+    for row) on images they were not fitted on: True when the share of held-out pairs told apart
+    has its 95% interval above ``HANDED_ABOVE``."""
+    from edgetl.bench.accuracy import wilson
+
+    order = np.random.default_rng(seed).permutation(len(features))
+    folds = (order[: len(order) // 2], order[len(order) // 2 :])
+    told = 0
+    for fit, test in (folds, folds[::-1]):
+        direction, scale = _mirror_direction(features[fit], mirrored[fit])
+        told += int(((features[test] - mirrored[test]) / scale @ direction > 0).sum())
+    low, high = wilson(told, len(features))
+    return low > HANDED_ABOVE, {"pairs": len(features), "told_apart": round(told / max(len(features), 1), 4),
+                                "told_apart_ci": [round(low, 4), round(high, 4)]}
+
+
+def _mirror_direction(features: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, feature scale) of a ridge classifier, original = +1 and mirror = -1, on standardised
+    features; solved through the n x n kernel, since there are fewer images than feature dimensions."""
+    x = np.concatenate([features, mirrored]).astype(np.float64)
+    scale = x.std(axis=0) + 1e-6
+    x = (x - x.mean(axis=0)) / scale
+    y = np.concatenate([np.ones(len(features)), -np.ones(len(mirrored))])
+    alpha = np.linalg.solve(x @ x.T + x.shape[1] * np.eye(len(x)), y)  # ridge of one per dimension
+    return x.T @ alpha, scale
+
+
 # --- the inner split -------------------------------------------------------------------------------
 
 def inner_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +219,18 @@ def _probe_run(model, depth: str, train_data, held_pixels, y_held, spec, opts, d
 
 
 def choose_depth(rows: list[dict], held_images: int) -> str:
-    """The shallowest depth within one standard error of the best inner accuracy."""
-    best = max(r["inner_val_top1"] for r in rows)
+    """The deepest fine-tuning depth (rows in increasing depth; the probe's row, "0", is evidence,
+    not a candidate) within one standard error of the best inner accuracy."""
+    runs = [r for r in rows if r["unfreeze"] != "0"]
+    best = max(r["inner_val_top1"] for r in runs)
     se = math.sqrt(best * (1 - best) / max(held_images, 1))
-    return next(r["unfreeze"] for r in rows if r["inner_val_top1"] >= best - se)
+    return [r["unfreeze"] for r in runs if r["inner_val_top1"] >= best - se][-1]
+
+
+def short_run_images(fit_images: int, train_images: int, epochs: int, depths: int) -> int:
+    """Each short run's images: at most ``PROBE_IMAGES`` and the fit part, and all of them together at
+    most ``SHORT_RUNS_SHARE`` of fine-tuning's (``epochs`` passes over the training images)."""
+    return max(1, min(PROBE_IMAGES, fit_images, int(SHORT_RUNS_SHARE * epochs * train_images / depths)))
 
 
 def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixels: np.ndarray, y_train: np.ndarray,
@@ -209,25 +258,28 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
         crop, crop_evidence = crop_scale_from(_sample_images(train_paths, spec, opts.seed), DEFAULT_CROP_SCALE)
         from edgetl.adapt.loop import predict
 
-        held = train_pixels[held_idx]
+        sample = _mirror_sample(held_idx, fit_idx, opts.seed)  # the held-out images first: the probe's check
+        mirrored = extract_features(train_pixels[sample][:, :, ::-1].copy(), "features (mirrored)")
+        handed, handed_evidence = handedness(f_train[sample], mirrored, opts.seed)
         ok = predict(head, f_train[held_idx]).argmax(1) == y_train[held_idx]
-        ok_flipped = predict(head, extract_features(held[:, :, ::-1].copy(), "features (mirrored)")).argmax(1) == y_train[held_idx]
+        ok_flipped = predict(head, mirrored[: len(held_idx)]).argmax(1) == y_train[held_idx]
         changes, flip_evidence = flip_changes_labels(ok, ok_flipped)
-        flip = not changes
+        flip = not (handed or changes)
         choices["augment"] = {"crop_scale": list(crop) if crop else None, "crop": crop_evidence, "flip": flip,
-                              "flip_check": flip_evidence}
+                              "handedness": {**handed_evidence, "handed": handed}, "flip_check": flip_evidence}
 
     def images(idx: np.ndarray | None):
         if idx is None:
             return training_images(list(train_paths), train_pixels, y_train, spec, crop, flip)
         return training_images([train_paths[i] for i in idx], train_pixels[idx], y_train[idx], spec, crop, flip)
 
-    unfreeze = opts.unfreeze
+    unfreeze, recipe = opts.unfreeze, opts.recipe()  # the recipe as --unfreeze auto resolves it, for every depth
     if opts.unfreeze == "auto":
         choices["unfreeze"] = _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner, train_pixels,
-                                               y_train, spec, opts, dist, keep_bn_stats, console)
+                                               y_train, spec, opts.model_copy(update=recipe), dist, keep_bn_stats,
+                                               console)
         unfreeze = choices["unfreeze"]["chosen"]
-    return FinetunePlan(options=opts.model_copy(update={"unfreeze": unfreeze}), train_data=images(None),
+    return FinetunePlan(options=opts.model_copy(update={"unfreeze": unfreeze, **recipe}), train_data=images(None),
                         choices=choices, crop=crop, flip=flip)
 
 
@@ -247,12 +299,16 @@ def _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner,
     from edgetl.models.build import body_stages
 
     rows = [{"unfreeze": "0", "inner_val_top1": inner["probe_top1"], "images": 0, "seconds": 0.0}]
+    recipe = {"backbone_lr_scale": opts.backbone_lr_scale, "layer_decay": opts.layer_decay}
     decided = _decided_without_runs(inner, len(held_idx))
     if decided is not None:
-        return {"chosen": decided[0], "runs": rows, "train_images": len(y_train), "rule": decided[1]}
-    budget_idx = fit_idx[np.random.default_rng(opts.seed).permutation(len(fit_idx))[:PROBE_IMAGES]]
+        return {"chosen": decided[0], "runs": rows, "train_images": len(y_train), "rule": decided[1], "recipe": recipe}
+    depths = _depths(len(body_stages(model)))
+    finetune_images = opts.phase_epochs("finetune") * len(y_train)
+    budget = short_run_images(len(fit_idx), len(y_train), opts.phase_epochs("finetune"), len(depths))
+    budget_idx = fit_idx[np.random.default_rng(opts.seed).permutation(len(fit_idx))[:budget]]
     probe_data = images(np.sort(budget_idx))
-    for depth in _depths(len(body_stages(model))):
+    for depth in depths:
         candidate = copy.deepcopy(model)
         candidate.set_submodule(head_prefix, copy.deepcopy(head))
         rows.append(_probe_run(candidate, depth, probe_data, train_pixels[held_idx], y_train[held_idx], spec,
@@ -261,7 +317,17 @@ def _choose_unfreeze(model, head, head_prefix, images, fit_idx, held_idx, inner,
             console.print(f"unfreeze {depth}: inner top-1 {rows[-1]['inner_val_top1']:.1%} after "
                           f"{rows[-1]['images']} images ({rows[-1]['seconds']:.0f} s)", highlight=False)
     return {"chosen": choose_depth(rows, len(held_idx)), "runs": rows, "train_images": len(y_train),
-            "rule": "the shallowest depth within one standard error of the best inner top-1"}
+            "rule": "the deepest fine-tuning depth within one standard error of the best inner top-1; the probe is "
+                    "kept at the end if fine-tuning does not beat it on the validation split",
+            "recipe": recipe, "short_runs": {"images": sum(r["images"] for r in rows),
+                                             "seconds": round(sum(r["seconds"] for r in rows), 1),
+                                             "finetune_images": finetune_images}}
+
+
+def _mirror_sample(held_idx: np.ndarray, fit_idx: np.ndarray, seed: int) -> np.ndarray:
+    """The images whose mirror images are measured: every held-out one, then fit images up to ``HANDED_IMAGES``."""
+    extra = np.random.default_rng(seed).permutation(fit_idx)[: max(0, HANDED_IMAGES - len(held_idx))]
+    return np.concatenate([held_idx, np.sort(extra)]).astype(int)
 
 
 def _sample_images(paths: list[str], spec: PreprocessSpec, seed: int) -> list[np.ndarray]:

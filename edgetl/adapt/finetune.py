@@ -131,7 +131,7 @@ def finetune(
                if dist.enabled else None)
     loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_data) > opts.batch_size * dist.world, **execution.loader_options(opts.seed))
-    groups = param_groups(model, trainable, opts.head_lr, opts.backbone_lr_scale, opts.layer_decay)
+    groups = param_groups(model, trainable, opts.head_lr, **opts.recipe())
     optimizer = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
     epochs = opts.phase_epochs("finetune")
     total = epochs * len(loader)

@@ -32,17 +32,44 @@ def choice_rows(choices: dict) -> list[tuple[str, str]]:
         runs = ", ".join(f"{r['unfreeze']}: {r['inner_val_top1']:.1%} ({r['seconds']:.0f} s)"
                          for r in choices["unfreeze"]["runs"])
         rows.append(("unfreeze auto", f"{choices['unfreeze']['chosen']} (inner top-1 per depth: {runs})"))
+        rows.extend(_recipe_rows(choices["unfreeze"]))
     if "augment" in choices:
         aug = choices["augment"]
         crop = f"crop {aug['crop_scale'][0]:.0%}-100% of the area" if aug["crop_scale"] else "no crop"
-        flip = aug["flip_check"]
         rows.append(("augment auto", f"{crop} ({aug['crop']['reason']}); flips {'on' if aug['flip'] else 'off'} "
-                     f"(mirrored top-1 {flip['flipped_top1']:.1%} vs {flip['top1']:.1%})"))
+                     f"({flip_text(aug)})"))
     check = choices.get("transfer_check")
     if check is not None:
         text = f"probe {check['probe_val_top1']:.1%} vs small CNN from scratch {check['scratch_val_top1']:.1%}"
         rows.append(("transfer", f"[yellow]{check['warning']}[/]" if check["warning"] else text))
     return rows
+
+
+def _recipe_rows(unfreeze: dict) -> list[tuple[str, str]]:
+    """The recipe the short runs and fine-tuning used, and what the short runs cost (runs before
+    they were recorded have neither)."""
+    rows = []
+    if "recipe" in unfreeze:
+        recipe = unfreeze["recipe"]
+        rows.append(("recipe", f"backbone LR {recipe['backbone_lr_scale']:g} of the head's, layer decay "
+                     f"{recipe['layer_decay']:g}"))
+    if "short_runs" in unfreeze:
+        short = unfreeze["short_runs"]
+        rows.append(("short runs", f"{short['images']:,} images in {short['seconds']:.0f} s "
+                     f"(fine-tuning: {short['finetune_images']:,} images at most)"))
+    return rows
+
+
+def flip_text(augment: dict) -> str:
+    """The evidence of the flip choice: how often the features tell an image from its mirror image
+    (runs before the check have none), and the probe's top-1 on mirror images."""
+    flip = augment["flip_check"]
+    text = f"mirrored top-1 {flip['flipped_top1']:.1%} vs {flip['top1']:.1%}"
+    hand = augment.get("handedness")
+    if hand is None:
+        return text
+    verdict = "handed data" if hand["handed"] else "no handedness"
+    return f"{verdict}: features tell an image from its mirror in {hand['told_apart']:.0%} of pairs; {text}"
 
 
 def device_text(execution: dict, world: int) -> str:

@@ -22,7 +22,9 @@ from edgetl.adapt.auto import (  # noqa: E402
     crop_scale_from,
     flip_changes_labels,
     foreground_box,
+    handedness,
     inner_split,
+    short_run_images,
 )
 from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train  # noqa: E402
@@ -91,11 +93,59 @@ def test_flip_check_tells_a_set_whose_labels_flips_change(classes, changes):
     assert evidence["top1"] == 1.0 and evidence["images"] == 40
 
 
-def test_depth_rule_prefers_the_shallowest_within_one_standard_error():
-    rows = [{"unfreeze": "0", "inner_val_top1": 0.90}, {"unfreeze": "1", "inner_val_top1": 0.955},
-            {"unfreeze": "all", "inner_val_top1": 0.96}]
-    assert choose_depth(rows, held_images=100) == "1"  # 0.96 - sqrt(.96 * .04 / 100) = 0.940
-    assert choose_depth(rows, held_images=100_000) == "all"
+def _symmetric_shapes(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Discs, squares and upright bars, each its own mirror image, anywhere in the frame (a place and its
+    mirror place are equally likely): a set whose mirror images look like more of it."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    out = np.full((n, size, size, 3), 255, np.uint8)
+    for i in range(n):
+        r = int(rng.integers(3, size // 4))
+        cy, cx = rng.integers(r, size - r, 2)
+        shape = [(rows - cy) ** 2 + (cols - cx) ** 2 < r * r,
+                 (abs(rows - cy) < r) & (abs(cols - cx) < r),
+                 (abs(rows - cy) < r) & (abs(cols - cx) < max(1, r // 3))][i % 3]
+        out[i][shape] = rng.integers(0, 200, 3)
+    return out
+
+
+def test_handedness_tells_digits_from_symmetric_shapes(tmp_path):
+    """The embedded backbone's frozen features tell a digit from its mirror image (a mirrored 3 is no
+    digit), and do not tell symmetric shapes from theirs (flips keep such a set as it is)."""
+    from edgetl.adapt.loop import predict
+    from edgetl.data.demo import write_digits
+    from edgetl.data.preprocess import normalize, open_rgb
+    from edgetl.models import registry
+    from edgetl.models.build import create_model, preprocess_spec
+
+    model = create_model(registry.resolve("efficientnet_lite0"), 2, pretrained=True)
+    model.reset_classifier(0)
+    spec = preprocess_spec(model, 32)
+
+    def told_apart(pixels: np.ndarray) -> tuple[bool, dict]:
+        features = predict(model, normalize(pixels, spec))
+        return handedness(features, predict(model, normalize(pixels[:, :, ::-1].copy(), spec)), seed=0)
+
+    digits = write_digits(tmp_path / "digits", per_class=30, size=32)
+    pixels = np.stack([np.asarray(open_rgb(p)) for p in sorted(digits.rglob("*.png"))])
+    handed, evidence = told_apart(pixels)
+    assert handed and evidence["pairs"] == 300 and evidence["told_apart_ci"][0] > 0.55
+    handed, evidence = told_apart(_symmetric_shapes(300))
+    assert not handed and abs(evidence["told_apart"] - 0.5) < 0.1  # chance: a mirror image is one more shape
+
+
+def test_depth_rule_prefers_the_deepest_fine_tuning_within_one_standard_error():
+    rows = [{"unfreeze": "0", "inner_val_top1": 0.99}, {"unfreeze": "1", "inner_val_top1": 0.96},
+            {"unfreeze": "2", "inner_val_top1": 0.90}, {"unfreeze": "all", "inner_val_top1": 0.955}]
+    assert choose_depth(rows, held_images=100) == "all"  # 0.96 - sqrt(.96 * .04 / 100) = 0.940; the probe's row is no run
+    assert choose_depth(rows, held_images=100_000) == "1"
+    assert choose_depth(rows[:3], held_images=100) == "1"  # depth 2 is far below the best
+
+
+def test_short_runs_stay_a_share_of_fine_tuning():
+    assert short_run_images(fit_images=1150, train_images=1438, epochs=15, depths=4) == 1024
+    assert short_run_images(fit_images=1150, train_images=1438, epochs=4, depths=4) == int(0.5 * 4 * 1438 / 4)
+    assert short_run_images(fit_images=40, train_images=48, epochs=1, depths=4) == 6
 
 
 def test_no_short_runs_when_there_is_nothing_to_measure():
@@ -112,6 +162,14 @@ def test_inner_split_is_stratified_and_disjoint():
     assert [int((labels[held] == k).sum()) for k in range(3)] == [2, 4, 0]
 
 
+def test_recipe_defaults_to_one_rate_under_auto_and_keeps_given_values():
+    assert TrainOptions(mode="finetune", unfreeze="auto").recipe() == {"backbone_lr_scale": 0.3, "layer_decay": 1.0}
+    assert TrainOptions(mode="finetune", unfreeze="2").recipe() == {"backbone_lr_scale": 0.1, "layer_decay": 0.5}
+    given = TrainOptions(mode="finetune", unfreeze="auto", layer_decay=0.7)
+    assert given.recipe() == {"backbone_lr_scale": 0.3, "layer_decay": 0.7}
+    assert given.hparams()["backbone_lr_scale"] is None  # what was not given is recorded as not given
+
+
 def test_augment_keeps_its_former_bool_form():
     assert TrainOptions(augment=False).augment == "off" and TrainOptions(augment=True).augment == "on"
     assert TrainOptions().augment == "auto"
@@ -122,7 +180,7 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
                            augment="auto", epochs=1, head_epochs=5, transfer_check=False)
     shown = io.StringIO()
     section = train(digits_dir, options, out=tmp_path / "run", backbone="timm:test_efficientnet",
-                    console=Console(file=shown, width=200))
+                    console=Console(file=shown, width=400))
     choices = RunDir.open(tmp_path / "run").manifest["train"]["choices"]
     assert choices == json.loads(json.dumps(section["choices"]))
     assert "transfer_check" not in choices
@@ -133,6 +191,9 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     assert [r["unfreeze"] for r in depth["runs"]] == ["0", *DEPTHS]
     assert all(r["images"] > 0 and r["seconds"] >= 0 for r in depth["runs"][1:])
     assert depth["chosen"] == choose_depth(depth["runs"], inner["held_out_images"])
+    assert depth["recipe"] == {"backbone_lr_scale": 0.3, "layer_decay": 1.0}  # auto's recipe, in every short run
+    short = depth["short_runs"]
+    assert short["images"] == sum(r["images"] for r in depth["runs"]) <= 0.5 * short["finetune_images"]
     assert section["hparams"]["unfreeze"] == "auto"  # the option as given; the choice is in choices
 
     for depth_run in depth["runs"][1:]:  # each short run is shown as it ends, the choice in the summary
@@ -142,7 +203,12 @@ def test_auto_choices_are_recorded_and_sane(digits_dir, tmp_path):
     augment = choices["augment"]
     # sklearn's digits span the whole height of the frame, and a mirrored 2 is no 2
     assert augment["crop_scale"] is None and augment["crop"]["crop_side"] == 1.0
-    assert augment["flip"] is (augment["flip_check"]["drop_ci_pp"][0] <= 2.0)
+    handed = augment["handedness"]
+    assert handed["pairs"] == inner["fit_images"] + inner["held_out_images"]  # under 512: every training image
+    assert augment["flip"] is not (handed["handed"] or augment["flip_check"]["drop_ci_pp"][0] > 2.0)
+    summary = shown.getvalue()
+    assert "of pairs; mirrored top-1" in summary, summary[summary.find("augment auto"):][:400]
+    assert "│ short runs" in summary, summary[summary.find("unfreeze auto"):][:600]
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
