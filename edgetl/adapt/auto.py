@@ -172,7 +172,7 @@ def inner_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     fit, held = [], []
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        n = int(round(len(idx) * INNER_FRACTION)) if len(idx) > 1 else 0
+        n = max(1, int(round(len(idx) * INNER_FRACTION))) if len(idx) > 1 else 0
         held.extend(idx[:n][: max(1, PROBE_VAL_IMAGES // len(np.unique(labels)))])
         fit.extend(idx[n:])
     return np.sort(np.array(fit, dtype=int)), np.sort(np.array(held, dtype=int))
@@ -182,17 +182,10 @@ def _inner_head(f_train, y_train, fit_idx, held_idx, width, num_classes, opts, d
     """A linear probe on the fit part's cached features, scored on the held-out part."""
     from edgetl.adapt.feature_extraction import build_head, train_head
 
-    head = build_head(width, num_classes, opts.head)
+    head = dist.execution.without_amp().place(build_head(width, num_classes, opts.head))  # where train_head trains
     result = train_head(f_train[fit_idx], y_train[fit_idx], f_train[held_idx], y_train[held_idx], head, opts, dist)
     head.load_state_dict(result.best_state)
     return head, result
-
-
-def _correct(model, pixels: np.ndarray, labels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    from edgetl.adapt.loop import predict
-    from edgetl.data.preprocess import normalize
-
-    return predict(model, normalize(pixels, spec)).argmax(1) == labels
 
 
 # --- the depth --------------------------------------------------------------------------------------
@@ -246,8 +239,15 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
     choices: dict = {}
     crop, flip = (DEFAULT_CROP_SCALE, True) if opts.augment == "on" else (None, False)
     need_inner = opts.augment == "auto" or opts.unfreeze == "auto"
+    fit_idx, held_idx = inner_split(y_train, opts.seed) if need_inner else (None, None)
+    if need_inner and len(held_idx) == 0:  # one training image per class: nothing to hold out, nothing to measure
+        choices["unmeasured"] = ("one training image per class: no inner split to measure on, so auto means no "
+                                 "augmentation and the last stage")
+        resolved = opts.model_copy(update={"unfreeze": "1" if opts.unfreeze == "auto" else opts.unfreeze})
+        return FinetunePlan(options=resolved.model_copy(update=resolved.recipe()), choices=choices, crop=crop,
+                            flip=flip, train_data=training_images(list(train_paths), train_pixels, y_train, spec,
+                                                                  crop, flip))
     if need_inner:
-        fit_idx, held_idx = inner_split(y_train, opts.seed)
         num_classes = int(y_train.max()) + 1
         head, head_result = _inner_head(f_train, y_train, fit_idx, held_idx, f_train.shape[1],
                                         num_classes, opts, dist)
@@ -261,8 +261,9 @@ def plan_finetune(model, head_prefix: str, *, train_paths: list[str], train_pixe
         sample = _mirror_sample(held_idx, fit_idx, opts.seed)  # the held-out images first: the probe's check
         mirrored = extract_features(train_pixels[sample][:, :, ::-1].copy(), "features (mirrored)")
         handed, handed_evidence = handedness(f_train[sample], mirrored, opts.seed)
-        ok = predict(head, f_train[held_idx]).argmax(1) == y_train[held_idx]
-        ok_flipped = predict(head, mirrored[: len(held_idx)]).argmax(1) == y_train[held_idx]
+        fp32 = dist.execution.without_amp()  # where the inner head is
+        ok = predict(head, f_train[held_idx], execution=fp32).argmax(1) == y_train[held_idx]
+        ok_flipped = predict(head, mirrored[: len(held_idx)], execution=fp32).argmax(1) == y_train[held_idx]
         changes, flip_evidence = flip_changes_labels(ok, ok_flipped)
         flip = not (handed or changes)
         choices["augment"] = {"crop_scale": list(crop) if crop else None, "crop": crop_evidence, "flip": flip,
@@ -332,8 +333,10 @@ def _mirror_sample(held_idx: np.ndarray, fit_idx: np.ndarray, seed: int) -> np.n
 
 def _sample_images(paths: list[str], spec: PreprocessSpec, seed: int) -> list[np.ndarray]:
     """Up to ``EXTENT_SAMPLE`` training images as the augmentation sees them (shrunk to the eval scale)."""
-    from edgetl.data.preprocess import open_rgb
+    from edgetl.adapt.finetune import AugmentedImages
+    from edgetl.data.preprocess import _INTERPOLATION, open_rgb
 
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(len(paths))[:EXTENT_SAMPLE]
-    return [np.asarray(open_rgb(paths[i])) for i in sorted(chosen)]
+    interp, scale = _INTERPOLATION[spec.interpolation], max(spec.scale_size())
+    return [np.asarray(AugmentedImages._shrink(open_rgb(paths[i]), scale, interp)) for i in sorted(chosen)]

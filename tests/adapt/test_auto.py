@@ -160,6 +160,19 @@ def test_inner_split_is_stratified_and_disjoint():
     fit, held = inner_split(labels, seed=0)
     assert not set(fit) & set(held) and len(fit) + len(held) == len(labels)
     assert [int((labels[held] == k).sum()) for k in range(3)] == [2, 4, 0]
+    fit, held = inner_split(np.repeat([0, 1], [2, 2]), seed=0)  # two per class: one held out each, not none
+    assert len(fit) == 2 and len(held) == 2
+
+
+def test_one_training_image_per_class_is_not_measured_and_says_so(tmp_path):
+    from edgetl.data.demo import write_digits
+
+    data = write_digits(tmp_path / "d", per_class=2, classes=3)  # the split leaves one training image per class
+    options = TrainOptions(pretrained=False, image_size=32, seed=0, mode="finetune", unfreeze="auto",
+                           epochs=1, head_epochs=2, transfer_check=False)
+    section = train(data, options, out=tmp_path / "run", backbone="timm:test_efficientnet")
+    assert section["dataset"]["train_images"] == 3
+    assert "no inner split" in section["choices"]["unmeasured"] and "unfreeze" not in section["choices"]
 
 
 def test_recipe_defaults_to_one_rate_under_auto_and_keeps_given_values():
