@@ -73,19 +73,6 @@ def target_batch_statistics(model):
             m.momentum = momentum
 
 
-class _WithLoss(torch.autograd.Function):
-    """Returns the logits unchanged; backward gives ``loss`` the gradient 1, which is what adding
-    it to the loss computed from the logits would do (fit() computes only the cross-entropy)."""
-
-    @staticmethod
-    def forward(ctx, logits, loss):
-        return logits.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
-
-
 def _endless(loader):
     while True:
         yield from loader
@@ -94,19 +81,22 @@ def _endless(loader):
 class AlignedNet(nn.Module):
     """The network as fine-tuning trains it: each source batch (BatchNorm with the source batch's
     statistics) is followed by a target batch through the same backbone (with the target batch's,
-    as after AdaBN), and ``weight`` times the alignment loss of their pooled features joins the
-    gradient. In eval mode it is the plain model; ``module`` is what fit() saves."""
+    as after AdaBN), and ``weight`` times the alignment loss of their pooled features is left in
+    ``aux_loss``, which fit() adds to the cross-entropy before loss scaling (so fp16's scaler scales
+    both). In eval mode it is the plain model; ``module`` is what fit() saves."""
 
     def __init__(self, model, target_loader, alignment, weight: float):
         super().__init__()
         self.module = model
         self.target_batches = _endless(target_loader)
         self.alignment, self.weight = alignment, weight
+        self.aux_loss = None
 
     def _pooled(self, x):
         return self.module.forward_head(self.module.forward_features(x), pre_logits=True)
 
     def forward(self, x):
+        self.aux_loss = None
         if not self.training:
             return self.module(x)
         xt, _ = next(self.target_batches)
@@ -117,8 +107,8 @@ class AlignedNet(nn.Module):
             target = self._pooled(xt)
         if len(x) < 2 or len(xt) < 2:  # no covariance or confusion from one image
             return logits
-        loss = self.alignment.loss(source, target, self.module.get_classifier()(target))
-        return _WithLoss.apply(logits, self.weight * loss)
+        self.aux_loss = self.weight * self.alignment.loss(source, target, self.module.get_classifier()(target))
+        return logits
 
 
 def aligner(target_data, alignment, weight: float, batch_size: int, seed: int):

@@ -147,6 +147,9 @@ def _step(model, x, y, optimizer, scaler, execution: Execution, label_smoothing:
     with execution.autocast():
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        aux = getattr(model, "aux_loss", None)  # a loss the network adds in training (domain adaptation's alignment)
+        if aux is not None:
+            loss = loss + aux.float()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

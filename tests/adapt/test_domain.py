@@ -246,3 +246,34 @@ def test_target_batches_leave_every_running_statistic_as_it_was(inverted):
         assert not frozen.training and all(m.training for m in training)
     assert all(torch.equal(before[name], b) for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
     assert all(m.momentum == 0.1 for m in training)
+
+
+def test_the_alignment_loss_joins_the_step_before_loss_scaling():
+    import torch.nn.functional as F
+
+    from edgetl.adapt.alignments import get_alignment
+    from edgetl.adapt.device import Execution
+    from edgetl.adapt.loop import _step
+
+    torch.manual_seed(0)
+    model = create_model(resolve("timm:test_efficientnet"), 3, pretrained=False)
+    target = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))
+    net = domain.aligner(target, get_alignment("coral"), 5.0, batch_size=4, seed=0)(model)
+    net.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    fp16 = Execution(amp="fp16")  # a GradScaler that scales: the alignment must be scaled with the cross-entropy
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    logits, loss = _step(net, x, y, optimizer, fp16.grad_scaler(), Execution(), 0.0)
+    assert net.aux_loss is not None and float(net.aux_loss) > 0
+    assert loss == pytest.approx(float(F.cross_entropy(logits.float(), y)) + float(net.aux_loss), rel=1e-5)
+    net.eval()
+    net(x)
+    assert net.aux_loss is None  # evaluation is the plain model
+
+
+def test_a_worse_adapted_model_is_said_not_shipped_silently():
+    from edgetl.adapt.strategies.domain_adapt import worse_after_adapting
+
+    assert worse_after_adapting({"head only": 0.5, "fine-tuned": 0.6, "adapted": 0.7}) is None
+    warning = worse_after_adapting({"head only": 0.69, "fine-tuned": 0.63, "adapted": 0.56})
+    assert "head only 69.0% -> adapted 56.0%" in warning and "--alignment none" in warning

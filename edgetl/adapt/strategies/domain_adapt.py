@@ -117,6 +117,8 @@ class DomainAdapt(Strategy):
         if "target_val" in record:
             steps = " → ".join(f"{step} {top1:.1%}" for step, top1 in record["target_val"]["top1"].items())
             rows.append(("target val top-1", f"{steps} ({record['target_val']['images']} images)"))
+            if record["target_val"].get("warning"):
+                rows.append(("warning", f"[yellow]{record['target_val']['warning']}[/]"))
         steps = " → ".join(f"{step} {top1:.1%}" for step, top1 in record["source_val"]["top1"].items())
         rows.append(("source val top-1", steps))
         return rows
@@ -153,5 +155,16 @@ class _Scores:
         record = {"source_val": {"top1": self.source_top1}}
         if self.p.opts.target_val is not None:
             record["target_val"] = {"source": str(self.p.opts.target_val), "images": len(self.labels),
-                                    "top1": self.top1}
+                                    "top1": self.top1, "warning": worse_after_adapting(self.top1)}
         return record
+
+
+def worse_after_adapting(top1: dict[str, float]) -> str | None:
+    """A warning when the model that ships (``adapted``) scores below an earlier step on the labelled
+    target images: adaptation did not pay on this data, and the user must know before shipping."""
+    best_step = max(top1, key=top1.get)
+    if top1["adapted"] >= top1[best_step]:
+        return None
+    return (f"adaptation lowered target val top-1 ({best_step} {top1[best_step]:.1%} -> adapted "
+            f"{top1['adapted']:.1%}); the adapted model is the one saved: try --alignment none, more target "
+            "images, or --mode finetune")
