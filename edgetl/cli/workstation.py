@@ -161,13 +161,15 @@ def select_cmd(data, target, candidates, samples, image_size, pretrained, out, a
         click.echo(json.dumps(record.dump(), indent=2))
         return
     console.print(selection.table(record))
-    where = selection.latency_where(record)
-    if where:
-        console.print(where, highlight=False)
+    for note in (selection.latency_where(record), selection.busy_note(record)):
+        if note:
+            console.print(escape(note), highlight=False)
     console.print(f"recommended: [bold]{escape(record.recommended)}[/]: {escape(record.reason)}", highlight=False)
     if out:
         console.print(f"written to [bold]{escape(out)}[/]/manifest.json (select)", highlight=False)
-    console.print(f"next: edgetl train --data {data} --backbone {record.recommended}", highlight=False)
+    # the size the ranking was made at: the choice holds for it
+    size = f" --image-size {image_size}" if image_size else ""
+    console.print(escape(f"next: edgetl train --data {data} --backbone {record.recommended}{size}"), highlight=False)
 
 
 @cli.command("compile")
