@@ -20,6 +20,18 @@ from edgetl.cli._options import (
 )
 
 
+def _resume_hint(out: str) -> str | None:
+    """After an interrupted training: how to continue it, when an epoch was saved to continue from."""
+    from pathlib import Path
+
+    from edgetl.adapt.resume import LAST
+
+    last = Path(out) / "train" / LAST
+    if not last.is_file():
+        return None
+    return f"{last} holds the last finished epoch: the same command with --resume continues from it"
+
+
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=str),
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
@@ -52,7 +64,12 @@ def train(data, out, resume, target, **params):
     check_auto(inputs.backbone, target, inputs.weights)
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(data, options, out=out, resume=resume, target=target, console=console, **inputs.model_dump())
+    try:
+        section = run_train(data, options, out=out, resume=resume, target=target, console=console,
+                            **inputs.model_dump())
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say how to go on
+        stop.next_step = _resume_hint(out)
+        raise
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
