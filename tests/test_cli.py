@@ -112,6 +112,8 @@ def test_every_train_option_is_a_teaching_flag_of_train_and_deploy():
                 flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
                 assert flag in options[name].opts, (command.name, flag)
                 assert field.description in options[name].help
+                if field.default is True:  # the flag turns it off: the help says so before what "on" does
+                    assert options[name].help == f"Turns off (on by default): {field.description}"
                 if field.default not in (None, True, False):
                     assert f"[default: {field.default}]" in options[name].help
     # one default, two places: train's flag and deploy's [train] table
