@@ -28,6 +28,8 @@ def test_backbones_lists_the_embedded_default_as_offline():
     assert result.returncode == 0
     default = next(line for line in result.stdout.splitlines() if "efficientnet_lite0 *" in line)
     assert "yes" in default and "* the default" in result.stdout
+    # the table ends by saying how to choose among them for one's own images and device
+    assert result.stdout.rstrip().splitlines()[-1].startswith("which one for your images and device: edgetl select ")
 
 
 def test_cli_and_device_side_modules_import_without_torch():

@@ -89,6 +89,7 @@ def backbones(as_json):
       edgetl backbones
       edgetl train --data ./images --backbone mobilenet_v2           # the fastest offline one
       edgetl backbones --json | jq -r '.[] | select(.offline) | .name'
+      edgetl select --data ./images --target raspberry-pi-5              # which one suits your images
     """
     from rich.table import Table
 
@@ -116,6 +117,9 @@ def backbones(as_json):
             offline.add_row(*_offline_cells(r))
     console.print(offline)
     console.print(suggested)
+    # the table gives ImageNet facts; which one suits the user's images and device is measured
+    console.print("which one for your images and device: edgetl select --data ./images --target raspberry-pi-5 "
+                  "(ranks them by transferability and latency); --backbone auto trains its choice", highlight=False)
 
 
 def _offline_cells(r: dict) -> list[str]:
