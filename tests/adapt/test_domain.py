@@ -157,3 +157,19 @@ def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_pa
     assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_target_val_class_the_model_does_not_know_is_one_line_before_anything_is_written(digits_dir, inverted,
+                                                                                             tmp_path):
+    target_val = tmp_path / "target-val"
+    shutil.copytree(inverted, target_val)
+    (target_val / "2").rename(target_val / "two")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(out), "--backbone", BACKBONE,
+                                      "--no-pretrained", "--image-size", "32", "--mode", "domain-adapt",
+                                      "--target-data", str(inverted), "--target-val", str(target_val)])
+    assert result.exit_code == 2, result.output
+    classes = ["0", "1", "2"]
+    assert result.output.strip().splitlines()[-1] == (f"error: {target_val}: classes ['two'] are not in the "
+                                                      f"training classes {classes}")
+    assert not out.exists()
