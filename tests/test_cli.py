@@ -28,6 +28,8 @@ def test_backbones_lists_the_embedded_default_as_offline():
     assert result.returncode == 0
     default = next(line for line in result.stdout.splitlines() if "efficientnet_lite0 *" in line)
     assert "yes" in default and "* the default" in result.stdout
+    # the table ends by saying how to choose among them for one's own images and device
+    assert result.stdout.rstrip().splitlines()[-1].startswith("which one for your images and device: edgetl select ")
 
 
 def test_cli_and_device_side_modules_import_without_torch():
@@ -112,6 +114,8 @@ def test_every_train_option_is_a_teaching_flag_of_train_and_deploy():
                 flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
                 assert flag in options[name].opts, (command.name, flag)
                 assert field.description in options[name].help
+                if field.default is True:  # the flag turns it off: the help says so before what "on" does
+                    assert options[name].help == f"Turns off (on by default): {field.description}"
                 if field.default not in (None, True, False):
                     assert f"[default: {field.default}]" in options[name].help
     # one default, the model's: a flag not given is None, left out, so TrainOptions' default applies (and

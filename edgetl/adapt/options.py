@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 import typing
 from typing import Literal
 
@@ -84,6 +85,17 @@ def unknown_options(given, valid) -> str | None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             return f"unknown option {name!r}.{hint} Valid: {', '.join(sorted(valid))}"
     return None
+
+
+def _spelled_like(value, pattern: str, expected: str, words: dict[str, str]):
+    """``value`` when it is a string matching ``pattern``; else the error a user can act on (what is
+    expected and the suggestion of the closest of ``words``), instead of pydantic's "String should
+    match pattern"."""
+    if not isinstance(value, str) or re.fullmatch(pattern, value):
+        return value  # a non-string gets pydantic's own type error
+    close = difflib.get_close_matches(value.lower(), list(words), n=1, cutoff=0.5)
+    hint = f"; did you mean {words[close[0]]!r}?" if close else ""
+    raise ValueError(f"expected {expected}{hint}")
 
 
 class _Options(BaseModel):
@@ -171,6 +183,20 @@ class CommonTrainOptions(_Options):
         """The options that shape the weights: all but the execution settings (``EXECUTION``), so a
         rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare."""
         return {k: v for k, v in self.hparams().items() if k not in EXECUTION}
+
+    @field_validator("unfreeze", mode="before")
+    @classmethod
+    def _unfreeze_in_words(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # unfreeze=2 from Python or TOML means "2"
+        return _spelled_like(value, r"all|auto|\d+", "a number of stages, 'all' or 'auto'",
+                             {"all": "all", "auto": "auto"})
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_in_words(cls, value):
+        return _spelled_like(value, r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps",
+                             {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "mps": "mps", "gpu": "cuda"})
 
     @field_validator("augment", mode="before")
     @classmethod

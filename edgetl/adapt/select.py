@@ -254,7 +254,8 @@ def _latency_text(row: Candidate) -> str:
     if row.latency is None:
         return row.latency_note or "-"
     cached = " (cached)" if row.latency.get("source") == "cache" else ""
-    return f"{row.latency['p50_ms']:.1f} / {row.latency['p90_ms']:.1f}{cached}"
+    busy = " !" if row.latency.get("busy") else ""
+    return f"{row.latency['p50_ms']:.1f} / {row.latency['p90_ms']:.1f}{cached}{busy}"
 
 
 def table(record: SelectRecord):
@@ -286,6 +287,19 @@ def latency_where(record: SelectRecord) -> str | None:
         return None
     return (f"latency: batch 1 on this machine ({', '.join(sorted(cpus))}, {', '.join(map(str, sorted(threads)))} "
             f"thread(s)) with {record.target}'s runtime and precision; the device itself will differ")
+
+
+def busy_note(record: SelectRecord) -> str | None:
+    """What a ``!`` in the latency column means, when a row has one: other processes used the CPU
+    while it was timed, so its number (and the budget check on it) may be far off. The cache keeps
+    such a measurement too, so the note says how to time it again."""
+    busy = [r.backbone for r in record.candidates if r.latency and r.latency.get("busy")]
+    if not busy:
+        return None
+    from edgetl._cache import cache_root
+
+    return (f"! other processes used the CPU while {', '.join(busy)} were timed: those latencies may be far off, "
+            f"and so may the budget check; to time them again on an idle machine, delete {cache_root() / 'latency'}")
 
 
 # -- --backbone auto ---------------------------------------------------------------------------------

@@ -269,6 +269,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     started = time.perf_counter()
     _seed_everything(opts.seed)
     image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
+    get_strategy(opts.mode).check_classes(opts, image_set.classes)
     if console is not None:
         report_skipped(console, skipped)
     chosen = None

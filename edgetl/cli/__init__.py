@@ -46,15 +46,21 @@ class _Group(click.Group):
             # escape: messages hold literal brackets, e.g. pip install "edgetl[onnxruntime]"
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        except Terminated:
-            err_console.print("[yellow]terminated[/]")
+        except Terminated as exc:
+            err_console.print(f"[yellow]terminated[/]{_next_step(exc)}", highlight=False, soft_wrap=True)
             sys.exit(128 + signal.SIGTERM)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+        except KeyboardInterrupt as exc:
+            err_console.print(f"[yellow]interrupted[/]{_next_step(exc)}", highlight=False, soft_wrap=True)
             sys.exit(130)
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _next_step(stop: KeyboardInterrupt) -> str:
+    """What a command that was stopped set on the exception as the way to go on (e.g. ``--resume``)."""
+    step = getattr(stop, "next_step", None)
+    return f": {escape(step)}" if step else ""
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -31,8 +31,10 @@ def _model_option(name: str, field, with_defaults: bool):
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
     if field.annotation is bool:
         flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
+        # the description says what the option does when on; next to --no-<name> that reads backwards
+        shown = f"Turns off (on by default): {field.description}" if default else field.description
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
-                            help=field.description)
+                            help=shown)
     shown = f"  [default: {default}]" if default is not None else ""
     main = click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
                         help=f"{field.description}{shown}")

@@ -20,6 +20,18 @@ from edgetl.cli._options import (
 )
 
 
+def _resume_hint(out: str) -> str | None:
+    """After an interrupted training: how to continue it, when an epoch was saved to continue from."""
+    from pathlib import Path
+
+    from edgetl.adapt.resume import LAST
+
+    last = Path(out) / "train" / LAST
+    if not last.is_file():
+        return None
+    return f"{last} holds the last finished epoch: the same command with --resume continues from it"
+
+
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=str),
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
@@ -52,7 +64,12 @@ def train(data, out, resume, target, **params):
     check_auto(inputs.backbone, target, inputs.weights)
     from edgetl.adapt.train import train as run_train
 
-    section = run_train(data, options, out=out, resume=resume, target=target, console=console, **inputs.model_dump())
+    try:
+        section = run_train(data, options, out=out, resume=resume, target=target, console=console,
+                            **inputs.model_dump())
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say how to go on
+        stop.next_step = _resume_hint(out)
+        raise
     console.print(f"run written to [bold]{out}[/] (val top-1 {section['metrics']['val_top1']:.2%})")
     console.print(f"next: edgetl compile {out} --target host-cpu   (`edgetl targets` lists the others)", highlight=False)
 
@@ -72,6 +89,7 @@ def backbones(as_json):
       edgetl backbones
       edgetl train --data ./images --backbone mobilenet_v2           # the fastest offline one
       edgetl backbones --json | jq -r '.[] | select(.offline) | .name'
+      edgetl select --data ./images --target raspberry-pi-5              # which one suits your images
     """
     from rich.table import Table
 
@@ -99,6 +117,9 @@ def backbones(as_json):
             offline.add_row(*_offline_cells(r))
     console.print(offline)
     console.print(suggested)
+    # the table gives ImageNet facts; which one suits the user's images and device is measured
+    console.print("which one for your images and device: edgetl select --data ./images --target raspberry-pi-5 "
+                  "(ranks them by transferability and latency); --backbone auto trains its choice", highlight=False)
 
 
 def _offline_cells(r: dict) -> list[str]:
@@ -161,15 +182,17 @@ def select_cmd(data, target, candidates, samples, image_size, pretrained, out, a
         click.echo(json.dumps(record.dump(), indent=2))
         return
     console.print(selection.table(record))
-    if not candidates and selection.missing_candidates():
-        console.print(selection.missing_candidates(), highlight=False)
-    where = selection.latency_where(record)
-    if where:
-        console.print(where, highlight=False)
+    notes = (selection.missing_candidates() if not candidates else None, selection.latency_where(record),
+             selection.busy_note(record))
+    for note in notes:
+        if note:
+            console.print(escape(note), highlight=False)
     console.print(f"recommended: [bold]{escape(record.recommended)}[/]: {escape(record.reason)}", highlight=False)
     if out:
         console.print(f"written to [bold]{escape(out)}[/]/manifest.json (select)", highlight=False)
-    console.print(f"next: edgetl train --data {data} --backbone {record.recommended}", highlight=False)
+    # the size the ranking was made at: the choice holds for it
+    size = f" --image-size {image_size}" if image_size else ""
+    console.print(escape(f"next: edgetl train --data {data} --backbone {record.recommended}{size}"), highlight=False)
 
 
 @cli.command("compile")

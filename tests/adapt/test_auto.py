@@ -246,9 +246,19 @@ def test_a_bad_auto_option_exits_2_and_nothing_is_written(digits_dir, tmp_path):
 
     result = train_cli("--unfreeze", "most")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == "error: option --unfreeze: String should match pattern '^(all|auto|\\d+)$' (got 'most')"
+    assert result.stderr.strip() == "error: option --unfreeze: expected a number of stages, 'all' or 'auto' (got 'most')"
+    result = train_cli("--unfreeze", "autoo")  # a typo gets the word it is closest to
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: option --unfreeze: expected a number of stages, 'all' or 'auto'; "
+                                     "did you mean 'auto'? (got 'autoo')")
     # a Literal is click's choice (as --mode and --head): click's usage error, exit 2
     result = train_cli("--augment", "sometimes")
     assert result.returncode == 2 and "'sometimes' is not one of 'auto', 'on', 'off'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_unfreeze_as_a_number_from_python_or_toml_means_that_many_stages():
+    assert TrainOptions(mode="finetune", unfreeze=2).unfreeze == "2"
+    with pytest.raises(Exception, match=r"^option --unfreeze: Input should be a valid string \(got True\)$"):
+        TrainOptions(mode="finetune", unfreeze=True)

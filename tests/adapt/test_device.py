@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -65,11 +69,13 @@ def test_a_device_that_is_not_here_is_one_line_naming_what_is(digits_dir, tmp_pa
     assert not out.exists()
 
 
-def test_a_device_name_that_does_not_exist_is_refused_before_torch_runs(digits_dir, tmp_path):
-    result = _train_cli("--data", str(digits_dir), "--out", str(tmp_path / "run"), "--device", "gpu")
+@pytest.mark.parametrize(("given", "hint"), [("gpu", "; did you mean 'cuda'?"), ("CPU", "; did you mean 'cpu'?"),
+                                             ("vulkan", "")])
+def test_a_device_name_that_does_not_exist_is_refused_before_torch_runs(digits_dir, tmp_path, given, hint):
+    result = _train_cli("--data", str(digits_dir), "--out", str(tmp_path / "run"), "--device", given)
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: option --device: String should match pattern")
-    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert result.output.strip() == f"error: option --device: expected auto, cpu, cuda, cuda:N or mps{hint} (got {given!r})"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
@@ -156,6 +162,29 @@ def test_resume_on_the_command_line_says_where_it_continued(digits_dir, tmp_path
     assert result.exit_code == 0, result.output
     assert "cpu, resumed after finetune epoch 1" in result.output
     assert [(r["phase"], r["epoch"]) for r in _history(out)][-3:] == [("finetune", 1), ("finetune", 2), ("finetune", 3)]
+
+
+def test_ctrl_c_on_the_command_line_says_how_to_continue(digits_dir, tmp_path):
+    """A real SIGINT once an epoch is saved: exit 130 and one line naming last.pt and --resume."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "train", "--data", str(digits_dir), "--out", str(out),
+                             "--backbone", BACKBONE, "--no-pretrained", "--image-size", "32", "--mode", "finetune",
+                             "--unfreeze", "all", "--head-epochs", "1", "--epochs", "500", "--patience", "500",
+                             "--no-transfer-check", "--augment", "off"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not (out / "train" / "last.pt").exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it saved an epoch"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out / 'train' / 'last.pt'} holds the last finished "
+                                            "epoch: the same command with --resume continues from it")
+    assert "Traceback" not in err and (out / "train" / "last.pt").is_file()
 
 
 def test_resume_with_nothing_to_resume_is_one_line(digits_dir, tmp_path):

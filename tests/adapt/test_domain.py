@@ -277,3 +277,19 @@ def test_a_worse_adapted_model_is_said_not_shipped_silently():
     assert worse_after_adapting({"head only": 0.5, "fine-tuned": 0.6, "adapted": 0.7}) is None
     warning = worse_after_adapting({"head only": 0.69, "fine-tuned": 0.63, "adapted": 0.56})
     assert "head only 69.0% -> adapted 56.0%" in warning and "--alignment none" in warning
+
+
+def test_a_target_val_class_the_model_does_not_know_is_one_line_before_anything_is_written(digits_dir, inverted,
+                                                                                             tmp_path):
+    target_val = tmp_path / "target-val"
+    shutil.copytree(inverted, target_val)
+    (target_val / "2").rename(target_val / "two")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(digits_dir), "--out", str(out), "--backbone", BACKBONE,
+                                      "--no-pretrained", "--image-size", "32", "--mode", "domain-adapt",
+                                      "--target-data", str(inverted), "--target-val", str(target_val)])
+    assert result.exit_code == 2, result.output
+    classes = ["0", "1", "2"]
+    assert result.output.strip().splitlines()[-1] == (f"error: {target_val}: classes ['two'] are not in the "
+                                                      f"training classes {classes}")
+    assert not out.exists()

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from edgetl.adapt.select import SelectRecord, strictest_target  # noqa: E402
+from edgetl.adapt.select import Candidate, SelectRecord, busy_note, strictest_target, table  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
 from edgetl.errors import ConfigError  # noqa: E402
 from edgetl.models import registry  # noqa: E402
@@ -59,6 +59,8 @@ def test_select_ranks_writes_json_and_reuses_the_cached_latency(digits_dir, tmp_
     assert second.exit_code == 0, second.output
     assert second.output.count("(cached)") == 2 and "recommended:" in second.output
     assert "LogME" in second.output and "k-NN top-1" in second.output and "within budget" in second.output
+    # the next command trains at the size the ranking was made at
+    assert f"next: edgetl train --data {digits_dir} --backbone {record.recommended} --image-size 32\n" in second.output
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache" / "latency").glob("*.json"))] == stamps
 
 
@@ -165,3 +167,29 @@ def test_backbone_auto_trains_the_recommended_backbone_and_records_why(digits_di
     # a rerun with the same request is recognised without selecting again (what deploy compares)
     assert section["inputs_hash"] == train_inputs_hash(digits_dir, options, backbone="auto", target="host-cpu")
     assert section["inputs_hash"] != train_inputs_hash(digits_dir, options, backbone="efficientnet_lite0")
+
+
+def _timed(backbone: str, p90: float, busy: bool) -> Candidate:
+    return Candidate(backbone=backbone, arch=backbone, image_size=64, params=1, feature_dim=8, logme=1.0,
+                     knn_top1=0.9, knn_ci=(0.8, 0.95), knn_k=5, within_budget=p90 <= 30,
+                     latency={"p50_ms": p90 - 1, "p90_ms": p90, "threads": 2, "runtime": "onnxruntime",
+                              "precision": "int8", "cpu": "x", "busy": busy, "source": "cache"})
+
+
+def test_a_latency_timed_on_a_busy_cpu_is_marked_and_explained(tmp_path, monkeypatch):
+    """A p90 of 32 ms against a 30 ms budget, timed while other processes ran, must not read as a fact."""
+    from rich.console import Console
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    record = SelectRecord(target="raspberry-pi-5", runtime="onnxruntime", precision="int8", budget_p90_ms=30,
+                          data="d", samples=12, classes=2, candidates=[_timed("a", 32.1, True), _timed("b", 20.6, False)],
+                          recommended="b", reason="r")
+    shown = Console(width=200, record=True)
+    shown.print(table(record))
+    text = shown.export_text()
+    assert "31.1 / 32.1 (cached) !" in text and "19.6 / 20.6 (cached) │" in text
+    assert busy_note(record) == ("! other processes used the CPU while a were timed: those latencies may be far off, "
+                                 "and so may the budget check; to time them again on an idle machine, delete "
+                                 f"{tmp_path / 'cache' / 'latency'}")
+    quiet = record.model_copy(update={"candidates": [_timed("b", 20.6, False)]})
+    assert busy_note(quiet) is None

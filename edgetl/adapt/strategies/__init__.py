@@ -83,6 +83,10 @@ class Strategy:
     def check_inputs(self, opts) -> None:
         """Files the options name (raise an ``EdgetlError``): called before the run folder is made."""
 
+    def check_classes(self, opts, classes: list[str]) -> None:
+        """Labelled files the options name against the training classes (raise an ``EdgetlError``):
+        called once the training set is read, before the run folder is made."""
+
     def input_hashes(self, opts) -> dict[str, str]:
         """Content hashes of the data the options name, hashed into ``train.inputs_hash``."""
         return {}

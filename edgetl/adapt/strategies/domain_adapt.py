@@ -61,6 +61,10 @@ class DomainAdapt(Strategy):
         if opts.target_val is not None:
             load_image_set(opts.target_val)  # a wrong path or an empty folder answers now
 
+    def check_classes(self, opts, classes: list[str]) -> None:
+        if opts.target_val is not None:  # a class the model does not know answers before the head trains
+            load_image_set(opts.target_val, classes=classes)
+
     def input_hashes(self, opts) -> dict[str, str]:
         files = unlabelled.image_files(opts.target_data, "--target-data")
         hashes = {"target_data": unlabelled.files_hash(opts.target_data, files)}
