@@ -163,7 +163,7 @@ def select_cmd(data, target, candidates, samples, image_size, pretrained, out, a
     console.print(selection.table(record))
     where = selection.latency_where(record)
     if where:
-        console.print(where, highlight=False)
+        console.print(escape(where), highlight=False)
     console.print(f"recommended: [bold]{escape(record.recommended)}[/]: {escape(record.reason)}", highlight=False)
     if out:
         console.print(f"written to [bold]{escape(out)}[/]/manifest.json (select)", highlight=False)

@@ -61,6 +61,51 @@ def test_select_ranks_writes_json_and_reuses_the_cached_latency(digits_dir, tmp_
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache" / "latency").glob("*.json"))] == stamps
 
 
+# A shared cache folder may hold entries someone edited: an entry is used only when it is a latency
+# measured for its key (this machine, runtime, precision, threads); else it is measured again.
+EDITS = {
+    "latency not an object": lambda doc: doc.update(latency="fast"),
+    "a list": lambda doc: [doc],
+    "p90 missing": lambda doc: doc["latency"].pop("p90_ms"),
+    "p90 negative": lambda doc: doc["latency"].update(p90_ms=-1.0, p50_ms=-2.0),
+    "p50 a string": lambda doc: doc["latency"].update(p50_ms="0.001"),
+    "p50 above p90": lambda doc: doc["latency"].update(p50_ms=1e6),
+    "another runtime": lambda doc: doc["latency"].update(runtime="tensorrt"),
+    "markup as the cpu": lambda doc: doc["latency"].update(cpu="[/][link=file:///etc/passwd]x"),
+    "an extra field": lambda doc: doc["latency"].update(source="measured on the device"),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_an_edited_latency_cache_entry_is_measured_again(digits_dir, tmp_path, monkeypatch, edit):
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    args = ["--candidates", "timm:test_efficientnet", "--target", "host-cpu", "--json"]
+    assert _select(digits_dir, *args).exit_code == 0
+    entry = next((tmp_path / "cache" / "latency").glob("*.json"))
+    doc = json.loads(entry.read_text())
+    entry.write_text(json.dumps(EDITS[edit](doc) or doc))
+    result = _select(digits_dir, *args)
+    assert result.exit_code == 0, result.output
+    latency = SelectRecord.model_validate_json(result.stdout).candidates[0].latency
+    assert latency["source"] == "measured" and 0 < latency["p50_ms"] <= latency["p90_ms"] < 1e6
+    assert latency["runtime"] == "onnxruntime" and "[" not in latency["cpu"]
+    assert json.loads(entry.read_text())["latency"] == {k: v for k, v in latency.items() if k != "source"}
+
+
+def test_a_latency_cache_entry_that_is_not_a_small_file_is_not_read(digits_dir, tmp_path, monkeypatch):
+    """A link to an endless device or a folder in a shared cache: measured again, never read."""
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    args = ["--candidates", "timm:test_efficientnet", "--target", "host-cpu", "--json"]
+    assert _select(digits_dir, *args).exit_code == 0
+    entry = next((tmp_path / "cache" / "latency").glob("*.json"))
+    entry.unlink()
+    entry.symlink_to("/dev/zero")
+    result = _select(digits_dir, *args)
+    assert result.exit_code == 0, result.output
+    assert SelectRecord.model_validate_json(result.stdout).candidates[0].latency["source"] == "measured"
+    assert entry.is_file() and not entry.is_symlink()  # the measurement replaced the link, not /dev/zero
+
+
 def test_a_runtime_that_cannot_run_here_gives_no_latency_and_says_so(digits_dir):
     result = _select(digits_dir, "--target", "jetson-orin-nano", "--json")
     assert result.exit_code == 0, result.output
