@@ -138,15 +138,18 @@ def _bad_folders(tmp_path, inverted):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(inverted, corrupt)
     (corrupt / "0" / "broken.png").write_bytes(b"not a png")
+    sliver = tmp_path / "sliver"
+    shutil.copytree(inverted, sliver)
+    Image.new("L", (1, 4000)).save(sliver / "0" / "sliver.png")  # gigabytes once resized
     return {"missing": (tmp_path / "nowhere", "not a folder"), "empty": (empty, "holds no images"),
-            "corrupt": (corrupt, "cannot read image")}
+            "corrupt": (corrupt, "cannot read image"), "sliver": (sliver, "one side over 100 times the other")}
 
 
 # torch and timm blocked: the target folder is refused before they load
 _NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\nfrom edgetl.cli import main; main()"
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "sliver"])
 def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_path, case):
     folder, message = _bad_folders(tmp_path, inverted)[case]
     out = tmp_path / "run"
