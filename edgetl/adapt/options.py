@@ -194,9 +194,9 @@ class CommonTrainOptions(_Options):
 
     @model_validator(mode="after")
     def _options_fit_the_mode(self):
-        from edgetl.adapt.strategies import get_strategy, strategies
+        from edgetl.adapt.strategies import get_strategy, importable
 
-        for name in strategies():
+        for name in importable():
             model = get_strategy(name).options_model
             for field_name, field in (model.model_fields.items() if model else ()):
                 if name != self.mode and getattr(self, field_name) != field.get_default(call_default_factory=True):
@@ -241,7 +241,7 @@ def __getattr__(attr: str):
     # Built on first use from the registry (the strategies import this module for ``_Options``), and
     # again when a plugin adds a strategy, so its flags appear.
     if attr == "TrainOptions":
-        from edgetl.adapt.strategies import strategies
+        from edgetl.adapt.strategies import importable
 
-        return _train_options(strategies())
+        return _train_options(importable())
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
