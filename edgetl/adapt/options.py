@@ -135,7 +135,7 @@ class CommonTrainOptions(_Options):
                                "the next one's.")
     batch_size: int = Field(32, ge=1, description=f"Training batch size (the head on features uses at least "
                             f"{HEAD_MIN_BATCH}).")
-    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(1e-2, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
     head: Literal["linear", "mlp"] = Field("linear", description="Classifier head: linear, or mlp (one hidden "
                                            "layer of 512).")
     augment: Literal["auto", "on", "off"] = Field(
@@ -148,7 +148,8 @@ class CommonTrainOptions(_Options):
     patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a better val top-1 "
                                  f"(default {PATIENCE['head']} head / {PATIENCE['finetune']} finetune).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
-    seed: int = Field(0, description="Seed for the split, the initialisation and the data order.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for the split, the initialisation and the data "
+                      "order (0 to 2^32-1, numpy's range).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train: auto (CUDA "
                         "when PyTorch sees a GPU, else mps, else cpu), cpu, cuda, cuda:N or mps. Under torchrun each "
                         "rank takes cuda:$LOCAL_RANK. E.g. --device cuda:1.")
