@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,43 @@ def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_pa
     assert result.stderr.startswith("error: --target-data") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    from tests.bundle.sshd import sshd_missing, start_sshd
+
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_an_adapted_run_bundles_verifies_predicts_and_ships(adapted, inverted, sshd, tmp_path, monkeypatch):
+    """The bundle invariants hold for a domain-adapted run of a non-default backbone: signed bundle,
+    golden outputs verified here and on a loopback device, predictions on target-domain images."""
+    from edgetl.bundle.create import create_bundle
+    from edgetl.bundle.format import check_folder
+    from edgetl.bundle.runner import predict, verify
+    from edgetl.bundle.ship import ship
+    from edgetl.compiler import compile as compile_run
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    run, _ = adapted
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    rows = compile_run(copy, ["onnxruntime"], ["int8"], progress=False)
+    assert all(r["status"] == "ok" for r in rows), rows
+    bundle = create_bundle(copy, "onnxruntime", "int8")
+    assert verify(bundle)["precision"] == "int8"
+    frames = sorted(inverted.rglob("*.png"))[:3]
+    rows = predict(bundle, [str(p) for p in frames], top=2)
+    assert [len(r["top"]) for r in rows] == [2, 2, 2] and not any("error" in r for r in rows)
+    done = ship(bundle, sshd.url(str(tmp_path / "device")), remote_edgetl=str(Path(sys.executable).with_name("edgetl")),
+                ssh_options=sshd.options)
+    assert done.copied and done.verified == "golden"
+    current = next((tmp_path / "device").iterdir()) / "current"
+    assert check_folder(current)["precision"] == "int8"
