@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgetl.adapt.distributed import Dist
 from edgetl.config import load_target, target_names
-from edgetl.errors import ConfigError, DataError, EdgetlError
+from edgetl.errors import ConfigError, DataError, EdgetlError, MissingDependencyError
 from edgetl.models import registry
 from edgetl.rundir import Record
 
@@ -67,8 +67,14 @@ class SelectRecord(Record):
 
 
 def default_candidates() -> list[str]:
-    """Every backbone whose pretrained weights work offline."""
-    return list(registry.EMBEDDED)
+    """Every offline backbone whose weights package is installed: one that is not (mobilenet_v2's
+    needs a set-up step) is left out, as `edgetl backbones` shows, rather than failing the ranking;
+    none installed is one line with the pip commands."""
+    installed = [n for n in registry.EMBEDDED if registry.weights_installed(registry.resolve(n))]
+    if not installed:
+        pips = "; ".join(registry.resolve(n).weights.pip for n in registry.EMBEDDED)
+        raise MissingDependencyError(f"no offline backbone's weights are installed: {pips}")
+    return installed
 
 
 def candidate_names(text: str | Sequence[str] | None) -> list[str]:

