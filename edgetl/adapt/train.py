@@ -321,10 +321,13 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     if start_weights == "random":  # --no-pretrained: the seed is what makes the backbone
         feature_key["seed"] = opts.seed
     fp32 = execution.without_amp()  # the head trained in fp32, and the model ships so
+    width = model.get_classifier().in_features
     f_train = cached_features({**feature_key, "part": "train"},
-                              lambda: extract(model, train_pixels, spec, dist, "features (train)", console=console))
+                              lambda: extract(model, train_pixels, spec, dist, "features (train)", console=console),
+                              (len(train_pixels), width))
     f_val = cached_features({**feature_key, "part": "val"},
-                            lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console))
+                            lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console),
+                            (len(val_pixels), width))
     head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
                              console=console, on_epoch=on_epoch, checkpoint=checkpoint)
     if head_result.best_state is None:  # interrupted before the first epoch ended

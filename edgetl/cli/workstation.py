@@ -134,7 +134,8 @@ def _offline_cells(r: dict) -> list[str]:
 @click.option("--target", "-t", required=True, metavar="NAME",
               help="Device profile or runtime (`edgetl targets`): its runtime, precision and p90 budget apply.")
 @click.option("--candidates", metavar="LIST", help="Comma-separated backbones to compare, e.g. "
-              "efficientnet_lite0,timm:resnet18 (default: every offline backbone of `edgetl backbones`).")
+              "efficientnet_lite0,timm:resnet18 (default: every offline backbone of `edgetl backbones` whose weights "
+              "are installed).")
 @click.option("--samples", type=click.IntRange(min=2), default=DEFAULT_SAMPLES, show_default=True,
               help="Class-balanced, seeded sample of the images that the features are computed on.")
 @click.option("--image-size", type=click.IntRange(16, 4096), help="Input size in pixels for every candidate "

@@ -65,10 +65,19 @@ class PreprocessSpec:
         return tuple(math.floor(s / self.crop_pct) for s in self.input_size)
 
 
+# Resizing the shorter side to the model's multiplies the pixels by the aspect ratio: a 1 x 3000
+# sliver (a few kB) would become gigabytes. Wider than any panorama: refused from its header.
+MAX_ASPECT = 100
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open any image (grayscale, palette, RGBA, 16-bit) as RGB; a corrupt file raises DataError."""
+    """Open any image (grayscale, palette, RGBA, 16-bit) as RGB; a corrupt file, or a sliver over
+    ``MAX_ASPECT`` times longer than wide, raises DataError."""
     try:
         with Image.open(path) as img:
+            if max(img.size) > MAX_ASPECT * min(img.size):
+                raise DataError(f"cannot read image {path}: {img.width}x{img.height} pixels, one side over "
+                                f"{MAX_ASPECT} times the other (not a photo)")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))

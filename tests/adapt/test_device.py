@@ -235,3 +235,95 @@ def test_a_corrupt_resumable_state_is_one_line(digits_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"--resume: .*last\.pt is not a resumable state"):
         train(digits_dir, _tiny(epochs=3), out=out, backbone=BACKBONE, resume=True)
 
+
+
+# -- a hostile train/last.pt (a run folder someone else prepared) ------------------------------------------
+def _first_float(state: dict) -> str:
+    return next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 0)
+
+
+def _wrong_shape(saved):
+    model = saved["phases"]["finetune"]["model"]
+    model[_first_float(model)] = torch.zeros(3)
+
+
+def _nan_weights(saved):
+    model = saved["phases"]["finetune"]["model"]
+    model[_first_float(model)] = model[_first_float(model)] * float("nan")
+
+
+def _missing_weight(saved):
+    model = saved["phases"]["finetune"]["model"]
+    del model[_first_float(model)]
+
+
+def _nan_best_head(saved):  # the finished head phase's weights are what fine-tuning starts from
+    best = saved["phases"]["head"]["best_state"]
+    best[_first_float(best)] = torch.full_like(best[_first_float(best)], float("inf"))
+
+
+def _optimizer_moments_of_another_shape(saved):
+    moments = saved["phases"]["finetune"]["optimizer"]["state"]
+    first = next(iter(moments))
+    moments[first]["exp_avg"] = torch.zeros(2, 2)
+
+
+TAMPERED = {
+    "fingerprint without hparams": lambda s: s["fingerprint"].pop("hparams"),
+    "fingerprint not a dict": lambda s: s.update(fingerprint=["timm:test_efficientnet"]),
+    "phases a list": lambda s: s.update(phases=[1, 2]),
+    "no phases": lambda s: s.update(phases={}),
+    "phase without epoch": lambda s: s["phases"]["finetune"].pop("epoch"),
+    "epoch a string": lambda s: s["phases"]["finetune"].update(epoch="one"),
+    "epoch past the end": lambda s: s["phases"]["finetune"].update(epoch=99),
+    "history not rows": lambda s: s["phases"]["finetune"].update(history="x"),
+    "weights of another shape": _wrong_shape,
+    "a weight missing": _missing_weight,
+    "NaN weights": _nan_weights,
+    "inf in the head's best weights": _nan_best_head,
+    "optimizer moments of another shape": _optimizer_moments_of_another_shape,
+    "rng state garbage": lambda s: s["phases"]["finetune"]["rng"].update(torch=torch.zeros(3)),
+}
+
+
+@pytest.fixture(scope="module")
+def interrupted_finetune(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    _interrupted(digits_dir, out, "finetune epoch 1", _tiny(**RESUMABLE))
+    return out
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_a_tampered_resumable_state_is_one_line_and_keeps_the_run(digits_dir, interrupted_finetune, tmp_path, case):
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_finetune, out)
+    last = out / "train" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    TAMPERED[case](saved)
+    torch.save(saved, last)
+    kept = {p.name: p.read_bytes() for p in (out / "train").iterdir()} | {"manifest": (out / "manifest.json").read_bytes()}
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in RESUMABLE.items()]
+    result = _train_cli("--data", str(digits_dir), "--out", str(out), *args, "--resume")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1, result.output
+    line = result.output.strip().splitlines()[-1]  # after the bars of the phases the state did not need
+    assert line.startswith(f"error: --resume: {last} is not a resumable state of this run (") and \
+        line.endswith("); train without --resume to start over"), line
+    assert kept == {p.name: p.read_bytes() for p in (out / "train").iterdir()} | \
+        {"manifest": (out / "manifest.json").read_bytes()}
+
+
+def test_a_resumable_state_that_links_elsewhere_is_refused(digits_dir, interrupted_finetune, tmp_path):
+    """The run writes last.pt itself, as a file: a link names someone else's file."""
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_finetune, out)
+    last = out / "train" / "last.pt"
+    elsewhere = tmp_path / "elsewhere.pt"
+    last.rename(elsewhere)
+    last.symlink_to(elsewhere)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in RESUMABLE.items()]
+    result = _train_cli("--data", str(digits_dir), "--out", str(out), *args, "--resume")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: --resume: {last} is a link, not the run's own state; train without "
+                                     "--resume to start over")
+    assert last.is_symlink() and elsewhere.is_file()

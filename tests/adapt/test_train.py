@@ -121,6 +121,9 @@ def test_second_run_reuses_cached_features(digits_dir, tmp_path):
         (["--unfreeze", "few"], "--unfreeze"),
         (["--val-split", "1.5"], "--val-split"),
         (["--weights", "{weights}"], "do not fit"),
+        (["--seed", "-1"], "option --seed: Input should be greater than or equal to 0"),
+        (["--seed", str(2**32)], "option --seed: Input should be less than or equal to 4294967295"),
+        (["--weight-decay", "inf"], "option --weight-decay: Input should be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(digits_dir, tmp_path, args, message):

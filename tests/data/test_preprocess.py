@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from edgetl.data.preprocess import PreprocessSpec, load_image, open_rgb
+from edgetl.errors import DataError
 
 timm = pytest.importorskip("timm")
 
@@ -55,6 +56,17 @@ def test_sixteen_bit_and_palette_images_open_as_rgb(tmp_path):
     for name in ("g16.png", "p.png"):
         img = open_rgb(tmp_path / name)
         assert img.mode == "RGB"
+
+
+@pytest.mark.parametrize("size", [(1, 3000), (5000, 2)])
+def test_a_sliver_image_is_refused_before_it_is_decoded(tmp_path, size):
+    """A 1 x 3000 image is a 3 kB file, but resized to the model's shorter side it would be a
+    100 MB one (1 x 10^8 pixels: gigabytes): slivers are no photos, and are refused unread."""
+    Image.new("L", size).save(tmp_path / "sliver.png")
+    with pytest.raises(DataError, match=r"sliver\.png: \d+x\d+ pixels, one side over 100 times the other"):
+        open_rgb(tmp_path / "sliver.png")
+    Image.new("L", (1000, 10)).save(tmp_path / "panorama.png")  # 100:1 still opens
+    assert open_rgb(tmp_path / "panorama.png").size == (1000, 10)
 
 
 def test_spec_round_trips_through_json():

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgetl._plugins import instance, registered
+from edgetl.errors import MissingDependencyError
 
 GROUP = "edgetl.strategies"
 
@@ -111,6 +112,20 @@ def strategies() -> tuple[str, ...]:
 
 def get_strategy(name: str) -> Strategy:
     return instance(GROUP, "training strategies", "training strategy", name)
+
+
+def importable() -> tuple[str, ...]:
+    """The registered strategies whose module imports: they give the options and flags. A plugin
+    that does not import (a missing dependency) is an error only where ``--mode`` names it
+    (``get_strategy``'s one line), so it cannot break every command."""
+    names = []
+    for name in strategies():
+        try:
+            get_strategy(name)
+        except MissingDependencyError:
+            continue
+        names.append(name)
+    return tuple(names)
 
 
 
