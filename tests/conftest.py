@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from edgetl.rundir import RunDir
+from tests.bundle.sshd import sshd_missing, start_sshd
 
 
 def _has_gpu() -> bool:
@@ -72,3 +73,32 @@ def copy_run(tiny_run, tmp_path):
         return RunDir.open(dest)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A throwaway OpenSSH server on 127.0.0.1 with its own keys (tests/bundle/sshd.py)."""
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def signal_when(proc, ready, sig, what: str, timeout: float = 300) -> str:
+    """Send ``sig`` to a running ``proc`` as soon as ``ready()`` holds (as a user's Ctrl-C or a
+    supervisor's SIGTERM would arrive mid-work); its stderr. ``what``: what ``ready`` waits for."""
+    import time
+
+    try:
+        while proc.poll() is None and not ready():
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the process ended before {what}"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err

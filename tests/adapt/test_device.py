@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ from edgetl.adapt.train import train, train_inputs_hash  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
 from edgetl.errors import ConfigError  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
+from tests.conftest import signal_when  # noqa: E402
 
 BACKBONE = "timm:test_efficientnet"
 # Fine-tuning with augmentation: the resumed run must replay the crops' random stream too.
@@ -172,15 +172,7 @@ def test_ctrl_c_on_the_command_line_says_how_to_continue(digits_dir, tmp_path):
                              "--unfreeze", "all", "--head-epochs", "1", "--epochs", "500", "--patience", "500",
                              "--no-transfer-check", "--augment", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while proc.poll() is None and not (out / "train" / "last.pt").exists():
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before it saved an epoch"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = signal_when(proc, lambda: (out / "train" / "last.pt").exists(), signal.SIGINT, "it saved an epoch")
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (f"interrupted: {out / 'train' / 'last.pt'} holds the last finished "
                                             "epoch: the same command with --resume continues from it")

@@ -299,19 +299,6 @@ def test_a_target_val_class_the_model_does_not_know_is_one_line_before_anything_
     assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    from tests.bundle.sshd import sshd_missing, start_sshd
-
-    reason = sshd_missing()
-    if reason:
-        pytest.skip(reason)
-    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def test_an_adapted_run_bundles_verifies_predicts_and_ships(adapted, inverted, sshd, tmp_path, monkeypatch):
     """The bundle invariants hold for a domain-adapted run of a non-default backbone: signed bundle,
     golden outputs verified here and on a loopback device, predictions on target-domain images."""

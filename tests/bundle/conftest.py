@@ -1,4 +1,4 @@
-"""Fixtures for the bundle tests: a tiny compiled run, its bundle, and a throwaway sshd."""
+"""Fixtures for the bundle tests: a tiny compiled run and its bundle (the throwaway sshd is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgetl.rundir import RunDir
-from tests.bundle.sshd import sshd_missing, start_sshd
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +37,3 @@ def bundle_file(bundle_run, tmp_path_factory) -> Path:
 def _private_cache(tmp_path, monkeypatch):
     """Extracted bundles go to a per-test cache, never to the user's ~/.cache."""
     monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "edgetl-cache"))
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    reason = sshd_missing()
-    if reason:
-        pytest.skip(reason)
-    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    proc.terminate()
-    proc.wait(timeout=10)
