@@ -85,11 +85,11 @@ class AlignedNet(nn.Module):
     ``aux_loss``, which fit() adds to the cross-entropy before loss scaling (so fp16's scaler scales
     both). In eval mode it is the plain model; ``module`` is what fit() saves."""
 
-    def __init__(self, model, target_loader, alignment, weight: float):
+    def __init__(self, model, target_loader, alignment, weight: float, execution=CPU):
         super().__init__()
         self.module = model
         self.target_batches = _endless(target_loader)
-        self.alignment, self.weight = alignment, weight
+        self.alignment, self.weight, self.execution = alignment, weight, execution
         self.aux_loss = None
 
     def _pooled(self, x):
@@ -100,7 +100,7 @@ class AlignedNet(nn.Module):
         if not self.training:
             return self.module(x)
         xt, _ = next(self.target_batches)
-        xt = xt.to(x.device, non_blocking=True)
+        xt = self.execution.to(xt)
         source = self._pooled(x)
         logits = self.module.get_classifier()(source)
         with target_batch_statistics(self.module):
@@ -111,12 +111,12 @@ class AlignedNet(nn.Module):
         return logits
 
 
-def aligner(target_data, alignment, weight: float, batch_size: int, seed: int):
-    """What ``finetune(..., train_net=)`` wraps the network with: target batches of ``batch_size``."""
-    generator = torch.Generator().manual_seed(seed + 1)  # not the source loader's order
-    loader = torch.utils.data.DataLoader(target_data, batch_size=batch_size, shuffle=True, generator=generator,
-                                         drop_last=len(target_data) > batch_size)
-    return lambda net: AlignedNet(net, loader, alignment, weight)
+def aligner(target_data, alignment, weight: float, batch_size: int, seed: int, execution=CPU):
+    """What ``finetune(..., train_net=)`` wraps the network with: target batches of ``batch_size``,
+    loaded as the source batches are (workers, pinned memory on CUDA) in another seeded order."""
+    loader = torch.utils.data.DataLoader(target_data, batch_size=batch_size, shuffle=True,
+                                         drop_last=len(target_data) > batch_size, **execution.loader_options(seed + 1))
+    return lambda net: AlignedNet(net, loader, alignment, weight, execution)
 
 
 def top1(model, pixels: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, execution=CPU) -> float:

@@ -62,7 +62,7 @@ def test_domain_adapt_records_the_method_and_the_target(adapted, inverted):
     assert train_section["mode"] == "domain-adapt" and train_section["hparams"]["target_data"] == str(inverted)
     record = train_section["adaptation"]
     files = unlabelled.image_files(inverted, "--target-data")
-    assert len(files) == 60 and record["target_images"] == 60
+    assert len(files) == 60 and record["target_images"] == record["target_images_found"] == 60
     assert record["method"] == "adabn+coral" and record["alignment_weight"] == 1.0
     assert record["target_hash"] == unlabelled.files_hash(inverted, files)
     assert list(record["target_val"]["top1"]) == ["head only", "fine-tuned", "adapted"]
@@ -324,3 +324,12 @@ def test_an_adapted_run_bundles_verifies_predicts_and_ships(adapted, inverted, s
     assert done.copied and done.verified == "golden"
     current = next((tmp_path / "device").iterdir()) / "current"
     assert check_folder(current)["precision"] == "int8"
+
+
+def test_a_huge_target_folder_is_sampled_not_held_whole():
+    from edgetl.adapt.strategies.domain_adapt import _at_most
+
+    files = [f"f{i}.png" for i in range(12)]
+    assert _at_most(files, 20, seed=0) == files
+    sample = _at_most(files, 5, seed=0)
+    assert len(sample) == 5 and sample == sorted(sample, key=files.index) and sample == _at_most(files, 5, seed=0)

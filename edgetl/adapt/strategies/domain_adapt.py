@@ -29,6 +29,7 @@ from edgetl.errors import ConfigError, UnknownNameError
 
 # coral costs less time than mcc and needs no confident target predictions (benchmarks/domain_adapt.py)
 DEFAULT_ALIGNMENT = "coral"
+MAX_TARGET_IMAGES = 5_000  # the most --target-data images used (a seeded sample); all of them are hashed
 RECIPE = {"unfreeze": "all", "backbone_lr_scale": 1.0, "layer_decay": 1.0}  # batch_statistics_recipe
 
 
@@ -77,7 +78,8 @@ class DomainAdapt(Strategy):
         from edgetl.adapt.finetune import finetune
 
         opts = p.opts
-        files = unlabelled.image_files(opts.target_data, "--target-data")
+        every = unlabelled.image_files(opts.target_data, "--target-data")
+        files = _at_most(every, MAX_TARGET_IMAGES, opts.seed)
         target_pixels = unlabelled.decode(files, p.spec)
         scores = _Scores(p)
         scores.score("head only")
@@ -87,7 +89,7 @@ class DomainAdapt(Strategy):
         if opts.alignment != NONE:
             target_data = chosen.images([str(f) for f in files], target_pixels, np.zeros(len(files), np.int64), p.spec)
             train_net = domain.aligner(target_data, get_alignment(opts.alignment), opts.alignment_weight,
-                                       opts.batch_size, opts.seed)
+                                       opts.batch_size, opts.seed, p.dist.execution)
         result = finetune(p.model, chosen.train_data, p.val_pixels, p.y_val, p.spec, chosen.options, p.dist,
                           on_improve=p.save, keep_bn_stats=False, console=p.console, on_epoch=p.on_epoch,
                           train_net=train_net, checkpoint=p.checkpoint)
@@ -108,7 +110,8 @@ class DomainAdapt(Strategy):
             "alignment_weight": opts.alignment_weight,
             "target_data": str(opts.target_data),
             "target_images": len(files),
-            "target_hash": unlabelled.files_hash(opts.target_data, files),
+            "target_images_found": len(every),
+            "target_hash": unlabelled.files_hash(opts.target_data, every),
             "recipe": {key: getattr(chosen.options, key) for key in RECIPE},
             "adapted_batchnorms": len(adapted),
             **scores.record(),
@@ -126,6 +129,15 @@ class DomainAdapt(Strategy):
         steps = " → ".join(f"{step} {top1:.1%}" for step, top1 in record["source_val"]["top1"].items())
         rows.append(("source val top-1", steps))
         return rows
+
+
+def _at_most(files: list, n: int, seed: int) -> list:
+    """A seeded sample of ``n`` files when there are more: decoded target images are held in memory, and
+    AdaBN's statistics and the alignment's batches settle long before tens of thousands."""
+    if len(files) <= n:
+        return files
+    keep = np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
+    return [files[i] for i in keep]
 
 
 def batch_statistics_recipe(opts) -> dict:
