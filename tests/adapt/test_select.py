@@ -79,14 +79,40 @@ EDITS = {
 }
 
 
+@pytest.fixture(scope="module")
+def measured_entry(digits_dir, tmp_path_factory):
+    """One real measurement's cache entry (its path and document), made once for the edits below."""
+    cache = tmp_path_factory.mktemp("latency-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGETL_CACHE", str(cache))
+        assert _select(digits_dir, "--candidates", "timm:test_efficientnet", "--target", "host-cpu").exit_code == 0
+    entry = next((cache / "latency").glob("*.json"))
+    return cache, entry.name, json.loads(entry.read_text())
+
+
 @pytest.mark.parametrize("edit", EDITS)
-def test_an_edited_latency_cache_entry_is_measured_again(digits_dir, tmp_path, monkeypatch, edit):
+def test_an_edited_latency_cache_entry_is_not_trusted(measured_entry, monkeypatch, edit):
+    from edgetl.adapt import target_latency
+
+    cache, name, doc = measured_entry
+    monkeypatch.setenv("EDGETL_CACHE", str(cache))
+    entry = cache / "latency" / name
+    assert target_latency.cached_latency(doc["key"]) is not None  # the entry as measured is used
+    try:
+        edited = json.loads(json.dumps(doc))
+        entry.write_text(json.dumps(EDITS[edit](edited) or edited))
+        assert target_latency.cached_latency(doc["key"]) is None
+    finally:
+        entry.write_text(json.dumps(doc))
+
+
+def test_an_edited_latency_cache_entry_is_measured_again_and_replaced(digits_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
     args = ["--candidates", "timm:test_efficientnet", "--target", "host-cpu", "--json"]
     assert _select(digits_dir, *args).exit_code == 0
     entry = next((tmp_path / "cache" / "latency").glob("*.json"))
     doc = json.loads(entry.read_text())
-    entry.write_text(json.dumps(EDITS[edit](doc) or doc))
+    entry.write_text(json.dumps(EDITS["markup as the cpu"](doc) or doc))
     result = _select(digits_dir, *args)
     assert result.exit_code == 0, result.output
     latency = SelectRecord.model_validate_json(result.stdout).candidates[0].latency
@@ -195,8 +221,8 @@ def test_select_leaves_out_the_backbones_whose_weights_are_not_installed(digits_
     import sys
 
     missing = [n for n in registry.OFFLINE if n != "efficientnet_lite0"]
-    args = ["select", "--data", str(digits_dir), "--target", "onnxruntime", "--image-size", "32", "--samples", "30",
-            "--json"]
+    args = ["select", "--data", str(digits_dir), "--target", "jetson-orin-nano", "--image-size", "32", "--samples",
+            "30", "--json"]  # a target this machine cannot time: ranked without compiling
     env = {**__import__("os").environ, "EDGETL_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", _without_weights(*missing), *args], capture_output=True, text=True,
                             env=env, timeout=600)
@@ -227,16 +253,17 @@ def test_backbone_auto_trains_the_recommended_backbone_and_records_why(digits_di
     from edgetl.adapt.train import train, train_inputs_hash
 
     options = TrainOptions(image_size=32, head_epochs=3, seed=0)
-    section = train(digits_dir, options, out=tmp_path / "run", backbone="auto", target="host-cpu")
+    # jetson-orin-nano: TensorRT cannot run here, so the four backbones are ranked without compiling
+    section = train(digits_dir, options, out=tmp_path / "run", backbone="auto", target="jetson-orin-nano")
     run = RunDir.open(tmp_path / "run")
     chosen = run.section(SelectRecord)
     assert section["backbone"] == chosen.recommended
     assert {c.backbone for c in chosen.candidates} == set(registry.OFFLINE)  # every offline backbone ranked
     assert chosen.data == "training split" and chosen.samples == section["dataset"]["train_images"]
-    assert section["selection"] == {"by": "auto", "target": "host-cpu", "backbone": chosen.recommended,
+    assert section["selection"] == {"by": "auto", "target": "jetson-orin-nano", "backbone": chosen.recommended,
                                     "reason": chosen.reason}
     # a rerun with the same request is recognised without selecting again (what deploy compares)
-    assert section["inputs_hash"] == train_inputs_hash(digits_dir, options, backbone="auto", target="host-cpu")
+    assert section["inputs_hash"] == train_inputs_hash(digits_dir, options, backbone="auto", target="jetson-orin-nano")
     assert section["inputs_hash"] != train_inputs_hash(digits_dir, options, backbone="efficientnet_lite0")
 
 
