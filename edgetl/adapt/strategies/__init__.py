@@ -128,8 +128,6 @@ def importable() -> tuple[str, ...]:
     return tuple(names)
 
 
-
-
 def plan(p: Phase2):
     """``--augment``/``--unfreeze`` resolved for this phase 2, measured where they are ``auto``
     (edgetl/adapt/auto.py): the training images as augmented, the options, the evidence."""
@@ -144,4 +142,4 @@ def plan(p: Phase2):
                                                                        console=p.console))
 
 
-__all__ = ["GROUP", "Phase2", "Phase2Result", "Strategy", "get_strategy", "kept_of", "plan", "strategies"]
+__all__ = ["GROUP", "Phase2", "Phase2Result", "Strategy", "get_strategy", "importable", "kept_of", "plan", "strategies"]
