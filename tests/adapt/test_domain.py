@@ -269,7 +269,8 @@ def test_the_alignment_loss_joins_the_step_before_loss_scaling():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     logits, loss = _step(net, x, y, optimizer, fp16.grad_scaler(), Execution(), 0.0)
     assert net.aux_loss is not None and float(net.aux_loss.detach()) > 0
-    assert loss == pytest.approx(float(F.cross_entropy(logits.float(), y)) + float(net.aux_loss.detach()), rel=1e-5)
+    ce = float(F.cross_entropy(logits.detach().float(), y))
+    assert loss == pytest.approx(ce + float(net.aux_loss.detach()), rel=1e-5)
     net.eval()
     net(x)
     assert net.aux_loss is None  # evaluation is the plain model
