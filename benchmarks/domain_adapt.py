@@ -84,15 +84,16 @@ def make_split(root: Path, size: int, per_class: int | None) -> dict[str, Path]:
 def shipped_target_top1(run: Path, target_val: Path) -> float:
     """The run's model as it ships, on the labelled target images."""
     from edgetl.adapt import domain
-    from edgetl.data import arrays, unlabelled
+    from edgetl.data import arrays
     from edgetl.data.datasets import load_image_set
+    from edgetl.data.preprocess import decode_images
     from edgetl.models.build import load_trained
     from edgetl.rundir import RunDir
 
     opened = RunDir.open(run)
     spec = arrays.spec_of(opened)
     samples = load_image_set(target_val, classes=opened.manifest["train"]["classes"]).samples
-    pixels = unlabelled.decode([p for p, _ in samples], spec)
+    pixels = decode_images([p for p, _ in samples], spec)
     return domain.top1(load_trained(opened), pixels, np.array([y for _, y in samples]), spec)
 
 

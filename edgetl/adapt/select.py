@@ -169,13 +169,11 @@ class _Pixels:
         self.paths, self._decoded = paths, {}
 
     def at(self, spec):
-        import numpy as np
-
-        from edgetl.data.preprocess import open_rgb, resize_and_crop
+        from edgetl.data.preprocess import decode_images
 
         key = (spec.input_size, spec.interpolation, spec.crop_pct, spec.crop_mode)
         if key not in self._decoded:  # open_rgb raises the one-line DataError for an unreadable image
-            self._decoded[key] = np.stack([resize_and_crop(open_rgb(p), spec) for p in self.paths])
+            self._decoded[key] = decode_images(self.paths, spec)
         return self._decoded[key]
 
 

@@ -126,6 +126,15 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.asarray(_center_crop(img, spec.input_size), dtype=np.uint8)
 
 
+def decode_images(files, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 (N, H, W, 3) at the model's input size, as validation images are prepared: the one
+    batch decoder of training, selection, domain adaptation and the image task."""
+    pixels = np.empty((len(files), *spec.input_size, 3), np.uint8)
+    for i, path in enumerate(files):
+        pixels[i] = resize_and_crop(open_rgb(path), spec)
+    return pixels
+
+
 def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (N, H, W, 3) or (H, W, 3) -> float32 (N, 3, H, W) or (3, H, W), normalised."""
     x = pixels.astype(np.float32) / np.float32(255.0)

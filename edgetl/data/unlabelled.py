@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from edgetl.data.layout import IMAGE_SUFFIXES
-from edgetl.data.preprocess import PreprocessSpec, open_rgb, resize_and_crop
+from edgetl.data.preprocess import open_rgb
 from edgetl.errors import DataError
 
 
@@ -41,7 +39,3 @@ def files_hash(root: str | Path, files: list[Path]) -> str:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
-
-def decode(files: list, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 (N, H, W, 3) at the model's input size, as validation images are prepared."""
-    return np.stack([resize_and_crop(open_rgb(p), spec) for p in files])

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.data.preprocess import PreprocessSpec, normalize, open_rgb, resize_and_crop
+from edgetl.data.preprocess import PreprocessSpec, decode_images, normalize
 from edgetl.tasks.base import Metric, Prediction, TaskRecord, spec_mismatch
 from edgetl.tensors import TensorSpec
 
@@ -38,11 +38,7 @@ class ImageClassification:
 
     def load(self, files: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) after resize and crop: a quarter of the float feeds, so this is what is cached."""
-        spec = PreprocessSpec.from_dict(record.preprocess)
-        pixels = np.empty((len(files), *spec.input_size, 3), np.uint8)
-        for i, f in enumerate(files):
-            pixels[i] = resize_and_crop(open_rgb(f), spec)
-        return {"pixels": pixels}
+        return {"pixels": decode_images(files, PreprocessSpec.from_dict(record.preprocess))}
 
     def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
         return {INPUT: normalize(loaded["pixels"], PreprocessSpec.from_dict(record.preprocess))}

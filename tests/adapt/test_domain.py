@@ -22,7 +22,7 @@ from edgetl.adapt.options import TrainOptions  # noqa: E402
 from edgetl.adapt.train import train, train_inputs_hash  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
 from edgetl.data import arrays, unlabelled  # noqa: E402
-from edgetl.data.preprocess import PreprocessSpec, normalize  # noqa: E402
+from edgetl.data.preprocess import PreprocessSpec, decode_images, normalize  # noqa: E402
 from edgetl.models.build import create_model, load_trained  # noqa: E402
 from edgetl.models.registry import resolve  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
@@ -82,7 +82,7 @@ def test_the_shipped_model_holds_the_target_s_batchnorm_statistics(adapted, inve
     run, section = adapted
     spec = arrays.spec_of(run)
     shipped = load_trained(run)
-    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data"), spec)
+    target = decode_images(unlabelled.image_files(inverted, "--target-data"), spec)
     source, _ = arrays.split_set(run, "train")
     bn = [name for name, _ in shipped.named_buffers() if name.endswith("running_mean")]
     assert bn
@@ -102,7 +102,7 @@ def test_adabn_sets_the_running_statistics_to_the_target_s(digits_dir, inverted)
     target images (one batch: the cumulative average is exact)."""
     model = create_model(resolve(BACKBONE), 3, pretrained=False)
     spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
-    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:40], spec)
+    target = decode_images(unlabelled.image_files(inverted, "--target-data")[:40], spec)
     first = domain.batchnorms(model)[0]
     seen = []
     handle = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
@@ -139,7 +139,7 @@ def test_adabn_can_leave_layers_alone(inverted):
     """``layers``: only those statistics move (the strategy's frozen stages keep theirs)."""
     model = create_model(resolve(BACKBONE), 3, pretrained=False)
     spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
-    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:40], spec)
+    target = decode_images(unlabelled.image_files(inverted, "--target-data")[:40], spec)
     first, *rest = domain.batchnorms(model)
     before = [m.running_mean.clone() for m in rest]
     domain.reestimate_batchnorm(model, target, spec, layers=[first])
@@ -240,7 +240,7 @@ def test_target_batches_leave_every_running_statistic_as_it_was(inverted):
     without storing them, and layers in eval mode (frozen stages) stay in eval mode."""
     model = create_model(resolve(BACKBONE), 3, pretrained=False)
     spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
-    target = unlabelled.decode(unlabelled.image_files(inverted, "--target-data")[:16], spec)
+    target = decode_images(unlabelled.image_files(inverted, "--target-data")[:16], spec)
     model.train()
     frozen, *training = domain.batchnorms(model)
     frozen.eval()

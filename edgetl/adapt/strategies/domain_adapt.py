@@ -25,6 +25,7 @@ from edgetl.adapt.options import _Options, flag
 from edgetl.adapt.strategies import Phase2, Phase2Result, Strategy, kept_of, plan
 from edgetl.data import unlabelled
 from edgetl.data.datasets import load_image_set
+from edgetl.data.preprocess import decode_images
 from edgetl.errors import ConfigError, UnknownNameError
 
 # coral costs less time than mcc and needs no confident target predictions (benchmarks/domain_adapt.py)
@@ -80,7 +81,7 @@ class DomainAdapt(Strategy):
         opts = p.opts
         every = unlabelled.image_files(opts.target_data, "--target-data")
         files = _at_most(every, MAX_TARGET_IMAGES, opts.seed)
-        target_pixels = unlabelled.decode(files, p.spec)
+        target_pixels = decode_images(files, p.spec)
         scores = _Scores(p)
         scores.score("head only")
         recipe = batch_statistics_recipe(opts)
@@ -156,7 +157,7 @@ class _Scores:
         self.p, self.top1, self.source_top1 = p, {}, {}
         if p.opts.target_val is not None:
             samples = load_image_set(p.opts.target_val, classes=p.classes).samples
-            self.pixels = unlabelled.decode([path for path, _ in samples], p.spec)
+            self.pixels = decode_images([path for path, _ in samples], p.spec)
             self.labels = np.array([label for _, label in samples])
 
     def score(self, step: str) -> None:
