@@ -97,7 +97,8 @@ class TrainRecord(Record):
     head: str
     num_classes: int
     classes: list[str]
-    preprocess: dict[str, Any]  # edgetl.data.preprocess.PreprocessSpec.to_dict()
+    preprocess: dict[str, Any]  # the task's (images: edgetl.data.preprocess.PreprocessSpec.to_dict())
+    assets: dict[str, RunPath] = Field(default_factory=dict)  # the task's files: name -> train/assets/<name>
     checkpoint: RunPath
     mode: str
     hparams: dict[str, Any]  # TrainOptions, dumped

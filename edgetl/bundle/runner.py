@@ -87,7 +87,7 @@ class Bundle:
 
     @property
     def record(self) -> TaskRecord:
-        return TaskRecord.of_bundle(self.manifest)
+        return TaskRecord.of_bundle(self.manifest, self.root)
 
     def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(input feeds, expected outputs) by tensor name, checked against the manifest's specs;

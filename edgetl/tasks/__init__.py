@@ -35,10 +35,10 @@ def get_task(name: str):
     return instance(GROUP, "tasks", "task", name)
 
 
-def task_of_train(train: Mapping[str, Any]) -> tuple[Task, TaskRecord]:
+def task_of_train(train: Mapping[str, Any], run=None) -> tuple[Task, TaskRecord]:
     """A run's task and its record, from the run's ``train`` section (a run from before tasks:
-    ``DEFAULT_TASK``)."""
-    return get_task(train.get("task", DEFAULT_TASK)), TaskRecord.of_train(train)
+    ``DEFAULT_TASK``); ``run`` resolves the assets."""
+    return get_task(train.get("task", DEFAULT_TASK)), TaskRecord.of_train(train, run)
 
 
 def task_rows() -> list[dict]:
