@@ -1,0 +1,319 @@
+"""The keyword-spotting task's workstation side (``AudioClassification.workstation``): training,
+rebuilding a run's model, and what ``edgetl train --task audio-classification`` accepts.
+
+Two backbones (``edgetl.audio.models.BACKBONES``), both after the same in-graph log-mel front end:
+
+* ``logmel-cnn`` trains a small CNN from scratch, in every ``--mode`` (it has no pretrained weights);
+* ``oww-embedding``: ``feature-extraction`` trains the head on cached embeddings of the clean clips;
+  ``finetune`` then trains the embedding and the head on augmented clips, the embedding at
+  ``--backbone-lr-scale`` of the head's rate.
+
+Augmentation (``--augment`` on/auto; off: none), per clip and epoch: a time shift of up to 100 ms,
+a gain of 0.5-1.5 and, on 80% of clips, white or pink noise 5-30 dB below the clip.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from edgetl._io import sha256_json, write_json
+from edgetl.adapt.options import _Options
+from edgetl.audio import oww
+from edgetl.audio.models import BACKBONES, LOGMEL_CNN, OWW_EMBEDDING, KeywordSpotter
+from edgetl.audio.wav import read_clips
+from edgetl.data.layout import resolve_layout
+from edgetl.errors import ConfigError, DataError
+from edgetl.tasks.audio_classification import AudioClassification, AudioPreprocess, false_accept_rate
+
+DEFAULT_BACKBONE = LOGMEL_CNN  # measured: README "Keyword spotting (audio)"
+SCRATCH_EPOCHS = 30  # logmel-cnn and fine-tuning when --epochs is not given
+SCRATCH_LR = 3e-3  # logmel-cnn's peak rate when --lr is not given (one-cycle schedule)
+SAMPLE_RATE = oww.SAMPLE_RATE  # the front end's filters are for 16 kHz
+
+
+class AudioOptions(_Options):
+    """Flags of ``--task audio-classification`` only."""
+
+    clip_seconds: float = Field(1.0, ge=0.5, le=10, description="audio-classification: the window the model "
+                                "takes, in seconds (longer clips are cut to their loudest window, shorter ones "
+                                "padded). E.g. --clip-seconds 1.5.")
+
+
+options_model = AudioOptions
+
+
+def _audio(options) -> AudioOptions:
+    return AudioOptions(**{k: getattr(options, k) for k in AudioOptions.model_fields if hasattr(options, k)})
+
+
+def _preprocess(audio: AudioOptions) -> dict:
+    return AudioPreprocess(sample_rate=SAMPLE_RATE, samples=round(audio.clip_seconds * SAMPLE_RATE),
+                           n_mels=oww.N_MELS, hop=oww.HOP, n_fft=oww.N_FFT).model_dump()
+
+
+def _check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        from edgetl.errors import UnknownNameError
+
+        raise UnknownNameError("audio backbone", backbone, BACKBONES)
+
+
+def _split(data: Path, val: Path | None, fraction: float, seed: int):
+    """(classes, train pairs, val pairs, skipped, data hash); without ``val`` a seeded per-class split."""
+    task = AudioClassification()
+    labelled = task.read_labelled(data)
+    skipped = list(labelled.skipped)
+    if val is not None:
+        held = task.read_labelled(val)
+        missing = sorted(set(held.classes) - set(labelled.classes))
+        if missing:
+            raise DataError(f"{val}: classes {missing} are not in the training data {data}")
+        skipped += held.skipped
+        train, val_pairs = labelled.indexed(), held.indexed(labelled.classes)
+        hashes = [labelled.content_hash(), held.content_hash()]
+    else:
+        rng = np.random.default_rng(seed)
+        train, val_pairs = [], []
+        for label in range(len(labelled.classes)):
+            items = sorted(s for s, y in labelled.indexed() if y == label)
+            if len(items) < 2:
+                raise DataError(f"class {labelled.classes[label]!r} has {len(items)} clip; a split needs at least 2")
+            order = rng.permutation(len(items))
+            n_val = min(max(1, round(len(items) * fraction)), len(items) - 1)
+            val_pairs += [(items[i], label) for i in order[:n_val]]
+            train += [(items[i], label) for i in order[n_val:]]
+        hashes = [labelled.content_hash(), sorted(val_pairs)]
+    return labelled, train, val_pairs, skipped, sha256_json(hashes)
+
+
+def inputs_hash(data, options, *, backbone: str = DEFAULT_BACKBONE, val=None) -> str:
+    """What ``train`` records as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
+    _check_backbone(backbone)
+    layout = resolve_layout(data, val)
+    *_, data_hash = _split(layout.train, layout.val, options.val_split, options.seed)
+    return _hash(backbone, options, data_hash)
+
+
+def _hash(backbone: str, options, data_hash: str) -> str:
+    return sha256_json({"task": AudioClassification.name, "backbone": backbone, "hparams": options.hashed(),
+                        "audio": _audio(options).model_dump(), "data": data_hash})
+
+
+def load_trained(run):
+    """The run's model (eval, fp32, CPU), rebuilt from the manifest and the state dict."""
+    from safetensors.torch import load_file
+
+    info = run.get("train")
+    model = KeywordSpotter(info["backbone"], info["num_classes"], info["preprocess"]["samples"], info["head"])
+    model.load_state_dict(load_file(str(run.verify(info["checkpoint"]))))
+    return model.eval()
+
+
+class _Augmented:
+    """A torch Dataset of (waveform, label) with a fresh time shift, gain and noise per access."""
+
+    def __init__(self, clips: np.ndarray, labels: np.ndarray, seed: int, on: bool):
+        self.clips, self.labels, self.on = clips, labels, on
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        x = self.clips[i]
+        if self.on:
+            x = augment(x, self.rng)
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32)), int(self.labels[i])
+
+
+def augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    shift = int(rng.integers(-1600, 1601))
+    out = np.roll(clip, shift)
+    if shift > 0:
+        out[:shift] = 0
+    elif shift < 0:
+        out[shift:] = 0
+    out = out * rng.uniform(0.5, 1.5)
+    if rng.random() < 0.8:
+        noise = rng.standard_normal(out.size)
+        if rng.random() < 0.5:  # pink: 1/f power
+            spectrum = np.fft.rfft(noise) / np.sqrt(np.maximum(np.arange(out.size // 2 + 1), 1))
+            noise = np.fft.irfft(spectrum, out.size)
+        rms = float(np.sqrt(np.mean(out**2))) or 0.01
+        out = out + noise / (np.sqrt(np.mean(noise**2)) + 1e-12) * rms / 10 ** (rng.uniform(5, 30) / 20)
+    return np.clip(out, -1, 1).astype(np.float32)
+
+
+def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, console=None, reporter=None) -> dict:
+    """Train a keyword spotter on ``data`` (a folder of class folders of .wav, a CSV path,label, or a
+    folder holding train/ and val/) and return the manifest's ``train`` section."""
+    from edgetl.adapt import device
+    from edgetl.adapt.train import TrainRecord, _seed_everything, _versions
+    from edgetl.rundir import RunDir
+
+    _check_backbone(backbone)
+    if backbone == LOGMEL_CNN and options.mode not in ("feature-extraction", "finetune"):
+        raise ConfigError(f"--mode {options.mode} is not available for keyword spotting: feature-extraction or finetune")
+    started = time.perf_counter()
+    layout = resolve_layout(data, val)
+    audio = _audio(options)
+    preprocess = _preprocess(audio)
+    labelled, train_pairs, val_pairs, skipped, data_hash = _split(layout.train, layout.val, options.val_split,
+                                                                  options.seed)
+    classes = labelled.classes
+    if console is not None:
+        if layout.note:
+            console.print(layout.note, highlight=False)
+        for path, reason in skipped[:10]:
+            console.print(f"skipped {path}: {reason}", highlight=False)
+    _seed_everything(options.seed)
+    execution = device.resolve(options.device, "off", False, 0)
+    run = RunDir.create(out)
+    write_json(run.path / "train" / "split.json", {"classes": classes, "train": train_pairs, "val": val_pairs})
+    x_train = read_clips([p for p, _ in train_pairs], SAMPLE_RATE, preprocess["samples"])
+    y_train = np.array([y for _, y in train_pairs], np.int64)
+    x_val = read_clips([p for p, _ in val_pairs], SAMPLE_RATE, preprocess["samples"])
+    y_val = np.array([y for _, y in val_pairs], np.int64)
+
+    model = execution.place(KeywordSpotter(backbone, len(classes), preprocess["samples"], options.head))
+    on_epoch = _epoch_reporter(reporter)
+    fits = _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch)
+    history = [row for fit in fits.values() for row in fit.history]
+    phase, kept = max(fits.items(), key=lambda kv: (kv[1].best_val_top1, kv[0] == "finetune"))
+    model.load_state_dict(kept.best_state)
+    for row in history:
+        row["kept"] = row["phase"] == phase and row["epoch"] == kept.best_epoch
+    model = model.cpu().eval()
+
+    from edgetl.adapt.loop import predict
+
+    val_logits, train_pred = predict(model, x_val), predict(model, x_train).argmax(1)
+    val_pred = val_logits.argmax(1)
+    per_class = {name: float((val_pred[y_val == i] == i).mean()) if (y_val == i).any() else float("nan")
+                 for i, name in enumerate(classes)}
+    pretrained = backbone == OWW_EMBEDDING
+    section = {
+        "task": AudioClassification.name,
+        "backbone": backbone,
+        "arch": backbone,
+        "weights": f"{oww.DISTRIBUTION}:{oww.EMBEDDING_FILE}" if pretrained else "random",
+        "head": options.head,
+        "num_classes": len(classes),
+        "classes": classes,
+        "preprocess": preprocess,
+        "assets": {},
+        "checkpoint": "train/model.safetensors",
+        "mode": options.mode,
+        "hparams": {**options.hparams(), **audio.model_dump()},
+        "dataset": {
+            "source": str(layout.train), "val_source": str(layout.val) if layout.val else None, "hash": data_hash,
+            "train_images": len(train_pairs), "val_images": len(val_pairs),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "counts": labelled.counts(),
+            "val_counts": {name: int((y_val == i).sum()) for i, name in enumerate(classes)},
+        },
+        "versions": _versions(),
+        "execution": execution.record(),
+        "metrics": {
+            "val_top1": float((val_pred == y_val).mean()),
+            "train_top1": float((train_pred == y_train).mean()),
+            "per_class_val_top1": per_class,
+            "false_accept_rate": false_accept_rate(val_logits, y_val, classes),
+            "best_epoch": kept.best_epoch,
+            "kept": {"phase": phase, "epoch": kept.best_epoch, "val_top1": kept.best_val_top1},
+            "train_images_per_s": kept.images_per_s,
+            "seconds": time.perf_counter() - started,
+        },
+        "inputs_hash": _hash(backbone, options, data_hash),
+    }
+    record = TrainRecord.model_validate(section)
+    from edgetl.adapt.train import _save_checkpoint
+
+    ckpt = run.path / "train" / "model.safetensors"
+    _save_checkpoint(model.state_dict(), ckpt)
+    write_json(run.path / "train" / "history.json", history)
+    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
+    run.set_record(record)
+    if console is not None:
+        m = section["metrics"]
+        far = "n/a" if m["false_accept_rate"] is None else f"{m['false_accept_rate']:.1%}"
+        console.print(f"{backbone} ({options.mode}): val top-1 {m['val_top1']:.1%}, false accepts {far}, "
+                      f"{m['seconds']:.0f} s", highlight=False)
+    return record.dump()
+
+
+def _epoch_reporter(reporter):
+    if reporter is None:
+        return None
+    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
+                                              f"val top-1 {row['val_top1']:.2%}")
+
+
+def _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch) -> dict:
+    """The phases: {"head": FitResult} (embedding features), {"finetune": ...} (the whole model)."""
+    from edgetl.adapt.feature_extraction import cached_features, train_head
+    from edgetl.adapt.loop import predict
+
+    fits = {}
+    if backbone == OWW_EMBEDDING:
+        features = {}
+        for part, x in (("train", x_train), ("val", x_val)):
+            key = {"task": "audio-classification", "backbone": backbone, "samples": x.shape[1], "data": data_hash,
+                   "part": part, "frontend": "per-clip-floor-1"}
+            features[part] = cached_features(key, lambda x=x: _features(model, x, execution),
+                                             (len(x), model.backbone.width))
+        dist = _single(execution)
+        fits["head"] = train_head(features["train"], y_train, features["val"], y_val, model.head, options, dist,
+                                  console=console, on_epoch=on_epoch)
+        model.head.load_state_dict(fits["head"].best_state)
+        fits["head"].best_state = {k: v.clone() for k, v in model.state_dict().items()}  # the whole model
+        if options.mode != "finetune":
+            return fits
+    fits["finetune"] = _train_all(model, backbone, options, execution, x_train, y_train,
+                                  lambda m: float((predict(m, x_val, execution=execution).argmax(1) == y_val).mean()),
+                                  console, on_epoch)
+    return fits
+
+
+def _features(model, x: np.ndarray, execution) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.cat([model.features(execution.to(torch.from_numpy(x[i:i + 128]))).float().cpu()
+                          for i in range(0, len(x), 128)]).numpy()
+
+
+def _single(execution):
+    from edgetl.adapt.distributed import Dist
+
+    return Dist(execution=execution)
+
+
+def _train_all(model, backbone, options, execution, x_train, y_train, evaluate, console, on_epoch):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from edgetl.adapt.loop import fit
+
+    epochs = options.epochs or SCRATCH_EPOCHS
+    loader = DataLoader(_Augmented(x_train, y_train, options.seed, options.augment != "off"),
+                        batch_size=options.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(options.seed))
+    lr = options.head_lr if backbone == OWW_EMBEDDING else (options.lr or SCRATCH_LR)
+    if backbone == OWW_EMBEDDING:  # pretrained: a smaller rate for the embedding than for the head
+        groups = [{"params": model.backbone.parameters(), "lr": lr * options.recipe()["backbone_lr_scale"]},
+                  {"params": model.head.parameters(), "lr": lr}]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                    total_steps=epochs * len(loader))
+    return fit(model, loader, evaluate, optimizer, epochs=epochs, patience=options.patience or epochs,
+               phase="finetune", console=console, scheduler=scheduler, on_epoch=on_epoch,
+               label_smoothing=options.label_smoothing, per_epoch_bars=False, execution=execution)

@@ -1,0 +1,212 @@
+"""Keyword spotting: a float32 waveform window in (16 kHz mono), one score per word out; top-1 and
+the false-accept rate of the background class as the metrics.
+
+The log-mel front end is inside the model (``edgetl.audio.models``), so the device only reads WAV
+files (``edgetl.audio.wav``: the standard library and numpy, never torch) and feeds samples.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgetl.audio.wav import SUFFIXES, read_clips, read_wav
+from edgetl.errors import DataError
+from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
+from edgetl.tasks.image_classification import spread_over_classes
+from edgetl.tensors import TensorSpec
+
+INPUT, OUTPUT = "waveform", "logits"
+BACKGROUND = "_background_"  # the class of clips that hold no keyword (noise, silence, other words)
+FRONTEND_PREFIX = "frontend"  # the model's log-mel module: int8 keeps its nodes in float
+
+
+class AudioPreprocess(BaseModel):
+    """A bundle's ``preprocess`` for this task (untrusted input: every value bounded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+    samples: int = Field(16_000, ge=512, le=16_000 * 10)  # the window the model takes
+    frontend: str = Field("oww-logmel", pattern=r"^[a-z0-9-]{1,40}$")  # inside the model; recorded for people
+    n_mels: int = Field(32, ge=1, le=256)
+    hop: int = Field(160, ge=1, le=4096)
+    n_fft: int = Field(512, ge=16, le=8192)
+
+
+def preprocess_of(record: TaskRecord) -> AudioPreprocess:
+    return AudioPreprocess.model_validate(dict(record.preprocess))
+
+
+class AudioClassification:
+    name = "audio-classification"
+    description = ("keyword spotting: a 16 kHz mono waveform window in (float32), one score per word out; "
+                   "top-1 and the background class's false-accept rate")
+    metrics = (
+        Metric("top1", "higher", "", "top-1 accuracy on the validation split"),
+        Metric("accuracy_drop_pp", "lower", "pp", "top-1 drop against the FP32 PyTorch reference"),
+        Metric("agreement", "higher", "", "share of clips whose top-1 equals the reference's"),
+        Metric("false_accept_rate", "lower", "", f"share of the {BACKGROUND} class's clips answered as a keyword"),
+    )
+    preprocess_model = AudioPreprocess
+    workstation = "edgetl.audio.workstation"
+    requires: tuple[str, ...] = ()  # numpy and the standard library read WAV files
+    extra = None
+
+    def inputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
+        return [TensorSpec(INPUT, "float32", ("batch", preprocess_of(record).samples if record else "samples"))]
+
+    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
+        return [TensorSpec(OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
+
+    def read_labelled(self, source: Path) -> LabelledSamples:
+        """A folder of class folders of ``.wav`` files, or a CSV of ``path,label`` rows (paths relative
+        to the CSV's folder). Files that cannot be read are skipped with their reason."""
+        source = Path(source)
+        pairs = _csv_pairs(source) if source.suffix.lower() == ".csv" else _folder_pairs(source)
+        samples, labels, skipped = [], [], []
+        for path, label in pairs:
+            try:
+                read_wav(path)
+            except DataError as exc:
+                skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+                continue
+            samples.append(path)
+            labels.append(label)
+        if not samples:
+            raise DataError(f"{source}: no readable .wav clips (expected one folder of .wav files per word, "
+                            "or a CSV of path,label rows)")
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise DataError(f"{source}: {len(classes)} class ({classes[0]}); keyword spotting needs at least 2 "
+                            f"(add a {BACKGROUND} folder of noise and other words)")
+        return LabelledSamples(samples, labels, classes, skipped, str(source))
+
+    def predict_samples(self, args: Sequence[str], stdin: IO[str] | None) -> list[tuple[str, str]]:
+        """``.wav`` files, and folders (their ``.wav`` files, sorted, recursively)."""
+        out = []
+        for arg in args:
+            path = Path(arg)
+            if path.is_dir():
+                out += [(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in SUFFIXES]
+            elif path.is_file():
+                out.append((arg, arg))
+            else:
+                raise DataError(f"{arg}: no such WAV file or folder")
+        if not out:
+            raise DataError(f"no .wav files in {', '.join(args) or 'the arguments'}")
+        return out
+
+    def assets(self, record: TaskRecord) -> list[str]:
+        return []
+
+    def quantization(self, record: TaskRecord, runtime: str, precision: str) -> dict[str, Any]:
+        """int8 everywhere but the log-mel front end (its dB values span 80 dB: one int8 scale loses
+        the quiet bands); see README "Keyword spotting" for the measured drops."""
+        if precision != "int8":
+            return {}
+        return {"keep_float_prefixes": [FRONTEND_PREFIX],
+                "why": "int8 of the log-mel front end collapses accuracy (issue 12: 31%); the CNN after it "
+                       "quantizes with a small drop"}
+
+    def max_dims(self, record: TaskRecord) -> dict[str, int]:
+        return {}  # the window is fixed: only the batch is dynamic
+
+    def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        spec = preprocess_of(record)
+        return {INPUT: read_clips(samples, spec.sample_rate, spec.samples)}
+
+    def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
+        return {INPUT: np.asarray(loaded[INPUT], np.float32)}
+
+    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        return self.feeds(self.load(samples, record), record)
+
+    def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        shape = (batch, preprocess_of(record).samples)
+        return {INPUT: 0.1 * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)}
+
+    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
+        """Up to ``n`` validation clips, round-robin over the words, so every class is seen."""
+        return view.val_feeds(spread_over_classes(view.val_labels(), n))
+
+    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
+        return view.calibration_feeds(recipe)
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
+        """Softmax over the logits, the ``top`` most likely words per clip (ties: the lower index)."""
+        logits = np.asarray(outputs[OUTPUT], np.float64)
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = z / z.sum(axis=-1, keepdims=True)
+        k = max(1, min(top, probs.shape[-1]))
+        labels = record.classes
+        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
+                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+    def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
+        spec = preprocess_of(record)
+        wave, logits = inputs[0].shape, outputs[0].shape
+        if len(wave) == 2 and wave[1] != spec.samples:
+            return f"preprocess.samples {spec.samples} is not the input's window {wave[1]}"
+        if len(logits) == 2 and logits[1] != len(record.classes):
+            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
+        return (spec_mismatch(self.inputs(record), inputs, "inputs")
+                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+
+    def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
+                 reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """The image task's top-1, drop and agreement (``bench/accuracy.py``), and
+        ``false_accept_rate``: the share of background clips answered as a keyword (None without a
+        ``_background_`` class, or without background clips)."""
+        from edgetl.bench.accuracy import evaluate, label_accuracy
+
+        logits = outputs[OUTPUT]
+        if reference is None:
+            result = label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
+        else:
+            result = evaluate(logits, labels, reference[OUTPUT], classes)
+        result["false_accept_rate"] = false_accept_rate(logits, labels, classes)
+        return result
+
+
+def false_accept_rate(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None) -> float | None:
+    if not classes or BACKGROUND not in classes:
+        return None
+    background = list(classes).index(BACKGROUND)
+    quiet = np.asarray(labels) == background
+    if not quiet.any():
+        return None
+    return float((np.asarray(logits)[quiet].argmax(axis=1) != background).mean())
+
+
+def _folder_pairs(root: Path) -> list[tuple[str, str]]:
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected one folder of .wav files per word) nor a .csv")
+    pairs = [(str(p), folder.name) for folder in sorted(root.iterdir()) if folder.is_dir()
+             for p in sorted(folder.rglob("*")) if p.suffix.lower() in SUFFIXES and p.is_file()]
+    if not pairs:
+        raise DataError(f"{root}: no class folders of .wav files (expected {root}/<word>/*.wav)")
+    return pairs
+
+
+def _csv_pairs(path: Path) -> list[tuple[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the CSV ({exc})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    pairs = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}, line {line}: expected path,label")
+        pairs.append((str((path.parent / row[0].strip()).resolve()), row[1].strip()))
+    if not pairs:
+        raise DataError(f"{path}: no rows (expected path,label)")
+    return pairs

