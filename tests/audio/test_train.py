@@ -48,12 +48,18 @@ def test_feature_extraction_on_the_pretrained_embedding(kws_dir, tmp_path):
     assert section["metrics"]["val_top1"] > 1 / 3  # better than chance on held-out voices
 
 
-def test_an_unknown_backbone_is_one_line(kws_dir, tmp_path):
-    from edgetl.errors import UnknownNameError
+def test_cli_refuses_an_unknown_backbone_and_the_window_under_another_task(kws_dir, tmp_path):
+    from click.testing import CliRunner
 
-    with pytest.raises(UnknownNameError, match="unknown audio backbone 'logmel'. Did you mean 'logmel-cnn'"):
-        workstation.train(kws_dir, TrainOptions(), out=tmp_path / "x", backbone="logmel")
-    assert not (tmp_path / "x").exists()
+    from edgetl.cli import cli
+
+    out = tmp_path / "x"
+    result = CliRunner().invoke(cli, ["train", "--task", "audio-classification", "--data", str(kws_dir),
+                                       "--backbone", "logmel", "--out", str(out)])
+    assert result.exit_code == 2 and "Did you mean 'logmel-cnn'" in result.output
+    result = CliRunner().invoke(cli, ["train", "--data", str(kws_dir), "--clip-seconds", "2", "--out", str(out)])
+    assert result.exit_code == 2 and "option --clip-seconds is for --task audio-classification" in result.output
+    assert not out.exists()
 
 
 def test_demo_speakers_of_val_never_train():
