@@ -241,7 +241,8 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     if console is not None:
         m = section["metrics"]
         far = "n/a" if m["false_accept_rate"] is None else f"{m['false_accept_rate']:.1%}"
-        console.print(f"{backbone} ({options.mode}): val top-1 {m['val_top1']:.1%}, false accepts {far}, "
+        how = "from scratch" if backbone == LOGMEL_CNN else options.mode
+        console.print(f"{backbone} ({how}): val top-1 {m['val_top1']:.1%}, false accepts {far}, "
                       f"{m['seconds']:.0f} s", highlight=False)
     return record.dump()
 
