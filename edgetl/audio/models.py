@@ -23,7 +23,8 @@ class LogMelCNN(nn.Module):
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-        self.layers = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 64))
+        self.layers = nn.Sequential(nn.BatchNorm2d(1),  # the features' scale, learnt (log-mel is not centred)
+                                    *block(1, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 64))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.layers(mel.unsqueeze(1)).mean(dim=(2, 3))

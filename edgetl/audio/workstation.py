@@ -38,7 +38,7 @@ BACKBONES = {
 DEFAULT_BACKBONE = LOGMEL_CNN  # measured: README "Keyword spotting (audio)"
 TASK = AudioClassification.name
 SCRATCH_EPOCHS = 30  # logmel-cnn and fine-tuning when --epochs is not given
-SCRATCH_LR = 3e-3  # logmel-cnn's peak rate when --lr is not given (one-cycle schedule)
+SCRATCH_LR = 1e-2  # logmel-cnn's peak rate when --lr is not given (one-cycle schedule)
 SAMPLE_RATE = 16_000  # the front end's filters are for 16 kHz (edgetl.audio.oww)
 
 
