@@ -13,9 +13,10 @@ from edgetl.audio.workstation import LOGMEL_CNN
 
 
 class LogMelCNN(nn.Module):
-    """(batch, frames, 32) -> (batch, 64): three conv/BN/ReLU blocks, then the mean over time and bands."""
+    """(batch, frames, 32) -> (batch, 512): three conv/BN/ReLU blocks, then the mean over time only:
+    where in the spectrum the energy lies is what tells words apart, so the 8 band groups stay."""
 
-    width = 64
+    width = 64 * oww.N_MELS // 4
 
     def __init__(self):
         super().__init__()
@@ -27,7 +28,7 @@ class LogMelCNN(nn.Module):
                                     *block(1, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 64))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.layers(mel.unsqueeze(1)).mean(dim=(2, 3))
+        return self.layers(mel.unsqueeze(1)).mean(dim=2).flatten(1)
 
 
 class EmbeddingBackbone(nn.Module):

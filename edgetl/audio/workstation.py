@@ -312,7 +312,7 @@ def _train_all(model, backbone, options, execution, x_train, y_train, evaluate, 
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=epochs * len(loader))
+                                                    total_steps=epochs * len(loader), pct_start=0.15)
     return fit(model, loader, evaluate, optimizer, epochs=epochs, patience=options.patience or epochs,
                phase="finetune", console=console, scheduler=scheduler, on_epoch=on_epoch,
                label_smoothing=options.label_smoothing, per_epoch_bars=False, execution=execution)

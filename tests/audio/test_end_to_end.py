@@ -1,0 +1,66 @@
+"""A trained keyword spotter through the CLI: int8 keeps the log-mel front end float, the bundle
+verifies, and ``predict`` answers WAV files and folders on the device side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edgetl.cli import cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def compiled(kws_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("e2e") / "kws"
+    shutil.copytree(kws_run.path, run)
+    result = CliRunner().invoke(cli, ["compile", str(run), "--target", "onnxruntime", "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(compiled):
+    made = CliRunner().invoke(cli, ["bundle", str(compiled), "--target", "onnxruntime", "--precision", "int8"])
+    assert made.exit_code == 0, made.output
+    return compiled / "bundles" / "onnxruntime-int8.tar.gz"
+
+
+def test_int8_keeps_the_frontend_float(compiled):
+    import onnx
+
+    graph = onnx.load(str(compiled / "compiled" / "onnxruntime" / "int8" / "model.int8.onnx")).graph
+    frontend = [n for n in graph.node if n.name.startswith("frontend/")]
+    produced_by = {out: n.op_type for n in graph.node for out in n.output}
+    assert frontend and not [n for n in frontend if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for conv in (n for n in frontend if n.op_type == "Conv"):  # the STFT: float weights, float input
+        assert all(produced_by.get(i) != "DequantizeLinear" for i in conv.input)
+    assert "DequantizeLinear" in produced_by.values()  # the CNN after it is int8
+
+
+def test_bundle_verifies_and_predicts_wav_files_and_folders(bundle, kws_dir):
+    runner = CliRunner()
+    verified = runner.invoke(cli, ["verify", str(bundle)])
+    assert verified.exit_code == 0 and "golden samples reproduce" in verified.output
+    clip = next((kws_dir / "val" / "yes").glob("*.wav"))
+    answered = runner.invoke(cli, ["predict", str(bundle), str(clip), str(kws_dir / "val" / "no"), "--json"])
+    assert answered.exit_code == 0, answered.output
+    rows = json.loads(answered.output)
+    assert [r["sample"] for r in rows][:1] == [str(clip)] and len(rows) == 11
+    assert {r["top"][0]["label"] for r in rows} <= {"_background_", "no", "yes"}
+
+
+def test_a_corrupt_wav_is_its_rows_error_and_the_others_go_on(bundle, kws_dir, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x04\x00\x00\x00WAVE")
+    clip = next((kws_dir / "val" / "yes").glob("*.wav"))
+    answered = CliRunner().invoke(cli, ["predict", str(bundle), str(bad), str(clip), "--json"])
+    assert answered.exit_code == 2
+    rows = json.loads(answered.stdout)
+    assert rows[0]["error"] == f"{bad}: not a readable WAV file (no fmt chunk)" and rows[1]["top"]
+    assert answered.stderr.strip() == f"error: 1 of 2 sample(s) could not be read, e.g. {rows[0]['error']}"
