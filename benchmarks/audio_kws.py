@@ -32,7 +32,7 @@ TASK = "audio-classification"
 CONFIGS = {  # name -> (backbone, options)
     "logmel-cnn (from scratch)": ("logmel-cnn", {"mode": "finetune"}),
     "oww-embedding feature extraction": ("oww-embedding", {"mode": "feature-extraction"}),
-    "oww-embedding fine-tuning": ("oww-embedding", {"mode": "finetune", "epochs": 10}),
+    "oww-embedding fine-tuning": ("oww-embedding", {"mode": "finetune", "epochs": 5}),
 }
 
 
