@@ -183,7 +183,11 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     on_epoch = _epoch_reporter(reporter)
     fits = _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch)
     history = [row for fit in fits.values() for row in fit.history]
-    phase, kept = max(fits.items(), key=lambda kv: (kv[1].best_val_top1, kv[0] == "finetune"))
+    interrupted = any(fit.interrupted for fit in fits.values())  # Ctrl-C: the best epoch so far is kept
+    phase, kept = max(fits.items(), key=lambda kv: (kv[1].best_state is not None, kv[1].best_val_top1,
+                                                    kv[0] == "finetune"))
+    if kept.best_state is None:  # stopped before the first epoch ended
+        raise KeyboardInterrupt
     model.load_state_dict(kept.best_state)
     for row in history:
         row["kept"] = row["phase"] == phase and row["epoch"] == kept.best_epoch
@@ -227,6 +231,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
             "kept": {"phase": phase, "epoch": kept.best_epoch, "val_top1": kept.best_val_top1},
             "train_images_per_s": kept.images_per_s,
             "seconds": time.perf_counter() - started,
+            "interrupted": interrupted,
         },
         "inputs_hash": _hash(backbone, options, data_hash),
     }
@@ -244,6 +249,8 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
         how = "from scratch" if backbone == LOGMEL_CNN else options.mode
         console.print(f"{backbone} ({how}): val top-1 {m['val_top1']:.1%}, false accepts {far}, "
                       f"{m['seconds']:.0f} s", highlight=False)
+    if interrupted:
+        raise KeyboardInterrupt
     return record.dump()
 
 
@@ -270,9 +277,11 @@ def _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, da
         dist = _single(execution)
         fits["head"] = train_head(features["train"], y_train, features["val"], y_val, model.head, options, dist,
                                   console=console, on_epoch=on_epoch)
-        model.head.load_state_dict(fits["head"].best_state)
-        fits["head"].best_state = {k: v.clone() for k, v in model.state_dict().items()}  # the whole model
-        if options.mode != "finetune":
+        head = fits["head"]
+        if head.best_state is not None:
+            model.head.load_state_dict(head.best_state)
+            head.best_state = {k: v.clone() for k, v in model.state_dict().items()}  # the whole model
+        if options.mode != "finetune" or head.interrupted:
             return fits
     fits["finetune"] = _train_all(model, backbone, options, execution, x_train, y_train,
                                   lambda m: float((predict(m, x_val, execution=execution).argmax(1) == y_val).mean()),
