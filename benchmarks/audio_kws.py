@@ -11,21 +11,21 @@ per runtime, batch-1 latency per runtime against PyTorch eager, model size.
    only Conv/MatMul/Gemm outside the front end; top-1 and drop against the FP32 PyTorch model;
 3. times batch-1 p50 (1 thread) of PyTorch eager, ONNX Runtime and OpenVINO, fp32 and int8.
 
-The front end's nodes are found by the exporter's scope metadata (``pkg.torch.onnx.name_scopes``:
-the module path), since the dynamo exporter names nodes by op (``node_Conv_78``).
+A run already trained under ``--out`` with the same options is reused (``--retrain`` trains again).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.adapt.options import TrainOptions
-from edgetl.adapt.train import train
+from edgetl.adapt.train import train, train_inputs_hash
 from edgetl.rundir import RunDir
 
 TASK = "audio-classification"
@@ -34,16 +34,6 @@ CONFIGS = {  # name -> (backbone, options)
     "oww-embedding feature extraction": ("oww-embedding", {"mode": "feature-extraction"}),
     "oww-embedding fine-tuning": ("oww-embedding", {"mode": "finetune", "epochs": 5}),
 }
-
-
-def frontend_nodes(proto, prefix: str = "frontend") -> list[str]:
-    """Names of the nodes exported from the module ``prefix`` (and its children)."""
-    names = []
-    for node in proto.graph.node:
-        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "[]")
-        if prefix in json.loads(scopes.replace("'", '"'))[:2]:
-            names.append(node.name)
-    return names
 
 
 def p50_ms(run_once, repeats: int = 200) -> float:
@@ -66,6 +56,16 @@ def val_set(run: RunDir):
     return x, np.array([y for _, y in split["val"]]), split["classes"]
 
 
+def training_clips(run: RunDir, n: int) -> np.ndarray:
+    """``n`` training clips (a seeded sample): what compile calibrates on."""
+    from edgetl.tasks import task_of_train
+
+    split = json.loads((run.path / "train" / "split.json").read_text())
+    task, record = task_of_train(run.get("train"), run)
+    chosen = np.random.default_rng(0).permutation(len(split["train"]))[:n]
+    return task.preprocess([split["train"][i][0] for i in sorted(chosen)], record)["waveform"]
+
+
 def ort_session(path: Path):
     import onnxruntime as ort
 
@@ -74,20 +74,17 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_int8(fp32: Path, dest: Path, calib: np.ndarray, exclude: list[str], op_types: list[str] | None) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def ort_int8(fp32: Path, dest: Path, calib: np.ndarray, keep_float: list[str], op_types: list[str] | None) -> Path:
+    """edgetl's own static QDQ (the default recipe, this CPU's int8 types), as ``edgetl compile`` runs it."""
+    from edgetl._cpu import host_cpu_flags
+    from edgetl.backends._qdq import quantize_qdq
+    from edgetl.backends.onnxruntime import choose_int8_types
+    from edgetl.config import load_recipe
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter(calib[i:i + 1] for i in range(len(calib)))
-
-        def get_next(self):
-            row = next(self.rows, None)
-            return None if row is None else {"waveform": row}
-
-    quantize_static(str(fp32), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    op_types_to_quantize=op_types)
+    types = choose_int8_types(host_cpu_flags(), platform.machine())
+    quantize_qdq(fp32, dest, {"waveform": calib}, load_recipe("default"), activation_type=types["activations"],
+                 weight_type=types["weights"], reduce_range=types["reduce_range"], op_types=op_types,
+                 keep_float_prefixes=keep_float)
     return dest
 
 
@@ -113,6 +110,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="python -m edgetl.data.demo_audio DEST writes it (train/ + val/)")
     ap.add_argument("--out", type=Path, default=Path("runs/kws-bench"))
+    ap.add_argument("--retrain", action="store_true", help="train again even where --out holds the run")
     ap.add_argument("--quantize", default="logmel-cnn (from scratch)", choices=list(CONFIGS))
     args = ap.parse_args()
     import onnx
@@ -127,7 +125,12 @@ def main() -> int:
     runs = {}
     for name, (backbone, options) in CONFIGS.items():
         out = args.out / backbone / options["mode"]
-        section = train(args.data, TrainOptions(device="cpu", **options), out=out, backbone=backbone, task=TASK)
+        opts = TrainOptions(device="cpu", **options)
+        done = RunDir(out).get("train") if (out / "manifest.json").is_file() else None
+        if args.retrain or done is None or done["inputs_hash"] != train_inputs_hash(args.data, opts, backbone=backbone,
+                                                                                      task=TASK):
+            done = train(args.data, opts, out=out, backbone=backbone, task=TASK)
+        section = done
         m = section["metrics"]
         runs[name] = RunDir.open(out)
         print(f"| {name} | {m['val_top1']:.1%} | {m['false_accept_rate']:.1%} | {m['seconds']:.0f} |", flush=True)
@@ -135,12 +138,12 @@ def main() -> int:
     run = runs[args.quantize]
     fp32 = export_run(run)
     x, y, _ = val_set(run)
-    calib = x[np.random.default_rng(0).permutation(len(x))[:64]]  # validation clips: this measures schemes
+    calib = training_clips(run, 300)
     model = load_trained(run)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     ref_top1 = top1(reference, y)
-    front = frontend_nodes(onnx.load(str(fp32)))
+    front = [n.name for n in onnx.load(str(fp32)).graph.node if n.name.startswith("frontend/")]
     print(f"\n## int8 of {args.quantize} (FP32 PyTorch top-1 {ref_top1:.1%}; {len(front)} front-end nodes)\n")
     print("| runtime | precision / scheme | top-1 | drop pp | batch-1 p50 ms | MB |\n|---|---|---|---|---|---|")
     one = torch.from_numpy(x[:1])
@@ -151,8 +154,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     ort_cells = {"fp32": fp32,
                  "int8 all ops": ort_int8(fp32, work / "all.onnx", calib, [], None),
-                 "int8 front end float": ort_int8(fp32, work / "front.onnx", calib, front, None),
-                 "int8 Conv/MatMul/Gemm, front end float": ort_int8(fp32, work / "conv.onnx", calib, front,
+                 "int8 front end float": ort_int8(fp32, work / "front.onnx", calib, ["frontend"], None),
+                 "int8 Conv/MatMul/Gemm, front end float": ort_int8(fp32, work / "conv.onnx", calib, ["frontend"],
                                                                    ["Conv", "MatMul", "Gemm"])}
     for label, path in ort_cells.items():
         session = ort_session(path)

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl.audio.wav import SUFFIXES, read_clips, read_wav
+from edgetl.data.layout import SPLIT_NAMES, TRAIN_NAMES, VAL_NAMES
 from edgetl.errors import DataError
 from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
 from edgetl.tasks.image_classification import spread_over_classes
@@ -187,6 +188,10 @@ def false_accept_rate(logits: np.ndarray, labels: np.ndarray, classes: Sequence[
 def _folder_pairs(root: Path) -> list[tuple[str, str]]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one folder of .wav files per word) nor a .csv")
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    if folders and folders <= set(SPLIT_NAMES) and folders & set(TRAIN_NAMES):  # not classes
+        held = sorted(folders & set(VAL_NAMES)) or sorted(folders)
+        raise DataError(f"{root} holds train/val splits, not words: give one of them, e.g. {root / held[0]}")
     pairs = [(str(p), folder.name) for folder in sorted(root.iterdir()) if folder.is_dir()
              for p in sorted(folder.rglob("*")) if p.suffix.lower() in SUFFIXES and p.is_file()]
     if not pairs:

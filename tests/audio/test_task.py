@@ -56,6 +56,12 @@ def test_read_labelled_refuses_an_unusable_folder(tmp_path, make, message):
         TASK.read_labelled(tmp_path)
 
 
+def test_a_folder_of_splits_is_not_read_as_words(kws_dir):
+    with pytest.raises(DataError, match=f"{kws_dir} holds train/val splits, not words: give one of them, e.g. "
+                                        f"{kws_dir / 'val'}$"):
+        TASK.read_labelled(kws_dir)
+
+
 def test_predict_samples_expands_folders_and_refuses_missing_paths(kws_dir):
     pairs = TASK.predict_samples([str(kws_dir / "val" / "yes")], io.StringIO(""))
     assert len(pairs) == 10 and all(name.endswith(".wav") for name, _ in pairs)
