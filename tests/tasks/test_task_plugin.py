@@ -66,6 +66,7 @@ def test_compile_applies_the_tasks_quantization_hint(text_run):
     assert int8["options"]["quantization"]["scheme"] == "dynamic"
     assert "quantization" not in fp32["options"]
     assert int8["accuracy"]["agreement"] >= 0.9
+    assert 0.9 <= int8["accuracy"]["macro_f1"] <= 1  # the task's own metric, for the gates
 
 
 def test_bundle_verify_and_predict_text(text_run):
