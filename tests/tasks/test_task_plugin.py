@@ -69,6 +69,16 @@ def test_compile_applies_the_tasks_quantization_hint(text_run):
     assert 0.9 <= int8["accuracy"]["macro_f1"] <= 1  # the task's own metric, for the gates
 
 
+def test_tensorrt_sizes_its_engine_from_the_tasks_max_dims(text_run):
+    """fp16 has no calibration samples to size the sequence axis: the task's max_dims does (built here
+    without a GPU, as every TensorRT engine)."""
+    run, _, tmp = text_run
+    with registered(tmp / "site"):
+        _ok("compile", str(run.path), "--target", "tensorrt", "--precision", "fp16")
+    entry = RunDir.open(run.path).manifest["compiled"]["tensorrt/fp16"]
+    assert entry["options"]["shapes"] == {"input_ids": [1, 8], "attention_mask": [1, 8]}
+
+
 def test_bundle_verify_and_predict_text(text_run):
     run, bundle, tmp = text_run
     with registered(tmp / "site"):
