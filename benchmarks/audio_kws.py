@@ -117,6 +117,7 @@ def main() -> int:
     import torch
 
     from edgetl.audio.workstation import load_trained
+    from edgetl.backends._qdq import prefixed_nodes
     from edgetl.export.onnx import export_run
 
     torch.set_num_threads(1)
@@ -143,7 +144,7 @@ def main() -> int:
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     ref_top1 = top1(reference, y)
-    front = [n.name for n in onnx.load(str(fp32)).graph.node if n.name.startswith("frontend/")]
+    front = prefixed_nodes(onnx.load(str(fp32)), ["frontend"])  # the nodes of module `frontend`
     print(f"\n## int8 of {args.quantize} (FP32 PyTorch top-1 {ref_top1:.1%}; {len(front)} front-end nodes)\n")
     print("| runtime | precision / scheme | top-1 | drop pp | batch-1 p50 ms | MB |\n|---|---|---|---|---|---|")
     one = torch.from_numpy(x[:1])

@@ -77,7 +77,6 @@ def export_run(run, *, force: bool = False, view=None) -> Path:
     with atomic_path(dest) as tmp:
         export_onnx(model, take(feeds, slice(0, 2)), inputs, outputs, tmp)
         proto = onnx.load(str(tmp))
-        _scope_node_names(proto)
         _set_metadata(proto, {"classes": json.dumps(train.classes), "preprocess": json.dumps(train.preprocess),
                               "edgetl.backbone": train.backbone})
         onnx.checker.check_model(proto)
@@ -161,17 +160,6 @@ def check_outputs(outputs: Feeds, reference: Feeds, row_name=lambda row: f"row {
                               f"(tolerance {tolerance:.1e}); worst: {row_name(int(diff.max(axis=1).argmax()))}")
         worst[name] = float(diff.max())
     return worst
-
-
-def _scope_node_names(proto) -> None:
-    """Name each node after the module it came from (``frontend/node_Conv_82``): the dynamo exporter
-    names nodes by op only and keeps the module path in metadata, while int8's keep-float hints
-    (``Task.quantization``: ``keep_float_prefixes``) and the runtimes select nodes by name."""
-    for node in proto.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        parts = [part.strip().strip("'\"") for part in scopes.strip("[]").split(",")]
-        if len(parts) > 2 and parts[-2]:  # ['', module, ..., deepest module, op]
-            node.name = f"{parts[-2]}/{node.name}"
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:

@@ -34,8 +34,11 @@ def bundle(compiled):
 def test_int8_keeps_the_frontend_float(compiled):
     import onnx
 
-    graph = onnx.load(str(compiled / "compiled" / "onnxruntime" / "int8" / "model.int8.onnx")).graph
-    frontend = [n for n in graph.node if n.name.startswith("frontend/")]
+    from edgetl.backends._qdq import prefixed_nodes
+
+    model = onnx.load(str(compiled / "compiled" / "onnxruntime" / "int8" / "model.int8.onnx"))
+    graph, kept = model.graph, set(prefixed_nodes(model, ["frontend"]))  # by the exporter's module scopes
+    frontend = [n for n in graph.node if n.name in kept]
     produced_by = {out: n.op_type for n in graph.node for out in n.output}
     assert frontend and not [n for n in frontend if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     for conv in (n for n in frontend if n.op_type == "Conv"):  # the STFT: float weights, float input
