@@ -102,6 +102,18 @@ class TextClassifier(nn.Module):
         return self.head(self.encoder(input_ids, attention_mask))
 
 
+class Unpacked(nn.Module):
+    """A classifier taking ids and mask stacked as one (batch, 2, sequence) tensor: the one input
+    per sample that the shared training loop (``edgetl.adapt.loop.fit``) moves and feeds."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x[:, 0], x[:, 1])
+
+
 def hf_names(config: BertConfig) -> dict[str, str]:
     """This encoder's parameter names -> a Hugging Face ``BertModel``'s (pooler and position_ids unused)."""
     names = {"word": "word_embeddings", "position": "position_embeddings", "token_type": "token_type_embeddings",
