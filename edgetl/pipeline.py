@@ -31,9 +31,10 @@ from edgetl.bench.settings import BenchSettings
 from edgetl.compiler import CompiledEntry
 from edgetl.config import load_toml, name_list, validation_message
 from edgetl.data.layout import resolve_layout
-from edgetl.errors import CompileError, ConfigError, EdgetlError
+from edgetl.errors import CompileError, ConfigError, DataError, EdgetlError
 from edgetl.rundir import RunDir
 from edgetl.stages import Reporter, RichReporter, Stage, StageResult
+from edgetl.tasks import DEFAULT_TASK
 
 _FLAGS = {"targets": "--targets", "precisions": "--precision", "batches": "--batch"}  # field -> option
 
@@ -122,22 +123,20 @@ deploy_with.__signature__ = inspect.Signature(
 def check_config(config: DeployConfig) -> None:
     """Every path, name and number deploy will use, checked before any work: a typo must not cost a
     training. Raises the one-line ``EdgetlError`` the stage itself would raise later."""
+    from edgetl.adapt.train import check_task_inputs
     from edgetl.backends import get_backend, runtimes
     from edgetl.bench.gates import validate_budgets
     from edgetl.compiler import plan
     from edgetl.config import load_target
-    from edgetl.models import registry
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the run")
-    resolve_layout(config.data, config.val)
-    if config.weights is not None and not Path(config.weights).is_file():
-        raise ConfigError(f"--weights {config.weights} is not a file (expected a .safetensors or .pth state dict)")
-    if config.backbone == AUTO:
-        check_auto(config.backbone, strictest_target(config.targets), config.weights)
-    else:
-        registry.resolve(config.backbone)
+    check_task_inputs(config.train, config.task, config.backbone, config.weights, None)
+    if config.task == DEFAULT_TASK:
+        _check_image_inputs(config)
+    elif not Path(config.data).exists():
+        raise DataError(f"--data {config.data} does not exist")
     if config.sign is not None:
         from edgetl.bundle.signing import load_private_key
 
@@ -150,7 +149,21 @@ def check_config(config: DeployConfig) -> None:
     for name in config.targets:
         if name not in runtimes():
             validate_budgets(load_target(name).budgets, f"target profile {name!r}")
-    offline = registry.OFFLINE.get(config.backbone)
+
+
+def _check_image_inputs(config: DeployConfig) -> None:
+    """The image task's data layout, backbone and weights."""
+    from edgetl.models import registry
+
+    resolve_layout(config.data, config.val)
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise ConfigError(f"--weights {config.weights} is not a file (expected a .safetensors or .pth state dict)")
+    backbone = config.backbone or registry.DEFAULT_BACKBONE
+    if backbone == AUTO:
+        check_auto(backbone, strictest_target(config.targets), config.weights)
+    else:
+        registry.resolve(backbone)
+    offline = registry.OFFLINE.get(backbone)
     if offline is not None and config.weights is None and config.train.pretrained:
         registry.offline_weights_path(offline)  # a weights package not installed: its pip command, now
 
@@ -214,7 +227,7 @@ class _Train:
     def __init__(self, state: _State):
         self.state = state
         config = state.config
-        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights)
+        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task)
         if config.backbone == AUTO:  # chosen for the strictest latency budget among the targets
             self.inputs["target"] = strictest_target(config.targets)
         self._fingerprint: str | None = None

@@ -29,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from edgetl.errors import ConfigError, UnknownNameError
+from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
 from edgetl.models.registry import DEFAULT_BACKBONE, OFFLINE
+from edgetl.tasks import DEFAULT_TASK
 
 # What an unset (None) option means; the help texts below quote them.
 HEAD_LR = 1e-3
@@ -117,13 +118,26 @@ class _Options(BaseModel):
 
 
 class TrainInputs(_Options):
-    """What a run is trained from besides the images: run-level arguments of ``train``."""
+    """What a run is trained from besides the data: run-level arguments of ``train``."""
 
-    backbone: str = Field(DEFAULT_BACKBONE, description=f"An offline backbone ({', '.join(OFFLINE)}), timm:<name>, "
-                          "or auto: `edgetl select` ranks the offline backbones on the training images for the target "
-                          "and the best within its latency budget is trained. See `edgetl backbones`.")
-    weights: str | None = Field(None, description="Local checkpoint (.safetensors or .pth state dict) for the backbone.")
+    task: str = Field(DEFAULT_TASK, description="What the model does (`edgetl tasks` lists them), e.g. --task "
+                      "text-classification; its own flags apply to it only.")
+    backbone: str | None = Field(None, description=f"Default: the task's (images: {DEFAULT_BACKBONE}). Images: an "
+                                 f"offline backbone ({', '.join(OFFLINE)}), timm:<name>, or auto: `edgetl select` ranks "
+                                 "the offline backbones on the training images for the target and the best within its "
+                                 "latency budget is trained. See `edgetl backbones --task NAME`.")
+    weights: str | None = Field(None, description="Images: local checkpoint (.safetensors or .pth state dict) for "
+                                "the backbone.")
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, name: str) -> str:
+        from edgetl.tasks import tasks
+
+        if name not in tasks():
+            raise ValueError(str(UnknownNameError("task", name, tasks())))
+        return name
 
 
 class CommonTrainOptions(_Options):
@@ -180,10 +194,19 @@ class CommonTrainOptions(_Options):
     workers: int | None = Field(None, ge=0, description="Data-loader worker processes for fine-tuning. Default: 0 "
                                 "on a CPU (images are decoded in memory once), a few on CUDA.")
 
-    def hashed(self) -> dict:
+    def hashed(self, task: str | None = None) -> dict:
         """The options that shape the weights: all but the execution settings (``EXECUTION``), so a
-        rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare."""
-        return {k: v for k, v in self.hparams().items() if k not in EXECUTION}
+        rerun on another device is not new work. What ``inputs_hash`` and ``--resume`` compare;
+        ``task``: with that task's own options (``hparams``)."""
+        return {k: v for k, v in self.hparams(task).items() if k not in EXECUTION}
+
+    def check_task(self, task: str) -> None:
+        """Refuse another task's option given a value (``--max-length`` under the image task)."""
+        for name in importable_tasks():
+            model = task_options_model(name)
+            for field_name, field in (model.model_fields.items() if model and name != task else ()):
+                if getattr(self, field_name) != field.get_default(call_default_factory=True):
+                    raise ConfigError(f"option {flag(field_name)} is for --task {name}, not {task}")
 
     @field_validator("unfreeze", mode="before")
     @classmethod
@@ -243,27 +266,55 @@ class CommonTrainOptions(_Options):
         get_strategy(self.mode).check(self)
         return self
 
-    def hparams(self) -> dict:
+    def hparams(self, task: str | None = None) -> dict:
         """What the manifest records and ``inputs_hash`` hashes: the shared fields and this mode's own
-        (another strategy's options are not this run's)."""
+        (another strategy's options are not this run's); ``task``: and that task's own options (the
+        image task has none, so its runs record what they always did)."""
         from edgetl.adapt.strategies import get_strategy
 
         own = get_strategy(self.mode).options_model
-        return self.model_dump(include={*CommonTrainOptions.model_fields, *(own.model_fields if own else ())})
+        of_task = task_options_model(task) if task else None
+        return self.model_dump(include={*CommonTrainOptions.model_fields, *(own.model_fields if own else ()),
+                                        *(of_task.model_fields if of_task else ())})
+
+
+def task_options_model(task: str):
+    """A task's own training options (its workstation module's ``options_model``), or None."""
+    from edgetl.models.build import workstation_module
+    from edgetl.tasks import get_task
+
+    found = get_task(task)
+    return getattr(workstation_module(found), "options_model", None) if found.workstation else None
+
+
+def importable_tasks() -> tuple[str, ...]:
+    """The registered tasks whose workstation module imports: they give their flags. One that does
+    not import is an error only where ``--task`` names it."""
+    from edgetl.tasks import tasks
+
+    names = []
+    for name in tasks():
+        try:
+            task_options_model(name)
+        except (MissingDependencyError, ImportError):
+            continue
+        names.append(name)
+    return tuple(names)
 
 
 @functools.lru_cache(maxsize=8)
-def _train_options(names: tuple[str, ...]) -> type[CommonTrainOptions]:
-    """``CommonTrainOptions`` with every registered strategy's options, and ``--mode``'s help from
-    their descriptions."""
+def _train_options(names: tuple[str, ...], task_names: tuple[str, ...] = ()) -> type[CommonTrainOptions]:
+    """``CommonTrainOptions`` with every registered strategy's options, then every task's own, and
+    ``--mode``'s help from the strategies' descriptions."""
     from edgetl.adapt.strategies import get_strategy
 
     fields: dict = {}
-    for name in names:
-        model = get_strategy(name).options_model
+    models = [("training strategy", name, get_strategy(name).options_model) for name in names]
+    models += [("task", name, task_options_model(name)) for name in task_names]
+    for kind, name, model in models:
         for field_name, field in (model.model_fields.items() if model else ()):
             if field_name in CommonTrainOptions.model_fields or field_name in fields:  # the plugin's bug
-                raise TypeError(f"training strategy {name!r}: option {field_name!r} is taken already")
+                raise TypeError(f"{kind} {name!r}: option {field_name!r} is taken already")
             fields[field_name] = (field.annotation, field)
     modes = " ".join(f"{name}: {get_strategy(name).description}" for name in names)
     mode = Field("feature-extraction", description=modes)
@@ -272,7 +323,7 @@ def _train_options(names: tuple[str, ...]) -> type[CommonTrainOptions]:
 
 
 _TRAIN_OPTIONS_DOC = """Every training hyper-parameter: the shared ones, then each registered strategy's own (their
-flags apply to that --mode only). ``hparams()`` (the shared ones and this mode's) is recorded in the
+flags apply to that --mode only), then each task's own (for that --task only). ``hparams()`` (the shared ones and this mode's) is recorded in the
 manifest and hashed to skip unchanged reruns. Example: ``TrainOptions(mode="finetune", epochs=10)``."""
 
 
@@ -282,5 +333,5 @@ def __getattr__(attr: str):
     if attr == "TrainOptions":
         from edgetl.adapt.strategies import importable
 
-        return _train_options(importable())
+        return _train_options(importable(), importable_tasks())
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

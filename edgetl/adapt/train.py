@@ -33,11 +33,18 @@ from edgetl.adapt.strategies import Phase2, get_strategy, kept_of
 from edgetl.data import arrays
 from edgetl.data.datasets import load_image_set, stratified_split
 from edgetl.data.layout import resolve_layout
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.models import registry
-from edgetl.models.build import classifier_prefix, create_model, preprocess_spec, weights_id
+from edgetl.models.build import (
+    classifier_prefix,
+    create_model,
+    preprocess_spec,
+    weights_id,
+    workstation_module,
+)
 from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.tasks import DEFAULT_TASK
+from edgetl.tasks.base import ASSETS
 
 
 class TrainDataset(BaseModel):
@@ -97,7 +104,8 @@ class TrainRecord(Record):
     head: str
     num_classes: int
     classes: list[str]
-    preprocess: dict[str, Any]  # edgetl.data.preprocess.PreprocessSpec.to_dict()
+    preprocess: dict[str, Any]  # the task's (images: edgetl.data.preprocess.PreprocessSpec.to_dict())
+    assets: dict[str, RunPath] = Field(default_factory=dict)  # the task's files: name -> train/assets/<name>
     checkpoint: RunPath
     mode: str
     hparams: dict[str, Any]  # TrainOptions, dumped
@@ -179,9 +187,19 @@ def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_has
 
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
+                      backbone: str | None = None, val: str | Path | None = None,
+                      weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK) -> str:
+    """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
+    opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
+    if task == DEFAULT_TASK:
+        return image_inputs_hash(data, opts, backbone=backbone, val=val, weights=weights, target=target)
+    return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val)
+
+
+def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
                       weights: str | Path | None = None, target: str | None = None) -> str:
-    """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
+    """The image task's ``inputs_hash``."""
     opts = _options(options)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
@@ -209,6 +227,91 @@ def train(
     options: TrainOptions | None = None,
     *,
     out: str | Path = "runs/exp",
+    backbone: str | None = None,
+    val: str | Path | None = None,
+    weights: str | Path | None = None,
+    target: str | None = None,
+    console=None,
+    reporter=None,
+    resume: bool = False,
+    task: str = DEFAULT_TASK,
+) -> dict:
+    """Train and return the manifest's ``train`` section.
+
+    ``task``: what the model does (``edgetl tasks``; default image classification), whose
+    workstation module trains it; ``data``: images: an image folder (one subfolder per class), a
+    CSV manifest (path,label), or a folder holding train/ and val/ (other tasks: their layouts);
+    ``options``: the hyper-parameters (``TrainOptions()``: the defaults; a task's own options for
+    that task only); ``out``: the run directory to create or update; ``backbone``: one of the task's
+    (``edgetl backbones --task NAME``; None: its default); images also ``timm:<name>``, or ``auto``:
+    ``edgetl select`` on a sample of the training split chooses for ``target`` (a profile name;
+    only ``auto`` uses it); ``val``: a separate validation set; ``weights``: images: a local start
+    checkpoint; ``console``: a rich Console for the progress bars and the summary (None: none of
+    them); ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per
+    epoch; ``resume``: images: continue the interrupted training in ``out`` (its ``train/last.pt``)
+    at its next epoch.
+
+    Example::
+
+        import edgetl
+        section = edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
+        section = edgetl.train("reviews.csv", out="runs/reviews", task="text-classification")
+    """
+    opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
+    if task == DEFAULT_TASK:
+        return train_images(data, opts, out=out, backbone=backbone, val=val, weights=weights, target=target,
+                            console=console, reporter=reporter, resume=resume)
+    if resume:
+        raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
+    return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
+                                           reporter=reporter)
+
+
+def check_task_inputs(options, task: str, backbone: str | None, weights, target):
+    """The options checked for ``task`` (another task's options refused), the task, and the backbone
+    (None: the task's default) checked against the task's ``BACKBONES``."""
+    from edgetl.tasks import get_task
+
+    TrainInputs(task=task)  # a registered name, or the closest spelling
+    found = get_task(task)
+    opts = _options(options)
+    opts.check_task(task)
+    module = workstation_module(found)
+    backbone = backbone or module.DEFAULT_BACKBONE
+    if task == DEFAULT_TASK:
+        return opts, found, backbone  # also timm:<name> and auto, checked where they are used
+    if backbone not in module.BACKBONES:
+        raise UnknownNameError(f"{task} backbone", backbone, module.BACKBONES)
+    for given, option in ((weights, "--weights"), (target, "--target")):
+        if given is not None:
+            raise ConfigError(f"{option} is for --task {DEFAULT_TASK}, not {task}")
+    return opts, found, backbone
+
+
+def write_assets(run: RunDir, files: Mapping[str, Path]) -> dict[str, str]:
+    """Copy a task's asset files (name -> source) into ``train/assets/<name>`` and record them: the
+    train section's ``assets`` (name -> run-relative path). A name is a file name (a slug)."""
+    import re
+    import shutil
+
+    assets = {}
+    for name, source in files.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or ".." in name:
+            raise ConfigError(f"asset name {name!r} must be a file name: letters, digits, '.', '_', '-'")
+        dest = run.path / "train" / ASSETS / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(source, tmp)
+        run.record(dest)
+        assets[name] = run.rel(dest)
+    return assets
+
+
+def train_images(
+    data: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    out: str | Path = "runs/exp",
     backbone: str = registry.DEFAULT_BACKBONE,
     val: str | Path | None = None,
     weights: str | Path | None = None,
@@ -217,23 +320,7 @@ def train(
     reporter=None,
     resume: bool = False,
 ) -> dict:
-    """Train and return the manifest's ``train`` section.
-
-    ``data``: an image folder (one subfolder per class), a CSV manifest (path,label), or a folder
-    holding train/ and val/; ``options``: the hyper-parameters (``TrainOptions()``: the defaults);
-    ``out``: the run directory to create or update; ``backbone``: ``efficientnet_lite0`` or
-    ``timm:<name>``, or ``auto``: ``edgetl select`` on a sample of the training split chooses for
-    ``target`` (a profile name; only ``auto`` uses it); ``val``: a separate validation set;
-    ``weights``: a local start checkpoint;
-    ``console``: a rich Console for the progress bars and the summary (None: none of them);
-    ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per epoch;
-    ``resume``: continue the interrupted training in ``out`` (its ``train/last.pt``) at its next epoch.
-
-    Example::
-
-        import edgetl
-        section = edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
-    """
+    """The image task's training (``train``'s arguments)."""
     opts = _options(options)
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     selection.check_auto(backbone, target, weights)

@@ -87,7 +87,7 @@ def load_reference(run_path: str | Path, threads: int | None = None) -> TorchSes
     from edgetl.tasks import task_of_train
 
     run = RunDir.open(run_path, need="train")
-    task, record = task_of_train(run.manifest["train"])
+    task, record = task_of_train(run.manifest["train"], run)
     return TorchSession(load_trained(run), tuple(task.inputs(record)), tuple(task.outputs(record)), threads)
 
 

@@ -21,20 +21,27 @@ from edgetl.bench.accuracy import collect_outputs, unpaired_drop_interval
 from edgetl.data.datasets import csv_entries, folder_entries
 from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.errors import DataError
+from edgetl.tasks import DEFAULT_TASK
 from edgetl.tasks.base import TaskRecord
 from edgetl.tensors import concat
 
 _CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
 
 
-def labelled_images(source: str | Path, labels: Sequence[str]) -> tuple[list[Path], np.ndarray]:
-    """(image paths, label indices into ``labels``) of a labelled folder or CSV; a class that is not
-    one of ``labels`` is an error naming it, so a typo never silently counts as a wrong answer."""
+def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tuple[list, np.ndarray]:
+    """(samples, label indices into ``labels``) of a labelled data set: images: a folder or CSV of
+    image paths (read later, an unreadable one skipped); another ``task``: its ``read_labelled``
+    layouts. A class that is not one of ``labels`` is an error naming it, so a typo never silently
+    counts as a wrong answer."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"labelled data {source} does not exist: give a folder with one subfolder per label, "
                         "or a CSV of path,label")
-    entries = csv_entries(source) if source.is_file() else folder_entries(source)
+    if task is not None and task.name != DEFAULT_TASK:
+        found = task.read_labelled(source)
+        entries = list(zip(found.samples, found.labels, strict=True))
+    else:
+        entries = csv_entries(source) if source.is_file() else folder_entries(source)
     unknown = sorted({name for _, name in entries} - set(labels))
     if unknown:
         raise DataError(f"{source}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "
@@ -107,7 +114,7 @@ def bundle_accuracy(path: str | Path, source: str | Path, threads: int | None = 
 
     _check_argument_order(path, source)
     bundle = open_bundle(path)
-    images = labelled_images(source, bundle.labels)  # a bad folder fails before the runtime loads
+    images = labelled_images(source, bundle.labels, bundle.task)  # a bad folder fails before the runtime loads
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
     with open_session(bundle, threads) as session:
         accuracy = folder_accuracy(session, source, images, bundle.task, bundle.record, workstation, progress)

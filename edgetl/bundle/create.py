@@ -37,6 +37,7 @@ from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.rundir import Record, RunDir, RunPath
+from edgetl.tasks.base import ASSETS
 from edgetl.tensors import batch_size
 
 
@@ -159,8 +160,10 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
 def _inputs_hash(run: RunDir, key: str, entry: dict[str, Any]) -> str:
     """What a bundle is made of; an unchanged bundle is reused (and not shipped again)."""
     arts = run.manifest.get("artifacts", {})
+    assets = (run.get("train") or {}).get("assets") or {}
     return sha256_json({"files": {f: arts.get(f) for f in entry["files"]}, "entry": entry, "format": FORMAT,
-                        "workstation": _workstation(run, key, entry)})
+                        "workstation": _workstation(run, key, entry),
+                        **({"assets": {n: arts.get(rel) for n, rel in assets.items()}} if assets else {})})
 
 
 def up_to_date(run: RunDir, target: str, precision: str | None = None, *,
@@ -193,6 +196,7 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     backend = get_backend(runtime)
     model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model")
     golden, inputs, outputs = _write_golden(run, entry, stage / "golden")
+    assets = _copy_assets(run, train.assets, stage / ASSETS)
     manifest = {
         "format": FORMAT,
         "name": f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
@@ -212,6 +216,7 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "preprocess": train.preprocess,
+        **({"assets": sorted(assets)} if assets else {}),  # an image bundle has none: its manifest is as before
         "labels": list(train.classes),
         "golden": golden,
         "workstation": _workstation(run, key, entry),
@@ -221,6 +226,15 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     parse_manifest((stage / MANIFEST).read_bytes(), f"{run.path}: the bundle for {entry['target']}")  # as a device will
     return manifest
+
+
+def _copy_assets(run: RunDir, assets: dict[str, str], out: Path) -> list[str]:
+    """Copy the task's asset files (name -> run-relative path, each checked against its recorded
+    hash) into ``out``; their names."""
+    for name, rel in assets.items():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.verify(rel), out / name)
+    return list(assets)
 
 
 def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple[list[str], str]:

@@ -11,6 +11,7 @@ Device side: pydantic and the standard library only.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import PurePosixPath
@@ -49,7 +50,10 @@ _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
 # A runtime or task a bundle names that no installed package registers: the machine lacks a plugin.
 NOT_INSTALLED = "needs the package that registers it installed here"
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # edgetl.data.preprocess
+MAX_ASSETS = 16
+MAX_ASSET_SIZE = 512 * 2**20  # a tokenizer is a few MB
+MAX_PREPROCESS_KEYS = 64
+ASSETS_DIR = "assets"  # edgetl.tasks.base.ASSETS: a bundle's assets/<name>
 
 
 def is_safe_relpath(name: str) -> bool:
@@ -161,17 +165,6 @@ class Tensor(_Model):
         return TensorSpec(self.name, self.dtype, tuple(self.shape))
 
 
-class Preprocess(_Model):
-    """``edgetl.data.preprocess.PreprocessSpec.to_dict()``, within ranges that keep a resize small."""
-
-    input_size: tuple[Annotated[int, Field(ge=1, le=MAX_SIDE)], Annotated[int, Field(ge=1, le=MAX_SIDE)]]
-    mean: list[Annotated[float, Field(ge=-10, le=10)]] = Field(min_length=1, max_length=4)
-    std: list[Annotated[float, Field(gt=1e-6, le=1e3)]] = Field(min_length=1, max_length=4)
-    interpolation: Literal[_INTERPOLATIONS]
-    crop_pct: float = Field(ge=0.5, le=1.0)  # the resize before the crop is size / crop_pct
-    crop_mode: Literal["center", "squash", "border"]
-
-
 class Tolerance(_Model):
     """Recorded for people; verify takes the tolerance from ``format.tolerance`` (code), never from here."""
 
@@ -279,7 +272,8 @@ class BundleManifest(_Model):
     model: ModelFiles
     inputs: list[Tensor] = Field(min_length=1, max_length=MAX_TENSORS)
     outputs: list[Tensor] = Field(min_length=1, max_length=MAX_TENSORS)
-    preprocess: Preprocess
+    preprocess: dict[str, Any] = Field(max_length=MAX_PREPROCESS_KEYS)  # the task's preprocess_model checks it
+    assets: list[Slug] = Field([], max_length=MAX_ASSETS)  # the task's files, in assets/<name>
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
     golden: Golden
     workstation: Workstation = Workstation()
@@ -299,6 +293,7 @@ class BundleManifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
+        self._preprocess_of_task()
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         for what, tensors, golden in (("inputs", self.inputs, self.golden.inputs),
@@ -315,19 +310,55 @@ class BundleManifest(_Model):
         unlisted = [rel for rel in named if rel not in self.files]
         if unlisted:
             raise ValueError(f"{unlisted[0]!r} is used but not listed in files")
+        self._assets_of_task()
         return self
+
+    def _preprocess_of_task(self) -> None:
+        """The task's ``preprocess_model`` validates the preprocessing, as JSON (strict types, bounded values)."""
+        from edgetl.tasks import get_task
+
+        model = get_task(self.task).preprocess_model
+        try:
+            model.model_validate_json(json.dumps(self.preprocess))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+            raise ValueError(f"field {_location(('preprocess', *error['loc']))}: {message}") from None
+
+    def _record(self):
+        from edgetl.tasks.base import TaskRecord
+
+        return TaskRecord(self.preprocess, tuple(self.labels))
 
     def _matches_task(self) -> None:
         """The tensors are what the task makes of the preprocessing and labels (an image: 3 channels at
         the preprocessing's size; one output class per label)."""
         from edgetl.tasks import get_task
-        from edgetl.tasks.base import TaskRecord
 
         task = get_task(self.task)
-        record = TaskRecord(self.preprocess.model_dump(), tuple(self.labels))
-        why = task.check_bundle([t.spec() for t in self.inputs], [t.spec() for t in self.outputs], record)
+        why = task.check_bundle([t.spec() for t in self.inputs], [t.spec() for t in self.outputs], self._record())
         if why:
             raise ValueError(why)
+
+    def _assets_of_task(self) -> None:
+        """The assets are the ones the task's preprocessing reads, each listed (hashed, signed) and of a
+        bounded size; no other file lives in assets/."""
+        from edgetl.tasks import get_task
+
+        wanted = sorted(get_task(self.task).assets(self._record()))
+        if sorted(self.assets) != wanted:
+            raise ValueError(f"assets {sorted(self.assets)[:MAX_ASSETS]} are not the files the task {self.task} "
+                             f"reads ({wanted})")
+        for name in self.assets:
+            entry = self.files.get(f"{ASSETS_DIR}/{name}")
+            if entry is None:
+                raise ValueError(f"asset {name!r} is not listed in files")
+            if entry.size > MAX_ASSET_SIZE:
+                raise ValueError(f"asset {name!r} holds {entry.size} bytes, more than {MAX_ASSET_SIZE}")
+        stray = sorted(rel for rel in self.files if rel.startswith(f"{ASSETS_DIR}/")
+                       and rel[len(ASSETS_DIR) + 1:] not in self.assets)
+        if stray:
+            raise ValueError(f"{stray[0]!r} is not one of the bundle's assets")
 
 
 def parse(raw: bytes, where: str) -> dict[str, Any]:

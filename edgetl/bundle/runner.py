@@ -18,7 +18,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from edgetl.bundle.manifest import MAX_DIM
 from edgetl.bundle.signing import SignatureStatus
 from edgetl.data.layout import IMAGE_SUFFIXES
 from edgetl.errors import BundleError, DataError, MissingDependencyError
-from edgetl.tasks import get_task
+from edgetl.tasks import DEFAULT_TASK, get_task, require_modules
 from edgetl.tasks.base import TaskRecord
 from edgetl.tensors import Feeds, batch_size, concat, take
 
@@ -83,11 +83,12 @@ class Bundle:
 
     @property
     def task(self):
-        return get_task(self.manifest["task"])
+        """The bundle's task, once the modules its preprocessing needs are installed here."""
+        return require_modules(get_task(self.manifest["task"]))
 
     @property
     def record(self) -> TaskRecord:
-        return TaskRecord.of_bundle(self.manifest)
+        return TaskRecord.of_bundle(self.manifest, self.root)
 
     def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(input feeds, expected outputs) by tensor name, checked against the manifest's specs;
@@ -319,31 +320,36 @@ def check_argument_order(bundle: Path, images: Path) -> None:
 
 
 def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike], top: int = 3,
-            threads: int | None = None) -> list[dict]:
-    """Top-k labels with probabilities for an image, every image in a folder, or each of several.
+            threads: int | None = None, stdin: IO[str] | None = None) -> list[dict]:
+    """Top-k labels with probabilities for each sample the arguments name (the task's
+    ``predict_samples``): an image, every image in a folder, or each of several; a text task's
+    strings, text files (one sample per line) or ``-`` (the lines of ``stdin``).
 
-    One row per image, in the order given (a folder's sorted); an image that cannot be read (corrupt,
-    truncated, not an image, not a regular file) gets ``"top": []`` and an ``"error"`` saying why,
-    and the others go on. A path that does not exist is one ``DataError`` before anything runs.
+    One row per sample, in the order given (a folder's sorted), keyed ``"image"`` for images and
+    ``"sample"`` for other tasks; a sample that cannot be read (corrupt, truncated, not a regular
+    file) gets ``"top": []`` and an ``"error"`` saying why, and the others go on. A path that does
+    not exist is one ``DataError`` before anything runs.
     """
-    targets = [Path(images)] if isinstance(images, str | os.PathLike) else [Path(p) for p in images]
-    check_argument_order(Path(path), targets[0])
+    args = [os.fspath(images)] if isinstance(images, str | os.PathLike) else [os.fspath(p) for p in images]
+    check_argument_order(Path(path), Path(args[0]))
     bundle = open_bundle(path)
     task, record = bundle.task, bundle.record
-    files = [f for target in targets for f in image_files(target)]
+    key = "image" if task.name == DEFAULT_TASK else "sample"
+    samples = task.predict_samples(args, stdin)
     results = []
     with open_session(bundle, threads) as session:
-        for f in files:
+        for name, sample in samples:
             try:
-                why = not_a_file(f)
+                # a sample naming a file system entry is stat-ed first: a FIFO or a device is never opened
+                why = not_a_file(Path(sample)) if os.path.lexists(sample) else None
                 if why:
-                    raise DataError(f"{f}: {why}")
-                feeds = task.preprocess([f], record)
+                    raise DataError(f"{sample}: {why}")
+                feeds = task.preprocess([sample], record)
             except DataError as exc:
-                results.append({"image": str(f), "top": [], "error": str(exc)})
+                results.append({key: name, "top": [], "error": str(exc)})
                 continue
             (answer,) = task.postprocess(session.run(feeds), record, top)
-            results.append({"image": str(f), "top": [dataclasses.asdict(p) for p in answer]})
+            results.append({key: name, "top": [dataclasses.asdict(p) for p in answer]})
     return results
 
 
@@ -381,7 +387,7 @@ def bench(
                                    iterations=iterations, duration_s=duration_s, isolated=False)
     bundle = open_bundle(path)
     require_runtime(bundle)  # a missing runtime fails before any timing
-    images = labelled_images(data, bundle.labels) if data is not None else None  # so does a bad folder
+    images = labelled_images(data, bundle.labels, bundle.task) if data is not None else None  # so does a bad folder
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
     settings = settings.with_threads(settings.threads or bundle.threads or default_threads())
     threads = settings.threads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -154,18 +155,21 @@ def verify_cmd(bundle, threads, as_json):
 @cli.command("predict")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--top", default=3, show_default=True, help="How many labels per image.")
+@click.option("--top", default=3, show_default=True, help="How many labels per sample.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
-    """Classify images, or every image under a folder, with a bundle (the bundle comes first).
+    """Classify images, or every image under a folder, with a bundle (the bundle comes first);
+    a text bundle takes strings, text files (one sample per line) or - (stdin lines).
 
     \b
     Examples:
       edgetl predict model-bundle.tar.gz photo.jpg --top 3
       edgetl predict model-bundle.tar.gz shots/*.jpg              # several images, in this order
       edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
+      edgetl predict reviews-bundle.tar.gz "the battery died after a week"
+      cat reviews.txt | edgetl predict reviews-bundle.tar.gz -    # one text per line
 
     \b
     An image that cannot be read (corrupt, truncated, not an image, a FIFO or device
@@ -177,21 +181,24 @@ def predict_cmd(bundle, images, top, threads, as_json):
     from edgetl.bundle.runner import predict
     from edgetl.errors import DataError
 
-    results = predict(bundle, images, top=top, threads=threads)
+    results = predict(bundle, images, top=top, threads=threads, stdin=sys.stdin)
+    if not results:
+        raise DataError("nothing to predict: the arguments hold no samples")
+    key = "image" if "image" in results[0] else "sample"
     failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         k = max(len(r["top"]) for r in results)
-        table = Table("image", *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
+        table = Table(key, *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
         folder = Path(images[0]) if len(images) == 1 and Path(images[0]).is_dir() else None
         for r in results:
-            name = Path(r["image"]).relative_to(folder).as_posix() if folder else r["image"]
+            name = Path(r[key]).relative_to(folder).as_posix() if folder else r[key]
             cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k
             table.add_row(escape(name), *cells, *([escape(r.get("error", ""))] if failed else []))
         console.print(table)
     if failed:
-        raise DataError(f"{len(failed)} of {len(results)} image(s) could not be read, e.g. {failed[0]['error']}")
+        raise DataError(f"{len(failed)} of {len(results)} {key}(s) could not be read, e.g. {failed[0]['error']}")
 
 
 @cli.command("build")

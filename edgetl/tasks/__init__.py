@@ -35,10 +35,26 @@ def get_task(name: str):
     return instance(GROUP, "tasks", "task", name)
 
 
-def task_of_train(train: Mapping[str, Any]) -> tuple[Task, TaskRecord]:
+def task_of_train(train: Mapping[str, Any], run=None) -> tuple[Task, TaskRecord]:
     """A run's task and its record, from the run's ``train`` section (a run from before tasks:
-    ``DEFAULT_TASK``)."""
-    return get_task(train.get("task", DEFAULT_TASK)), TaskRecord.of_train(train)
+    ``DEFAULT_TASK``); ``run`` resolves the assets."""
+    return get_task(train.get("task", DEFAULT_TASK)), TaskRecord.of_train(train, run)
+
+
+def require_modules(task: Task) -> Task:
+    """``task`` once the modules its device side needs (``Task.requires``) are importable here; else
+    one line with the pip command."""
+    import importlib.util
+
+    missing = [m for m in getattr(task, "requires", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        from edgetl.errors import MissingDependencyError
+
+        extra = getattr(task, "extra", None)
+        install = f'pip install "edgetl[{extra}]"' if extra else f"pip install {' '.join(missing)}"
+        raise MissingDependencyError(f"task {task.name} needs {', '.join(missing)}, which is not installed here: "
+                                     f"{install}")
+    return task
 
 
 def task_rows() -> list[dict]:
@@ -52,4 +68,5 @@ def task_rows() -> list[dict]:
     return rows
 
 
-__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "task_of_train", "task_rows", "tasks"]
+__all__ = ["BENCH_METRICS", "DEFAULT_TASK", "GROUP", "Metric", "get_task", "require_modules", "task_of_train",
+           "task_rows", "tasks"]

@@ -9,10 +9,11 @@ free of torch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,21 +36,67 @@ MEMORY = Metric("memory_mb", "lower", "MB", "peak resident memory of the session
 BENCH_METRICS = (LATENCY_P90, MEMORY)
 
 
+ASSETS = "assets"  # the folder of a task's asset files: train/assets/ in a run, assets/ in a bundle
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     """What a task reads from a run's ``train`` section or a bundle manifest to describe its model:
-    the preprocessing (``PreprocessSpec.to_dict()``) and the class names."""
+    the preprocessing (the task's dict, e.g. ``PreprocessSpec.to_dict()``), the class names and the
+    asset files its preprocessing reads (a tokenizer), by name, as absolute paths."""
 
     preprocess: Mapping[str, Any]
     classes: tuple[str, ...]
+    assets: Mapping[str, Path] = field(default_factory=dict)
 
     @classmethod
-    def of_train(cls, train: Mapping[str, Any]) -> TaskRecord:
-        return cls(train["preprocess"], tuple(train["classes"]))
+    def of_train(cls, train: Mapping[str, Any], run=None) -> TaskRecord:
+        """``run`` (a ``RunDir``) resolves the train section's ``assets`` (name -> run-relative path)."""
+        assets = train.get("assets") or {}
+        if assets and run is None:
+            raise ValueError("a run's assets need the run to resolve them")
+        return cls(train["preprocess"], tuple(train["classes"]), {n: run.inside(rel) for n, rel in assets.items()})
 
     @classmethod
-    def of_bundle(cls, manifest: Mapping[str, Any]) -> TaskRecord:
-        return cls(manifest["preprocess"], tuple(manifest["labels"]))
+    def of_bundle(cls, manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> TaskRecord:
+        """``bundle_dir`` (the extracted bundle) resolves the manifest's ``assets`` (names in ``assets/``)."""
+        names = manifest.get("assets") or []
+        if names and bundle_dir is None:
+            raise ValueError("a bundle's assets need its folder to resolve them")
+        return cls(manifest["preprocess"], tuple(manifest["labels"]),
+                   {n: Path(bundle_dir) / ASSETS / n for n in names})
+
+
+@dataclass
+class LabelledSamples:
+    """A labelled data set as a task reads it (``Task.read_labelled``): samples are the strings the
+    task loads (a file path, or a text itself), with their class names; ``skipped``: (sample, reason)
+    of what could not be used. ``files``: the samples are paths, and the content hash reads their bytes."""
+
+    samples: list[str]
+    labels: list[str]
+    classes: list[str]  # sorted
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+    files: bool = True
+
+    def indexed(self, classes: Sequence[str] | None = None) -> list[tuple[str, int]]:
+        """(sample, class index) pairs, in ``classes``' order (default: this set's)."""
+        index = {name: i for i, name in enumerate(classes or self.classes)}
+        return [(s, index[label]) for s, label in zip(self.samples, self.labels, strict=True)]
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(name) for name in self.classes}
+
+    def content_hash(self) -> str:
+        """Hash of every sample's content (a file's bytes, or the text) and label: the key for caches
+        and for skipping unchanged work."""
+        digest = hashlib.sha256()
+        for sample, label in sorted(self.indexed()):
+            digest.update(f"{self.classes[label]}\0".encode())
+            content = Path(sample).read_bytes() if self.files else sample.encode()
+            digest.update(hashlib.sha256(content).digest())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -69,6 +116,30 @@ class Task(Protocol):
     name: str  # the entry-point name: recorded in the run manifest and the bundle
     description: str
     metrics: tuple[Metric, ...]  # what ``evaluate`` returns and a profile's budgets may set goals on
+    # A pydantic model that validates ``record.preprocess`` in a bundle manifest (untrusted input:
+    # every value bounded).
+    preprocess_model: type
+    # Dotted path of the task's torch-side module (workstation only; None: edgetl cannot train it):
+    # BACKBONES, DEFAULT_BACKBONE, options_model, train, inputs_hash, load_trained (architecture.md).
+    workstation: str | None
+    requires: tuple[str, ...]  # modules the device side needs beyond base edgetl ("tokenizers",)
+    extra: str | None  # the pip extra that installs them: pip install "edgetl[<extra>]"
+
+    def read_labelled(self, source: Path) -> LabelledSamples:
+        """A labelled data set in one of this task's layouts (torch-free); bad input: one-line DataError."""
+
+    def predict_samples(self, args: Sequence[str], stdin: IO[str] | None) -> list[tuple[str, str]]:
+        """``edgetl predict``'s arguments -> (display name, sample) pairs (``-``: read ``stdin``)."""
+
+    def assets(self, record: TaskRecord) -> list[str]:
+        """Names of the files the preprocessing needs besides the model (a tokenizer)."""
+
+    def quantization(self, record: TaskRecord, runtime: str, precision: str) -> dict[str, Any]:
+        """The task's scheme for ``precision`` on ``runtime`` (``{}``: the runtime's default). Keys:
+        ``scheme`` ("static"/"dynamic"), ``op_types``, ``keep_float_prefixes``, ``model_type``, ``why``."""
+
+    def max_dims(self, record: TaskRecord) -> dict[str, int]:
+        """The largest size of each named dynamic axis besides the batch (``{"sequence": 128}``)."""
 
     def inputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
         """The model's inputs, dynamic axes by name (axis 0 is the batch); without a record, the
@@ -77,14 +148,15 @@ class Task(Protocol):
     def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
         """The model's outputs, named like ``inputs``."""
 
-    def load(self, files: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
-        """Sample files -> compact decoded arrays (e.g. uint8 pixels): what a run caches per split."""
+    def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        """Samples (file paths, or texts) -> compact decoded arrays (e.g. uint8 pixels): what a run
+        caches per split."""
 
     def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
         """``load``'s arrays -> the model's feeds, exactly as validation saw them."""
 
-    def preprocess(self, files: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
-        """Sample files -> feeds (``feeds(load(files))``): what ``predict`` runs on the device."""
+    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        """Samples -> feeds (``feeds(load(samples))``): what ``predict`` runs on the device."""
 
     def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Random feeds of the right specs, for timing where the values do not matter."""

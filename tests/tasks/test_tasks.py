@@ -151,3 +151,41 @@ def test_check_bundle_says_why_tensors_are_not_the_tasks(change, message):
     inputs, outputs = change(task.inputs(RECORD), task.outputs(RECORD))
     why = task.check_bundle(inputs, outputs, RECORD)
     assert why == message if message is None else message in why
+
+
+def test_image_read_labelled_is_the_image_set_with_its_hash(digits_dir, tmp_path):
+    """The task's torch-free reader: the classes sorted, every image with its class, bad files skipped
+    with the reason, and the content hash the image set has always had (caches stay valid)."""
+    from edgetl.data.datasets import load_image_set
+
+    data = tmp_path / "digits"
+    import shutil
+
+    shutil.copytree(digits_dir, data)
+    (data / "0" / "bad.png").write_bytes(b"not a png")
+    got = get_task(DEFAULT_TASK).read_labelled(data)
+    images = load_image_set(data)
+    assert got.classes == images.classes == sorted(got.classes)
+    assert got.indexed() == images.samples and len(got.samples) == 60
+    assert [s for s, _ in got.skipped] == [str(data / "0" / "bad.png")]
+    assert got.content_hash() == images.content_hash()
+
+
+def test_image_predict_samples_expand_folders(digits_dir):
+    pairs = get_task(DEFAULT_TASK).predict_samples([str(digits_dir / "1")], None)
+    assert len(pairs) == 20 and all(name == sample and sample.endswith(".png") for name, sample in pairs)
+    with pytest.raises(DataError, match="does not exist"):
+        get_task(DEFAULT_TASK).predict_samples(["nowhere.png"], None)
+
+
+def test_a_run_record_resolves_its_assets_inside_the_run(tmp_path):
+    from edgetl.errors import ArtifactError
+    from edgetl.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    train = {"preprocess": {}, "classes": ["a", "b"], "assets": {"vocab.txt": "train/assets/vocab.txt"}}
+    assert TaskRecord.of_train(train, run).assets == {"vocab.txt": run.path / "train/assets/vocab.txt"}
+    with pytest.raises(ArtifactError, match="outside the run"):
+        TaskRecord.of_train({**train, "assets": {"x": "../x"}}, run)
+    bundle = TaskRecord.of_bundle({"preprocess": {}, "labels": ["a"], "assets": ["vocab.txt"]}, tmp_path)
+    assert bundle.assets == {"vocab.txt": tmp_path / "assets" / "vocab.txt"}
