@@ -44,9 +44,9 @@ QUANTIZATION = {
 class TextPreprocess(BaseModel):
     """``preprocess`` of a text run or bundle (untrusted in a bundle: every value bounded)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "8" is not 8 in a manifest
 
-    max_length: int = Field(ge=2, le=4096, description="tokens per text, [CLS] and [SEP] included; longer texts are cut")
+    max_length: int = Field(ge=2, le=512, description="tokens per text, [CLS] and [SEP] included; longer texts are cut")
     tokenizer: str = Field(TOKENIZER, pattern=r"^[A-Za-z0-9_.-]{1,64}\.json$", description="the tokenizer asset")
     pad_id: int = Field(0, ge=0, le=10_000_000, description="the id of the padding token")
 
