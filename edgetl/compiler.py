@@ -216,12 +216,26 @@ class _Context:
         return self._calib[key]
 
 
-def _fingerprint(onnx_sha: str, cell: Cell, backend) -> str:
+def _fingerprint(onnx_sha: str, cell: Cell, backend, of_task: dict[str, Any] | None = None) -> str:
+    """What a cell is built from; the task's options (``task_options``) only where it has some, so
+    the fingerprints of image runs stay what they were."""
     return sha256_json({
         "onnx": onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
         "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": backend.fingerprint(cell.options),
-        "edgetl": __version__,
+        "edgetl": __version__, **(of_task or {}),
     })
+
+
+def task_options(run: RunDir, cell: Cell) -> dict[str, Any]:
+    """What the run's task adds to the cell's compile options, each only where it has one:
+    ``quantization`` (``Task.quantization``: its int8 scheme for the runtime) and ``max_dims``
+    (``Task.max_dims``: the largest size of each dynamic axis, for an engine's profile)."""
+    from edgetl.tasks import task_of_train
+
+    task, record = task_of_train(run.manifest["train"], run)
+    hint = dict(task.quantization(record, cell.runtime, cell.precision) or {})
+    dims = dict(task.max_dims(record) or {})
+    return {**({"quantization": hint} if hint else {}), **({"max_dims": dims} if dims else {})}
 
 
 def fingerprints(run: RunDir, cells: list[Cell]) -> dict[str, str | None] | None:
@@ -236,7 +250,7 @@ def fingerprints(run: RunDir, cells: list[Cell]) -> dict[str, str | None] | None
     for cell in cells:
         backend = get_backend(cell.runtime)
         buildable = backend.available() and cell.precision in backend.precisions
-        out[cell.key] = _fingerprint(onnx_sha, cell, backend) if buildable else None
+        out[cell.key] = _fingerprint(onnx_sha, cell, backend, task_options(run, cell)) if buildable else None
     return out
 
 
@@ -267,7 +281,7 @@ def _compile_cell(ctx: _Context, cell: Cell, force: bool, reporter: Reporter) ->
             raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")
         if cell.precision not in backend.precisions:
             raise CompileError(f"{cell.runtime} cannot build {cell.precision}: it supports {', '.join(backend.precisions)}")
-        fingerprint = _fingerprint(ctx.onnx_sha, cell, backend)
+        fingerprint = _fingerprint(ctx.onnx_sha, cell, backend, task_options(ctx.run, cell))
         entry = _current(ctx.run, cell, fingerprint) if not force else None
         status = "cached"
         if entry is None:
@@ -298,13 +312,16 @@ def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, reporter: Repor
     if cell.precision == "int8":
         reporter.step("compile", f"{cell.key}: calibration images")
         calibration = ctx.calibration(cell.recipe, reporter.warn)
-    options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads}
+    of_task = task_options(run, cell)
+    options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads, **of_task}
     dest = run.path / "compiled" / cell.target / cell.precision
     with atomic_dir(dest) as tmp:
         reporter.step("compile", f"{cell.key}: {cell.runtime} {cell.precision}")
         started = time.perf_counter()
         compiled = backend.compile(ctx.onnx_path, tmp, cell.precision, calibration, options)
         compile_s = time.perf_counter() - started
+        if "quantization" in of_task:  # recorded whatever the backend reports: it is part of the entry's inputs
+            compiled.options["quantization"] = of_task["quantization"]
         reporter.step("compile", f"{cell.key}: accuracy on the validation split")
         accuracy = _accuracy(ctx, backend, compiled, cell.threads)
     moved = _moved(compiled, tmp, dest)

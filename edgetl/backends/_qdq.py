@@ -139,12 +139,14 @@ def quantize_qdq(
     reduce_range: bool = False,
     op_types: list[str] | None = None,
     extra_options: dict[str, Any] | None = None,
+    keep_float_prefixes: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Static QDQ quantization with ONNX Runtime's quantizer; returns the settings used.
 
     ``activation_type``/``weight_type`` are "int8" or "uint8". ``op_types`` restricts what is
     quantized (None: everything ONNX Runtime can quantize) before ``recipe.keep_float_ops`` is
-    taken out of it.
+    taken out of it; nodes whose names start with one of ``keep_float_prefixes`` stay float (a
+    task's hint: a log-mel front end inside the graph).
     """
     onnx = require("onnx", "int8 quantization")
     q = require("onnxruntime.quantization", "int8 quantization")
@@ -163,16 +165,11 @@ def quantize_qdq(
         **(extra_options or {}),
     }
     with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # Shape inference + constant folding first, as ONNX Runtime recommends: it gives the
-        # quantizer the shapes it needs and fewer tensors to calibrate.
-        try:
-            quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=False)
-        except Exception as exc:  # shape inference names the op it cannot handle
-            raise CompileError(f"cannot prepare {onnx_in.name} for quantization: {str(exc).strip().splitlines()[0]}") from exc
+        prepared = _prepared(onnx_in, Path(tmp) / "prepared.onnx", quant_pre_process)
         model = onnx.load(str(prepared))
         _check_names(model, recipe)
         depthwise = depthwise_convs(model) if recipe.keep_float_depthwise else []
+        kept_float = prefixed_nodes(model, keep_float_prefixes)
         check_feeds(onnx_inputs(model), take(calibration, slice(0, 1)), "calibration samples")
         reader = _Reader(calibration)
         extra["CalibStridedMinMax"] = _stride(len(reader))
@@ -182,7 +179,7 @@ def quantize_qdq(
                     str(prepared), str(onnx_out), reader,
                     quant_format=q.QuantFormat.QDQ,
                     op_types_to_quantize=quantizable,
-                    nodes_to_exclude=[*recipe.keep_float_nodes, *depthwise],
+                    nodes_to_exclude=[*recipe.keep_float_nodes, *depthwise, *kept_float],
                     per_channel=recipe.per_channel,
                     reduce_range=reduce_range,
                     activation_type=types[activation_type],
@@ -205,5 +202,62 @@ def quantize_qdq(
         "keep_float_ops": list(recipe.keep_float_ops),
         "keep_float_nodes": list(recipe.keep_float_nodes),
         "keep_float_depthwise": len(depthwise),
+        **({"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept_float)}
+           if keep_float_prefixes else {}),
         "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
+    }
+
+
+def _prepared(onnx_in: Path, dest: Path, quant_pre_process) -> Path:
+    """Shape inference + constant folding first, as ONNX Runtime recommends: it gives the quantizer
+    the shapes it needs and fewer tensors to calibrate. Its symbolic shape inference raises a
+    TypeError on transformer exports (dynamic sequence axes, a known ONNX Runtime problem): those
+    are prepared with ONNX's own shape inference only."""
+    try:
+        try:
+            quant_pre_process(str(onnx_in), str(dest), skip_symbolic_shape=False)
+        except TypeError:
+            quant_pre_process(str(onnx_in), str(dest), skip_symbolic_shape=True)
+    except Exception as exc:  # shape inference names the op it cannot handle
+        raise CompileError(f"cannot prepare {onnx_in.name} for quantization: {str(exc).strip().splitlines()[0]}") from exc
+    return dest
+
+
+def prefixed_nodes(model, prefixes) -> list[str]:
+    """Names of the nodes whose name starts with one of ``prefixes`` (a task's keep-float hint);
+    a prefix no node has is the task's bug, named."""
+    names = [n.name for n in model.graph.node]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            raise CompileError(f"the task's keep_float_prefixes {prefix!r} matches no node of the model "
+                               f"(it has: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
+    return [name for name in names if name.startswith(tuple(prefixes))] if prefixes else []
+
+
+def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, op_types: list[str] | None = None,
+                          keep_float_prefixes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Dynamic int8 with ONNX Runtime's quantizer: int8 weights, activations quantized at run time
+    (no calibration). Pays on transformers where static QDQ of every op does not."""
+    onnx = require("onnx", "int8 quantization")
+    q = require("onnxruntime.quantization", "int8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-dyn-") as tmp:
+        prepared = _prepared(onnx_in, Path(tmp) / "prepared.onnx", quant_pre_process)
+        kept_float = prefixed_nodes(onnx.load(str(prepared)), keep_float_prefixes)
+        try:
+            with _quiet():
+                q.quantize_dynamic(str(prepared), str(onnx_out), weight_type=q.QuantType.QInt8,
+                                   op_types_to_quantize=list(op_types) if op_types else None,
+                                   nodes_to_exclude=kept_float, reduce_range=reduce_range, per_channel=False)
+        except (ValueError, RuntimeError) as exc:
+            raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
+    return {
+        "format": "dynamic",
+        "weights": "int8",
+        "activations": "uint8, quantized at run time",
+        "reduce_range": reduce_range,
+        **({"op_types": list(op_types)} if op_types else {}),
+        **({"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept_float)}
+           if keep_float_prefixes else {}),
     }

@@ -108,15 +108,24 @@ class OnnxRuntimeBackend(CpuBackendBase):
                        "(ORT_ENABLE_ALL) are left to the device's session"}
 
     def _int8(self, src: Path, out: Path, calibration: dict[str, np.ndarray] | None, options: dict[str, Any]) -> dict[str, Any]:
-        from edgetl.backends._qdq import quantize_qdq
+        """Static QDQ (every op, or the task's ``op_types``), or ``quantize_dynamic`` where the task's
+        hint says static does not pay (``options["quantization"]``, ``Task.quantization``)."""
+        from edgetl.backends._qdq import quantize_dynamic_int8, quantize_qdq
 
-        recipe = options.get("recipe") or CalibrationRecipe(name="default")
+        hint = options.get("quantization") or {}
         cpu = target_cpu(options)
         types = choose_int8_types(set(cpu.flags), cpu.arch)
+        keep = hint.get("keep_float_prefixes") or ()
+        if hint.get("scheme") == "dynamic":
+            settings = quantize_dynamic_int8(src, out, reduce_range=types["reduce_range"], op_types=hint.get("op_types"),
+                                             keep_float_prefixes=keep)
+            return {**settings, "cpu": cpu.record(), "why": hint.get("why") or "the task's scheme: dynamic int8"}
+        recipe = options.get("recipe") or CalibrationRecipe(name="default")
         settings = quantize_qdq(src, out, calibration, recipe, activation_type=types["activations"],
-                                weight_type=types["weights"], reduce_range=types["reduce_range"])
-        return {**settings, "calibration": recipe.name, "cpu": cpu.record(),
-                "why": f"{types['why']} (for {cpu.source}'s CPU)"}
+                                weight_type=types["weights"], reduce_range=types["reduce_range"],
+                                op_types=hint.get("op_types"), keep_float_prefixes=keep)
+        return {**settings, **({"op_types": hint["op_types"]} if hint.get("op_types") else {}),
+                "calibration": recipe.name, "cpu": cpu.record(), "why": f"{types['why']} (for {cpu.source}'s CPU)"}
 
     def _check_loads(self, path: Path) -> None:
         """Fail at compile time, not on the device, if ONNX Runtime rejects the artifact."""

@@ -109,7 +109,7 @@ class OpenVinoBackend(CpuBackendBase):
         model = _convert(ov, Path(onnx_path))
         if precision == "int8":
             check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
-            model, chosen = _quantize(model, calibration, recipe, target_cpu(options))
+            model, chosen = _quantize(model, calibration, recipe, target_cpu(options), options.get("quantization") or {})
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",
                       "why": "half the size; the CPU decompresses weights at load and computes in f16 "
@@ -161,13 +161,17 @@ def _spec(port) -> TensorSpec:
 
 
 # -- int8 through nncf -----------------------------------------------------------------------------
-def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu):
+def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu,
+              hint: dict[str, Any]):
+    """nncf post-training quantization; ``hint`` (the task's ``quantization``): ``model_type``
+    "transformer" (nncf's scheme for attention models) and ``keep_float_prefixes`` (names kept float)."""
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    ignored, scope = _ignored_scope(nncf, model, recipe)
+    ignored, scope = _ignored_scope(nncf, model, recipe, hint.get("keep_float_prefixes") or ())
+    model_type = nncf.ModelType.TRANSFORMER if hint.get("model_type") == "transformer" else None
     ranges, range_notes = _range_estimator(recipe)
     # "fast": one statistics pass per layer; "accurate": nncf's BiasCorrection, which re-runs
     # sub-graphs layer by layer (about 2-3x slower); "none": no correction.
@@ -195,7 +199,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     items = list(batches(calibration, _CALIBRATION_BATCH))
     quantized = nncf.quantize(
         model, nncf.Dataset(items), preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(items),
-        fast_bias_correction=fast, model_type=None, ignored_scope=scope, advanced_parameters=advanced,
+        fast_bias_correction=fast, model_type=model_type, ignored_scope=scope, advanced_parameters=advanced,
     )
     return quantized, {
         "quantizer": f"nncf {nncf.__version__} post-training quantization",
@@ -205,7 +209,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
         "symmetric_activations": True,
         "per_channel": recipe.per_channel,
         "target_device": "CPU",
-        "model_type": None,
+        "model_type": hint.get("model_type"),
         "bias_correction": recipe.bias_correction,
         "fast_bias_correction": fast,
         "disable_bias_correction": advanced.disable_bias_correction,
@@ -214,7 +218,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
         **range_notes,
         "overflow_fix": overflow_fix.value,
         "cpu": cpu.record(),
-        "why": f"{overflow_why} (for {cpu.source}'s CPU)",
+        "why": f"{overflow_why} (for {cpu.source}'s CPU)" + (f"; {hint['why']}" if hint.get("why") else ""),
     }
 
 
@@ -277,8 +281,9 @@ def _range_estimator(recipe: CalibrationRecipe):
     }
 
 
-def _ignored_scope(nncf, model, recipe: CalibrationRecipe):
-    """recipe.keep_float_* as an nncf.IgnoredScope; a name the model lacks is the recipe's error."""
+def _ignored_scope(nncf, model, recipe: CalibrationRecipe, prefixes=()):
+    """recipe.keep_float_* (and the task's name ``prefixes``) as an nncf.IgnoredScope; a name the
+    model lacks is the recipe's error."""
     ops = list(model.get_ordered_ops())
     present_types = {op.get_type_name() for op in ops}
     present_names = {op.get_friendly_name() for op in ops}
@@ -296,6 +301,11 @@ def _ignored_scope(nncf, model, recipe: CalibrationRecipe):
         found = [n for n in (wanted, f"{wanted}/WithoutBiases") if n in present_names]
         if not found:
             _missing(recipe, "keep_float_nodes", wanted, present_names)
+        names += found
+    for prefix in prefixes:  # ONNX node names carry over into OpenVINO's friendly names
+        found = sorted(n for n in present_names if n.startswith(prefix) and n not in names)
+        if not found:
+            raise CompileError(f"the task's keep_float_prefixes {prefix!r} matches no OpenVINO op")
         names += found
     scope = nncf.IgnoredScope(types=types, names=names) if types or names else None
     return {"types": types, "names": names}, scope

@@ -124,12 +124,14 @@ class TensorRtBackend(BackendBase):
 
             to_fp16(Path(onnx_path), onnx_out)
         else:
-            chosen.update(self._qdq(Path(onnx_path), onnx_out, calibration, options.get("recipe")))
+            chosen.update(self._qdq(Path(onnx_path), onnx_out, calibration, options.get("recipe"),
+                                    options.get("quantization") or {}))
         arch = options.get("gpu_arch") or DEFAULT_ARCH
         if not options.get("gpu_arch"):
             chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
         max_batch = int(options.get("max_batch") or DEFAULT_MAX_BATCH)
-        shapes = opt_shapes(onnx_out, options.get("dims") or {}, calibration)
+        # the profile's dims, else the task's largest sizes (a text task's max_length), else the calibration's
+        shapes = opt_shapes(onnx_out, options.get("dims") or options.get("max_dims") or {}, calibration)
         files = [onnx_out]
         reason = cannot_target(trt, arch)
         if reason:
@@ -148,18 +150,22 @@ class TensorRtBackend(BackendBase):
         chosen.update({"gpu_arch": arch, "max_batch": max_batch, "shapes": shapes, "strongly_typed": True})
         return Compiled(self.name, precision, path, files, chosen, estimate_with=onnx_out)
 
-    def _qdq(self, src: Path, out: Path, calibration: dict[str, np.ndarray] | None, recipe: CalibrationRecipe | None) -> dict[str, Any]:
+    def _qdq(self, src: Path, out: Path, calibration: dict[str, np.ndarray] | None, recipe: CalibrationRecipe | None,
+             hint: dict[str, Any]) -> dict[str, Any]:
+        """Explicit QDQ; the task's ``hint`` may narrow the op types and keep name prefixes float."""
         from edgetl.backends._qdq import quantize_qdq
 
         recipe = recipe or CalibrationRecipe(name="default")
         forced = [f for f, v in (("symmetric_activations", recipe.symmetric_activations), ("per_channel", recipe.per_channel)) if not v]
         # TensorRT's int8 is symmetric (zero point 0) and its conv kernels want per-channel weights.
         recipe = recipe.model_copy(update={"symmetric_activations": True, "per_channel": True})
+        ops = [op for op in _QDQ_OPS if op in hint["op_types"]] if hint.get("op_types") else list(_QDQ_OPS)
         settings = quantize_qdq(
-            src, out, calibration, recipe, activation_type="int8", weight_type="int8", op_types=_QDQ_OPS,
-            extra_options={"QuantizeBias": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": _QDQ_OPS},
+            src, out, calibration, recipe, activation_type="int8", weight_type="int8", op_types=ops,
+            extra_options={"QuantizeBias": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ops},
+            keep_float_prefixes=hint.get("keep_float_prefixes") or (),
         )
-        why = "TensorRT explicit quantization: symmetric int8, per-channel weights, float bias, Q/DQ on " + "/".join(_QDQ_OPS)
+        why = "TensorRT explicit quantization: symmetric int8, per-channel weights, float bias, Q/DQ on " + "/".join(ops)
         if forced:
             why += f" (recipe's {' and '.join(forced)}=false overridden: TensorRT needs them)"
         return {**settings, "calibration": recipe.name, "why": why}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field
 
 from edgetl._io import sha256_json, write_json
