@@ -28,7 +28,8 @@ def build_tokenizer(words: list[str]):
 
 
 def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """config.json, model.safetensors (Hugging Face names) and tokenizer.json of a random 2-layer BERT."""
+    """config.json, model.safetensors (Hugging Face names) and tokenizer.json of a random 2-layer BERT
+    (but for one planted sentiment direction)."""
     import torch
     from safetensors.torch import save_file
 
@@ -42,6 +43,11 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     encoder = BertEncoder(BertConfig(**config))
     state = encoder.state_dict()
+    # a planted sentiment direction in the word embeddings, so a head learns the reviews in a few steps
+    direction = torch.randn(config["hidden_size"])
+    for words, sign in ((POSITIVE, 3.0), (NEGATIVE, -3.0)):
+        for word in words:
+            state["word.weight"][tok.token_to_id(word)] += sign * direction
     save_file({theirs: state[ours].contiguous() for ours, theirs in hf_names(encoder.config).items()},
               str(folder / "model.safetensors"))
     return folder

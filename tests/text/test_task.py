@@ -18,7 +18,6 @@ from edgetl.tasks.text_classification import (
     bootstrap_interval,
     length_from_data,
     macro_f1,
-    tokenize,
 )
 
 TASK = get_task("text-classification")
@@ -48,7 +47,7 @@ def test_folder_of_txt_files(tmp_path):
     (tmp_path / "pos" / "notes.md").write_text("ignored")
     (tmp_path / "neg" / "bad.txt").write_bytes(b"\xff\xfe broken")
     found = TASK.read_labelled(tmp_path)
-    assert sorted(zip(found.samples, found.labels)) == [("awful", "neg"), ("lovely film", "pos")]
+    assert sorted(zip(found.samples, found.labels, strict=True)) == [("awful", "neg"), ("lovely film", "pos")]
     assert sorted(reason for _, reason in found.skipped) == ["empty text", "not UTF-8 text (invalid start byte at byte 0)"]
 
 
