@@ -135,8 +135,14 @@ def load_encoder(folder: Path) -> BertEncoder:
     """The encoder of a Hugging Face BERT folder (``config.json`` + ``model.safetensors``), fp32, eval."""
     from safetensors.torch import load_file
 
+    from edgetl.errors import ConfigError
+
     config = BertConfig.read(folder / "config.json")
     encoder = BertEncoder(config)
     tensors = load_file(str(folder / "model.safetensors"))
+    missing = [theirs for theirs in hf_names(config).values() if theirs not in tensors]
+    if missing:
+        raise ConfigError(f"{folder / 'model.safetensors'} is not a BERT of its config.json: {len(missing)} tensors "
+                          f"missing, e.g. {missing[0]}")
     encoder.load_state_dict({ours: tensors[theirs].float() for ours, theirs in hf_names(config).items()})
     return encoder.eval()

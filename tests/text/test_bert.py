@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -40,3 +41,16 @@ def test_minilm_real_weights_equal_numpy_reference():
     ours, ref = _both(folder, ["the battery died after a week", "a great film!"], heads=12)
     assert ours.shape == (2, 384)
     assert np.abs(ours - ref).max() < 2e-6
+
+
+def test_a_folder_that_is_not_a_bert_is_one_line(tmp_path, tiny_bert):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from edgetl.errors import ConfigError
+
+    folder = shutil.copytree(tiny_bert, tmp_path / "bert")
+    save_file({"other.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+    with pytest.raises(ConfigError, match="is not a BERT of its config.json: .* missing, e.g. embeddings"):
+        load_encoder(folder)
