@@ -29,17 +29,19 @@ MAX_LENGTH_CAP = 128  # a longer default costs quadratic attention for the rare 
 LENGTH_PERCENTILE = 95
 TEXT_SUFFIX = ".txt"
 
-# int8 per runtime, chosen by measurement on all-MiniLM-L6-v2 with movie reviews
-# (benchmarks/text_classification.py; README "Text classification").
+# int8 per runtime, chosen by measurement on all-MiniLM-L6-v2 with 2,000 movie reviews (400 validation:
+# differences under ~2 pp are within noise) on an AVX2 CPU without VNNI, where no int8 scheme ran
+# faster than ONNX Runtime fp32 (benchmarks/text_classification.py; README "Text classification").
 QUANTIZATION = {
     "onnxruntime": {"scheme": "dynamic", "op_types": ["MatMul", "Gemm"], "per_channel": True, "reduce_range": False,
-                    "why": "on 2,000 movie reviews dynamic int8 of MatMul/Gemm, per-channel, full range lost 1.5 pp "
-                    "(96.5% agreement) where per-tensor lost 3.0 pp, with reduce_range 5.25 pp, with the embedding "
-                    "table too 1.75 pp (but 23 MB instead of 59 MB)"},
-    "openvino": {"model_type": "transformer", "why": "NNCF's transformer type (SmoothQuant, softmax and layer norm "
-                 "kept float) lost 2.25 pp on 2,000 movie reviews, within its 95% interval of -0.6..+5.1 pp"},
-    "tensorrt": {"op_types": ["MatMul", "Gemm"], "why": "static MatMul-only per-channel QDQ lost 0.5 pp on "
-                 "all-MiniLM-L6-v2 where QDQ of every op lost 4.3 pp"},
+                    "why": "dynamic int8 of MatMul/Gemm, per-channel, full range lost 1.5 pp on movie reviews where "
+                    "dynamic per-tensor of every op lost 3.7 pp (5.25 with reduce_range), static QDQ of MatMul/Gemm "
+                    "2.7 pp and static QDQ of every op 16 pp"},
+    "openvino": {"model_type": "transformer", "why": "NNCF's transformer type (SmoothQuant; softmax and layer norm "
+                 "in float) lost 2.2 pp on movie reviews, but ran 2x slower than OpenVINO fp32 on an AVX2 CPU "
+                 "without VNNI: measure the device before shipping int8"},
+    "tensorrt": {"op_types": ["MatMul", "Gemm"], "why": "static QDQ of MatMul/Gemm only, per-channel, lost 2.7 pp on "
+                 "movie reviews (its ONNX twin on ONNX Runtime) where QDQ of every op lost 16 pp"},
 }
 
 
