@@ -205,7 +205,8 @@ class CommonTrainOptions(_Options):
         for name in importable_tasks():
             model = task_options_model(name)
             for field_name, field in (model.model_fields.items() if model and name != task else ()):
-                if getattr(self, field_name) != field.get_default(call_default_factory=True):
+                default = field.get_default(call_default_factory=True)
+                if getattr(self, field_name, default) != default:  # absent: built before that task was installed
                     raise ConfigError(f"option {flag(field_name)} is for --task {name}, not {task}")
 
     @field_validator("unfreeze", mode="before")

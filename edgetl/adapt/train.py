@@ -211,12 +211,15 @@ def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
 
 
 def _options(options: TrainOptions | Mapping[str, Any] | None) -> TrainOptions:
-    """``train``'s options: a ``TrainOptions``, or a dict of its fields (checked as the CLI's flags)."""
+    """``train``'s options: a ``TrainOptions``, or a dict of its fields (checked as the CLI's flags),
+    by the model as it is now (a plugin installed since this module was imported adds its options)."""
+    from edgetl.adapt import options as option_models
+
     if options is None:
-        return TrainOptions()
+        return option_models.TrainOptions()
     if isinstance(options, Mapping):
-        return TrainOptions(**options)
-    if not isinstance(options, TrainOptions):
+        return option_models.TrainOptions(**options)
+    if not isinstance(options, option_models.CommonTrainOptions):
         raise ConfigError(f"options must be an edgetl.TrainOptions (e.g. TrainOptions(epochs=10)) or a dict of its "
                           f"fields, not {type(options).__name__}")
     return options

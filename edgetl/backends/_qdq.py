@@ -224,14 +224,30 @@ def _prepared(onnx_in: Path, dest: Path, quant_pre_process) -> Path:
 
 
 def prefixed_nodes(model, prefixes) -> list[str]:
-    """Names of the nodes whose name starts with one of ``prefixes`` (a task's keep-float hint);
-    a prefix no node has is the task's bug, named."""
-    names = [n.name for n in model.graph.node]
+    """Names of the nodes a task's keep-float hint names: a node's name, or the PyTorch module path
+    the exporter recorded for it (``frontend.mel`` for the ops of ``self.frontend.mel``), starts
+    with one of ``prefixes``. A prefix no node has is the task's bug, named."""
+    if not prefixes:
+        return []
+    paths = {n.name: (n.name, _module_path(n)) for n in model.graph.node}
     for prefix in prefixes:
-        if not any(name.startswith(prefix) for name in names):
-            raise CompileError(f"the task's keep_float_prefixes {prefix!r} matches no node of the model "
-                               f"(it has: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
-    return [name for name in names if name.startswith(tuple(prefixes))] if prefixes else []
+        if not any(path.startswith(prefix) for pair in paths.values() for path in pair):
+            names = list(paths)
+            raise CompileError(f"the task's keep_float_prefixes {prefix!r} matches no node or module of the model "
+                               f"(nodes: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
+    return [name for name, pair in paths.items() if any(p.startswith(tuple(prefixes)) for p in pair)]
+
+
+def _module_path(node) -> str:
+    """The dotted module path of an op of the dynamo exporter (its ``name_scopes``, op name last)."""
+    import ast
+
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    try:
+        parts = [s for s in ast.literal_eval(scopes) if s] if scopes else []
+    except (ValueError, SyntaxError):
+        return ""
+    return ".".join(parts[:-1])
 
 
 def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, op_types: list[str] | None = None,

@@ -109,7 +109,9 @@ class OpenVinoBackend(CpuBackendBase):
         model = _convert(ov, Path(onnx_path))
         if precision == "int8":
             check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
-            model, chosen = _quantize(model, calibration, recipe, target_cpu(options), options.get("quantization") or {})
+            hint = options.get("quantization") or {}
+            keep = _onnx_nodes(Path(onnx_path), hint.get("keep_float_prefixes") or ())
+            model, chosen = _quantize(model, calibration, recipe, target_cpu(options), hint, keep)
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",
                       "why": "half the size; the CPU decompresses weights at load and computes in f16 "
@@ -161,16 +163,27 @@ def _spec(port) -> TensorSpec:
 
 
 # -- int8 through nncf -----------------------------------------------------------------------------
+def _onnx_nodes(onnx_path: Path, prefixes) -> list[str]:
+    """The ONNX nodes a task's ``keep_float_prefixes`` names (``_qdq.prefixed_nodes``): OpenVINO
+    keeps ONNX node names as its ops' friendly names."""
+    if not prefixes:
+        return []
+    from edgetl.backends._qdq import prefixed_nodes
+
+    return prefixed_nodes(require("onnx").load(str(onnx_path), load_external_data=False), prefixes)
+
+
 def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu,
-              hint: dict[str, Any]):
+              hint: dict[str, Any], keep_float: list[str]):
     """nncf post-training quantization; ``hint`` (the task's ``quantization``): ``model_type``
-    "transformer" (nncf's scheme for attention models) and ``keep_float_prefixes`` (names kept float)."""
+    "transformer" (nncf's scheme for attention models); ``keep_float``: the ONNX nodes its
+    ``keep_float_prefixes`` name, kept float."""
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    ignored, scope = _ignored_scope(nncf, model, recipe, hint.get("keep_float_prefixes") or ())
+    ignored, scope = _ignored_scope(nncf, model, recipe, keep_float)
     model_type = nncf.ModelType.TRANSFORMER if hint.get("model_type") == "transformer" else None
     ranges, range_notes = _range_estimator(recipe)
     # "fast": one statistics pass per layer; "accurate": nncf's BiasCorrection, which re-runs
@@ -281,9 +294,9 @@ def _range_estimator(recipe: CalibrationRecipe):
     }
 
 
-def _ignored_scope(nncf, model, recipe: CalibrationRecipe, prefixes=()):
-    """recipe.keep_float_* (and the task's name ``prefixes``) as an nncf.IgnoredScope; a name the
-    model lacks is the recipe's error."""
+def _ignored_scope(nncf, model, recipe: CalibrationRecipe, keep_float=()):
+    """recipe.keep_float_* (and the task's ``keep_float`` ONNX nodes) as an nncf.IgnoredScope; a
+    name the model lacks is the recipe's error."""
     ops = list(model.get_ordered_ops())
     present_types = {op.get_type_name() for op in ops}
     present_names = {op.get_friendly_name() for op in ops}
@@ -302,11 +315,8 @@ def _ignored_scope(nncf, model, recipe: CalibrationRecipe, prefixes=()):
         if not found:
             _missing(recipe, "keep_float_nodes", wanted, present_names)
         names += found
-    for prefix in prefixes:  # ONNX node names carry over into OpenVINO's friendly names
-        found = sorted(n for n in present_names if n.startswith(prefix) and n not in names)
-        if not found:
-            raise CompileError(f"the task's keep_float_prefixes {prefix!r} matches no OpenVINO op")
-        names += found
+    for wanted in keep_float:  # fused away by OpenVINO (a Constant folded in): nothing to keep float
+        names += [n for n in (wanted, f"{wanted}/WithoutBiases") if n in present_names and n not in names]
     scope = nncf.IgnoredScope(types=types, names=names) if types or names else None
     return {"types": types, "names": names}, scope
 

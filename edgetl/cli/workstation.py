@@ -20,6 +20,7 @@ from edgetl.cli._options import (
     model_options,
 )
 from edgetl.errors import DataError
+from edgetl.models.registry import DEFAULT_BACKBONE
 from edgetl.tasks import DEFAULT_TASK
 
 
@@ -66,7 +67,7 @@ def train(data, out, resume, target, **params):
     inputs, options = TrainInputs(**_take_fields(params, TrainInputs)), TrainOptions(**_take_fields(params, TrainOptions))
     if inputs.task == DEFAULT_TASK:
         resolve_layout(data, inputs.val)  # a wrong path answers now, not after torch and timm load
-        check_auto(inputs.backbone or "", target, inputs.weights)
+        check_auto(inputs.backbone or DEFAULT_BACKBONE, target, inputs.weights)
     elif not Path(data).exists():
         raise DataError(f"--data {data} does not exist")
     from edgetl.adapt.train import train as run_train

@@ -229,6 +229,30 @@ NAMED_MODELS = {
 }
 
 
+# The int8 schemes the text and audio tasks hand the backends (``Task.quantization``): what static
+# QDQ of every op costs transformers and log-mel front ends (issue 12's measurements). "*": every
+# runtime. Audio keeps its first convolution (module ``conv1``, the front end here) float.
+TASK_SCHEMES = {
+    "text": {"onnxruntime": {"scheme": "dynamic"}, "openvino": {"model_type": "transformer"},
+             "tensorrt": {"op_types": ["MatMul", "Gemm"]}},
+    "audio": {"*": {"keep_float_prefixes": ["conv1"]}},
+}
+
+
+def task_scheme(model: str, runtime: str) -> dict:
+    schemes = TASK_SCHEMES[model]
+    return schemes.get(runtime, schemes.get("*", {}))
+
+
+def float_convs(path: Path) -> list[str]:
+    """Names of the Conv nodes of an ONNX artifact whose weight is not dequantized (kept float)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] not in dequantized]
+
+
 def build_named_onnx(name: str, path: Path, steps: int = 150):
     """Train the ``NAMED_MODELS`` model a few steps on its rule and export it with ``export_onnx``.
     Returns (onnx path, torch model in eval mode)."""
@@ -312,6 +336,24 @@ class BackendConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
+    def build_scheme(cls, backend, tmp_path_factory):
+        """model name -> int8 Compiled with the task's scheme (``TASK_SCHEMES``) in ``options["quantization"]``."""
+        cache: dict[str, Compiled] = {}
+
+        def _build(name: str) -> Compiled:
+            if "int8" not in backend.precisions:
+                pytest.skip("no int8")
+            if name not in cache:
+                onnx_path, calib, _, _ = named_case(name, tmp_path_factory)
+                out = tmp_path_factory.mktemp(f"{cls.runtime}-{name}-scheme")
+                options = {"threads": 2, **cls.compile_options, "quantization": task_scheme(name, cls.runtime)}
+                cache[name] = backend.compile(onnx_path, out, "int8", calib, options)
+            return cache[name]
+
+        return _build
+
+    @pytest.fixture(scope="class")
+    @classmethod
     def build_named(cls, backend, tmp_path_factory):
         """(model name, precision) -> Compiled, for the ``NAMED_MODELS``, compiled on first use."""
         cache: dict[tuple[str, str], Compiled] = {}
@@ -369,6 +411,15 @@ class BackendConformance:
             assert [(s.name, s.dtype) for s in session.inputs] == [(s.name, s.dtype) for s in NAMED_MODELS[named][2]]
             out = concat([session.run(take(x, slice(0, 1))), session.run(take(x, slice(1, None)))])
         self._check(out, ref, precision, named)
+
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_task_scheme_matches_pytorch(self, backend, build_scheme, tmp_path_factory, named):
+        """int8 with the text or audio task's scheme, within the int8 bounds.
+        (A runtime that needs a GPU overrides this with ``@pytest.mark.gpu``.)"""
+        _, _, x, ref = named_case(named, tmp_path_factory)
+        with backend.load(build_scheme(named).path, threads=2) as session:
+            out = concat([session.run(take(x, slice(0, 1))), session.run(take(x, slice(1, None)))])
+        self._check(out, ref, "int8", named)
 
     def test_run_checks_the_feeds(self, backend, build, tiny):
         """A missing, unknown or mis-typed input is one DataError line naming it, not the runtime's error.

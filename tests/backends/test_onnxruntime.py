@@ -6,8 +6,8 @@ import pytest
 
 from edgetl.backends.onnxruntime import choose_int8_types
 from edgetl.config import CalibrationRecipe
-from edgetl.errors import ConfigError, DataError
-from tests.backends.conformance import BackendConformance, synthetic_images
+from edgetl.errors import CompileError, ConfigError, DataError
+from tests.backends.conformance import BackendConformance, float_convs, named_case, synthetic_images
 
 
 class TestOnnxRuntime(BackendConformance):
@@ -17,6 +17,22 @@ class TestOnnxRuntime(BackendConformance):
         options = build("int8").options
         assert options["format"] == "QDQ" and options["why"]
         assert options["activations"] in {"int8", "uint8"} and options["weights"] == "int8"
+
+    def test_task_schemes_reach_the_artifact(self, build_scheme):
+        """Dynamic int8 for text (MatMulInteger/DynamicQuantizeLinear, no QDQ); the audio front end
+        (module conv1) float while the rest is QDQ."""
+        import onnx
+
+        text = build_scheme("text")
+        ops = {n.op_type for n in onnx.load(str(text.path)).graph.node}
+        assert text.options["format"] == "dynamic" and "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+        audio = build_scheme("audio")
+        assert float_convs(audio.path) == ["node_conv1d"] and audio.options["kept_float_nodes"] == 1
+
+    def test_a_keep_float_prefix_naming_nothing_is_one_line(self, backend, tmp_path_factory, tmp_path):
+        onnx_path, calib, _, _ = named_case("audio", tmp_path_factory)
+        with pytest.raises(CompileError, match="keep_float_prefixes 'frontend' matches no node"):
+            backend.compile(onnx_path, tmp_path, "int8", calib, {"quantization": {"keep_float_prefixes": ["frontend"]}})
 
     def test_too_few_calibration_images(self, backend, tiny, tmp_path):
         with pytest.raises(DataError, match="at least 10"):

@@ -102,6 +102,14 @@ class TestOpenVino(BackendConformance):
         assert any("symmetric_activations" in note for note in options["not_mapped"])
         assert options["overflow_fix"] in {"disable", "first_layer_only"} and options["why"]
 
+    def test_task_schemes_reach_nncf(self, build_scheme):
+        """Text: nncf's transformer model type; audio: the front end's ops (module conv1) ignored."""
+        assert build_scheme("text").options["model_type"] == "transformer"
+        audio = build_scheme("audio")
+        assert audio.options["ignored_scope"]["names"] == ["node_conv1d", "node_conv1d/WithoutBiases"]
+        convs = [op for op in _read(audio.path).get_ordered_ops() if op.get_type_name() == "Convolution"]
+        assert [_activation_source(op) == "FakeQuantize" for op in convs] == [False, True]
+
     @pytest.mark.parametrize("mode", ["none", "accurate"])
     def test_bias_correction_reaches_nncf(self, backend, build, tiny, tmp_path, mode):
         recipe = CalibrationRecipe(name=mode, bias_correction=mode)

@@ -17,6 +17,7 @@ from tests.backends.conformance import (
     SEQUENCE,
     BackendConformance,
     compare,
+    float_convs,
     named_case,
     run_onnx_cpu,
 )
@@ -40,6 +41,21 @@ class TestTensorRt(BackendConformance):
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_named_model_matches_pytorch(self, backend, build_named, tmp_path_factory, named, precision):
         super().test_named_model_matches_pytorch(backend, build_named, tmp_path_factory, named, precision)
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_task_scheme_matches_pytorch(self, backend, build_scheme, tmp_path_factory, named):
+        super().test_task_scheme_matches_pytorch(backend, build_scheme, tmp_path_factory, named)
+
+    @pytest.mark.parametrize("named", list(NAMED_MODELS))
+    def test_task_scheme_estimate_matches_pytorch(self, build_scheme, tmp_path_factory, named):
+        """The engine's QDQ twin on ONNX Runtime CPU: text with Q/DQ on the matrix products only,
+        audio with its front end (conv1) float."""
+        compiled = build_scheme(named)
+        _, _, x, ref = named_case(named, tmp_path_factory)
+        self._check(run_onnx_cpu(compiled.estimate_with, x), ref, "int8", named)
+        if named == "audio":
+            assert float_convs(compiled.estimate_with) == ["node_conv1d"]
 
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_named_model_estimate_matches_pytorch(self, build_named, tmp_path_factory, named, precision):

@@ -66,6 +66,17 @@ def test_compile_applies_the_tasks_quantization_hint(text_run):
     assert int8["options"]["quantization"]["scheme"] == "dynamic"
     assert "quantization" not in fp32["options"]
     assert int8["accuracy"]["agreement"] >= 0.9
+    assert 0.9 <= int8["accuracy"]["macro_f1"] <= 1  # the task's own metric, for the gates
+
+
+def test_tensorrt_sizes_its_engine_from_the_tasks_max_dims(text_run):
+    """fp16 has no calibration samples to size the sequence axis: the task's max_dims does (built here
+    without a GPU, as every TensorRT engine)."""
+    run, _, tmp = text_run
+    with registered(tmp / "site"):
+        _ok("compile", str(run.path), "--target", "tensorrt", "--precision", "fp16")
+    entry = RunDir.open(run.path).manifest["compiled"]["tensorrt/fp16"]
+    assert entry["options"]["shapes"] == {"input_ids": [1, 8], "attention_mask": [1, 8]}
 
 
 def test_bundle_verify_and_predict_text(text_run):
@@ -80,6 +91,23 @@ def test_bundle_verify_and_predict_text(text_run):
         assert rows[0]["sample"] == "the screen was lovely and great" and rows[0]["top"][0]["label"] == "pos"
         rows = json.loads(_ok("predict", str(bundle), "-", "--json", stdin="bad awful phone\n\ngood nice\n"))
         assert [(r["sample"], r["top"][0]["label"]) for r in rows] == [("bad awful phone", "neg"), ("good nice", "pos")]
+        lines = tmp / "lines.txt"
+        lines.write_text("lovely screen\nthe battery was broken\n")
+        rows = json.loads(_ok("predict", str(bundle), str(lines), "--json"))
+        assert [r["top"][0]["label"] for r in rows] == ["pos", "neg"]
+        accuracy = json.loads(_ok("val", str(bundle), str(tmp / "reviews.csv"), "--json"))["accuracy"]
+        assert accuracy["n"] == 60 and accuracy["top1"] >= 0.9  # the task's reader on the device
+
+
+def test_a_missing_device_module_is_one_line_with_the_extra(text_run, tmp_path, monkeypatch):
+    _, bundle, tmp = text_run
+    with registered(tmp / "site"):
+        import tinytext_task
+
+        monkeypatch.setattr(tinytext_task.TinyText, "requires", ("edgetl_no_such_tokenizer",))
+        monkeypatch.setattr(tinytext_task.TinyText, "extra", "text")
+        refused(["predict", str(bundle), "good"], 'needs edgetl_no_such_tokenizer, which is not installed here: '
+                'pip install "edgetl[text]"', tmp_path)
 
 
 def _tampered(tmp: Path, bundle: Path, edit) -> Path:

@@ -37,6 +37,7 @@ class TinyText:
         Metric("top1", "higher", "", "top-1 accuracy on the validation split"),
         Metric("accuracy_drop_pp", "lower", "pp", "top-1 drop against the FP32 PyTorch reference"),
         Metric("agreement", "higher", "", "share of samples whose top-1 equals the reference's"),
+        Metric("macro_f1", "higher", "", "F1 averaged over the classes"),
     )
     preprocess_model = TinyTextPreprocess
     workstation = "tinytext_train"
@@ -129,4 +130,7 @@ class TinyText:
     def evaluate(self, outputs, labels, reference, classes=None) -> dict[str, Any]:
         from edgetl.tasks.image_classification import ImageClassification
 
-        return ImageClassification().evaluate(outputs, labels, reference, classes)
+        pred, labels = np.asarray(outputs["logits"]).argmax(1), np.asarray(labels)
+        f1 = [2 * ((pred == c) & (labels == c)).sum() / max(1, (pred == c).sum() + (labels == c).sum())
+              for c in np.unique(labels)]
+        return {**ImageClassification().evaluate(outputs, labels, reference, classes), "macro_f1": float(np.mean(f1))}
