@@ -86,7 +86,7 @@ def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews
     assert sum(r["kept"] for r in history) == 1 and section["metrics"]["kept"]["phase"] in ("head", "finetune")
 
 
-def test_compile_bundle_verify_predict(text_run, tmp_path):
+def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     run = str(text_run.path)
     _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
     int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
@@ -99,6 +99,10 @@ def test_compile_bundle_verify_predict(text_run, tmp_path):
     assert rows[0]["top"][0]["label"] == "pos"
     rows = json.loads(_ok("predict", bundle, "-", "--json", stdin="awful and broken plot\n\nsuperb great actor\n"))
     assert [r["top"][0]["label"] for r in rows] == ["neg", "pos"]
+    # texts of many lengths in one labelled CSV: batches padded to their own longest text
+    got = json.loads(_ok("val", bundle, str(reviews_csv), "--json"))
+    got = got["accuracy"]
+    assert got["n"] == 48 and got["top1"] >= 0.8 and 0.8 <= got["macro_f1"] <= 1 and not got["skipped"]
 
 
 def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
