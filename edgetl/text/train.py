@@ -54,7 +54,8 @@ EMBED_BATCH = 64
 class TextOptions(_Options):
     """Training flags of text-classification only."""
 
-    max_length: int | None = Field(None, ge=8, le=512, description="Tokens per text, [CLS] and [SEP] included "
+    max_length: int | None = Field(None, ge=8, le=512, description="text-classification: tokens per text, [CLS] and "
+                                   "[SEP] included "
                                    "(longer texts are cut). Default: the 95th percentile of the training texts' "
                                    "token counts, at most 128. E.g. --max-length 64.")
 
