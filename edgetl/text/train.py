@@ -48,6 +48,9 @@ BACKBONES = {
 }
 DEFAULT_BACKBONE = "minilm-l6"
 MODES = ("feature-extraction", "finetune")
+# Fine-tuning's LRs when --backbone-lr-scale / --layer-decay are not given (the images' 0.1 / 0.5 nearly
+# freeze a transformer's lower layers): on 2,000 movie reviews, every layer for 2 epochs, 76.5% -> 78.75%.
+RECIPE = {"backbone_lr_scale": 0.05, "layer_decay": 0.9}
 EMBED_BATCH = 64
 
 
@@ -200,12 +203,17 @@ def _packed(texts: list[str], record: TaskRecord) -> np.ndarray:
     return np.stack([feeds[IDS], feeds[MASK]], axis=1)
 
 
+def finetune_recipe(opts) -> dict[str, float]:
+    """The given --backbone-lr-scale and --layer-decay, else the text task's ``RECIPE``."""
+    return {k: given if (given := getattr(opts, k)) is not None else v for k, v in RECIPE.items()}
+
+
 def _layer_groups(model, opts) -> list[dict]:
     """Parameter groups of fine-tuning: the head at ``--lr``, the last ``--unfreeze`` layers at
     ``backbone_lr_scale`` of it for the top one and ``layer_decay`` less per layer below; the rest frozen."""
     layers = model.encoder.layers
     n = len(layers) if opts.unfreeze == "all" else min(int(opts.unfreeze), len(layers))
-    recipe = opts.recipe()
+    recipe = finetune_recipe(opts)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr": opts.head_lr}]
@@ -371,6 +379,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
             "seconds": time.perf_counter() - started,
             "interrupted": bool(result.interrupted or head_result.interrupted),
         },
+        "choices": {"finetune_recipe": finetune_recipe(opts)} if opts.mode == "finetune" else {},
         "inputs_hash": _inputs_hash(resolved, opts, text.hash),
     }
     train_record = TrainRecord.model_validate(section)

@@ -76,6 +76,8 @@ def test_finetune_groups_unfreeze_the_last_layers_with_decaying_rates(tiny_bert)
     assert not any(p.requires_grad for p in [*model.encoder.layers[0].parameters(), *model.encoder.word.parameters()])
     opts = TrainOptions(mode="finetune", unfreeze="all", lr=0.01, backbone_lr_scale=0.1, layer_decay=0.5)
     assert [g["lr"] for g in text_train._layer_groups(model, opts)] == pytest.approx([0.01, 0.001, 0.0005])
+    defaults = TrainOptions(mode="finetune", unfreeze="all", lr=0.01)  # the text recipe, not the images'
+    assert [g["lr"] for g in text_train._layer_groups(model, defaults)] == pytest.approx([0.01, 0.0005, 0.00045])
 
 
 def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews_csv):
@@ -84,6 +86,7 @@ def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews
     history = json.loads((tmp_path / "run" / "train" / "history.json").read_text())
     assert [r["phase"] for r in history][-1] == "finetune"
     assert sum(r["kept"] for r in history) == 1 and section["metrics"]["kept"]["phase"] in ("head", "finetune")
+    assert section["choices"]["finetune_recipe"] == text_train.RECIPE
 
 
 def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
