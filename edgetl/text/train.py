@@ -326,8 +326,8 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
     history, result, kept = list(head_result.history), head_result, {"phase": "head", "epoch": head_result.best_epoch}
-    x_train, x_val = _packed(train_texts, record), _packed(val_texts, record)
     if opts.mode == "finetune" and not head_result.interrupted:
+        x_train, x_val = _packed(train_texts, record), _packed(val_texts, record)
         probe = copy.deepcopy(model.state_dict())
         tuned = _finetune(model, x_train, y_train, x_val, y_val, opts, execution, console, on_epoch, save)
         history += tuned.history
