@@ -251,7 +251,7 @@ def _module_path(node) -> str:
 
 
 def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, op_types: list[str] | None = None,
-                          keep_float_prefixes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                          keep_float_prefixes: tuple[str, ...] | list[str] = (), per_channel: bool = False) -> dict[str, Any]:
     """Dynamic int8 with ONNX Runtime's quantizer: int8 weights, activations quantized at run time
     (no calibration). Pays on transformers where static QDQ of every op does not."""
     onnx = require("onnx", "int8 quantization")
@@ -265,7 +265,7 @@ def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, 
             with _quiet():
                 q.quantize_dynamic(str(prepared), str(onnx_out), weight_type=q.QuantType.QInt8,
                                    op_types_to_quantize=list(op_types) if op_types else None,
-                                   nodes_to_exclude=kept_float, reduce_range=reduce_range, per_channel=False)
+                                   nodes_to_exclude=kept_float, reduce_range=reduce_range, per_channel=per_channel)
         except (ValueError, RuntimeError) as exc:
             raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
     return {
@@ -273,6 +273,7 @@ def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, 
         "weights": "int8",
         "activations": "uint8, quantized at run time",
         "reduce_range": reduce_range,
+        "per_channel": per_channel,
         **({"op_types": list(op_types)} if op_types else {}),
         **({"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept_float)}
            if keep_float_prefixes else {}),

@@ -53,21 +53,30 @@ def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tup
     return [p for p, _ in entries], np.array([index[name] for _, name in entries], np.int64)
 
 
+def _readable(task, path, record: TaskRecord, skipped: list[dict]) -> bool:
+    try:
+        task.preprocess([path], record)
+        return True
+    except DataError as exc:
+        skipped.append({"path": str(path), "reason": str(exc)})
+        return False
+
+
 def folder_outputs(session, paths: list[Path], task, record: TaskRecord,
                    progress: Callable[[float, float], None] | None = None) -> tuple[dict[str, np.ndarray], list[int], list[dict]]:
     """Outputs (by name) of every readable sample, the indices of those samples, and the unreadable
     ones (skipped), through the task's own preprocessing."""
     outputs, kept, skipped = [], [], []
     for start in range(0, len(paths), _CHUNK):
-        chunk = []
-        for i in range(start, min(start + _CHUNK, len(paths))):
-            try:
-                chunk.append(task.preprocess([paths[i]], record))
-                kept.append(i)
-            except DataError as exc:
-                skipped.append({"path": str(paths[i]), "reason": str(exc)})
-        if chunk:
-            outputs.append(collect_outputs(session, concat(chunk)))
+        good = list(range(start, min(start + _CHUNK, len(paths))))
+        try:  # one batch (a text batch is padded to its longest text, so batches are not concatenated)
+            feeds = task.preprocess([paths[i] for i in good], record)
+        except DataError:  # find the unreadable samples one by one, then batch the others
+            good = [i for i in good if _readable(task, paths[i], record, skipped)]
+            feeds = task.preprocess([paths[i] for i in good], record) if good else None
+        if good:
+            outputs.append(collect_outputs(session, feeds))
+            kept += good
         if progress is not None:
             progress(min(start + _CHUNK, len(paths)), len(paths))
     return concat(outputs), kept, skipped

@@ -1,0 +1,324 @@
+"""Text classification: token ids and an attention mask in (int64, batch x sequence), class logits out.
+
+Samples are the texts themselves (a CSV row's text, a ``.txt`` file's content), so a run never
+re-reads the user's files. The tokenizer is the backbone's ``tokenizer.json``, a run's and a bundle's
+asset, run by the ``tokenizers`` package (Rust, no torch): this module is the device side.
+See docs/architecture.md, "Text classification".
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgetl.errors import DataError
+from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
+from edgetl.tasks.image_classification import spread_over_classes
+from edgetl.tensors import TensorSpec
+
+IDS, MASK, OUTPUT = "input_ids", "attention_mask", "logits"
+TOKENIZER = "tokenizer.json"
+MAX_LENGTH_CAP = 128  # a longer default costs quadratic attention for the rare long text
+LENGTH_PERCENTILE = 95
+TEXT_SUFFIX = ".txt"
+
+# int8 per runtime, chosen by measurement on all-MiniLM-L6-v2 with 2,000 movie reviews (400 validation:
+# differences under ~2 pp are within noise) on an AVX2 CPU without VNNI, where no int8 scheme ran
+# faster than ONNX Runtime fp32 (benchmarks/text_classification.py; README "Text classification").
+QUANTIZATION = {
+    "onnxruntime": {"scheme": "dynamic", "op_types": ["MatMul", "Gemm"], "per_channel": True, "reduce_range": False,
+                    "why": "dynamic int8 of MatMul/Gemm, per-channel, full range lost 1.5 pp on movie reviews where "
+                    "dynamic per-tensor of every op lost 3.7 pp (5.25 with reduce_range), static QDQ of MatMul/Gemm "
+                    "2.7 pp and static QDQ of every op 16 pp"},
+    "openvino": {"model_type": "transformer", "why": "NNCF's transformer type (SmoothQuant; softmax and layer norm "
+                 "in float) lost 2.2 pp on movie reviews, but ran 2x slower than OpenVINO fp32 on an AVX2 CPU "
+                 "without VNNI: measure the device before shipping int8"},
+    "tensorrt": {"op_types": ["MatMul", "Gemm"], "why": "static QDQ of MatMul/Gemm only, per-channel, lost 2.7 pp on "
+                 "movie reviews (its ONNX twin on ONNX Runtime) where QDQ of every op lost 16 pp"},
+}
+
+
+class TextPreprocess(BaseModel):
+    """``preprocess`` of a text run or bundle (untrusted in a bundle: every value bounded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "8" is not 8 in a manifest
+
+    max_length: int = Field(ge=2, le=512, description="tokens per text, [CLS] and [SEP] included; longer texts are cut")
+    tokenizer: str = Field(TOKENIZER, pattern=r"^[A-Za-z0-9_.-]{1,64}\.json$", description="the tokenizer asset")
+    pad_id: int = Field(0, ge=0, le=10_000_000, description="the id of the padding token")
+
+
+class TextClassification:
+    name = "text-classification"
+    description = "one text in (int64 token ids + attention mask, batch x sequence), one score per class out; top-1 and macro-F1"
+    metrics = (
+        Metric("top1", "higher", "", "top-1 accuracy on the validation split"),
+        Metric("accuracy_drop_pp", "lower", "pp", "top-1 drop against the FP32 PyTorch reference"),
+        Metric("agreement", "higher", "", "share of texts whose top-1 equals the reference's"),
+        Metric("macro_f1", "higher", "", "F1 averaged over the classes (unbalanced classes weigh equally)"),
+    )
+    preprocess_model = TextPreprocess
+    workstation = "edgetl.text.train"
+    requires = ("tokenizers",)
+    extra = "text"
+
+    def inputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
+        return [TensorSpec(IDS, "int64", ("batch", "sequence")), TensorSpec(MASK, "int64", ("batch", "sequence"))]
+
+    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
+        return [TensorSpec(OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
+
+    def assets(self, record: TaskRecord) -> list[str]:
+        return [TextPreprocess(**record.preprocess).tokenizer]
+
+    def max_dims(self, record: TaskRecord) -> dict[str, int]:
+        return {"sequence": TextPreprocess(**record.preprocess).max_length}
+
+    def quantization(self, record: TaskRecord, runtime: str, precision: str) -> dict[str, Any]:
+        return dict(QUANTIZATION.get(runtime, {})) if precision == "int8" else {}
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def read_labelled(self, source: Path) -> LabelledSamples:
+        """A CSV with a header naming ``text`` and ``label`` columns (quoted fields, UTF-8), or a folder
+        of class folders of ``.txt`` files (one text per file). Empty texts or labels are skipped."""
+        source = Path(source)
+        if not source.exists():
+            raise DataError(f"{source} does not exist: give a CSV of text,label rows or a folder of class folders of .txt files")
+        rows, skipped = (_csv_rows(source) if source.is_file() else _folder_rows(source))
+        classes = sorted({label for _, label in rows})
+        if not rows:
+            raise DataError(f"{source}: no usable texts ({len(skipped)} skipped): expected rows of text,label")
+        if len(classes) < 2:
+            raise DataError(f"{source}: found 1 class ({classes[0]!r}); classification needs at least two")
+        return LabelledSamples([t for t, _ in rows], [label for _, label in rows], classes, skipped, str(source),
+                               files=False)
+
+    def predict_samples(self, args: Sequence[str], stdin: IO[str] | None) -> list[tuple[str, str]]:
+        """``-``: one text per non-empty line of stdin; an existing file: one per non-empty line of it;
+        anything else is the text itself."""
+        out: list[tuple[str, str]] = []
+        for arg in args:
+            if arg == "-":
+                out += _lines("stdin", stdin.read() if stdin is not None else "")
+            elif Path(arg).is_file():
+                out += _lines(arg, _read_text(Path(arg)))
+            elif Path(arg).is_dir():
+                raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
+            elif arg.strip():
+                out.append((_shorten(arg), arg))
+        if not out:
+            raise DataError("no text to classify: give a text, a file of texts (one per line) or - for stdin")
+        return out
+
+    def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        """Token ids and mask, padded to the longest text of ``samples`` (at most ``max_length``)."""
+        spec = TextPreprocess(**record.preprocess)
+        ids, mask = tokenize([str(s) for s in samples], _asset(record, spec.tokenizer), spec.max_length, spec.pad_id)
+        return {IDS: ids, MASK: mask}
+
+    def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
+        return {IDS: loaded[IDS], MASK: loaded[MASK]}
+
+    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        return self.feeds(self.load(samples, record), record)
+
+    def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random ids (no special tokens needed for timing) at ``max_length``, every token attended."""
+        spec = TextPreprocess(**record.preprocess)
+        vocab = load_tokenizer(_asset(record, spec.tokenizer)).get_vocab_size()
+        ids = np.random.default_rng(seed).integers(0, vocab, (batch, spec.max_length), dtype=np.int64)
+        return {IDS: ids, MASK: np.ones_like(ids)}
+
+    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
+        return view.val_feeds(spread_over_classes(view.val_labels(), n))
+
+    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
+        return view.calibration_feeds(recipe)
+
+    # -- answers and metrics ------------------------------------------------------------------------
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
+        """Softmax over the logits, the ``top`` most likely classes per text (ties: the lower index)."""
+        logits = np.asarray(outputs[OUTPUT], np.float64)
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = z / z.sum(axis=-1, keepdims=True)
+        k = max(1, min(top, probs.shape[-1]))
+        labels = record.classes
+        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
+                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+    def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
+        logits = outputs[0].shape if outputs else ()
+        if len(logits) == 2 and logits[1] != len(record.classes):
+            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
+        return (spec_mismatch(self.inputs(record), inputs, "inputs")
+                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+
+    def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
+                 reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """The image task's top-1 (Wilson interval), drop (paired interval) and agreement
+        (``bench/accuracy.py``), plus macro-F1 with a seeded bootstrap interval."""
+        from edgetl.bench.accuracy import evaluate, label_accuracy
+
+        logits = outputs[OUTPUT]
+        if reference is None:
+            result = label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
+        else:
+            result = evaluate(logits, labels, reference[OUTPUT], classes)
+        num_classes = np.asarray(logits).shape[1]
+        pred = np.asarray(logits).argmax(1)
+        result["macro_f1"] = macro_f1(pred, np.asarray(labels), num_classes)
+        result["macro_f1_ci"] = list(bootstrap_interval(pred, np.asarray(labels), num_classes))
+        return result
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: Path):
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, without its own padding and truncation
+    (``tokenize`` sets them); a file it cannot read is one line."""
+    from edgetl._lazy import require
+
+    tokenizers = require("tokenizers", "text")
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises plain Exception for every parse error
+        raise DataError(f"{path}: not a tokenizers tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (ids, mask) of ``texts``, each cut to ``max_length`` tokens (special tokens kept) and
+    padded with ``pad_id`` to the longest of them."""
+    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))
+    rows = [e.ids[: max_length - 1] + e.ids[-1:] if len(e.ids) > max_length else e.ids for e in encodings]
+    width = max((len(r) for r in rows), default=1)
+    ids = np.full((len(rows), width), pad_id, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return ids, mask
+
+
+def token_counts(texts: Sequence[str], tokenizer_path: Path) -> np.ndarray:
+    """Tokens per text, special tokens included, uncut."""
+    return np.array([len(e.ids) for e in load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))], np.int64)
+
+
+def length_from_data(texts: Sequence[str], tokenizer_path: Path, cap: int = MAX_LENGTH_CAP) -> dict[str, int]:
+    """``max_length`` for a data set: the 95th percentile of its token counts, at most ``cap``; with
+    the median and the longest, for the record and the benchmarks."""
+    counts = token_counts(texts, tokenizer_path)
+    return {"max_length": int(min(cap, max(2, np.ceil(np.percentile(counts, LENGTH_PERCENTILE))))),
+            "median_tokens": int(np.median(counts)), "longest_tokens": int(counts.max())}
+
+
+def _asset(record: TaskRecord, name: str) -> Path:
+    if name not in record.assets:
+        raise DataError(f"the tokenizer {name!r} is not among the model's assets {sorted(record.assets)}")
+    return Path(record.assets[name])
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The mean over classes of F1 (a class never predicted nor present counts 0 only if present)."""
+    scores = []
+    for c in range(num_classes):
+        tp = int(((pred == c) & (labels == c)).sum())
+        fp, fn = int(((pred == c) & (labels != c)).sum()), int(((pred != c) & (labels == c)).sum())
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def bootstrap_interval(pred: np.ndarray, labels: np.ndarray, num_classes: int, rounds: int = 200,
+                       seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile bootstrap interval of macro-F1 (seeded: the same outputs give the same interval)."""
+    if len(labels) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(labels), (rounds, len(labels)))
+    scores = [macro_f1(pred[d], labels[d], num_classes) for d in draws]
+    return float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(text, label) rows of a CSV with a ``text,label`` header (other columns ignored), and the skipped."""
+    if path.suffix.lower() != ".csv":
+        raise DataError(f"{path} is not a .csv: give a CSV of text,label rows or a folder of class folders of .txt files")
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "text" not in header or "label" not in header:
+            raise DataError(f"{path}: the header {header[:8]} lacks a 'text' and a 'label' column: the first row "
+                            "must name them, e.g. text,label")
+        t, lab = header.index("text"), header.index("label")
+        rows, skipped = [], []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line
+            text = row[t].strip() if t < len(row) else ""
+            label = row[lab].strip() if lab < len(row) else ""
+            if not text or not label:
+                skipped.append((where, "empty text" if not text else "empty label"))
+            else:
+                rows.append((text, label))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
+    return rows, skipped
+
+
+def _folder_rows(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(text, class folder) for every ``.txt`` file one level down, and the skipped ones."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no class folders: expected {root}/<class>/<text>.txt or a CSV of text,label rows")
+    rows, skipped = [], []
+    for folder in folders:
+        for path in sorted(folder.glob(f"*{TEXT_SUFFIX}")):
+            try:
+                text = _read_text(path).strip()
+            except DataError as exc:
+                skipped.append((str(path), str(exc).split(": ", 1)[-1]))
+                continue
+            if text:
+                rows.append((text, folder.name))
+            else:
+                skipped.append((str(path), "empty text"))
+    return rows, skipped
+
+
+def _lines(name: str, text: str) -> list[tuple[str, str]]:
+    return [(f"{name}:{i}", line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -1,0 +1,133 @@
+"""Text training on the tiny BERT (feature extraction, fine-tuning's layer groups), the run it
+writes, and the CLI path: train (the real MiniLM), compile, bundle, verify, predict, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgetl.adapt.options import TrainOptions
+from edgetl.cli import cli
+from edgetl.data.arrays import DataView
+from edgetl.models.build import load_trained
+from edgetl.rundir import RunDir
+from edgetl.text import train as text_train
+
+TASK = "text-classification"
+
+
+def _ok(*args: str, stdin: str | None = None) -> str:
+    result = CliRunner().invoke(cli, list(args), input=stdin)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_bert, reviews_csv) -> RunDir:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("text-run") / "run"
+    text_train.train(reviews_csv, TrainOptions(head_epochs=60, lr=0.02, seed=0), out=out, backbone=str(tiny_bert))
+    return RunDir.open(out)
+
+
+def test_run_records_task_tokens_asset_and_hash(text_run, tiny_bert, reviews_csv):
+    train = text_run.manifest["train"]
+    assert train["task"] == TASK and train["arch"] == "bert" and train["mode"] == "feature-extraction"
+    assert train["assets"] == {"tokenizer.json": "train/assets/tokenizer.json"}
+    assert text_run.verify("train/assets/tokenizer.json").read_bytes() == (tiny_bert / "tokenizer.json").read_bytes()
+    tokens = train["dataset"]["tokens"]
+    assert tokens["median_tokens"] <= train["preprocess"]["max_length"] <= tokens["longest_tokens"]
+    assert train["hparams"]["max_length"] is None  # measured on the data, not given
+    assert train["dataset"]["train_images"] + train["dataset"]["val_images"] == 48
+    assert train["metrics"]["val_top1"] >= 0.8 and 0 <= train["metrics"]["val_macro_f1"] <= 1
+    split = json.loads(text_run.verify("train/split.json").read_text())
+    assert isinstance(split["train"][0][0], str) and " " in split["train"][0][0]  # the text itself
+    assert train["inputs_hash"] == text_train.inputs_hash(reviews_csv, TrainOptions(head_epochs=60, lr=0.02),
+                                                          backbone=str(tiny_bert))
+    other = text_train.inputs_hash(reviews_csv, TrainOptions(head_epochs=60, lr=0.02, max_length=12),
+                                   backbone=str(tiny_bert))
+    assert other != train["inputs_hash"]
+
+
+def test_load_trained_is_the_trained_classifier(text_run):
+    view = DataView(text_run)
+    feeds = view.val_feeds()
+    model = load_trained(text_run)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+    pred = logits.argmax(1)
+    assert float((pred == view.val_labels()).mean()) == text_run.manifest["train"]["metrics"]["val_top1"]
+    np.testing.assert_allclose(view.reference()["logits"], logits, atol=1e-5)
+
+
+def test_finetune_groups_unfreeze_the_last_layers_with_decaying_rates(tiny_bert):
+    from edgetl.adapt.feature_extraction import build_head
+    from edgetl.text.bert import TextClassifier, load_encoder
+
+    model = TextClassifier(load_encoder(tiny_bert), build_head(32, 2, "linear"))
+    opts = TrainOptions(mode="finetune", unfreeze="1", lr=0.01, backbone_lr_scale=0.1, layer_decay=0.5)
+    groups = text_train._layer_groups(model, opts)
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+    assert all(p.requires_grad for p in model.encoder.layers[1].parameters())
+    assert not any(p.requires_grad for p in [*model.encoder.layers[0].parameters(), *model.encoder.word.parameters()])
+    opts = TrainOptions(mode="finetune", unfreeze="all", lr=0.01, backbone_lr_scale=0.1, layer_decay=0.5)
+    assert [g["lr"] for g in text_train._layer_groups(model, opts)] == pytest.approx([0.01, 0.001, 0.0005])
+    defaults = TrainOptions(mode="finetune", unfreeze="all", lr=0.01)  # the text recipe, not the images'
+    assert [g["lr"] for g in text_train._layer_groups(model, defaults)] == pytest.approx([0.01, 0.0005, 0.00045])
+
+
+def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews_csv):
+    section = text_train.train(reviews_csv, TrainOptions(mode="finetune", unfreeze="all", epochs=1, head_epochs=5),
+                               out=tmp_path / "run", backbone=str(tiny_bert))
+    history = json.loads((tmp_path / "run" / "train" / "history.json").read_text())
+    assert [r["phase"] for r in history][-1] == "finetune"
+    assert sum(r["kept"] for r in history) == 1 and section["metrics"]["kept"]["phase"] in ("head", "finetune")
+    assert section["choices"]["finetune_recipe"] == text_train.RECIPE
+
+
+def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
+    int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
+    assert int8["options"]["quantization"]["scheme"] == "dynamic" and int8["accuracy"]["agreement"] >= 0.9
+    assert int8["options"]["per_channel"] and not int8["options"]["reduce_range"]  # the task's measured choice
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "int8")
+    bundle = str(text_run.path / "bundles" / "onnxruntime-int8.tar.gz")
+    assert json.loads(_ok("verify", bundle, "--json"))["ok"]
+    rows = json.loads(_ok("predict", bundle, "the film was lovely and superb", "--json"))
+    assert rows[0]["top"][0]["label"] == "pos"
+    rows = json.loads(_ok("predict", bundle, "-", "--json", stdin="awful and broken plot\n\nsuperb great actor\n"))
+    assert [r["top"][0]["label"] for r in rows] == ["neg", "pos"]
+    # texts of many lengths in one labelled CSV: batches padded to their own longest text
+    got = json.loads(_ok("val", bundle, str(reviews_csv), "--json"))
+    got = got["accuracy"]
+    assert got["n"] == 48 and got["top1"] >= 0.8 and 0.8 <= got["macro_f1"] <= 1 and not got["skipped"]
+
+
+def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
+    out = tmp_path / "run"
+    _ok("train", "--task", TASK, "--data", str(reviews_csv), "--out", str(out), "--max-length", "16",
+        "--head-epochs", "10")
+    train = RunDir.open(out).manifest["train"]
+    assert train["backbone"] == "minilm-l6" and train["preprocess"]["max_length"] == 16
+    assert train["backbone_facts"]["config"]["hidden_size"] == 384 and train["hparams"]["max_length"] == 16
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    ("text,category\nhi,a\n", [], "lacks a 'text' and a 'label' column"),
+    ("text,label\nhi,a\nho,a\n", [], "found 1 class ('a')"),
+    ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
+    ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
+])
+def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra, message):
+    data = tmp_path / "d.csv"
+    data.write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["train", "--task", TASK, "--data", str(data), "--out", str(tmp_path / "run"),
+                                      *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
