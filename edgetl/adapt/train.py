@@ -149,6 +149,26 @@ def _save_checkpoint(state: dict, dest: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))  # wherever it trained
 
 
+def save_run(run: RunDir, section: Mapping[str, Any], state: dict, history: list[dict]) -> TrainRecord:
+    """What every task's training ends with: the train section checked as a ``TrainRecord``, the
+    kept weights in ``train/model.safetensors``, ``train/history.json``, their hashes, the section."""
+    record = TrainRecord.model_validate(section)
+    ckpt = run.path / "train" / "model.safetensors"
+    _save_checkpoint(state, ckpt)
+    write_json(run.path / "train" / "history.json", history)
+    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
+    run.set_record(record)
+    return record
+
+
+def epoch_reporter(reporter):
+    """One line per epoch for a stage reporter (a notebook's, or deploy's), or None."""
+    if reporter is None:
+        return None
+    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
+                                              f"val top-1 {row['val_top1']:.2%}")
+
+
 def _mark_kept(history: list[dict], kept: dict) -> None:
     for row in history:
         if row["phase"] == kept["phase"] and row["epoch"] == kept["epoch"]:
@@ -337,17 +357,9 @@ def train_images(
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, _epoch_reporter(reporter) if dist.is_main else None, resume, target)
+                      opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target)
     finally:
         distributed.teardown(dist)
-
-
-def _epoch_reporter(reporter):
-    """One line per epoch for a stage reporter (a notebook's, or deploy's), or None."""
-    if reporter is None:
-        return None
-    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
-                                              f"val top-1 {row['val_top1']:.2%}")
 
 
 def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None) -> dict:
@@ -494,13 +506,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     }
     section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
                               else _inputs_hash(backbone.name, start_weights, opts, data_hash))
-    record = TrainRecord.model_validate(section)
-    section = record.dump()
+    section = TrainRecord.model_validate(section).dump()
     if dist.is_main:
-        _save_checkpoint(model.state_dict(), ckpt)
-        write_json(run.path / "train" / "history.json", history)
-        run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
-        run.set_record(record)
+        save_run(run, section, model.state_dict(), history)
         if not metrics["interrupted"]:
             checkpoint.remove()
         if chosen is not None:

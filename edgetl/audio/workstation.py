@@ -15,7 +15,6 @@ a gain of 0.5-1.5 and, on 80% of clips, white or pink noise 5-30 dB below the cl
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 from pydantic import Field
@@ -23,8 +22,9 @@ from pydantic import Field
 from edgetl._io import sha256_json, write_json
 from edgetl.adapt.options import _Options
 from edgetl.audio.wav import read_clips
+from edgetl.data.datasets import task_split
 from edgetl.data.layout import resolve_layout
-from edgetl.errors import ConfigError, DataError
+from edgetl.errors import ConfigError
 from edgetl.tasks.audio_classification import AudioClassification, AudioPreprocess, false_accept_rate
 
 # Importing this module must not import torch: TrainOptions reads ``options_model`` of every task.
@@ -60,39 +60,11 @@ def _preprocess(clip_seconds: float) -> dict:
                            n_mels=oww.N_MELS, hop=oww.HOP, n_fft=oww.N_FFT).model_dump()
 
 
-def _split(data: Path, val: Path | None, fraction: float, seed: int):
-    """(classes, train pairs, val pairs, skipped, data hash); without ``val`` a seeded per-class split."""
-    task = AudioClassification()
-    labelled = task.read_labelled(data)
-    skipped = list(labelled.skipped)
-    if val is not None:
-        held = task.read_labelled(val)
-        missing = sorted(set(held.classes) - set(labelled.classes))
-        if missing:
-            raise DataError(f"{val}: classes {missing} are not in the training data {data}")
-        skipped += held.skipped
-        train, val_pairs = labelled.indexed(), held.indexed(labelled.classes)
-        hashes = [labelled.content_hash(), held.content_hash()]
-    else:
-        rng = np.random.default_rng(seed)
-        train, val_pairs = [], []
-        for label in range(len(labelled.classes)):
-            items = sorted(s for s, y in labelled.indexed() if y == label)
-            if len(items) < 2:
-                raise DataError(f"class {labelled.classes[label]!r} has {len(items)} clip; a split needs at least 2")
-            order = rng.permutation(len(items))
-            n_val = min(max(1, round(len(items) * fraction)), len(items) - 1)
-            val_pairs += [(items[i], label) for i in order[:n_val]]
-            train += [(items[i], label) for i in order[n_val:]]
-        hashes = [labelled.content_hash(), sorted(val_pairs)]
-    return labelled, train, val_pairs, skipped, sha256_json(hashes)
-
-
 def inputs_hash(data, options, *, backbone: str = DEFAULT_BACKBONE, val=None) -> str:
     """What ``train`` records as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     layout = resolve_layout(data, val)
-    *_, data_hash = _split(layout.train, layout.val, options.val_split, options.seed)
-    return _hash(backbone, options, data_hash)
+    return _hash(backbone, options, task_split(AudioClassification(), layout.train, layout.val, options.val_split,
+                                               options.seed).hash)
 
 
 def _hash(backbone: str, options, data_hash: str) -> str:
@@ -152,7 +124,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     """Train a keyword spotter on ``data`` (a folder of class folders of .wav, a CSV path,label, or a
     folder holding train/ and val/) and return the manifest's ``train`` section."""
     from edgetl.adapt import device
-    from edgetl.adapt.train import TrainRecord, _seed_everything, _versions
+    from edgetl.adapt.train import _seed_everything, _versions, epoch_reporter, save_run
     from edgetl.audio import oww
     from edgetl.audio.models import KeywordSpotter
     from edgetl.rundir import RunDir
@@ -162,9 +134,8 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     started = time.perf_counter()
     layout = resolve_layout(data, val)
     preprocess = _preprocess(options.clip_seconds)
-    labelled, train_pairs, val_pairs, skipped, data_hash = _split(layout.train, layout.val, options.val_split,
-                                                                  options.seed)
-    classes = labelled.classes
+    split = task_split(AudioClassification(), layout.train, layout.val, options.val_split, options.seed)
+    classes, train_pairs, val_pairs, skipped, data_hash = split.classes, split.train, split.val, split.skipped, split.hash
     if console is not None:
         if layout.note:
             console.print(layout.note, highlight=False)
@@ -180,7 +151,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     y_val = np.array([y for _, y in val_pairs], np.int64)
 
     model = execution.place(KeywordSpotter(backbone, len(classes), preprocess["samples"], options.head))
-    on_epoch = _epoch_reporter(reporter)
+    on_epoch = epoch_reporter(reporter)
     fits = _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch)
     history = [row for fit in fits.values() for row in fit.history]
     interrupted = any(fit.interrupted for fit in fits.values())  # Ctrl-C: the best epoch so far is kept
@@ -217,7 +188,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
             "source": str(layout.train), "val_source": str(layout.val) if layout.val else None, "hash": data_hash,
             "train_images": len(train_pairs), "val_images": len(val_pairs),
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
-            "counts": labelled.counts(),
+            "counts": split.counts,
             "val_counts": {name: int((y_val == i).sum()) for i, name in enumerate(classes)},
         },
         "versions": _versions(),
@@ -235,14 +206,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
         },
         "inputs_hash": _hash(backbone, options, data_hash),
     }
-    record = TrainRecord.model_validate(section)
-    from edgetl.adapt.train import _save_checkpoint
-
-    ckpt = run.path / "train" / "model.safetensors"
-    _save_checkpoint(model.state_dict(), ckpt)
-    write_json(run.path / "train" / "history.json", history)
-    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
-    run.set_record(record)
+    record = save_run(run, section, model.state_dict(), history)
     if console is not None:
         m = section["metrics"]
         far = "n/a" if m["false_accept_rate"] is None else f"{m['false_accept_rate']:.1%}"
@@ -252,13 +216,6 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     if interrupted:
         raise KeyboardInterrupt
     return record.dump()
-
-
-def _epoch_reporter(reporter):
-    if reporter is None:
-        return None
-    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
-                                              f"val top-1 {row['val_top1']:.2%}")
 
 
 def _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch) -> dict:

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl._io import sha256_json
 from edgetl.data.layout import IMAGE_SUFFIXES, check_source
 from edgetl.data.preprocess import open_rgb
 from edgetl.errors import DataError
@@ -138,3 +139,33 @@ def split_samples(samples: list[tuple[str, int]], classes: list[str], val_fracti
         val.extend(items[:n_val])
         train.extend(items[n_val:])
     return train, val
+
+
+@dataclass
+class TaskSplit:
+    """A task's labelled data, split: what a task's training writes to ``train/split.json``."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    skipped: list[tuple[str, str]]
+    counts: dict[str, int]  # the --data set, before the split
+    hash: str  # content and split: part of the run's inputs_hash
+
+
+def task_split(task, data: str | Path, val: str | Path | None, val_fraction: float, seed: int) -> TaskSplit:
+    """Read ``data`` (and ``val``) with the task's ``read_labelled``; without ``val`` a stratified,
+    seeded split (``split_samples``); a ``val`` class the training data lacks is a ``DataError``."""
+    labelled = task.read_labelled(Path(data))
+    skipped = list(labelled.skipped)
+    if val is None:
+        train, val_rows = split_samples(labelled.indexed(), labelled.classes, val_fraction, seed)
+    else:
+        held = task.read_labelled(Path(val))
+        unknown = sorted(set(held.classes) - set(labelled.classes))
+        if unknown:
+            raise DataError(f"{val}: classes {unknown} are not in the training classes {labelled.classes}")
+        train, val_rows, skipped = labelled.indexed(), held.indexed(labelled.classes), skipped + held.skipped
+    data_hash = sha256_json([labelled.content_hash(), sorted(val_rows), sorted(train)])
+    return TaskSplit(labelled.classes, train, val_rows, skipped, labelled.counts(), data_hash)
+

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl.audio.wav import SUFFIXES, read_clips, read_wav
 from edgetl.data.layout import SPLIT_NAMES, TRAIN_NAMES, VAL_NAMES
 from edgetl.errors import DataError
-from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
-from edgetl.tasks.image_classification import spread_over_classes
+from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord
 from edgetl.tensors import TensorSpec
 
 INPUT, OUTPUT = "waveform", "logits"
@@ -44,7 +43,7 @@ def preprocess_of(record: TaskRecord) -> AudioPreprocess:
     return AudioPreprocess.model_validate(dict(record.preprocess))
 
 
-class AudioClassification:
+class AudioClassification(Classifier):
     name = "audio-classification"
     description = ("keyword spotting: a 16 kHz mono waveform window in (float32), one score per word out; "
                    "top-1 and the background class's false-accept rate")
@@ -61,9 +60,6 @@ class AudioClassification:
 
     def inputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
         return [TensorSpec(INPUT, "float32", ("batch", preprocess_of(record).samples if record else "samples"))]
-
-    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
-        return [TensorSpec(OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
 
     def read_labelled(self, source: Path) -> LabelledSamples:
         """A folder of class folders of ``.wav`` files, or a CSV of ``path,label`` rows (paths relative
@@ -125,39 +121,16 @@ class AudioClassification:
     def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
         return {INPUT: np.asarray(loaded[INPUT], np.float32)}
 
-    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
-        return self.feeds(self.load(samples, record), record)
-
     def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         shape = (batch, preprocess_of(record).samples)
         return {INPUT: 0.1 * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)}
 
-    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
-        """Up to ``n`` validation clips, round-robin over the words, so every class is seen."""
-        return view.val_feeds(spread_over_classes(view.val_labels(), n))
-
-    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
-        return view.calibration_feeds(recipe)
-
-    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
-        """Softmax over the logits, the ``top`` most likely words per clip (ties: the lower index)."""
-        logits = np.asarray(outputs[OUTPUT], np.float64)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = z / z.sum(axis=-1, keepdims=True)
-        k = max(1, min(top, probs.shape[-1]))
-        labels = record.classes
-        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
-                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
-
     def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
         spec = preprocess_of(record)
-        wave, logits = inputs[0].shape, outputs[0].shape
+        wave = inputs[0].shape
         if len(wave) == 2 and wave[1] != spec.samples:
             return f"preprocess.samples {spec.samples} is not the input's window {wave[1]}"
-        if len(logits) == 2 and logits[1] != len(record.classes):
-            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
-        return (spec_mismatch(self.inputs(record), inputs, "inputs")
-                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+        return self.check_tensors(inputs, outputs, record)
 
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:

@@ -178,6 +178,58 @@ class Task(Protocol):
         """The task's metrics (with intervals) of ``outputs`` against labels and the FP32 reference."""
 
 
+class Classifier:
+    """What every classification task shares: one ``logits`` output (batch, classes), predictions
+    by softmax, golden and calibration samples from the data view. A task subclasses it and gives
+    its inputs, ``load``/``feeds``, ``read_labelled``, ``evaluate`` and the rest of ``Task``."""
+
+    OUTPUT = "logits"
+
+    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
+        return [TensorSpec(self.OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
+
+    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
+        return self.feeds(self.load(samples, record), record)
+
+    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
+        """Up to ``n`` validation samples, round-robin over classes, so every class is seen."""
+        return view.val_feeds(spread_over_classes(view.val_labels(), n))
+
+    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
+        return view.calibration_feeds(recipe)
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
+        """Softmax over the logits, the ``top`` most likely classes per sample (ties: the lower index)."""
+        logits = np.asarray(outputs[self.OUTPUT], np.float64)
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = z / z.sum(axis=-1, keepdims=True)
+        k = max(1, min(top, probs.shape[-1]))
+        labels = record.classes
+        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
+                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+    def check_tensors(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
+        """One output class per label, then the specs themselves (``check_bundle``'s common part)."""
+        logits = outputs[0].shape if outputs else ()
+        if len(logits) == 2 and logits[1] != len(record.classes):
+            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
+        return (spec_mismatch(self.inputs(record), inputs, "inputs")
+                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+
+
+def spread_over_classes(labels: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` indices, round-robin over the classes in order of appearance, sorted."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        by_class.setdefault(label, []).append(i)
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(labels)):
+        for label in sorted(by_class):
+            if by_class[label] and len(chosen) < n:
+                chosen.append(by_class[label].pop(0))
+    return sorted(chosen)
+
+
 def spec_mismatch(expected: Sequence[TensorSpec], got: Sequence[TensorSpec], what: str) -> str | None:
     """Why ``got`` (an artifact's or a bundle's tensors) is not ``expected`` (a task's), or None.
 

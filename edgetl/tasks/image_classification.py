@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl.data.preprocess import PreprocessSpec, decode_images, normalize
-from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
+from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord
 from edgetl.tensors import TensorSpec
 
 INPUT, OUTPUT = "input", "logits"
@@ -34,7 +34,7 @@ class Preprocess(BaseModel):
     crop_mode: Literal["center", "squash", "border"]
 
 
-class ImageClassification:
+class ImageClassification(Classifier):
     name = "image-classification"
     description = "one RGB image in (float32 NCHW), one score per class out; top-1 accuracy"
     # The numbers compile and bench measure against the FP32 reference; a profile's budgets set
@@ -77,9 +77,6 @@ class ImageClassification:
         height, width = PreprocessSpec.from_dict(record.preprocess).input_size if record else ("height", "width")
         return [TensorSpec(INPUT, "float32", ("batch", 3, height, width))]
 
-    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
-        return [TensorSpec(OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
-
     def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) after resize and crop: a quarter of the float feeds, so this is what is cached."""
         return {"pixels": decode_images(samples, PreprocessSpec.from_dict(record.preprocess))}
@@ -87,45 +84,22 @@ class ImageClassification:
     def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
         return {INPUT: normalize(loaded["pixels"], PreprocessSpec.from_dict(record.preprocess))}
 
-    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
-        return self.feeds(self.load(samples, record), record)
-
     def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         (spec,) = self.inputs(record)
         shape = (batch, *spec.shape[1:])
         return {spec.name: np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)}
 
-    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
-        """Up to ``n`` validation images, round-robin over classes, so every class is seen."""
-        return view.val_feeds(spread_over_classes(view.val_labels(), n))
-
-    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
-        return view.calibration_feeds(recipe)
-
-    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
-        """Softmax over the logits, the ``top`` most likely classes per image (ties: the lower index)."""
-        logits = np.asarray(outputs[OUTPUT], np.float64)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = z / z.sum(axis=-1, keepdims=True)
-        k = max(1, min(top, probs.shape[-1]))
-        labels = record.classes
-        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
-                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
-
     def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
         """The image-specific reasons first (they say what to fix), then the specs themselves."""
         spec = PreprocessSpec.from_dict(record.preprocess)
-        image, logits = inputs[0].shape, outputs[0].shape
+        image = inputs[0].shape
         if len(image) == 4 and image[1] != 3:
             return f"{image[1]} channels: 3 expected (RGB)"
         if len(image) == 4 and list(image[2:]) != list(spec.input_size):
             return f"preprocess.input_size {list(spec.input_size)} is not the input's {list(image[2:])}"
         if not len(spec.mean) == len(spec.std) == 3:
             return "preprocess mean and std need one value per input channel (3)"
-        if len(logits) == 2 and logits[1] != len(record.classes):
-            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
-        return (spec_mismatch(self.inputs(record), inputs, "inputs")
-                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+        return self.check_tensors(inputs, outputs, record)
 
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
@@ -138,15 +112,3 @@ class ImageClassification:
             return label_accuracy(outputs[OUTPUT], labels, classes or [str(i) for i in range(outputs[OUTPUT].shape[1])])
         return evaluate(outputs[OUTPUT], labels, reference[OUTPUT], classes)
 
-
-def spread_over_classes(labels: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` indices, round-robin over the classes in order of appearance, sorted."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(np.asarray(labels).tolist()):
-        by_class.setdefault(label, []).append(i)
-    chosen: list[int] = []
-    while len(chosen) < min(n, len(labels)):
-        for label in sorted(by_class):
-            if by_class[label] and len(chosen) < n:
-                chosen.append(by_class[label].pop(0))
-    return sorted(chosen)

@@ -19,8 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl.errors import DataError
-from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
-from edgetl.tasks.image_classification import spread_over_classes
+from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord
 from edgetl.tensors import TensorSpec
 
 IDS, MASK, OUTPUT = "input_ids", "attention_mask", "logits"
@@ -55,7 +54,7 @@ class TextPreprocess(BaseModel):
     pad_id: int = Field(0, ge=0, le=10_000_000, description="the id of the padding token")
 
 
-class TextClassification:
+class TextClassification(Classifier):
     name = "text-classification"
     description = "one text in (int64 token ids + attention mask, batch x sequence), one score per class out; top-1 and macro-F1"
     metrics = (
@@ -71,9 +70,6 @@ class TextClassification:
 
     def inputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
         return [TensorSpec(IDS, "int64", ("batch", "sequence")), TensorSpec(MASK, "int64", ("batch", "sequence"))]
-
-    def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
-        return [TensorSpec(OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
 
     def assets(self, record: TaskRecord) -> list[str]:
         return [TextPreprocess(**record.preprocess).tokenizer]
@@ -127,9 +123,6 @@ class TextClassification:
     def feeds(self, loaded: Mapping[str, np.ndarray], record: TaskRecord) -> dict[str, np.ndarray]:
         return {IDS: loaded[IDS], MASK: loaded[MASK]}
 
-    def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
-        return self.feeds(self.load(samples, record), record)
-
     def dummy_inputs(self, record: TaskRecord, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Random ids (no special tokens needed for timing) at ``max_length``, every token attended."""
         spec = TextPreprocess(**record.preprocess)
@@ -137,30 +130,10 @@ class TextClassification:
         ids = np.random.default_rng(seed).integers(0, vocab, (batch, spec.max_length), dtype=np.int64)
         return {IDS: ids, MASK: np.ones_like(ids)}
 
-    def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
-        return view.val_feeds(spread_over_classes(view.val_labels(), n))
-
-    def calibration(self, view, recipe) -> dict[str, np.ndarray]:
-        return view.calibration_feeds(recipe)
-
     # -- answers and metrics ------------------------------------------------------------------------
 
-    def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
-        """Softmax over the logits, the ``top`` most likely classes per text (ties: the lower index)."""
-        logits = np.asarray(outputs[OUTPUT], np.float64)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = z / z.sum(axis=-1, keepdims=True)
-        k = max(1, min(top, probs.shape[-1]))
-        labels = record.classes
-        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
-                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
-
     def check_bundle(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
-        logits = outputs[0].shape if outputs else ()
-        if len(logits) == 2 and logits[1] != len(record.classes):
-            return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
-        return (spec_mismatch(self.inputs(record), inputs, "inputs")
-                or spec_mismatch(self.outputs(record), outputs, "outputs"))
+        return self.check_tensors(inputs, outputs, record)
 
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:

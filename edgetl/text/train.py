@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edgetl._io import sha256_json, write_json
 from edgetl.adapt.options import _Options
-from edgetl.errors import ConfigError, DataError, MissingDependencyError, UnknownNameError
+from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
 from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
     IDS,
@@ -98,32 +98,11 @@ def resolve_backbone(name: str) -> Backbone:
 # -- data -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class TextData:
-    classes: list[str]
-    train: list[tuple[str, int]]
-    val: list[tuple[str, int]]
-    skipped: list[tuple[str, str]]
-    counts: dict[str, int]
-    hash: str
+def load_data(data: str | Path, val: str | Path | None, opts):
+    """``data`` (and ``val``) read, split and hashed (``datasets.task_split``)."""
+    from edgetl.data.datasets import task_split
 
-
-def load_data(data: str | Path, val: str | Path | None, opts) -> TextData:
-    """Read ``data`` (and ``val``), split it stratified and seeded when ``val`` is None, hash it."""
-    from edgetl.data.datasets import split_samples
-
-    labelled = TASK.read_labelled(Path(data))
-    skipped = list(labelled.skipped)
-    if val is None:
-        train, val_rows = split_samples(labelled.indexed(), labelled.classes, opts.val_split, opts.seed)
-    else:
-        held = TASK.read_labelled(Path(val))
-        unknown = sorted(set(held.classes) - set(labelled.classes))
-        if unknown:
-            raise DataError(f"{val}: classes {unknown} are not in the training classes {labelled.classes}")
-        train, val_rows, skipped = labelled.indexed(), held.indexed(labelled.classes), skipped + held.skipped
-    data_hash = sha256_json([labelled.content_hash(), sorted(val_rows), sorted(train)])
-    return TextData(labelled.classes, train, val_rows, skipped, labelled.counts(), data_hash)
+    return task_split(TASK, data, val, opts.val_split, opts.seed)
 
 
 def _max_length(opts, texts: list[str], backbone: Backbone) -> dict[str, int]:
@@ -278,7 +257,14 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     from edgetl.adapt.distributed import Dist
     from edgetl.adapt.feature_extraction import build_head, cached_features, train_head
     from edgetl.adapt.loop import predict
-    from edgetl.adapt.train import TrainRecord, _save_checkpoint, _seed_everything, _versions, write_assets
+    from edgetl.adapt.train import (
+        _save_checkpoint,
+        _seed_everything,
+        _versions,
+        epoch_reporter,
+        save_run,
+        write_assets,
+    )
     from edgetl.rundir import RunDir
     from edgetl.text.bert import TextClassifier, Unpacked, load_encoder
 
@@ -305,7 +291,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     head = build_head(encoder.width, len(text.classes), opts.head)
     model = TextClassifier(encoder, head)
     ckpt = run.path / "train" / "model.safetensors"
-    on_epoch = _epoch_reporter(reporter)
+    on_epoch = epoch_reporter(reporter)
 
     def save(state: dict) -> None:
         _save_checkpoint(state, ckpt)
@@ -382,12 +368,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
         "choices": {"finetune_recipe": finetune_recipe(opts)} if opts.mode == "finetune" else {},
         "inputs_hash": _inputs_hash(resolved, opts, text.hash),
     }
-    train_record = TrainRecord.model_validate(section)
-    section = train_record.dump()
-    _save_checkpoint(model.state_dict(), ckpt)
-    write_json(run.path / "train" / "history.json", history)
-    run.record(ckpt, run.path / "train" / "history.json", run.path / "train" / "split.json")
-    run.set_record(train_record)
+    section = save_run(run, section, model.state_dict(), history).dump()
     if console is not None:
         _print_summary(console, section, history)
     if section["metrics"]["interrupted"]:
@@ -407,13 +388,6 @@ def _text_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _epoch_reporter(reporter):
-    if reporter is None:
-        return None
-    return lambda row: reporter.step("train", f"{row['phase']} epoch {row['epoch']}: loss {row['loss']:.3f}, "
-                                              f"val top-1 {row['val_top1']:.2%}")
 
 
 def _print_summary(console, section: dict, history: list[dict]) -> None:

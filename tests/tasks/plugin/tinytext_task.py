@@ -111,7 +111,7 @@ class TinyText:
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def golden_inputs(self, view, n: int) -> dict[str, np.ndarray]:
-        from edgetl.tasks.image_classification import spread_over_classes
+        from edgetl.tasks.base import spread_over_classes
 
         return view.val_feeds(spread_over_classes(view.val_labels(), n))
 
