@@ -294,7 +294,7 @@ MALFORMED = {
     "tensor-name-with-escape": (lambda m: m["inputs"][0].update(name="in\x1b[2J"), "field inputs[0].name"),
     "old-input-field": (_set("input", {"name": "input", "shape": [-1, 3, 4, 4], "dtype": "float32"}),
                         "field input: Extra inputs are not permitted"),
-    "unknown-task": (_set("task", "object-detection"), "task 'object-detection' is not one of image-classification"),
+    "unknown-task": (_set("task", "object-detection"), "task 'object-detection' is not one of audio-classification, image-classification, text-classification"),
     "missing-task": (_drop("task"), "field task: Field required"),
     "golden-path-outside": (_golden_file("inputs", "input", "../in.npy"), "unsafe path '../in.npy'"),
     "golden-unlisted": (_golden_file("expected", "logits", "golden/other.npy"), "'golden/other.npy' is used but not listed"),
