@@ -85,3 +85,5 @@ def test_predict_and_val_help_teach_the_audio_inputs():
     runner = CliRunner()
     assert "predict kws-bundle.tar.gz clip.wav" in runner.invoke(cli, ["predict", "--help"]).output
     assert "_background_" in runner.invoke(cli, ["val", "--help"]).output
+    train = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "train --task audio-classification --data ./keywords" in train and "folders of .wav per word" in train
