@@ -115,8 +115,8 @@ class AudioClassification:
         if precision != "int8":
             return {}
         return {"keep_float_prefixes": [FRONTEND_PREFIX],
-                "why": "int8 of the log-mel front end collapses accuracy (issue 12: 31%); the CNN after it "
-                       "quantizes with a small drop"}
+                "why": "int8 of the log-mel front end collapses accuracy (its dB values span 80 dB; every op "
+                       "int8: 80.9% against 97.7% on the demo words); the CNN after it quantizes with a small drop"}
 
     def max_dims(self, record: TaskRecord) -> dict[str, int]:
         return {}  # the window is fixed: only the batch is dynamic

@@ -87,3 +87,11 @@ def test_predict_and_val_help_teach_the_audio_inputs():
     assert "_background_" in runner.invoke(cli, ["val", "--help"]).output
     train = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
     assert "train --task audio-classification --data ./keywords" in train and "folders of .wav per word" in train
+
+
+def test_compile_says_what_int8_kept_float_and_the_false_accept_rate(compiled):
+    shown = CliRunner().invoke(cli, ["compile", str(compiled), "--target", "onnxruntime", "--precision", "int8"],
+                               terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    assert "false acc. [95% CI]" in shown.output and "unchanged [1]" in shown.output
+    assert "[1] onnxruntime/int8: keeps frontend/* float: int8 of the log-mel front end" in shown.output
