@@ -262,7 +262,7 @@ def _false_accepts_text(metrics: dict, classes: list[str]) -> str:
         return f"{metrics['false_accept_rate']:.1%} [{lo:.1%}, {hi:.1%}] of {metrics['false_accept_n']} background clips"
     if BACKGROUND in classes:
         return f"n/a (no validation clips of {BACKGROUND})"
-    return f"n/a (no {BACKGROUND} class: name the folder of noise, silence and other words {BACKGROUND})"
+    return f"n/a (no {BACKGROUND} class: label the clips of noise, silence and other words {BACKGROUND})"
 
 
 def _epoch_reporter(reporter):

@@ -40,7 +40,7 @@ def test_the_summary_says_why_a_background_class_under_another_name_gives_no_fal
     rate = {"false_accept_rate": 0.25, "false_accept_rate_ci": [0.05, 0.7], "false_accept_n": 4}
     assert workstation._false_accepts_text(rate, ["_background_", "yes"]) == "25.0% [5.0%, 70.0%] of 4 background clips"
     missing = workstation._false_accepts_text({"false_accept_rate": None}, ["background", "yes"])
-    assert missing == "n/a (no _background_ class: name the folder of noise, silence and other words _background_)"
+    assert missing == "n/a (no _background_ class: label the clips of noise, silence and other words _background_)"
 
 
 def test_inputs_hash_is_what_train_recorded_and_names_the_task(kws_run, kws_dir):
