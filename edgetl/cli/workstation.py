@@ -475,6 +475,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     Examples:
       edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
       edgetl deploy --task text-classification --data reviews.csv --targets host-cpu --out runs/reviews
+      edgetl deploy --task audio-classification --data ./keywords --targets host-cpu,jetson-orin-nano --out runs/kws
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
       edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
       edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key

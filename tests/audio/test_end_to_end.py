@@ -87,6 +87,7 @@ def test_predict_and_val_help_teach_the_audio_inputs():
     assert "_background_" in runner.invoke(cli, ["val", "--help"]).output
     train = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
     assert "train --task audio-classification --data ./keywords" in train and "folders of .wav per word" in train
+    assert "deploy --task audio-classification --data ./keywords" in runner.invoke(cli, ["deploy", "--help"]).output
 
 
 def test_compile_says_what_int8_kept_float_and_the_false_accept_rate(compiled):
