@@ -413,6 +413,13 @@ def _summary(entry: CompiledEntry) -> dict[str, Any]:
            "top1": acc.top1, "drop_pp": acc.drop_pp, "agreement": acc.agreement, "estimated": acc.estimated}
     if "engine" in entry.options:  # a TensorRT engine left to the device: say it in the row
         row["note"] = f"engine {entry.options['engine']}"
+    extra = acc.model_extra or {}
+    if extra.get("false_accept_rate") is not None:  # keyword spotting: shown with its interval
+        row["false_accept_rate"], row["false_accept_rate_ci"] = extra["false_accept_rate"], extra.get("false_accept_rate_ci")
+    scheme = entry.options.get("quantization") or {}
+    if scheme.get("why"):  # the task's int8 scheme (what it keeps float, and why)
+        kept = ", ".join(f"{p}/*" for p in scheme.get("keep_float_prefixes", []))
+        row["scheme"] = (f"keeps {kept} float: " if kept else "") + scheme["why"]
     return row
 
 
@@ -451,25 +458,35 @@ def summary_table(rows: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title="compiled artifacts", title_justify="left")
+    far = any(r.get("false_accept_rate") is not None for r in rows)
     for col, just in [("target", "left"), ("runtime", "left"), ("precision", "left"), ("size MB", "right"),
                       ("compile s", "right"), ("top-1", "right"), ("drop pp", "right"), ("agreement", "right"),
-                      ("status", "left")]:
+                      *([("false acc. [95% CI]", "right")] if far else []), ("status", "left")]:
         table.add_column(col, justify=just)
     notes: list[str] = []  # long explanations go under the table, so rows stay one line
     for r in rows:
         if r["status"] == "failed":
             notes.append(f"[red]{r['cell']} failed:[/] {escape(r['error'])}")
-            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", f"[red]failed [{len(notes)}][/]")
+            table.add_row(r["target"], r["runtime"], r["precision"], *[""] * (6 if far else 5),
+                          f"[red]failed [{len(notes)}][/]")
             continue
         est = "*" if r["estimated"] else ""
         status = "built" if r["status"] == "ok" else "unchanged"
-        if r.get("note"):
-            notes.append(f"{r['cell']}: {escape(r['note'])}")
-            status += f" [{len(notes)}]"
+        for note in (r.get("note"), r.get("scheme")):
+            if note:
+                notes.append(f"{r['cell']}: {escape(note)}")
+                status += f" [{len(notes)}]"
         table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
-                      f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}", status)
+                      f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}",
+                      *([_rate_ci(r.get("false_accept_rate"), r.get("false_accept_rate_ci"))] if far else []), status)
     if any(r.get("estimated") for r in rows):
         notes.append("* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU")
     table.caption = "\n".join(f"[{i}] {n}" if not n.startswith("*") else n for i, n in enumerate(notes, 1)) or None
     table.caption_justify = "left"
     return table
+
+
+def _rate_ci(rate: float | None, ci: list[float] | None) -> str:
+    if rate is None:
+        return "—"
+    return f"{rate:.1%}" + (f" [{ci[0]:.0%}–{ci[1]:.0%}]" if ci else "")

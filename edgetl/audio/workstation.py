@@ -25,7 +25,7 @@ from edgetl.audio.wav import read_clips
 from edgetl.data.datasets import task_split
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import ConfigError
-from edgetl.tasks.audio_classification import AudioClassification, AudioPreprocess, false_accept_rate
+from edgetl.tasks.audio_classification import BACKGROUND, AudioClassification, AudioPreprocess, false_accepts
 
 # Importing this module must not import torch: TrainOptions reads ``options_model`` of every task.
 LOGMEL_CNN, OWW_EMBEDDING = "logmel-cnn", "oww-embedding"
@@ -197,7 +197,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
             "val_top1": float((val_pred == y_val).mean()),
             "train_top1": float((train_pred == y_train).mean()),
             "per_class_val_top1": per_class,
-            "false_accept_rate": false_accept_rate(val_logits, y_val, classes),
+            **false_accepts(val_logits, y_val, classes),
             "best_epoch": kept.best_epoch,
             "kept": {"phase": phase, "epoch": kept.best_epoch, "val_top1": kept.best_val_top1},
             "train_images_per_s": kept.images_per_s,
@@ -209,13 +209,24 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
     record = save_run(run, section, model.state_dict(), history)
     if console is not None:
         m = section["metrics"]
-        far = "n/a" if m["false_accept_rate"] is None else f"{m['false_accept_rate']:.1%}"
         how = "from scratch" if backbone == LOGMEL_CNN else options.mode
-        console.print(f"{backbone} ({how}): val top-1 {m['val_top1']:.1%}, false accepts {far}, "
-                      f"{m['seconds']:.0f} s", highlight=False)
+        console.print(f"{backbone} ({how}, {preprocess['samples'] / preprocess['sample_rate']:g} s window at "
+                      f"{preprocess['sample_rate']} Hz): val top-1 {m['val_top1']:.1%}, false accepts "
+                      f"{_false_accepts_text(m, classes)}, {m['seconds']:.0f} s", highlight=False)
     if interrupted:
         raise KeyboardInterrupt
     return record.dump()
+
+
+def _false_accepts_text(metrics: dict, classes: list[str]) -> str:
+    """The rate with its interval, or why there is none (a background class under another name
+    is the usual reason: only ``_background_`` counts)."""
+    if metrics["false_accept_rate"] is not None:
+        lo, hi = metrics["false_accept_rate_ci"]
+        return f"{metrics['false_accept_rate']:.1%} [{lo:.1%}, {hi:.1%}] of {metrics['false_accept_n']} background clips"
+    if BACKGROUND in classes:
+        return f"n/a (no validation clips of {BACKGROUND})"
+    return f"n/a (no {BACKGROUND} class: label the clips of noise, silence and other words {BACKGROUND})"
 
 
 def _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, data_hash, console, on_epoch) -> dict:

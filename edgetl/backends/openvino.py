@@ -181,6 +181,9 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
+    # nncf logs at INFO one line per node of an ignored scope (the audio front end: dozens, split
+    # over lines); what was kept float is in the compiled entry's ignored_scope instead.
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     ignored, scope = _ignored_scope(nncf, model, recipe, keep_float)

@@ -11,8 +11,8 @@ it is marked with a star (``BEST_LEGEND``).
 
 from __future__ import annotations
 
-COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs PyTorch", "top-1", "top-5",
-           "drop pp", "agree", "size MB", "mem MB", "1st inf ms", "gate")
+COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "vs PyTorch", "top-1", "top-5",
+           "false acc.", "drop pp", "agree", "size MB", "mem MB", "1st inf ms", "gate")
 NUMERIC = set(COLUMNS[2:-1])
 # The console drops the runtime (the key names the target) and first inference (in the report).
 CONSOLE_COLUMNS = tuple(c for c in COLUMNS if c not in ("runtime", "1st inf ms"))
@@ -20,10 +20,15 @@ BEST_LEGEND = "★ best: the fastest artifact (batch-1 p90) that does not fail a
 BUSY_MARK = "!"
 
 
+# Columns shown only when some artifact measured them: top-5 (more than 5 classes), the false-accept
+# rate (keyword spotting with a background class).
+_OPTIONAL = {"top-5": "top5", "false acc.": "false_accept_rate"}
+
+
 def columns(docs: list[dict], base: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
-    """``base`` without top-5 unless some artifact has it (only models with more than 5 classes)."""
-    has_top5 = any((d.get("accuracy") or {}).get("top5") is not None for d in docs)
-    return base if has_top5 else tuple(c for c in base if c != "top-5")
+    """``base`` without the optional columns no artifact has."""
+    measured = {key for d in docs for key, v in (d.get("accuracy") or {}).items() if v is not None}
+    return tuple(c for c in base if _OPTIONAL.get(c, c) in measured or c not in _OPTIONAL)
 
 
 def fmt_ms(v: float | None) -> str:
@@ -134,11 +139,12 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
             notes.append(f"{doc['key']}: batch {skip['batch']} skipped: {skip['reason']}")
         for i, lat in enumerate(sorted(doc["latency"], key=lambda r: r["batch"])):
             row = {**base, "batch": str(lat["batch"]), "p50 ms": fmt_ms(lat["p50_ms"]), "p90 ms": fmt_ms(lat["p90_ms"]),
-                   "p99 ms": fmt_ms(lat["p99_ms"]), "img/s": _num(lat["throughput_ips"], ".1f"),
+                   "p99 ms": fmt_ms(lat["p99_ms"]), "samples/s": _num(lat["throughput_ips"], ".1f"),
                    "vs PyTorch": _speedup_text(lat, bool(doc.get("reference")))}
             if i == 0:
                 row.update({
                     "top-1": _pct_ci(acc.get("top1"), acc.get("top1_ci")), "top-5": _pct(acc.get("top5")),
+                    "false acc.": _pct_ci(acc.get("false_accept_rate"), acc.get("false_accept_rate_ci")),
                     "drop pp": _drop_ci(acc.get("drop_pp"), acc.get("drop_ci_pp")),
                     "agree": _pct(acc.get("agreement")), "size MB": _num(artifact.get("size_bytes", 0) / 1e6, ".2f"),
                     "mem MB": _num((doc.get("memory") or {}).get("session_peak_mb"), ".0f"),
@@ -153,7 +159,7 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 # What a narrow terminal loses first, one column at a time, until the table fits.
-_DROPPABLE = ("top-5", "p99 ms", "size MB", "img/s", "mem MB", "agree", "batch")
+_DROPPABLE = ("top-5", "p99 ms", "size MB", "samples/s", "mem MB", "agree", "batch")
 
 
 def rich_table(docs: list[dict], title: str, width: int | None = None):

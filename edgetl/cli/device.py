@@ -161,7 +161,8 @@ def verify_cmd(bundle, threads, as_json):
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
     """Classify images, or every image under a folder, with a bundle (the bundle comes first);
-    a text bundle takes strings, text files (one sample per line) or - (stdin lines).
+    a text bundle takes strings, text files (one sample per line) or - (stdin lines); a
+    keyword-spotting bundle takes .wav files and folders of them.
 
     \b
     Examples:
@@ -170,6 +171,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
       edgetl predict model-bundle.tar.gz ./photos --json > predictions.json
       edgetl predict reviews-bundle.tar.gz "the battery died after a week"
       cat reviews.txt | edgetl predict reviews-bundle.tar.gz -    # one text per line
+      edgetl predict kws-bundle.tar.gz clip.wav ./more-clips --json   # WAVs (any rate, channels)
 
     \b
     An image that cannot be read (corrupt, truncated, not an image, a FIFO or device
@@ -242,7 +244,8 @@ def build_cmd(bundle, force, any_arch):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def val_cmd(bundle, data, threads, as_json):
-    """Accuracy of a bundle on this machine on labelled images: top-1, top-5, per class.
+    """Accuracy of a bundle on this machine on labelled samples: top-1, top-5, per class
+    (keyword spotting: and the false-accept rate of the _background_ class).
 
     \b
     DATA is a folder with one subfolder per label (named like the bundle's labels; a
@@ -255,6 +258,7 @@ def val_cmd(bundle, data, threads, as_json):
     Examples:
       edgetl val model-bundle.tar.gz ./labelled
       edgetl val model-bundle.tar.gz labels.csv --json > accuracy.json
+      edgetl val kws-bundle.tar.gz ./keywords/val           # <word>/*.wav, _background_/*.wav
     """
     from edgetl.bench.labelled import bundle_accuracy
 

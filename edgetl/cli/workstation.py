@@ -39,7 +39,8 @@ def _resume_hint(out: str) -> str | None:
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=str),
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
-              "train/ and val/ (or training/, validation/, valid/) class folders.")
+              "train/ and val/ (or training/, validation/, valid/) class folders. Text: a text,label CSV or "
+              "folders of .txt; audio: folders of .wav per word, the non-keyword clips in _background_.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
 @model_options(TrainInputs, TrainOptions, with_defaults=False)  # options not given stay unset (model_fields_set)
 @click.option("--resume", is_flag=True, help="Continue the interrupted training in --out at its next epoch (from "
@@ -54,6 +55,7 @@ def train(data, out, resume, target, **params):
     Examples:
       edgetl train --data ./images --out runs/flowers
       edgetl train --task text-classification --data reviews.csv --out runs/reviews   # text,label columns
+      edgetl train --task audio-classification --data ./keywords --out runs/kws       # <word>/*.wav, _background_/*.wav
       edgetl train --data ./images --backbone timm:mobilenetv3_large_100 --mode finetune --unfreeze 2 --epochs 15
       edgetl train --data ./images --backbone auto --target raspberry-pi-5   # `edgetl select` chooses
       edgetl train --data ./images --mode domain-adapt --target-data ./camera-frames   # unlabelled target images
@@ -473,6 +475,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     Examples:
       edgetl deploy --data ./images --targets host-cpu,jetson-orin-nano --out runs/flowers
       edgetl deploy --task text-classification --data reviews.csv --targets host-cpu --out runs/reviews
+      edgetl deploy --task audio-classification --data ./keywords --targets host-cpu,jetson-orin-nano --out runs/kws
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
       edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
       edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key

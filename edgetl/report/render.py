@@ -40,13 +40,22 @@ def _pct(v: float | None) -> str:
 
 
 # -- the sections, shared by both formats --------------------------------------------------------------
+def _false_accepts(metrics: dict) -> str:
+    """Keyword spotting: the background clips answered as a keyword, with the interval."""
+    rate, ci = metrics.get("false_accept_rate"), metrics.get("false_accept_rate_ci")
+    if rate is None:
+        return ""
+    return f", false accepts {_pct(rate)}" + (f" [{_pct(ci[0])}–{_pct(ci[1])}] of {metrics.get('false_accept_n')} background clips" if ci else "")
+
+
 def _headline(data: dict) -> str:
     train = data.get("train") or {}
     parts = [f"Run `{data['path']}`"]
     if train:
         metrics, dataset = train.get("metrics") or {}, train.get("dataset") or {}
         parts.append(f"{train.get('backbone')} ({train.get('mode')}), {len(train.get('classes') or [])} classes, "
-                     f"validation top-1 {_pct(metrics.get('val_top1'))} on {dataset.get('val_images')} images")
+                     f"validation top-1 {_pct(metrics.get('val_top1'))} on {dataset.get('val_images')} samples"
+                     + _false_accepts(metrics))
     parts.append(f"generated {data['generated']} by edgetl {data['edgetl']}")
     return " · ".join(parts)
 

@@ -67,3 +67,32 @@ def test_a_corrupt_wav_is_its_rows_error_and_the_others_go_on(bundle, kws_dir, t
     rows = json.loads(answered.stdout)
     assert rows[0]["error"] == f"{bad}: not a readable WAV file (no fmt chunk)" and rows[1]["top"]
     assert answered.stderr.strip() == f"error: 1 of 2 sample(s) could not be read, e.g. {rows[0]['error']}"
+
+
+def test_val_shows_the_false_accept_rate_with_its_interval(bundle, kws_dir):
+    runner = CliRunner()
+    result = json.loads(runner.invoke(cli, ["val", str(bundle), str(kws_dir / "val"), "--json"]).output)["accuracy"]
+    lo, hi = result["false_accept_rate_ci"]
+    assert result["false_accept_n"] == 10 and lo <= result["false_accept_rate"] <= hi  # 10 held-out speakers
+    table = runner.invoke(cli, ["val", str(bundle), str(kws_dir / "val")], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "false accepts (10 background)" in line)
+    assert f"{result['false_accept_rate']:.1%} [{lo:.1%}, {hi:.1%}]" in row
+    assert "images" not in table.output
+
+
+def test_predict_and_val_help_teach_the_audio_inputs():
+    runner = CliRunner()
+    assert "predict kws-bundle.tar.gz clip.wav" in runner.invoke(cli, ["predict", "--help"]).output
+    assert "_background_" in runner.invoke(cli, ["val", "--help"]).output
+    train = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "train --task audio-classification --data ./keywords" in train and "folders of .wav per word" in train
+    assert "deploy --task audio-classification --data ./keywords" in runner.invoke(cli, ["deploy", "--help"]).output
+
+
+def test_compile_says_what_int8_kept_float_and_the_false_accept_rate(compiled):
+    shown = CliRunner().invoke(cli, ["compile", str(compiled), "--target", "onnxruntime", "--precision", "int8"],
+                               terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    assert "false acc. [95% CI]" in shown.output and "unchanged [1]" in shown.output
+    assert "[1] onnxruntime/int8: keeps frontend/* float: int8 of the log-mel front end" in shown.output

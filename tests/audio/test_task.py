@@ -48,12 +48,29 @@ def test_read_labelled_csv_paths_relative_to_the_csv(kws_dir, tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "no class folders of .wav files"),
-    (lambda d: (d / "yes").mkdir() or (d / "yes" / "a.wav").write_bytes(b"x"), "no readable .wav clips"),
+    (lambda d: (d / "yes").mkdir() or (d / "yes" / "a.wav").write_bytes(b"x"),
+     r"none of its 1 .wav clips could be read \(first: .*a.wav: not a readable WAV file \(no RIFF/WAVE header\)\)"),
 ])
 def test_read_labelled_refuses_an_unusable_folder(tmp_path, make, message):
     make(tmp_path)
     with pytest.raises(DataError, match=message):
         TASK.read_labelled(tmp_path)
+
+
+def test_a_csv_of_wrong_paths_says_which_and_why_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    (tmp_path / "words.csv").write_text("path,label\nclips/yes1.wav,yes\nclips/no1.wav,no\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--task", "audio-classification", "--data", str(tmp_path / "words.csv"),
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and not out.exists()
+    missing = tmp_path / "clips" / "yes1.wav"
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'words.csv'}: none of its 2 .wav clips could be read "
+        f"(first: {missing}: cannot read the WAV file (No such file or directory))")
 
 
 def test_a_folder_of_splits_is_not_read_as_words(kws_dir):
@@ -87,6 +104,8 @@ def test_false_accept_rate_counts_background_clips_answered_as_keywords():
     logits = np.eye(3, dtype=np.float32)[[0, 0, 2, 1, 1, 2]]  # two of four background clips fire a keyword
     result = TASK.evaluate({"logits": logits}, labels, {"logits": logits}, RECORD.classes)
     assert result["false_accept_rate"] == 0.5 and result["top1"] == pytest.approx(4 / 6)
+    lo, hi = result["false_accept_rate_ci"]  # Wilson, 4 background clips: wide
+    assert result["false_accept_n"] == 4 and 0.1 < lo < 0.5 < hi < 0.9
     no_background = TASK.evaluate({"logits": logits}, labels, None, ["a", "b", "c"])
     assert no_background["false_accept_rate"] is None
 

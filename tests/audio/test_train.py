@@ -23,7 +23,9 @@ def test_the_run_records_the_task_and_rebuilds_its_model(kws_run, kws_dir):
     assert train["task"] == "audio-classification" and train["backbone"] == "logmel-cnn"
     assert train["preprocess"]["samples"] == 16_000 and train["classes"] == ["_background_", "no", "yes"]
     assert train["dataset"]["val_source"] == str(kws_dir / "val")  # train/ + val/: speakers held out
-    assert 0 <= train["metrics"]["false_accept_rate"] <= 1
+    m = train["metrics"]
+    assert 0 <= m["false_accept_rate_ci"][0] <= m["false_accept_rate"] <= m["false_accept_rate_ci"][1] <= 1
+    assert m["false_accept_n"] == train["dataset"]["val_counts"]["_background_"]
     split = json.loads((kws_run.path / "train" / "split.json").read_text())
     model = workstation.load_trained(kws_run)
     task, record = task_of_train(train, kws_run)
@@ -32,6 +34,13 @@ def test_the_run_records_the_task_and_rebuilds_its_model(kws_run, kws_dir):
         logits = model(torch.from_numpy(feeds["waveform"])).numpy()
     labels = np.array([y for _, y in split["val"]])
     assert float((logits.argmax(1) == labels).mean()) == pytest.approx(train["metrics"]["val_top1"])
+
+
+def test_the_summary_says_why_a_background_class_under_another_name_gives_no_false_accept_rate():
+    rate = {"false_accept_rate": 0.25, "false_accept_rate_ci": [0.05, 0.7], "false_accept_n": 4}
+    assert workstation._false_accepts_text(rate, ["_background_", "yes"]) == "25.0% [5.0%, 70.0%] of 4 background clips"
+    missing = workstation._false_accepts_text({"false_accept_rate": None}, ["background", "yes"])
+    assert missing == "n/a (no _background_ class: label the clips of noise, silence and other words _background_)"
 
 
 def test_inputs_hash_is_what_train_recorded_and_names_the_task(kws_run, kws_dir):

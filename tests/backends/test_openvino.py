@@ -12,7 +12,7 @@ import pytest
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import CompileError, ConfigError, DataError
 from edgetl.tensors import take
-from tests.backends.conformance import BackendConformance, synthetic_images
+from tests.backends.conformance import BackendConformance, named_case, synthetic_images, task_scheme
 
 ov = pytest.importorskip("openvino")
 
@@ -109,6 +109,15 @@ class TestOpenVino(BackendConformance):
         assert audio.options["ignored_scope"]["names"] == ["node_conv1d", "node_conv1d/WithoutBiases"]
         convs = [op for op in _read(audio.path).get_ordered_ops() if op.get_type_name() == "Convolution"]
         assert [_activation_source(op) == "FakeQuantize" for op in convs] == [False, True]
+
+    def test_nncf_does_not_log_every_ignored_node(self, backend, tmp_path_factory, tmp_path, capfd):
+        """The audio front end kept float is dozens of nodes: nncf's INFO lines for them are not printed."""
+        onnx_path, calib, _, _ = named_case("audio", tmp_path_factory)
+        options = {"threads": 1, "quantization": task_scheme("audio", self.runtime)}
+        compiled = backend.compile(onnx_path, tmp_path, "int8", calib, options)
+        assert compiled.options["ignored_scope"]["names"]
+        printed = capfd.readouterr()
+        assert "nncf" not in printed.out + printed.err
 
     @pytest.mark.parametrize("mode", ["none", "accurate"])
     def test_bias_correction_reaches_nncf(self, backend, build, tiny, tmp_path, mode):

@@ -38,6 +38,15 @@ def test_top5_column_only_when_some_artifact_has_it():
     assert "top-5" in columns([doc("a/fp32", 1.0, top5=0.99)])
 
 
+def test_the_false_accept_rate_has_a_column_with_its_interval_only_for_keyword_spotting():
+    assert "false acc." not in columns([doc("a/fp32", 1.0)])
+    kws = doc("kws/int8", 1.0)
+    kws["accuracy"].update(false_accept_rate=0.25, false_accept_rate_ci=[0.089, 0.53], false_accept_n=12)
+    assert "false acc." in columns([kws, doc("pytorch-eager/fp32", 2.0, reference=True)])
+    rows, _ = bench_rows([kws])
+    assert rows[0]["false acc."] == "25.0% [9–53]" and rows[0]["samples/s"] == "1.0"  # clips, texts or images
+
+
 def test_rich_table_escapes_markup_in_reasons():
     from rich.console import Console
 

@@ -186,3 +186,16 @@ def test_report_of_a_missing_run_is_exit_2(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not (tmp_path / "nope").exists()
+
+
+def test_the_headline_of_a_keyword_spotter_gives_the_false_accept_rate_with_its_interval():
+    from edgetl.report.render import _headline
+
+    train = {"backbone": "logmel-cnn", "mode": "feature-extraction", "classes": ["_background_", "go"],
+             "dataset": {"val_images": 72},
+             "metrics": {"val_top1": 0.625, "false_accept_rate": 0.5, "false_accept_rate_ci": [0.25, 0.75],
+                         "false_accept_n": 12}}
+    line = _headline({"path": "runs/kws", "train": train, "generated": "now", "edgetl": "0"})
+    assert "validation top-1 62.5% on 72 samples, false accepts 50.0% [25.0%–75.0%] of 12 background clips" in line
+    del train["metrics"]["false_accept_rate"]
+    assert "false accepts" not in _headline({"path": "r", "train": train, "generated": "now", "edgetl": "0"})
