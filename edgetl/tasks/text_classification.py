@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,21 @@ TOKENIZER = "tokenizer.json"
 MAX_LENGTH_CAP = 128  # a longer default costs quadratic attention for the rare long text
 LENGTH_PERCENTILE = 95
 TEXT_SUFFIX = ".txt"
+MAX_TOKENIZER_BYTES = 32 << 20  # MiniLM's tokenizer.json is 0.5 MB; a multilingual one ~17 MB
+MAX_VOCAB = 500_000  # entries of the model's vocabulary (MiniLM: 30,522; the largest common ones: 250k)
+# What a bundle's tokenizer.json may be made of: the parts of the BERT tokenizers edgetl trains with,
+# none of which takes a pattern (Split and Replace run a backtracking regex or grow the text
+# without bound), and sizes that keep a text's cost linear in its length.
+TOKENIZER_PARTS = {
+    "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents", "Strip", "Sequence"},
+    "pre_tokenizer": {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits", "Sequence"},
+    "model": {"WordPiece", "WordLevel"},
+    "post_processor": {"TemplateProcessing", "BertProcessing"},
+    "decoder": {"WordPiece"},
+}
+MAX_PARTS = 16  # normalizers in a Sequence, pieces of a template, ids of a special token
+MAX_CHARS_PER_WORD = 200  # WordPiece's max_input_chars_per_word (default 100): its cost grows as its cube
+MAX_ADDED_TOKENS = 10_000
 
 # int8 per runtime, chosen by measurement on all-MiniLM-L6-v2 with 2,000 movie reviews (400 validation:
 # differences under ~2 pp are within noise) on an AVX2 CPU without VNNI, where no int8 scheme ran
@@ -77,6 +93,10 @@ class TextClassification:
 
     def assets(self, record: TaskRecord) -> list[str]:
         return [TextPreprocess(**record.preprocess).tokenizer]
+
+    def check_assets(self, record: TaskRecord) -> None:
+        """The tokenizer is one edgetl runs (``check_tokenizer``): a bundle's is checked when it opens."""
+        check_tokenizer(_asset(record, TextPreprocess(**record.preprocess).tokenizer))
 
     def max_dims(self, record: TaskRecord) -> dict[str, int]:
         return {"sequence": TextPreprocess(**record.preprocess).max_length}
@@ -190,6 +210,7 @@ def load_tokenizer(path: Path):
     from edgetl._lazy import require
 
     tokenizers = require("tokenizers", "text")
+    check_tokenizer(path)
     try:
         tokenizer = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exception for every parse error
@@ -197,6 +218,52 @@ def load_tokenizer(path: Path):
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
+
+
+def check_tokenizer(path: Path) -> None:
+    """One ``DataError`` line unless ``path`` is a ``tokenizer.json`` made only of ``TOKENIZER_PARTS``
+    within the bounds above: read as JSON before the Rust side runs any of it (it cannot be
+    interrupted, and a hostile one loops, exhausts memory or panics)."""
+    try:
+        if Path(path).stat().st_size > MAX_TOKENIZER_BYTES:
+            raise ValueError(f"larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+        spec = json.loads(Path(path).read_bytes())
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+        for part, allowed in TOKENIZER_PARTS.items():
+            _check_part(spec.get(part), part, allowed, depth=0)
+        _check_sizes(spec)
+    except (ValueError, RecursionError, OSError, TypeError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a tokenizer.json edgetl runs ({reason})") from None
+
+
+def _check_part(value: Any, part: str, allowed: set[str], depth: int) -> None:
+    if value is None and part != "model":
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in allowed:
+        raise ValueError(f"{part} {str(kind)[:40]!r} is not one of {', '.join(sorted(allowed))}")
+    if kind == "Sequence":
+        items = value.get("normalizers" if part == "normalizer" else "pretokenizers")
+        if depth > 2 or not isinstance(items, list) or len(items) > MAX_PARTS:
+            raise ValueError(f"{part} Sequence: at most {MAX_PARTS} parts, nested at most twice")
+        for item in items:
+            _check_part(item, part, allowed - {"Sequence"} if depth == 2 else allowed, depth + 1)
+
+
+def _check_sizes(spec: dict) -> None:
+    model, post = spec["model"], spec.get("post_processor") or {}
+    if len(model.get("vocab") or {}) > MAX_VOCAB:
+        raise ValueError(f"a vocabulary of more than {MAX_VOCAB} entries")
+    if not 1 <= model.get("max_input_chars_per_word", 100) <= MAX_CHARS_PER_WORD:
+        raise ValueError(f"max_input_chars_per_word must be 1..{MAX_CHARS_PER_WORD}")
+    if len(spec.get("added_tokens") or []) > MAX_ADDED_TOKENS:
+        raise ValueError(f"more than {MAX_ADDED_TOKENS} added tokens")
+    specials = (post.get("special_tokens") or {}).values()
+    if any(len(post.get(k) or []) > MAX_PARTS for k in ("single", "pair")) or len(specials) > MAX_PARTS or any(
+            len(s.get("ids") or []) > MAX_PARTS for s in specials):
+        raise ValueError(f"a post-processor template of more than {MAX_PARTS} pieces or ids")
 
 
 def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

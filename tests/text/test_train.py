@@ -4,6 +4,8 @@ writes, and the CLI path: train (the real MiniLM), compile, bundle, verify, pred
 from __future__ import annotations
 
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from edgetl.adapt.options import TrainOptions
+from edgetl.bundle import signing
+from edgetl.bundle.format import MANIFEST, file_entries, write_archive
 from edgetl.cli import cli
 from edgetl.data.arrays import DataView
 from edgetl.models.build import load_trained
@@ -131,3 +135,55 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra,
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _retar(bundle: Path, dest: Path, change, key: Path | None = None) -> Path:
+    """``bundle`` extracted, ``change(folder)`` applied, its hashes listed again (signed with ``key``
+    when given, else its signature left as it was), and packed as ``dest``."""
+    with tarfile.open(bundle) as tar:
+        tar.extractall(dest.parent / "x", filter="data")
+    root = next((dest.parent / "x").iterdir())
+    change(root)
+    if key is not None:
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["files"] = file_entries(root)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).write_bytes(signing.sign(signing.load_private_key(key), (root / MANIFEST).read_bytes()))
+    write_archive(root, dest, root.name)
+    return dest
+
+
+def _refused(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_signed_text_bundle_refuses_a_changed_or_hostile_tokenizer(text_run, tmp_path, monkeypatch):
+    """One byte of the signed tokenizer changed: refused by its hash; a ReDoS tokenizer signed by the
+    trusted key (a careless signer): refused when the bundle opens, before a text is tokenized."""
+    private, public = signing.new_key_pair(tmp_path / "keys", "release")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(public))
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32", "--sign", str(private))
+    bundle = text_run.path / "bundles" / "onnxruntime-fp32.tar.gz"
+
+    def flip_a_byte(root: Path) -> None:
+        data = bytearray((root / "assets" / "tokenizer.json").read_bytes())
+        data[len(data) // 2] ^= 1
+        (root / "assets" / "tokenizer.json").write_bytes(bytes(data))
+
+    changed = _retar(bundle, tmp_path / "changed" / "b.tar.gz", flip_a_byte)
+    _refused(["verify", str(changed)], "assets/tokenizer.json does not match its sha256")
+    _refused(["predict", str(changed), "lovely"], "assets/tokenizer.json does not match its sha256")
+
+    def redos(root: Path) -> None:
+        spec = json.loads((root / "assets" / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                                 "invert": False}
+        (root / "assets" / "tokenizer.json").write_text(json.dumps(spec))
+
+    hostile = _retar(bundle, tmp_path / "hostile" / "b.tar.gz", redos, key=private)
+    for args in (["verify", str(hostile)], ["predict", str(hostile), "a" * 40 + "!"]):
+        _refused(args, "not a tokenizer.json edgetl runs (pre_tokenizer 'Split' is not one of")
