@@ -10,6 +10,7 @@ Anything unreadable is one ``DataError`` line naming the file.
 
 from __future__ import annotations
 
+import stat
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """float32 mono samples in [-1, 1] and the file's sample rate."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO reports 0 bytes and then blocks the read forever
+            raise DataError(f"{path}: not a regular file (a FIFO, socket or device): skipped without reading it")
+        size = info.st_size
         if size > MAX_BYTES:
             raise DataError(f"{path}: {size / 2**20:.0f} MiB is too large for a clip (at most {MAX_BYTES // 2**20} MiB)")
         data = path.read_bytes()

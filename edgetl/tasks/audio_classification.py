@@ -200,6 +200,8 @@ def _folder_pairs(root: Path) -> list[tuple[str, str]]:
 
 
 def _csv_pairs(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():  # a FIFO named like a CSV would block the read forever
+        raise DataError(f"{path}: not a regular file (expected a CSV of path,label rows)")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))

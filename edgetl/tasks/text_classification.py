@@ -112,6 +112,9 @@ class TextClassification:
         source = Path(source)
         if not source.exists():
             raise DataError(f"{source} does not exist: give a CSV of text,label rows or a folder of class folders of .txt files")
+        if not (source.is_file() or source.is_dir()):  # a FIFO or a device would block or never end
+            raise DataError(f"{source} is not a regular file nor a folder: give a CSV of text,label rows or a folder "
+                            "of class folders of .txt files")
         rows, skipped = (_csv_rows(source) if source.is_file() else _folder_rows(source))
         classes = sorted({label for _, label in rows})
         if not rows:
@@ -370,6 +373,9 @@ def _folder_rows(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
     rows, skipped = [], []
     for folder in folders:
         for path in sorted(folder.glob(f"*{TEXT_SUFFIX}")):
+            if not path.is_file():  # a FIFO named like a text would block the read forever
+                skipped.append((str(path), "not a regular file"))
+                continue
             try:
                 text = _read_text(path).strip()
             except DataError as exc:

@@ -4,6 +4,7 @@ bounds, the metrics (false accepts on the background class) and the int8 scheme.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 
 import numpy as np
@@ -95,3 +96,17 @@ def test_int8_keeps_the_frontend_float_on_every_runtime():
     for runtime in ("onnxruntime", "openvino", "tensorrt"):
         assert TASK.quantization(RECORD, runtime, "int8")["keep_float_prefixes"] == ["frontend"]
         assert TASK.quantization(RECORD, runtime, "fp16") == {}
+
+
+def test_fifos_in_the_data_are_never_opened(kws_dir, tmp_path):
+    """A FIFO as the CSV, or named by one of its rows: refused or skipped, never read (it would block)."""
+    os.mkfifo(tmp_path / "labels.csv")
+    with pytest.raises(DataError, match="labels.csv: not a regular file"):
+        TASK.read_labelled(tmp_path / "labels.csv")
+    os.mkfifo(tmp_path / "fifo.wav")
+    clips = sorted((kws_dir / "val").glob("*/*.wav"))
+    rows = ["path,label", f"{tmp_path / 'fifo.wav'},yes"] + [f"{p},{p.parent.name}" for p in clips]
+    (tmp_path / "rows.csv").write_text("\n".join(rows))
+    labelled = TASK.read_labelled(tmp_path / "rows.csv")
+    assert labelled.skipped == [(str(tmp_path / "fifo.wav"), "not a regular file (a FIFO, socket or device): "
+                                 "skipped without reading it")]

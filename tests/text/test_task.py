@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -53,6 +54,21 @@ def test_folder_of_txt_files(tmp_path):
     found = TASK.read_labelled(tmp_path)
     assert sorted(zip(found.samples, found.labels, strict=True)) == [("awful", "neg"), ("lovely film", "pos")]
     assert sorted(reason for _, reason in found.skipped) == ["empty text", "not UTF-8 text (invalid start byte at byte 0)"]
+
+
+def test_fifos_in_text_data_are_never_opened(tmp_path):
+    """A FIFO as the data, or named like a text in a class folder: refused or skipped, never read
+    (reading it would block forever)."""
+    os.mkfifo(tmp_path / "reviews.csv")
+    with pytest.raises(DataError, match="reviews.csv is not a regular file nor a folder"):
+        TASK.read_labelled(tmp_path / "reviews.csv")
+    for label in ("neg", "pos"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        (tmp_path / "data" / label / "a.txt").write_text(f"a {label} text", encoding="utf-8")
+    os.mkfifo(tmp_path / "data" / "pos" / "b.txt")
+    found = TASK.read_labelled(tmp_path / "data")
+    assert found.labels == ["neg", "pos"] and found.skipped == [(str(tmp_path / "data" / "pos" / "b.txt"),
+                                                                 "not a regular file")]
 
 
 @pytest.mark.parametrize("content, message", [
