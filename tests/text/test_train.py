@@ -187,3 +187,21 @@ def test_a_signed_text_bundle_refuses_a_changed_or_hostile_tokenizer(text_run, t
     hostile = _retar(bundle, tmp_path / "hostile" / "b.tar.gz", redos, key=private)
     for args in (["verify", str(hostile)], ["predict", str(hostile), "a" * 40 + "!"]):
         _refused(args, "not a tokenizer.json edgetl runs (pre_tokenizer 'Split' is not one of")
+
+
+def test_a_pad_id_past_the_vocabulary_is_one_line(text_run, reviews_csv, tmp_path):
+    """An unsigned bundle whose pad_id the model cannot embed: val (texts padded in batches) says so in
+    one line (predict runs one text at a time: nothing is padded)."""
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32")
+
+    def pad_past_the_vocabulary(root: Path) -> None:
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["preprocess"]["pad_id"] = 9_999_999
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).unlink(missing_ok=True)
+
+    bundle = _retar(text_run.path / "bundles" / "onnxruntime-fp32.tar.gz", tmp_path / "b" / "b.tar.gz",
+                    pad_past_the_vocabulary)
+    _refused(["val", str(bundle), str(reviews_csv)], "model.fp32.onnx cannot run these inputs")
