@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +34,7 @@ TEXT_SUFFIX = ".txt"
 # one line, not the memory of the device.
 MAX_TEXT_CHARS = 131_072
 MAX_PREDICT_CHARS = 16 << 20
+MAX_CSV_LINE = 1 << 20  # characters of one line of a text,label CSV
 MAX_PREDICT_TEXTS = 100_000  # one row each in predict's answer
 MAX_TOKENIZER_BYTES = 32 << 20  # MiniLM's tokenizer.json is 0.5 MB; a multilingual one ~17 MB
 MAX_VOCAB = 500_000  # entries of the model's vocabulary (MiniLM: 30,522; the largest common ones: 250k)
@@ -139,8 +139,6 @@ class TextClassification:
             if arg == "-":
                 out += _lines("stdin", _read_stdin(stdin))
             elif Path(arg).is_file():
-                if Path(arg).stat().st_size > MAX_PREDICT_CHARS:
-                    raise DataError(f"{arg}: more than {MAX_PREDICT_CHARS >> 20} MB of texts: split it into several files")
                 out += _lines(arg, _read_text(Path(arg)))
             elif Path(arg).is_dir():
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
@@ -342,7 +340,10 @@ def bootstrap_interval(pred: np.ndarray, labels: np.ndarray, num_classes: int, r
 
 
 def _read_text(path: Path) -> str:
+    """A text file of at most ``MAX_PREDICT_CHARS`` bytes (a sample, or predict's lines), whole."""
     try:
+        if path.stat().st_size > MAX_PREDICT_CHARS:
+            raise DataError(f"{path}: more than {MAX_PREDICT_CHARS >> 20} MB of text: split it into several files")
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -366,7 +367,25 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
     """(text, label) rows of a CSV with a ``text,label`` header (other columns ignored), and the skipped."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"{path} is not a .csv: give a CSV of text,label rows or a folder of class folders of .txt files")
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            return _rows_of(path, csv.reader(_bounded_lines(path, fh)))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _bounded_lines(path: Path, fh: IO[str], limit: int = MAX_CSV_LINE) -> Iterator[str]:
+    """``fh``'s lines, streamed: a line longer than ``limit`` is one line of error, never read whole
+    (csv's field limit only speaks once a line is in memory: a 1 GB field took gigabytes)."""
+    for number, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), start=1):
+        if len(line) > limit:
+            raise DataError(f"{path}:{number}: a line of more than {limit} characters: not a CSV of texts")
+        yield line
+
+
+def _rows_of(path: Path, reader) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     try:
         header = [h.strip().lower() for h in next(reader, [])]
         if "text" not in header or "label" not in header:

@@ -230,7 +230,7 @@ def test_predict_reads_bounded_utf8_text(tmp_path):
     huge = tmp_path / "texts.txt"
     with huge.open("wb") as fh:
         fh.truncate(MAX_PREDICT_CHARS + 1)  # sparse: refused by its size, before a byte is read
-    with pytest.raises(DataError, match=r"texts.txt: more than 16 MB of texts: split it"):
+    with pytest.raises(DataError, match=r"texts.txt: more than 16 MB of text: split it"):
         TASK.predict_samples([str(huge)], None)
     many = tmp_path / "many.txt"
     many.write_text("a\n" * (MAX_PREDICT_TEXTS + 1), encoding="utf-8")
@@ -245,3 +245,21 @@ def test_the_tokenizer_sees_a_bounded_prefix_of_a_text(tiny_bert):
     assert ids.tolist() == TASK.preprocess(["good " * 20], record)["input_ids"].tolist()
     # the goods, "aw" cut from the first awful, [CLS] and [SEP]: none of the million awfuls after it
     assert length_from_data([long_text] * 2, tiny_bert / "tokenizer.json")["longest_tokens"] == MAX_TEXT_CHARS // 5 + 3
+
+
+def test_a_csv_is_streamed_and_a_huge_line_refused_unread(tmp_path):
+    data = tmp_path / "d.csv"
+    with data.open("w", encoding="utf-8") as fh:
+        fh.write('text,label\nfine,a\n"' + "x" * (4 << 20) + '",b\n')
+    with pytest.raises(DataError, match=r"d.csv:3: a line of more than 1048576 characters: not a CSV of texts$"):
+        TASK.read_labelled(data)
+    data.write_text('text,label\n"two\nlines",a\nthird,b\n', encoding="utf-8")
+    assert TASK.read_labelled(data).samples == ["two\nlines", "third"]
+    for label in ("a", "b"):
+        (tmp_path / "texts" / label).mkdir(parents=True)
+        (tmp_path / "texts" / label / "t.txt").write_text(f"text {label}", encoding="utf-8")
+    with (tmp_path / "texts" / "b" / "huge.txt").open("wb") as fh:
+        fh.truncate(MAX_PREDICT_CHARS + 1)  # sparse: skipped by its size, never read
+    found = TASK.read_labelled(tmp_path / "texts")
+    assert found.samples == ["text a", "text b"] and found.skipped == [
+        (str(tmp_path / "texts" / "b" / "huge.txt"), "more than 16 MB of text: split it into several files")]
