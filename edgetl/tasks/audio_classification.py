@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl.audio.wav import SUFFIXES, read_clips, read_wav
 from edgetl.data.layout import SPLIT_NAMES, TRAIN_NAMES, VAL_NAMES
 from edgetl.errors import DataError
-from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
+from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, check_label, spec_mismatch
 from edgetl.tasks.image_classification import spread_over_classes
 from edgetl.tensors import TensorSpec
 
@@ -78,7 +78,7 @@ class AudioClassification:
                 skipped.append((path, str(exc).removeprefix(f"{path}: ")))
                 continue
             samples.append(path)
-            labels.append(label)
+            labels.append(check_label(label, str(source)))
         if not samples:
             raise DataError(f"{source}: no readable .wav clips (expected one folder of .wav files per word, "
                             "or a CSV of path,label rows)")

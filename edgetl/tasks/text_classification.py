@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl.errors import DataError
-from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, spec_mismatch
+from edgetl.tasks.base import LabelledSamples, Metric, Prediction, TaskRecord, check_label, spec_mismatch
 from edgetl.tasks.image_classification import spread_over_classes
 from edgetl.tensors import TensorSpec
 
@@ -402,7 +402,7 @@ def _rows_of(path: Path, reader) -> tuple[list[tuple[str, str]], list[tuple[str,
             if not text or not label:
                 skipped.append((where, "empty text" if not text else "empty label"))
             else:
-                rows.append((text, label))
+                rows.append((text, check_label(label, where)))
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
     return rows, skipped
@@ -415,6 +415,7 @@ def _folder_rows(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
         raise DataError(f"{root} has no class folders: expected {root}/<class>/<text>.txt or a CSV of text,label rows")
     rows, skipped = [], []
     for folder in folders:
+        check_label(folder.name, str(folder))
         for path in sorted(folder.glob(f"*{TEXT_SUFFIX}")):
             if not path.is_file():  # a FIFO named like a text would block the read forever
                 skipped.append((str(path), "not a regular file"))

@@ -110,3 +110,11 @@ def test_fifos_in_the_data_are_never_opened(kws_dir, tmp_path):
     labelled = TASK.read_labelled(tmp_path / "rows.csv")
     assert labelled.skipped == [(str(tmp_path / "fifo.wav"), "not a regular file (a FIFO, socket or device): "
                                  "skipped without reading it")]
+
+
+def test_a_word_no_bundle_can_carry_is_refused_when_read(kws_dir, tmp_path):
+    clips = sorted((kws_dir / "val").glob("*/*.wav"))
+    rows = ["path,label", f"{clips[0]},bad\x1b[2Jword"] + [f"{p},{p.parent.name}" for p in clips[1:]]
+    (tmp_path / "rows.csv").write_text("\n".join(rows))
+    with pytest.raises(DataError, match=r"rows.csv: the label 'bad\?\[2Jword' must be 1..200 characters"):
+        TASK.read_labelled(tmp_path / "rows.csv")

@@ -263,3 +263,17 @@ def test_a_csv_is_streamed_and_a_huge_line_refused_unread(tmp_path):
     found = TASK.read_labelled(tmp_path / "texts")
     assert found.samples == ["text a", "text b"] and found.skipped == [
         (str(tmp_path / "texts" / "b" / "huge.txt"), "more than 16 MB of text: split it into several files")]
+
+
+@pytest.mark.parametrize("label", ["\x1b[31mred", "x" * 201, "tab\there"])
+def test_a_label_no_bundle_can_carry_is_refused_when_read(tmp_path, label):
+    """Caught at training time in one line, not by `edgetl bundle` after training and compiling."""
+    data = tmp_path / "d.csv"
+    data.write_text(f'text,label\nfine,a\n"good","{label}"\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv:3: the label .* must be 1..200 characters without control") as caught:
+        TASK.read_labelled(data)
+    assert "\x1b" not in str(caught.value) and "\t" not in str(caught.value)
+    if len(label) < 100:  # a class folder of that name
+        (tmp_path / "texts" / label).mkdir(parents=True)
+        with pytest.raises(DataError, match="must be 1..200 characters"):
+            TASK.read_labelled(tmp_path / "texts")

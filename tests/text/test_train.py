@@ -124,6 +124,7 @@ def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
 @pytest.mark.parametrize("content, extra, message", [
     ("text,category\nhi,a\n", [], "lacks a 'text' and a 'label' column"),
     ("text,label\nhi,a\nho,a\n", [], "found 1 class ('a')"),
+    ("text,label\nhi,a\nho,\x1b[31mb\n", [], "the label '?[31mb' must be 1..200 characters without control"),
     ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
     ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
 ])
