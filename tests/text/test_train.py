@@ -206,3 +206,45 @@ def test_a_pad_id_past_the_vocabulary_is_one_line(text_run, reviews_csv, tmp_pat
     bundle = _retar(text_run.path / "bundles" / "onnxruntime-fp32.tar.gz", tmp_path / "b" / "b.tar.gz",
                     pad_past_the_vocabulary)
     _refused(["val", str(bundle), str(reviews_csv)], "model.fp32.onnx cannot run these inputs")
+
+
+def test_ship_refuses_a_hostile_tokenizer_and_keeps_the_current_text_bundle(text_run, sshd, tmp_path):
+    """A device running a text bundle is sent a newer one whose tokenizer would panic or hang predict:
+    refused (locally or by the device's verify), and the device's current bundle stays."""
+    import os
+    import sys
+
+    from edgetl.bundle.ship import ship
+    from edgetl.errors import EdgetlError
+
+    edgetl = str(Path(sys.executable).with_name("edgetl"))
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32")
+    good = text_run.path / "bundles" / "onnxruntime-fp32.tar.gz"
+    dest = tmp_path / "device"
+    ship(good, sshd.url(str(dest)), remote_edgetl=edgetl, ssh_options=sshd.options)
+    current = dest / json.loads(tarfile.open(good).extractfile(f"{_top(good)}/{MANIFEST}").read())["name"] / "current"
+    before = os.readlink(current)
+
+    def redos_newer(root: Path) -> None:
+        spec = json.loads((root / "assets" / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                                 "invert": False}
+        (root / "assets" / "tokenizer.json").write_text(json.dumps(spec))
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["release"] += 1
+        manifest["files"] = file_entries(root)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).unlink(missing_ok=True)
+
+    hostile = _retar(good, tmp_path / "hostile" / "b.tar.gz", redos_newer)
+    with pytest.raises(EdgetlError, match="not a tokenizer.json edgetl runs"):
+        ship(hostile, sshd.url(str(dest)), remote_edgetl=edgetl, ssh_options=sshd.options)
+    assert os.readlink(current) == before
+    assert json.loads(_ok("predict", str(current), "lovely superb film", "--json"))[0]["top"][0]["label"] == "pos"
+
+
+def _top(archive: Path) -> str:
+    with tarfile.open(archive) as tar:
+        return tar.next().name
