@@ -131,10 +131,10 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
     """Check a bundle (archive or folder) and return it; refuses anything unsigned where signatures
     are required, unsafe or tampered. ``allow_unsigned`` None: ``signing.unsigned_allowed()``."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: a name too long for the file system does not exist, no OSError
         _refuse_run_folder(path)
         return _assets_checked(Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path))
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise BundleError(f"bundle {path} does not exist")
     root = cache_root() / "bundles" / sha256_file(path)[:24]
     if (root / MANIFEST).is_file():
@@ -299,12 +299,12 @@ def image_files(target: str | os.PathLike) -> list[Path]:
     """An image, or every image under a folder (sorted, recursive). Listed, never opened: a FIFO or
     a device named like an image is caught by ``not_a_file`` before anything reads it."""
     target = Path(target)
-    if target.is_dir():
+    if os.path.isdir(target):  # os.path: a name too long for the file system does not exist, no OSError
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         if not files:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {target}")
         return files
-    if not target.exists():
+    if not os.path.lexists(target):
         raise DataError(f"image {target} does not exist")
     return [target]
 

@@ -8,6 +8,7 @@ files (``edgetl.audio.wav``: the standard library and numpy, never torch) and fe
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -93,9 +94,9 @@ class AudioClassification:
         out = []
         for arg in args:
             path = Path(arg)
-            if path.is_dir():
+            if os.path.isdir(arg):  # os.path: a name too long for the file system is "no such file", not an OSError
                 out += [(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in SUFFIXES]
-            elif path.is_file():
+            elif os.path.isfile(arg):
                 out.append((arg, arg))
             else:
                 raise DataError(f"{arg}: no such WAV file or folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -138,9 +139,9 @@ class TextClassification:
         for arg in args:
             if arg == "-":
                 out += _lines("stdin", _read_stdin(stdin))
-            elif Path(arg).is_file():
+            elif os.path.isfile(arg):  # os.path: a text longer than a file name is a text, not an OSError
                 out += _lines(arg, _read_text(Path(arg)))
-            elif Path(arg).is_dir():
+            elif os.path.isdir(arg):
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
             elif arg.strip():
                 out.append((_shorten(arg), arg))

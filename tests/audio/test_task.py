@@ -118,3 +118,8 @@ def test_a_word_no_bundle_can_carry_is_refused_when_read(kws_dir, tmp_path):
     (tmp_path / "rows.csv").write_text("\n".join(rows))
     with pytest.raises(DataError, match=r"rows.csv: the label 'bad\?\[2Jword' must be 1..200 characters"):
         TASK.read_labelled(tmp_path / "rows.csv")
+
+
+def test_a_name_too_long_for_the_file_system_is_no_such_file():
+    with pytest.raises(DataError, match=r"no such WAV file or folder$"):
+        TASK.predict_samples(["x" * 3000 + ".wav"], None)

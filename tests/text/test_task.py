@@ -277,3 +277,10 @@ def test_a_label_no_bundle_can_carry_is_refused_when_read(tmp_path, label):
         (tmp_path / "texts" / label).mkdir(parents=True)
         with pytest.raises(DataError, match="must be 1..200 characters"):
             TASK.read_labelled(tmp_path / "texts")
+
+
+def test_a_text_longer_than_a_file_name_is_a_text():
+    """os.stat of a 1,000-character name fails with ENAMETOOLONG: the argument is a text, not a traceback."""
+    review = "the battery died after a week and " * 30
+    assert TASK.predict_samples([review, "a/" * 600], None) == [(review[:39].strip() + "…", review),
+                                                                (("a/" * 20)[:39] + "…", "a/" * 600)]
