@@ -101,7 +101,8 @@ def _parse(data: bytes) -> tuple[int, int, int, int, bytes]:
 
 def _decode(frames: bytes, fmt: int, bits: int, channels: int) -> np.ndarray:
     if fmt == _FLOAT:
-        x = np.frombuffer(frames, "<f4" if bits == 32 else "<f8").astype(np.float32)
+        with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused by read_wav, no warning
+            x = np.frombuffer(frames, "<f4" if bits == 32 else "<f8").astype(np.float32)
     elif bits == 8:
         x = (np.frombuffer(frames, np.uint8).astype(np.float32) - 128) / 128  # 8-bit WAV is unsigned
     elif bits == 24:
