@@ -31,7 +31,7 @@ FRONTEND_PREFIX = "frontend"  # the model's log-mel module: int8 keeps its nodes
 class AudioPreprocess(BaseModel):
     """A bundle's ``preprocess`` for this task (untrusted input: every value bounded)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "16000" is not 16000 in a manifest
 
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
     samples: int = Field(16_000, ge=512, le=16_000 * 10)  # the window the model takes

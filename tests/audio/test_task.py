@@ -4,6 +4,7 @@ bounds, the metrics (false accepts on the background class) and the int8 scheme.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 
@@ -77,10 +78,14 @@ def test_preprocess_reads_the_window_the_model_takes(kws_dir):
 
 
 @pytest.mark.parametrize("field, value", [("samples", 10**9), ("sample_rate", 0), ("n_fft", -1),
-                                          ("frontend", "../../x"), ("extra", 1)])
+                                          ("frontend", "../../x"), ("extra", 1), ("samples", "16000"),
+                                          ("n_mels", 32.0), ("hop", True)])
 def test_hostile_bundle_preprocess_is_refused(field, value):
+    """Bounded and strict, as a manifest reads it (JSON): "16000" is not 16000, like the text task's."""
     with pytest.raises(ValidationError):
         TASK.preprocess_model.model_validate({**RECORD.preprocess, field: value})
+    with pytest.raises(ValidationError):
+        TASK.preprocess_model.model_validate_json(json.dumps({**RECORD.preprocess, field: value}))
 
 
 def test_false_accept_rate_counts_background_clips_answered_as_keywords():
