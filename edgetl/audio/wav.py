@@ -10,6 +10,7 @@ Anything unreadable is one ``DataError`` line naming the file.
 
 from __future__ import annotations
 
+import stat
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """float32 mono samples in [-1, 1] and the file's sample rate."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO reports 0 bytes and then blocks the read forever
+            raise DataError(f"{path}: not a regular file (a FIFO, socket or device): skipped without reading it")
+        size = info.st_size
         if size > MAX_BYTES:
             raise DataError(f"{path}: {size / 2**20:.0f} MiB is too large for a clip (at most {MAX_BYTES // 2**20} MiB)")
         data = path.read_bytes()
@@ -97,7 +101,8 @@ def _parse(data: bytes) -> tuple[int, int, int, int, bytes]:
 
 def _decode(frames: bytes, fmt: int, bits: int, channels: int) -> np.ndarray:
     if fmt == _FLOAT:
-        x = np.frombuffer(frames, "<f4" if bits == 32 else "<f8").astype(np.float32)
+        with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused by read_wav, no warning
+            x = np.frombuffer(frames, "<f4" if bits == 32 else "<f8").astype(np.float32)
     elif bits == 8:
         x = (np.frombuffer(frames, np.uint8).astype(np.float32) - 128) / 128  # 8-bit WAV is unsigned
     elif bits == 24:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgetl.errors import ArtifactError, EdgetlError
 from edgetl.tensors import TensorSpec, check_feeds
 
 
@@ -171,7 +172,13 @@ class SessionBase:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds, self.where)
-        return self._run(feeds)
+        try:
+            return self._run(feeds)
+        except EdgetlError:
+            raise
+        except Exception as exc:  # the runtime's own types: a token id past the model's vocabulary, a bad op
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ArtifactError(f"{self.where} cannot run these inputs: {reason}") from exc
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

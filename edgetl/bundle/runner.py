@@ -131,16 +131,16 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
     """Check a bundle (archive or folder) and return it; refuses anything unsigned where signatures
     are required, unsafe or tampered. ``allow_unsigned`` None: ``signing.unsigned_allowed()``."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: a name too long for the file system does not exist, no OSError
         _refuse_run_folder(path)
-        return Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path)
-    if not path.is_file():
+        return _assets_checked(Bundle.of(path, load_folder(path, allow_unsigned=allow_unsigned), path))
+    if not os.path.isfile(path):
         raise BundleError(f"bundle {path} does not exist")
     root = cache_root() / "bundles" / sha256_file(path)[:24]
     if (root / MANIFEST).is_file():
         with contextlib.suppress(BundleError):  # a damaged or foreign cache entry: extract the archive again
             if _cached_head(root) == read_head(path):
-                return Bundle.of(root, load_folder(root, allow_unsigned=allow_unsigned), path)
+                return _assets_checked(Bundle.of(root, load_folder(root, allow_unsigned=allow_unsigned), path))
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(root.parent, os.W_OK | os.X_OK):
@@ -148,7 +148,20 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
     except OSError as exc:  # below a file, a link to nowhere, not writable
         raise BundleError(f"cannot use the bundle cache {cache_root()} ({exc.strerror}): point EDGETL_CACHE at a "
                           "writable folder") from None
-    return Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path)
+    return _assets_checked(Bundle.of(root, unpack_archive(path, root, allow_unsigned=allow_unsigned), path))
+
+
+def _assets_checked(bundle: Bundle) -> Bundle:
+    """``bundle`` once its task has judged its asset files (``check_assets``, where a task has one):
+    they are rules the preprocessing runs (a tokenizer's), so verify refuses a hostile one before
+    ``ship`` makes the bundle current, not the first ``predict``."""
+    check = getattr(get_task(bundle.manifest["task"]), "check_assets", None)
+    if check is not None:
+        try:
+            check(bundle.record)
+        except DataError as exc:
+            raise BundleError(f"{bundle.source}: {exc}") from None
+    return bundle
 
 
 def _refuse_run_folder(path: Path) -> None:
@@ -286,12 +299,12 @@ def image_files(target: str | os.PathLike) -> list[Path]:
     """An image, or every image under a folder (sorted, recursive). Listed, never opened: a FIFO or
     a device named like an image is caught by ``not_a_file`` before anything reads it."""
     target = Path(target)
-    if target.is_dir():
+    if os.path.isdir(target):  # os.path: a name too long for the file system does not exist, no OSError
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         if not files:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {target}")
         return files
-    if not target.exists():
+    if not os.path.lexists(target):
         raise DataError(f"image {target} does not exist")
     return [target]
 

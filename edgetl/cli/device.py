@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
     else:
         k = max(len(r["top"]) for r in results)
         table = Table(key, *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
-        folder = Path(images[0]) if len(images) == 1 and Path(images[0]).is_dir() else None
+        folder = Path(images[0]) if len(images) == 1 and os.path.isdir(images[0]) else None  # a long text: no OSError
         for r in results:
             name = Path(r[key]).relative_to(folder).as_posix() if folder else r[key]
             cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k

@@ -8,6 +8,7 @@ files (``edgetl.audio.wav``: the standard library and numpy, never torch) and fe
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgetl.audio.wav import SUFFIXES, read_clips, read_wav
 from edgetl.data.layout import SPLIT_NAMES, TRAIN_NAMES, VAL_NAMES
 from edgetl.errors import DataError
-from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord
+from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord, check_label
 from edgetl.tensors import TensorSpec
 
 INPUT, OUTPUT = "waveform", "logits"
@@ -29,7 +30,7 @@ FRONTEND_PREFIX = "frontend"  # the model's log-mel module: int8 keeps its nodes
 class AudioPreprocess(BaseModel):
     """A bundle's ``preprocess`` for this task (untrusted input: every value bounded)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "16000" is not 16000 in a manifest
 
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
     samples: int = Field(16_000, ge=512, le=16_000 * 10)  # the window the model takes
@@ -74,7 +75,7 @@ class AudioClassification(Classifier):
                 skipped.append((path, str(exc).removeprefix(f"{path}: ")))
                 continue
             samples.append(path)
-            labels.append(label)
+            labels.append(check_label(label, str(source)))
         if skipped and not samples:  # say why, or a CSV of wrong paths reads like a wrong layout
             path, reason = skipped[0]
             raise DataError(f"{source}: none of its {len(skipped)} .wav clips could be read (first: {path}: {reason})")
@@ -92,9 +93,9 @@ class AudioClassification(Classifier):
         out = []
         for arg in args:
             path = Path(arg)
-            if path.is_dir():
+            if os.path.isdir(arg):  # os.path: a name too long for the file system is "no such file", not an OSError
                 out += [(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in SUFFIXES]
-            elif path.is_file():
+            elif os.path.isfile(arg):
                 out.append((arg, arg))
             else:
                 raise DataError(f"{arg}: no such WAV file or folder")
@@ -188,6 +189,8 @@ def _folder_pairs(root: Path) -> list[tuple[str, str]]:
 
 
 def _csv_pairs(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():  # a FIFO named like a CSV would block the read forever
+        raise DataError(f"{path}: not a regular file (expected a CSV of path,label rows)")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))

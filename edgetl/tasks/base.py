@@ -10,6 +10,7 @@ free of torch.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,20 @@ class LabelledSamples:
             content = Path(sample).read_bytes() if self.files else sample.encode()
             digest.update(hashlib.sha256(content).digest())
         return digest.hexdigest()
+
+
+MAX_LABEL = 200  # a bundle manifest's bound on a label
+
+
+def check_label(label: str, where: str) -> str:
+    """``label`` when a bundle can carry it (1..200 characters, no control characters: they would
+    reach terminals and reports), else one ``DataError`` line at training time, not at ``bundle``."""
+    if not 1 <= len(label) <= MAX_LABEL or re.search(r"[\x00-\x1f\x7f-\x9f]", label):
+        from edgetl.errors import DataError
+
+        shown = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", label[:60])
+        raise DataError(f"{where}: the label {shown!r} must be 1..{MAX_LABEL} characters without control characters")
+    return label
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
-from collections.abc import Mapping, Sequence
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl.errors import DataError
-from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord
+from edgetl.tasks.base import Classifier, LabelledSamples, Metric, TaskRecord, check_label
 from edgetl.tensors import TensorSpec
 
 IDS, MASK, OUTPUT = "input_ids", "attention_mask", "logits"
@@ -27,6 +28,29 @@ TOKENIZER = "tokenizer.json"
 MAX_LENGTH_CAP = 128  # a longer default costs quadratic attention for the rare long text
 LENGTH_PERCENTILE = 95
 TEXT_SUFFIX = ".txt"
+# What one text may cost: the tokenizer sees at most this many characters of it (the csv module's
+# field limit, so a CSV's longest text is seen whole; 512 tokens fit many times over), and predict
+# reads at most this much text from a file or stdin, so a 100 MB line or a stdin that never ends is
+# one line, not the memory of the device.
+MAX_TEXT_CHARS = 131_072
+MAX_PREDICT_CHARS = 16 << 20
+MAX_CSV_LINE = 1 << 20  # characters of one line of a text,label CSV
+MAX_PREDICT_TEXTS = 100_000  # one row each in predict's answer
+MAX_TOKENIZER_BYTES = 32 << 20  # MiniLM's tokenizer.json is 0.5 MB; a multilingual one ~17 MB
+MAX_VOCAB = 500_000  # entries of the model's vocabulary (MiniLM: 30,522; the largest common ones: 250k)
+# What a bundle's tokenizer.json may be made of: the parts of the BERT tokenizers edgetl trains with,
+# none of which takes a pattern (Split and Replace run a backtracking regex or grow the text
+# without bound), and sizes that keep a text's cost linear in its length.
+TOKENIZER_PARTS = {
+    "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents", "Strip", "Sequence"},
+    "pre_tokenizer": {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits", "Sequence"},
+    "model": {"WordPiece", "WordLevel"},
+    "post_processor": {"TemplateProcessing", "BertProcessing"},
+    "decoder": {"WordPiece"},
+}
+MAX_PARTS = 16  # normalizers in a Sequence, pieces of a template, ids of a special token
+MAX_CHARS_PER_WORD = 200  # WordPiece's max_input_chars_per_word (default 100): its cost grows as its cube
+MAX_ADDED_TOKENS = 10_000
 
 # int8 per runtime, chosen by measurement on all-MiniLM-L6-v2 with 2,000 movie reviews (400 validation:
 # differences under ~2 pp are within noise) on an AVX2 CPU without VNNI, where no int8 scheme ran
@@ -74,6 +98,10 @@ class TextClassification(Classifier):
     def assets(self, record: TaskRecord) -> list[str]:
         return [TextPreprocess(**record.preprocess).tokenizer]
 
+    def check_assets(self, record: TaskRecord) -> None:
+        """The tokenizer is one edgetl runs (``check_tokenizer``): a bundle's is checked when it opens."""
+        check_tokenizer(_asset(record, TextPreprocess(**record.preprocess).tokenizer))
+
     def max_dims(self, record: TaskRecord) -> dict[str, int]:
         return {"sequence": TextPreprocess(**record.preprocess).max_length}
 
@@ -88,6 +116,9 @@ class TextClassification(Classifier):
         source = Path(source)
         if not source.exists():
             raise DataError(f"{source} does not exist: give a CSV of text,label rows or a folder of class folders of .txt files")
+        if not (source.is_file() or source.is_dir()):  # a FIFO or a device would block or never end
+            raise DataError(f"{source} is not a regular file nor a folder: give a CSV of text,label rows or a folder "
+                            "of class folders of .txt files")
         rows, skipped = (_csv_rows(source) if source.is_file() else _folder_rows(source))
         classes = sorted({label for _, label in rows})
         if not rows:
@@ -103,15 +134,17 @@ class TextClassification(Classifier):
         out: list[tuple[str, str]] = []
         for arg in args:
             if arg == "-":
-                out += _lines("stdin", stdin.read() if stdin is not None else "")
-            elif Path(arg).is_file():
+                out += _lines("stdin", _read_stdin(stdin))
+            elif os.path.isfile(arg):  # os.path: a text longer than a file name is a text, not an OSError
                 out += _lines(arg, _read_text(Path(arg)))
-            elif Path(arg).is_dir():
+            elif os.path.isdir(arg):
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
             elif arg.strip():
                 out.append((_shorten(arg), arg))
         if not out:
             raise DataError("no text to classify: give a text, a file of texts (one per line) or - for stdin")
+        if len(out) > MAX_PREDICT_TEXTS:
+            raise DataError(f"{len(out)} texts: at most {MAX_PREDICT_TEXTS} per predict call, split them")
         return out
 
     def load(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
@@ -163,6 +196,7 @@ def load_tokenizer(path: Path):
     from edgetl._lazy import require
 
     tokenizers = require("tokenizers", "text")
+    check_tokenizer(path)
     try:
         tokenizer = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exception for every parse error
@@ -172,10 +206,56 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
+def check_tokenizer(path: Path) -> None:
+    """One ``DataError`` line unless ``path`` is a ``tokenizer.json`` made only of ``TOKENIZER_PARTS``
+    within the bounds above: read as JSON before the Rust side runs any of it (it cannot be
+    interrupted, and a hostile one loops, exhausts memory or panics)."""
+    try:
+        if Path(path).stat().st_size > MAX_TOKENIZER_BYTES:
+            raise ValueError(f"larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+        spec = json.loads(Path(path).read_bytes())
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+        for part, allowed in TOKENIZER_PARTS.items():
+            _check_part(spec.get(part), part, allowed, depth=0)
+        _check_sizes(spec)
+    except (ValueError, RecursionError, OSError, TypeError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a tokenizer.json edgetl runs ({reason})") from None
+
+
+def _check_part(value: Any, part: str, allowed: set[str], depth: int) -> None:
+    if value is None and part != "model":
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in allowed:
+        raise ValueError(f"{part} {str(kind)[:40]!r} is not one of {', '.join(sorted(allowed))}")
+    if kind == "Sequence":
+        items = value.get("normalizers" if part == "normalizer" else "pretokenizers")
+        if depth > 2 or not isinstance(items, list) or len(items) > MAX_PARTS:
+            raise ValueError(f"{part} Sequence: at most {MAX_PARTS} parts, nested at most twice")
+        for item in items:
+            _check_part(item, part, allowed - {"Sequence"} if depth == 2 else allowed, depth + 1)
+
+
+def _check_sizes(spec: dict) -> None:
+    model, post = spec["model"], spec.get("post_processor") or {}
+    if len(model.get("vocab") or {}) > MAX_VOCAB:
+        raise ValueError(f"a vocabulary of more than {MAX_VOCAB} entries")
+    if not 1 <= model.get("max_input_chars_per_word", 100) <= MAX_CHARS_PER_WORD:
+        raise ValueError(f"max_input_chars_per_word must be 1..{MAX_CHARS_PER_WORD}")
+    if len(spec.get("added_tokens") or []) > MAX_ADDED_TOKENS:
+        raise ValueError(f"more than {MAX_ADDED_TOKENS} added tokens")
+    specials = (post.get("special_tokens") or {}).values()
+    if any(len(post.get(k) or []) > MAX_PARTS for k in ("single", "pair")) or len(specials) > MAX_PARTS or any(
+            len(s.get("ids") or []) > MAX_PARTS for s in specials):
+        raise ValueError(f"a post-processor template of more than {MAX_PARTS} pieces or ids")
+
+
 def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """int64 (ids, mask) of ``texts``, each cut to ``max_length`` tokens (special tokens kept) and
     padded with ``pad_id`` to the longest of them."""
-    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))
+    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch([t[:MAX_TEXT_CHARS] for t in texts])
     rows = [e.ids[: max_length - 1] + e.ids[-1:] if len(e.ids) > max_length else e.ids for e in encodings]
     width = max((len(r) for r in rows), default=1)
     ids = np.full((len(rows), width), pad_id, np.int64)
@@ -186,8 +266,9 @@ def tokenize(texts: Sequence[str], tokenizer_path: Path, max_length: int, pad_id
 
 
 def token_counts(texts: Sequence[str], tokenizer_path: Path) -> np.ndarray:
-    """Tokens per text, special tokens included, uncut."""
-    return np.array([len(e.ids) for e in load_tokenizer(Path(tokenizer_path)).encode_batch(list(texts))], np.int64)
+    """Tokens per text, special tokens included, uncut (but for ``MAX_TEXT_CHARS``)."""
+    encodings = load_tokenizer(Path(tokenizer_path)).encode_batch([t[:MAX_TEXT_CHARS] for t in texts])
+    return np.array([len(e.ids) for e in encodings], np.int64)
 
 
 def length_from_data(texts: Sequence[str], tokenizer_path: Path, cap: int = MAX_LENGTH_CAP) -> dict[str, int]:
@@ -233,7 +314,10 @@ def bootstrap_interval(pred: np.ndarray, labels: np.ndarray, num_classes: int, r
 
 
 def _read_text(path: Path) -> str:
+    """A text file of at most ``MAX_PREDICT_CHARS`` bytes (a sample, or predict's lines), whole."""
     try:
+        if path.stat().st_size > MAX_PREDICT_CHARS:
+            raise DataError(f"{path}: more than {MAX_PREDICT_CHARS >> 20} MB of text: split it into several files")
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -241,11 +325,41 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
 
 
+def _read_stdin(stdin: IO[str] | None) -> str:
+    """At most ``MAX_PREDICT_CHARS`` of UTF-8 text (a stdin that never ends stops there)."""
+    try:
+        text = stdin.read(MAX_PREDICT_CHARS + 1) if stdin is not None else ""
+        text.encode("utf-8")  # a terminal's undecodable bytes arrive as surrogates the tokenizer refuses
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise DataError("stdin: not UTF-8 text") from None
+    if len(text) > MAX_PREDICT_CHARS:
+        raise DataError(f"stdin: more than {MAX_PREDICT_CHARS >> 20} MB of texts: split them into several predict calls")
+    return text
+
+
 def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(text, label) rows of a CSV with a ``text,label`` header (other columns ignored), and the skipped."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"{path} is not a .csv: give a CSV of text,label rows or a folder of class folders of .txt files")
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            return _rows_of(path, csv.reader(_bounded_lines(path, fh)))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _bounded_lines(path: Path, fh: IO[str], limit: int = MAX_CSV_LINE) -> Iterator[str]:
+    """``fh``'s lines, streamed: a line longer than ``limit`` is one line of error, never read whole
+    (csv's field limit only speaks once a line is in memory: a 1 GB field took gigabytes)."""
+    for number, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), start=1):
+        if len(line) > limit:
+            raise DataError(f"{path}:{number}: a line of more than {limit} characters: not a CSV of texts")
+        yield line
+
+
+def _rows_of(path: Path, reader) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     try:
         header = [h.strip().lower() for h in next(reader, [])]
         if "text" not in header or "label" not in header:
@@ -262,7 +376,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
             if not text or not label:
                 skipped.append((where, "empty text" if not text else "empty label"))
             else:
-                rows.append((text, label))
+                rows.append((text, check_label(label, where)))
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
     return rows, skipped
@@ -275,7 +389,11 @@ def _folder_rows(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
         raise DataError(f"{root} has no class folders: expected {root}/<class>/<text>.txt or a CSV of text,label rows")
     rows, skipped = [], []
     for folder in folders:
+        check_label(folder.name, str(folder))
         for path in sorted(folder.glob(f"*{TEXT_SUFFIX}")):
+            if not path.is_file():  # a FIFO named like a text would block the read forever
+                skipped.append((str(path), "not a regular file"))
+                continue
             try:
                 text = _read_text(path).strip()
             except DataError as exc:

@@ -4,6 +4,8 @@ bounds, the metrics (false accepts on the background class) and the int8 scheme.
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 
 import numpy as np
@@ -93,10 +95,14 @@ def test_preprocess_reads_the_window_the_model_takes(kws_dir):
 
 
 @pytest.mark.parametrize("field, value", [("samples", 10**9), ("sample_rate", 0), ("n_fft", -1),
-                                          ("frontend", "../../x"), ("extra", 1)])
+                                          ("frontend", "../../x"), ("extra", 1), ("samples", "16000"),
+                                          ("n_mels", 32.0), ("hop", True)])
 def test_hostile_bundle_preprocess_is_refused(field, value):
+    """Bounded and strict, as a manifest reads it (JSON): "16000" is not 16000, like the text task's."""
     with pytest.raises(ValidationError):
         TASK.preprocess_model.model_validate({**RECORD.preprocess, field: value})
+    with pytest.raises(ValidationError):
+        TASK.preprocess_model.model_validate_json(json.dumps({**RECORD.preprocess, field: value}))
 
 
 def test_false_accept_rate_counts_background_clips_answered_as_keywords():
@@ -114,3 +120,30 @@ def test_int8_keeps_the_frontend_float_on_every_runtime():
     for runtime in ("onnxruntime", "openvino", "tensorrt"):
         assert TASK.quantization(RECORD, runtime, "int8")["keep_float_prefixes"] == ["frontend"]
         assert TASK.quantization(RECORD, runtime, "fp16") == {}
+
+
+def test_fifos_in_the_data_are_never_opened(kws_dir, tmp_path):
+    """A FIFO as the CSV, or named by one of its rows: refused or skipped, never read (it would block)."""
+    os.mkfifo(tmp_path / "labels.csv")
+    with pytest.raises(DataError, match="labels.csv: not a regular file"):
+        TASK.read_labelled(tmp_path / "labels.csv")
+    os.mkfifo(tmp_path / "fifo.wav")
+    clips = sorted((kws_dir / "val").glob("*/*.wav"))
+    rows = ["path,label", f"{tmp_path / 'fifo.wav'},yes"] + [f"{p},{p.parent.name}" for p in clips]
+    (tmp_path / "rows.csv").write_text("\n".join(rows))
+    labelled = TASK.read_labelled(tmp_path / "rows.csv")
+    assert labelled.skipped == [(str(tmp_path / "fifo.wav"), "not a regular file (a FIFO, socket or device): "
+                                 "skipped without reading it")]
+
+
+def test_a_word_no_bundle_can_carry_is_refused_when_read(kws_dir, tmp_path):
+    clips = sorted((kws_dir / "val").glob("*/*.wav"))
+    rows = ["path,label", f"{clips[0]},bad\x1b[2Jword"] + [f"{p},{p.parent.name}" for p in clips[1:]]
+    (tmp_path / "rows.csv").write_text("\n".join(rows))
+    with pytest.raises(DataError, match=r"rows.csv: the label 'bad\?\[2Jword' must be 1..200 characters"):
+        TASK.read_labelled(tmp_path / "rows.csv")
+
+
+def test_a_name_too_long_for_the_file_system_is_no_such_file():
+    with pytest.raises(DataError, match=r"no such WAV file or folder$"):
+        TASK.predict_samples(["x" * 3000 + ".wav"], None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import wave
 
@@ -120,3 +121,20 @@ def test_write_then_read_is_the_same_clip(tmp_path):
     write_wav(tmp_path / "w.wav", tone, RATE)
     audio, rate = read_wav(tmp_path / "w.wav")
     assert rate == RATE and np.abs(audio - tone).max() < 1e-4
+
+
+def test_a_fifo_named_like_a_clip_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "clip.wav"
+    os.mkfifo(fifo)  # opening it would block: the test would hang, not fail, without the check
+    with pytest.raises(DataError, match=r"clip\.wav: not a regular file \(a FIFO, socket or device\)"):
+        read_wav(fifo)
+
+
+def test_float64_samples_past_float32_are_refused_in_one_line(tmp_path, recwarn):
+    data = np.full(1600, 1e300, "<f8").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, RATE, RATE * 8, 8, 64)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    (tmp_path / "big.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(DataError, match=r"big\.wav: the WAV file holds NaN or infinite samples$"):
+        read_wav(tmp_path / "big.wav")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no stray "overflow" line

@@ -87,3 +87,21 @@ def test_int8_types_follow_the_cpu(flags, machine, expected):
     chosen = choose_int8_types(flags, machine)
     assert (chosen["activations"], chosen["weights"], chosen["reduce_range"]) == expected
     assert chosen["why"]
+
+
+def test_inputs_the_model_cannot_run_are_one_line(tmp_path_factory, capfd):
+    """A token id past the embedding (a bundle's tokenizer or pad_id that is not its model's):
+    ONNX Runtime's own error type and log line become one ArtifactError line."""
+    import numpy as np
+
+    from edgetl.backends import get_backend
+    from edgetl.errors import ArtifactError
+
+    onnx_path, _, x, _ = named_case("text", tmp_path_factory)
+    feeds = {k: v[:1].copy() for k, v in x.items()}
+    feeds["input_ids"][0, 0] = 10**6
+    with get_backend("onnxruntime").load(onnx_path, threads=1) as session:
+        with pytest.raises(ArtifactError, match=r"model.onnx cannot run these inputs: .*out of") as caught:
+            session.run(feeds)
+        assert np.isfinite(session.run({k: v[:1] for k, v in x.items()})["logits"]).all()
+    assert len(str(caught.value).splitlines()) == 1 and "Gather" not in capfd.readouterr().err

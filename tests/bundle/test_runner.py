@@ -459,3 +459,15 @@ def test_bench_bundle_with_the_shortest_duration(bundle_file):
     """Time alone ends the run: however short, at least a few runs are timed and the document is whole."""
     doc = bench(bundle_file, duration_s=1e-9)
     assert doc["latency"][0]["iterations"] >= 1 and doc["latency"][0]["p50_ms"] > 0
+
+
+def test_names_too_long_for_the_file_system_are_one_line(bundle_file):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    long = "b" * 3000
+    for args, message in ((["predict", long, "x.jpg"], f"bundle {long} does not exist"),
+                          (["predict", str(bundle_file), long + ".jpg"], f"image {long}.jpg does not exist")):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

@@ -4,6 +4,8 @@ writes, and the CLI path: train (the real MiniLM), compile, bundle, verify, pred
 from __future__ import annotations
 
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from edgetl.adapt.options import TrainOptions
+from edgetl.bundle import signing
+from edgetl.bundle.format import MANIFEST, file_entries, write_archive
 from edgetl.cli import cli
 from edgetl.data.arrays import DataView
 from edgetl.models.build import load_trained
@@ -120,6 +124,7 @@ def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
 @pytest.mark.parametrize("content, extra, message", [
     ("text,category\nhi,a\n", [], "lacks a 'text' and a 'label' column"),
     ("text,label\nhi,a\nho,a\n", [], "found 1 class ('a')"),
+    ("text,label\nhi,a\nho,\x1b[31mb\n", [], "the label '?[31mb' must be 1..200 characters without control"),
     ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
     ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
 ])
@@ -131,3 +136,115 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra,
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _retar(bundle: Path, dest: Path, change, key: Path | None = None) -> Path:
+    """``bundle`` extracted, ``change(folder)`` applied, its hashes listed again (signed with ``key``
+    when given, else its signature left as it was), and packed as ``dest``."""
+    with tarfile.open(bundle) as tar:
+        tar.extractall(dest.parent / "x", filter="data")
+    root = next((dest.parent / "x").iterdir())
+    change(root)
+    if key is not None:
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["files"] = file_entries(root)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).write_bytes(signing.sign(signing.load_private_key(key), (root / MANIFEST).read_bytes()))
+    write_archive(root, dest, root.name)
+    return dest
+
+
+def _refused(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_signed_text_bundle_refuses_a_changed_or_hostile_tokenizer(text_run, tmp_path, monkeypatch):
+    """One byte of the signed tokenizer changed: refused by its hash; a ReDoS tokenizer signed by the
+    trusted key (a careless signer): refused when the bundle opens, before a text is tokenized."""
+    private, public = signing.new_key_pair(tmp_path / "keys", "release")
+    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(public))
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32", "--sign", str(private))
+    bundle = text_run.path / "bundles" / "onnxruntime-fp32.tar.gz"
+
+    def flip_a_byte(root: Path) -> None:
+        data = bytearray((root / "assets" / "tokenizer.json").read_bytes())
+        data[len(data) // 2] ^= 1
+        (root / "assets" / "tokenizer.json").write_bytes(bytes(data))
+
+    changed = _retar(bundle, tmp_path / "changed" / "b.tar.gz", flip_a_byte)
+    _refused(["verify", str(changed)], "assets/tokenizer.json does not match its sha256")
+    _refused(["predict", str(changed), "lovely"], "assets/tokenizer.json does not match its sha256")
+
+    def redos(root: Path) -> None:
+        spec = json.loads((root / "assets" / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                                 "invert": False}
+        (root / "assets" / "tokenizer.json").write_text(json.dumps(spec))
+
+    hostile = _retar(bundle, tmp_path / "hostile" / "b.tar.gz", redos, key=private)
+    for args in (["verify", str(hostile)], ["predict", str(hostile), "a" * 40 + "!"]):
+        _refused(args, "not a tokenizer.json edgetl runs (pre_tokenizer 'Split' is not one of")
+
+
+def test_a_pad_id_past_the_vocabulary_is_one_line(text_run, reviews_csv, tmp_path):
+    """An unsigned bundle whose pad_id the model cannot embed: val (texts padded in batches) says so in
+    one line (predict runs one text at a time: nothing is padded)."""
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32")
+
+    def pad_past_the_vocabulary(root: Path) -> None:
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["preprocess"]["pad_id"] = 9_999_999
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).unlink(missing_ok=True)
+
+    bundle = _retar(text_run.path / "bundles" / "onnxruntime-fp32.tar.gz", tmp_path / "b" / "b.tar.gz",
+                    pad_past_the_vocabulary)
+    _refused(["val", str(bundle), str(reviews_csv)], "model.fp32.onnx cannot run these inputs")
+
+
+def test_ship_refuses_a_hostile_tokenizer_and_keeps_the_current_text_bundle(text_run, sshd, tmp_path):
+    """A device running a text bundle is sent a newer one whose tokenizer would panic or hang predict:
+    refused (locally or by the device's verify), and the device's current bundle stays."""
+    import os
+    import sys
+
+    from edgetl.bundle.ship import ship
+    from edgetl.errors import EdgetlError
+
+    edgetl = str(Path(sys.executable).with_name("edgetl"))
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32")
+    good = text_run.path / "bundles" / "onnxruntime-fp32.tar.gz"
+    dest = tmp_path / "device"
+    ship(good, sshd.url(str(dest)), remote_edgetl=edgetl, ssh_options=sshd.options)
+    current = dest / json.loads(tarfile.open(good).extractfile(f"{_top(good)}/{MANIFEST}").read())["name"] / "current"
+    before = os.readlink(current)
+
+    def redos_newer(root: Path) -> None:
+        spec = json.loads((root / "assets" / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                                 "invert": False}
+        (root / "assets" / "tokenizer.json").write_text(json.dumps(spec))
+        manifest = json.loads((root / MANIFEST).read_text())
+        manifest["release"] += 1
+        manifest["files"] = file_entries(root)
+        (root / MANIFEST).write_text(json.dumps(manifest))
+        (root / signing.SIGNATURE).unlink(missing_ok=True)
+
+    hostile = _retar(good, tmp_path / "hostile" / "b.tar.gz", redos_newer)
+    with pytest.raises(EdgetlError, match="not a tokenizer.json edgetl runs"):
+        ship(hostile, sshd.url(str(dest)), remote_edgetl=edgetl, ssh_options=sshd.options)
+    assert os.readlink(current) == before
+    assert json.loads(_ok("predict", str(current), "lovely superb film", "--json"))[0]["top"][0]["label"] == "pos"
+
+
+def _top(archive: Path) -> str:
+    with tarfile.open(archive) as tar:
+        return tar.next().name
