@@ -157,7 +157,7 @@ def test_a_goal_without_an_interval_is_decided_on_its_value_and_a_missing_one_fa
 
 @pytest.mark.parametrize("goals, message", [
     ({"top5": {"min": 0.9}}, "unknown metric 'top5'. Did you mean 'top1'? Valid: accuracy_drop_pp, agreement, "
-                             "memory_mb, p90_latency_ms, top1"),
+                             "false_accept_rate, macro_f1, memory_mb, p90_latency_ms, top1"),
     ({"top1": {"max": 0.9}}, "top1 is better higher: give it a min (top1 = { min = VALUE })"),
     ({"p90_latency_ms": {"min": 5}}, "p90_latency_ms is better lower: give it a max"),
     ({"top1": {"min": 0.9, "max": 1.0}}, "give one bound"),
