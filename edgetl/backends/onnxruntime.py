@@ -121,7 +121,7 @@ class OnnxRuntimeBackend(CpuBackendBase):
             # full range: reduce_range cost all-MiniLM-L6-v2 4 pp on this x86 CPU)
             settings = quantize_dynamic_int8(src, out, reduce_range=hint.get("reduce_range", types["reduce_range"]),
                                              op_types=hint.get("op_types"), keep_float_prefixes=keep,
-                                             per_channel=hint.get("per_channel", False))
+                                             per_channel=hint.get("per_channel", False), fusion=hint.get("fusion"))
             return {**settings, "cpu": cpu.record(), "why": hint.get("why") or "the task's scheme: dynamic int8"}
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
         settings = quantize_qdq(src, out, calibration, recipe, activation_type=types["activations"],
