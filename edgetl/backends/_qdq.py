@@ -257,6 +257,9 @@ def fuse_transformer(onnx_in: Path, onnx_out: Path, model_type: str) -> dict[str
     Runtime's basic, hardware-independent passes, so the saved graph runs on any CPU. Returns the
     count of each fused op."""
     optimizer = require("onnxruntime.transformers.optimizer", "transformer fusion")
+    if model_type not in optimizer.MODEL_TYPES:  # the optimizer would silently fuse nothing
+        raise CompileError(f"the task's fusion {model_type!r} is not a model type of ONNX Runtime's transformer "
+                           f"optimizer: choose one of {', '.join(sorted(optimizer.MODEL_TYPES))}")
     try:
         with _quiet():
             model = optimizer.optimize_model(str(onnx_in), model_type=model_type, opt_level=1)
