@@ -5,7 +5,8 @@ Artifacts (one ONNX file each, ``model.<precision>.onnx``):
 - fp32: the exported graph optimised offline at ``ORT_ENABLE_EXTENDED`` and saved;
 - fp16: weights and activations in float16, float32 inputs/outputs;
 - int8: static QDQ from the calibration samples (every input, by name), with the activation/weight types that are fast on
-  the target's CPU (see ``choose_int8_types``).
+  the target's CPU (see ``choose_int8_types``); or, where the task's hint says ``scheme: "dynamic"``,
+  ``quantize_dynamic`` (after ONNX Runtime's transformer fusion where the hint names a ``fusion``).
 
 ``compile`` options (all optional):
 
