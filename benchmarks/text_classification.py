@@ -218,7 +218,7 @@ def main() -> int:
     import torch
 
     threads_list = [int(t) for t in args.threads.split(",")]
-    console = Console()
+    console = Console(width=max(Console().width, 180))  # the comparison table has 11 columns
     out = Path(args.out)
     data = write_demo_text(out / f"{args.source}.csv", args.source, args.per_class)
 
