@@ -250,16 +250,39 @@ def _module_path(node) -> str:
     return ".".join(parts[:-1])
 
 
+def fuse_transformer(onnx_in: Path, onnx_out: Path, model_type: str) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer (``onnxruntime.transformers``): LayerNorm, residual Add +
+    LayerNorm (SkipLayerNormalization), bias + GELU and, where it recognises the pattern, attention
+    become single contrib ops that every ONNX Runtime CPU build has. ``opt_level=1``: only ONNX
+    Runtime's basic, hardware-independent passes, so the saved graph runs on any CPU. Returns the
+    count of each fused op."""
+    optimizer = require("onnxruntime.transformers.optimizer", "transformer fusion")
+    if model_type not in optimizer.MODEL_TYPES:  # the optimizer would silently fuse nothing
+        raise CompileError(f"the task's fusion {model_type!r} is not a model type of ONNX Runtime's transformer "
+                           f"optimizer: choose one of {', '.join(sorted(optimizer.MODEL_TYPES))}")
+    try:
+        with _quiet():
+            model = optimizer.optimize_model(str(onnx_in), model_type=model_type, opt_level=1)
+    except Exception as exc:  # the optimizer raises whatever its pattern matchers hit
+        raise CompileError(f"ONNX Runtime's {model_type} optimizer failed on {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
+    model.save_model_to_file(str(onnx_out))
+    return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+
+
 def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, op_types: list[str] | None = None,
-                          keep_float_prefixes: tuple[str, ...] | list[str] = (), per_channel: bool = False) -> dict[str, Any]:
+                          keep_float_prefixes: tuple[str, ...] | list[str] = (), per_channel: bool = False,
+                          fusion: str | None = None) -> dict[str, Any]:
     """Dynamic int8 with ONNX Runtime's quantizer: int8 weights, activations quantized at run time
-    (no calibration). Pays on transformers where static QDQ of every op does not."""
+    (no calibration). Pays on transformers where static QDQ of every op does not. ``fusion``: a model
+    type of ONNX Runtime's transformer optimizer ("bert") to fuse with first (``fuse_transformer``)."""
     onnx = require("onnx", "int8 quantization")
     q = require("onnxruntime.quantization", "int8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgetl-dyn-") as tmp:
-        prepared = _prepared(onnx_in, Path(tmp) / "prepared.onnx", quant_pre_process)
+        fused = fuse_transformer(onnx_in, Path(tmp) / "fused.onnx", fusion) if fusion else None
+        source = Path(tmp) / "fused.onnx" if fusion else onnx_in
+        prepared = _prepared(source, Path(tmp) / "prepared.onnx", quant_pre_process)
         kept_float = prefixed_nodes(onnx.load(str(prepared)), keep_float_prefixes)
         try:
             with _quiet():
@@ -274,6 +297,7 @@ def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, 
         "activations": "uint8, quantized at run time",
         "reduce_range": reduce_range,
         "per_channel": per_channel,
+        **({"fusion": fusion, "fused_ops": fused} if fusion else {}),
         **({"op_types": list(op_types)} if op_types else {}),
         **({"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept_float)}
            if keep_float_prefixes else {}),

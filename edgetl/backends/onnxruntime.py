@@ -5,7 +5,8 @@ Artifacts (one ONNX file each, ``model.<precision>.onnx``):
 - fp32: the exported graph optimised offline at ``ORT_ENABLE_EXTENDED`` and saved;
 - fp16: weights and activations in float16, float32 inputs/outputs;
 - int8: static QDQ from the calibration samples (every input, by name), with the activation/weight types that are fast on
-  the target's CPU (see ``choose_int8_types``).
+  the target's CPU (see ``choose_int8_types``); or, where the task's hint says ``scheme: "dynamic"``,
+  ``quantize_dynamic`` (after ONNX Runtime's transformer fusion where the hint names a ``fusion``).
 
 ``compile`` options (all optional):
 
@@ -121,7 +122,7 @@ class OnnxRuntimeBackend(CpuBackendBase):
             # full range: reduce_range cost all-MiniLM-L6-v2 4 pp on this x86 CPU)
             settings = quantize_dynamic_int8(src, out, reduce_range=hint.get("reduce_range", types["reduce_range"]),
                                              op_types=hint.get("op_types"), keep_float_prefixes=keep,
-                                             per_channel=hint.get("per_channel", False))
+                                             per_channel=hint.get("per_channel", False), fusion=hint.get("fusion"))
             return {**settings, "cpu": cpu.record(), "why": hint.get("why") or "the task's scheme: dynamic int8"}
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
         settings = quantize_qdq(src, out, calibration, recipe, activation_type=types["activations"],

@@ -6,7 +6,8 @@ Artifacts are OpenVINO IR, ``model.xml`` + ``model.bin``, with a dynamic batch a
 - fp16: the same graph with weights compressed to float16 (half the size; see ``_INFERENCE_PRECISION``
   for what the CPU computes in);
 - int8: ``nncf.quantize`` post-training quantization on the calibration samples (FakeQuantize ops
-  in the IR, which the CPU plugin runs as u8/i8 kernels).
+  in the IR, which the CPU plugin runs as u8/i8 kernels), or, where the task's hint says
+  ``scheme: "weights"``, ``nncf.compress_weights``: int8 weights, float activations, no calibration.
 
 ``compile`` options (same keys as the ONNX Runtime backend; all optional):
 
@@ -104,12 +105,16 @@ class OpenVinoBackend(CpuBackendBase):
             raise CompileError(f"openvino cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
         ov = require("openvino", "OpenVINO compile")
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
-        if precision == "int8":
+        hint = (options.get("quantization") or {}) if precision == "int8" else {}
+        weights_only = hint.get("scheme") == "weights"
+        if precision == "int8" and not weights_only:
             calibration = check_calibration(calibration, recipe)  # before the slow conversion
         model = _convert(ov, Path(onnx_path))
-        if precision == "int8":
+        if weights_only:
+            keep = _onnx_nodes(Path(onnx_path), hint.get("keep_float_prefixes") or ())
+            model, chosen = _compress_weights(model, hint, keep)
+        elif precision == "int8":
             check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
-            hint = options.get("quantization") or {}
             keep = _onnx_nodes(Path(onnx_path), hint.get("keep_float_prefixes") or ())
             model, chosen = _quantize(model, calibration, recipe, target_cpu(options), hint, keep)
         elif precision == "fp16":
@@ -173,10 +178,33 @@ def _onnx_nodes(onnx_path: Path, prefixes) -> list[str]:
     return prefixed_nodes(require("onnx").load(str(onnx_path), load_external_data=False), prefixes)
 
 
+def _compress_weights(model, hint: dict[str, Any], keep_float: list[str]):
+    """Weight-only int8 (``hint["scheme"] == "weights"``): nncf stores the MatMul and embedding
+    weights as int8 with a float scale per output channel (``weights_mode`` "int8_asym", the default,
+    adds a zero point); activations stay float. No calibration: a quarter of the fp32 size, and the
+    CPU plugin decompresses the weights inside its kernels."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    nncf = require("nncf", "OpenVINO int8 weight compression")
+    mode = hint.get("weights_mode", "int8_asym")
+    if mode not in ("int8_asym", "int8_sym"):
+        raise CompileError(f"the task's weights_mode {mode!r} is not an int8 weight compression: int8_asym or int8_sym")
+    present = {op.get_friendly_name() for op in model.get_ordered_ops()}
+    names = [n for wanted in keep_float for n in (wanted, f"{wanted}/WithoutBiases") if n in present]
+    scope = nncf.IgnoredScope(names=names) if names else None
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode(mode), ignored_scope=scope)
+    return compressed, {
+        "quantizer": f"nncf {nncf.__version__} compress_weights",
+        "weights": f"int8 ({mode}, per output channel)",
+        "activations": "float",
+        "ignored_scope": {"names": names},
+        "why": hint.get("why") or "the task's scheme: weight-only int8",
+    }
+
+
 def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu,
               hint: dict[str, Any], keep_float: list[str]):
     """nncf post-training quantization; ``hint`` (the task's ``quantization``): ``model_type``
-    "transformer" (nncf's scheme for attention models); ``keep_float``: the ONNX nodes its
+    "transformer" (nncf's scheme for attention models), ``smooth_quant`` (false: without it); ``keep_float``: the ONNX nodes its
     ``keep_float_prefixes`` name, kept float."""
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -184,7 +212,11 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     # nncf logs at INFO one line per node of an ignored scope (the audio front end: dozens, split
     # over lines); what was kept float is in the compiled entry's ignored_scope instead.
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
 
     ignored, scope = _ignored_scope(nncf, model, recipe, keep_float)
     model_type = nncf.ModelType.TRANSFORMER if hint.get("model_type") == "transformer" else None
@@ -201,7 +233,11 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
             "symmetric_activations = false: OpenVINO int8 uses symmetric activations (nncf preset "
             "'performance'); asymmetric ones crash OpenVINO's CPU plugin with a dynamic batch")
     overflow_fix, overflow_why = _overflow_fix(cpu)
+    # SmoothQuant (nncf's default for the transformer type) migrates activation outliers into the
+    # weights; the task may switch it off (``smooth_quant: false``) where it measured no gain.
+    smooth = {} if hint.get("smooth_quant", True) else {"smooth_quant_alphas": AdvancedSmoothQuantParameters(matmul=-1)}
     advanced = AdvancedQuantizationParameters(
+        **smooth,
         batchwise_statistics=True,
         overflow_fix=overflow_fix,
         disable_bias_correction=recipe.bias_correction == "none",
@@ -226,6 +262,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
         "per_channel": recipe.per_channel,
         "target_device": "CPU",
         "model_type": hint.get("model_type"),
+        **({"smooth_quant": False} if smooth else {}),
         "bias_correction": recipe.bias_correction,
         "fast_bias_correction": fast,
         "disable_bias_correction": advanced.disable_bias_correction,

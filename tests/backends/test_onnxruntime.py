@@ -19,15 +19,25 @@ class TestOnnxRuntime(BackendConformance):
         assert options["activations"] in {"int8", "uint8"} and options["weights"] == "int8"
 
     def test_task_schemes_reach_the_artifact(self, build_scheme):
-        """Dynamic int8 for text (MatMulInteger/DynamicQuantizeLinear, no QDQ); the audio front end
-        (module conv1) float while the rest is QDQ."""
+        """Dynamic int8 for text after ONNX Runtime's transformer fusion (MatMulInteger/DynamicQuantizeLinear,
+        no QDQ; the embedding table int8 too); the audio front end (module conv1) float while the rest is QDQ."""
         import onnx
 
         text = build_scheme("text")
         ops = {n.op_type for n in onnx.load(str(text.path)).graph.node}
         assert text.options["format"] == "dynamic" and "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+        assert text.options["fusion"] == "bert" and "fused_ops" in text.options
+        floats = [i.name for i in onnx.load(str(text.path)).graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                  and len(i.dims) == 2]
+        assert not floats, f"float weight matrices left: {floats}"
         audio = build_scheme("audio")
         assert float_convs(audio.path) == ["node_conv1d"] and audio.options["kept_float_nodes"] == 1
+
+    def test_an_unknown_fusion_is_one_line(self, backend, tmp_path_factory, tmp_path):
+        onnx_path, calib, _, _ = named_case("text", tmp_path_factory)
+        with pytest.raises(CompileError, match="^the task's fusion 'nope' is not a model type of ONNX Runtime's transformer optimizer: choose one of .*bert"):
+            backend.compile(onnx_path, tmp_path, "int8", calib, {"quantization": {"scheme": "dynamic", "fusion": "nope"}})
+        assert not list(tmp_path.iterdir())
 
     def test_a_keep_float_prefix_naming_nothing_is_one_line(self, backend, tmp_path_factory, tmp_path):
         onnx_path, calib, _, _ = named_case("audio", tmp_path_factory)

@@ -103,8 +103,13 @@ class TestOpenVino(BackendConformance):
         assert options["overflow_fix"] in {"disable", "first_layer_only"} and options["why"]
 
     def test_task_schemes_reach_nncf(self, build_scheme):
-        """Text: nncf's transformer model type; audio: the front end's ops (module conv1) ignored."""
-        assert build_scheme("text").options["model_type"] == "transformer"
+        """Text: nncf's weight-only int8 (int8 constants, no FakeQuantize: activations float); audio:
+        the front end's ops (module conv1) ignored."""
+        text = build_scheme("text")
+        assert text.options["quantizer"].endswith("compress_weights") and text.options["activations"] == "float"
+        ops = _read(text.path).get_ordered_ops()
+        assert "FakeQuantize" not in {op.get_type_name() for op in ops}
+        assert any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u8" for op in ops)
         audio = build_scheme("audio")
         assert audio.options["ignored_scope"]["names"] == ["node_conv1d", "node_conv1d/WithoutBiases"]
         convs = [op for op in _read(audio.path).get_ordered_ops() if op.get_type_name() == "Convolution"]
@@ -118,6 +123,22 @@ class TestOpenVino(BackendConformance):
         assert compiled.options["ignored_scope"]["names"]
         printed = capfd.readouterr()
         assert "nncf" not in printed.out + printed.err
+
+    def test_transformer_type_without_smooth_quant(self, backend, tmp_path_factory, tmp_path):
+        """The other text scheme the bench compares: nncf's transformer type with SmoothQuant off,
+        within the text int8 bounds."""
+        onnx_path, calib, x, ref = named_case("text", tmp_path_factory)
+        hint = {"model_type": "transformer", "smooth_quant": False}
+        compiled = backend.compile(onnx_path, tmp_path, "int8", calib, {"threads": 2, "quantization": hint})
+        assert compiled.options["model_type"] == "transformer" and compiled.options["smooth_quant"] is False
+        with backend.load(compiled.path, threads=2) as session:
+            self._check(session.run(x), ref, "int8", "text")
+
+    def test_an_unknown_weights_mode_is_one_line(self, backend, tmp_path_factory, tmp_path):
+        onnx_path, _, _, _ = named_case("text", tmp_path_factory)
+        with pytest.raises(CompileError, match="^the task's weights_mode 'int4_sym' is not an int8 weight compression"):
+            backend.compile(onnx_path, tmp_path, "int8", None, {"quantization": {"scheme": "weights", "weights_mode": "int4_sym"}})
+        assert not list(tmp_path.iterdir())
 
     @pytest.mark.parametrize("mode", ["none", "accurate"])
     def test_bias_correction_reaches_nncf(self, backend, build, tiny, tmp_path, mode):

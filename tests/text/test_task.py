@@ -140,7 +140,8 @@ def test_specs_assets_dims_and_int8_schemes(tiny_bert):
     assert TASK.outputs(record)[0].shape == ("batch", 2)
     assert TASK.assets(record) == ["tokenizer.json"] and TASK.max_dims(record) == {"sequence": 16}
     assert TASK.quantization(record, "onnxruntime", "int8")["scheme"] == "dynamic"
-    assert TASK.quantization(record, "openvino", "int8")["model_type"] == "transformer"
+    assert TASK.quantization(record, "onnxruntime", "int8")["fusion"] == "bert"
+    assert TASK.quantization(record, "openvino", "int8")["scheme"] == "weights"
     assert TASK.quantization(record, "tensorrt", "int8")["op_types"] == ["MatMul", "Gemm"]
     assert TASK.quantization(record, "onnxruntime", "fp16") == {}
     dummy = TASK.dummy_inputs(record, 3)

@@ -99,6 +99,7 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
     assert int8["options"]["quantization"]["scheme"] == "dynamic" and int8["accuracy"]["agreement"] >= 0.9
     assert int8["options"]["per_channel"] and not int8["options"]["reduce_range"]  # the task's measured choice
+    assert int8["options"]["fusion"] == "bert" and int8["options"]["fused_ops"]  # the tiny BERT's LayerNorms fuse
     _ok("bundle", run, "--target", "onnxruntime", "--precision", "int8")
     bundle = str(text_run.path / "bundles" / "onnxruntime-int8.tar.gz")
     assert json.loads(_ok("verify", bundle, "--json"))["ok"]
