@@ -52,6 +52,10 @@ MODES = ("feature-extraction", "finetune")
 # freeze a transformer's lower layers): on 2,000 movie reviews, every layer for 2 epochs, 76.5% -> 78.75%.
 RECIPE = {"backbone_lr_scale": 0.05, "layer_decay": 0.9}
 EMBED_BATCH = 64
+# Common training flags that text does not use: field -> (its default, the flag a user gives)
+IMAGE_ONLY = {"image_size": (None, "--image-size"), "augment": ("auto", "--augment/--no-augment"),
+              "pretrained": (True, "--no-pretrained"), "transfer_check": (True, "--no-transfer-check"),
+              "channels_last": (None, "--channels-last/--no-channels-last")}
 
 
 class TextOptions(_Options):
@@ -153,7 +157,13 @@ def _options(options):
     if opts.mode == "finetune" and opts.unfreeze == "auto":
         raise ConfigError("--unfreeze auto is for images: give the number of last transformer layers to train "
                           "(e.g. --unfreeze 2) or all")
+    for name, (default, given_as) in IMAGE_ONLY.items():
+        if getattr(opts, name) != default:  # silently ignored, it would look like it had been applied
+            raise ConfigError(f"option {given_as} is for images, not text-classification")
     return opts
+
+
+check_options = _options  # what `edgetl train`/`deploy` call before any work
 
 
 # -- model ----------------------------------------------------------------------------------------

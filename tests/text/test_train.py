@@ -122,6 +122,8 @@ def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
     ("text,label\nhi,a\nho,a\n", [], "found 1 class ('a')"),
     ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
     ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
+    ("text,label\nhi,a\nho,b\n", ["--image-size", "64"], "option --image-size is for images, not text-"),
+    ("text,label\nhi,a\nho,b\n", ["--no-pretrained"], "option --no-pretrained is for images, not text-"),
 ])
 def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra, message):
     data = tmp_path / "d.csv"
@@ -131,3 +133,13 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra,
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_deploy_refuses_an_image_flag_under_text_before_any_work(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["deploy", "--task", TASK, "--data", str(data), "--targets", "host-cpu",
+                                      "--out", str(tmp_path / "run"), "--no-augment"])
+    assert result.exit_code == 2, result.output
+    assert "option --augment/--no-augment is for images, not text-classification" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
