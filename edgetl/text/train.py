@@ -34,7 +34,9 @@ from edgetl.errors import ConfigError, DataError, MissingDependencyError, Unknow
 from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
     IDS,
+    LENGTH_PERCENTILE,
     MASK,
+    MAX_LENGTH_CAP,
     TOKENIZER,
     TextClassification,
     length_from_data,
@@ -288,6 +290,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     from edgetl.adapt.distributed import Dist
     from edgetl.adapt.feature_extraction import build_head, cached_features, train_head
     from edgetl.adapt.loop import predict
+    from edgetl.adapt.report import report_skipped
     from edgetl.adapt.train import TrainRecord, _save_checkpoint, _seed_everything, _versions, write_assets
     from edgetl.rundir import RunDir
     from edgetl.text.bert import TextClassifier, Unpacked, load_encoder
@@ -297,6 +300,8 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     require("tokenizers", "text")
     started = time.perf_counter()
     text = load_data(data, val, opts)
+    if console is not None:
+        report_skipped(console, text.skipped, what="text(s)")
     _seed_everything(opts.seed)
     execution = device.resolve(opts.device, "off", False, 0)  # fp32: the encoder is small, the head ships so
     lengths = _max_length(opts, [t for t, _ in text.train], resolved)
@@ -432,8 +437,10 @@ def _print_summary(console, section: dict, history: list[dict]) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("texts", f"{d['train_images']} train / {d['val_images']} val, {len(d['skipped'])} skipped")
-    table.add_row("tokens", f"max_length {section['preprocess']['max_length']} (median text {d['tokens']['median_tokens']}, "
-                            f"longest {d['tokens']['longest_tokens']})")
+    why = ("--max-length" if section["hparams"].get("max_length")
+           else f"{LENGTH_PERCENTILE:g}th percentile of the training texts, at most {MAX_LENGTH_CAP}")
+    table.add_row("tokens", f"max_length {section['preprocess']['max_length']} ({why}; median text "
+                            f"{d['tokens']['median_tokens']}, longest {d['tokens']['longest_tokens']})")
     table.add_row("train top-1", f"{m['train_top1']:.2%}")
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
     table.add_row("val macro-F1", f"{m['val_macro_f1']:.3f}")

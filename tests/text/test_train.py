@@ -143,3 +143,18 @@ def test_deploy_refuses_an_image_flag_under_text_before_any_work(tmp_path):
     assert result.exit_code == 2, result.output
     assert "option --augment/--no-augment is for images, not text-classification" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_summary_lists_skipped_rows_and_says_where_max_length_came_from(tmp_path, tiny_bert, reviews_csv):
+    from rich.console import Console
+
+    data = tmp_path / "d.csv"
+    data.write_text(reviews_csv.read_text(encoding="utf-8") + ",good\nno label here,\n", encoding="utf-8")
+    console = Console(record=True, width=200)
+    text_train.train(data, TrainOptions(head_epochs=2), out=tmp_path / "run", backbone=str(tiny_bert),
+                     console=console)
+    shown = console.export_text()
+    rows = len(reviews_csv.read_text(encoding="utf-8").splitlines())
+    assert "skipped 2 text(s):" in shown
+    assert f"d.csv:{rows + 1}: empty text" in shown and f"d.csv:{rows + 2}: empty label" in shown
+    assert "95th percentile of the training texts, at most 128" in shown
