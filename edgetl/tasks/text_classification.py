@@ -272,7 +272,8 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
     """(text, label) rows of a CSV with a ``text,label`` header (other columns ignored), and the skipped."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"{path} is not a .csv: give a CSV of text,label rows or a folder of class folders of .txt files")
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    content = _read_text(path)
+    reader = csv.reader(io.StringIO(content, newline=""))
     try:
         header = [h.strip().lower() for h in next(reader, [])]
         if "text" not in header or "label" not in header:
@@ -280,7 +281,9 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
                             "must name them, e.g. text,label")
         t, lab = header.index("text"), header.index("label")
         rows, skipped = [], []
+        start = next_start = reader.line_num + 1
         for row in reader:
+            start, next_start = next_start, reader.line_num + 1  # a quoted field may span lines
             where = f"{path}:{reader.line_num}"
             if not any(cell.strip() for cell in row):
                 continue  # a blank line
@@ -292,7 +295,21 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
                 rows.append((text, label))
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
+    if _ends_inside_quotes(content):
+        raise DataError(f"{path}:{start}: a quoted field opened in this row is never closed (a missing \"?): "
+                        "every line after it would be read as one text")
     return rows, skipped
+
+
+def _ends_inside_quotes(content: str) -> bool:
+    """Whether a quote is still open at the end of the file (the lenient reader takes the rest of the
+    file as one field; only the strict one says so)."""
+    try:
+        for _ in csv.reader(io.StringIO(content, newline=""), strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def _folder_rows(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

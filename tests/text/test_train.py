@@ -122,6 +122,7 @@ def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
     ("text,label\nhi,a\nho,a\n", [], "found 1 class ('a')"),
     ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
     ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
+    ('text,label\nhi,a\n"ho,b\nhey,a\n', [], 'd.csv:3: a quoted field opened in this row is never closed'),
     ("text,label\nhi,a\nho,b\n", ["--image-size", "64"], "option --image-size is for images, not text-"),
     ("text,label\nhi,a\nho,b\n", ["--no-pretrained"], "option --no-pretrained is for images, not text-"),
 ])
