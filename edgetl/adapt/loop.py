@@ -196,7 +196,7 @@ def _restore(state, result, model, optimizer, scheduler, scaler, loader, executi
 
 
 def _stats(loss: float, acc: float, ips: float) -> str:
-    return f"loss {loss:.3f}  acc {acc:.3f}  {ips:,.0f} img/s"
+    return f"loss {loss:.3f}  acc {acc:.3f}  {ips:,.0f} samples/s"
 
 
 def _unwrap(model):

@@ -101,7 +101,7 @@ def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.nd
             fp32_top1=ws["fp32_top1"],
             drop_pp=(ws["fp32_top1"] - result["top1"]) * 100.0,
             drop_ci_pp=list(unpaired_drop_interval(ws["fp32_top1"], ws["n"], result["top1"], result["n"])),
-            drop_against=f"the workstation's FP32 top-1 on its {ws['n']} validation images (different images: "
+            drop_against=f"the workstation's FP32 top-1 on its {ws['n']} validation samples (different samples: "
                          "unpaired 95% interval, Newcombe)",
         )
     return result

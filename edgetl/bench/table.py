@@ -11,7 +11,7 @@ it is marked with a star (``BEST_LEGEND``).
 
 from __future__ import annotations
 
-COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs PyTorch", "top-1", "top-5",
+COLUMNS = ("artifact", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "vs PyTorch", "top-1", "top-5",
            "drop pp", "agree", "size MB", "mem MB", "1st inf ms", "gate")
 NUMERIC = set(COLUMNS[2:-1])
 # The console drops the runtime (the key names the target) and first inference (in the report).
@@ -134,7 +134,7 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
             notes.append(f"{doc['key']}: batch {skip['batch']} skipped: {skip['reason']}")
         for i, lat in enumerate(sorted(doc["latency"], key=lambda r: r["batch"])):
             row = {**base, "batch": str(lat["batch"]), "p50 ms": fmt_ms(lat["p50_ms"]), "p90 ms": fmt_ms(lat["p90_ms"]),
-                   "p99 ms": fmt_ms(lat["p99_ms"]), "img/s": _num(lat["throughput_ips"], ".1f"),
+                   "p99 ms": fmt_ms(lat["p99_ms"]), "samples/s": _num(lat["throughput_ips"], ".1f"),
                    "vs PyTorch": _speedup_text(lat, bool(doc.get("reference")))}
             if i == 0:
                 row.update({
@@ -153,7 +153,7 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 # What a narrow terminal loses first, one column at a time, until the table fits.
-_DROPPABLE = ("top-5", "p99 ms", "size MB", "img/s", "mem MB", "agree", "batch")
+_DROPPABLE = ("top-5", "p99 ms", "size MB", "samples/s", "mem MB", "agree", "batch")
 
 
 def rich_table(docs: list[dict], title: str, width: int | None = None):

@@ -176,7 +176,7 @@ def _print_bundle_bench(doc):
     from edgetl.bench.table import fmt_ms
 
     art, golden = doc["artifact"], doc["golden"]
-    table = Table("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
+    table = Table("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
                   title=f"{art['bundle']} ({art['runtime']} {art['precision']}) on {doc['device']['name']}")
     for row in doc["latency"]:
         table.add_row(str(row["batch"]), *(fmt_ms(row[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")),
@@ -199,6 +199,11 @@ def _print_bundle_bench(doc):
     console.print(f"[dim]{escape(summary(doc['device']))}[/]", highlight=False)
 
 
+def _task_metrics(acc: dict) -> list[str]:
+    """The metrics besides top-1/top-5 that come with an interval (``<name>_ci``)."""
+    return [k for k in acc if f"{k}_ci" in acc and k not in ("top1", "top5")]
+
+
 def _print_accuracy(acc: dict, workstation: dict | None) -> None:
     """Top-1/top-5/drop with 95% intervals on this device beside the workstation's, then per class."""
     from rich.table import Table
@@ -208,10 +213,14 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
 
     ws = workstation or {}
     table = Table("", "this device [95% CI]", "workstation (bundle manifest)",
-                  title=f"accuracy on {acc['source']} ({acc['n']} images)", title_justify="left")
+                  title=f"accuracy on {acc['source']} ({acc['n']} samples)", title_justify="left")
     table.add_row("top-1", pct(acc["top1"], acc.get("top1_ci")), pct(ws.get("top1")) + (f" (n={ws['n']})" if ws.get("n") else ""))
     if "top5" in acc:
         table.add_row("top-5", pct(acc["top5"], acc.get("top5_ci")), "—")
+    for name in _task_metrics(acc):  # the task's own, e.g. text's macro-F1
+        lo, hi = acc[f"{name}_ci"]
+        table.add_row(name, f"{acc[name]:.3f} [{lo:.3f}, {hi:.3f}]",
+                      "—" if ws.get(name) is None else f"{ws[name]:.3f}")
     if ws.get("fp32_top1") is not None:
         table.add_row("FP32 top-1", "— (no FP32 model here)", pct(ws["fp32_top1"]))
     if acc.get("drop_pp") is not None:
@@ -219,14 +228,14 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
         table.add_row("drop vs FP32 (pp)", f"{acc['drop_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
                       "—" if ws.get("drop_pp") is None else f"{ws['drop_pp']:+.2f}")
     console.print(table)
-    per_class = Table("class", "images", "top-1 [95% CI]", title="per class", title_justify="left")
+    per_class = Table("class", "samples", "top-1 [95% CI]", title="per class", title_justify="left")
     for row in acc["per_class"]:
         per_class.add_row(escape(row["class"]), str(row["n"]), pct(row["top1"], row["top1_ci"]))
     console.print(per_class)
     if acc.get("drop_against"):
         console.print(f"[dim]drop against {escape(acc['drop_against'])}[/]", highlight=False)
     if acc.get("skipped"):
-        console.print(f"[yellow]{len(acc['skipped'])} unreadable image(s) skipped[/], first: "
+        console.print(f"[yellow]{len(acc['skipped'])} unreadable sample(s) skipped[/], first: "
                       f"{escape(acc['skipped'][0]['reason'])}", highlight=False)
 
 

@@ -106,6 +106,10 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     got = json.loads(_ok("val", bundle, str(reviews_csv), "--json"))
     got = got["accuracy"]
     assert got["n"] == 48 and got["top1"] >= 0.8 and 0.8 <= got["macro_f1"] <= 1 and not got["skipped"]
+    shown = _ok("val", bundle, str(reviews_csv))  # the table a person reads: samples, and macro-F1 with its interval
+    lo, hi = got["macro_f1_ci"]
+    assert f"{got['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]" in shown and "(48 samples)" in shown
+    assert "images" not in shown
 
 
 def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
