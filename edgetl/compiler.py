@@ -411,8 +411,13 @@ def _summary(entry: CompiledEntry) -> dict[str, Any]:
     acc = entry.accuracy
     row = {"path": entry.path, "size_mb": entry.size_bytes / 1e6, "compile_s": entry.compile_s,
            "top1": acc.top1, "drop_pp": acc.drop_pp, "agreement": acc.agreement, "estimated": acc.estimated}
+    extra = acc.model_extra or {}
+    row["task_metrics"] = {k: v for k, v in extra.items() if f"{k}_ci" in extra}  # e.g. text's macro_f1
+    notes = [f"int8: {q['why']}" for q in [entry.options.get("quantization") or {}] if q.get("why")]
     if "engine" in entry.options:  # a TensorRT engine left to the device: say it in the row
-        row["note"] = f"engine {entry.options['engine']}"
+        notes.append(f"engine {entry.options['engine']}")
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 
@@ -445,21 +450,27 @@ def _availability(runtime: str) -> str:
 
 
 # -- display -------------------------------------------------------------------------------------
+def _metric_text(metrics: dict[str, Any], name: str) -> str:
+    return "" if metrics.get(name) is None else f"{metrics[name]:.3f}"
+
+
 def summary_table(rows: list[dict[str, Any]]):
     """A rich table of the matrix (what ``edgetl compile`` prints)."""
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="compiled artifacts", title_justify="left")
+    own = sorted({name for r in rows for name in r.get("task_metrics") or {}})  # the task's own metrics
     for col, just in [("target", "left"), ("runtime", "left"), ("precision", "left"), ("size MB", "right"),
                       ("compile s", "right"), ("top-1", "right"), ("drop pp", "right"), ("agreement", "right"),
-                      ("status", "left")]:
+                      *[(name, "right") for name in own], ("status", "left")]:
         table.add_column(col, justify=just)
     notes: list[str] = []  # long explanations go under the table, so rows stay one line
     for r in rows:
         if r["status"] == "failed":
             notes.append(f"[red]{r['cell']} failed:[/] {escape(r['error'])}")
-            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", f"[red]failed [{len(notes)}][/]")
+            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", *[""] * len(own),
+                          f"[red]failed [{len(notes)}][/]")
             continue
         est = "*" if r["estimated"] else ""
         status = "built" if r["status"] == "ok" else "unchanged"
@@ -467,7 +478,8 @@ def summary_table(rows: list[dict[str, Any]]):
             notes.append(f"{r['cell']}: {escape(r['note'])}")
             status += f" [{len(notes)}]"
         table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
-                      f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}", status)
+                      f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}",
+                      *[_metric_text((r.get("task_metrics") or {}), name) for name in own], status)
     if any(r.get("estimated") for r in rows):
         notes.append("* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU")
     table.caption = "\n".join(f"[{i}] {n}" if not n.startswith("*") else n for i, n in enumerate(notes, 1)) or None

@@ -91,8 +91,11 @@ def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews
 
 def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     run = str(text_run.path)
-    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
+    shown = _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
     int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
+    # the summary says the task's metric and why this int8 scheme
+    assert "macro_f1" in shown and f"{int8['accuracy']['macro_f1']:.3f}" in shown
+    assert "onnxruntime/int8: int8: dynamic int8 of MatMul/Gemm" in " ".join(shown.split())
     assert int8["options"]["quantization"]["scheme"] == "dynamic" and int8["accuracy"]["agreement"] >= 0.9
     assert int8["options"]["per_channel"] and not int8["options"]["reduce_range"]  # the task's measured choice
     _ok("bundle", run, "--target", "onnxruntime", "--precision", "int8")
