@@ -431,6 +431,15 @@ def _epoch_reporter(reporter):
                                               f"val top-1 {row['val_top1']:.2%}")
 
 
+def _kept_text(kept: dict, history: list[dict]) -> str:
+    """The phase of the saved weights, and when the head was kept, that fine-tuning did not beat it."""
+    text = f"{kept['phase']} epoch {kept['epoch']}"
+    tuned = [row["val_top1"] for row in history if row.get("phase") == "finetune"]
+    if kept["phase"] == "head" and tuned:
+        text += f"; fine-tuning did not improve on it (best val top-1 {max(tuned):.2%} in {len(tuned)} epoch(s))"
+    return text
+
+
 def _print_summary(console, section: dict, history: list[dict]) -> None:
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
@@ -444,7 +453,8 @@ def _print_summary(console, section: dict, history: list[dict]) -> None:
     table.add_row("train top-1", f"{m['train_top1']:.2%}")
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
     table.add_row("val macro-F1", f"{m['val_macro_f1']:.3f}")
-    table.add_row("kept", f"{m['kept']['phase']} epoch {m['kept']['epoch']}")
-    table.add_row("throughput", f"{m['train_images_per_s']:,.0f} texts/s ({history[-1]['phase'] if history else '-'})")
+    table.add_row("kept", _kept_text(m["kept"], history))
+    rate = m["train_images_per_s"]
+    table.add_row("throughput", f"{rate:,.{0 if rate >= 10 else 2}f} texts/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     console.print(table)

@@ -166,3 +166,12 @@ def test_summary_lists_skipped_rows_and_says_where_max_length_came_from(tmp_path
     assert "skipped 2 text(s):" in shown
     assert f"d.csv:{rows + 1}: empty text" in shown and f"d.csv:{rows + 2}: empty label" in shown
     assert "95th percentile of the training texts, at most 128" in shown
+
+
+def test_summary_says_when_fine_tuning_did_not_beat_the_head():
+    history = [{"phase": "head", "epoch": 1, "val_top1": 0.9}, {"phase": "finetune", "epoch": 1, "val_top1": 0.85},
+               {"phase": "finetune", "epoch": 2, "val_top1": 0.875}]
+    assert text_train._kept_text({"phase": "head", "epoch": 1}, history) == (
+        "head epoch 1; fine-tuning did not improve on it (best val top-1 87.50% in 2 epoch(s))")
+    assert text_train._kept_text({"phase": "finetune", "epoch": 2}, history) == "finetune epoch 2"
+    assert text_train._kept_text({"phase": "head", "epoch": 1}, history[:1]) == "head epoch 1"
