@@ -112,6 +112,9 @@ class TextClassification:
                 out += _lines(arg, _read_text(Path(arg)))
             elif Path(arg).is_dir():
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
+            elif _looks_like_a_file(arg):  # a mistyped file name would be classified as a text
+                raise DataError(f"{arg}: no such file; to classify this string itself, give it on stdin: "
+                                f"echo '{arg}' | edgetl predict BUNDLE -")
             elif arg.strip():
                 out.append((_shorten(arg), arg))
         if not out:
@@ -266,6 +269,11 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _looks_like_a_file(arg: str) -> bool:
+    """One word ending like a file of texts (``notes.txt``), which no one means as the text."""
+    return not any(c.isspace() for c in arg) and Path(arg).suffix.lower() in (".txt", ".csv", ".tsv", ".text")
 
 
 def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -113,6 +113,11 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     lo, hi = got["macro_f1_ci"]
     assert f"{got['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]" in shown and "(48 samples)" in shown
     assert "images" not in shown
+    for args, message in (([bundle, "reviews.txt"], "reviews.txt: no such file"),  # a typo is not a text
+                          (["val", bundle, "reviews.cvs"], "labelled data reviews.cvs does not exist")):
+        result = CliRunner().invoke(cli, args if args[0] == "val" else ["predict", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
 
 
 def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
