@@ -39,7 +39,8 @@ def _resume_hint(out: str) -> str | None:
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=str),
               help="Image folder (one subfolder per class), CSV manifest (path,label), or a folder holding "
-              "train/ and val/ (or training/, validation/, valid/) class folders.")
+              "train/ and val/ (or training/, validation/, valid/) class folders. Text: a CSV of text,label or "
+              "class folders of .txt files; audio: class folders of WAVs (see --task).")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory to create or update.")
 @model_options(TrainInputs, TrainOptions, with_defaults=False)  # options not given stay unset (model_fields_set)
 @click.option("--resume", is_flag=True, help="Continue the interrupted training in --out at its next epoch (from "
