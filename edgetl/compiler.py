@@ -411,15 +411,17 @@ def _summary(entry: CompiledEntry) -> dict[str, Any]:
     acc = entry.accuracy
     row = {"path": entry.path, "size_mb": entry.size_bytes / 1e6, "compile_s": entry.compile_s,
            "top1": acc.top1, "drop_pp": acc.drop_pp, "agreement": acc.agreement, "estimated": acc.estimated}
-    if "engine" in entry.options:  # a TensorRT engine left to the device: say it in the row
-        row["note"] = f"engine {entry.options['engine']}"
     extra = acc.model_extra or {}
-    if extra.get("false_accept_rate") is not None:  # keyword spotting: shown with its interval
-        row["false_accept_rate"], row["false_accept_rate_ci"] = extra["false_accept_rate"], extra.get("false_accept_rate_ci")
-    scheme = entry.options.get("quantization") or {}
-    if scheme.get("why"):  # the task's int8 scheme (what it keeps float, and why)
+    # the task's own metrics with their intervals (text: macro_f1; keyword spotting: false_accept_rate)
+    row["task_metrics"] = {k: (v, extra[f"{k}_ci"]) for k, v in extra.items() if f"{k}_ci" in extra}
+    scheme, notes = entry.options.get("quantization") or {}, []
+    if scheme.get("why"):  # the task's int8 scheme: what it keeps float, and why
         kept = ", ".join(f"{p}/*" for p in scheme.get("keep_float_prefixes", []))
-        row["scheme"] = (f"keeps {kept} float: " if kept else "") + scheme["why"]
+        notes.append("int8: " + (f"keeps {kept} float: " if kept else "") + scheme["why"])
+    if "engine" in entry.options:  # a TensorRT engine left to the device: say it in the row
+        notes.append(f"engine {entry.options['engine']}")
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 
@@ -452,41 +454,42 @@ def _availability(runtime: str) -> str:
 
 
 # -- display -------------------------------------------------------------------------------------
+def _metric_text(metrics: dict[str, Any], name: str) -> str:
+    """``0.892 [0.850, 0.930]``: a task metric and its 95% interval, or "—"."""
+    value, ci = metrics.get(name, (None, None))
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def summary_table(rows: list[dict[str, Any]]):
     """A rich table of the matrix (what ``edgetl compile`` prints)."""
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="compiled artifacts", title_justify="left")
-    far = any(r.get("false_accept_rate") is not None for r in rows)
+    own = sorted({name for r in rows for name in r.get("task_metrics") or {}})  # the task's own metrics
     for col, just in [("target", "left"), ("runtime", "left"), ("precision", "left"), ("size MB", "right"),
                       ("compile s", "right"), ("top-1", "right"), ("drop pp", "right"), ("agreement", "right"),
-                      *([("false acc. [95% CI]", "right")] if far else []), ("status", "left")]:
+                      *[(name, "right") for name in own], ("status", "left")]:
         table.add_column(col, justify=just)
     notes: list[str] = []  # long explanations go under the table, so rows stay one line
     for r in rows:
         if r["status"] == "failed":
             notes.append(f"[red]{r['cell']} failed:[/] {escape(r['error'])}")
-            table.add_row(r["target"], r["runtime"], r["precision"], *[""] * (6 if far else 5),
+            table.add_row(r["target"], r["runtime"], r["precision"], "", "", "", "", "", *[""] * len(own),
                           f"[red]failed [{len(notes)}][/]")
             continue
         est = "*" if r["estimated"] else ""
         status = "built" if r["status"] == "ok" else "unchanged"
-        for note in (r.get("note"), r.get("scheme")):
-            if note:
-                notes.append(f"{r['cell']}: {escape(note)}")
-                status += f" [{len(notes)}]"
+        if r.get("note"):
+            notes.append(f"{r['cell']}: {escape(r['note'])}")
+            status += f" [{len(notes)}]"
         table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
                       f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}",
-                      *([_rate_ci(r.get("false_accept_rate"), r.get("false_accept_rate_ci"))] if far else []), status)
+                      *[_metric_text((r.get("task_metrics") or {}), name) for name in own], status)
     if any(r.get("estimated") for r in rows):
         notes.append("* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU")
     table.caption = "\n".join(f"[{i}] {n}" if not n.startswith("*") else n for i, n in enumerate(notes, 1)) or None
     table.caption_justify = "left"
     return table
-
-
-def _rate_ci(rate: float | None, ci: list[float] | None) -> str:
-    if rate is None:
-        return "—"
-    return f"{rate:.1%}" + (f" [{ci[0]:.0%}–{ci[1]:.0%}]" if ci else "")

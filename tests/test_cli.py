@@ -158,3 +158,12 @@ def test_a_repeated_target_flag_adds_targets_instead_of_replacing_them(copy_run,
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert (run.path / "manifest.json").read_bytes() == before and not (run.path / "compiled").exists()
     assert not out.exists()
+
+
+def test_device_commands_help_speaks_of_every_task_not_only_images():
+    predict = _run("predict", "--help").stdout
+    assert "BUNDLE INPUTS..." in predict and '"the battery died after a week"' in predict
+    val = _run("val", "--help").stdout
+    assert "text: text,label" in val and "labelled samples" in val and "labelled images" not in val
+    train = " ".join(_run("train", "--help").stdout.split())
+    assert "Text: a CSV of text,label or class folders of .txt files" in train

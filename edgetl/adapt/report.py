@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.table import Table
 
 
-def report_skipped(console, skipped: list[tuple[str, str]], limit: int = 20) -> None:
+def report_skipped(console, skipped: list[tuple[str, str]], limit: int = 20, what: str = "unreadable image(s)") -> None:
     if not skipped:
         return
-    console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
+    console.print(f"[yellow]skipped {len(skipped)} {what}:[/]")
     for path, reason in skipped[:limit]:
         console.print(f"  [yellow]{path}[/]: {reason}", highlight=False)
     if len(skipped) > limit:

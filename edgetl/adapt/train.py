@@ -305,6 +305,8 @@ def check_task_inputs(options, task: str, backbone: str | None, weights, target)
         return opts, found, backbone  # also timm:<name> and auto, checked where they are used
     if backbone not in module.BACKBONES:
         raise UnknownNameError(f"{task} backbone", backbone, module.BACKBONES)
+    if hasattr(module, "check_options"):  # the task's own refusals (a mode it lacks), before any work
+        module.check_options(opts)
     for given, option in ((weights, "--weights"), (target, "--target")):
         if given is not None:
             raise ConfigError(f"{option} is for --task {DEFAULT_TASK}, not {task}")

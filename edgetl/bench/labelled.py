@@ -36,7 +36,7 @@ def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tup
     source = Path(source)
     if not source.exists():
         raise DataError(f"labelled data {source} does not exist: give a folder with one subfolder per label, "
-                        "or a CSV of path,label")
+                        "or a CSV (images: path,label; text: text,label)")
     if task is not None and task.name != DEFAULT_TASK:
         found = task.read_labelled(source)
         entries = list(zip(found.samples, found.labels, strict=True))

@@ -199,6 +199,11 @@ def _print_bundle_bench(doc):
     console.print(f"[dim]{escape(summary(doc['device']))}[/]", highlight=False)
 
 
+def _task_metrics(acc: dict) -> list[str]:
+    """The metrics besides top-1/top-5 that come with an interval (``<name>_ci``)."""
+    return [k for k in acc if f"{k}_ci" in acc and k not in ("top1", "top5")]
+
+
 def _print_accuracy(acc: dict, workstation: dict | None) -> None:
     """Top-1/top-5/drop with 95% intervals on this device beside the workstation's, then per class."""
     from rich.table import Table
@@ -215,6 +220,12 @@ def _print_accuracy(acc: dict, workstation: dict | None) -> None:
     if acc.get("false_accept_rate") is not None:  # keyword spotting: background clips answered as a word
         table.add_row(f"false accepts ({acc['false_accept_n']} background)",
                       pct(acc["false_accept_rate"], acc.get("false_accept_rate_ci")), pct(ws.get("false_accept_rate")))
+    for name in _task_metrics(acc):  # the task's own, e.g. text's macro-F1 (the false-accept rate: above)
+        if name == "false_accept_rate":
+            continue
+        lo, hi = acc[f"{name}_ci"]
+        table.add_row(name, f"{acc[name]:.3f} [{lo:.3f}, {hi:.3f}]",
+                      "—" if ws.get(name) is None else f"{ws[name]:.3f}")
     if ws.get("fp32_top1") is not None:
         table.add_row("FP32 top-1", "— (no FP32 model here)", pct(ws["fp32_top1"]))
     if acc.get("drop_pp") is not None:

@@ -155,7 +155,7 @@ def verify_cmd(bundle, threads, as_json):
 
 @cli.command("predict")
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, metavar="INPUTS...", type=click.Path(path_type=str))
 @click.option("--top", default=3, show_default=True, help="How many labels per sample.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
@@ -245,21 +245,23 @@ def build_cmd(bundle, force, any_arch):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def val_cmd(bundle, data, threads, as_json):
-    """Accuracy of a bundle on this machine on labelled samples: top-1, top-5, per class
-    (keyword spotting: and the false-accept rate of the _background_ class).
+    """Accuracy of a bundle on this machine on labelled samples: top-1, top-5, per class, and the
+    task's own metrics (text: macro-F1; keyword spotting: the false-accept rate of _background_).
 
     \b
-    DATA is a folder with one subfolder per label (named like the bundle's labels; a
-    subset of them is fine) or a CSV of path,label rows. Images go through the bundle's
-    own preprocessing; no PyTorch needed. Every number has its 95% interval for the
-    number of images (Wilson); the drop is against the workstation's FP32 top-1 from the
-    bundle manifest, measured on other images (unpaired interval), shown beside it.
+    DATA is what the bundle's task trains on: a folder with one subfolder per label (named
+    like the bundle's labels; a subset of them is fine) or a CSV (images: path,label;
+    text: text,label). Samples go through the bundle's own preprocessing (a text bundle's
+    tokenizer too); no PyTorch needed. Every number has its 95% interval for the number
+    of samples (Wilson); the drop is against the workstation's FP32 top-1 from the bundle
+    manifest, measured on other samples (unpaired interval), shown beside it.
 
     \b
     Examples:
       edgetl val model-bundle.tar.gz ./labelled
       edgetl val model-bundle.tar.gz labels.csv --json > accuracy.json
       edgetl val kws-bundle.tar.gz ./keywords/val           # <word>/*.wav, _background_/*.wav
+      edgetl val reviews-bundle.tar.gz reviews.csv                # text,label rows
     """
     from edgetl.bench.labelled import bundle_accuracy
 

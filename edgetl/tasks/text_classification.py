@@ -143,6 +143,9 @@ class TextClassification(Classifier):
                 out += _lines(arg, _read_text(Path(arg)))
             elif os.path.isdir(arg):
                 raise DataError(f"{arg} is a folder: give a text, a file of texts (one per line) or - for stdin")
+            elif _looks_like_a_file(arg):  # a mistyped file name would be classified as a text
+                raise DataError(f"{arg}: no such file; to classify this string itself, give it on stdin: "
+                                f"echo '{arg}' | edgetl predict BUNDLE -")
             elif arg.strip():
                 out.append((_shorten(arg), arg))
         if not out:
@@ -341,13 +344,18 @@ def _read_stdin(stdin: IO[str] | None) -> str:
     return text
 
 
+def _looks_like_a_file(arg: str) -> bool:
+    """One word ending like a file of texts (``notes.txt``), which no one means as the text."""
+    return not any(c.isspace() for c in arg) and Path(arg).suffix.lower() in (".txt", ".csv", ".tsv", ".text")
+
+
 def _csv_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(text, label) rows of a CSV with a ``text,label`` header (other columns ignored), and the skipped."""
     if path.suffix.lower() != ".csv":
         raise DataError(f"{path} is not a .csv: give a CSV of text,label rows or a folder of class folders of .txt files")
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
-            return _rows_of(path, csv.reader(_bounded_lines(path, fh)))
+            return _rows_of(path, csv.reader(_bounded_lines(path, fh), strict=True))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
@@ -371,7 +379,9 @@ def _rows_of(path: Path, reader) -> tuple[list[tuple[str, str]], list[tuple[str,
                             "must name them, e.g. text,label")
         t, lab = header.index("text"), header.index("label")
         rows, skipped = [], []
+        next_start = reader.line_num + 1
         for row in reader:
+            next_start = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
             where = f"{path}:{reader.line_num}"
             if not any(cell.strip() for cell in row):
                 continue  # a blank line
@@ -381,7 +391,10 @@ def _rows_of(path: Path, reader) -> tuple[list[tuple[str, str]], list[tuple[str,
                 skipped.append((where, "empty text" if not text else "empty label"))
             else:
                 rows.append((text, check_label(label, where)))
-    except csv.Error as exc:
+    except csv.Error as exc:  # strict: a quote left open would otherwise swallow the rest of the file
+        if "unexpected end of data" in str(exc):
+            raise DataError(f"{path}:{next_start}: a quoted field opened in this row is never closed (a missing \"?): "
+                            "every line after it would be read as one text") from None
         raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
     return rows, skipped
 

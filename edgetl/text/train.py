@@ -34,7 +34,9 @@ from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
 from edgetl.tasks.base import TaskRecord
 from edgetl.tasks.text_classification import (
     IDS,
+    LENGTH_PERCENTILE,
     MASK,
+    MAX_LENGTH_CAP,
     TOKENIZER,
     TextClassification,
     length_from_data,
@@ -52,6 +54,10 @@ MODES = ("feature-extraction", "finetune")
 # freeze a transformer's lower layers): on 2,000 movie reviews, every layer for 2 epochs, 76.5% -> 78.75%.
 RECIPE = {"backbone_lr_scale": 0.05, "layer_decay": 0.9}
 EMBED_BATCH = 64
+# Common training flags that text does not use: field -> (its default, the flag a user gives)
+IMAGE_ONLY = {"image_size": (None, "--image-size"), "augment": ("auto", "--augment/--no-augment"),
+              "pretrained": (True, "--no-pretrained"), "transfer_check": (True, "--no-transfer-check"),
+              "channels_last": (None, "--channels-last/--no-channels-last")}
 
 
 class TextOptions(_Options):
@@ -132,7 +138,13 @@ def _options(options):
     if opts.mode == "finetune" and opts.unfreeze == "auto":
         raise ConfigError("--unfreeze auto is for images: give the number of last transformer layers to train "
                           "(e.g. --unfreeze 2) or all")
+    for name, (default, given_as) in IMAGE_ONLY.items():
+        if getattr(opts, name) != default:  # silently ignored, it would look like it had been applied
+            raise ConfigError(f"option {given_as} is for images, not text-classification")
     return opts
+
+
+check_options = _options  # what `edgetl train`/`deploy` call before any work
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -257,6 +269,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     from edgetl.adapt.distributed import Dist
     from edgetl.adapt.feature_extraction import build_head, cached_features, train_head
     from edgetl.adapt.loop import predict
+    from edgetl.adapt.report import report_skipped
     from edgetl.adapt.train import (
         _save_checkpoint,
         _seed_everything,
@@ -273,6 +286,8 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     require("tokenizers", "text")
     started = time.perf_counter()
     text = load_data(data, val, opts)
+    if console is not None:
+        report_skipped(console, text.skipped, what="text(s)")
     _seed_everything(opts.seed)
     execution = device.resolve(opts.device, "off", False, 0)  # fp32: the encoder is small, the head ships so
     lengths = _max_length(opts, [t for t, _ in text.train], resolved)
@@ -390,18 +405,30 @@ def _text_versions() -> dict[str, str]:
     return out
 
 
+def _kept_text(kept: dict, history: list[dict]) -> str:
+    """The phase of the saved weights, and when the head was kept, that fine-tuning did not beat it."""
+    text = f"{kept['phase']} epoch {kept['epoch']}"
+    tuned = [row["val_top1"] for row in history if row.get("phase") == "finetune"]
+    if kept["phase"] == "head" and tuned:
+        text += f"; fine-tuning did not improve on it (best val top-1 {max(tuned):.2%} in {len(tuned)} epoch(s))"
+    return text
+
+
 def _print_summary(console, section: dict, history: list[dict]) -> None:
     m, d = section["metrics"], section["dataset"]
     table = Table(title=f"edgetl train — {section['backbone']} ({section['mode']})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("texts", f"{d['train_images']} train / {d['val_images']} val, {len(d['skipped'])} skipped")
-    table.add_row("tokens", f"max_length {section['preprocess']['max_length']} (median text {d['tokens']['median_tokens']}, "
-                            f"longest {d['tokens']['longest_tokens']})")
+    why = ("--max-length" if section["hparams"].get("max_length")
+           else f"{LENGTH_PERCENTILE:g}th percentile of the training texts, at most {MAX_LENGTH_CAP}")
+    table.add_row("tokens", f"max_length {section['preprocess']['max_length']} ({why}; median text "
+                            f"{d['tokens']['median_tokens']}, longest {d['tokens']['longest_tokens']})")
     table.add_row("train top-1", f"{m['train_top1']:.2%}")
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
     table.add_row("val macro-F1", f"{m['val_macro_f1']:.3f}")
-    table.add_row("kept", f"{m['kept']['phase']} epoch {m['kept']['epoch']}")
-    table.add_row("throughput", f"{m['train_images_per_s']:,.0f} texts/s ({history[-1]['phase'] if history else '-'})")
+    table.add_row("kept", _kept_text(m["kept"], history))
+    rate = m["train_images_per_s"]
+    table.add_row("throughput", f"{rate:,.{0 if rate >= 10 else 2}f} texts/s ({history[-1]['phase'] if history else '-'})")
     table.add_row("time", f"{m['seconds']:.1f} s")
     console.print(table)

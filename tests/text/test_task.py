@@ -106,6 +106,9 @@ def test_predict_samples_text_file_and_stdin(tmp_path):
         TASK.predict_samples([str(tmp_path)], None)
     with pytest.raises(DataError, match="no text to classify"):
         TASK.predict_samples(["   "], None)
+    with pytest.raises(DataError, match="notes.txt: no such file; to classify this string itself"):
+        TASK.predict_samples([str(tmp_path / "notes.txt")], None)
+    assert TASK.predict_samples(["see notes.txt"], None) == [("see notes.txt", "see notes.txt")]  # words: a text
 
 
 def test_load_pads_to_the_longest_and_cuts_at_max_length_keeping_sep(tiny_bert):

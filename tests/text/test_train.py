@@ -95,8 +95,11 @@ def test_finetune_trains_and_keeps_the_better_phase(tmp_path, tiny_bert, reviews
 
 def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     run = str(text_run.path)
-    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
+    shown = _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32,int8", "--threads", "1")
     int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
+    # the summary says the task's metric and why this int8 scheme
+    assert "macro_f1" in shown and f"{int8['accuracy']['macro_f1']:.3f}" in shown
+    assert "onnxruntime/int8: int8: dynamic int8 of MatMul/Gemm" in " ".join(shown.split())
     assert int8["options"]["quantization"]["scheme"] == "dynamic" and int8["accuracy"]["agreement"] >= 0.9
     assert int8["options"]["per_channel"] and not int8["options"]["reduce_range"]  # the task's measured choice
     assert int8["options"]["fusion"] == "bert" and int8["options"]["fused_ops"]  # the tiny BERT's LayerNorms fuse
@@ -111,6 +114,15 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     got = json.loads(_ok("val", bundle, str(reviews_csv), "--json"))
     got = got["accuracy"]
     assert got["n"] == 48 and got["top1"] >= 0.8 and 0.8 <= got["macro_f1"] <= 1 and not got["skipped"]
+    shown = _ok("val", bundle, str(reviews_csv))  # the table a person reads: samples, and macro-F1 with its interval
+    lo, hi = got["macro_f1_ci"]
+    assert f"{got['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]" in shown and "(48 samples)" in shown
+    assert "images" not in shown
+    for args, message in (([bundle, "reviews.txt"], "reviews.txt: no such file"),  # a typo is not a text
+                          (["val", bundle, "reviews.cvs"], "labelled data reviews.cvs does not exist")):
+        result = CliRunner().invoke(cli, args if args[0] == "val" else ["predict", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
 
 
 def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
@@ -128,6 +140,9 @@ def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
     ("text,label\nhi,a\nho,\x1b[31mb\n", [], "the label '?[31mb' must be 1..200 characters without control"),
     ("text,label\nhi,a\nho,b\n", ["--mode", "domain-adapt", "--target-data", "."], "is not for text-classification"),
     ("text,label\nhi,a\nho,b\n", ["--unfreeze", "auto", "--mode", "finetune"], "--unfreeze auto is for images"),
+    ('text,label\nhi,a\n"ho,b\nhey,a\n', [], 'd.csv:3: a quoted field opened in this row is never closed'),
+    ("text,label\nhi,a\nho,b\n", ["--image-size", "64"], "option --image-size is for images, not text-"),
+    ("text,label\nhi,a\nho,b\n", ["--no-pretrained"], "option --no-pretrained is for images, not text-"),
 ])
 def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, content, extra, message):
     data = tmp_path / "d.csv"
@@ -249,3 +264,37 @@ def test_ship_refuses_a_hostile_tokenizer_and_keeps_the_current_text_bundle(text
 def _top(archive: Path) -> str:
     with tarfile.open(archive) as tar:
         return tar.next().name
+
+
+def test_deploy_refuses_an_image_flag_under_text_before_any_work(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["deploy", "--task", TASK, "--data", str(data), "--targets", "host-cpu",
+                                      "--out", str(tmp_path / "run"), "--no-augment"])
+    assert result.exit_code == 2, result.output
+    assert "option --augment/--no-augment is for images, not text-classification" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_summary_lists_skipped_rows_and_says_where_max_length_came_from(tmp_path, tiny_bert, reviews_csv):
+    from rich.console import Console
+
+    data = tmp_path / "d.csv"
+    data.write_text(reviews_csv.read_text(encoding="utf-8") + ",good\nno label here,\n", encoding="utf-8")
+    console = Console(record=True, width=200)
+    text_train.train(data, TrainOptions(head_epochs=2), out=tmp_path / "run", backbone=str(tiny_bert),
+                     console=console)
+    shown = console.export_text()
+    rows = len(reviews_csv.read_text(encoding="utf-8").splitlines())
+    assert "skipped 2 text(s):" in shown
+    assert f"d.csv:{rows + 1}: empty text" in shown and f"d.csv:{rows + 2}: empty label" in shown
+    assert "95th percentile of the training texts, at most 128" in shown
+
+
+def test_summary_says_when_fine_tuning_did_not_beat_the_head():
+    history = [{"phase": "head", "epoch": 1, "val_top1": 0.9}, {"phase": "finetune", "epoch": 1, "val_top1": 0.85},
+               {"phase": "finetune", "epoch": 2, "val_top1": 0.875}]
+    assert text_train._kept_text({"phase": "head", "epoch": 1}, history) == (
+        "head epoch 1; fine-tuning did not improve on it (best val top-1 87.50% in 2 epoch(s))")
+    assert text_train._kept_text({"phase": "finetune", "epoch": 2}, history) == "finetune epoch 2"
+    assert text_train._kept_text({"phase": "head", "epoch": 1}, history[:1]) == "head epoch 1"
