@@ -134,7 +134,8 @@ def main() -> int:
         section = done
         m = section["metrics"]
         runs[name] = RunDir.open(out)
-        print(f"| {name} | {m['val_top1']:.1%} | {m['false_accept_rate']:.1%} | {m['seconds']:.0f} |", flush=True)
+        far = "n/a (no _background_)" if m["false_accept_rate"] is None else f"{m['false_accept_rate']:.1%}"
+        print(f"| {name} | {m['val_top1']:.1%} | {far} | {m['seconds']:.0f} |", flush=True)
 
     run = runs[args.quantize]
     fp32 = export_run(run)

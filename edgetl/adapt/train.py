@@ -211,9 +211,8 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
-    if task == DEFAULT_TASK:
-        return image_inputs_hash(data, opts, backbone=backbone, val=val, weights=weights, target=target)
-    return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val)
+    image_only = {"weights": weights, "target": target} if task == DEFAULT_TASK else {}  # refused elsewhere
+    return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val, **image_only)
 
 
 def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
@@ -281,13 +280,12 @@ def train(
         section = edgetl.train("reviews.csv", out="runs/reviews", task="text-classification")
     """
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
-    if task == DEFAULT_TASK:
-        return train_images(data, opts, out=out, backbone=backbone, val=val, weights=weights, target=target,
-                            console=console, reporter=reporter, resume=resume)
-    if resume:
+    if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
+    # the image task's own inputs (weights, target, resume) reach only its workstation module
+    image_only = {"weights": weights, "target": target, "resume": resume} if task == DEFAULT_TASK else {}
     return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
-                                           reporter=reporter)
+                                           reporter=reporter, **image_only)
 
 
 def check_task_inputs(options, task: str, backbone: str | None, weights, target):

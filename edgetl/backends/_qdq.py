@@ -44,12 +44,16 @@ def _quiet():
         root.setLevel(level)
 
 
-def to_fp16(onnx_in: Path, onnx_out: Path) -> None:
-    """Weights and activations in FP16, inputs and outputs kept FP32 so callers feed float32."""
+def to_fp16(onnx_in: Path, onnx_out: Path, keep_float_prefixes=()) -> dict[str, Any]:
+    """Weights and activations in FP16, inputs and outputs kept FP32 so callers feed float32; the
+    nodes a task keeps float (``keep_float_prefixes``, as for int8) stay FP32."""
     onnx = require("onnx", "FP16 conversion")
     float16 = require("onnxruntime.transformers.float16", "FP16 conversion")
-    model = float16.convert_float_to_float16(onnx.load(str(onnx_in)), keep_io_types=True)
+    model = onnx.load(str(onnx_in))
+    kept = prefixed_nodes(model, keep_float_prefixes)
+    model = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=kept or None)
     onnx.save(model, str(onnx_out))
+    return {"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept)} if kept else {}
 
 
 def check_calibration(calibration: dict[str, np.ndarray] | None, recipe: CalibrationRecipe) -> dict[str, np.ndarray]:

@@ -82,9 +82,11 @@ class OnnxRuntimeBackend(CpuBackendBase):
         elif precision == "fp16":
             from edgetl.backends._qdq import to_fp16
 
-            to_fp16(Path(onnx_path), out)
-            chosen = {"why": "float16 weights and activations, float32 inputs/outputs; ONNX Runtime CPU "
-                             "casts ops without fp16 kernels back to fp32, so this mainly halves the size"}
+            hint = options.get("quantization") or {}
+            kept = to_fp16(Path(onnx_path), out, hint.get("keep_float_prefixes") or ())
+            chosen = {**kept, "why": "float16 weights and activations, float32 inputs/outputs; ONNX Runtime CPU "
+                                     "casts ops without fp16 kernels back to fp32, so this mainly halves the size"
+                                     + (f"; {hint['why']}" if kept and hint.get("why") else "")}
         else:
             chosen = self._int8(Path(onnx_path), out, calibration, options)
         self._check_loads(out)

@@ -122,7 +122,9 @@ class TensorRtBackend(BackendBase):
         elif precision == "fp16":
             from edgetl.backends._qdq import to_fp16
 
-            to_fp16(Path(onnx_path), onnx_out)
+            # a strongly typed network runs each node in its graph type: a task's float nodes stay fp32
+            chosen.update(to_fp16(Path(onnx_path), onnx_out,
+                                  (options.get("quantization") or {}).get("keep_float_prefixes") or ()))
         else:
             chosen.update(self._qdq(Path(onnx_path), onnx_out, calibration, options.get("recipe"),
                                     options.get("quantization") or {}))
@@ -130,8 +132,8 @@ class TensorRtBackend(BackendBase):
         if not options.get("gpu_arch"):
             chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
         max_batch = int(options.get("max_batch") or DEFAULT_MAX_BATCH)
-        # the profile's dims, else the task's largest sizes (a text task's max_length), else the calibration's
-        shapes = opt_shapes(onnx_out, options.get("dims") or options.get("max_dims") or {}, calibration)
+        # the profile's dims over the task's largest sizes (a text task's max_length), else the calibration's
+        shapes = opt_shapes(onnx_out, {**(options.get("max_dims") or {}), **(options.get("dims") or {})}, calibration)
         files = [onnx_out]
         reason = cannot_target(trt, arch)
         if reason:
@@ -160,6 +162,9 @@ class TensorRtBackend(BackendBase):
         # TensorRT's int8 is symmetric (zero point 0) and its conv kernels want per-channel weights.
         recipe = recipe.model_copy(update={"symmetric_activations": True, "per_channel": True})
         ops = [op for op in _QDQ_OPS if op in hint["op_types"]] if hint.get("op_types") else list(_QDQ_OPS)
+        if not ops:  # an empty list would mean "every op" to the quantizer: the opposite of the hint
+            raise CompileError(f"the task's op_types {hint['op_types']} name none of the ops TensorRT's int8 "
+                               f"quantizes ({', '.join(_QDQ_OPS)})")
         settings = quantize_qdq(
             src, out, calibration, recipe, activation_type="int8", weight_type="int8", op_types=ops,
             extra_options={"QuantizeBias": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ops},

@@ -28,18 +28,21 @@ from edgetl.tensors import concat
 _CHUNK = 64  # images preprocessed at a time: ~40 MB at 224x224
 
 
-def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tuple[list, np.ndarray]:
-    """(samples, label indices into ``labels``) of a labelled data set: images: a folder or CSV of
-    image paths (read later, an unreadable one skipped); another ``task``: its ``read_labelled``
-    layouts. A class that is not one of ``labels`` is an error naming it, so a typo never silently
-    counts as a wrong answer."""
+def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tuple[list, np.ndarray, list[dict]]:
+    """(samples, label indices into ``labels``, samples skipped while reading) of a labelled data
+    set: images: a folder or CSV of image paths (read later, an unreadable one skipped then);
+    another ``task``: its ``read_labelled`` layouts (what it skips, e.g. empty texts, is listed). A
+    class that is not one of ``labels`` is an error naming it, so a typo never silently counts as a
+    wrong answer."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"labelled data {source} does not exist: give a folder with one subfolder per label, "
                         "or a CSV (images: path,label; text: text,label)")
+    skipped: list[dict] = []
     if task is not None and task.name != DEFAULT_TASK:
         found = task.read_labelled(source)
         entries = list(zip(found.samples, found.labels, strict=True))
+        skipped = [{"path": str(sample), "reason": reason} for sample, reason in found.skipped]
     else:
         entries = csv_entries(source) if source.is_file() else folder_entries(source)
     unknown = sorted({name for _, name in entries} - set(labels))
@@ -50,7 +53,7 @@ def labelled_images(source: str | Path, labels: Sequence[str], task=None) -> tup
     if not entries:
         raise DataError(f"{source} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     index = {name: i for i, name in enumerate(labels)}
-    return [p for p, _ in entries], np.array([index[name] for _, name in entries], np.int64)
+    return [p for p, _ in entries], np.array([index[name] for _, name in entries], np.int64), skipped
 
 
 def _readable(task, path, record: TaskRecord, skipped: list[dict]) -> bool:
@@ -82,15 +85,16 @@ def folder_outputs(session, paths: list[Path], task, record: TaskRecord,
     return concat(outputs), kept, skipped
 
 
-def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray], task, record: TaskRecord,
+def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray, list[dict]], task, record: TaskRecord,
                     workstation: dict | None = None,
                     progress: Callable[[float, float], None] | None = None) -> dict:
     """The task's metrics against labels only (image classification: ``label_accuracy``) of
     ``session`` on ``images`` (``labelled_images(source, labels)``, scanned before any runtime is
     loaded), plus the drop against the workstation's FP32 top-1 (``workstation``: the bundle's
     ``workstation.accuracy``) with its unpaired interval."""
-    paths, targets = images
+    paths, targets, skipped_reading = images
     outputs, kept, skipped = folder_outputs(session, paths, task, record, progress)
+    skipped = skipped_reading + skipped
     if not kept:
         raise DataError(f"{source}: none of its {len(paths)} images could be read (first: {skipped[0]['reason']})")
     result = task.evaluate(outputs, targets[kept], None, list(record.classes))

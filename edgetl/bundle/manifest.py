@@ -30,6 +30,7 @@ from pydantic import (
 
 from edgetl.config import MAX_THREADS, TargetProfile
 from edgetl.errors import BundleError
+from edgetl.tasks.base import ASSETS
 from edgetl.tensors import TensorSpec
 
 FORMAT = "edgetl.bundle/2"  # /2: named inputs and outputs, the task
@@ -53,7 +54,6 @@ NOT_INSTALLED = "needs the package that registers it installed here"
 MAX_ASSETS = 16
 MAX_ASSET_SIZE = 512 * 2**20  # a tokenizer is a few MB
 MAX_PREPROCESS_KEYS = 64
-ASSETS_DIR = "assets"  # edgetl.tasks.base.ASSETS: a bundle's assets/<name>
 
 
 def is_safe_relpath(name: str) -> bool:
@@ -350,13 +350,13 @@ class BundleManifest(_Model):
             raise ValueError(f"assets {sorted(self.assets)[:MAX_ASSETS]} are not the files the task {self.task} "
                              f"reads ({wanted})")
         for name in self.assets:
-            entry = self.files.get(f"{ASSETS_DIR}/{name}")
+            entry = self.files.get(f"{ASSETS}/{name}")
             if entry is None:
                 raise ValueError(f"asset {name!r} is not listed in files")
             if entry.size > MAX_ASSET_SIZE:
                 raise ValueError(f"asset {name!r} holds {entry.size} bytes, more than {MAX_ASSET_SIZE}")
-        stray = sorted(rel for rel in self.files if rel.startswith(f"{ASSETS_DIR}/")
-                       and rel[len(ASSETS_DIR) + 1:] not in self.assets)
+        stray = sorted(rel for rel in self.files if rel.startswith(f"{ASSETS}/")
+                       and rel[len(ASSETS) + 1:] not in self.assets)
         if stray:
             raise ValueError(f"{stray[0]!r} is not one of the bundle's assets")
 

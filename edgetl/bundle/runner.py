@@ -353,8 +353,9 @@ def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | 
     with open_session(bundle, threads) as session:
         for name, sample in samples:
             try:
-                # a sample naming a file system entry is stat-ed first: a FIFO or a device is never opened
-                why = not_a_file(Path(sample)) if os.path.lexists(sample) else None
+                # a file sample is stat-ed first: a FIFO or a device is never opened (a text is just text)
+                files = getattr(task, "sample_kind", "file") == "file"
+                why = not_a_file(Path(sample)) if files and os.path.lexists(sample) else None
                 if why:
                     raise DataError(f"{sample}: {why}")
                 feeds = task.preprocess([sample], record)

@@ -84,8 +84,12 @@ class DataView:
         self.split = load_split(run)
         self.task = get_task(train.get("task", DEFAULT_TASK))
         # classes from the split: training reads the view before it writes its train section whole
-        self.record = TaskRecord(train["preprocess"], tuple(self.split["classes"]),
-                                 TaskRecord.of_train({**train, "classes": self.split["classes"]}, run).assets)
+        self.record = TaskRecord.of_train({**train, "classes": self.split["classes"]}, run)
+        # what decoding depends on: the task, its preprocessing and its asset files' contents (a text run
+        # retrained with another tokenizer must not reuse the cached token ids)
+        assets = {name: run.manifest.get("artifacts", {}).get(rel) for name, rel in (train.get("assets") or {}).items()}
+        self._decode_key = {"task": self.task.name, "preprocess": self.record.preprocess,
+                            **({"assets": assets} if assets else {})}  # image runs keep their cache keys
         self._memo: dict[str, dict[str, np.ndarray]] = {}
 
     @property
@@ -102,7 +106,7 @@ class DataView:
         return self._memo[name]
 
     def _decoded(self, name: str, samples: list[str]) -> dict[str, np.ndarray]:
-        key = {"files": samples, "task": self.task.name, "preprocess": self.record.preprocess}
+        key = {"files": samples, **self._decode_key}
         return self._remember(name, key, lambda: self.task.load(samples, self.record))
 
     def part(self, part: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -125,7 +129,7 @@ class DataView:
         """Feeds of the training samples the recipe picks (too few for int8 is the quantizer's error
         to raise: ``edgetl.backends._qdq.check_calibration``)."""
         files = sample_calibration(self.split["train"], recipe.samples, recipe.sampling, recipe.seed)
-        name = f"calib-{sha256_json({'files': files, 'task': self.task.name, 'preprocess': self.record.preprocess})[:12]}"
+        name = f"calib-{sha256_json({'files': files, **self._decode_key})[:12]}"
         return self.task.feeds(self._decoded(name, files), self.record)
 
     def reference(self) -> dict[str, np.ndarray]:

@@ -158,6 +158,7 @@ def task_split(task, data: str | Path, val: str | Path | None, val_fraction: flo
     seeded split (``split_samples``); a ``val`` class the training data lacks is a ``DataError``."""
     labelled = task.read_labelled(Path(data))
     skipped = list(labelled.skipped)
+    held = None
     if val is None:
         train, val_rows = split_samples(labelled.indexed(), labelled.classes, val_fraction, seed)
     else:
@@ -166,6 +167,8 @@ def task_split(task, data: str | Path, val: str | Path | None, val_fraction: flo
         if unknown:
             raise DataError(f"{val}: classes {unknown} are not in the training classes {labelled.classes}")
         train, val_rows, skipped = labelled.indexed(), held.indexed(labelled.classes), skipped + held.skipped
-    data_hash = sha256_json([labelled.content_hash(), sorted(val_rows), sorted(train)])
+    # the held-out set's content too: its samples may be file paths whose bytes change under one name
+    held_hash = held.content_hash() if held is not None else None
+    data_hash = sha256_json([labelled.content_hash(), sorted(val_rows), sorted(train), held_hash])
     return TaskSplit(labelled.classes, train, val_rows, skipped, labelled.counts(), data_hash)
 

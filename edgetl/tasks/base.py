@@ -199,6 +199,7 @@ class Classifier:
     its inputs, ``load``/``feeds``, ``read_labelled``, ``evaluate`` and the rest of ``Task``."""
 
     OUTPUT = "logits"
+    sample_kind = "file"  # a sample is a file path ("text": the text itself; predict never stats it)
 
     def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
         return [TensorSpec(self.OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
@@ -222,6 +223,19 @@ class Classifier:
         labels = record.classes
         return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
                  for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+    def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
+                 reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """Top-1 (Wilson interval), the drop against the reference (``drop_pp``: the metric
+        ``accuracy_drop_pp``, Newcombe's paired interval), agreement and max |diff|
+        (``bench/accuracy.py``); without a reference, top-1 and per class against the labels only.
+        A task adds its own metrics to this dict."""
+        from edgetl.bench.accuracy import evaluate, label_accuracy
+
+        logits = outputs[self.OUTPUT]
+        if reference is None:
+            return label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
+        return evaluate(logits, labels, reference[self.OUTPUT], classes)
 
     def check_tensors(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
         """One output class per label, then the specs themselves (``check_bundle``'s common part)."""

@@ -101,14 +101,4 @@ class ImageClassification(Classifier):
             return "preprocess mean and std need one value per input channel (3)"
         return self.check_tensors(inputs, outputs, record)
 
-    def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
-                 reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
-        """Top-1 (Wilson interval), the drop against the reference (``drop_pp``: the metric
-        ``accuracy_drop_pp``, Newcombe's paired interval), agreement and max |diff|
-        (``bench/accuracy.py``); without a reference, top-1 and per class against the labels only."""
-        from edgetl.bench.accuracy import evaluate, label_accuracy
-
-        if reference is None:
-            return label_accuracy(outputs[OUTPUT], labels, classes or [str(i) for i in range(outputs[OUTPUT].shape[1])])
-        return evaluate(outputs[OUTPUT], labels, reference[OUTPUT], classes)
 

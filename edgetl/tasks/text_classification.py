@@ -84,6 +84,7 @@ class TextPreprocess(BaseModel):
 
 class TextClassification(Classifier):
     name = "text-classification"
+    sample_kind = "text"  # a sample is the text itself, never a file name (predict does not stat it)
     description = "one text in (int64 token ids + attention mask, batch x sequence), one score per class out; top-1 and macro-F1"
     metrics = (
         Metric("top1", "higher", "", "top-1 accuracy on the validation split"),
@@ -179,13 +180,8 @@ class TextClassification(Classifier):
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
         """The image task's top-1 (Wilson interval), drop (paired interval) and agreement
         (``bench/accuracy.py``), plus macro-F1 with a seeded bootstrap interval."""
-        from edgetl.bench.accuracy import evaluate, label_accuracy
-
+        result = super().evaluate(outputs, labels, reference, classes)
         logits = outputs[OUTPUT]
-        if reference is None:
-            result = label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
-        else:
-            result = evaluate(logits, labels, reference[OUTPUT], classes)
         num_classes = np.asarray(logits).shape[1]
         pred = np.asarray(logits).argmax(1)
         result["macro_f1"] = macro_f1(pred, np.asarray(labels), num_classes)
@@ -196,10 +192,19 @@ class TextClassification(Classifier):
 # -- tokenizer ----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
 def load_tokenizer(path: Path):
     """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, without its own padding and truncation
-    (``tokenize`` sets them); a file it cannot read is one line."""
+    (``tokenize`` sets them); a file it cannot read is one line. Cached by path *and* file identity,
+    so a tokenizer replaced under the same path (a run retrained in place) is read and checked again."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    return _load_tokenizer(Path(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: Path, mtime_ns: int, size: int, inode: int):
     from edgetl._lazy import require
 
     tokenizers = require("tokenizers", "text")

@@ -303,7 +303,7 @@ def train(data, options=None, *, out, backbone: str = DEFAULT_BACKBONE, val=None
     y_val = np.array([y for _, y in text.val], np.int64)
 
     encoder = execution.place(load_encoder(resolved.folder))
-    head = build_head(encoder.width, len(text.classes), opts.head)
+    head = execution.place(build_head(encoder.width, len(text.classes), opts.head))  # on the encoder's device
     model = TextClassifier(encoder, head)
     ckpt = run.path / "train" / "model.safetensors"
     on_epoch = epoch_reporter(reporter)

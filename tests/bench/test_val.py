@@ -134,7 +134,8 @@ def test_unreadable_images_are_skipped_and_counted(bundle, digits_dir, tmp_path)
 def test_labelled_images_accepts_a_subset_of_the_labels(digits_dir, tmp_path):
     data = tmp_path / "two"
     shutil.copytree(digits_dir / "1", data / "1")
-    paths, targets = labelled_images(data, ["0", "1", "2"])
+    paths, targets, skipped = labelled_images(data, ["0", "1", "2"])
+    assert skipped == []  # images are read (and skipped) when they are preprocessed
     assert len(paths) == 20 and set(targets.tolist()) == {1}
     with pytest.raises(DataError, match="contains no images"):
         (tmp_path / "empty" / "0").mkdir(parents=True)
