@@ -191,7 +191,7 @@ def train(data, options, *, out, backbone: str = DEFAULT_BACKBONE, val=None, con
         "task": AudioClassification.name,
         "backbone": backbone,
         "arch": backbone,
-        "weights": f"{_identity(backbone)}:{oww.EMBEDDING_FILE}" if pretrained else "random",
+        "weights": f"{oww.DISTRIBUTION}:{oww.EMBEDDING_FILE}" if pretrained else "random",
         "head": options.head,
         "num_classes": len(classes),
         "classes": classes,

@@ -116,10 +116,11 @@ def test_false_accept_rate_counts_background_clips_answered_as_keywords():
     assert no_background["false_accept_rate"] is None
 
 
-def test_int8_keeps_the_frontend_float_on_every_runtime():
+def test_int8_and_fp16_keep_the_frontend_float_on_every_runtime():
     for runtime in ("onnxruntime", "openvino", "tensorrt"):
         assert TASK.quantization(RECORD, runtime, "int8")["keep_float_prefixes"] == ["frontend"]
-        assert TASK.quantization(RECORD, runtime, "fp16") == {}
+        assert TASK.quantization(RECORD, runtime, "fp16")["keep_float_prefixes"] == ["frontend"]
+        assert TASK.quantization(RECORD, runtime, "fp32") == {}
 
 
 def test_fifos_in_the_data_are_never_opened(kws_dir, tmp_path):

@@ -7,7 +7,13 @@ import pytest
 from edgetl.backends.onnxruntime import choose_int8_types
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import CompileError, ConfigError, DataError
-from tests.backends.conformance import BackendConformance, float_convs, named_case, synthetic_images
+from tests.backends.conformance import (
+    BackendConformance,
+    float_convs,
+    named_case,
+    synthetic_images,
+    task_scheme,
+)
 
 
 class TestOnnxRuntime(BackendConformance):
@@ -32,6 +38,25 @@ class TestOnnxRuntime(BackendConformance):
         assert not floats, f"float weight matrices left: {floats}"
         audio = build_scheme("audio")
         assert float_convs(audio.path) == ["node_conv1d"] and audio.options["kept_float_nodes"] == 1
+
+    def test_fp16_keeps_the_tasks_float_nodes_in_float32(self, backend, tmp_path_factory, tmp_path):
+        """A task's float nodes (an audio front end whose power spectrum leaves fp16's range) stay fp32
+        in the fp16 artifact too; the rest is fp16."""
+        import onnx
+
+        onnx_path, _, x, ref = named_case("audio", tmp_path_factory)
+        hint = {"keep_float_prefixes": task_scheme("audio", self.runtime)["keep_float_prefixes"]}
+        compiled = backend.compile(onnx_path, tmp_path, "fp16", None, {"quantization": hint})
+        assert compiled.options["kept_float_nodes"] == 1
+        model = onnx.load(str(compiled.path))
+        types = {i.name: i.data_type for i in model.graph.initializer}
+        cast_to = {n.output[0]: n.attribute[0].i for n in model.graph.node if n.op_type == "Cast"}
+        kept = next(n for n in model.graph.node if n.name == "node_conv1d")
+        # its inputs arrive in float32: a float initializer, or a Cast to float32 of the fp16 one
+        assert all(types.get(i, cast_to.get(i)) == onnx.TensorProto.FLOAT for i in kept.input[:2])
+        assert onnx.TensorProto.FLOAT16 in types.values()
+        with backend.load(compiled.path, threads=1) as session:
+            self._check(session.run(x), ref, "fp16", "audio")
 
     def test_an_unknown_fusion_is_one_line(self, backend, tmp_path_factory, tmp_path):
         onnx_path, calib, _, _ = named_case("text", tmp_path_factory)

@@ -72,6 +72,11 @@ class TestTensorRt(BackendConformance):
         assert compiled.options["shapes"] == expected
         assert json.loads(compiled.path.with_name("model.engine.json").read_text())["shapes"] == expected
 
+    def test_op_types_it_cannot_quantize_are_one_line(self, backend, tmp_path_factory, tmp_path):
+        onnx_path, calib, _, _ = named_case("text", tmp_path_factory)
+        with pytest.raises(CompileError, match=r"op_types \['LSTM'\] name none of the ops TensorRT's int8 quantizes"):
+            backend.compile(onnx_path, tmp_path, "int8", calib, {"quantization": {"op_types": ["LSTM"]}})
+
     def test_dynamic_dim_without_a_size_is_a_compile_error(self, backend, tmp_path_factory, tmp_path):
         onnx_path = named_case("text", tmp_path_factory)[0]
         with pytest.raises(CompileError, match="dimension 'sequence' of input 'input_ids'.*dims = {sequence = 128}"):

@@ -83,3 +83,31 @@ def test_csv_that_is_not_utf8_is_a_data_error(tmp_path):
     bad.write_bytes("path,label\nimg\xe9.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="not a UTF-8 text CSV"):
         load_image_set(bad)
+
+
+def test_a_held_out_sets_content_is_part_of_the_data_hash(tmp_path):
+    """With a separate validation set of files (audio clips), re-recording one under the same name
+    changes the hash (deploy retrains; cached features are not reused)."""
+    import wave
+
+    import numpy as np
+
+    from edgetl.data.datasets import task_split
+    from edgetl.tasks import get_task
+
+    def clip(path, seed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples = (np.random.default_rng(seed).standard_normal(1600) * 3000).astype("<i2")
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+            out.writeframes(samples.tobytes())
+
+    for part in ("train", "val"):
+        for word in ("yes", "no"):
+            for i in range(2):
+                clip(tmp_path / part / word / f"{i}.wav", hash((part, word, i)) % 1000)
+    task = get_task("audio-classification")
+    before = task_split(task, tmp_path / "train", tmp_path / "val", 0.2, 0).hash
+    clip(tmp_path / "val" / "yes" / "0.wav", 12345)
+    assert task_split(task, tmp_path / "train", tmp_path / "val", 0.2, 0).hash != before
+

@@ -208,6 +208,17 @@ def test_a_tokenizer_of_other_parts_is_refused_before_it_runs(tiny_bert, tmp_pat
         TASK.check_assets(record)
 
 
+def test_a_tokenizer_replaced_under_the_same_path_is_read_and_checked_again(tiny_bert, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes((tiny_bert / "tokenizer.json").read_bytes())
+    assert load_tokenizer(path).get_vocab_size() > 0
+    (tmp_path / "x").mkdir()
+    hostile = _hostile_tokenizer(tiny_bert, tmp_path / "x", HOSTILE_TOKENIZERS["no model"][0])
+    path.write_bytes(hostile.read_bytes())  # a run retrained in place, in the same process (a notebook)
+    with pytest.raises(DataError, match="not a tokenizer.json edgetl runs"):
+        load_tokenizer(path)
+
+
 def test_bert_tokenizers_pass_the_check(tiny_bert):
     from importlib.util import find_spec
 

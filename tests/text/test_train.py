@@ -125,6 +125,26 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
         assert len(result.output.strip().splitlines()) == 1
 
 
+def test_predict_never_stats_a_text_and_val_lists_skipped_rows(text_run, reviews_csv, tmp_path, monkeypatch):
+    """A text (from stdin) equal to a folder's or a FIFO's name in the working directory is still a
+    text, never opened; the rows val's reader skipped (an empty text) are listed, not dropped."""
+    import os
+
+    run = str(text_run.path)
+    _ok("compile", run, "--target", "onnxruntime", "--precision", "fp32", "--threads", "1")
+    _ok("bundle", run, "--target", "onnxruntime", "--precision", "fp32")
+    bundle = str(text_run.path / "bundles" / "onnxruntime-fp32.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    os.mkfifo(tmp_path / "superb")
+    rows = json.loads(_ok("predict", bundle, "-", "--json", stdin="docs\nsuperb\n"))
+    assert [r.get("error") for r in rows] == [None, None] and all(r["top"] for r in rows)
+    data = tmp_path / "val.csv"
+    data.write_text(reviews_csv.read_text(encoding="utf-8") + ",pos\n", encoding="utf-8")
+    got = json.loads(_ok("val", bundle, str(data), "--json"))["accuracy"]
+    assert got["n"] == 48 and [s["reason"] for s in got["skipped"]] == ["empty text"]
+
+
 def test_cli_trains_the_real_minilm(tmp_path, reviews_csv):
     out = tmp_path / "run"
     _ok("train", "--task", TASK, "--data", str(reviews_csv), "--out", str(out), "--max-length", "16",
