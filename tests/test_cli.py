@@ -166,4 +166,4 @@ def test_device_commands_help_speaks_of_every_task_not_only_images():
     val = _run("val", "--help").stdout
     assert "text: text,label" in val and "labelled samples" in val and "labelled images" not in val
     train = " ".join(_run("train", "--help").stdout.split())
-    assert "Text: a CSV of text,label or class folders of .txt files" in train
+    assert "Text: a text,label CSV or folders of .txt" in train

@@ -99,7 +99,7 @@ GOOD_TRT = 'runtime = "tensorrt"\ndevice = "gpu"\n'
         (GOOD_TRT + "max_batch = 0\n", "max_batch", "greater than or equal to 1"),
         # goals on any metric a task declares or the bench measures
         ('runtime = "onnxruntime"\n[budgets.goals]\ntop5 = { min = 0.9 }\n', "budgets.goals",
-         "unknown metric 'top5'. Did you mean 'top1'? Valid: accuracy_drop_pp, agreement, memory_mb, p90_latency_ms, top1"),
+         "unknown metric 'top5'. Did you mean 'top1'? Valid: accuracy_drop_pp, agreement, false_accept_rate, macro_f1, memory_mb, p90_latency_ms, top1"),
         ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = { mn = 0.9 }\n', "budgets.goals.top1.mn",
          "unknown field. Did you mean 'min'? Valid: max, min"),
         ('runtime = "onnxruntime"\n[budgets.goals]\ntop1 = 0.9\n', "budgets.goals.top1", "valid dictionary"),

@@ -122,7 +122,7 @@ def test_deploy_checks_every_option_before_any_work(digits_dir, tmp_path, args, 
 
 @pytest.mark.parametrize(("goal", "message"), [
     ("top5 = { min = 0.9 }", "field 'budgets.goals': unknown metric 'top5'. Did you mean 'top1'? Valid: "
-                             "accuracy_drop_pp, agreement, memory_mb, p90_latency_ms, top1"),
+                             "accuracy_drop_pp, agreement, false_accept_rate, macro_f1, memory_mb, p90_latency_ms, top1"),
     ("top1 = { min = 90.0 }", "pi.toml': goals.top1 = 90.0 is outside 0-1: top1 is a fraction"),
 ])
 def test_a_profile_goal_that_cannot_be_met_as_meant_is_one_line_before_any_work(digits_dir, tmp_path, goal, message):

@@ -99,7 +99,7 @@ def test_compile_bundle_verify_predict_val(text_run, reviews_csv):
     int8 = text_run.manifest["compiled"]["onnxruntime/int8"]
     # the summary says the task's metric and why this int8 scheme
     assert "macro_f1" in shown and f"{int8['accuracy']['macro_f1']:.3f}" in shown
-    assert "onnxruntime/int8: int8: dynamic int8 of MatMul/Gemm" in " ".join(shown.split())
+    assert "onnxruntime/int8: int8: ONNX Runtime's transformer fusion" in " ".join(shown.split())
     assert int8["options"]["quantization"]["scheme"] == "dynamic" and int8["accuracy"]["agreement"] >= 0.9
     assert int8["options"]["per_channel"] and not int8["options"]["reduce_range"]  # the task's measured choice
     assert int8["options"]["fusion"] == "bert" and int8["options"]["fused_ops"]  # the tiny BERT's LayerNorms fuse
