@@ -483,7 +483,7 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
         elif bench.status == "ok":
             gates = _result_gates(run, bench)
-            # An UNDECIDED gate is bundled: its reason (too few images) must be read before it is shipped.
+            # An UNDECIDED gate is bundled: its reason (too few samples) must be read before it is shipped.
             said = [*gates.failed, *gates.undecided]
             out.append({**row, "gate": gates.status, "detail": "; ".join(said)})
         elif bench.status == "error":

@@ -189,7 +189,7 @@ def test_a_budget_the_validation_split_cannot_decide_is_undecided_loudly_and_doe
     result = CliRunner().invoke(cli, ["bench", str(writable.path), "--target", "strict", "--check", *FAST])
     assert result.exit_code == 0, result.output
     assert "UNDECIDED strict/fp32: accuracy_drop +0.00 pp (n=12: 95% CI" in result.output
-    assert "too few images to decide" in result.output
+    assert "too few samples to decide" in result.output
     assert "no budget failed, but some could not be decided" in result.output
     doc = json.loads(result_path(writable, "strict/fp32", "ci").read_text())
     assert doc["gates"]["status"] == "UNDECIDED" and doc["gates"]["failed"] == []

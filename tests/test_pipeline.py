@@ -166,7 +166,7 @@ def test_the_gates_summary_gives_an_undecided_gate_its_reason(tmp_path):
     from edgetl.rundir import RunDir
 
     run = RunDir.create(tmp_path / "run")
-    reason = "accuracy_drop +1.67 pp (n=60: 95% CI -4.50..+8.86) straddles budget 1 pp: too few images to decide"
+    reason = "accuracy_drop +1.67 pp (n=60: 95% CI -4.50..+8.86) straddles budget 1 pp: too few samples to decide"
     (run.path / "bench").mkdir()
     (run.path / "bench" / "r.json").write_text(json.dumps(  # a result document (edgetl.bench.run.BenchDocument)
         {"schema": "edgetl.bench/1", "key": "host-cpu/int8", "target": "host-cpu", "status": "ok",

@@ -11,7 +11,7 @@ A target without budgets (a bare runtime name) gets ``n/a``.
 An accuracy goal (the drop, top-1, ...) is decided on its 95% interval (``edgetl.bench.accuracy``), because a
 validation split of 60 images moves top-1 by 1.7 pp per image: PASS when the whole interval is
 within the budget, FAIL when the whole interval is above it, UNDECIDED when it straddles the budget
-(too few images to tell; the point estimate and the interval are in the reason). UNDECIDED does
+(too few samples to tell; the point estimate and the interval are in the reason). UNDECIDED does
 not fail ``--check``, which prints it loudly instead: only a drop proven above the budget fails a
 build, and nothing is called PASS that the data cannot support. A bundle benched on a device without
 labelled images cannot measure the drop at all: that check is NOT_HERE ("not measured here"), shows
@@ -145,7 +145,7 @@ def _check_interval(goal: Goal, metric: Metric, value: float, ci: list | None, n
     elif not _met(lo, goal) and not _met(hi, goal):
         status, verdict = FAIL, _verdict(False, goal, metric)
     else:
-        status, verdict = UNDECIDED, (f"straddles budget {goal.value:g}{_unit(metric)}: too few images to decide "
+        status, verdict = UNDECIDED, (f"straddles budget {goal.value:g}{_unit(metric)}: too few samples to decide "
                                       "(use a larger validation split)")
     measured = f"{_check_name(metric)} {_fmt(value, metric)}{_unit(metric)}"
     if ci:

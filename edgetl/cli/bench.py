@@ -68,7 +68,7 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     while other processes used the CPU. Accuracy is evaluated on the full validation
     split in the artifact's own runtime: top-1, drop vs FP32 (points), agreement, each
     with its 95% interval. Budgets of the target profile give PASS, FAIL, or UNDECIDED
-    when the drop's interval straddles the budget (too few images to tell); a runtime
+    when the drop's interval straddles the budget (too few samples to tell); a runtime
     that cannot run here (TensorRT without a GPU) is listed as "n/a here".
 
     \b

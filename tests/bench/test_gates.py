@@ -93,7 +93,7 @@ def test_the_accuracy_budget_is_decided_on_the_drop_interval(point, lo, hi, stat
     assert (gates["failed"] == [reason]) == (status == FAIL)
     assert (gates["undecided"] == [reason]) == (status == UNDECIDED)
     if status == UNDECIDED:
-        assert "too few images to decide" in reason
+        assert "too few samples to decide" in reason
 
 
 def test_undecided_never_hides_a_failing_budget():
@@ -133,7 +133,7 @@ def test_the_named_budgets_are_goals_on_metrics():
 @pytest.mark.parametrize("ci, status, verdict", [
     ([0.91, 0.99], PASS, ">= budget 0.9"),
     ([0.70, 0.85], FAIL, "< budget 0.9"),
-    ([0.85, 0.97], UNDECIDED, "straddles budget 0.9: too few images to decide"),
+    ([0.85, 0.97], UNDECIDED, "straddles budget 0.9: too few samples to decide"),
 ])
 def test_a_min_goal_on_top1_is_decided_on_its_interval(ci, status, verdict):
     gates = evaluate_gates(_goals(top1={"min": 0.9}), {"accuracy": {"top1": 0.93, "top1_ci": ci, "n": 60}})

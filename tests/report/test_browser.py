@@ -65,7 +65,7 @@ def test_long_reasons_and_estimates_keep_the_decision_inside_the_first_screen(ch
     from edgetl.report.render import to_html
 
     data, notes = collect(benched_run)
-    why = ("accuracy_drop +2.08 pp (n=48: 95% CI -5.52..+10.90) straddles budget 1 pp: too few images to decide "
+    why = ("accuracy_drop +2.08 pp (n=48: 95% CI -5.52..+10.90) straddles budget 1 pp: too few samples to decide "
            "(use a larger validation split)")
     row = {"device": "vm", "p90_ms": 4.29, "speedup": 13.1, "top1": 0.979, "drop_pp": 2.08, "estimated": False}
     data["decisions"] = [
