@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.backends.plugin import registered  # noqa: F401  (the same registration for a task plugin)
 
 HERE = Path(__file__).resolve().parent
 TASK = "tiny-text"
@@ -26,15 +24,6 @@ def install(site: Path) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinytext-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[edgetl.tasks]\n{TASK} = tinytext_task:TinyText\n")
     return site
-
-
-@contextlib.contextmanager
-def registered(site: Path):
-    """The plugin is registered in this process and in the processes it starts."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(site))
-        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
-        yield
 
 
 def write_reviews(path: Path, per_class: int = 30, seed: int = 0) -> Path:
