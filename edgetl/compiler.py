@@ -78,7 +78,9 @@ class CompileAccuracy(BaseModel):
 
 
 class CompiledEntry(Record):
-    """One entry of the manifest's ``compiled`` section, keyed ``<target>/<precision>``."""
+    """One entry of the manifest's ``compiled`` section, keyed ``<target>/<slot or precision>``
+    (``compiled_key``): ``<target>/<precision>`` for what ``compile`` builds, ``<target>/optimized``
+    for the pick of ``edgetl optimize``, whose runtime may differ from the profile's."""
 
     SECTION: ClassVar[str] = "compiled"
     KEYED: ClassVar[bool] = True
@@ -98,6 +100,19 @@ class CompiledEntry(Record):
     calibration: str | None = None
     accuracy: CompileAccuracy
     fingerprint: str  # the inputs it was built from: the same fingerprint is not rebuilt
+    slot: str | None = None  # "optimized" for optimize's pick; None: the slot is the precision
+    threads: int | None = None  # the pick's threads (None: the profile's)
+    variant: str | None = None  # the pick's variant label, e.g. "int8 qdq"
+
+
+OPTIMIZED = "optimized"  # the slot of optimize's pick: compiled/<target>/optimized/, bundles/<target>-optimized.tar.gz
+
+
+def compiled_key(entry: CompiledEntry | dict[str, Any]) -> str:
+    """``<target>/<slot or precision>``: how the manifest's compiled, bench and bundles sections, the
+    bundle and bench file names and the report all key one artifact of a target."""
+    fields = entry if isinstance(entry, dict) else entry.model_dump()
+    return f"{fields['target']}/{fields.get('slot') or fields['precision']}"
 
 
 # -- planning: every name is checked before anything is built --------------------------------------

@@ -1,4 +1,5 @@
-"""Make a bundle from a run: ``runs/<name>/bundles/<target>-<precision>.tar.gz`` (workstation side).
+"""Make a bundle from a run: ``runs/<name>/bundles/<target>-<slot>.tar.gz`` (workstation side; the
+slot is the precision, or ``optimized`` for the pick of ``edgetl optimize``).
 
 The bundle carries one compiled artifact of the target (what its backend's ``bundle_files`` says:
 for TensorRT the ONNX the engine is built from, since engines only run on the GPU and TensorRT
@@ -42,17 +43,18 @@ from edgetl.tensors import batch_size
 
 
 class BundleRecord(Record):
-    """One entry of the manifest's ``bundles`` section, keyed like ``compiled`` (``<target>/<precision>``)."""
+    """One entry of the manifest's ``bundles`` section, keyed like ``compiled`` (``<target>/<slot or precision>``)."""
 
     SECTION: ClassVar[str] = "bundles"
     KEYED: ClassVar[bool] = True
 
-    path: RunPath  # bundles/<target>-<precision>.tar.gz, run-relative
+    path: RunPath  # bundles/<target>-<slot or precision>.tar.gz, run-relative
     sha256: str
     size_bytes: int
     compiled: str  # the compiled key it packs
     precision: str
     runtime: str
+    slot: str | None = None  # "optimized" for optimize's pick (the compiled entry's slot)
     name: str
     release: int
     signed_by: str | None = None  # key id of the Ed25519 key that signed it
@@ -61,15 +63,17 @@ class BundleRecord(Record):
 GOLDEN_SAMPLES = 8
 
 
-def bundle_path(run: RunDir, target: str, precision: str) -> Path:
-    """One file per target and precision: an fp16 and an int8 bundle of a target never overwrite each other."""
-    return run.path / "bundles" / f"{target}-{precision}{SUFFIX}"
+def bundle_path(run: RunDir, target: str, slot: str) -> Path:
+    """One file per target and slot (a precision, or ``optimized``): an fp16, an int8 and the optimized
+    bundle of a target never overwrite each other."""
+    return run.path / "bundles" / f"{target}-{slot}{SUFFIX}"
 
 
-def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The compiled entry to bundle: ``precision`` if given, else the profile's (int8 for a bare runtime,
-    as ``compile`` does), else the only one compiled."""
-    from edgetl.compiler import CompiledEntry
+def choose_compiled(run: RunDir, target: str, slot: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The compiled entry to bundle: ``slot`` (a precision, or ``optimized`` for optimize's pick) if
+    given, else the profile's precision (int8 for a bare runtime, as ``compile`` does), else the only
+    one compiled."""
+    from edgetl.compiler import OPTIMIZED, CompiledEntry
 
     compiled = {k: e.fields() for k, e in run.entries(CompiledEntry).items()}
     mine = {k: e for k, e in compiled.items() if e["target"] == target}
@@ -82,23 +86,51 @@ def choose_compiled(run: RunDir, target: str, precision: str | None = None) -> t
         raise BundleError(
             f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have) or 'none'}): {todo}"
         )
-    by_precision = {e["precision"]: (k, e) for k, e in mine.items()}
-    if precision is None:
+    by_slot = {(e.get("slot") or e["precision"]): (k, e) for k, e in mine.items()}
+    if slot is None:
         from edgetl.compiler import BARE_RUNTIME_PRECISION
 
-        precision = _profile_precision(target) or BARE_RUNTIME_PRECISION
-        if precision not in by_precision:
-            if len(by_precision) > 1:
+        slot = _profile_precision(target) or BARE_RUNTIME_PRECISION
+        if slot not in by_slot:
+            if len(by_slot) > 1:
                 raise BundleError(
-                    f"{target} is compiled in several precisions ({', '.join(sorted(by_precision))}): choose one with --precision"
+                    f"{target} is compiled in several precisions ({', '.join(sorted(by_slot))}): choose one with "
+                    f"--precision{' or --optimized' if OPTIMIZED in by_slot else ''}"
                 )
-            precision = next(iter(by_precision))
-    if precision not in by_precision:
+            slot = next(iter(by_slot))
+    if slot == OPTIMIZED and slot not in by_slot:
+        raise BundleError(f"{target} has no optimized artifact in {run.path}: run `edgetl optimize {run.path} "
+                          f"--target {target}` first")
+    if slot not in by_slot:
         raise BundleError(
-            f"{target} has no {precision} artifact in {run.path} (compiled: {', '.join(sorted(by_precision))}): "
+            f"{target} has no {slot} artifact in {run.path} (compiled: {', '.join(sorted(by_slot))}): "
             f"compile it first or choose another --precision"
         )
-    return by_precision[precision]
+    return by_slot[slot]
+
+
+def _slot(entry: dict[str, Any]) -> str:
+    return entry.get("slot") or entry["precision"]
+
+
+def _target_section(entry: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``target``: the profile the artifact was built for, with what the artifact itself
+    runs with, since optimize's pick may use another runtime, precision and threads than the
+    profile's. The profile's runtime options that the pick's runtime does not take (TensorRT's
+    ``gpu_arch`` for an OpenVINO pick) are left out; the ones it shares (the CPU) are kept."""
+    from edgetl.backends import get_backend
+    from edgetl.config import TargetProfile
+
+    profile = _profile(entry["target"])
+    if profile is None:
+        return {"name": entry["target"]}
+    if not entry.get("slot"):
+        return profile  # what compile built from the profile: the profile as it is
+    common = set(TargetProfile.model_fields) - {"options"}
+    own = get_backend(entry["runtime"]).options_model.model_fields  # the profile dumps its options flat
+    kept = {k: v for k, v in profile.items() if k in common or k in own}
+    return {**kept, "runtime": entry["runtime"], "precision": entry["precision"],
+            "threads": entry.get("threads") or profile.get("threads")}
 
 
 def _profile_precision(target: str) -> str | None:
@@ -116,10 +148,11 @@ def _profile(target: str) -> dict[str, Any] | None:
         return None
 
 
-def create_bundle(run_path: str | Path, target: str, precision: str | None = None, *,
+def create_bundle(run_path: str | Path, target: str, slot: str | None = None, *,
                   sign: str | os.PathLike | None = None, release: int | None = None) -> Path:
-    """Write ``runs/<name>/bundles/<target>-<precision>.tar.gz`` atomically; the manifest records it
-    under ``bundles["<target>/<precision>"]`` (the compiled key).
+    """Write ``runs/<name>/bundles/<target>-<slot>.tar.gz`` atomically; the manifest records it
+    under ``bundles["<target>/<slot>"]`` (the compiled key). ``slot``: a precision, or ``optimized``
+    for optimize's pick (``choose_compiled``).
 
     ``sign``: an Ed25519 private key file; its signature over the exact manifest bytes travels as
     ``manifest.sig``. ``release``: the bundle's release counter (default: UTC seconds now); a device
@@ -129,10 +162,10 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
         raise BundleError(f"--release {release}: expected an integer from 0 to 2**63-1")
     private_key = signing.load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     run = RunDir.open(run_path, need="compiled")
-    key, entry = choose_compiled(run, target, precision)
+    key, entry = choose_compiled(run, target, slot)
     for rel in entry["files"]:
         run.verify(rel)  # a tampered artifact is never packaged
-    dest = bundle_path(run, target, entry["precision"])
+    dest = bundle_path(run, target, _slot(entry))
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
         stage = Path(tmp)
         manifest = _stage(run, key, entry, stage, int(time.time()) if release is None else release)
@@ -147,6 +180,7 @@ def create_bundle(run_path: str | Path, target: str, precision: str | None = Non
         compiled=key,
         precision=entry["precision"],
         runtime=entry["runtime"],
+        **({"slot": entry["slot"]} if entry.get("slot") else {}),
         name=manifest["name"],
         release=manifest["release"],
         signed_by=signing.key_id(private_key.public_key()) if private_key is not None else None,
@@ -166,16 +200,16 @@ def _inputs_hash(run: RunDir, key: str, entry: dict[str, Any]) -> str:
                         **({"assets": {n: arts.get(rel) for n, rel in assets.items()}} if assets else {})})
 
 
-def up_to_date(run: RunDir, target: str, precision: str | None = None, *,
+def up_to_date(run: RunDir, target: str, slot: str | None = None, *,
                sign: str | os.PathLike | None = None) -> Path | None:
-    """The existing bundle of ``target`` (at ``precision``, chosen as ``create_bundle`` would) when it
+    """The existing bundle of ``target`` (at ``slot``, chosen as ``create_bundle`` would) when it
     was made from the current artifact (and, with ``sign``, signed by that key), else None."""
-    key, entry = choose_compiled(run, target, precision)
+    key, entry = choose_compiled(run, target, slot)
     try:
         record = run.entries(BundleRecord).get(key)
     except EdgetlError:  # a malformed record: the bundle is remade
         return None
-    dest = bundle_path(run, target, entry["precision"])
+    dest = bundle_path(run, target, _slot(entry))
     if not record or not dest.is_file() or sha256_file(dest) != record.sha256:
         return None
     if sign is not None and record.signed_by != signing.key_id(signing.load_private_key(sign).public_key()):
@@ -203,8 +237,9 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "task": train.task,
         "release": release,
         "run": run.path.name,
-        "target": _profile(entry["target"]) or {"name": entry["target"]},
+        "target": _target_section(entry),
         "precision": entry["precision"],
+        **({"slot": entry["slot"]} if entry.get("slot") else {}),  # other bundles' manifests stay as before
         "gpu_arch": entry.get("gpu_arch"),
         "runtime": {
             "name": runtime,

@@ -267,6 +267,8 @@ class BundleManifest(_Model):
     run: Text | None = None
     target: TargetProfile | BareTarget
     precision: Precision
+    # "optimized": the pick of `edgetl optimize` (its key is <target>/optimized); absent for the rest
+    slot: Literal["optimized"] | None = None
     gpu_arch: GpuArch | None = None
     runtime: Runtime
     model: ModelFiles

@@ -109,8 +109,8 @@ def remote_bench(
                     ssh_options=access.ssh_options, connect_timeout=access.connect_timeout,
                     allow_rollback=access.allow_rollback, step=step)
     # The workstation's own names for the result file, checked before the device is even asked.
-    key = f"{shipment.target}/{shipment.precision}"
-    path = result_file(run, f"{slug(shipment.target)}/{slug(shipment.precision)}", device)
+    key = f"{shipment.target}/{shipment.slot}"
+    path = result_file(run, f"{slug(shipment.target)}/{slug(shipment.slot)}", device)
     remote = Remote(parsed, list(access.ssh_options), access.connect_timeout, access.remote_edgetl)
     remote.require_edgetl(shipment.runtime_extra)
     step("benching on the device")

@@ -69,6 +69,11 @@ class Bundle:
         return self.manifest["precision"]
 
     @property
+    def slot(self) -> str:
+        """What the workstation keys this artifact by under its target: ``optimized`` or the precision."""
+        return self.manifest.get("slot") or self.precision
+
+    @property
     def labels(self) -> list[str]:
         return list(self.manifest["labels"])
 
@@ -426,7 +431,7 @@ def bench(
         "versions": bundle.manifest.get("versions", {}),
         "bundle": bundle.name,
     }
-    key = f"{target.get('name', bundle.runtime)}/{bundle.precision}"
+    key = f"{target.get('name', bundle.runtime)}/{bundle.slot}"
     doc = result_doc(key, target.get("name", bundle.runtime), measured, system_record(threads, device_slug(device_name)),
                      settings.record(), None, budgets, artifact=artifact, accuracy_elsewhere=workstation or {})
     doc["workstation_accuracy"] = workstation

@@ -283,6 +283,7 @@ class Shipment:
     runtime_extra: str  # the pip extra the bundle's runtime needs there
     target: str = ""  # the bundle's target and precision, as its manifest says
     precision: str = ""
+    slot: str = ""  # its compiled key's slot: "optimized" or the precision
 
 
 class Shipper:
@@ -301,6 +302,7 @@ class Shipper:
         target = self.manifest.get("target")
         self.target = str((target.get("name") if isinstance(target, dict) else None) or self.manifest["runtime"]["name"])
         self.precision = str(self.manifest["precision"])
+        self.slot = str(self.manifest.get("slot") or self.precision)  # "optimized" or the precision
         self.sha256 = sha256_file(self.bundle)
         self.release_id = self.sha256[:16]
         self.base = _join(remote.url.path, self.name)
@@ -498,4 +500,5 @@ def ship(
             except RemoteError:
                 pass  # the host went away: the original error matters; the next ship sweeps .incoming
     return Shipment(str(url), shipper.name, shipper.release, shipper.current, shipper.sha256, copied=not present,
-                    verified=verified, runtime_extra=shipper.extra, target=shipper.target, precision=shipper.precision)
+                    verified=verified, runtime_extra=shipper.extra, target=shipper.target, precision=shipper.precision,
+                    slot=shipper.slot)

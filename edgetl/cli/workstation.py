@@ -400,11 +400,13 @@ def report_cmd(run):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which artifact when the target "
               "was compiled in several precisions (default, as compile: the profile's precision, int8 for a "
               "bare runtime name).")
+@click.option("--optimized", is_flag=True, help="Package the pick of `edgetl optimize RUN --target T` (its "
+              "runtime, variant and threads) instead: bundles/<target>-optimized.tar.gz.")
 @click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
               help="Sign the manifest with this Ed25519 private key (from `edgetl keys new`).")
 @click.option("--release", type=int, help="Release counter written into the manifest (default: UTC seconds now); "
               "devices refuse to go back to a lower one.")
-def bundle_cmd(run, target, precision, sign_key, release):
+def bundle_cmd(run, target, precision, optimized, sign_key, release):
     """Package a compiled artifact for a device: runs/<name>/bundles/<target>-<precision>.tar.gz.
 
     \b
@@ -417,19 +419,25 @@ def bundle_cmd(run, target, precision, sign_key, release):
     Examples:
       edgetl bundle runs/flowers --target jetson-orin-nano
       edgetl bundle runs/flowers --target onnxruntime --precision fp32
+      edgetl bundle runs/flowers --target host-cpu --optimized     # after edgetl optimize
       edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
       edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
     from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle
+    from edgetl.compiler import OPTIMIZED
     from edgetl.rundir import RunDir
 
+    if optimized and precision:
+        raise click.UsageError("--optimized packages optimize's pick, whatever its precision: leave out --precision")
+    slot = OPTIMIZED if optimized else precision
     with console.status(f"bundling {target}: golden outputs, hashes"):
-        path = create_bundle(run, target, precision, sign=sign_key, release=release)
+        path = create_bundle(run, target, slot, sign=sign_key, release=release)
     opened = RunDir.open(run)
-    key, _ = choose_compiled(opened, target, precision)
+    key, entry = choose_compiled(opened, target, slot)
     made = opened.entries(BundleRecord)[key]
     signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
-    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}, {made.size_bytes / 1e6:.2f} MB, "
+    picked = f" {entry['variant']}, {entry['threads']} threads" if entry.get("variant") and entry.get("threads") else ""
+    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}{picked}, {made.size_bytes / 1e6:.2f} MB, "
                   f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
 

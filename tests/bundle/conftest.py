@@ -37,3 +37,19 @@ def bundle_file(bundle_run, tmp_path_factory) -> Path:
 def _private_cache(tmp_path, monkeypatch):
     """Extracted bundles go to a per-test cache, never to the user's ~/.cache."""
     monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "edgetl-cache"))
+
+
+@pytest.fixture(scope="session")
+def optimized_run(bundle_run, tmp_path_factory) -> RunDir:
+    """``bundle_run`` plus an OpenVINO fp32 artifact promoted as host-cpu's optimized pick (1 thread):
+    a host-cpu run whose pick runs on another runtime than the profile's (tests/optimized.py)."""
+    from edgetl.compiler import compile as compile_run
+    from tests.optimized import promote
+
+    dest = tmp_path_factory.mktemp("optimized-run") / "tiny"
+    shutil.copytree(bundle_run.path, dest)
+    rows = compile_run(dest, ["openvino"], ["fp32"], progress=False)
+    assert all(r["status"] != "failed" for r in rows), rows
+    run = RunDir.open(dest)
+    promote(run, "openvino/fp32", "host-cpu", threads=1, variant="fp32 openvino")
+    return run

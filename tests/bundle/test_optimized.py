@@ -1,0 +1,91 @@
+"""The pick of ``edgetl optimize`` as a bundle: keyed ``<target>/optimized``, carrying the pick's
+runtime and threads, verified, predicted and benched with them (a hand-made pick, tests/optimized.py)."""
+
+from __future__ import annotations
+
+import shutil
+
+from click.testing import CliRunner
+
+from edgetl.bench.run import bench as bench_run
+from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle, up_to_date
+from edgetl.bundle.format import inspect_archive
+from edgetl.bundle.runner import bench, predict, verify
+from edgetl.bundle.ship import Remote, Shipper, SshUrl
+from edgetl.cli import cli
+from edgetl.rundir import RunDir
+
+
+def _copy(run: RunDir, tmp_path) -> RunDir:
+    shutil.copytree(run.path, tmp_path / "run")
+    return RunDir.open(tmp_path / "run")
+
+
+def test_the_optimized_bundle_carries_the_picks_runtime_and_threads(optimized_run, tmp_path, digits_dir, monkeypatch):
+    monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
+    run = _copy(optimized_run, tmp_path)
+    made = create_bundle(run.path, "host-cpu", "optimized")
+    assert made == run.path / "bundles" / "host-cpu-optimized.tar.gz"
+    manifest = inspect_archive(made)  # validated as a device validates it
+    assert manifest["slot"] == "optimized" and manifest["precision"] == "fp32"
+    assert manifest["runtime"]["name"] == "openvino" and manifest["runtime"]["extra"] == "openvino"
+    target = manifest["target"]
+    assert target["name"] == "host-cpu" and target["runtime"] == "openvino" and target["threads"] == 1
+    assert target["budgets"]["max_accuracy_drop_pp"] == 1.0  # the profile's budgets travel with the pick
+    assert manifest["model"]["compiled"] == "host-cpu/optimized"
+    record = run.entries(BundleRecord)["host-cpu/optimized"]
+    assert record.slot == "optimized" and record.runtime == "openvino" and record.path == "bundles/host-cpu-optimized.tar.gz"
+    assert up_to_date(run, "host-cpu", "optimized") == made
+
+    checked = verify(made)
+    assert checked["runtime"].startswith("openvino ") and checked["top1_agreement"] == 1.0
+    rows = predict(made, next(digits_dir.glob("*/*.png")))
+    assert rows and rows[0]["top"][0]["label"] in manifest["labels"]
+    doc = bench(made, iterations=5)
+    assert doc["key"] == "host-cpu/optimized" and doc["artifact"]["runtime"] == "openvino"
+    assert doc["settings"]["threads"] == 1 and doc["device"]["threads"] == 1
+    assert doc["gates"]["budgets"]  # the profile's budgets were applied on the device
+
+
+def test_ship_installs_the_picks_runtime(optimized_run, tmp_path):
+    run = _copy(optimized_run, tmp_path)
+    made = create_bundle(run.path, "host-cpu", "optimized")
+    shipper = Shipper(Remote(SshUrl.parse("ssh://pi@device/models"), [], 10, "edgetl"), made)
+    assert shipper.extra == "openvino" and shipper.slot == "optimized" and shipper.target == "host-cpu"
+
+
+def test_the_pick_and_the_profiles_artifact_are_separate_bundles(optimized_run, tmp_path):
+    """Promoting a pick leaves the other artifacts' bundles as they were, keyed by precision."""
+    run = _copy(optimized_run, tmp_path)
+    plain = create_bundle(run.path, "onnxruntime", "int8")
+    assert plain.name == "onnxruntime-int8.tar.gz" and inspect_archive(plain)["slot"] is None
+    key, entry = choose_compiled(run, "host-cpu")  # the target's only artifact is its pick
+    assert key == "host-cpu/optimized" and entry["threads"] == 1 and entry["variant"] == "fp32 openvino"
+
+
+def test_cli_bundle_optimized(optimized_run, tmp_path):
+    run = _copy(optimized_run, tmp_path)
+    result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "host-cpu", "--optimized"])
+    assert result.exit_code == 0, result.output
+    assert "host-cpu-optimized.tar.gz" in result.output and "fp32 openvino, 1 threads" in result.output
+
+
+def test_cli_bundle_optimized_without_a_pick_says_run_optimize(bundle_run, tmp_path):
+    run = _copy(bundle_run, tmp_path)
+    result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "onnxruntime", "--optimized"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: onnxruntime has no optimized artifact in {run.path}: run `edgetl optimize {run.path} --target "
+        "onnxruntime` first"]
+    assert not (run.path / "bundles").exists()
+
+
+def test_local_bench_of_the_pick(optimized_run, tmp_path):
+    """`edgetl bench RUN --target host-cpu/optimized`: its own result file and manifest row."""
+    run = _copy(optimized_run, tmp_path)
+    results = bench_run(run.path, "host-cpu/optimized", device_name="here", iterations=5, isolate=False)
+    rows = [r for r in results.rows if not r.get("reference")]
+    assert [r["key"] for r in rows] == ["host-cpu/optimized"] and rows[0]["artifact"]["runtime"] == "openvino"
+    assert (run.path / "bench" / "host-cpu" / "optimized@here.json").is_file()
+    summary = run.manifest["bench"]["here"]["results"]["host-cpu/optimized"]
+    assert summary["runtime"] == "openvino" and summary["status"] == "ok"
