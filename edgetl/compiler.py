@@ -100,9 +100,11 @@ class CompiledEntry(Record):
     calibration: str | None = None
     accuracy: CompileAccuracy
     fingerprint: str  # the inputs it was built from: the same fingerprint is not rebuilt
-    slot: str | None = None  # "optimized" for optimize's pick; None: the slot is the precision
-    threads: int | None = None  # the pick's threads (None: the profile's)
-    variant: str | None = None  # the pick's variant label, e.g. "int8 qdq"
+    # `edgetl optimize`'s pick (key `<target>/optimized`): its slot, the threads it was picked at and
+    # its variant; None for every other entry (the key's second part is then the precision)
+    slot: str | None = None
+    threads: int | None = None
+    variant: str | None = None
 
 
 OPTIMIZED = "optimized"  # the slot of optimize's pick: compiled/<target>/optimized/, bundles/<target>-optimized.tar.gz
@@ -321,16 +323,23 @@ def _current(run: RunDir, cell: Cell, fingerprint: str) -> CompiledEntry | None:
     return entry
 
 
-def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, reporter: Reporter) -> CompiledEntry:
-    run = ctx.run
+def cell_fingerprint(ctx: _Context, cell: Cell) -> str:
+    """What ``cell`` is built from (its ``CompiledEntry.fingerprint``): the same one is not rebuilt."""
+    return _fingerprint(ctx.onnx_sha, cell, get_backend(cell.runtime), task_options(ctx.run, cell))
+
+
+def build_artifact(ctx: _Context, cell: Cell, out_dir: Path, reporter: Reporter) -> tuple[Compiled, dict[str, Any], float]:
+    """Build ``cell`` into ``out_dir`` (replaced atomically, once the build *and* its evaluation
+    succeeded) and measure its accuracy: (the artifact in ``out_dir``, its accuracy as
+    ``CompiledEntry.accuracy`` holds it, compile seconds). Records nothing in the manifest."""
+    backend = get_backend(cell.runtime)
     calibration = None
     if cell.precision == "int8":
         reporter.step("compile", f"{cell.key}: calibration images")
         calibration = ctx.calibration(cell.recipe, reporter.warn)
-    of_task = task_options(run, cell)
+    of_task = task_options(ctx.run, cell)
     options = {**cell.options, "recipe": cell.recipe, "threads": cell.threads, **of_task}
-    dest = run.path / "compiled" / cell.target / cell.precision
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(out_dir) as tmp:
         reporter.step("compile", f"{cell.key}: {cell.runtime} {cell.precision}")
         started = time.perf_counter()
         compiled = backend.compile(ctx.onnx_path, tmp, cell.precision, calibration, options)
@@ -339,26 +348,45 @@ def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, reporter: Repor
             compiled.options["quantization"] = of_task["quantization"]
         reporter.step("compile", f"{cell.key}: accuracy on the validation split")
         accuracy = _accuracy(ctx, backend, compiled, cell.threads)
-    moved = _moved(compiled, tmp, dest)
-    files = [run.rel(f) for f in moved.files]
-    entry = CompiledEntry(
+    return _moved(compiled, tmp, out_dir), accuracy, compile_s
+
+
+def _build(ctx: _Context, cell: Cell, backend, fingerprint: str, reporter: Reporter) -> CompiledEntry:
+    run = ctx.run
+    dest = run.path / "compiled" / cell.target / cell.precision
+    moved, accuracy, compile_s = build_artifact(ctx, cell, dest, reporter)
+    entry = entry_for(run, cell, moved, dest, accuracy, compile_s, fingerprint)
+    record_entry(run, cell.key, entry)
+    return entry
+
+
+def entry_for(run: RunDir, cell: Cell, compiled: Compiled, out_dir: Path, accuracy: dict[str, Any], compile_s: float,
+              fingerprint: str, **fields) -> CompiledEntry:
+    """The manifest entry of an artifact built for ``cell`` into ``out_dir`` (``fields``: the
+    optional ones, e.g. ``slot``)."""
+    backend = get_backend(cell.runtime)
+    files = [run.rel(f) for f in compiled.files]
+    return CompiledEntry(
         target=cell.target, runtime=cell.runtime, precision=cell.precision,
-        dir=run.rel(dest), path=run.rel(moved.path), files=files,
-        estimate_with=run.rel(moved.estimate_with) if accuracy["estimated"] else None,
-        size_bytes=sum(f.stat().st_size for f in moved.files), compile_s=round(compile_s, 3),
+        dir=run.rel(out_dir), path=run.rel(compiled.path), files=files,
+        estimate_with=run.rel(compiled.estimate_with) if accuracy["estimated"] else None,
+        size_bytes=sum(f.stat().st_size for f in compiled.files), compile_s=round(compile_s, 3),
         options=_jsonable(compiled.options), versions=_versions(backend, accuracy),
         gpu_arch=compiled.options.get("gpu_arch"),
         calibration=cell.recipe.name if cell.recipe else None,
-        accuracy=accuracy, fingerprint=fingerprint,
+        accuracy=accuracy, fingerprint=fingerprint, **fields,
     )
-    hashes = {f: sha256_file(run.path / f) for f in files}
-    with run.editing() as manifest:  # the artifact's hashes and its entry in one locked write
+
+
+def record_entry(run: RunDir, key: str, entry: CompiledEntry) -> None:
+    """The artifact's hashes and its ``compiled[key]`` entry, in one locked write."""
+    hashes = {f: sha256_file(run.path / f) for f in entry.files}
+    with run.editing() as manifest:
         artifacts = manifest.setdefault("artifacts", {})
         for stale in [k for k in artifacts if k.startswith(entry.dir + "/") and k not in hashes]:
             del artifacts[stale]  # files of the artifact this one replaced
         artifacts.update(hashes)
-        manifest.setdefault(CompiledEntry.SECTION, {})[cell.key] = entry.dump()
-    return entry
+        manifest.setdefault(CompiledEntry.SECTION, {})[key] = entry.dump()
 
 
 def _moved(compiled: Compiled, tmp: Path, dest: Path) -> Compiled:
@@ -399,8 +427,14 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     return {
         "n": metrics["n"], "top1": metrics["top1"], "fp32_top1": metrics["fp32_top1"],
         "drop_pp": round(metrics["drop_pp"], 4), "agreement": metrics["agreement"],
-        "max_abs_diff": metrics["max_abs_diff"], **own, "estimated": estimated, "evaluated_with": evaluated_with,
+        "max_abs_diff": metrics["max_abs_diff"], **_drop_interval(metrics), **own, "estimated": estimated, "evaluated_with": evaluated_with,
     }
+
+
+def _drop_interval(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The drop's 95% interval where the task gives one: an optimize candidate's accuracy gate needs it."""
+    ci = metrics.get("drop_ci_pp")
+    return {"drop_ci_pp": [round(float(v), 4) for v in ci]} if ci is not None else {}
 
 
 def _versions(backend, accuracy: dict) -> dict[str, str]:

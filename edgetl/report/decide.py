@@ -108,6 +108,12 @@ def decisions(compiled: dict, bench: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def bundle_flag(key: str) -> str:
+    """The ``edgetl bundle`` option that packages the compiled artifact ``key`` (``<target>/<slot>``)."""
+    slot = key.split("/", 1)[1]
+    return "--optimized" if slot == "optimized" else f"--precision {slot}"
+
+
 def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]:
     """Commands that take the run one step further (``command``, ``why``), each valid as printed."""
     run = shlex.quote(run_path)
@@ -122,13 +128,13 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
     bundles = manifest.get("bundles") or {}
     for r in rows:
         target = shlex.quote(r["target"])
-        bundle = bundles.get(f"{r['target']}/{r.get('precision')}")  # keyed like the compiled artifact
+        bundle = bundles.get(r["artifact"])  # keyed like the compiled artifact
         if r["verdict"] == PASS and bundle:
             path = shlex.quote(f"{run_path}/{bundle['path']}")
             commands.append({"command": f"edgetl ship {path} ssh://user@device/opt/models",
                              "why": f"copy the {r['target']} bundle to the device, verify it there and switch to it"})
         elif r["verdict"] == PASS:
-            commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
+            commands.append({"command": f"edgetl bundle {run} --target {target} {bundle_flag(r['artifact'])}",
                              "why": f"package {r['artifact']} for the device"})
         elif r["verdict"] == UNDECIDED and bundle:
             path = shlex.quote(f"{run_path}/{bundle['path']}")
@@ -136,7 +142,7 @@ def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]
                              "why": f"decide {r['artifact']}'s accuracy on more labelled images than the validation "
                                     "split (one subfolder per label)"})
         elif r["verdict"] == UNDECIDED:
-            commands.append({"command": f"edgetl bundle {run} --target {target} --precision {r['precision']}",
+            commands.append({"command": f"edgetl bundle {run} --target {target} {bundle_flag(r['artifact'])}",
                              "why": f"package {r['artifact']}, then decide its accuracy on more labelled images "
                                     "with `edgetl val BUNDLE FOLDER`"})
         elif r["verdict"] == UNMEASURED:

@@ -19,6 +19,7 @@ import shlex
 from edgetl.bench.system import summary
 from edgetl.bench.table import BUSY_MARK, NUMERIC, bench_rows, columns, fmt_ms
 from edgetl.report.data import compile_rows, scalars
+from edgetl.report.decide import bundle_flag
 
 DECISION_COLUMNS = ("target", "ship", "verdict", "p90 ms", "vs PyTorch FP32", "top-1", "drop pp", "measured on",
                     "why")
@@ -65,6 +66,8 @@ def _decision_rows(decisions: list[dict]) -> list[dict]:
     for d in decisions:
         estimated = " (estimated)" if d.get("estimated") else ""
         artifact = f"{d['runtime']} {d['precision']}" if d.get("runtime") else d["artifact"]
+        if d["artifact"].endswith("/optimized"):
+            artifact += " (optimize's pick)"
         rows.append({
             "target": d["target"],
             "ship": f"nothing (closest: {artifact})" if d["verdict"] == "FAIL" else artifact,
@@ -118,8 +121,8 @@ def _bundle_hint(data: dict) -> str:
     if not ranked:
         return ""
     best = ranked[0]
-    return (f" `edgetl bundle {shlex.quote(data['path'])} --target {shlex.quote(best['target'])} --precision "
-            f"{best['precision']}` packages {best['artifact']} with its labels, preprocessing and golden outputs.")
+    return (f" `edgetl bundle {shlex.quote(data['path'])} --target {shlex.quote(best['target'])} "
+            f"{bundle_flag(best['artifact'])}` packages {best['artifact']} with its labels, preprocessing and golden outputs.")
 
 
 def _bundles(data: dict) -> list:
