@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +37,7 @@ from edgetl.bundle.format import (
 )
 from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
-from edgetl.errors import BundleError, EdgetlError
+from edgetl.errors import ArtifactError, BundleError, EdgetlError
 from edgetl.rundir import Record, RunDir, RunPath
 from edgetl.tasks.base import ASSETS
 from edgetl.tensors import batch_size
@@ -219,8 +220,37 @@ def up_to_date(run: RunDir, target: str, slot: str | None = None, *,
     return dest
 
 
-def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int) -> dict[str, Any]:
-    """Write the bundle's files into ``stage`` and return its manifest (also written there)."""
+def candidate_bundle(run: RunDir, entry: dict[str, Any], dest: Path, *, hashes: dict[str, str], name: str,
+                     sign: str | os.PathLike | None = None, release: int | None = None) -> Path:
+    """A bundle of an artifact the manifest does not list (a candidate of ``edgetl optimize``, timed on
+    a device): ``entry`` is CompiledEntry-shaped, its files are checked against ``hashes`` (run-relative
+    path -> sha256) instead of the manifest, and the run's manifest is left as it was. ``name``: the
+    bundle's name, so candidates go to their own folder on the device, never over its deployed bundle."""
+    private_key = signing.load_private_key(sign) if sign is not None else None
+
+    def verify(rel: str) -> Path:
+        if rel not in hashes:
+            return run.verify(rel)  # the exported ONNX a TensorRT bundle carries: recorded in the manifest
+        path = run.inside(rel)
+        if not path.is_file() or sha256_file(path) != hashes[rel]:
+            raise ArtifactError(f"{path} is missing or no longer matches the sha256 it was built with: optimize again")
+        return path
+
+    with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
+        stage = Path(tmp)
+        key = f"{entry['target']}/{_slot(entry)}"
+        _stage(run, key, entry, stage, int(time.time()) if release is None else release, verify=verify, name=name)
+        if private_key is not None:
+            (stage / SIGNATURE).write_bytes(signing.sign(private_key, (stage / MANIFEST).read_bytes()))
+        write_archive(stage, dest, name)
+    return dest
+
+
+def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int, *,
+           verify: Callable[[str], Path] | None = None, name: str | None = None) -> dict[str, Any]:
+    """Write the bundle's files into ``stage`` and return its manifest (also written there).
+    ``verify``: how a run-relative file is checked before it is read (default: against the manifest)."""
+    verify = verify or run.verify
     from edgetl.adapt.train import TrainRecord
     from edgetl.backends import get_backend
     from edgetl.export.onnx import ExportRecord
@@ -228,12 +258,13 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
     train = run.require(TrainRecord)
     runtime = entry["runtime"]
     backend = get_backend(runtime)
-    model_files, model_path = _copy_model(run, backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model")
-    golden, inputs, outputs = _write_golden(run, entry, stage / "golden")
+    model_files, model_path = _copy_model(backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model",
+                                          verify)
+    golden, inputs, outputs = _write_golden(run, entry, stage / "golden", verify)
     assets = _copy_assets(run, train.assets, stage / ASSETS)
     manifest = {
         "format": FORMAT,
-        "name": f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
+        "name": name or f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
         "task": train.task,
         "release": release,
         "run": run.path.name,
@@ -272,13 +303,13 @@ def _copy_assets(run: RunDir, assets: dict[str, str], out: Path) -> list[str]:
     return list(assets)
 
 
-def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple[list[str], str]:
+def _copy_model(carried: tuple[list[str], str], out: Path, verify: Callable[[str], Path]) -> tuple[list[str], str]:
     """Copy the run-relative ``carried`` files (the list, and the one to load) into ``out``."""
     files, main = carried
     base = Path(main).parent
     names = []
     for rel in files:
-        src = run.verify(rel)
+        src = verify(rel)
         name = Path(rel).relative_to(base).as_posix() if Path(rel).is_relative_to(base) else Path(rel).name
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out / name)
@@ -286,7 +317,8 @@ def _copy_model(run: RunDir, carried: tuple[list[str], str], out: Path) -> tuple
     return names, f"model/{Path(main).relative_to(base).as_posix()}"
 
 
-def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[dict[str, Any], list, list]:
+def _write_golden(run: RunDir, entry: dict[str, Any], out: Path,
+                  verify: Callable[[str], Path]) -> tuple[dict[str, Any], list, list]:
     """Golden feeds (the task picks them from the validation split) and the outputs the workstation got
     for them, one ``.npy`` per tensor: ``golden/in.<i>.npy``, ``golden/out.<i>.npy`` in the order of the
     model's tensors, so no file name ever comes from a tensor name. Also the model's tensor specs."""
@@ -296,7 +328,7 @@ def _write_golden(run: RunDir, entry: dict[str, Any], out: Path) -> tuple[dict[s
     if len(view.val_labels()) == 0:
         raise BundleError(f"{run.path} has no validation images: golden inputs cannot be chosen")
     feeds = view.task.golden_inputs(view, GOLDEN_SAMPLES)
-    expected, source, batch = _expected_outputs(run, entry, feeds)
+    expected, source, batch = _expected_outputs(run, entry, feeds, verify)
     inputs, outputs = _with_batch(view.inputs, batch), _with_batch(view.outputs, batch)
     out.mkdir(parents=True)
     files: dict[str, dict[str, str]] = {"inputs": {}, "expected": {}}
@@ -319,7 +351,7 @@ def _with_batch(specs, batch: int | None) -> list:
     return [dataclasses.replace(s, shape=(batch, *s.shape[1:])) if batch else s for s in specs]
 
 
-def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.ndarray]):
+def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.ndarray], verify: Callable[[str], Path]):
     """Outputs of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here;
     and the artifact's fixed batch size (None when dynamic)."""
     from edgetl.backends import ONNX_RUNNER, get_backend
@@ -327,7 +359,7 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.nd
 
     backend = get_backend(entry["runtime"])
     if backend.available() and backend.can_run_here():
-        path, kind = run.verify(entry["path"]), "same"
+        path, kind = verify(entry["path"]), "same"
         what = f"the artifact on {entry['runtime']} {backend.version()} (workstation CPU)"
         load = backend.load
     else:
@@ -335,7 +367,7 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.nd
         from edgetl.export.onnx import ExportRecord
 
         proxy = entry.get("estimate_with") or run.require(ExportRecord).path
-        path, kind = run.verify(proxy), "proxy"
+        path, kind = verify(proxy), "proxy"
         what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
         load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
     with load(path, threads=1) as session:

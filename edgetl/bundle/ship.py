@@ -205,9 +205,14 @@ class Remote:
                 "--install), or point --remote-edgetl at it (e.g. /home/pi/venv/bin/edgetl)"
             )
 
+    @property
+    def python(self) -> str:
+        """The python of the device's edgetl: its venv's, else python3."""
+        return str(PurePosixPath(self.edgetl).parent / "python") if "/" in self.edgetl else "python3"
+
     def pip_install(self, extra: str) -> None:
         """Install ``edgetl[<extra>]`` next to the device's edgetl (its venv), else for python3."""
-        python = str(PurePosixPath(self.edgetl).parent / "python") if "/" in self.edgetl else "python3"
+        python = self.python
         self.run([python, "-m", "pip", "install", "--quiet", f"edgetl[{extra}]"],
                  f'installing "edgetl[{extra}]" with {python}', timeout=1800)
 

@@ -88,3 +88,6 @@ class LocalTimer:
         measured = measure_isolated(loader, kwargs, {"inputs": self._inputs}, batches=(1,), threads=threads,
                                     **policy, **(extra or {}))
         return latency_summary(measured)
+
+
+from edgetl.optimize.remote import RemoteTimer  # noqa: E402,F401  (ship's module; the Timer for --remote)
