@@ -29,11 +29,12 @@ class Written:
 def _plots(data: dict, notes: list[str]) -> dict[str, list[tuple[str, str]]]:
     """Chart name (as in ``render.sections``) -> [(caption, inline svg)]."""
     validation = data.get("validation") or {}
-    if not (data["bench"] or data.get("history") or validation.get("confusion")):
+    if not (data["bench"] or data.get("history") or validation.get("confusion") or data.get("optimize")):
         return {}
     if not available("matplotlib"):
         notes.append("charts left out: matplotlib is not installed (pip install 'edgetl[report]')")
         return {}
+    from edgetl.report import optimize as p_opt
     from edgetl.report import plots as p
 
     charts: dict[str, list[tuple[str, str | None]]] = {}
@@ -44,6 +45,10 @@ def _plots(data: dict, notes: list[str]) -> dict[str, list[tuple[str, str]]]:
             ("Latency of every timed run: where most runs fall (box), the median (line) and the tail "
              "(whiskers, dots, p90 tick).", p.latency_distribution_svg(docs, device)),
         ]
+    for target, record in (data.get("optimize") or {}).items():
+        charts[f"optimize:{target}"] = [
+            ("Accuracy drop against latency of every point optimize timed: the star is the pick, the black line the "
+             "best trade-offs, the dashed line the drop budget; faded points miss a budget.", p_opt.pareto_svg(record))]
     if data.get("history"):
         phases = len({r.get("phase") for r in data["history"]})
         caption = "Loss and top-1 per epoch" + ("; the dashed line is where the next training phase starts (the "

@@ -17,9 +17,11 @@ from edgetl.compiler import CompiledEntry
 from edgetl.errors import EdgetlError
 from edgetl.export.onnx import ExportRecord
 from edgetl.report.decide import DEFAULT_PROFILE, FAIL, NO_BUDGETS, PASS, UNDECIDED, decisions, next_commands
+from edgetl.report.optimize import collect as optimize_records
 from edgetl.rundir import RunDir
 
-# 2: leads with "decisions", adds "bundles", "history", "validation" and "next".
+# 2: leads with "decisions", adds "bundles", "history", "validation" and "next"; "optimize" (target ->
+# OptimizeRecord, empty when the run has none) was added within 2: readers that ignore it are unaffected.
 SCHEMA = "edgetl.report/2"
 STAGES = {  # manifest section -> the command that creates it ({run}: the run directory)
     "train": "edgetl train --data IMAGES --out {run}",
@@ -92,6 +94,7 @@ def collect(run: RunDir) -> tuple[dict, list[str]]:
         "export": export.fields() if export else None,
         "compiled": compiled,
         "bench": bench,
+        "optimize": optimize_records(run, manifest, notes),  # target -> OptimizeRecord (edgetl/report/optimize.py)
     }
     return data, notes
 

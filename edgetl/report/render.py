@@ -18,6 +18,7 @@ import shlex
 
 from edgetl.bench.system import summary
 from edgetl.bench.table import BUSY_MARK, NUMERIC, bench_rows, columns, fmt_ms
+from edgetl.report import optimize
 from edgetl.report.data import compile_rows, scalars
 from edgetl.report.decide import bundle_flag
 
@@ -196,6 +197,8 @@ def _details(data: dict) -> list:
 
 def sections(data: dict, notes: list[str]) -> list[tuple[str, list]]:
     out = [(DECISION_TITLE, _decision(data, notes)), ("Bundles", _bundles(data))]
+    for target, record in (data.get("optimize") or {}).items():
+        out.append((f"Optimize: {target}", optimize.blocks(record)))
     for device in data["bench"]:
         out.append((f"Speed and accuracy on {device}", [("plot", f"bench:{device}")]))
     if data.get("history"):
