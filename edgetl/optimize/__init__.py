@@ -84,10 +84,9 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
     if reporter is None:
         reporter = _stderr_reporter() if progress else SilentReporter()
 
+    names, unserved = serving_runtimes(profile, wanted, _remote_usable if remote else _local_usable)
     with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
         timer = _timer(run, remote, access, Path(work))
-        usable = _remote_usable if remote else _local_usable
-        names, unserved = serving_runtimes(profile, wanted, usable)
         view = DataView(run)
         ctx = _Context(run, export_run(run, view=view), view)
         from edgetl.compiler import task_options
