@@ -369,7 +369,7 @@ def entry_for(run: RunDir, cell: Cell, compiled: Compiled, out_dir: Path, accura
     return CompiledEntry(
         target=cell.target, runtime=cell.runtime, precision=cell.precision,
         dir=run.rel(out_dir), path=run.rel(compiled.path), files=files,
-        estimate_with=run.rel(compiled.estimate_with) if accuracy["estimated"] else None,
+        estimate_with=run.rel(compiled.estimate_with) if accuracy["estimated"] and compiled.estimate_with else None,
         size_bytes=sum(f.stat().st_size for f in compiled.files), compile_s=round(compile_s, 3),
         options=_jsonable(compiled.options), versions=_versions(backend, accuracy),
         gpu_arch=compiled.options.get("gpu_arch"),

@@ -96,8 +96,8 @@ def main() -> None:
 
 
 # The commands register themselves on ``cli`` when their modules are imported.
-from edgetl.cli import bench, device, workstation  # noqa: E402
+from edgetl.cli import bench, device, optimize, workstation  # noqa: E402
 from edgetl.cli._options import model_options  # noqa: E402
 from edgetl.cli.workstation import deploy, train  # noqa: E402
 
-__all__ = ["bench", "cli", "console", "deploy", "device", "err_console", "main", "model_options", "train", "workstation"]
+__all__ = ["bench", "cli", "console", "deploy", "device", "optimize", "err_console", "main", "model_options", "train", "workstation"]

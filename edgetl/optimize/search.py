@@ -1,0 +1,375 @@
+"""The search: build every candidate and measure its accuracy (cached by fingerprint), time the
+points in successive-halving rounds, recover int8 when none meets the accuracy budget, pick.
+
+Order (docs/architecture.md, "Optimize"):
+1. build + accuracy of every candidate, cached under ``optimize/<target>/<id>/`` (``candidate.json``
+   holds the accuracy, the files' sha256s and the timings already taken);
+2. round 1: a short timing of every point (a candidate at a thread count), failing ones included so
+   the Pareto chart has them;
+3. recovery when no int8 point meets the accuracy budget: other calibration methods for the fastest
+   failing int8 candidates, then the keep-float fallback (``optimize.fallback``) where it is installed;
+4. successive halving (eta 3) over the points that meet the accuracy budget: keep the fastest third
+   (at least 2) after each round, each round longer; the last round uses the full timing policy;
+5. the pick: the lowest final p50 among the points that meet every budget of the profile.
+The time budget stops new builds and screening rounds; points already measured are finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgetl._io import sha256_file, write_json
+from edgetl.bench.gates import FAIL, PASS, UNDECIDED, evaluate_gates
+from edgetl.compiler import _Context, build_artifact, cell_fingerprint
+from edgetl.config import Budgets
+from edgetl.errors import EdgetlError
+from edgetl.optimize.record import PointResult
+from edgetl.optimize.space import Candidate
+from edgetl.stages import Reporter
+
+ETA = 3  # successive halving keeps the fastest third
+MIN_KEPT = 2
+SCREEN_S = (0.3, 1.0)  # screening rounds' timed seconds; the round after them is the final one
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+RECOVER_FROM = 2  # recovery starts from the fastest failing int8 candidates, this many
+
+
+@dataclasses.dataclass
+class Built:
+    """One candidate's artifact (built now or read from the cache) and what was measured of it."""
+
+    candidate: Candidate
+    fingerprint: str
+    folder: Path
+    data: dict[str, Any]  # candidate.json
+    error: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.fingerprint[:12]
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        """CompiledEntry-shaped: what a timer loads and a bundle carries."""
+        return {"runtime": self.candidate.runtime, "precision": self.candidate.variant.precision,
+                "path": self.data["path"], "files": list(self.data["files"]), "options": self.data.get("options", {}),
+                "variant": self.candidate.variant.label}
+
+
+@dataclasses.dataclass
+class Point:
+    built: Built
+    threads: int | None
+    timings: list[dict] = dataclasses.field(default_factory=list)  # one per round, in order
+    status: str = "measured"
+    why: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.built.id + (f"@{self.threads}t" if self.threads is not None else "")
+
+    @property
+    def latency(self) -> dict | None:
+        return self.timings[-1] if self.timings else None
+
+    @property
+    def p50(self) -> float:
+        return self.latency["p50_ms"] if self.latency else math.inf
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+def with_max_drop(budgets: Budgets, max_drop: float | None) -> Budgets:
+    """The profile's budgets with ``--max-drop`` as the accuracy-drop goal."""
+    if max_drop is None:
+        return budgets
+    data = budgets.model_dump()
+    data.get("goals", {}).pop("accuracy_drop_pp", None)
+    return Budgets.model_validate({**data, "max_accuracy_drop_pp": max_drop})
+
+
+def _passes(check: dict) -> bool:
+    """A check the point meets: PASS, or UNDECIDED with its point estimate within the budget."""
+    if check["status"] == PASS:
+        return True
+    if check["status"] == UNDECIDED and check.get("value") is not None:
+        return check["value"] <= check["budget"] if check["goal"] == "max" else check["value"] >= check["budget"]
+    return False
+
+
+def gates_of(budgets: Budgets, accuracy: dict | None, latency: dict | None) -> dict:
+    latency_rows = [{"batch": 1, **latency}] if latency else []
+    memory = {"session_peak_mb": latency["memory_mb"]} if latency and "memory_mb" in latency else {}
+    return evaluate_gates(budgets, {"accuracy": accuracy, "latency": latency_rows, "memory": memory})
+
+
+_LATER = ("p90_latency_ms", "memory_mb")  # goals the timing decides; the rest are decided by accuracy
+
+
+def accuracy_met(budgets: Budgets, accuracy: dict | None) -> tuple[bool, str | None]:
+    """(whether the accuracy goals hold on the point estimate, why not)."""
+    if accuracy is None:
+        return False, "no accuracy"
+    checks = [c for c in gates_of(budgets, accuracy, None)["checks"] if c["metric"] not in _LATER]
+    failed = [c["reason"] for c in checks if not _passes(c)]
+    return not failed, "; ".join(failed) or None
+
+
+def all_met(budgets: Budgets, accuracy: dict | None, latency: dict | None) -> tuple[dict, bool, str | None]:
+    gates = gates_of(budgets, accuracy, latency)
+    failed = [c["reason"] for c in gates["checks"] if not _passes(c)]
+    return gates, not failed, "; ".join(failed) or None
+
+
+# -- the search ------------------------------------------------------------------------------------
+class Search:
+    def __init__(self, ctx: _Context, target: str, profile_options: dict, root: Path, timer, budgets: Budgets,
+                 threads_axis: Callable[[Candidate], list[int | None]], *, force: bool, deadline: float,
+                 reporter: Reporter):
+        self.ctx, self.run, self.target, self.profile_options = ctx, ctx.run, target, profile_options
+        self.root, self.timer, self.budgets, self.threads_axis = root, timer, budgets, threads_axis
+        self.force, self.deadline, self.reporter = force, deadline, reporter
+        self.not_tried: list[str] = []
+        self.fallback: dict | None = None
+        self.rounds = 0
+
+    def spent(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    # -- building ------------------------------------------------------------------------------
+    def build_all(self, candidates: list[Candidate], what: str = "building") -> list[Built]:
+        self.reporter.start("build", total=len(candidates))
+        out = []
+        for cand in candidates:
+            if self.spent():
+                self.not_tried.append(f"{cand.label}: not built, the time budget was spent")
+                continue
+            self.reporter.step("build", f"{what} {cand.label}")
+            out.append(self.build(cand))
+            self.reporter.advance("build", f"{'failed' if out[-1].error else 'ready'} {cand.label} [{out[-1].id}]")
+        self.reporter.done("build", f"{len(out)} candidates")
+        return out
+
+    def build(self, cand: Candidate) -> Built:
+        cell = cand.cell(self.target, self.profile_options)
+        try:
+            fingerprint = cell_fingerprint(self.ctx, cell)
+        except EdgetlError as exc:
+            return Built(cand, "0" * 12, self.root, {}, error=str(exc))
+        folder = self.root / fingerprint[:12]
+        cached = None if self.force else self._cached(folder, fingerprint)
+        if cached is not None:
+            return Built(cand, fingerprint, folder, cached)
+        try:
+            compiled, accuracy, compile_s = build_artifact(self.ctx, cell, folder / "artifact", self.reporter)
+        except Exception as exc:  # one candidate that cannot be built (a runtime's refusal or crash) fails its row
+            message = str(exc) if isinstance(exc, EdgetlError) else f"{type(exc).__name__}: {exc}"
+            return Built(cand, fingerprint, folder, {}, error=message.splitlines()[0][:300] if message else "failed")
+        data = {"fingerprint": fingerprint, "runtime": cand.runtime, "precision": cand.variant.precision,
+                "variant": cand.variant.label, "path": self.run.rel(compiled.path),
+                "files": {self.run.rel(f): sha256_file(f) for f in compiled.files},
+                "size_bytes": sum(f.stat().st_size for f in compiled.files), "compile_s": round(compile_s, 3),
+                "options": _jsonable(compiled.options), "accuracy": accuracy, "timings": {}}
+        write_json(folder / "candidate.json", data)
+        return Built(cand, fingerprint, folder, data)
+
+    def _cached(self, folder: Path, fingerprint: str) -> dict | None:
+        """candidate.json when it is this candidate's and every file still has its sha256; else None
+        (a corrupt, edited or half-written cache is rebuilt, never trusted)."""
+        import json
+
+        try:
+            data = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+            ok = (isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("files"), dict)
+                  and isinstance(data.get("accuracy"), dict) and isinstance(data.get("timings"), dict)
+                  and data["path"] in data["files"]
+                  and all(sha256_file(self.run.inside(f)) == sha for f, sha in data["files"].items()))
+        except (OSError, ValueError, KeyError, TypeError, EdgetlError):
+            return None
+        return data if ok else None
+
+    # -- timing --------------------------------------------------------------------------------
+    def time_round(self, points: list[Point], final: bool) -> None:
+        self.rounds += 1
+        stage = f"round {self.rounds}" + (" (final)" if final else "")
+        duration = None if final else SCREEN_S[min(self.rounds - 1, len(SCREEN_S) - 1)]
+        self.reporter.start(stage, total=len(points))
+        for p in points:
+            self.reporter.step(stage, f"timing {p.built.candidate.label} at {p.threads or '-'} threads")
+            try:
+                p.timings.append({**self._timed(p, duration, final), "round": self.rounds, "final": final})
+            except Exception as exc:  # a runtime that crashes while timing fails this point only
+                p.status, p.why = "failed", f"timing failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            self.reporter.advance(stage, f"{p.built.candidate.label} @{p.threads or '-'}t: "
+                                  + (f"p50 {p.p50:.3f} ms" if p.status != "failed" else "failed"))
+        self.reporter.done(stage, f"{len(points)} points timed")
+
+    def _timed(self, p: Point, duration: float | None, final: bool) -> dict:
+        key = f"{self.timer.where}|{p.threads}t|r{self.rounds}{'f' if final else ''}"
+        cached = p.built.data["timings"].get(key)
+        if cached is not None and not self.force:
+            return cached
+        measured = self.timer.time(self.run, p.built.folder, p.built.entry, p.threads, duration, final)
+        p.built.data["timings"][key] = measured
+        write_json(p.built.folder / "candidate.json", p.built.data)
+        return measured
+
+    # -- the steps ----------------------------------------------------------------------------
+    def points_of(self, builts: list[Built]) -> list[Point]:
+        return [Point(b, t) for b in builts for t in self.threads_axis(b.candidate)]
+
+    def meets_accuracy(self, p: Point) -> bool:
+        return not p.built.error and accuracy_met(self.budgets, p.built.data.get("accuracy"))[0]
+
+    def screen(self, points: list[Point]) -> None:
+        self.time_round([p for p in points if not p.built.error], final=False)
+
+    def halve(self, points: list[Point]) -> list[Point]:
+        """Successive halving over the points that meet the accuracy budget; returns the finalists
+        (timed under the full policy)."""
+        alive = sorted((p for p in points if self.meets_accuracy(p) and p.status != "failed"), key=lambda p: p.p50)
+        while alive:
+            if len(alive) > MIN_KEPT:
+                keep = max(MIN_KEPT, math.ceil(len(alive) / ETA))
+                best = alive[0].p50
+                for p in alive[keep:]:
+                    p.status = "pruned"
+                    p.why = (f"pruned after round {self.rounds}: p50 {p.p50:.3f} ms, {p.p50 / best:.2f}x the fastest "
+                             f"({best:.3f} ms)")
+                alive = alive[:keep]
+            final = len(alive) <= MIN_KEPT or self.spent() or self.rounds >= len(SCREEN_S)
+            self.time_round(alive, final=final)
+            alive = sorted((p for p in alive if p.status != "failed"), key=lambda p: p.p50)
+            if final:
+                return alive
+        return []
+
+    def recover(self, points: list[Point], builts: list[Built]) -> list[Point]:
+        """New points from other calibration methods, then the keep-float fallback, when no int8
+        point meets the accuracy budget (the fastest failing int8 candidates first)."""
+        int8 = [p for p in points if p.built.candidate.variant.precision == "int8" and not p.built.error and p.latency]
+        if not int8 or any(self.meets_accuracy(p) for p in int8):
+            return []
+        failing = []
+        for p in sorted(int8, key=lambda p: p.p50):
+            if p.built.candidate not in [b.candidate for b in failing]:
+                failing.append(p.built)
+        failing = failing[:RECOVER_FROM]
+        tried = {b.fingerprint for b in builts}
+        retries = [b.candidate.with_recipe({"method": m}, m) for b in failing for m in CALIBRATION_METHODS
+                   if m != b.candidate.recipe.method]
+        self.reporter.warn(f"no int8 candidate meets the accuracy budget: trying {len(retries)} other calibrations")
+        new = [b for b in self.build_all(retries, "recovering: building") if b.fingerprint not in tried]
+        fresh = self.points_of(new)
+        self.screen(fresh)
+        if not any(self.meets_accuracy(p) for p in fresh):
+            fresh += self._fallback(failing[0])
+        return fresh
+
+    def _fallback(self, built: Built) -> list[Point]:
+        try:
+            from edgetl.optimize import fallback
+        except ImportError:  # the keep-float fallback is an optional module of this package
+            self.not_tried.append("keep-float fallback: not available in this edgetl")
+            return []
+        if self.spent():
+            self.not_tried.append("keep-float fallback: the time budget was spent")
+            return []
+        from edgetl.tensors import take
+
+        cand, view = built.candidate, self.ctx.view
+        budget_pp = self.budgets.max_accuracy_drop_pp
+        if budget_pp is None:
+            self.not_tried.append("keep-float fallback: the profile sets no accuracy-drop budget")
+            return []
+        self.reporter.step("build", f"recovering: ranking the layers of {cand.label}")
+        n = min(64, len(view.val_labels()))
+        ranked = fallback.rank_layers(self.ctx.onnx_path, self.ctx.calibration(cand.recipe, self.reporter.warn),
+                                      cand.recipe, take(view.val_feeds(), slice(0, n)),
+                                      take(view.reference(), slice(0, n)), self.root / "fallback")
+        builds: dict[tuple[str, ...], Built] = {}
+
+        def measure_drop(kept: tuple[str, ...]) -> float:
+            builds[kept] = self.build(cand.keeping_float(kept))
+            if builds[kept].error:
+                raise EdgetlError(builds[kept].error)
+            return builds[kept].data["accuracy"]["drop_pp"]
+
+        recovery = fallback.recover(ranked, measure_drop, budget_pp, max_layers=len(ranked), should_stop=self.spent)
+        self.fallback = {"from": built.id, "ranked": [[s.node, s.op_type, s.score] for s in ranked],
+                         "kept": list(recovery.kept), "drop_pp": recovery.drop_pp, "met": recovery.met,
+                         "tried": [list(t) for t in recovery.tried]}
+        if not recovery.met or tuple(recovery.kept) not in builds:
+            return []
+        recovered = self.points_of([builds[tuple(recovery.kept)]])
+        self.screen(recovered)
+        return recovered
+
+
+def pareto(points: list[Point]) -> set[str]:
+    """Ids of the points no other point beats on both drop and p50."""
+    rows = [(p.id, p.built.data["accuracy"]["drop_pp"], p.p50) for p in points
+            if p.latency and not p.built.error and p.status != "failed"]
+    return {i for i, d, t in rows
+            if not any((d2 <= d and t2 <= t) and (d2 < d or t2 < t) for _, d2, t2 in rows)}
+
+
+def results(points: list[Point], budgets: Budgets) -> tuple[list[PointResult], str | None]:
+    """The table rows, each with its gates and why it lost; the pick's id (None when nothing meets
+    every budget)."""
+    finalists = [p for p in points if p.latency and p.latency.get("final") and p.status == "measured"]
+    judged = {p.id: all_met(budgets, p.built.data["accuracy"], p.latency) for p in finalists}
+    meeting = sorted((p for p in finalists if judged[p.id][1]), key=lambda p: p.p50)
+    pick = meeting[0] if meeting else None
+    front = pareto(points)
+    rows = []
+    for p in points:
+        data, cand = p.built.data, p.built.candidate
+        accuracy = data.get("accuracy")
+        gates, meets, why_not = judged.get(p.id) or all_met(budgets, accuracy, p.latency)
+        status, why = p.status, p.why
+        if p.built.error:
+            status, why = "failed", f"build failed: {p.built.error}"
+        elif p is pick:
+            status, why = "picked", None
+        elif status == "measured" and not accuracy_met(budgets, accuracy)[0]:
+            why = accuracy_met(budgets, accuracy)[1]
+        elif status == "measured" and p.id in judged and not meets:
+            why = why_not
+        elif status == "measured" and pick is not None and p.id in judged:
+            why = f"{p.p50 / pick.p50:.2f}x slower than the pick (p50 {p.p50:.3f} vs {pick.p50:.3f} ms)"
+        rows.append(PointResult(
+            id=p.id, artifact=p.built.id, runtime=cand.runtime, precision=cand.variant.precision,
+            variant=cand.variant.label, keep_float=list(cand.keep_float), threads=p.threads,
+            recipe=cand.recipe_label, status=status, error=p.built.error, size_bytes=data.get("size_bytes"),
+            compile_s=data.get("compile_s"), accuracy=accuracy, latency=p.latency,
+            gates=gates if p.latency else None, meets=bool(p.latency and meets and status in ("picked", "measured")),
+            pareto=p.id in front, why=why))
+    return rows, pick.id if pick else None
+
+
+def _jsonable(value: Any) -> Any:
+    from edgetl.compiler import _jsonable as jsonable
+
+    return jsonable(value)
+
+
+def copy_files(built: Built, run, dest_tmp: Path) -> tuple[Path, list[Path]]:
+    """The candidate's files copied under ``dest_tmp`` (same layout); (the loaded file, every file)."""
+    src_root = built.folder / "artifact"
+    files = []
+    for rel in built.data["files"]:
+        src = run.path / rel
+        target = dest_tmp / src.relative_to(src_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+        files.append(target)
+    return dest_tmp / (run.path / built.data["path"]).relative_to(src_root), files
+
+
+__all__ = ["FAIL", "Built", "Point", "Search", "pareto", "results", "with_max_drop"]

@@ -1,0 +1,36 @@
+"""One real search on the tiny run (ONNX Runtime's variants at 1 thread), shared by the module's
+tests: they copy it, with its candidate cache, before changing anything."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from edgetl.rundir import RunDir
+
+# every ONNX Runtime variant meets a 50 pp budget on 12 validation images: three points reach the
+# latency rounds, so successive halving prunes one
+SEARCH = {"runtimes": "onnxruntime", "threads": 1, "max_drop_pp": 50.0, "progress": False}
+
+
+@pytest.fixture(scope="session")
+def searched(tiny_run, tmp_path_factory):
+    """(the run, the ``OptimizeResult``) of one search on a copy of ``tiny_run``. Read-only."""
+    from edgetl.optimize import optimize
+
+    dest = tmp_path_factory.mktemp("optimized") / "run"
+    shutil.copytree(tiny_run.path, dest)
+    return RunDir.open(dest), optimize(dest, "host-cpu", **SEARCH)
+
+
+@pytest.fixture
+def copy_searched(searched, tmp_path):
+    """A private, writable copy of the searched run (record, pick and candidate cache included)."""
+
+    def make(name: str = "run") -> RunDir:
+        dest = tmp_path / name
+        shutil.copytree(searched[0].path, dest)
+        return RunDir.open(dest)
+
+    return make

@@ -1,0 +1,117 @@
+"""The search's decisions, checked on the numbers it measured (never on wall-clock thresholds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgetl.compiler import CompiledEntry
+from edgetl.optimize import optimize
+from edgetl.optimize.record import OptimizeRecord
+from edgetl.stages import SilentReporter
+from tests.optimize.conftest import SEARCH
+
+
+def _round_p50(run, row, round_no: int) -> float:
+    """A point's p50 in one round, from its candidate cache."""
+    data = json.loads((run.path / "optimize" / "host-cpu" / row.artifact / "candidate.json").read_text())
+    return next(t["p50_ms"] for k, t in data["timings"].items() if k.endswith(f"|{row.threads}t|r{round_no}")
+                or k.endswith(f"|{row.threads}t|r{round_no}f"))
+
+
+def test_the_pick_is_the_fastest_point_that_meets_every_budget(searched):
+    run, result = searched
+    record = run.entries(OptimizeRecord)["host-cpu"]
+    assert record.pick == result.record.pick is not None
+    finalists = [r for r in record.points if r.latency and r.latency["final"]]
+    meeting = [r for r in finalists if r.meets]
+    pick = record.point(record.pick)
+    assert pick.status == "picked" and pick in meeting
+    assert pick.latency["p50_ms"] == min(r.latency["p50_ms"] for r in meeting)
+    assert pick.gates["status"] != "FAIL" and pick.accuracy["drop_pp"] <= 50
+    assert all(r.why for r in record.points if r.status != "picked")  # every runner-up says why it lost
+    assert {r.runtime for r in record.points} == {"onnxruntime"} and {r.threads for r in record.points} == {1}
+    assert record.reference["threads"] == 1 and record.reference["p50_ms"] > 0  # PyTorch eager, same threads
+
+
+def test_successive_halving_drops_the_slowest_third_after_round_1(searched):
+    run, _ = searched
+    record = run.entries(OptimizeRecord)["host-cpu"]
+    pruned = [r for r in record.points if r.status == "pruned"]
+    kept = [r for r in record.points if r.latency and r.latency["final"]]
+    assert len(kept) == 2 and len(pruned) == 1  # 3 points meet the budget: keep max(2, ceil(3 / 3))
+    assert pruned[0].latency["round"] == 1 and "pruned after round 1" in pruned[0].why
+    assert _round_p50(run, pruned[0], 1) >= max(_round_p50(run, r, 1) for r in kept)
+
+
+def test_the_pick_is_promoted_to_an_ordinary_compiled_entry(searched):
+    run, _ = searched
+    record = run.entries(OptimizeRecord)["host-cpu"]
+    pick = record.point(record.pick)
+    entry = run.entries(CompiledEntry)["host-cpu/optimized"]
+    assert (entry.slot, entry.threads, entry.runtime, entry.precision) == ("optimized", 1, pick.runtime, pick.precision)
+    assert entry.fingerprint.startswith(pick.artifact) and entry.dir == "compiled/host-cpu/optimized"
+    for f in entry.files:
+        run.verify(f)  # hashed in the manifest's artifacts like any compiled file
+
+
+def _mtimes(run) -> dict[str, int]:
+    root = run.path / "optimize" / "host-cpu"
+    return {str(f.relative_to(root)): f.stat().st_mtime_ns for f in root.glob("*/artifact/**/*") if f.is_file()}
+
+
+def test_a_rerun_is_served_from_the_cache_a_corrupt_candidate_is_rebuilt_and_force_rebuilds(copy_searched):
+    run = copy_searched()
+    before = _mtimes(run)
+    pick = run.entries(OptimizeRecord)["host-cpu"].pick
+    assert optimize(run.path, "host-cpu", **SEARCH).record.pick == pick
+    assert _mtimes(run) == before  # nothing rebuilt
+
+    model = next(f for f in (run.path / "optimize" / "host-cpu").glob("*/artifact/*.onnx"))
+    model.write_bytes(model.read_bytes() + b"tampered")
+    optimize(run.path, "host-cpu", **SEARCH)
+    after = _mtimes(run)
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed and all(k.startswith(model.parent.parent.name + "/") for k in changed)  # that candidate only
+    assert not model.read_bytes().endswith(b"tampered")
+
+    optimize(run.path, "host-cpu", **SEARCH, force=True)
+    forced = _mtimes(run)
+    assert all(forced[k] != after[k] for k in after)
+
+
+class _Interrupt(SilentReporter):
+    """Ctrl-C as soon as the search reaches ``when`` (a progress message's start)."""
+
+    def __init__(self, when: str):
+        self.when = when
+
+    def step(self, stage: str, message: str) -> None:
+        if message.startswith(self.when):
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("when, force", [("timing", False), ("host-cpu/int8: accuracy", True)])
+def test_an_interrupted_search_keeps_the_earlier_record_and_pick(copy_searched, when, force):
+    run = copy_searched()
+    manifest = run.manifest
+    with pytest.raises(KeyboardInterrupt):
+        optimize(run.path, "host-cpu", **{**SEARCH, "progress": True}, force=force, reporter=_Interrupt(when))
+    assert run.manifest == manifest
+    leftovers = [p.name for d in (run.path / "compiled", run.path / "optimize" / "host-cpu") for p in d.rglob(".*")]
+    assert leftovers == []
+    assert optimize(run.path, "host-cpu", **SEARCH).record.pick == manifest["optimize"]["host-cpu"]["pick"]
+
+
+def test_no_int8_point_within_the_budget_tries_other_calibrations(copy_searched):
+    run = copy_searched()
+    # the tiny model's int8 loses more than 0 pp on 12 images where fp32 loses none
+    int8 = next(r for r in run.entries(OptimizeRecord)["host-cpu"].points if r.precision == "int8")
+    if int8.accuracy["drop_pp"] <= 0:
+        pytest.skip("int8 lost nothing on this machine: nothing to recover")
+    record = optimize(run.path, "host-cpu", **{**SEARCH, "max_drop_pp": 0.0}).record
+    retried = {r.recipe for r in record.points if r.precision == "int8"}
+    assert {"percentile", "percentile+method=minmax", "percentile+method=entropy"} <= retried
+    if record.fallback is None:
+        assert any("keep-float fallback" in n for n in record.not_tried)
