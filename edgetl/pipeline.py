@@ -1,5 +1,11 @@
 """``edgetl deploy``: train -> compile -> bench -> bundle -> report, in one command.
 
+With ``optimize`` (``--optimize``) an optimize stage follows compile: ``edgetl optimize`` per target
+profile, and the bench, bundle and gate table use each target's pick (``<target>/optimized``, its
+runtime, variant and threads) instead of the profile's default artifact; a target where nothing met
+the budgets keeps its default, with the reason in its row. The stage is current when every target
+has a search recorded for the artifacts compile left unchanged.
+
 ``deploy`` is a loop over stages (``edgetl.stages``: fingerprint, is-current, run, a result that
 decides pass/fail) with one skip rule: a stage whose recorded output is current is not run. Training
 is current when the data, backbone, weights and hyper-parameters hash the same; compiling when every
@@ -28,7 +34,7 @@ from edgetl.adapt.select import AUTO, check_auto, strictest_target
 from edgetl.adapt.train import TrainRecord
 from edgetl.bench.settings import DEFAULTS as BENCH
 from edgetl.bench.settings import BenchSettings
-from edgetl.compiler import CompiledEntry
+from edgetl.compiler import OPTIMIZED, CompiledEntry, compiled_key
 from edgetl.config import load_toml, name_list, validation_message
 from edgetl.data.layout import resolve_layout
 from edgetl.errors import CompileError, ConfigError, DataError, EdgetlError
@@ -55,6 +61,8 @@ class DeployConfig(TrainInputs):
     batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: list(BENCH.batches), min_length=1)
     iterations: int = Field(BENCH.iterations, ge=1)
     bundle: bool = True
+    optimize: bool = False  # search each target's fastest artifact (edgetl optimize) and ship the pick
+    optimize_budget: float | str = Field(600.0, description="time for each target's search: seconds or 90s, 10m")
     sign: str | None = None  # Ed25519 private key that signs every bundle (edgetl keys new)
     check: bool = False
 
@@ -149,6 +157,13 @@ def check_config(config: DeployConfig) -> None:
     for name in config.targets:
         if name not in runtimes():
             validate_budgets(load_target(name).budgets, f"target profile {name!r}")
+        elif config.optimize:
+            raise ConfigError(f"--optimize searches a device profile's budgets: {name!r} is a runtime name; give a "
+                              "profile (`edgetl targets`)")
+    if config.optimize:
+        from edgetl.optimize import parse_budget
+
+        parse_budget(config.optimize_budget)
 
 
 def _check_image_inputs(config: DeployConfig) -> None:
@@ -184,7 +199,8 @@ def deploy(config: DeployConfig, console=None, *, reporter: Reporter | None = No
     if reporter is None:
         console = console or Console()
     state = _State(config, console)  # training's bars and summary go to ``console`` (None: not shown)
-    stages: list[Stage] = [_Train(state), _Compile(state), _Bench(state), *([_Bundle(state)] if config.bundle else []),
+    stages: list[Stage] = [_Train(state), _Compile(state), *([_Optimize(state)] if config.optimize else []),
+                           _Bench(state), *([_Bundle(state)] if config.bundle else []),
                            _Report(state)]  # the report last, so it lists the bundles just made
     reporter = reporter or RichReporter(console, [s.name for s in stages])
     done = {}
@@ -212,6 +228,8 @@ class _State:
         self.rows: list[dict] = []  # compile rows, one per cell
         self.gates: list[dict] = []  # gate_rows, after the bench
         self.bundles: dict[str, Path] = {}
+        self.compiled_now = False  # the compile stage ran (its artifacts, and so optimize's inputs, may have changed)
+        self.no_pick: dict[str, str] = {}  # target -> why optimize promoted nothing
 
 
 @dataclasses.dataclass
@@ -302,9 +320,98 @@ class _Compile:
                              reporter=reporter)
         reporter.table(summary_table(rows))
         self.state.rows = rows
+        self.state.compiled_now = True
         failed = [r["cell"] for r in rows if r.get("status") == "failed"]
         return _Done(f"{len(rows) - len(failed)} of {len(rows)} artifact(s) ready"
                      + (f"; failed: {', '.join(failed)}" if failed else ""))
+
+
+class _Optimize:
+    """``edgetl optimize`` per target; each pick replaces its target's default artifact in the rows
+    that bench, bundle and the gate table read."""
+
+    name = "optimize"
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def _targets(self) -> list[str]:
+        from edgetl.config import load_target
+
+        return list(dict.fromkeys(load_target(t).name for t in self.state.config.targets))
+
+    def _records(self) -> dict:
+        from edgetl.optimize.record import OptimizeRecord
+
+        return self.state.run.entries(OptimizeRecord)
+
+    def fingerprint(self) -> str:
+        records = self._records()
+        return sha256_json({t: records[t].fingerprint if t in records else None for t in self._targets()})
+
+    def is_current(self) -> bool:
+        """A search recorded for every target, on this machine, with the profile's budgets and the
+        deploy's threads, whose pick is still in place; and compile rebuilt nothing since."""
+        if self.state.compiled_now:
+            return False
+        records = self._records()
+        return all(t in records and self._still_valid(records[t]) for t in self._targets())
+
+    def _still_valid(self, record) -> bool:
+        from edgetl.config import load_target
+
+        threads = self.state.config.threads
+        if record.remote is not None or record.budgets != load_target(record.target).budgets.model_dump():
+            return False
+        if threads is not None and record.settings.get("threads") != [threads]:
+            return False
+        if record.pick is None:
+            return True
+        try:
+            for rel in self.state.run.compiled_entry(f"{record.target}/{OPTIMIZED}").files:
+                self.state.run.verify(rel)
+        except EdgetlError:
+            return False
+        return True
+
+    def recorded(self) -> _Done:
+        records = self._records()
+        self._use_picks({t: records[t] for t in self._targets()})
+        return _Done(self._note(records) + " (searches unchanged)")
+
+    def run(self, reporter: Reporter) -> _Done:
+        from edgetl.optimize import optimize
+
+        config, records = self.state.config, {}
+        for target in self._targets():
+            result = optimize(self.state.run.path, target, budget_s=config.optimize_budget, threads=config.threads,
+                              reporter=reporter, progress=False)
+            records[target] = result.record
+        self._use_picks(records)
+        return _Done(self._note(records))
+
+    def _use_picks(self, records: dict) -> None:
+        """Each target with a pick is benched, bundled and gated as its pick alone."""
+        picked = {t for t, r in records.items() if r.pick is not None}
+        self.state.no_pick = {t: _no_pick_reason(r) for t, r in records.items() if r.pick is None}
+        rows = [r for r in self.state.rows if r["target"] not in picked]
+        for target in sorted(picked):
+            entry = self.state.run.compiled_entry(f"{target}/{OPTIMIZED}")
+            rows.append({"cell": compiled_key(entry), "target": target, "runtime": entry.runtime,
+                         "precision": entry.precision, "slot": OPTIMIZED, "variant": entry.variant,
+                         "threads": entry.threads, "status": "ok"})
+        self.state.rows = rows
+
+    @staticmethod
+    def _note(records: dict) -> str:
+        picks = [f"{t}: {r.point(r.pick).runtime} {r.point(r.pick).variant}" for t, r in records.items() if r.pick]
+        none = [t for t, r in records.items() if r.pick is None]
+        return "; ".join(picks + [f"{t}: nothing met the budgets, its default artifact stays" for t in none])
+
+
+def _no_pick_reason(record) -> str:
+    return (f"optimize found no point meeting every budget of {record.target} "
+            f"({len(record.points)} tried): the profile's default artifact is used")
 
 
 class _Bench:
@@ -331,6 +438,9 @@ class _Bench:
         from edgetl.bench.system import device_slug
 
         self.state.gates = gate_rows(self.state.run, self.state.rows, device_slug())
+        for g in self.state.gates:  # optimize promoted nothing for this target: its default is used, say why
+            if g["target"] in self.state.no_pick:
+                g["detail"] = "; ".join(filter(None, [g["detail"], self.state.no_pick[g["target"]]]))
 
     def recorded(self) -> _Done:
         self._gates()
@@ -346,11 +456,16 @@ class _Bench:
         # Artifacts that cannot run here (a TensorRT engine without a GPU) keep their row in the table:
         # "n/a here", with the accuracy estimated at compile time.
         elsewhere = [k for k in keys if k not in stale and not _runs_here(run, k)]
-        results = bench(run.path, stale + elsewhere, settings=self.settings, reporter=reporter)
-        reporter.table(lambda width: rich_table(results.rows, f"bench on {results.device}", width=width))
+        measured, device = [], device_slug()
+        for threads, group in _by_threads(run, stale + elsewhere).items():
+            settings = self.settings if threads is None else self.settings.with_threads(threads)
+            results = bench(run.path, group, settings=settings, reporter=reporter)
+            reporter.table(lambda width, results=results: rich_table(results.rows, f"bench on {results.device}",
+                                                                     width=width))
+            measured += [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
+            device = results.device
         self._gates()
-        measured = [r for r in results.rows if r.get("status") == "ok" and not r.get("reference")]
-        return _Done(f"{len(measured)} artifact(s) measured on {results.device}")
+        return _Done(f"{len(measured)} artifact(s) measured on {device}")
 
 
 class _Bundle:
@@ -376,7 +491,7 @@ class _Bundle:
         made = {}
         for g in self._wanted():
             try:
-                made[g["key"]] = up_to_date(self.state.run, g["target"], g["precision"], sign=self.state.config.sign)
+                made[g["key"]] = up_to_date(self.state.run, g["target"], g["slot"], sign=self.state.config.sign)
             except EdgetlError:
                 return None
             if made[g["key"]] is None:
@@ -400,12 +515,13 @@ class _Bundle:
 
         run, sign = self.state.run, self.state.config.sign
         for row in self._failed():
+            flag = "--optimized" if row["slot"] == OPTIMIZED else f"--precision {row['precision']}"
             reporter.warn(f"bundle {row['key']}: skipped, it FAILED its budget ({row['detail']}); to bundle it "
-                          f"anyway: edgetl bundle {run.path} --target {row['target']} --precision {row['precision']}")
+                          f"anyway: edgetl bundle {run.path} --target {row['target']} {flag}")
         for row in self._wanted():
             try:
-                self.state.bundles[row["key"]] = up_to_date(run, row["target"], row["precision"], sign=sign) or \
-                    create_bundle(run.path, row["target"], row["precision"], sign=sign)
+                self.state.bundles[row["key"]] = up_to_date(run, row["target"], row["slot"], sign=sign) or \
+                    create_bundle(run.path, row["target"], row["slot"], sign=sign)
             except EdgetlError as exc:
                 reporter.warn(f"bundle {row['key']}: {exc}")
         return _Done(f"{len(self.state.bundles)} bundle(s)")
@@ -433,6 +549,16 @@ class _Report:
         return _Done(", ".join(str(p) for p in written.files))
 
 
+def _by_threads(run: RunDir, keys: list[str]) -> dict[int | None, list[str]]:
+    """Keys grouped by the threads they are benched at: optimize's pick at the threads it was picked
+    at (with PyTorch at the same threads, so its speed-up compares), the rest at the bench's (None)."""
+    groups: dict[int | None, list[str]] = {}
+    for key in keys:
+        entry = run.compiled_entry(key)
+        groups.setdefault(entry.threads if entry.slot else None, []).append(key)
+    return groups
+
+
 def _artifact_files(run: RunDir, entry: CompiledEntry) -> dict[str, str | None]:
     artifacts = run.manifest.get("artifacts", {})
     return {f: artifacts.get(f) for f in entry.files or [entry.path]}
@@ -454,9 +580,10 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
         if not _runs_here(run, key):
             continue  # e.g. a TensorRT engine without a GPU: bench it on the device (edgetl bench BUNDLE)
         try:
-            doc = BenchDocument.read(result_path(run, key, device))
-            same = doc.artifact["files"] == _artifact_files(run, run.compiled_entry(key)) and \
-                (doc.settings or {}).get("batches") == batches
+            doc, entry = BenchDocument.read(result_path(run, key, device)), run.compiled_entry(key)
+            same = doc.artifact["files"] == _artifact_files(run, entry) and \
+                (doc.settings or {}).get("batches") == batches and \
+                (not entry.slot or (doc.settings or {}).get("threads") == entry.threads)  # a pick: at its threads
         except (EdgetlError, KeyError):
             same = False
         if not same:
@@ -477,7 +604,8 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
     results = recorded.results if recorded else {}
     out = []
     for r in rows:
-        row = {"key": r["cell"], "target": r["target"], "precision": r["precision"]}
+        row = {"key": r["cell"], "target": r["target"], "precision": r["precision"],
+               "slot": r.get("slot") or r["precision"], "runs": _runs_as(r)}
         bench = results.get(r["cell"]) or BenchSummary()
         if r.get("status") == "failed":
             out.append({**row, "gate": NOT_BUILT, "detail": r.get("error", "")})
@@ -490,9 +618,16 @@ def gate_rows(run: RunDir, rows: list[dict], device: str) -> list[dict]:
             out.append({**row, "gate": NOT_BENCHED, "detail": bench.reason or ""})
         else:
             detail = bench.reason or (f"bench its bundle on the device: "
-                                      f"edgetl bench {run.path}/bundles/{r['target']}-{r['precision']}.tar.gz")
+                                      f"edgetl bench {run.path}/bundles/{r['target']}-{row['slot']}.tar.gz")
             out.append({**row, "gate": NOT_HERE, "detail": detail + _estimate_over_budget(run, r)})
     return out
+
+
+def _runs_as(row: dict) -> str | None:
+    """How optimize's pick runs (``openvino int8 qdq @2t``); None for the profile's own artifacts."""
+    if not row.get("slot"):
+        return None
+    return f"{row['runtime']} {row.get('variant') or row['precision']}" + (f" @{row['threads']}t" if row.get("threads") else "")
 
 
 def _estimate_over_budget(run: RunDir, row: dict) -> str:
@@ -553,7 +688,8 @@ class DeployResult(StageResult):
         for g in self.gates:
             text = "no budgets" if g["gate"] == NA else g["gate"]
             bundle = str(self.bundles[g["key"]]) if g["key"] in self.bundles else "-"
-            table.add_row(g["key"], f"[{colour.get(g['gate'], 'yellow')}]{escape(text)}[/]", escape(g["detail"]), bundle)
+            artifact = g["key"] + (f" ({g['runs']})" if g.get("runs") else "")
+            table.add_row(escape(artifact), f"[{colour.get(g['gate'], 'yellow')}]{escape(text)}[/]", escape(g["detail"]), bundle)
         reporter.table(table)
         failed, broken = self.failed_gates(), self.errors()
         where = f"report: {self.run.path / 'report.html'} (also report.md, report.json)"

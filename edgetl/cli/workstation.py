@@ -459,11 +459,15 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
               help=f"Bench batch sizes, e.g. 1,8 (default {','.join(map(str, BENCH.batches))}).")
 @click.option("--iterations", type=int, help=f"Bench iterations per measurement (default {BENCH.iterations}).")
 @click.option("--no-bundle", is_flag=True, help="Make no bundles (train, compile, bench and report only).")
+@click.option("--optimize", is_flag=True, help="After compile, search each target's fastest artifact that meets "
+              "its budgets (`edgetl optimize`) and bench, bundle and gate that pick instead of the profile's default.")
+@click.option("--optimize-budget", metavar="TIME", help="Time for each target's search with --optimize: seconds or "
+              "90s, 10m, 1h (default 10m).")
 @click.option("--sign", type=click.Path(path_type=str), metavar="KEY",
               help="Sign every bundle with this Ed25519 private key (`edgetl keys new`).")
 @click.option("--check", is_flag=True, help="Exit 1 when a budget of a target profile fails (for CI).")
 def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, threads, batches, iterations,
-           no_bundle, sign, check, **params):
+           no_bundle, optimize, optimize_budget, sign, check, **params):
     """Train, compile, bench, bundle and report in one command.
 
     Every option (targets, precisions, recipes, batches, [train] fields, the data path) is
@@ -475,7 +479,8 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
     failing budget), no budgets (a bare runtime), or not measured here (e.g. TensorRT
     without a GPU: bench its bundle on the device). An artifact that FAILED a budget is
     not bundled (`edgetl bundle RUN --target T --precision P` still makes it). Bundles are
-    runs/<name>/bundles/<target>-<precision>.tar.gz.
+    runs/<name>/bundles/<target>-<precision>.tar.gz; with --optimize, each target's pick
+    is benched at its own threads and bundled as <target>-optimized.tar.gz instead.
     Exit codes: 0 done, 1 a budget failed (with --check), 2 a user error or an artifact
     that could not be built or benched.
 
@@ -486,6 +491,7 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
       edgetl deploy --task audio-classification --data ./keywords --targets host-cpu,jetson-orin-nano --out runs/kws
       edgetl deploy --config deploy.toml --targets host-cpu,raspberry-pi-5
       edgetl deploy --data ./images --targets raspberry-pi-5 --check     # CI: exit 1 on a failed budget
+      edgetl deploy --data ./images --targets host-cpu --optimize --optimize-budget 5m
       edgetl deploy --data ./images --targets raspberry-pi-5 --sign ~/.config/edgetl/keys/release.key
     """
     from edgetl.pipeline import deploy as run_deploy
@@ -496,7 +502,8 @@ def deploy(config_file, data, out, targets, precisions, calibration, gpu_arch, t
         "data": data, "out": out, "targets": _names(targets), "precisions": _names(precisions),
         "calibration": calibration, "gpu_arch": gpu_arch, "threads": threads, "iterations": iterations,
         "batches": _int_list("--batch", batches) if batches else None,
-        "bundle": False if no_bundle else None, "sign": sign, "check": True if check else None,
+        "bundle": False if no_bundle else None, "optimize": True if optimize else None,
+        "optimize_budget": optimize_budget, "sign": sign, "check": True if check else None,
         **run_level, "train": options,
     }
     if config_file is None and data is None:
