@@ -73,6 +73,7 @@ def cli():
       train     adapt a pretrained backbone to your images
       compile   export to ONNX, calibrate, quantize and build per runtime
       bench     latency percentiles + accuracy vs FP32, budgets as gates
+      optimize  measure runtimes x variants x threads, pick the fastest in budget
       report    Markdown / HTML / JSON report of a run
       bundle    self-checking package for a device; ship copies it over SSH
       deploy    all of the above in one command
