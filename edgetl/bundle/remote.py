@@ -61,6 +61,7 @@ class Access:
     install: bool = False
     connect_timeout: int = 10
     allow_rollback: bool = False
+    sign: str | None = None  # Ed25519 private key for bundles made to be timed there (optimize --remote)
 
 
 def default_target(run: RunDir) -> str:

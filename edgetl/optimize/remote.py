@@ -1,7 +1,7 @@
 """``RemoteTimer``: time optimize's candidates on the device itself, over SSH.
 
-Each candidate is packed as a bundle (``bundle.create.candidate_bundle``: unsigned unless a key is
-given; the device's trusted keys and ``--allow-unsigned`` apply as for any bundle), shipped with
+Each candidate is packed as a bundle (``bundle.create.candidate_bundle``: unsigned unless
+``Access.sign`` names a key; the device's trusted keys and ``--allow-unsigned`` apply as for any bundle), shipped with
 ``ship`` into a folder of its own on the device (``<run>-optimize``, never the deployed bundle's
 folder), and timed there with ``edgetl bench BUNDLE --json --threads T`` (``--duration S`` or
 ``--iterations``). The device's answer is parsed with the hardened ``DeviceResult`` model, then held
@@ -37,11 +37,10 @@ class RemoteTimer:
     """The device at ``url``: every candidate bundled here, shipped, and timed there."""
 
     def __init__(self, run: RunDir, url: str, access: Access | None = None, work_dir: Path | None = None, *,
-                 sign: str | None = None, device_name: str | None = None):
+                 device_name: str | None = None):
         from edgetl.bench.system import device_slug
 
         self.run, self.url, self.access = run, SshUrl.parse(url), access or Access()
-        self.sign = sign
         self.where = str(self.url)
         self.device = device_slug(device_name or self.url.host.strip("[]"))
         self.work_dir = Path(work_dir) if work_dir is not None else run.path / "optimize" / ".remote"
@@ -92,7 +91,7 @@ class RemoteTimer:
         entry = {**entry, "target": entry.get("target") or candidate_dir.parent.name, "slot": OPTIMIZED}
         dest.parent.mkdir(parents=True, exist_ok=True)
         return candidate_bundle(run, entry, dest, hashes=_hashes(run, candidate_dir, entry), name=self.name,
-                                sign=self.sign)
+                                sign=self.access.sign)
 
 
 def _hashes(run: RunDir, candidate_dir: Path, entry: dict) -> dict[str, str]:
