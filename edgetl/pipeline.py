@@ -163,7 +163,11 @@ def check_config(config: DeployConfig) -> None:
     if config.optimize:
         from edgetl.optimize import parse_budget
 
-        parse_budget(config.optimize_budget)
+        try:
+            parse_budget(config.optimize_budget)
+        except ConfigError:
+            raise ConfigError(f"--optimize-budget {config.optimize_budget!r}: give seconds or a duration like 90s, "
+                              "10m or 1h, more than 0") from None
 
 
 def _check_image_inputs(config: DeployConfig) -> None:

@@ -22,7 +22,7 @@ PROFILE = ('runtime = "onnxruntime"\nprecision = "int8"\nthreads = 1\ndevice = "
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--targets", "onnxruntime"], "--optimize searches a device profile's budgets: 'onnxruntime' is a runtime name"),
-    (["--targets", "host-cpu", "--optimize-budget", "soon"], "--budget 'soon': give seconds or a duration"),
+    (["--targets", "host-cpu", "--optimize-budget", "soon"], "--optimize-budget 'soon': give seconds or a duration"),
 ])
 def test_deploy_optimize_checks_its_options_before_any_work(digits_dir, tmp_path, args, message):
     out = tmp_path / "run"

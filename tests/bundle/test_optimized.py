@@ -89,3 +89,21 @@ def test_local_bench_of_the_pick(optimized_run, tmp_path):
     assert (run.path / "bench" / "host-cpu" / "optimized@here.json").is_file()
     summary = run.manifest["bench"]["here"]["results"]["host-cpu/optimized"]
     assert summary["runtime"] == "openvino" and summary["status"] == "ok"
+
+
+def test_remote_bench_of_the_pick_is_stored_under_its_key(sshd, optimized_run, tmp_path, monkeypatch):
+    """`edgetl bench RUN --remote URL --target host-cpu/optimized`: the device benches the pick at its
+    threads, the workstation stores it as bench/host-cpu/optimized@<device>.json."""
+    import sys
+    from pathlib import Path
+
+    from edgetl.bundle.remote import Access, BenchSettings, remote_bench
+
+    monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
+    run = _copy(optimized_run, tmp_path)
+    edgetl = str(Path(sys.executable).with_name("edgetl"))
+    doc = remote_bench(run.path, sshd.url(str(tmp_path / "device")), "host-cpu", precision="optimized",
+                       device_name="loop-pi", settings=BenchSettings(iterations=5), access=Access(sshd.options, edgetl))
+    assert doc["key"] == "host-cpu/optimized" and doc["settings"]["threads"] == 1
+    assert doc["file"] == "bench/host-cpu/optimized@loop-pi.json" and (run.path / doc["file"]).is_file()
+    assert run.manifest["bench"]["loop-pi"]["results"]["host-cpu/optimized"]["runtime"] == "openvino"

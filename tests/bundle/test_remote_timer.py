@@ -131,3 +131,31 @@ def test_a_device_core_count_that_is_no_number_is_refused(sshd, run, tmp_path):
     timer = RemoteTimer(run, sshd.url(str(tmp_path / "device")), Access(sshd.options, str(fake / "edgetl")))
     with pytest.raises(RemoteError, match="answered 'many' for its core count"):
         timer.cores()
+
+
+def test_a_device_that_trusts_keys_times_only_signed_candidates(sshd, run, tmp_path, monkeypatch):
+    """The device's trusted keys apply to candidates as to any bundle: unsigned is refused there (one
+    line, nothing timed), signed with Access.sign is timed."""
+    from edgetl.bundle import signing
+
+    monkeypatch.delenv("EDGETL_ALLOW_UNSIGNED", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    private, public = signing.new_key_pair(tmp_path / "keys", "release")
+    trusted = tmp_path / "device-trusts"
+    trusted.mkdir()
+    shutil.copyfile(public, trusted / "release.pub")
+    device_edgetl = tmp_path / "device-bin" / "edgetl"  # the device's edgetl, with its own trusted keys
+    device_edgetl.parent.mkdir()
+    device_edgetl.write_text(f'#!/bin/sh\nEDGETL_TRUSTED_KEYS={trusted} exec {EDGETL} "$@"\n')
+    device_edgetl.chmod(0o755)
+    folder, entry = candidate(run)
+    url = sshd.url(str(tmp_path / "device"))
+
+    unsigned = RemoteTimer(run, url, Access(sshd.options, str(device_edgetl)), tmp_path / "work-unsigned")
+    with pytest.raises(RemoteError, match="not signed and this machine trusts signed bundles only") as caught:
+        unsigned.time(run, folder, entry, 1, None, final=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "device" / "tiny-optimize" / "current").exists()
+
+    signed = RemoteTimer(run, url, Access(sshd.options, str(device_edgetl), sign=str(private)), tmp_path / "work-signed")
+    assert signed.time(run, folder, entry, 1, None, final=False)["p50_ms"] > 0
