@@ -46,7 +46,7 @@ def test_deploy_optimize_benches_gates_and_bundles_the_pick(digits_dir, tmp_path
     assert record["pick"] and pick["threads"] == 1 and pick["slot"] == "optimized"
     # the pick replaced the default: benched at its threads, bundled, and its row in the gate table
     device = next(iter(manifest["bench"]))
-    assert set(manifest["bench"][device]["results"]) == {"tiny-cpu/optimized"}
+    assert set(manifest["bench"][device]["results"]) == {"pytorch-eager/fp32", "tiny-cpu/optimized"}
     doc = json.loads((out / "bench" / "tiny-cpu" / f"optimized@{device}.json").read_text())
     assert doc["settings"]["threads"] == 1 and doc["artifact"]["runtime"] == pick["runtime"]
     assert set(manifest["bundles"]) == {"tiny-cpu/optimized"}
