@@ -22,7 +22,8 @@ from edgetl.cli._options import (
 @cli.command("bench")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--target", "--targets", "-t", "targets", multiple=True, callback=_joined,
-              help="Comma-separated targets: profile or runtime names, or target/precision keys; repeatable "
+              help="Comma-separated targets: profile or runtime names, or target/precision keys "
+              "(target/optimized: the pick of `edgetl optimize`); repeatable "
               "(-t a -t b). Default: every compiled artifact.")
 @click.option("--batch", "batches", default=",".join(map(str, BENCH.batches)), show_default=True,
               help="Comma-separated batch sizes, e.g. 1,8. Latency budgets are on batch 1.")
@@ -72,8 +73,8 @@ def bench_cmd(run, targets, batches, threads, iterations, duration, device, chec
     that cannot run here (TensorRT without a GPU) is listed as "n/a here".
 
     \b
-    Writes runs/<name>/bench/<target>/<precision>@<device>.json (its "schema" names the
-    version) and a summary in the manifest; `edgetl report` turns them into tables and plots.
+    Writes runs/<name>/bench/<target>/<precision>@<device>.json (its "schema" names
+    the version; optimize's pick: <target>/optimized@<device>.json) and a summary in the manifest; `edgetl report` turns them into tables and plots.
     Exit codes: 0 done (UNDECIDED budgets are printed, not failed), 1 a budget failed
     (with --check), 2 a user error or an artifact that could not be benched (its row
     says why).

@@ -428,7 +428,9 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
     from edgetl.rundir import RunDir
 
     if optimized and precision:
-        raise click.UsageError("--optimized packages optimize's pick, whatever its precision: leave out --precision")
+        from edgetl.errors import ConfigError
+
+        raise ConfigError("--optimized packages optimize's pick, whatever its precision: leave out --precision")
     slot = OPTIMIZED if optimized else precision
     with console.status(f"bundling {target}: golden outputs, hashes"):
         path = create_bundle(run, target, slot, sign=sign_key, release=release)
@@ -436,7 +438,8 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
     key, entry = choose_compiled(opened, target, slot)
     made = opened.entries(BundleRecord)[key]
     signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
-    picked = f" {entry['variant']}, {entry['threads']} threads" if entry.get("variant") and entry.get("threads") else ""
+    picked = "".join([f" {entry['variant']}" if entry.get("variant") else "",
+                      f", {entry['threads']} threads" if entry.get("threads") else ""]) if entry.get("slot") else ""
     console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}{picked}, {made.size_bytes / 1e6:.2f} MB, "
                   f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)

@@ -107,3 +107,13 @@ def test_remote_bench_of_the_pick_is_stored_under_its_key(sshd, optimized_run, t
     assert doc["key"] == "host-cpu/optimized" and doc["settings"]["threads"] == 1
     assert doc["file"] == "bench/host-cpu/optimized@loop-pi.json" and (run.path / doc["file"]).is_file()
     assert run.manifest["bench"]["loop-pi"]["results"]["host-cpu/optimized"]["runtime"] == "openvino"
+
+
+def test_cli_bundle_optimized_with_a_precision_is_one_line(optimized_run, tmp_path):
+    run = _copy(optimized_run, tmp_path)
+    result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "host-cpu", "--optimized",
+                                      "--precision", "int8"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --optimized packages optimize's pick, whatever its precision: leave out --precision"]
+    assert not (run.path / "bundles").exists()
