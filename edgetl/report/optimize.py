@@ -5,6 +5,8 @@ runner-up's reason, and what the keep-float fallback kept (``manifest["optimize"
 
 from __future__ import annotations
 
+import math
+
 from edgetl.bench.table import fmt_ms
 from edgetl.errors import EdgetlError
 from edgetl.rundir import RunDir
@@ -89,11 +91,16 @@ def _fallback(record: dict) -> str | None:
     if not fb:
         return None
     kept = fb.get("kept") or []
-    tried = ", ".join(f"{k} float: {drop:+.2f} pp" for k, drop in fb.get("tried") or [])
+    tried = ", ".join(f"{k} float: " + (f"{drop:+.2f} pp" if _finite(drop) else "no result")
+                      for k, drop in fb.get("tried") or [])
     return (f"Keep-float fallback from {fb.get('from')}: kept {len(kept)} layer(s) float"
             + (f" ({', '.join(kept[:8])}{' …' if len(kept) > 8 else ''})" if kept else "")
             + ("; met the accuracy budget" if fb.get("met") else "; the budget still did not hold")
             + (f". Tried: {tried}." if tried else "."))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def blocks(record: dict) -> list:

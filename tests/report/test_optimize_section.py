@@ -110,3 +110,12 @@ def test_the_pick_is_bundled_with_optimized():
     bundles = {"host-cpu/optimized": {"path": "bundles/host-cpu-optimized.tar.gz"}}
     commands = next_commands("runs/x", {"compiled": {"host-cpu/optimized": {}}, "bundles": bundles}, rows)
     assert commands[0]["command"] == "edgetl ship runs/x/bundles/host-cpu-optimized.tar.gz ssh://user@device/opt/models"
+
+
+def test_a_fallback_try_without_a_result_says_so():
+    from edgetl.report.optimize import blocks
+
+    fallback = {"from": "dddddddddddd", "kept": [], "tried": [[1, None], [2, 1.4]], "met": False}
+    texts = [b[1] for b in blocks({**RECORD, "fallback": fallback}) if b[0] == "text"]
+    assert "Keep-float fallback from dddddddddddd: kept 0 layer(s) float; the budget still did not hold. Tried: " \
+           "1 float: no result, 2 float: +1.40 pp." in texts
