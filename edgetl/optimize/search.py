@@ -198,23 +198,24 @@ class Search:
         return data if ok else None
 
     # -- timing --------------------------------------------------------------------------------
-    def time_round(self, points: list[Point], final: bool) -> None:
-        self.rounds += 1
-        stage = f"round {self.rounds}" + (" (final)" if final else "")
-        duration = None if final else SCREEN_S[min(self.rounds - 1, len(SCREEN_S) - 1)]
+    def time_round(self, points: list[Point], round_no: int, final: bool) -> None:
+        """Time ``points`` in round ``round_no`` (1: the short screening every point gets)."""
+        self.rounds = max(self.rounds, round_no)
+        stage = f"round {round_no}" + (" (final)" if final else "")
+        duration = None if final else SCREEN_S[min(round_no - 1, len(SCREEN_S) - 1)]
         self.reporter.start(stage, total=len(points))
         for p in points:
             self.reporter.step(stage, f"timing {p.built.candidate.label} at {p.threads or '-'} threads")
             try:
-                p.timings.append({**self._timed(p, duration, final), "round": self.rounds, "final": final})
+                p.timings.append({**self._timed(p, round_no, duration, final), "round": round_no, "final": final})
             except Exception as exc:  # a runtime that crashes while timing fails this point only
                 p.status, p.why = "failed", f"timing failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
             self.reporter.advance(stage, f"{p.built.candidate.label} @{p.threads or '-'}t: "
                                   + (f"p50 {p.p50:.3f} ms" if p.status != "failed" else "failed"))
         self.reporter.done(stage, f"{len(points)} points timed")
 
-    def _timed(self, p: Point, duration: float | None, final: bool) -> dict:
-        key = f"{self.timer.where}|{p.threads}t|r{self.rounds}{'f' if final else ''}"
+    def _timed(self, p: Point, round_no: int, duration: float | None, final: bool) -> dict:
+        key = f"{self.timer.where}|{p.threads}t|r{round_no}{'f' if final else ''}"
         cached = p.built.data["timings"].get(key)
         if cached is not None and not self.force:
             return cached
@@ -236,23 +237,25 @@ class Search:
         return bool(self.usable([p])) and accuracy_met(self.budgets, p.built.data.get("accuracy"))[0]
 
     def screen(self, points: list[Point]) -> None:
-        self.time_round(self.usable(points), final=False)
+        self.time_round(self.usable(points), 1, final=False)
 
     def halve(self, points: list[Point]) -> list[Point]:
         """Successive halving over the points that meet the accuracy budget; returns the finalists
         (timed under the full policy)."""
         alive = sorted((p for p in points if self.meets_accuracy(p) and p.status != "failed"), key=lambda p: p.p50)
+        round_no = 1
         while alive:
             if len(alive) > MIN_KEPT:
                 keep = max(MIN_KEPT, math.ceil(len(alive) / ETA))
                 best = alive[0].p50
                 for p in alive[keep:]:
                     p.status = "pruned"
-                    p.why = (f"pruned after round {self.rounds}: p50 {p.p50:.3f} ms, {p.p50 / best:.2f}x the fastest "
+                    p.why = (f"pruned after round {round_no}: p50 {p.p50:.3f} ms, {p.p50 / best:.2f}x the fastest "
                              f"({best:.3f} ms)")
                 alive = alive[:keep]
-            final = len(alive) <= MIN_KEPT or self.spent() or self.rounds >= len(SCREEN_S)
-            self.time_round(alive, final=final)
+            round_no += 1
+            final = len(alive) <= MIN_KEPT or self.spent() or round_no > len(SCREEN_S)
+            self.time_round(alive, round_no, final=final)
             alive = sorted((p for p in alive if p.status != "failed"), key=lambda p: p.p50)
             if final:
                 return alive
