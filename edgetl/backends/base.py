@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -200,6 +201,9 @@ class SessionBase:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     where = "the model"  # how the feed check names the artifact: its file name
+    # what the session chose at load that the artifact did not say, e.g. a precision hint this CPU
+    # lacks ("inference_precision_fallback"); read-only here, a session sets its own dict
+    info: Mapping[str, str] = MappingProxyType({})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds, self.where)
