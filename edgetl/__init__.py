@@ -9,6 +9,7 @@ docstrings: ``help(edgetl.deploy)``), loaded on first access so that ``import ed
     edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
     edgetl.compile("runs/flowers", ["host-cpu"])
     edgetl.run_bench("runs/flowers")
+    edgetl.find_fastest("runs/flowers", "host-cpu").pick   # edgetl optimize: the fastest within budgets
     edgetl.make_report("runs/flowers")
     edgetl.deploy("images", targets=["host-cpu"], out="runs/flowers")   # all of the above
 
@@ -21,7 +22,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute). ``edgetl.bench`` and ``edgetl.report`` are subpackages (importing one
+# name -> (module, attribute). ``edgetl.bench``, ``edgetl.optimize`` and ``edgetl.report`` are subpackages (importing one
 # binds that attribute), so their stage functions get verb names that cannot clash.
 _API = {
     "select": ("edgetl.adapt.select", "select"),
@@ -29,6 +30,7 @@ _API = {
     "TrainOptions": ("edgetl.adapt.options", "TrainOptions"),
     "compile": ("edgetl.compiler", "compile"),
     "run_bench": ("edgetl.bench.run", "bench"),
+    "find_fastest": ("edgetl.optimize", "optimize"),
     "make_report": ("edgetl.report", "make_report"),
     "deploy": ("edgetl.pipeline", "deploy_with"),
 }

@@ -193,6 +193,10 @@ def quantize_qdq(
                 )
         except (ValueError, RuntimeError) as exc:
             raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
+        if recipe.keep_float_nodes:
+            quantized = onnx.load(str(onnx_out))
+            float_inputs(quantized, set(recipe.keep_float_nodes), model)
+            onnx.save(quantized, str(onnx_out))
     return {
         "format": "QDQ",
         "method": recipe.method,
@@ -210,6 +214,91 @@ def quantize_qdq(
            if keep_float_prefixes else {}),
         "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
     }
+
+
+def float_inputs(model, names: set[str], prepared) -> None:
+    """Nodes ``names`` of a QDQ ``model`` read their activations in float: an input that is
+    DequantizeLinear(QuantizeLinear(x)) becomes x; an output quantized only on its way out of the
+    graph is left float; Q/DQ nodes nothing reads any more go. ``prepared``: the model the QDQ model
+    was quantized from.
+
+    ONNX Runtime's ``nodes_to_exclude`` keeps a node's weights float but not its inputs where the
+    node that produces them is quantized (its output gets a Q/DQ pair): a node kept float would still
+    compute on int8-rounded activations, unlike OpenVINO's ignored scope and TensorRT's input-only
+    Q/DQ, and keeping it float would recover little."""
+    producer = {out: n for n in model.graph.node for out in n.output}
+    restored: dict[str, list] = {}  # node name -> activations to put back in front of it
+    for node in [n for n in model.graph.node if n.name in names]:
+        for i, tensor in enumerate(node.input):
+            dq = producer.get(tensor)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                folded = _folded_activation(model, prepared, q.input[0])
+                node.input[i] = folded.output[0] if folded else q.input[0]
+                restored.setdefault(node.name, []).extend([folded] if folded else [])
+        for i, tensor in enumerate(node.output):
+            pair = _requantized_output(model, tensor)
+            if pair:
+                node.output[i] = pair[1].output[0]
+                for qdq in pair:
+                    model.graph.node.remove(qdq)
+    if restored:
+        nodes = [m for n in model.graph.node for m in (*restored.get(n.name, ()), n)]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    _drop_unread_qdq(model)
+
+
+def _folded_activation(model, prepared, tensor: str):
+    """ONNX Runtime drops a Relu or Clip that follows a quantized op and lets the uint8 range of the
+    op's output clip instead; read before its quantization, ``tensor`` misses that activation. The
+    prepared model's node, to compute it again from ``tensor`` (None where nothing was dropped)."""
+    present = {n.name for n in model.graph.node}
+    folded = next((n for n in prepared.graph.node if tensor in n.output and n.name not in present), None)
+    if folded is None:
+        return None
+    onnx = require("onnx")
+    node = onnx.NodeProto()
+    node.CopyFrom(folded)
+    node.name = f"{folded.name}/float"
+    node.input[0] = tensor
+    node.output[:] = [f"{tensor}/float"]
+    have = {t.name for t in model.graph.initializer}
+    for constant in prepared.graph.initializer:  # Clip's min and max
+        if constant.name in node.input[1:] and constant.name not in have:
+            model.graph.initializer.append(constant)
+    return node
+
+
+def _requantized_output(model, tensor: str) -> tuple | None:
+    """The (Q, DQ) pair through which ``tensor`` reaches a graph output when nothing else reads it."""
+    readers = [n for n in model.graph.node if tensor in n.input]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        return None
+    dq_out = [n for n in model.graph.node if readers[0].output[0] in n.input]
+    if len(dq_out) != 1 or dq_out[0].op_type != "DequantizeLinear":
+        return None
+    out = dq_out[0].output[0]
+    read_after = any(out in n.input for n in model.graph.node)
+    return (readers[0], dq_out[0]) if not read_after and out in {o.name for o in model.graph.output} else None
+
+
+def _drop_unread_qdq(model) -> None:
+    """Q/DQ nodes whose outputs nothing reads, and the scales and zero points only they read."""
+    outputs = {o.name for o in model.graph.output}
+    params: set[str] = set()
+    while True:
+        read = {t for n in model.graph.node for t in n.input} | outputs
+        unread = [n for n in model.graph.node
+                  if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not read.intersection(n.output)]
+        if not unread:
+            break
+        for n in unread:
+            params.update(n.input[1:])
+            model.graph.node.remove(n)
+    read = {t for n in model.graph.node for t in n.input}
+    for tensor in [t for t in model.graph.initializer if t.name in params and t.name not in read]:
+        model.graph.initializer.remove(tensor)
 
 
 def _prepared(onnx_in: Path, dest: Path, quant_pre_process) -> Path:
@@ -306,3 +395,12 @@ def quantize_dynamic_int8(onnx_in: Path, onnx_out: Path, *, reduce_range: bool, 
         **({"keep_float_prefixes": list(keep_float_prefixes), "kept_float_nodes": len(kept_float)}
            if keep_float_prefixes else {}),
     }
+
+
+def prepare(onnx_in: Path, dest: Path) -> Path:
+    """The model exactly as ``quantize_qdq`` hands it to the quantizer (``_prepared``): its node names
+    and float weights are the ones a QDQ model built from ``onnx_in`` refers to."""
+    require("onnxruntime.quantization", "int8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    return _prepared(onnx_in, dest, quant_pre_process)

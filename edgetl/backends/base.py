@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -44,7 +45,7 @@ class Variant:
     label: str  # short, unique within the backend: "int8 s8s8 per-tensor", "fp32 bf16-hint"
     # merged OVER the profile's options into compile()'s `options` (JSON values only; they enter the fingerprint)
     options: Mapping[str, Any] = field(default_factory=dict)
-    # CalibrationRecipe field overrides for int8, e.g. {"symmetric_activations": True}; {} = the profile's recipe
+    # CalibrationRecipe field overrides for int8, e.g. {"symmetric_activations": True}; {} = the profile's recipe as is
     recipe: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -54,7 +55,7 @@ class SearchDevice:
 
     device: str  # the profile's `device`: "cpu" | "gpu" | "npu"
     cpu: TargetCpu  # the device's CPU (edgetl._cpu.target_cpu(profile options))
-    hint: Mapping[str, Any]  # the task's int8 hint for this runtime (Task.quantization), {} for none
+    hint: Mapping[str, Any]  # the task's int8 hint for this runtime (Task.quantization(record, runtime, "int8")), {} for none
     options: Mapping[str, Any]  # the profile's runtime options
 
 
@@ -146,7 +147,8 @@ class Backend(Protocol):
         """Everything besides the model, precision and recipe that changes what ``compile`` builds."""
 
     def variants(self, device: SearchDevice) -> list[Variant]:
-        """What ``edgetl optimize`` builds and measures of this runtime for ``device`` (threads aside)."""
+        """The candidates ``edgetl optimize`` builds and measures on ``device``: only those that can win
+        there (threads are not a variant: the search adds them)."""
 
 
 class BackendBase:
@@ -199,6 +201,9 @@ class SessionBase:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     where = "the model"  # how the feed check names the artifact: its file name
+    # what the session chose at load that the artifact did not say, e.g. a precision hint this CPU
+    # lacks ("inference_precision_fallback"); read-only here, a session sets its own dict
+    info: Mapping[str, str] = MappingProxyType({})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds, self.where)

@@ -104,7 +104,8 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
         points += search.recover(points, builts)
         search.halve(points)
         rows, pick = s.results(points, budgets)
-        reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads}), force, reporter)
+        reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads and p.latency}), force,
+                               reporter)
 
     record = OptimizeRecord(
         target=profile.name, device=timer.where, remote=remote, budgets=budgets.model_dump(), pick=pick,
@@ -168,7 +169,7 @@ def _threads_axis(threads: int | None, timer) -> list[int]:
 
 def _reference(timer, run: RunDir, root: Path, threads: list[int], force: bool, reporter: Reporter) -> dict[int, dict]:
     """PyTorch eager at each thread count, timed once per device and checkpoint (cached in reference.json)."""
-    if not hasattr(timer, "reference"):
+    if not threads or not hasattr(timer, "reference"):
         return {}
     from edgetl.adapt.train import TrainRecord
 

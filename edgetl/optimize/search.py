@@ -47,8 +47,9 @@ class Built:
     candidate: Candidate
     fingerprint: str
     folder: Path
-    data: dict[str, Any]  # candidate.json
+    data: dict[str, Any]  # candidate.json ({} when it was not built)
     error: str | None = None
+    skipped: bool = False  # not in the cache, and the time budget was spent before it could be built
 
     @property
     def id(self) -> str:
@@ -146,16 +147,17 @@ class Search:
         self.reporter.start("build", total=len(candidates))
         out = []
         for cand in candidates:
-            if self.spent():
-                self.not_tried.append(f"{cand.label}: not built, the time budget was spent")
-                continue
             self.reporter.step("build", f"{what} {cand.label}")
-            out.append(self.build(cand))
-            self.reporter.advance("build", f"{'failed' if out[-1].error else 'ready'} {cand.label} [{out[-1].id}]")
+            out.append(self.build(cand, new=not self.spent()))  # once the budget is spent, the cache only
+            state = "failed" if out[-1].error else "skipped" if out[-1].skipped else "ready"
+            if out[-1].skipped:
+                self.not_tried.append(f"{cand.label}: not built, the time budget was spent")
+            self.reporter.advance("build", f"{state} {cand.label} [{out[-1].id}]")
         self.reporter.done("build", f"{len(out)} candidates")
         return out
 
-    def build(self, cand: Candidate) -> Built:
+    def build(self, cand: Candidate, new: bool = True) -> Built:
+        """The candidate from its cache, else built now (``new``) or marked skipped."""
         cell = cand.cell(self.target, self.profile_options)
         try:
             fingerprint = cell_fingerprint(self.ctx, cell)
@@ -165,6 +167,8 @@ class Search:
         cached = None if self.force else self._cached(folder, fingerprint)
         if cached is not None:
             return Built(cand, fingerprint, folder, cached)
+        if not new:
+            return Built(cand, fingerprint, folder, {}, skipped=True)
         try:
             compiled, accuracy, compile_s = build_artifact(self.ctx, cell, folder / "artifact", self.reporter)
         except Exception as exc:  # one candidate that cannot be built (a runtime's refusal or crash) fails its row
@@ -194,23 +198,24 @@ class Search:
         return data if ok else None
 
     # -- timing --------------------------------------------------------------------------------
-    def time_round(self, points: list[Point], final: bool) -> None:
-        self.rounds += 1
-        stage = f"round {self.rounds}" + (" (final)" if final else "")
-        duration = None if final else SCREEN_S[min(self.rounds - 1, len(SCREEN_S) - 1)]
+    def time_round(self, points: list[Point], round_no: int, final: bool) -> None:
+        """Time ``points`` in round ``round_no`` (1: the short screening every point gets)."""
+        self.rounds = max(self.rounds, round_no)
+        stage = f"round {round_no}" + (" (final)" if final else "")
+        duration = None if final else SCREEN_S[min(round_no - 1, len(SCREEN_S) - 1)]
         self.reporter.start(stage, total=len(points))
         for p in points:
             self.reporter.step(stage, f"timing {p.built.candidate.label} at {p.threads or '-'} threads")
             try:
-                p.timings.append({**self._timed(p, duration, final), "round": self.rounds, "final": final})
+                p.timings.append({**self._timed(p, round_no, duration, final), "round": round_no, "final": final})
             except Exception as exc:  # a runtime that crashes while timing fails this point only
                 p.status, p.why = "failed", f"timing failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
             self.reporter.advance(stage, f"{p.built.candidate.label} @{p.threads or '-'}t: "
                                   + (f"p50 {p.p50:.3f} ms" if p.status != "failed" else "failed"))
         self.reporter.done(stage, f"{len(points)} points timed")
 
-    def _timed(self, p: Point, duration: float | None, final: bool) -> dict:
-        key = f"{self.timer.where}|{p.threads}t|r{self.rounds}{'f' if final else ''}"
+    def _timed(self, p: Point, round_no: int, duration: float | None, final: bool) -> dict:
+        key = f"{self.timer.where}|{p.threads}t|r{round_no}{'f' if final else ''}"
         cached = p.built.data["timings"].get(key)
         if cached is not None and not self.force:
             return cached
@@ -221,29 +226,36 @@ class Search:
 
     # -- the steps ----------------------------------------------------------------------------
     def points_of(self, builts: list[Built]) -> list[Point]:
-        return [Point(b, t) for b in builts for t in self.threads_axis(b.candidate)]
+        return [Point(b, t, status="skipped", why="not built: the time budget was spent") if b.skipped else Point(b, t)
+                for b in builts for t in self.threads_axis(b.candidate)]
+
+    def usable(self, points: list[Point]) -> list[Point]:
+        """The points that have an artifact to time."""
+        return [p for p in points if not p.built.error and not p.built.skipped]
 
     def meets_accuracy(self, p: Point) -> bool:
-        return not p.built.error and accuracy_met(self.budgets, p.built.data.get("accuracy"))[0]
+        return bool(self.usable([p])) and accuracy_met(self.budgets, p.built.data.get("accuracy"))[0]
 
     def screen(self, points: list[Point]) -> None:
-        self.time_round([p for p in points if not p.built.error], final=False)
+        self.time_round(self.usable(points), 1, final=False)
 
     def halve(self, points: list[Point]) -> list[Point]:
         """Successive halving over the points that meet the accuracy budget; returns the finalists
         (timed under the full policy)."""
         alive = sorted((p for p in points if self.meets_accuracy(p) and p.status != "failed"), key=lambda p: p.p50)
+        round_no = 1
         while alive:
             if len(alive) > MIN_KEPT:
                 keep = max(MIN_KEPT, math.ceil(len(alive) / ETA))
                 best = alive[0].p50
                 for p in alive[keep:]:
                     p.status = "pruned"
-                    p.why = (f"pruned after round {self.rounds}: p50 {p.p50:.3f} ms, {p.p50 / best:.2f}x the fastest "
+                    p.why = (f"pruned after round {round_no}: p50 {p.p50:.3f} ms, {p.p50 / best:.2f}x the fastest "
                              f"({best:.3f} ms)")
                 alive = alive[:keep]
-            final = len(alive) <= MIN_KEPT or self.spent() or self.rounds >= len(SCREEN_S)
-            self.time_round(alive, final=final)
+            round_no += 1
+            final = len(alive) <= MIN_KEPT or self.spent() or round_no > len(SCREEN_S)
+            self.time_round(alive, round_no, final=final)
             alive = sorted((p for p in alive if p.status != "failed"), key=lambda p: p.p50)
             if final:
                 return alive
@@ -252,7 +264,7 @@ class Search:
     def recover(self, points: list[Point], builts: list[Built]) -> list[Point]:
         """New points from other calibration methods, then the keep-float fallback, when no int8
         point meets the accuracy budget (the fastest failing int8 candidates first)."""
-        int8 = [p for p in points if p.built.candidate.variant.precision == "int8" and not p.built.error and p.latency]
+        int8 = [p for p in self.usable(points) if p.built.candidate.variant.precision == "int8" and p.latency]
         if not int8 or any(self.meets_accuracy(p) for p in int8):
             return []
         failing = []
@@ -295,9 +307,9 @@ class Search:
         builds: dict[tuple[str, ...], Built] = {}
 
         def measure_drop(kept: tuple[str, ...]) -> float:
-            builds[kept] = self.build(cand.keeping_float(kept))
-            if builds[kept].error:
-                raise EdgetlError(builds[kept].error)
+            builds[kept] = self.build(cand.keeping_float(kept), new=not self.spent())
+            if builds[kept].error or builds[kept].skipped:  # no drop to show: it cannot meet the budget
+                return math.inf
             return builds[kept].data["accuracy"]["drop_pp"]
 
         recovery = fallback.recover(ranked, measure_drop, budget_pp, max_layers=len(ranked), should_stop=self.spent)
@@ -335,6 +347,8 @@ def results(points: list[Point], budgets: Budgets) -> tuple[list[PointResult], s
         status, why = p.status, p.why
         if p.built.error:
             status, why = "failed", f"build failed: {p.built.error}"
+        elif p.built.skipped:
+            pass  # its status and why say it was not built
         elif p is pick:
             status, why = "picked", None
         elif status == "measured" and not accuracy_met(budgets, accuracy)[0]:

@@ -81,7 +81,8 @@ def summary(record: OptimizeRecord) -> str:
         fb = record.fallback
         kept = ", ".join(fb.get("kept") or []) or "nothing"
         parts.append(f"The fallback kept {kept} float ({'met' if fb.get('met') else 'did not meet'} the budget"
-                     + (f", drop {fb['drop_pp']:+.2f} pp" if fb.get("drop_pp") is not None else "") + ").")
+                     + (f", drop {fb['drop_pp']:+.2f} pp" if fb.get("drop_pp") is not None else "") + ")"
+                     + _speed_cost(record) + ".")
     parts.append(f"Search took {record.elapsed_s:.0f} s of its {record.settings.get('budget_s', 0):.0f} s budget"
                  + (" (spent: no new builds or screening rounds after it)" if record.budget_spent else "") + ".")
     if record.not_tried:
@@ -90,6 +91,17 @@ def summary(record: OptimizeRecord) -> str:
         parts.append("Warning: some timings were taken while other processes used the CPU; rerun with --force "
                      "on a quiet machine to trust small differences.")
     return " ".join(parts)
+
+
+def _speed_cost(record: OptimizeRecord) -> str:
+    """What keeping layers float cost: the recovered point's p50 against the int8 point it came from."""
+    base = {r.threads: r for r in record.points if r.artifact == record.fallback.get("from") and r.latency}
+    for r in record.points:
+        if r.keep_float and r.latency and r.threads in base:
+            before = base[r.threads].latency["p50_ms"]
+            return (f"; it costs {r.latency['p50_ms'] / before:.2f}x in speed (p50 {r.latency['p50_ms']:.3f} vs "
+                    f"{before:.3f} ms" + (f" at {r.threads} thread{'s' if r.threads != 1 else ''})" if r.threads else ")"))
+    return ""
 
 
 def _budgets(budgets: dict) -> str:

@@ -1,0 +1,245 @@
+"""Accuracy-aware fallback (edgetl/optimize/fallback.py) on real builds: the layer ranking, the
+recovery that keeps the fewest of them float, and ``recipe.keep_float_nodes`` on every runtime.
+
+Two tiny models fail an int8 budget on purpose: a hand-made CNN with one large weight planted in two
+of its layers (a per-tensor int8 scale set by that weight rounds the layer's other weights away),
+and the session's tiny trained run quantized with minmax on 10 samples and per-tensor weights.
+Every number asserted is measured on the artifacts the backends build, never a time.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgetl.backends import get_backend
+from edgetl.config import CalibrationRecipe
+from edgetl.optimize.fallback import LayerScore, rank_layers, recover
+
+# U8S8 with 7-bit weights (what the onnxruntime backend builds for AVX2 without VNNI), whatever CPU
+# runs the tests: the measured drops are the same everywhere.
+CPU = {"cpu_arch": "x86_64", "cpu_flags": ["avx2"]}
+BUDGET_PP = 0.5
+BAD = CalibrationRecipe(name="bad", method="minmax", samples=10, per_channel=False)
+
+
+# -- recover: the search over counts, on drops given per count ----------------------------------
+def _ranked(n: int) -> list[LayerScore]:
+    return [LayerScore(f"layer{i}", "Conv", 1.0 / (i + 1)) for i in range(n)]
+
+
+def _drops(table: dict[int, float], calls: list[tuple[str, ...]]):
+    def measure(kept: tuple[str, ...]) -> float:
+        calls.append(kept)
+        return table[len(kept)]
+    return measure
+
+
+def test_recover_doubles_then_bisects_to_the_fewest_layers():
+    calls: list[tuple[str, ...]] = []
+    table = {1: 3.0, 2: 2.0, 4: 1.5, 5: 0.9, 6: 0.4, 7: 0.3, 8: 0.2}
+    found = recover(_ranked(10), _drops(table, calls), BUDGET_PP, max_layers=10, should_stop=lambda: False)
+    assert found.met and found.kept == tuple(f"layer{i}" for i in range(6)) and found.drop_pp == 0.4
+    assert found.tried == [(1, 3.0), (2, 2.0), (4, 1.5), (8, 0.2), (6, 0.4), (5, 0.9)]
+    assert calls[0] == ("layer0",)  # always the most sensitive first
+
+
+def test_recover_stops_at_max_layers_and_keeps_the_best_it_measured():
+    table = {1: 3.0, 2: 2.0, 3: 1.0}
+    found = recover(_ranked(10), _drops(table, []), BUDGET_PP, max_layers=3, should_stop=lambda: False)
+    assert not found.met and found.tried == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert found.kept == ("layer0", "layer1", "layer2") and found.drop_pp == 1.0
+
+
+def test_recover_stops_when_the_time_budget_is_spent():
+    asked = iter([False, True])
+    found = recover(_ranked(10), _drops({1: 3.0}, []), BUDGET_PP, max_layers=10, should_stop=lambda: next(asked))
+    assert not found.met and found.tried == [(1, 3.0)] and found.kept == ("layer0",)
+    nothing = recover(_ranked(10), _drops({}, []), BUDGET_PP, max_layers=10, should_stop=lambda: True)
+    assert nothing.tried == [] and nothing.kept == () and nothing.drop_pp is None and not nothing.met
+
+
+# -- a model with two planted sensitive layers ------------------------------------------------------
+PLANTED = ("conv2", "conv5")
+
+
+def _planted_model(path, depth: int = 6, width: int = 8, outlier: float = 28.0):
+    """Conv+Relu x ``depth``, global pool, a head with a class per channel. In each planted layer one
+    large weight reads a channel that is always zero: no effect in float, but it sets the per-tensor
+    int8 scale of that layer's weights."""
+    rng = np.random.default_rng(0)
+    inits, nodes, x, cin = [], [], "input", 3
+    for i in range(1, depth + 1):
+        name = f"conv{i}"
+        w = rng.normal(0, np.sqrt(2 / (cin * 9)), (width, cin, 3, 3)).astype(np.float32)
+        if f"conv{i + 1}" in PLANTED:
+            w[0] = 0  # output channel 0 is always zero ...
+        if name in PLANTED:
+            w[0, 0, 1, 1] = outlier  # ... and the large weight reads it
+        inits.append(numpy_helper.from_array(w, f"{name}.weight"))
+        nodes += [helper.make_node("Conv", [x, f"{name}.weight"], [f"{name}.out"], name=name, pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"{name}.out"], [f"relu{i}.out"], name=f"relu{i}")]
+        x, cin = f"relu{i}.out", width
+    head = np.eye(width, dtype=np.float32)[1:]  # a class per channel: a channel's error flips close calls
+    inits += [numpy_helper.from_array(head, "head.weight"), numpy_helper.from_array(np.zeros(width - 1, np.float32), "head.bias")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"),
+              helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "head.weight", "head.bias"], ["logits"], name="head", transB=1)]
+    graph = helper.make_graph(
+        nodes, "planted", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width - 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _outputs(backend, path, feeds):
+    with backend.load(path, threads=1) as session:
+        return session.run(feeds)
+
+
+class _Case:
+    """A float model, its calibration and validation feeds, fp32 outputs, and real int8 builds."""
+
+    def __init__(self, onnx_path, calibration, val, reference, recipe, tmp):
+        self.onnx_path, self.calibration, self.val, self.reference = onnx_path, calibration, val, reference
+        self.recipe, self.tmp, self.ort = recipe, tmp, get_backend("onnxruntime")
+        self.builds = 0
+
+    def build(self, kept: tuple[str, ...]):
+        self.builds += 1
+        out = self.tmp / f"build{self.builds}"
+        out.mkdir()
+        recipe = self.recipe.model_copy(update={"keep_float_nodes": list(kept)})
+        compiled = self.ort.compile(self.onnx_path, out, "int8", self.calibration, {"recipe": recipe, **CPU})
+        return _outputs(self.ort, compiled.path, self.val)
+
+    def drop_pp(self, kept: tuple[str, ...]) -> float:
+        """Top-1 disagreement with fp32, in percentage points."""
+        out, ref = self.build(kept)["logits"], self.reference["logits"]
+        return 100.0 * float(np.mean(out.argmax(1) != ref.argmax(1)))
+
+    def error(self, kept: tuple[str, ...]) -> float:
+        out = self.build(kept)
+        return sum(float(np.mean((out[k] - v) ** 2)) for k, v in self.reference.items())
+
+    def rank(self):
+        return rank_layers(self.onnx_path, self.calibration, self.recipe, self.val, self.reference,
+                           self.tmp / "rank", options=CPU, threads=1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("planted")
+    path = _planted_model(tmp / "model.onnx")
+    rng = np.random.default_rng(1)
+    calibration = {"input": rng.normal(0, 1, (32, 3, 16, 16)).astype(np.float32)}
+    val = {"input": rng.normal(0, 1, (200, 3, 16, 16)).astype(np.float32)}
+    reference = _outputs(get_backend("onnxruntime"), path, val)
+    return _Case(path, calibration, val, reference, BAD.model_copy(update={"samples": 32}), tmp)
+
+
+def test_ranking_finds_the_planted_layers_and_keeping_them_float_meets_the_budget(planted):
+    ranked = planted.rank()
+    assert sorted(s.node for s in ranked) == ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "head"]
+    assert {s.node for s in ranked[:2]} == set(PLANTED)
+    assert ranked[0].score > 0.5 > ranked[2].score  # most of the output error is the first layer's
+    base, top = planted.drop_pp(()), planted.drop_pp((ranked[0].node,))
+    lowest = planted.drop_pp(tuple(s.node for s in ranked[-2:]))
+    assert top <= BUDGET_PP < base  # measured: 0.0 against 2.5 pp
+    assert lowest > BUDGET_PP  # the two lowest-ranked kept float recover nothing (measured 5.5 pp)
+
+    found = recover(ranked, planted.drop_pp, BUDGET_PP, max_layers=4, should_stop=lambda: False)
+    assert found.met and found.kept == (ranked[0].node,) and found.tried == [(1, top)]
+
+
+def test_keeping_every_layer_float_gives_the_float_outputs_back(planted):
+    """ONNX Runtime's quantizer drops the Relu after a quantized Conv (the uint8 range clips instead);
+    a layer read in float gets it back, or negative values would flow through."""
+    every = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "head")
+    assert planted.error(every) < 0.01 * planted.error(())
+
+
+# -- the tiny trained run -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tiny_run, tmp_path_factory):
+    from edgetl.data.arrays import DataView
+
+    view = DataView(tiny_run)
+    calibration = view.task.calibration(view, BAD)
+    return _Case(tiny_run.path / "export" / "model.onnx", calibration, view.val_feeds(), view.reference(),
+                 BAD, tmp_path_factory.mktemp("tiny-fallback"))
+
+
+def test_top_ranked_layer_of_the_tiny_run_recovers_more_than_the_lowest_or_random_ones(tiny):
+    ranked = tiny.rank()
+    names = [s.node for s in ranked]
+    base, top, lowest = tiny.error(()), tiny.error(tuple(names[:1])), tiny.error(tuple(names[-1:]))
+    rng = random.Random(0)
+    chance = np.mean([tiny.error((rng.choice(names),)) for _ in range(3)])
+    assert top < 0.5 * base  # measured: the head alone holds two thirds of the output error
+    assert top < lowest and top < chance
+
+
+# -- keep_float_nodes on every runtime --------------------------------------------------------------
+def _kept_nodes(onnx_path) -> list[str]:
+    """A 1x1 convolution in the middle of the tiny model and its classifier."""
+    model = onnx.load(str(onnx_path))
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv" and "conv_pwl" in n.input[1])
+    head = next(n.name for n in model.graph.node if n.op_type == "Gemm")
+    return [conv, head]
+
+
+def _onnx_inputs(path, names):
+    """{node: op types producing its inputs} of an ONNX artifact ("initializer" for constants)."""
+    model = onnx.load(str(path))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    weights = {t.name for t in model.graph.initializer}
+    return {n.name: [producer.get(i, "initializer" if i in weights else "input") for i in n.input]
+            for n in model.graph.node if n.name in names}
+
+
+def _openvino_inputs(path, names):
+    """{op: (type of each input's producer, its element type)} of an OpenVINO IR; ONNX's Gemm is
+    "<name>/WithoutBiases" there."""
+    ov = pytest.importorskip("openvino")
+    ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(path)).get_ordered_ops()}
+    found = {}
+    for name in names:
+        op = ops.get(name) or ops[f"{name}/WithoutBiases"]
+        found[name] = [(i.get_source_output().get_node().get_type_name(), i.get_element_type().get_type_name())
+                       for i in op.inputs()]
+    return found
+
+
+def _quantized(runtime: str, inputs: list) -> bool:
+    if runtime == "openvino":  # FakeQuantize on an activation, Convert/Multiply of int8 weights
+        return any(kind in ("FakeQuantize", "Convert", "Multiply", "Subtract") for kind, _ in inputs)
+    return "DequantizeLinear" in inputs
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tensorrt", "openvino"])
+def test_keep_float_nodes_leave_the_nodes_float_in_the_artifact(tiny, runtime, tmp_path):
+    backend = get_backend(runtime)
+    if not backend.available():
+        pytest.skip(f"{runtime} is not installed")
+    names = _kept_nodes(tiny.onnx_path)
+
+    def inputs(recipe, folder):
+        folder.mkdir()
+        compiled = backend.compile(tiny.onnx_path, folder, "int8", tiny.calibration, {"recipe": recipe, **CPU})
+        if runtime == "openvino":
+            return _openvino_inputs(compiled.path, names)
+        return _onnx_inputs(compiled.estimate_with or compiled.path, names)  # TensorRT: its QDQ ONNX
+
+    quantized = inputs(BAD, tmp_path / "all")
+    assert all(_quantized(runtime, quantized[n]) for n in names)  # the check can fail
+    kept = inputs(BAD.model_copy(update={"keep_float_nodes": names}), tmp_path / "kept")
+    assert not any(_quantized(runtime, kept[n]) for n in names), kept
+    if runtime == "openvino":  # weights stay f32 constants
+        assert all(("Constant", "f32") in kept[n] for n in names)
