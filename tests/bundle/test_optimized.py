@@ -117,3 +117,19 @@ def test_cli_bundle_optimized_with_a_precision_is_one_line(optimized_run, tmp_pa
     assert result.output.strip().splitlines() == [
         "error: --optimized packages optimize's pick, whatever its precision: leave out --precision"]
     assert not (run.path / "bundles").exists()
+
+
+def test_a_picks_target_section_keeps_the_device_cpu_and_validates_as_a_profile():
+    """Another runtime than the profile's: the CPU options it shares stay (int8 built for the device's
+    CPU), the pick's runtime, precision and threads replace the profile's, and it is a valid profile."""
+    from edgetl.bundle.create import _target_section
+    from edgetl.config import TargetProfile, load_target
+
+    section = _target_section({"target": "raspberry-pi-5", "runtime": "openvino", "precision": "int8",
+                               "slot": "optimized", "threads": 2})
+    profile = TargetProfile.model_validate(section)
+    assert (profile.runtime, profile.precision, profile.threads) == ("openvino", "int8", 2)
+    assert profile.options["cpu_arch"] == "aarch64" and profile.budgets == load_target("raspberry-pi-5").budgets
+    # the profile's own artifacts keep the profile as it is
+    assert _target_section({"target": "raspberry-pi-5", "runtime": "onnxruntime", "precision": "fp32"}) == \
+        load_target("raspberry-pi-5").model_dump()
