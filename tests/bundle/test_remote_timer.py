@@ -159,3 +159,23 @@ def test_a_device_that_trusts_keys_times_only_signed_candidates(sshd, run, tmp_p
 
     signed = RemoteTimer(run, url, Access(sshd.options, str(device_edgetl), sign=str(private)), tmp_path / "work-signed")
     assert signed.time(run, folder, entry, 1, None, final=False)["p50_ms"] > 0
+
+
+def test_optimize_with_remote_times_every_point_on_the_device_and_promotes_the_pick(sshd, run, tmp_path,
+                                                                                   monkeypatch):
+    """`edgetl optimize RUN --target host-cpu --remote URL`: the search's timings come from the device."""
+    from edgetl.bundle.create import create_bundle
+    from edgetl.optimize import optimize
+
+    monkeypatch.setenv("EDGETL_ALLOW_UNSIGNED", "1")
+    url = sshd.url(str(tmp_path / "device"))
+    result = optimize(run.path, "host-cpu", remote=url, access=Access(sshd.options, EDGETL), runtimes="onnxruntime",
+                      threads=1, max_drop_pp=50.0, progress=False)
+    record = result.record
+    assert record.remote == url and record.device == url and record.pick is not None
+    timed = [p for p in record.points if p.latency]
+    assert timed and all(p.threads == 1 and p.latency["p50_ms"] > 0 for p in timed)
+    # the device holds the candidates in their own folder; the pick is bundled with its runtime and threads
+    assert (tmp_path / "device" / "tiny-optimize" / "current" / "manifest.json").is_file()
+    made = create_bundle(run.path, "host-cpu", "optimized")
+    assert inspect_archive(made)["target"]["threads"] == 1
