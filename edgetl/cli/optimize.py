@@ -63,6 +63,7 @@ def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote
     """
     from edgetl.optimize import optimize
     from edgetl.optimize.table import candidate_table, summary
+    from edgetl.stages import RichReporter
 
     access = None
     if remote:
@@ -75,7 +76,7 @@ def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote
         raise ConfigError("--install, --ssh-option and --allow-rollback need --remote")
     result = optimize(run, target, remote=remote, access=access, budget_s=budget, max_drop_pp=max_drop,
                       threads=threads, runtimes=runtimes, force=force)
-    console.print(candidate_table(result.record))
+    RichReporter(console).table(candidate_table(result.record))  # a log gets every column unfolded
     console.print(summary(result.record), highlight=False, markup=False)
     if result.record.pick is None:
         earlier = run_entry(run, f"{result.record.target}/optimized")

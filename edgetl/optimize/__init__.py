@@ -140,8 +140,7 @@ def _local_usable(backend) -> str | None:
     if not backend.available():
         return f"not installed (pip install 'edgetl[{backend.extra}]')"
     if not backend.can_run_here():
-        return f"cannot be timed here: it {backend.runs_on}" if backend.runs_on.startswith("needs") else \
-            f"cannot be timed here (runs on {backend.runs_on})"
+        return f"cannot be timed here: it needs {backend.runs_on}; time it on the device with --remote"
     return None
 
 
