@@ -180,8 +180,8 @@ def _float_hints(cpu: TargetCpu) -> list[Variant]:
     not this machine's: a workstation searches for a Pi). bf16: x86 with AVX512-BF16 or AMX-BF16;
     OpenVINO's ARM CPU plugin has no bf16 kernels. f16: ARM64 with FP16 arithmetic (asimdhp) or x86
     with AVX512-FP16: there fp16 weights computed in f16 (precision fp16) is the same kernels as an fp32
-    IR with an f16 hint at half the size, so only fp16 is searched. Elsewhere OpenVINO emulates both
-    through f32, slower than fp32 itself."""
+    IR with an f16 hint at half the size, so only fp16 is searched. Elsewhere a hint falls back to
+    f32 at load and fp16 weights are decompressed to f32: fp32's own kernels, so neither can win."""
     found = []
     if not cpu.is_arm and cpu.flags & {"avx512_bf16", "amx_bf16"}:
         found.append(Variant("fp32", "fp32 bf16-hint", {"inference_precision": "bf16"}))
