@@ -329,8 +329,10 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     # sub-graphs layer by layer (about 2-3x slower); "none": no correction.
     fast = recipe.bias_correction != "accurate"
     # Symmetric activations (nncf's PERFORMANCE preset, also its default for CNNs) unless the preset
-    # option asks for MIXED: the recipe's symmetric_activations (false by default) is not what picks
-    # it, so every profile keeps the preset it was measured with. MIXED_CRASH_NOTE says when MIXED is safe.
+    # option asks for MIXED: the recipe's symmetric_activations (false by default) does not pick it,
+    # so every profile keeps the preset it was measured with. MIXED once segfaulted OpenVINO's CPU
+    # plugin on a dynamic-batch SiLU net; with 2026.4.1 it builds and runs the conformance suite's
+    # SiLU model and EfficientNet-Lite0 (the search's "int8 nncf mixed" variant).
     mixed = preset_name == "mixed"
     preset = nncf.QuantizationPreset.MIXED if mixed else nncf.QuantizationPreset.PERFORMANCE
     if not mixed and not recipe.symmetric_activations:
