@@ -115,12 +115,12 @@ class OpenVinoBackend(CpuBackendBase):
     # -- search space ------------------------------------------------------------------------
     def variants(self, device: SearchDevice) -> list[Variant]:
         """fp32; the float hints the device's CPU computes natively (``_float_hints``); int8 from nncf
-        (presets ``_nncf_variants``) and from ONNX Runtime's QDQ model. The task's weight-only scheme
+        (presets ``_NNCF_VARIANTS``) and from ONNX Runtime's QDQ model. The task's weight-only scheme
         (text) has neither calibration nor presets: one int8 variant, as the task measured it."""
         found = [Variant("fp32", "fp32"), *_float_hints(device.cpu)]
         if device.hint.get("scheme") == "weights":
             return [*found, Variant("int8", "int8 weights")]
-        found += _nncf_variants(device.cpu)
+        found += _NNCF_VARIANTS
         if not device.hint.get("model_type"):  # nncf's transformer scheme has no QDQ counterpart
             found.append(Variant("int8", "int8 qdq", {"source": "qdq"}))
         return found
@@ -190,13 +190,12 @@ def _float_hints(cpu: TargetCpu) -> list[Variant]:
     return found
 
 
-def _nncf_variants(cpu: TargetCpu) -> list[Variant]:
-    """nncf int8: the performance preset (symmetric activations: no zero-point compensation in the
-    kernels) and the mixed one (asymmetric activations: a finer grid for ReLU/SiLU outputs, which can
-    pay in accuracy). Bias correction stays "fast": "accurate" builds 2-3x slower and gives the same
-    kernels, so it can only win on accuracy, which is the recovery's business, not the speed search's."""
-    return [Variant("int8", "int8 nncf performance", {"preset": "performance"}),
-            Variant("int8", "int8 nncf mixed", {"preset": "mixed"})]
+# nncf int8 on every CPU: the performance preset (symmetric activations: no zero-point compensation in
+# the kernels) and the mixed one (asymmetric activations: a finer grid for ReLU/SiLU outputs, which
+# can pay in accuracy). Bias correction stays "fast": "accurate" builds 2-3x slower and gives the same
+# kernels, so it can only win on accuracy, which is the recovery's business, not the speed search's.
+_NNCF_VARIANTS = (Variant("int8", "int8 nncf performance", {"preset": "performance"}),
+                  Variant("int8", "int8 nncf mixed", {"preset": "mixed"}))
 
 
 def _check_knobs(options: dict[str, Any], precision: str, weights_only: bool) -> str | None:
