@@ -115,12 +115,12 @@ class OpenVinoBackend(CpuBackendBase):
     # -- search space ------------------------------------------------------------------------
     def variants(self, device: SearchDevice) -> list[Variant]:
         """fp32; the float hints the device's CPU computes natively (``_float_hints``); int8 from nncf
-        (presets ``_nncf_variants``) and from ONNX Runtime's QDQ model. The task's weight-only scheme
+        (presets ``_NNCF_VARIANTS``) and from ONNX Runtime's QDQ model. The task's weight-only scheme
         (text) has neither calibration nor presets: one int8 variant, as the task measured it."""
         found = [Variant("fp32", "fp32"), *_float_hints(device.cpu)]
         if device.hint.get("scheme") == "weights":
             return [*found, Variant("int8", "int8 weights")]
-        found += _nncf_variants(device.cpu)
+        found += _NNCF_VARIANTS
         if not device.hint.get("model_type"):  # nncf's transformer scheme has no QDQ counterpart
             found.append(Variant("int8", "int8 qdq", {"source": "qdq"}))
         return found
@@ -180,8 +180,8 @@ def _float_hints(cpu: TargetCpu) -> list[Variant]:
     not this machine's: a workstation searches for a Pi). bf16: x86 with AVX512-BF16 or AMX-BF16;
     OpenVINO's ARM CPU plugin has no bf16 kernels. f16: ARM64 with FP16 arithmetic (asimdhp) or x86
     with AVX512-FP16: there fp16 weights computed in f16 (precision fp16) is the same kernels as an fp32
-    IR with an f16 hint at half the size, so only fp16 is searched. Elsewhere OpenVINO emulates both
-    through f32, slower than fp32 itself."""
+    IR with an f16 hint at half the size, so only fp16 is searched. Elsewhere a hint falls back to
+    f32 at load and fp16 weights are decompressed to f32: fp32's own kernels, so neither can win."""
     found = []
     if not cpu.is_arm and cpu.flags & {"avx512_bf16", "amx_bf16"}:
         found.append(Variant("fp32", "fp32 bf16-hint", {"inference_precision": "bf16"}))
@@ -190,13 +190,12 @@ def _float_hints(cpu: TargetCpu) -> list[Variant]:
     return found
 
 
-def _nncf_variants(cpu: TargetCpu) -> list[Variant]:
-    """nncf int8: the performance preset (symmetric activations: no zero-point compensation in the
-    kernels) and the mixed one (asymmetric activations: a finer grid for ReLU/SiLU outputs, which can
-    pay in accuracy). Bias correction stays "fast": "accurate" builds 2-3x slower and gives the same
-    kernels, so it can only win on accuracy, which is the recovery's business, not the speed search's."""
-    return [Variant("int8", "int8 nncf performance", {"preset": "performance"}),
-            Variant("int8", "int8 nncf mixed", {"preset": "mixed"})]
+# nncf int8 on every CPU: the performance preset (symmetric activations: no zero-point compensation in
+# the kernels) and the mixed one (asymmetric activations: a finer grid for ReLU/SiLU outputs, which
+# can pay in accuracy). Bias correction stays "fast": "accurate" builds 2-3x slower and gives the same
+# kernels, so it can only win on accuracy, which is the recovery's business, not the speed search's.
+_NNCF_VARIANTS = (Variant("int8", "int8 nncf performance", {"preset": "performance"}),
+                  Variant("int8", "int8 nncf mixed", {"preset": "mixed"}))
 
 
 def _check_knobs(options: dict[str, Any], precision: str, weights_only: bool) -> str | None:
@@ -329,8 +328,10 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     # sub-graphs layer by layer (about 2-3x slower); "none": no correction.
     fast = recipe.bias_correction != "accurate"
     # Symmetric activations (nncf's PERFORMANCE preset, also its default for CNNs) unless the preset
-    # option asks for MIXED: the recipe's symmetric_activations (false by default) is not what picks
-    # it, so every profile keeps the preset it was measured with. MIXED_CRASH_NOTE says when MIXED is safe.
+    # option asks for MIXED: the recipe's symmetric_activations (false by default) does not pick it,
+    # so every profile keeps the preset it was measured with. MIXED once segfaulted OpenVINO's CPU
+    # plugin on a dynamic-batch SiLU net; with 2026.4.1 it builds and runs the conformance suite's
+    # SiLU model and EfficientNet-Lite0 (the search's "int8 nncf mixed" variant).
     mixed = preset_name == "mixed"
     preset = nncf.QuantizationPreset.MIXED if mixed else nncf.QuantizationPreset.PERFORMANCE
     if not mixed and not recipe.symmetric_activations:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,15 @@ import pytest
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import CompileError, ConfigError, DataError
 from edgetl.tensors import take
-from tests.backends.conformance import BackendConformance, named_case, synthetic_images, task_scheme
+from tests.backends.conformance import (
+    BackendConformance,
+    compare,
+    host_device,
+    named_case,
+    synthetic_images,
+    task_scheme,
+    tolerance,
+)
 
 ov = pytest.importorskip("openvino")
 
@@ -188,6 +197,85 @@ class TestOpenVino(BackendConformance):
         with backend.load(compiled.path) as session:
             out = session.run(tiny[2])["logits"]
         assert (out.argmax(1) == tiny[3]["logits"].argmax(1)).mean() >= 0.9
+
+    # -- the search's knobs (``variants``) -------------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def by_label(cls, backend, build_variant):
+        """label -> Compiled of the variants declared for this machine's CPU."""
+        found = {v.label: v for v in backend.variants(host_device(backend))}
+        return lambda label: build_variant(found[label])
+
+    def test_qdq_source_runs_int8_in_openvino(self, by_label):
+        """ONNX Runtime's QDQ model, converted: OpenVINO's execution graph runs its convolutions in
+        int8 (u8/i8), not in float around dequantized weights."""
+        compiled = by_label("int8 qdq")
+        assert compiled.options["source"] == "qdq" and compiled.options["format"] == "QDQ"
+        assert compiled.options["weights"] == "int8" and compiled.options["activations"] == "uint8"
+        ran = compiled.options["runtime_precisions"]
+        assert set(ran["Convolution"]) <= {"u8", "i8"} and sum(ran["Convolution"].values()) >= 10, ran
+        nncf_ran = by_label("int8 nncf performance").options["runtime_precisions"]
+        assert set(nncf_ran["Convolution"]) & {"u8", "i8"}, nncf_ran
+
+    def test_qdq_source_keeps_the_tasks_float_nodes(self, backend, tmp_path_factory, tmp_path):
+        """Audio's front end (module conv1) stays float through the QDQ path too."""
+        onnx_path, calib, x, ref = named_case("audio", tmp_path_factory)
+        options = {"threads": 1, "source": "qdq", "quantization": task_scheme("audio", self.runtime)}
+        compiled = backend.compile(onnx_path, tmp_path, "int8", calib, options)
+        assert compiled.options["kept_float_nodes"] == 1
+        convs = [op for op in _read(compiled.path).get_ordered_ops() if op.get_type_name() == "Convolution"]
+        assert [_activation_source(op) == "FakeQuantize" for op in convs] == [False, True]
+        with backend.load(compiled.path, threads=1) as session:
+            got = compare(session.run(x), ref)
+        # ONNX Runtime's quantizer made it: ONNX Runtime's bounds (OpenVINO's nncf ones are tighter on audio)
+        bounds = tolerance("onnxruntime", "audio", "int8")
+        assert all(got[key] <= bounds[key] for key in ("max_rel", "mean_rel")) and got["agreement"] >= bounds["agreement"], got
+
+    def test_mixed_preset_has_asymmetric_activations(self, by_label):
+        """"mixed": some activation range is not centred on 0 (SiLU outputs: a small negative floor);
+        "performance": every signed one is (symmetric)."""
+        def asymmetric(compiled) -> bool:
+            for op in _read(compiled.path).get_ordered_ops():
+                if op.get_type_name() == "FakeQuantize" and _feeds_from(op) != "Constant":
+                    low, high = np.broadcast_arrays(*(op.input(i).get_source_output().get_node().get_data() for i in (1, 2)))
+                    if ((low < 0) & ~np.isclose(-low, high, rtol=0.02)).any():  # signed: -low = high * 128/127
+                        return True
+            return False
+
+        mixed, performance = by_label("int8 nncf mixed"), by_label("int8 nncf performance")
+        assert mixed.options["preset"] == "mixed" and mixed.options["symmetric_activations"] is False
+        assert performance.options["preset"] == "performance" and performance.options["symmetric_activations"] is True
+        assert asymmetric(mixed) and not asymmetric(performance)
+
+    @pytest.mark.parametrize("hint", ["bf16", "f16"])
+    def test_inference_precision_is_in_the_ir_and_honoured_or_refused(self, backend, tiny, tmp_path, hint):
+        """The hint travels in the IR's rt_info; a CPU that computes it runs it, one that lacks it runs
+        f32 and says so in the session's info, never fails (a bundle may land on a lesser CPU)."""
+        compiled = backend.compile(tiny[0], tmp_path, "fp32", None, {"threads": 1, "inference_precision": hint})
+        assert _read(compiled.path).get_rt_info(["edgetl", "inference_precision"]).astype(str) == hint
+        capable = {"bf16": "BF16", "f16": "FP16"}[hint] in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        with backend.load(compiled.path, threads=1) as session:
+            assert session.inference_precision == (hint if capable else "f32")
+            fallback = session.info.get("inference_precision_fallback")
+            assert (fallback is None) if capable else f"asks for {hint}, which this CPU lacks" in fallback
+            self._check(session.run(tiny[2]), tiny[3], "fp16")  # bf16/f16 or f32: within fp16's tolerance
+        assert compiled.options["inference_precision"] == hint
+        assert compiled.options["inference_precision_here"] == session.inference_precision
+
+    def test_without_a_hint_the_session_has_nothing_to_say(self, backend, build):
+        with backend.load(build("fp16").path, threads=1) as session:
+            assert dict(session.info) == {}  # fp16's own f16 falls back silently, as before
+
+    @pytest.mark.parametrize(("built", "options", "message"), [
+        ("fp32", {"inference_precision": "fp8"}, "openvino option inference_precision 'fp8': choose one of bf16, f16"),
+        ("int8", {"preset": "fast"}, "openvino option preset 'fast': choose one of performance, mixed"),
+        ("int8", {"source": "onnx"}, "openvino option source 'onnx': the only other source is 'qdq' (default: nncf)"),
+        ("fp16", {"source": "qdq"}, "openvino option source 'qdq' builds static int8 only: not precision fp16"),
+    ])
+    def test_a_bad_knob_is_one_line(self, backend, tiny, tmp_path, built, options, message):
+        with pytest.raises(CompileError, match=f"^{re.escape(message)}$"):
+            backend.compile(tiny[0], tmp_path, built, tiny[1] if built == "int8" else None, options)
+        assert not list(tmp_path.iterdir())
 
     def test_too_few_calibration_images(self, backend, tiny, tmp_path):
         with pytest.raises(DataError, match="at least 10"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.backends.conformance import BackendConformance
+from tests.backends.conformance import BackendConformance, host_device
 from tests.backends.plugin import install, registered
 from tests.backends.plugin.ortwrap_backend import OrtWrapBackend
 
@@ -25,6 +25,9 @@ class TestOrtWrap(BackendConformance):
         return ortwrap_site
 
     def pytest_generate_tests(self, metafunc):
-        # Tests are collected before the plugin is installed: its precisions come from the class.
+        # Tests are collected before the plugin is installed: its precisions and variants come from the class.
         if "precision" in metafunc.fixturenames:
             metafunc.parametrize("precision", OrtWrapBackend.precisions)
+        if "variant" in metafunc.fixturenames:
+            found = OrtWrapBackend().variants(host_device(OrtWrapBackend()))
+            metafunc.parametrize("variant", found, ids=[v.label for v in found])
