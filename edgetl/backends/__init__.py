@@ -21,7 +21,9 @@ from edgetl.backends.base import (
     CpuBackendBase,
     CpuOptions,
     NoOptions,
+    SearchDevice,
     Session,
+    Variant,
 )
 
 GROUP = "edgetl.backends"
@@ -49,5 +51,6 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["Backend", "BackendBase", "Compiled", "CpuBackendBase", "CpuOptions", "NoOptions", "Session", "ONNX_RUNNER", "RUNTIMES",
+__all__ = ["Backend", "BackendBase", "Compiled", "CpuBackendBase", "CpuOptions", "NoOptions", "SearchDevice", "Session", "Variant",
+           "ONNX_RUNNER", "RUNTIMES",
            "get_backend", "runtimes"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgetl._cpu import TargetCpu
 from edgetl.errors import ArtifactError, EdgetlError
 from edgetl.tensors import TensorSpec, check_feeds
 
@@ -33,6 +35,28 @@ class Compiled:
     # When the artifact cannot run on this machine (a TensorRT engine without a GPU), an ONNX model
     # with the same quantization that ONNX Runtime CPU can run, to *estimate* its accuracy.
     estimate_with: Path | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a runtime's search space: how to build (and run) one candidate artifact."""
+
+    precision: str  # "fp32" | "fp16" | "int8" (one of backend.precisions)
+    label: str  # short, unique within the backend: "int8 s8s8 per-tensor", "fp32 bf16-hint"
+    # merged OVER the profile's options into compile()'s `options` (JSON values only; they enter the fingerprint)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # CalibrationRecipe field overrides for int8, e.g. {"symmetric_activations": True}; {} = the profile's recipe as is
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchDevice:
+    """What a backend needs to know to list its variants for one device."""
+
+    device: str  # the profile's `device`: "cpu" | "gpu" | "npu"
+    cpu: TargetCpu  # the device's CPU (edgetl._cpu.target_cpu(profile options))
+    hint: Mapping[str, Any]  # the task's int8 hint for this runtime (Task.quantization(record, runtime, "int8")), {} for none
+    options: Mapping[str, Any]  # the profile's runtime options
 
 
 @runtime_checkable
@@ -122,6 +146,10 @@ class Backend(Protocol):
     def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything besides the model, precision and recipe that changes what ``compile`` builds."""
 
+    def variants(self, device: SearchDevice) -> list[Variant]:
+        """The candidates ``edgetl optimize`` builds and measures on ``device``: only those that can win
+        there (threads are not a variant: the search adds them)."""
+
 
 class BackendBase:
     """Defaults: the bundle carries the compiled files as they are and the device loads them."""
@@ -146,6 +174,10 @@ class BackendBase:
     def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
         return dict(options)
 
+    def variants(self, device: SearchDevice) -> list[Variant]:
+        # every precision as the profile builds it: a plugin runtime joins the search with no code
+        return [Variant(p, p) for p in self.precisions]
+
 
 class CpuBackendBase(BackendBase):
     """A CPU runtime: int8 is built for the profile's CPU, else this machine's (``_cpu.target_cpu``),
@@ -169,6 +201,9 @@ class SessionBase:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     where = "the model"  # how the feed check names the artifact: its file name
+    # what the session chose at load that the artifact did not say, e.g. a precision hint this CPU
+    # lacks ("inference_precision_fallback"); read-only here, a session sets its own dict
+    info: Mapping[str, str] = MappingProxyType({})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds, self.where)

@@ -13,7 +13,10 @@ Artifacts (one ONNX file each, ``model.<precision>.onnx``):
 - ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
 - ``threads``: threads for the optimisation session (the saved model does not depend on it);
 - ``cpu_arch``, ``cpu_flags``: the device's CPU, from its profile (``CpuOptions``), to choose int8
-  types for; left out: this machine's. An x86 workstation compiles S8S8 for a Raspberry Pi this way.
+  types for; left out: this machine's. An x86 workstation compiles S8S8 for a Raspberry Pi this way;
+- ``int8_types``: ``"u8s8"`` or ``"s8s8"`` (activations x weights), over ``choose_int8_types``'s
+  choice (``edgetl optimize`` searches both where either can win, see ``variants``); U8S8 keeps the
+  CPU's reduce_range rule. Per-channel or per-tensor weights: the recipe's ``per_channel``.
 
 Load/run never imports torch: sessions run on the device.
 """
@@ -27,7 +30,7 @@ import numpy as np
 
 from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
-from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SearchDevice, SessionBase, Variant
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError
 from edgetl.tensors import TensorSpec
@@ -51,6 +54,35 @@ def choose_int8_types(flags: set[str], machine: str) -> dict[str, Any]:
             "why": "no AVX2/VNNI/NEON flags found: U8S8, ONNX Runtime's most widely supported combination"}
 
 
+INT8_TYPES = {"u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8")}
+
+
+def int8_types(cpu: TargetCpu, wanted: str | None) -> dict[str, Any]:
+    """``choose_int8_types`` for ``cpu``, or the types ``wanted`` ("u8s8"/"s8s8") with the reduce_range
+    that suits them there."""
+    chosen = choose_int8_types(set(cpu.flags), cpu.arch)
+    if wanted is None:
+        return chosen
+    if wanted not in INT8_TYPES:
+        raise CompileError(f"onnxruntime option int8_types {wanted!r}: choose one of {', '.join(INT8_TYPES)}")
+    activations, weights = INT8_TYPES[wanted]
+    if activations == chosen["activations"]:
+        return {**chosen, "why": f"int8_types {wanted}: {chosen['why']}"}
+    # S8S8 runs in int32 accumulators everywhere (sdot on ARM, sign-extended vpmaddwd on x86): full
+    # 8-bit weights; U8S8 on a CPU whose default is S8S8 (ARM) has no int16 saturation to avoid either.
+    reduce = chosen["reduce_range"] if activations == "uint8" else False
+    return {"activations": activations, "weights": weights, "reduce_range": reduce,
+            "why": f"int8_types {wanted}, asked for (the CPU's default would be "
+                   f"{'u8s8' if chosen['activations'] == 'uint8' else 's8s8'})"}
+
+
+def native_fp16(cpu: TargetCpu) -> bool:
+    """ONNX Runtime's CPU kernels compute fp16 natively only on ARM64 with FP16 arithmetic (asimdhp).
+    On x86 its fp16 model is cast back to fp32 around every op without an fp16 kernel: slower than
+    fp32, so fp16 can only win there on size, which the search does not optimise."""
+    return cpu.is_arm and "asimdhp" in cpu.flags
+
+
 class OnnxRuntimeBackend(CpuBackendBase):
     name = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
@@ -70,6 +102,23 @@ class OnnxRuntimeBackend(CpuBackendBase):
 
     def version(self) -> str:
         return require("onnxruntime").__version__
+
+    # -- search space ------------------------------------------------------------------------
+    def variants(self, device: SearchDevice) -> list[Variant]:
+        """fp32; fp16 where the CPU computes it (``native_fp16``); int8 in the types that can be fastest
+        on the device's CPU (``_searched_types``), each per-channel and per-tensor (per-tensor scales
+        cost fewer requantization multiplies, per-channel weights keep depthwise convolutions
+        accurate: which wins depends on the model). The task's dynamic scheme (text) has its own
+        activation types (uint8, at run time) and per_channel: one variant, as the task measured it."""
+        found = [Variant("fp32", "fp32")]
+        if native_fp16(device.cpu):
+            found.append(Variant("fp16", "fp16"))
+        if device.hint.get("scheme") == "dynamic":
+            return [*found, Variant("int8", "int8 dynamic")]
+        for types in _searched_types(device.cpu):
+            for per_channel, scales in ((True, "per-channel"), (False, "per-tensor")):
+                found.append(Variant("int8", f"int8 {types} {scales}", {"int8_types": types}, {"per_channel": per_channel}))
+        return found
 
     # -- compile -------------------------------------------------------------------------------
     def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
@@ -117,7 +166,7 @@ class OnnxRuntimeBackend(CpuBackendBase):
 
         hint = options.get("quantization") or {}
         cpu = target_cpu(options)
-        types = choose_int8_types(set(cpu.flags), cpu.arch)
+        types = int8_types(cpu, options.get("int8_types"))
         keep = hint.get("keep_float_prefixes") or ()
         if hint.get("scheme") == "dynamic":
             # the task may set per_channel and reduce_range where it measured them (text: per-channel,
@@ -194,6 +243,18 @@ def _spec(arg) -> TensorSpec:
     if kind not in _DTYPES:
         raise ArtifactError(f"ONNX Runtime artifact tensor {arg.name!r} has type {arg.type}, which edgetl cannot feed")
     return TensorSpec.of(arg.name, _DTYPES[kind], arg.shape)
+
+
+def _searched_types(cpu: TargetCpu) -> tuple[str, ...]:
+    """The int8 types worth building for ``cpu``. ARM64: S8S8 only (its sdot kernels; U8S8 is
+    converted there and never faster). x86 with VNNI: U8S8 only (vpdpbusd takes u8 x s8 at full range:
+    fastest and as accurate). x86 without VNNI: both, U8S8 with 7-bit weights (fast, less accurate)
+    against S8S8 at full range (accurate, measured slower or faster depending on the model)."""
+    if cpu.is_arm:
+        return ("s8s8",)
+    if cpu.vnni:
+        return ("u8s8",)
+    return ("u8s8", "s8s8")
 
 
 def _first_line(exc: BaseException) -> str:

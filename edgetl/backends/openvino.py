@@ -14,10 +14,18 @@ Artifacts are OpenVINO IR, ``model.xml`` + ``model.bin``, with a dynamic batch a
 - ``recipe``: ``CalibrationRecipe`` for int8 (``None``: the defaults of ``CalibrationRecipe``);
 - ``threads``: threads for the session that checks the artifact loads;
 - ``cpu_arch``, ``cpu_flags``: the device's CPU, from its profile (``CpuOptions``), for int8's
-  overflow fix; left out: this machine's.
+  overflow fix; left out: this machine's;
+- ``preset``: nncf's ``"performance"`` (symmetric activations, the default) or ``"mixed"``
+  (asymmetric activations) for int8;
+- ``source``: ``"qdq"`` builds int8 from ONNX Runtime's QDQ model of the same recipe (``_qdq``) instead
+  of nncf: OpenVINO turns its Q/DQ pairs into FakeQuantize and runs the same int8 kernels;
+- ``inference_precision``: ``"bf16"`` or ``"f16"``, what the CPU computes the float parts in, over the
+  precision's own (``_INFERENCE_PRECISION``); a CPU that lacks it runs f32 (``OpenVinoSession.info``).
 
-The IR records its precision in its ``rt_info`` (``edgetl/precision``) so ``load`` can pick the
-inference precision without a side file. Load/run never imports torch or nncf.
+The IR records its precision (``edgetl/precision``) and any ``inference_precision``
+(``edgetl/inference_precision``) in its ``rt_info``, so ``load`` picks the inference precision without a
+side file. Int8 builds record which precision OpenVINO's execution graph runs each weighted layer in
+(``runtime_precisions``). Load/run never imports torch or nncf.
 """
 
 from __future__ import annotations
@@ -31,12 +39,18 @@ import numpy as np
 from edgetl._cpu import TargetCpu, target_cpu
 from edgetl._lazy import available, require
 from edgetl.backends._qdq import check_calibration
-from edgetl.backends.base import Compiled, CpuBackendBase, SessionBase
+from edgetl.backends.base import Compiled, CpuBackendBase, SearchDevice, SessionBase, Variant
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, ConfigError
 from edgetl.tensors import TensorSpec, batch_size, batches, check_feeds, take
 
 _RT_PRECISION = ["edgetl", "precision"]
+_RT_INFERENCE = ["edgetl", "inference_precision"]
+# inference_precision option -> the CPU capability OpenVINO reports (OPTIMIZATION_CAPABILITIES) for it
+_HINT_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+_PRESETS = ("performance", "mixed")
+# the execution graph's layer types that carry the weights: int8 or not is decided there
+_WEIGHTED_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
 _CALIBRATION_BATCH = 8  # samples per nncf calibration item
 
 # What the CPU plugin computes the float parts of each artifact in. Without a hint OpenVINO picks
@@ -98,6 +112,19 @@ class OpenVinoBackend(CpuBackendBase):
         # "2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"; the build is in options.
         return require("openvino").get_version().split("-")[0]
 
+    # -- search space ------------------------------------------------------------------------
+    def variants(self, device: SearchDevice) -> list[Variant]:
+        """fp32; the float hints the device's CPU computes natively (``_float_hints``); int8 from nncf
+        (presets ``_nncf_variants``) and from ONNX Runtime's QDQ model. The task's weight-only scheme
+        (text) has neither calibration nor presets: one int8 variant, as the task measured it."""
+        found = [Variant("fp32", "fp32"), *_float_hints(device.cpu)]
+        if device.hint.get("scheme") == "weights":
+            return [*found, Variant("int8", "int8 weights")]
+        found += _nncf_variants(device.cpu)
+        if not device.hint.get("model_type"):  # nncf's transformer scheme has no QDQ counterpart
+            found.append(Variant("int8", "int8 qdq", {"source": "qdq"}))
+        return found
+
     # -- compile -------------------------------------------------------------------------------
     def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
                 options: dict[str, Any]) -> Compiled:
@@ -107,16 +134,21 @@ class OpenVinoBackend(CpuBackendBase):
         recipe = options.get("recipe") or CalibrationRecipe(name="default")
         hint = (options.get("quantization") or {}) if precision == "int8" else {}
         weights_only = hint.get("scheme") == "weights"
+        inference = _check_knobs(options, precision, weights_only)
         if precision == "int8" and not weights_only:
             calibration = check_calibration(calibration, recipe)  # before the slow conversion
-        model = _convert(ov, Path(onnx_path))
-        if weights_only:
+        from_qdq = precision == "int8" and options.get("source") == "qdq"
+        model = None if from_qdq else _convert(ov, Path(onnx_path))  # QDQ: converted once quantized
+        if from_qdq:
+            model, chosen = _from_qdq(ov, Path(onnx_path), calibration, recipe, target_cpu(options), hint)
+        elif weights_only:
             keep = _onnx_nodes(Path(onnx_path), hint.get("keep_float_prefixes") or ())
             model, chosen = _compress_weights(model, hint, keep)
         elif precision == "int8":
             check_feeds([_spec(port) for port in model.inputs], take(calibration, slice(0, 1)), "calibration samples")
             keep = _onnx_nodes(Path(onnx_path), hint.get("keep_float_prefixes") or ())
-            model, chosen = _quantize(model, calibration, recipe, target_cpu(options), hint, keep)
+            model, chosen = _quantize(model, calibration, recipe, target_cpu(options), hint, keep,
+                                      options.get("preset") or "performance")
         elif precision == "fp16":
             chosen = {"weights": "float16 (compress_to_fp16)",
                       "why": "half the size; the CPU decompresses weights at load and computes in f16 "
@@ -124,17 +156,64 @@ class OpenVinoBackend(CpuBackendBase):
         else:
             chosen = {"weights": "float32", "why": "the exported graph as OpenVINO IR, no compression"}
         model.set_rt_info(precision, _RT_PRECISION)
+        if inference:
+            model.set_rt_info(inference, _RT_INFERENCE)
+            chosen["inference_precision"] = inference
         xml = Path(out_dir) / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
         with self.load(xml, threads=options.get("threads")) as session:  # fail here, not on the device
-            runs_in = session.inference_precision
+            here = {"inference_precision_here": session.inference_precision, **session.info}
+            if precision == "int8" and not weights_only:
+                # what OpenVINO really runs: a FakeQuantize it cannot fuse leaves its layer in float
+                here["runtime_precisions"] = session.runtime_precisions()
         return Compiled(self.name, precision, xml, [xml, xml.with_suffix(".bin")],
-                        {"openvino": ov.get_version(), **chosen, "inference_precision_here": runs_in})
+                        {"openvino": ov.get_version(), **chosen, **here})
 
     # -- load ----------------------------------------------------------------------------------
     def load(self, path: Path, threads: int | None = None) -> OpenVinoSession:
         return OpenVinoSession(Path(path), threads)
+
+
+def _float_hints(cpu: TargetCpu) -> list[Variant]:
+    """Float variants beyond fp32, only where the device's CPU computes the type natively (its flags,
+    not this machine's: a workstation searches for a Pi). bf16: x86 with AVX512-BF16 or AMX-BF16;
+    OpenVINO's ARM CPU plugin has no bf16 kernels. f16: ARM64 with FP16 arithmetic (asimdhp) or x86
+    with AVX512-FP16: there fp16 weights computed in f16 (precision fp16) is the same kernels as an fp32
+    IR with an f16 hint at half the size, so only fp16 is searched. Elsewhere OpenVINO emulates both
+    through f32, slower than fp32 itself."""
+    found = []
+    if not cpu.is_arm and cpu.flags & {"avx512_bf16", "amx_bf16"}:
+        found.append(Variant("fp32", "fp32 bf16-hint", {"inference_precision": "bf16"}))
+    if (cpu.is_arm and "asimdhp" in cpu.flags) or "avx512_fp16" in cpu.flags:
+        found.append(Variant("fp16", "fp16"))
+    return found
+
+
+def _nncf_variants(cpu: TargetCpu) -> list[Variant]:
+    """nncf int8: the performance preset (symmetric activations: no zero-point compensation in the
+    kernels) and the mixed one (asymmetric activations: a finer grid for ReLU/SiLU outputs, which can
+    pay in accuracy). Bias correction stays "fast": "accurate" builds 2-3x slower and gives the same
+    kernels, so it can only win on accuracy, which is the recovery's business, not the speed search's."""
+    return [Variant("int8", "int8 nncf performance", {"preset": "performance"}),
+            Variant("int8", "int8 nncf mixed", {"preset": "mixed"})]
+
+
+def _check_knobs(options: dict[str, Any], precision: str, weights_only: bool) -> str | None:
+    """The search knobs of ``options``, checked before any slow work; returns the inference hint."""
+    inference = options.get("inference_precision")
+    if inference is not None and inference not in _HINT_CAPABILITY:
+        raise CompileError(f"openvino option inference_precision {inference!r}: choose one of {', '.join(_HINT_CAPABILITY)}")
+    preset = options.get("preset")
+    if preset is not None and preset not in _PRESETS:
+        raise CompileError(f"openvino option preset {preset!r}: choose one of {', '.join(_PRESETS)}")
+    source = options.get("source")
+    if source is not None and source != "qdq":
+        raise CompileError(f"openvino option source {source!r}: the only other source is 'qdq' (default: nncf)")
+    if source == "qdq" and (precision != "int8" or weights_only):
+        raise CompileError("openvino option source 'qdq' builds static int8 only: not "
+                           + ("the task's weight-only scheme" if weights_only else f"precision {precision}"))
+    return inference
 
 
 def _convert(ov, onnx_path: Path):
@@ -178,6 +257,31 @@ def _onnx_nodes(onnx_path: Path, prefixes) -> list[str]:
     return prefixed_nodes(require("onnx").load(str(onnx_path), load_external_data=False), prefixes)
 
 
+def _from_qdq(ov, onnx_path: Path, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu,
+              hint: dict[str, Any]):
+    """ONNX Runtime's static QDQ model of the same recipe, converted: OpenVINO folds each Q/DQ pair
+    into a FakeQuantize and runs the layers between them in int8, as for nncf's IR. Types for
+    OpenVINO's kernels (oneDNN on x86): u8 activations (i8 when the recipe asks for symmetric ones),
+    i8 weights, 7-bit on x86 without VNNI, whose u8 x s8 products saturate in int16 there as in ONNX
+    Runtime; the task's op types and keep-float prefixes as for ONNX Runtime."""
+    import tempfile
+
+    from edgetl.backends._qdq import quantize_qdq
+
+    activations = "int8" if recipe.symmetric_activations else "uint8"
+    reduce_range = not cpu.is_arm and not cpu.vnni
+    with tempfile.TemporaryDirectory(prefix="edgetl-ovqdq-") as tmp:
+        qdq = Path(tmp) / "model.qdq.onnx"
+        settings = quantize_qdq(onnx_path, qdq, calibration, recipe, activation_type=activations, weight_type="int8",
+                                reduce_range=reduce_range, op_types=hint.get("op_types"),
+                                keep_float_prefixes=hint.get("keep_float_prefixes") or ())
+        model = _convert(ov, qdq)
+    why = ("ONNX Runtime's QDQ model run by OpenVINO: " + ("7-bit weights: x86 without VNNI saturates u8 x s8 in int16"
+           if reduce_range else "full 8-bit weights: the CPU accumulates int8 products in int32"))
+    return model, {"source": "qdq", "quantizer": "onnxruntime QDQ, converted by OpenVINO", **settings,
+                   "calibration": recipe.name, "cpu": cpu.record(), "why": f"{why} (for {cpu.source}'s CPU)"}
+
+
 def _compress_weights(model, hint: dict[str, Any], keep_float: list[str]):
     """Weight-only int8 (``hint["scheme"] == "weights"``): nncf stores the MatMul and embedding
     weights as int8 with a float scale per output channel (``weights_mode`` "int8_asym", the default,
@@ -202,10 +306,10 @@ def _compress_weights(model, hint: dict[str, Any], keep_float: list[str]):
 
 
 def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe, cpu: TargetCpu,
-              hint: dict[str, Any], keep_float: list[str]):
+              hint: dict[str, Any], keep_float: list[str], preset_name: str = "performance"):
     """nncf post-training quantization; ``hint`` (the task's ``quantization``): ``model_type``
     "transformer" (nncf's scheme for attention models), ``smooth_quant`` (false: without it); ``keep_float``: the ONNX nodes its
-    ``keep_float_prefixes`` name, kept float."""
+    ``keep_float_prefixes`` name, kept float; ``preset_name``: nncf's preset (the ``preset`` option)."""
     # nncf imports torch's cpp_extension, which warns about a missing CUDA runtime on CPU machines.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     nncf = require("nncf", "OpenVINO int8 quantization")
@@ -224,14 +328,15 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
     # "fast": one statistics pass per layer; "accurate": nncf's BiasCorrection, which re-runs
     # sub-graphs layer by layer (about 2-3x slower); "none": no correction.
     fast = recipe.bias_correction != "accurate"
-    # Always symmetric activations (nncf's PERFORMANCE preset, also its default for CNNs): with the
-    # MIXED preset (asymmetric activations) OpenVINO 2026.4's CPU plugin segfaults on the first
-    # inference of a dynamic-batch IR whose depthwise convolutions take negative inputs (SiLU nets).
-    preset = nncf.QuantizationPreset.PERFORMANCE
-    if not recipe.symmetric_activations:
+    # Symmetric activations (nncf's PERFORMANCE preset, also its default for CNNs) unless the preset
+    # option asks for MIXED: the recipe's symmetric_activations (false by default) is not what picks
+    # it, so every profile keeps the preset it was measured with. MIXED_CRASH_NOTE says when MIXED is safe.
+    mixed = preset_name == "mixed"
+    preset = nncf.QuantizationPreset.MIXED if mixed else nncf.QuantizationPreset.PERFORMANCE
+    if not mixed and not recipe.symmetric_activations:
         range_notes["not_mapped"].append(
             "symmetric_activations = false: OpenVINO int8 uses symmetric activations (nncf preset "
-            "'performance'); asymmetric ones crash OpenVINO's CPU plugin with a dynamic batch")
+            "'performance') unless the preset option says 'mixed'")
     overflow_fix, overflow_why = _overflow_fix(cpu)
     # SmoothQuant (nncf's default for the transformer type) migrates activation outliers into the
     # weights; the task may switch it off (``smooth_quant: false``) where it measured no gain.
@@ -258,7 +363,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
         "calibration": recipe.name,
         "samples": batch_size(calibration),
         "preset": preset.value,
-        "symmetric_activations": True,
+        "symmetric_activations": not mixed,
         "per_channel": recipe.per_channel,
         "target_device": "CPU",
         "model_type": hint.get("model_type"),
@@ -395,11 +500,13 @@ class OpenVinoSession(SessionBase):
             raise ArtifactError(f"OpenVINO cannot read {path}: {_reason(exc)}") from exc
         _dynamic_batch(ov, model)
         precision = model.get_rt_info(_RT_PRECISION).astype(str) if model.has_rt_info(_RT_PRECISION) else "fp32"
+        asked = model.get_rt_info(_RT_INFERENCE).astype(str) if model.has_rt_info(_RT_INFERENCE) else None
+        inference, self.info = _inference_precision(core, precision, asked)
         config: dict[str, Any] = {
             # One stream, latency hint: the single-stream setting that bench measures (MLPerf).
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
-            "INFERENCE_PRECISION_HINT": _inference_precision(core, precision),
+            "INFERENCE_PRECISION_HINT": inference,
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -417,13 +524,31 @@ class OpenVinoSession(SessionBase):
         out = self._request.infer(feeds, share_inputs=True)
         return {spec.name: out[i] for i, spec in enumerate(self.outputs)}
 
+    def runtime_precisions(self) -> dict[str, dict[str, int]]:
+        """{layer type: {precision: count}} of the weighted layers in OpenVINO's execution graph, e.g.
+        {"Convolution": {"u8": 13, "f32": 4}}: whether an int8 IR really runs in int8 on this CPU."""
+        found: dict[str, dict[str, int]] = {}
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str)
+            if kind in _WEIGHTED_LAYERS:
+                counts = found.setdefault(kind, {})
+                runs_in = info["runtimePrecision"].astype(str)
+                counts[runs_in] = counts.get(runs_in, 0) + 1
+        return found
+
     def close(self) -> None:
         self._request = None
         self._compiled = None
 
 
-def _inference_precision(core, precision: str) -> str:
-    hint = _INFERENCE_PRECISION.get(precision, "f32")
-    if hint == "f16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        return "f32"
-    return hint
+def _inference_precision(core, precision: str, asked: str | None) -> tuple[str, dict[str, str]]:
+    """(the INFERENCE_PRECISION_HINT, notes for ``info``): the IR's own hint (``asked``) over its
+    precision's, each only where this CPU computes it: a bundle may land on a lesser CPU than the one
+    it was searched for, and there it runs in f32 rather than fail."""
+    hint = asked or _INFERENCE_PRECISION.get(precision, "f32")
+    capability = _HINT_CAPABILITY.get(hint)
+    if capability and capability not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        note = {"inference_precision_fallback": f"the IR asks for {hint}, which this CPU lacks: computing in f32"}
+        return "f32", note if asked else {}
+    return hint, {}

@@ -15,7 +15,8 @@ bias DequantizeLinear), and the network is strongly typed so the Q/DQ nodes deci
 When the installed builder cannot target the requested GPU (tensorrt_rtx has no sm87 for Jetson
 Orin), the artifact is the ONNX alone and ``load`` builds the engine on the device on first use.
 
-``compile`` options: ``recipe`` (int8) and the profile's ``TensorRtOptions``: ``gpu_arch`` ("sm89";
+``compile`` options: ``recipe`` (int8), ``int8_float`` (``"fp16"``: an int8 build's layers left float
+run in fp16, "mixed"; default fp32) and the profile's ``TensorRtOptions``: ``gpu_arch`` ("sm89";
 default ``DEFAULT_ARCH``), ``max_batch`` (engine profile, default 32), ``dims`` (the size of each
 named dynamic dimension besides batch, e.g. ``{"sequence": 128}``; default: the calibration
 samples'). The engine's optimization profile covers every dynamic dimension of every input
@@ -40,7 +41,7 @@ from pydantic import Field, field_validator
 
 from edgetl._lazy import available, require
 from edgetl.backends import _cuda
-from edgetl.backends.base import BackendBase, Compiled, NoOptions, SessionBase
+from edgetl.backends.base import BackendBase, Compiled, NoOptions, SearchDevice, SessionBase, Variant
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import ArtifactError, CompileError, EdgetlError
 from edgetl.tensors import TensorSpec, batch_size, batches, concat
@@ -108,11 +109,25 @@ class TensorRtBackend(BackendBase):
     def version(self) -> str:
         return _flavour(trt_module())
 
+    # -- search space ------------------------------------------------------------------------
+    def variants(self, device: SearchDevice) -> list[Variant]:
+        """fp16; int8 (explicit QDQ, the rest fp32); int8 "mixed" (the rest fp16). Not fp32: every GPU
+        TensorRT targets computes fp16 on its tensor cores, about twice as fast at a CNN's accuracy, so
+        fp32 cannot be the fastest that meets a budget. These build here (tensorrt-rtx builds on a CPU)
+        but run only on the device's GPU: the search times them remotely."""
+        return [Variant("fp16", "fp16"), Variant("int8", "int8"),
+                Variant("int8", "int8 mixed", {"int8_float": "fp16"})]
+
     # -- compile -------------------------------------------------------------------------------
     def compile(self, onnx_path: Path, out_dir: Path, precision: str, calibration: dict[str, np.ndarray] | None,
                 options: dict[str, Any]) -> Compiled:
         if precision not in self.precisions:
             raise CompileError(f"tensorrt cannot compile precision {precision!r}: choose one of {', '.join(self.precisions)}")
+        float_layers = options.get("int8_float")
+        if float_layers not in (None, "fp32", "fp16"):
+            raise CompileError(f"tensorrt option int8_float {float_layers!r}: choose fp32 or fp16")
+        if float_layers == "fp16" and precision != "int8":
+            raise CompileError(f"tensorrt option int8_float applies to int8 builds, not {precision}")
         trt = trt_module()
         out_dir = Path(out_dir)
         onnx_out = out_dir / f"model.{'qdq' if precision == 'int8' else precision}.onnx"
@@ -128,6 +143,8 @@ class TensorRtBackend(BackendBase):
         else:
             chosen.update(self._qdq(Path(onnx_path), onnx_out, calibration, options.get("recipe"),
                                     options.get("quantization") or {}))
+            if float_layers == "fp16":
+                chosen.update(float_layers_to_fp16(onnx_out))
         arch = options.get("gpu_arch") or DEFAULT_ARCH
         if not options.get("gpu_arch"):
             chosen["gpu_arch_note"] = f"no GPU arch given: built for {DEFAULT_ARCH} (Ada: RTX 40xx, L4)"
@@ -205,6 +222,22 @@ class TensorRtBackend(BackendBase):
             estimate = f"; accuracy was estimated with {onnx[0]} on ONNX Runtime CPU" if onnx else ""
             raise EdgetlError(f"TensorRT engines need an NVIDIA GPU and none was found here{estimate}")
         return TensorRtSession(path)
+
+
+def float_layers_to_fp16(qdq_path: Path) -> dict[str, Any]:
+    """An int8 QDQ model's float tensors and Q/DQ scales in fp16, inputs and outputs kept fp32: a
+    strongly typed network then runs the quantized layers in int8 and every other one in fp16 (what
+    NVIDIA's ModelOpt calls an fp16 high-precision dtype). Float16 scales need DequantizeLinear-19,
+    hence opset 19 at least (18 -> 19 only adds types and a Pad mode: nothing else changes meaning)."""
+    onnx = require("onnx", "TensorRT int8 with fp16")
+    float16 = require("onnxruntime.transformers.float16", "TensorRT int8 with fp16")
+    model = float16.convert_float_to_float16(onnx.load(str(qdq_path)), keep_io_types=True)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 19)
+    onnx.save(model, str(qdq_path))
+    return {"int8_float": "fp16", "why_float": "layers left float (and the Q/DQ scales) in fp16: TensorRT's "
+                                              "fp16 kernels instead of fp32 between the int8 layers"}
 
 
 def cannot_target(trt: ModuleType, arch: str) -> str | None:

@@ -18,6 +18,9 @@ output against PyTorch within that precision's tolerance (``tolerance``):
   masked mean, linear;
 - ``audio``: one float32 ``waveform`` (batch, samples): two conv1d, mean over time, linear.
 
+Each variant the backend declares for this machine's CPU (``Backend.variants``, what ``edgetl optimize``
+searches) compiles, loads and matches PyTorch the same way (``test_variant_matches_pytorch``).
+
 The last two (``NAMED_MODELS``) are exported through ``edgetl.export.onnx.export_onnx``: they prove
 that nothing between export and ``Session.run`` assumes one float32 image input. A backend whose
 artifacts need a GPU to run (TensorRT) overrides the ``..._matches_pytorch`` tests with
@@ -35,7 +38,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.backends import Backend, Compiled, Session, get_backend
+from edgetl._cpu import target_cpu
+from edgetl.backends import Backend, Compiled, SearchDevice, Session, Variant, get_backend
+from edgetl.config import CalibrationRecipe
 from edgetl.errors import DataError, EdgetlError
 from edgetl.tasks.text_classification import QUANTIZATION as TEXT_QUANTIZATION
 from edgetl.tensors import Feeds, TensorSpec, concat, take
@@ -296,14 +301,24 @@ def named_case(name: str, tmp_path_factory) -> tuple[Path, dict, dict, dict]:
     return _TINY[name]
 
 
+def host_device(backend: Backend, hint: dict | None = None) -> SearchDevice:
+    """The device ``edgetl optimize`` lists a backend's variants for on this machine (its first
+    device kind; this CPU, as a profile without ``cpu_arch``/``cpu_flags`` describes it)."""
+    return SearchDevice(backend.devices[0], target_cpu({}), hint or {}, {})
+
+
 class BackendConformance:
     runtime: str = ""
     compile_options: dict = {}
 
-    # -- parametrisation: one test per precision the backend declares -------------------------
+    # -- parametrisation: one test per precision, and per variant, the backend declares ---------
     def pytest_generate_tests(self, metafunc):
+        backend = get_backend(self.runtime)
         if "precision" in metafunc.fixturenames:
-            metafunc.parametrize("precision", get_backend(self.runtime).precisions)
+            metafunc.parametrize("precision", backend.precisions)
+        if "variant" in metafunc.fixturenames:
+            found = backend.variants(host_device(backend))
+            metafunc.parametrize("variant", found, ids=[v.label for v in found])
 
     # -- fixtures (class scope: the model and each precision compile once) --------------------
     @pytest.fixture(scope="class")
@@ -335,6 +350,25 @@ class BackendConformance:
                     onnx_path, out, precision, calib if precision == "int8" else None, options
                 )
             return cache[precision]
+
+        return _build
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def build_variant(cls, backend, tiny, tmp_path_factory):
+        """Variant -> Compiled, the way the search builds it: its options over the profile's, its
+        recipe overrides over the default recipe."""
+        onnx_path, calib, _, _ = tiny
+        cache: dict[str, Compiled] = {}
+
+        def _build(variant: Variant) -> Compiled:
+            if variant.label not in cache:
+                out = tmp_path_factory.mktemp(f"{cls.runtime}-variant")
+                recipe = CalibrationRecipe(name="default").model_copy(update=dict(variant.recipe))
+                options = {"threads": 2, **cls.compile_options, **variant.options, "recipe": recipe}
+                int8 = variant.precision == "int8"
+                cache[variant.label] = backend.compile(onnx_path, out, variant.precision, calib if int8 else None, options)
+            return cache[variant.label]
 
         return _build
 
@@ -400,6 +434,26 @@ class BackendConformance:
             assert [s.name for s in session.inputs] == list(x) and [s.name for s in session.outputs] == list(ref)
             out = concat([session.run(take(x, slice(0, 1))), session.run(take(x, slice(1, None)))])
         self._check(out, ref, precision)
+
+    def test_variants_are_declared(self, backend):
+        """At least one variant; labels unique; precisions the backend has; JSON options (fingerprinted)
+        and recipe overrides that are ``CalibrationRecipe`` fields."""
+        import json
+
+        found = backend.variants(host_device(backend))
+        assert found and all(isinstance(v, Variant) for v in found)
+        assert len({v.label for v in found}) == len(found)
+        assert {v.precision for v in found} <= set(backend.precisions)
+        assert all(json.loads(json.dumps(dict(v.options))) == dict(v.options) for v in found)
+        assert all(set(v.recipe) <= set(CalibrationRecipe.model_fields) for v in found)
+
+    def test_variant_matches_pytorch(self, backend, build_variant, tiny, variant):
+        """Every variant the search would build here runs and stays within its precision's tolerance.
+        (A runtime that needs a GPU overrides this with ``@pytest.mark.gpu``.)"""
+        _, _, x, ref = tiny
+        with backend.load(build_variant(variant).path, threads=2) as session:
+            out = concat([session.run(take(x, slice(0, 1))), session.run(take(x, slice(1, None)))])
+        self._check(out, ref, variant.precision)
 
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_named_model_compiles(self, build_named, named, precision):

@@ -8,6 +8,7 @@ import json
 import onnx
 import pytest
 
+from edgetl.backends import get_backend
 from edgetl.backends.tensorrt import DEFAULT_ARCH
 from edgetl.config import CalibrationRecipe
 from edgetl.errors import CompileError, EdgetlError
@@ -18,6 +19,7 @@ from tests.backends.conformance import (
     BackendConformance,
     compare,
     float_convs,
+    host_device,
     named_case,
     run_onnx_cpu,
 )
@@ -46,6 +48,44 @@ class TestTensorRt(BackendConformance):
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_task_scheme_matches_pytorch(self, backend, build_scheme, tmp_path_factory, named):
         super().test_task_scheme_matches_pytorch(backend, build_scheme, tmp_path_factory, named)
+
+    @pytest.mark.gpu
+    def test_variant_matches_pytorch(self, backend, build_variant, tiny, variant):
+        super().test_variant_matches_pytorch(backend, build_variant, tiny, variant)
+
+    def test_variant_builds_and_estimate_matches_pytorch(self, build_variant, tiny, variant):
+        """Every variant the search declares builds its engine here; its ONNX twin stays within tolerance."""
+        compiled = build_variant(variant)
+        assert compiled.path.name == "model.engine" and compiled.path.stat().st_size > 0
+        _, _, x, ref = tiny
+        self._check(run_onnx_cpu(compiled.estimate_with, x), ref, variant.precision)
+
+    def test_mixed_runs_the_float_layers_in_fp16(self, build_variant):
+        """int8 "mixed": the layers left float, and the Q/DQ scales, are fp16 (opset 19 allows fp16
+        scales); the quantized weights stay int8 and the model's inputs and outputs fp32."""
+        variants = {v.label: v for v in get_backend("tensorrt").variants(host_device(get_backend("tensorrt")))}
+        plain, mixed = (onnx.load(str(build_variant(variants[label]).estimate_with)) for label in ("int8", "int8 mixed"))
+        floats = lambda m: {i.data_type for i in m.graph.initializer} - {onnx.TensorProto.INT8, onnx.TensorProto.INT64}  # noqa: E731
+        assert floats(plain) == {onnx.TensorProto.FLOAT} and floats(mixed) == {onnx.TensorProto.FLOAT16}
+        assert next(o.version for o in mixed.opset_import if o.domain == "") >= 19
+        assert [i.type.tensor_type.elem_type for i in (*mixed.graph.input, *mixed.graph.output)] == [onnx.TensorProto.FLOAT] * 2
+        assert sum(n.op_type == "DequantizeLinear" for n in mixed.graph.node) == sum(
+            n.op_type == "DequantizeLinear" for n in plain.graph.node)
+        assert build_variant(variants["int8 mixed"]).options["int8_float"] == "fp16"
+
+    @pytest.mark.parametrize(("built", "value", "message"), [
+        ("int8", "bf16", "tensorrt option int8_float 'bf16': choose fp32 or fp16"),
+        ("fp16", "fp16", "tensorrt option int8_float applies to int8 builds, not fp16"),
+    ])
+    def test_a_bad_int8_float_is_one_line(self, backend, tiny, tmp_path, built, value, message):
+        with pytest.raises(CompileError, match=f"^{message}$"):
+            backend.compile(tiny[0], tmp_path, built, tiny[1], {"int8_float": value})
+        assert not list(tmp_path.iterdir())
+
+    def test_variants_are_fp16_and_int8(self, backend):
+        """No fp32 (never the fastest on a GPU); the same on any CPU: the GPU decides."""
+        labels = [(v.precision, v.label, dict(v.options)) for v in backend.variants(host_device(backend))]
+        assert labels == [("fp16", "fp16", {}), ("int8", "int8", {}), ("int8", "int8 mixed", {"int8_float": "fp16"})]
 
     @pytest.mark.parametrize("named", list(NAMED_MODELS))
     def test_task_scheme_estimate_matches_pytorch(self, build_scheme, tmp_path_factory, named):
@@ -148,7 +188,6 @@ class TestTensorRt(BackendConformance):
 
 def test_depthwise_convs_stay_float_when_the_recipe_says_so(tmp_path):
     """calibration/tensorrt.toml: depthwise convs keep float inputs; the others are quantized."""
-    from edgetl.backends import get_backend
     from edgetl.backends._qdq import depthwise_convs
     from edgetl.config import load_recipe
     from tests.backends.conformance import build_tiny_onnx, synthetic_images
