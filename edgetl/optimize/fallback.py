@@ -181,7 +181,7 @@ def _run(model, feeds: dict[str, np.ndarray], threads: int | None) -> dict[str, 
     ort = require("onnxruntime", "layer sensitivity")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0
-    options.log_severity_level = 3  # the copies' unused Q/DQ nodes are pruned with a warning each
+    options.log_severity_level = 3  # a copy's int8 weights that nothing reads go, with a warning each
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     parts = [dict(zip(names, session.run(names, part), strict=True)) for part in batches(feeds, _BATCH)]
