@@ -17,6 +17,7 @@ The time budget stops new builds and screening rounds; points already measured a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from edgetl._io import sha256_file, write_json
-from edgetl.bench.gates import FAIL, PASS, UNDECIDED, evaluate_gates
-from edgetl.compiler import _Context, build_artifact, cell_fingerprint
+from edgetl.bench.gates import PASS, UNDECIDED, evaluate_gates
+from edgetl.compiler import _Context, _jsonable, build_artifact, cell_fingerprint
 from edgetl.config import Budgets
 from edgetl.errors import EdgetlError
 from edgetl.optimize.record import PointResult
 from edgetl.optimize.space import Candidate
 from edgetl.stages import Reporter
+from edgetl.tasks import BENCH_METRICS
 
 ETA = 3  # successive halving keeps the fastest third
 MIN_KEPT = 2
@@ -109,7 +111,7 @@ def gates_of(budgets: Budgets, accuracy: dict | None, latency: dict | None) -> d
     return evaluate_gates(budgets, {"accuracy": accuracy, "latency": latency_rows, "memory": memory})
 
 
-_LATER = ("p90_latency_ms", "memory_mb")  # goals the timing decides; the rest are decided by accuracy
+_LATER = frozenset(m.name for m in BENCH_METRICS)  # goals the timing decides; the task's by its accuracy
 
 
 def accuracy_met(budgets: Budgets, accuracy: dict | None) -> tuple[bool, str | None]:
@@ -185,8 +187,6 @@ class Search:
     def _cached(self, folder: Path, fingerprint: str) -> dict | None:
         """candidate.json when it is this candidate's and every file still has its sha256; else None
         (a corrupt, edited or half-written cache is rebuilt, never trusted)."""
-        import json
-
         try:
             data = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
             ok = (isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("files"), dict)
@@ -367,12 +367,6 @@ def results(points: list[Point], budgets: Budgets) -> tuple[list[PointResult], s
     return rows, pick.id if pick else None
 
 
-def _jsonable(value: Any) -> Any:
-    from edgetl.compiler import _jsonable as jsonable
-
-    return jsonable(value)
-
-
 def copy_files(built: Built, run, dest_tmp: Path) -> tuple[Path, list[Path]]:
     """The candidate's files copied under ``dest_tmp`` (same layout); (the loaded file, every file)."""
     src_root = built.folder / "artifact"
@@ -386,4 +380,4 @@ def copy_files(built: Built, run, dest_tmp: Path) -> tuple[Path, list[Path]]:
     return dest_tmp / (run.path / built.data["path"]).relative_to(src_root), files
 
 
-__all__ = ["FAIL", "Built", "Point", "Search", "pareto", "results", "with_max_drop"]
+__all__ = ["Built", "Point", "Search", "pareto", "results", "with_max_drop"]

@@ -42,6 +42,8 @@ def candidate_table(record: OptimizeRecord) -> Table:
     for row in sorted(record.points, key=lambda r: (order[r.status], (r.latency or {}).get("p50_ms", float("inf")))):
         lat, acc = row.latency or {}, row.accuracy
         status = row.status + ("*" if lat.get("busy") else "")
+        if row.meets and (row.gates or {}).get("status") == "UNDECIDED":  # met on the point estimate only
+            status += " (undecided)"
         if row.why:
             notes.append(f"{row.id}: {escape(row.why)}")
             status += f" [{len(notes)}]"
@@ -54,6 +56,9 @@ def candidate_table(record: OptimizeRecord) -> Table:
                       f"[{style}]{status}[/]" if style else status)
     if any((r.latency or {}).get("busy") for r in record.points):
         notes.append("* timed while other processes used the CPU: that latency may be high")
+    if any(r.meets and (r.gates or {}).get("status") == "UNDECIDED" for r in record.points):
+        notes.append("* (undecided): an accuracy interval straddles its budget (too few validation samples); "
+                     "the point estimate meets it")
     table.caption = "\n".join(n if n.startswith("*") else f"[{i}] {n}" for i, n in enumerate(notes, 1)) or None
     table.caption_justify = "left"
     return table

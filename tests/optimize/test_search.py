@@ -78,6 +78,14 @@ def test_a_rerun_is_served_from_the_cache_a_corrupt_candidate_is_rebuilt_and_for
     assert changed and all(k.startswith(model.parent.parent.name + "/") for k in changed)  # that candidate only
     assert not model.read_bytes().endswith(b"tampered")
 
+    other = next(d for d in (run.path / "optimize" / "host-cpu").glob("*/candidate.json") if d.parent != model.parent.parent)
+    other.write_text("{not json")  # a half-written or edited cache record
+    optimize(run.path, "host-cpu", **SEARCH)
+    again = _mtimes(run)
+    assert {k for k in after if again[k] != after[k]} == {k for k in after if k.startswith(other.parent.name + "/")}
+    assert json.loads(other.read_text())["fingerprint"].startswith(other.parent.name)
+    after = again
+
     optimize(run.path, "host-cpu", **SEARCH, force=True)
     forced = _mtimes(run)
     assert all(forced[k] != after[k] for k in after)
