@@ -65,11 +65,11 @@ def test_an_unknown_int8_types_is_one_line():
 
 
 @pytest.mark.parametrize(("cpu", "expected"), [
-    (AVX2, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (ZEN4, ["fp32", "fp32 bf16-hint", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (SAPPHIRE, ["fp32", "fp32 bf16-hint", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (PI5, ["fp32", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (PI4, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
+    (AVX2, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (ZEN4, ["fp32", "fp32 bf16-hint", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (SAPPHIRE, ["fp32", "fp32 bf16-hint", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (PI5, ["fp32", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (PI4, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
 ])
 def test_openvino_float_hints_follow_the_cpus_flags(cpu, expected):
     """bf16 only with AVX512-BF16/AMX (never on ARM: OpenVINO has no ARM bf16 kernels); fp16 where the
