@@ -265,7 +265,9 @@ def _from_qdq(ov, onnx_path: Path, calibration: dict[str, np.ndarray], recipe: C
     into a FakeQuantize and runs the layers between them in int8, as for nncf's IR. Types for
     OpenVINO's kernels (oneDNN on x86): u8 activations (i8 when the recipe asks for symmetric ones),
     i8 weights, 7-bit on x86 without VNNI, whose u8 x s8 products saturate in int16 there as in ONNX
-    Runtime; the task's op types and keep-float prefixes as for ONNX Runtime."""
+    Runtime (EfficientNet-Lite0 fine-tuned on digits, AVX2 EPYC: top-1 88.0% with 7-bit weights, 64.1%
+    with 8, fp32 96.9%; its execution graph runs all 49 convolutions in u8 either way); the task's op
+    types and keep-float prefixes as for ONNX Runtime."""
     import tempfile
 
     from edgetl.backends._qdq import quantize_qdq
