@@ -24,19 +24,18 @@ def labels(runtime: str, cpu: TargetCpu, hint: dict | None = None, device: str =
 
 
 @pytest.mark.parametrize(("cpu", "expected"), [
-    (AVX2, ["fp32", "int8 u8s8 per-channel", "int8 u8s8 per-tensor", "int8 s8s8 per-channel", "int8 s8s8 per-tensor"]),
-    (VNNI, ["fp32", "int8 u8s8 per-channel", "int8 u8s8 per-tensor"]),
-    (PI5, ["fp32", "fp16", "int8 s8s8 per-channel", "int8 s8s8 per-tensor"]),
-    (PI4, ["fp32", "int8 s8s8 per-channel", "int8 s8s8 per-tensor"]),
+    (AVX2, ["fp32", "int8 u8s8"]),
+    (VNNI, ["fp32", "int8 u8s8"]),
+    (PI5, ["fp32", "fp16", "int8 s8s8"]),
+    (PI4, ["fp32", "int8 s8s8"]),
 ])
 def test_onnxruntime_searches_what_the_cpu_runs_fast(cpu, expected):
     assert labels("onnxruntime", cpu) == expected
 
 
 def test_onnxruntime_variants_carry_their_knobs():
-    found = {v.label: v for v in get_backend("onnxruntime").variants(SearchDevice("cpu", AVX2, {}, {}))}
-    assert found["int8 s8s8 per-tensor"] == Variant("int8", "int8 s8s8 per-tensor", {"int8_types": "s8s8"},
-                                                    {"per_channel": False})
+    found = {v.label: v for v in get_backend("onnxruntime").variants(SearchDevice("cpu", PI5, {}, {}))}
+    assert found["int8 s8s8"] == Variant("int8", "int8 s8s8", {"int8_types": "s8s8"}, {"per_channel": True})
     assert found["fp32"] == Variant("fp32", "fp32")
 
 
@@ -66,11 +65,11 @@ def test_an_unknown_int8_types_is_one_line():
 
 
 @pytest.mark.parametrize(("cpu", "expected"), [
-    (AVX2, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (ZEN4, ["fp32", "fp32 bf16-hint", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (SAPPHIRE, ["fp32", "fp32 bf16-hint", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (PI5, ["fp32", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
-    (PI4, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 qdq"]),
+    (AVX2, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (ZEN4, ["fp32", "fp32 bf16-hint", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (SAPPHIRE, ["fp32", "fp32 bf16-hint", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (PI5, ["fp32", "fp16", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
+    (PI4, ["fp32", "int8 nncf performance", "int8 nncf mixed", "int8 nncf accurate-bc", "int8 qdq"]),
 ])
 def test_openvino_float_hints_follow_the_cpus_flags(cpu, expected):
     """bf16 only with AVX512-BF16/AMX (never on ARM: OpenVINO has no ARM bf16 kernels); fp16 where the
