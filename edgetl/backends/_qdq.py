@@ -228,14 +228,18 @@ def float_inputs(model, names: set[str], prepared) -> None:
     Q/DQ, and keeping it float would recover little."""
     producer = {out: n for n in model.graph.node for out in n.output}
     restored: dict[str, list] = {}  # node name -> activations to put back in front of it
+    floats: dict[str, str] = {}  # quantized tensor -> its float version, once for all its readers
     for node in [n for n in model.graph.node if n.name in names]:
         for i, tensor in enumerate(node.input):
             dq = producer.get(tensor)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            if q.input[0] not in floats:
                 folded = _folded_activation(model, prepared, q.input[0])
-                node.input[i] = folded.output[0] if folded else q.input[0]
+                floats[q.input[0]] = folded.output[0] if folded else q.input[0]
                 restored.setdefault(node.name, []).extend([folded] if folded else [])
+            node.input[i] = floats[q.input[0]]
         for i, tensor in enumerate(node.output):
             pair = _requantized_output(model, tensor)
             if pair:

@@ -243,3 +243,29 @@ def test_keep_float_nodes_leave_the_nodes_float_in_the_artifact(tiny, runtime, o
     assert all(_quantized(runtime, quantized[n]) for n in names)  # the check can fail
     kept = inputs(BAD.model_copy(update={"keep_float_nodes": names}), tmp_path / "kept")
     assert not any(_quantized(runtime, kept[n]) for n in names), kept
+
+
+def test_two_kept_layers_reading_one_folded_relu_share_its_float_copy(tmp_path):
+    """Conv -> Relu -> two Convs, both kept float: the Relu ONNX Runtime folded into the first Conv's
+    quantization is put back once, and the artifact loads and matches the float model closely."""
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(0, 0.3, (4, c, 3, 3)).astype(np.float32) for name, c in (("w0", 3), ("wa", 4), ("wb", 4))}
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "wa"], ["a"], name="conva", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["r0", "wb"], ["b"], name="convb", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "b"], ["out"], name="add")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    feeds = {"input": rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32)}
+    ort = get_backend("onnxruntime")
+    recipe = CalibrationRecipe(name="keep", keep_float_nodes=["conva", "convb"])
+    compiled = ort.compile(tmp_path / "model.onnx", tmp_path, "int8", feeds, {"recipe": recipe, **CPU})
+    built = onnx.load(str(compiled.path))
+    assert [n.name for n in built.graph.node if n.op_type == "Relu"] == ["relu0/float"]
+    out, ref = _outputs(ort, compiled.path, feeds)["out"], _outputs(ort, tmp_path / "model.onnx", feeds)["out"]
+    assert np.mean((out - ref) ** 2) < 1e-3 * np.mean(ref ** 2)  # only conv0 is int8
