@@ -7,9 +7,14 @@ Compile-time only: imports onnx and onnxruntime.quantization inside the function
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
+import inspect
 import io
+import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +182,7 @@ def quantize_qdq(
         check_feeds(onnx_inputs(model), take(calibration, slice(0, 1)), "calibration samples")
         reader = _Reader(calibration)
         extra["CalibStridedMinMax"] = _stride(len(reader))
+        cache = _ranges_cache(q.quantize_static, prepared, calibration, recipe.method, quantizable, extra)
         try:
             with _quiet():
                 q.quantize_static(
@@ -190,6 +196,7 @@ def quantize_qdq(
                     weight_type=types[weight_type],
                     calibrate_method=methods[recipe.method],
                     extra_options=extra,
+                    **cache,
                 )
         except (ValueError, RuntimeError) as exc:
             raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
@@ -303,6 +310,32 @@ def _drop_unread_qdq(model) -> None:
     read = {t for n in model.graph.node for t in n.input}
     for tensor in [t for t in model.graph.initializer if t.name in params and t.name not in read]:
         model.graph.initializer.remove(tensor)
+
+
+_RANGES: Path | None = None  # this process's folder of activation ranges (removed at exit)
+
+
+def _ranges_cache(quantize_static, prepared: Path, calibration: dict[str, np.ndarray], method: str,
+                  quantizable: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """``calibration_cache_path`` for ``quantize_static``: the activation ranges of one prepared model,
+    calibration set and method are measured once per process and reused by every build that differs
+    only in what the ranges do not depend on (int8 types, per-channel weights, reduce_range, nodes kept
+    float). Calibration is most of an int8 build, and an ``edgetl optimize`` search builds many of
+    those. The key holds everything the calibrator reads; the folder lives and dies with the process,
+    so nothing stale is ever trusted. {} for an ONNX Runtime without the parameter."""
+    global _RANGES
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return {}
+    key = hashlib.sha256(Path(prepared).read_bytes())
+    key.update(json.dumps([method, quantizable, extra], sort_keys=True, default=str).encode())
+    for name in sorted(calibration):
+        array = np.ascontiguousarray(calibration[name])
+        key.update(f"{name}{array.dtype}{array.shape}".encode())
+        key.update(memoryview(array).cast("B"))
+    if _RANGES is None:
+        _RANGES = Path(tempfile.mkdtemp(prefix="edgetl-ranges-"))
+        atexit.register(shutil.rmtree, _RANGES, True)
+    return {"calibration_cache_path": str(_RANGES / f"{key.hexdigest()}.json")}
 
 
 def _prepared(onnx_in: Path, dest: Path, quant_pre_process) -> Path:

@@ -25,9 +25,12 @@ from edgetl.cli._options import _remote_options
 @click.option("--force", is_flag=True, help="Rebuild and retime every candidate instead of reusing the cache.")
 @click.option("--remote", metavar="ssh://[user@]host[:port][/path]", help="Time on this device over SSH: each "
               "candidate is compiled here, shipped as a bundle and timed there.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
+              help="With --remote: sign the bundles shipped for timing with this Ed25519 private key (needed when "
+              "the device trusts keys: `edgetl keys trust`).")
 @_remote_options
-def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote, remote_edgetl, ssh_options, install,
-                 connect_timeout, allow_rollback):
+def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote, sign_key, remote_edgetl, ssh_options,
+                 install, connect_timeout, allow_rollback):
     """Find the fastest artifact that meets a target's budgets, by measurement.
 
     \b
@@ -69,11 +72,11 @@ def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote
     if remote:
         from edgetl.bundle.remote import Access
 
-        access = Access(list(ssh_options), remote_edgetl, install, connect_timeout, allow_rollback)
-    elif install or ssh_options or allow_rollback:
+        access = Access(list(ssh_options), remote_edgetl, install, connect_timeout, allow_rollback, sign=sign_key)
+    elif install or ssh_options or allow_rollback or sign_key:
         from edgetl.errors import ConfigError
 
-        raise ConfigError("--install, --ssh-option and --allow-rollback need --remote")
+        raise ConfigError("--install, --ssh-option, --allow-rollback and --sign need --remote")
     result = optimize(run, target, remote=remote, access=access, budget_s=budget, max_drop_pp=max_drop,
                       threads=threads, runtimes=runtimes, force=force)
     RichReporter(console).table(candidate_table(result.record))  # a log gets every column unfolded

@@ -21,13 +21,14 @@ from typing import Any
 
 from edgetl._io import atomic_dir, sha256_json, write_json
 from edgetl.backends import Compiled, get_backend
+from edgetl.compiler import OPTIMIZED
 from edgetl.config import load_target, name_list, target_names
 from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.optimize.record import OptimizeRecord, PointResult
 from edgetl.rundir import RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter
 
-SLOT = "optimized"
+SLOT = OPTIMIZED  # the compiled slot of the pick: compiled/<target>/optimized
 DEFAULT_BUDGET_S = 600.0
 
 

@@ -11,6 +11,7 @@ from tests.backends.conformance import (
     BackendConformance,
     float_convs,
     named_case,
+    tiny_case,
     synthetic_images,
     task_scheme,
 )
@@ -140,3 +141,27 @@ def test_inputs_the_model_cannot_run_are_one_line(tmp_path_factory, capfd):
             session.run(feeds)
         assert np.isfinite(session.run({k: v[:1] for k, v in x.items()})["logits"]).all()
     assert len(str(caught.value).splitlines()) == 1 and "Gather" not in capfd.readouterr().err
+
+
+def test_activation_ranges_are_measured_once_per_calibration_set(tmp_path_factory, tmp_path):
+    """Builds that differ only in int8 types or per-channel reuse the ranges of the first build (the
+    same bytes as a fresh calibration), and another calibration set is calibrated again."""
+    from edgetl.backends import _qdq
+
+    onnx_path, calibration, _, _ = tiny_case(tmp_path_factory)
+    x = calibration["input"]
+    recipe = CalibrationRecipe(name="t", samples=len(x), method="percentile")
+
+    def build(name, data, **types):
+        _qdq.quantize_qdq(onnx_path, tmp_path / name, data, recipe, **types)
+        return (tmp_path / name).read_bytes()
+
+    before = set(_qdq._RANGES.iterdir()) if _qdq._RANGES else set()
+    first = build("a.onnx", calibration, activation_type="uint8", weight_type="int8")
+    made = set(_qdq._RANGES.iterdir()) - before
+    assert len(made) == 1  # the first build measured and stored its ranges
+    assert build("b.onnx", calibration, activation_type="uint8", weight_type="int8") == first
+    build("c.onnx", calibration, activation_type="int8", weight_type="int8")
+    assert set(_qdq._RANGES.iterdir()) - before == made  # other types: the same ranges
+    build("d.onnx", {"input": x[::-1].copy() * 2}, activation_type="uint8", weight_type="int8")
+    assert len(set(_qdq._RANGES.iterdir()) - before) == 2  # other samples: calibrated again

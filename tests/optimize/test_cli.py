@@ -59,7 +59,8 @@ def test_no_candidate_meeting_the_budgets_exits_1_and_promotes_nothing(searched,
     (["--target", "host-cpu", "--budget", "0s"], "--budget '0s' must be more than 0 seconds"),
     (["--target", "host-cpu", "--max-drop", "-1"], "--max-drop -1 must be between 0 and 100"),
     (["--target", "host-cpu", "--threads", "0"], "--threads 0 must be at least 1"),
-    (["--target", "host-cpu", "--install"], "--install, --ssh-option and --allow-rollback need --remote"),
+    (["--target", "host-cpu", "--install"], "--install, --ssh-option, --allow-rollback and --sign need --remote"),
+    (["--target", "host-cpu", "--sign", "k.key"], "--sign need --remote"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(copy_run, args, message):
     run = copy_run()
