@@ -11,9 +11,9 @@ from tests.backends.conformance import (
     BackendConformance,
     float_convs,
     named_case,
-    tiny_case,
     synthetic_images,
     task_scheme,
+    tiny_case,
 )
 
 
