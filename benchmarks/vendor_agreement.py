@@ -91,7 +91,7 @@ def model_and_input(args, tmp: Path) -> tuple[Path, np.ndarray]:
 
 def edgetl_latency(runtime: str, path: Path, npy: Path, threads: int, iterations: int) -> dict:
     result = measure_isolated("edgetl.bench.measure:artifact_opener",
-                              {"runtime": runtime, "path": str(path), "threads": threads}, {"inputs": str(npy)},
+                              {"runtime": runtime, "path": str(path), "threads": threads}, {"inputs": {"input": str(npy)}},
                               batches=[1], iterations=iterations, warmup_iters=WARMUP_ITERS, warmup_s=WARMUP_S)
     row = result["latency"][0]
     return {k: row[k] for k in ("p50_ms", "p90_ms", "mean_ms")}

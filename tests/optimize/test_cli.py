@@ -13,7 +13,7 @@ from edgetl.config import load_target
 from edgetl.optimize.record import OptimizeRecord
 from edgetl.rundir import RunDir
 
-FAST = ["--runtimes", "onnxruntime", "--threads", "1", "--max-drop", "50"]  # the cached search of conftest.SEARCH
+FAST = ["--runtimes", "onnxruntime,openvino", "--threads", "1", "--max-drop", "50"]  # the cached search of conftest.SEARCH
 
 
 def _optimize(run, *args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_the_pick_is_the_fastest_point_that_meets_every_budget(searched):
     assert pick.latency["p50_ms"] == min(r.latency["p50_ms"] for r in meeting)
     assert pick.gates["status"] != "FAIL" and pick.accuracy["drop_pp"] <= 50
     assert all(r.why for r in record.points if r.status != "picked")  # every runner-up says why it lost
-    assert {r.runtime for r in record.points} == {"onnxruntime"} and {r.threads for r in record.points} == {1}
+    assert {r.runtime for r in record.points} == {"onnxruntime", "openvino"} and {r.threads for r in record.points} == {1}
     assert record.reference["threads"] == 1 and record.reference["p50_ms"] > 0  # PyTorch eager, same threads
 
 
@@ -42,9 +43,12 @@ def test_successive_halving_drops_the_slowest_third_after_round_1(searched):
     kept = [r for r in record.points if r.latency and r.latency["final"]]
     within = [r for r in record.points if r.accuracy and r.accuracy["drop_pp"] <= 50]
     assert len(within) == len(record.points) > 2  # every point meets a 50 pp budget: more than halving keeps
-    assert len(kept) == 2 and len(pruned) == len(within) - 2  # keep max(2, ceil(n / 3)) and n <= 6: 2 finalists
-    assert all(r.latency["round"] == 1 and "pruned after round 1" in r.why for r in pruned)
-    assert min(_round_p50(run, r, 1) for r in pruned) >= max(_round_p50(run, r, 1) for r in kept)
+    first = [r for r in pruned if r.latency["round"] == 1]
+    survived = [r for r in record.points if r not in first]
+    assert len(survived) == max(2, math.ceil(len(within) / 3))  # halving keeps the fastest third, at least 2
+    assert len(kept) == 2 and len(pruned) == len(within) - 2
+    assert first and all("pruned after round 1" in r.why for r in first)
+    assert min(_round_p50(run, r, 1) for r in first) >= max(_round_p50(run, r, 1) for r in survived)
 
 
 def test_the_pick_is_promoted_to_an_ordinary_compiled_entry(searched):
