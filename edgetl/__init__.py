@@ -9,7 +9,7 @@ docstrings: ``help(edgetl.deploy)``), loaded on first access so that ``import ed
     edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
     edgetl.compile("runs/flowers", ["host-cpu"])
     edgetl.run_bench("runs/flowers")
-    edgetl.find_fastest("runs/flowers", "host-cpu").pick   # edgetl optimize: the fastest within budgets
+    edgetl.run_optimize("runs/flowers", "host-cpu").pick   # edgetl optimize: the fastest within budgets
     edgetl.make_report("runs/flowers")
     edgetl.deploy("images", targets=["host-cpu"], out="runs/flowers")   # all of the above
 
@@ -30,7 +30,7 @@ _API = {
     "TrainOptions": ("edgetl.adapt.options", "TrainOptions"),
     "compile": ("edgetl.compiler", "compile"),
     "run_bench": ("edgetl.bench.run", "bench"),
-    "find_fastest": ("edgetl.optimize", "optimize"),
+    "run_optimize": ("edgetl.optimize", "optimize"),
     "make_report": ("edgetl.report", "make_report"),
     "deploy": ("edgetl.pipeline", "deploy_with"),
 }

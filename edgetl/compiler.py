@@ -380,13 +380,27 @@ def entry_for(run: RunDir, cell: Cell, compiled: Compiled, out_dir: Path, accura
 
 def record_entry(run: RunDir, key: str, entry: CompiledEntry) -> None:
     """The artifact's hashes and its ``compiled[key]`` entry, in one locked write."""
-    hashes = {f: sha256_file(run.path / f) for f in entry.files}
+    hashes = entry_hashes(run, entry)
     with run.editing() as manifest:
-        artifacts = manifest.setdefault("artifacts", {})
-        for stale in [k for k in artifacts if k.startswith(entry.dir + "/") and k not in hashes]:
-            del artifacts[stale]  # files of the artifact this one replaced
-        artifacts.update(hashes)
+        put_entry(manifest, key, entry, hashes)
+
+
+def entry_hashes(run: RunDir, entry: CompiledEntry) -> dict[str, str]:
+    return {f: sha256_file(run.path / f) for f in entry.files}
+
+
+def put_entry(manifest: dict, key: str, entry: CompiledEntry | None, hashes: dict[str, str], folder: str = "") -> None:
+    """``compiled[key]`` := ``entry`` and its files' hashes, inside a caller's locked edit; ``entry`` None
+    removes the key and the hashes of everything under ``folder``."""
+    artifacts = manifest.setdefault("artifacts", {})
+    folder = entry.dir if entry is not None else folder
+    for stale in [k for k in artifacts if k.startswith(folder + "/") and k not in hashes]:
+        del artifacts[stale]  # files of the artifact this one replaced
+    artifacts.update(hashes)
+    if entry is not None:
         manifest.setdefault(CompiledEntry.SECTION, {})[key] = entry.dump()
+    else:
+        manifest.get(CompiledEntry.SECTION, {}).pop(key, None)
 
 
 def _moved(compiled: Compiled, tmp: Path, dest: Path) -> Compiled:

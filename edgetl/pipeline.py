@@ -362,12 +362,26 @@ class _Optimize:
         return all(t in records and self._still_valid(records[t]) for t in self._targets())
 
     def _still_valid(self, record) -> bool:
+        """The search deploy would run now: same device, budgets, runtimes and threads, not cut short by
+        a smaller time budget, and its pick still in place."""
+        from edgetl.bench.run import default_threads
         from edgetl.config import load_target
+        from edgetl.optimize import _local_usable, parse_budget
+        from edgetl.optimize.space import serving_runtimes
 
-        threads = self.state.config.threads
-        if record.remote is not None or record.budgets != load_target(record.target).budgets.model_dump():
+        config, profile = self.state.config, load_target(record.target)
+        threads = config.threads or profile.threads
+        settings = record.settings
+        if record.remote is not None or record.budgets != profile.budgets.model_dump():
             return False
-        if threads is not None and record.settings.get("threads") != [threads]:
+        if settings.get("threads") != ([threads] if threads else sorted({1, default_threads()})):
+            return False
+        try:
+            if settings.get("runtimes") != serving_runtimes(profile, None, _local_usable)[0]:
+                return False
+        except EdgetlError:
+            return False
+        if record.budget_spent and settings.get("budget_s", 0) < parse_budget(config.optimize_budget):
             return False
         if record.pick is None:
             return True
@@ -587,7 +601,7 @@ def _stale_bench_keys(run: RunDir, keys: list[str], device: str, batches: list[i
             doc, entry = BenchDocument.read(result_path(run, key, device)), run.compiled_entry(key)
             same = doc.artifact["files"] == _artifact_files(run, entry) and \
                 (doc.settings or {}).get("batches") == batches and \
-                (not entry.slot or (doc.settings or {}).get("threads") == entry.threads)  # a pick: at its threads
+                (not entry.slot or entry.threads is None or (doc.settings or {}).get("threads") == entry.threads)
         except (EdgetlError, KeyError):
             same = False
         if not same:

@@ -27,7 +27,7 @@ def test_importing_edgetl_imports_neither_torch_nor_a_stage():
     ("train", "edgetl.adapt.train", "train"),
     ("compile", "edgetl.compiler", "compile"),
     ("run_bench", "edgetl.bench.run", "bench"),
-    ("find_fastest", "edgetl.optimize", "optimize"),
+    ("run_optimize", "edgetl.optimize", "optimize"),
     ("make_report", "edgetl.report", "make_report"),
     ("deploy", "edgetl.pipeline", "deploy_with"),
     ("TrainOptions", "edgetl.adapt.options", "TrainOptions"),

@@ -112,6 +112,12 @@ class OpenVinoBackend(CpuBackendBase):
         # "2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"; the build is in options.
         return require("openvino").get_version().split("-")[0]
 
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        out = super().fingerprint(options)
+        if options.get("source") == "qdq":  # ONNX Runtime's quantizer builds that model: its version counts too
+            out["onnxruntime"] = require("onnxruntime").__version__
+        return out
+
     # -- search space ------------------------------------------------------------------------
     def variants(self, device: SearchDevice) -> list[Variant]:
         """fp32; the float hints the device's CPU computes natively (``_float_hints``); int8 from nncf
@@ -271,9 +277,10 @@ def _from_qdq(ov, onnx_path: Path, calibration: dict[str, np.ndarray], recipe: C
     import tempfile
 
     from edgetl.backends._qdq import quantize_qdq
+    from edgetl.backends.onnxruntime import int8_types
 
     activations = "int8" if recipe.symmetric_activations else "uint8"
-    reduce_range = not cpu.is_arm and not cpu.vnni
+    reduce_range = int8_types(cpu, "u8s8")["reduce_range"]  # the same CPU rule as ONNX Runtime's own QDQ
     with tempfile.TemporaryDirectory(prefix="edgetl-ovqdq-") as tmp:
         qdq = Path(tmp) / "model.qdq.onnx"
         settings = quantize_qdq(onnx_path, qdq, calibration, recipe, activation_type=activations, weight_type="int8",

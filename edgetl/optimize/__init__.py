@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ from typing import Any
 from edgetl._io import atomic_dir, sha256_json, write_json
 from edgetl.backends import Compiled, get_backend
 from edgetl.compiler import OPTIMIZED
-from edgetl.config import load_target, name_list, target_names
-from edgetl.errors import ConfigError, UnknownNameError
+from edgetl.config import load_target, name_list
+from edgetl.errors import ConfigError
 from edgetl.optimize.record import OptimizeRecord, PointResult
 from edgetl.rundir import RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter
@@ -75,8 +76,6 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
         raise ConfigError(f"--max-drop {max_drop_pp:g} must be between 0 and 100 percentage points")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads} must be at least 1")
-    if target not in target_names() and not str(target).endswith(".toml"):
-        raise UnknownNameError("target profile", target, target_names())
     profile = load_target(target)
     wanted = name_list("runtimes", runtimes)
     run = RunDir.open(run_path, need="train")
@@ -87,8 +86,8 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
 
     names, unserved = serving_runtimes(profile, wanted, _remote_usable if remote else _local_usable)
     with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
-        timer = _timer(run, remote, access, Path(work))
         view = DataView(run)
+        timer = _timer(run, remote, access, Path(work), view)
         ctx = _Context(run, export_run(run, view=view), view)
         from edgetl.compiler import task_options
 
@@ -119,9 +118,8 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
     )
     promoted = None
     if pick is not None:
-        point = next(p for p in points if p.id == pick)
-        promoted = _promote(run, profile, point)
-    run.set_record(record, key=profile.name)
+        promoted = _promote(run, profile, next(p for p in points if p.id == pick))
+    _commit(run, profile.name, record, promoted)
     return OptimizeResult(record, promoted)
 
 
@@ -149,16 +147,13 @@ def _remote_usable(backend) -> str | None:
     return None if backend.available() else f"not installed here (pip install 'edgetl[{backend.extra}]')"
 
 
-def _timer(run: RunDir, remote: str | None, access, work: Path):
+def _timer(run: RunDir, remote: str | None, access, work: Path, view):
     if remote is None:
         from edgetl.optimize.timing import LocalTimer
 
-        return LocalTimer(run, work)
-    try:
-        from edgetl.optimize.timing import RemoteTimer
-    except ImportError:
-        raise ConfigError("--remote is not supported by this edgetl yet: optimize on the device itself, "
-                          "or without --remote on this machine") from None
+        return LocalTimer(run, work, view)
+    from edgetl.optimize.remote import RemoteTimer
+
     return RemoteTimer(run, remote, access, work)
 
 
@@ -211,7 +206,7 @@ def _reference_of(by_threads: dict[int, dict], rows: list[PointResult], pick: st
 
 def _promote(run: RunDir, profile, point):
     """The pick's files to ``compiled/<target>/optimized/`` and its entry to ``compiled["<target>/optimized"]``."""
-    from edgetl.compiler import entry_for, record_entry
+    from edgetl.compiler import entry_for
     from edgetl.optimize.search import copy_files
 
     built = point.built
@@ -223,10 +218,22 @@ def _promote(run: RunDir, profile, point):
     compiled = Compiled(cand.runtime, cand.variant.precision, move(path), [move(f) for f in files],
                         dict(data.get("options") or {}))
     cell = cand.cell(profile.name, dict(profile.options))
-    entry = entry_for(run, cell, compiled, dest, data["accuracy"], data["compile_s"], built.fingerprint,
-                      slot=SLOT, threads=point.threads, variant=cand.label)
-    record_entry(run, f"{profile.name}/{SLOT}", entry)
-    return entry
+    return entry_for(run, cell, compiled, dest, data["accuracy"], data["compile_s"], built.fingerprint,
+                     slot=SLOT, threads=point.threads, variant=cand.label)
+
+
+def _commit(run: RunDir, target: str, record: OptimizeRecord, promoted) -> None:
+    """The record and the pick it names (or, without a pick, no pick: an earlier search's would be
+    bundled as if this one had confirmed it) in one locked manifest write."""
+    from edgetl.compiler import entry_hashes, put_entry
+
+    folder = run.path / "compiled" / target / SLOT
+    hashes = entry_hashes(run, promoted) if promoted is not None else {}
+    with run.editing() as manifest:
+        put_entry(manifest, f"{target}/{SLOT}", promoted, hashes, folder=run.rel(folder))
+        manifest.setdefault(OptimizeRecord.SECTION, {})[target] = record.dump()
+    if promoted is None and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)  # after the manifest no longer names it
 
 
 __all__ = ["DEFAULT_BUDGET_S", "SLOT", "OptimizeRecord", "OptimizeResult", "PointResult", "optimize", "parse_budget"]

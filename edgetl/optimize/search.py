@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgetl._io import sha256_file, write_json
+from edgetl import __version__
+from edgetl._io import sha256_file, sha256_json, write_json
 from edgetl.bench.gates import PASS, UNDECIDED, evaluate_gates
 from edgetl.compiler import _Context, _jsonable, build_artifact, cell_fingerprint
 from edgetl.config import Budgets
@@ -94,6 +95,11 @@ def with_max_drop(budgets: Budgets, max_drop: float | None) -> Budgets:
     data = budgets.model_dump()
     data.get("goals", {}).pop("accuracy_drop_pp", None)
     return Budgets.model_validate({**data, "max_accuracy_drop_pp": max_drop})
+
+
+def drop_budget(budgets: Budgets) -> float | None:
+    """The accuracy-drop budget in pp, however the profile spells it (a named field or a goal)."""
+    return next((g.value for g in budgets.as_goals() if g.metric == "accuracy_drop_pp" and g.bound == "max"), None)
 
 
 def _passes(check: dict) -> bool:
@@ -217,7 +223,7 @@ class Search:
     def _timed(self, p: Point, round_no: int, duration: float | None, final: bool) -> dict:
         key = f"{self.timer.where}|{p.threads}t|r{round_no}{'f' if final else ''}"
         cached = p.built.data["timings"].get(key)
-        if cached is not None and not self.force:
+        if isinstance(cached, dict) and not cached.get("busy") and not self.force:  # a busy machine's timing is retaken
             return cached
         measured = self.timer.time(self.run, p.built.folder, p.built.entry, p.threads, duration, final)
         p.built.data["timings"][key] = measured
@@ -280,30 +286,29 @@ class Search:
         fresh = self.points_of(new)
         self.screen(fresh)
         if not any(self.meets_accuracy(p) for p in fresh):
-            fresh += self._fallback(failing[0])
+            # the fastest failing int8 structure, with whichever of its calibrations lost least
+            same = [b for b in [failing[0], *new] if not b.error and b.candidate.label == failing[0].candidate.label
+                    and b.candidate.variant == failing[0].candidate.variant]
+            fresh += self._fallback(min(same, key=lambda b: b.data["accuracy"]["drop_pp"]))
         return fresh
 
     def _fallback(self, built: Built) -> list[Point]:
-        try:
-            from edgetl.optimize import fallback
-        except ImportError:  # the keep-float fallback is an optional module of this package
-            self.not_tried.append("keep-float fallback: not available in this edgetl")
-            return []
+        from edgetl.optimize import fallback
+
         if self.spent():
             self.not_tried.append("keep-float fallback: the time budget was spent")
             return []
-        from edgetl.tensors import take
-
-        cand, view = built.candidate, self.ctx.view
-        budget_pp = self.budgets.max_accuracy_drop_pp
+        cand = built.candidate
+        budget_pp = drop_budget(self.budgets)
         if budget_pp is None:
             self.not_tried.append("keep-float fallback: the profile sets no accuracy-drop budget")
             return []
-        self.reporter.step("build", f"recovering: ranking the layers of {cand.label}")
-        n = min(64, len(view.val_labels()))
-        ranked = fallback.rank_layers(self.ctx.onnx_path, self.ctx.calibration(cand.recipe, self.reporter.warn),
-                                      cand.recipe, take(view.val_feeds(), slice(0, n)),
-                                      take(view.reference(), slice(0, n)), self.root / "fallback")
+        try:
+            ranked = self._ranked(cand)
+        except Exception as exc:  # the ranking's own failure ends the fallback, not the search
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self.not_tried.append(f"keep-float fallback: ranking the layers failed: {reason}")
+            return []
         builds: dict[tuple[str, ...], Built] = {}
 
         def measure_drop(kept: tuple[str, ...]) -> float:
@@ -313,14 +318,39 @@ class Search:
             return builds[kept].data["accuracy"]["drop_pp"]
 
         recovery = fallback.recover(ranked, measure_drop, budget_pp, max_layers=len(ranked), should_stop=self.spent)
+        finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731  (JSON has no inf)
         self.fallback = {"from": built.id, "ranked": [[s.node, s.op_type, s.score] for s in ranked],
-                         "kept": list(recovery.kept), "drop_pp": recovery.drop_pp, "met": recovery.met,
-                         "tried": [list(t) for t in recovery.tried]}
+                         "kept": list(recovery.kept), "drop_pp": finite(recovery.drop_pp), "met": recovery.met,
+                         "tried": [[k, finite(d)] for k, d in recovery.tried]}
         if not recovery.met or tuple(recovery.kept) not in builds:
             return []
         recovered = self.points_of([builds[tuple(recovery.kept)]])
         self.screen(recovered)
         return recovered
+
+    def _ranked(self, cand: Candidate) -> list:
+        """The layers of ``cand``'s int8 model, most sensitive first: measured once per model, recipe and
+        device CPU (``fallback/ranked-<key>.json``; minutes on a real network), then read back."""
+        from edgetl.optimize import fallback
+        from edgetl.tensors import take
+
+        view = self.ctx.view
+        n = min(fallback.MAX_SAMPLES, len(view.val_labels()))
+        key = sha256_json({"onnx": self.ctx.onnx_sha, "recipe": cand.recipe.model_dump(), "n": n,
+                           "options": self.profile_options, "edgetl": __version__})[:16]
+        path = self.root / "fallback" / f"ranked-{key}.json"
+        if not self.force:
+            try:
+                return [fallback.LayerScore(*row) for row in json.loads(path.read_text(encoding="utf-8"))]
+            except (OSError, ValueError, TypeError):
+                pass
+        self.reporter.step("build", f"recovering: ranking the layers of {cand.label}")
+        ranked = fallback.rank_layers(self.ctx.onnx_path, self.ctx.calibration(cand.recipe, self.reporter.warn),
+                                      cand.recipe, take(view.val_feeds(), slice(0, n)),
+                                      take(view.reference(), slice(0, n)), self.root / "fallback" / "work",
+                                      options=self.profile_options)
+        write_json(path, [[s.node, s.op_type, s.score] for s in ranked])
+        return ranked
 
 
 def pareto(points: list[Point]) -> set[str]:

@@ -50,14 +50,14 @@ def latency_summary(measured: dict) -> dict:
 class LocalTimer:
     """This machine: every timing in a fresh process, on the first validation sample."""
 
-    def __init__(self, run: RunDir, work_dir: Path):
+    def __init__(self, run: RunDir, work_dir: Path, view=None):
         from edgetl.bench.run import default_threads
         from edgetl.data.arrays import DataView
         from edgetl.tensors import take
 
         self._cores = default_threads()
         self.where = f"this machine ({platform.node()}, {self._cores} cores)"
-        sample = take(DataView(run).val_feeds(), slice(0, 1))
+        sample = take((view or DataView(run)).val_feeds(), slice(0, 1))  # the search's view: read once
         work_dir.mkdir(parents=True, exist_ok=True)
         self._inputs = {}
         for i, (name, array) in enumerate(sample.items()):  # the child memory-maps these
@@ -88,6 +88,3 @@ class LocalTimer:
         measured = measure_isolated(loader, kwargs, {"inputs": self._inputs}, batches=(1,), threads=threads,
                                     **policy, **(extra or {}))
         return latency_summary(measured)
-
-
-from edgetl.optimize.remote import RemoteTimer  # noqa: E402,F401  (ship's module; the Timer for --remote)

@@ -14,7 +14,7 @@ from edgetl.bundle.format import inspect_archive
 from edgetl.bundle.remote import Access
 from edgetl.bundle.runner import bench
 from edgetl.errors import RemoteError
-from edgetl.optimize.timing import RemoteTimer
+from edgetl.optimize.remote import RemoteTimer
 from edgetl.rundir import RunDir
 from tests.bundle.test_hostile_device import _set, fake_edgetl, with_changes
 
