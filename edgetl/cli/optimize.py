@@ -82,16 +82,4 @@ def optimize_cmd(run, target, budget, max_drop, threads, runtimes, force, remote
     RichReporter(console).table(candidate_table(result.record))  # a log gets every column unfolded
     console.print(summary(result.record), highlight=False, markup=False)
     if result.record.pick is None:
-        earlier = run_entry(run, f"{result.record.target}/optimized")
-        if earlier is not None:  # a search that found nothing leaves an earlier pick in place: say so
-            console.print(f"compiled/{result.record.target}/optimized still holds an earlier search's pick "
-                          f"({earlier.runtime} {earlier.variant}), which this search did not confirm.",
-                          highlight=False, markup=False)
         sys.exit(1)
-
-
-def run_entry(run: str, key: str):
-    from edgetl.compiler import CompiledEntry
-    from edgetl.rundir import RunDir
-
-    return RunDir.open(run).entries(CompiledEntry).get(key)
