@@ -422,6 +422,9 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
     view = ctx.view
     if backend.can_run_here():
         session, evaluated_with, estimated = backend.load(compiled.path, threads), f"{backend.name} {backend.version()} CPU", False
+        fallback = dict(getattr(session, "info", None) or {}).get("inference_precision_fallback")
+        if fallback:  # a bf16/f16 hint this CPU cannot honour: measured in f32, an estimate of the device's
+            evaluated_with, estimated = f"{evaluated_with} ({fallback})", True
     elif compiled.estimate_with is not None:
         ort = get_backend(ONNX_RUNNER)
         if not ort.available():

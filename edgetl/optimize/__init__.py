@@ -207,7 +207,7 @@ def _reference_of(by_threads: dict[int, dict], rows: list[PointResult], pick: st
 def _promote(run: RunDir, profile, point):
     """The pick's files to ``compiled/<target>/optimized/`` and its entry to ``compiled["<target>/optimized"]``."""
     from edgetl.compiler import entry_for
-    from edgetl.optimize.search import copy_files
+    from edgetl.optimize.search import copied, copy_files
 
     built = point.built
     dest = run.path / "compiled" / profile.name / SLOT
@@ -216,7 +216,7 @@ def _promote(run: RunDir, profile, point):
     move = lambda p: dest / p.relative_to(tmp)  # noqa: E731
     data, cand = built.data, built.candidate
     compiled = Compiled(cand.runtime, cand.variant.precision, move(path), [move(f) for f in files],
-                        dict(data.get("options") or {}))
+                        dict(data.get("options") or {}), estimate_with=copied(built, run, data.get("estimate_with"), dest))
     cell = cand.cell(profile.name, dict(profile.options))
     return entry_for(run, cell, compiled, dest, data["accuracy"], data["compile_s"], built.fingerprint,
                      slot=SLOT, threads=point.threads, variant=cand.label)

@@ -186,7 +186,9 @@ class Search:
                 "variant": cand.variant.label, "path": self.run.rel(compiled.path),
                 "files": {self.run.rel(f): sha256_file(f) for f in compiled.files},
                 "size_bytes": sum(f.stat().st_size for f in compiled.files), "compile_s": round(compile_s, 3),
-                "options": _jsonable(compiled.options), "accuracy": accuracy, "timings": {}}
+                "options": _jsonable(compiled.options), "accuracy": accuracy, "timings": {},
+                # the ONNX twin whose run estimated the accuracy (TensorRT): a bundle's golden outputs come from it
+                "estimate_with": self.run.rel(compiled.estimate_with) if compiled.estimate_with else None}
         write_json(folder / "candidate.json", data)
         return Built(cand, fingerprint, folder, data)
 
@@ -408,6 +410,11 @@ def copy_files(built: Built, run, dest_tmp: Path) -> tuple[Path, list[Path]]:
         shutil.copy2(src, target)
         files.append(target)
     return dest_tmp / (run.path / built.data["path"]).relative_to(src_root), files
+
+
+def copied(built: Built, run, rel: str | None, dest: Path) -> Path | None:
+    """Where ``copy_files`` put the candidate file ``rel`` under ``dest``."""
+    return dest / (run.path / rel).relative_to(built.folder / "artifact") if rel else None
 
 
 __all__ = ["Built", "Point", "Search", "pareto", "results", "with_max_drop"]
