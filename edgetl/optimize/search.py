@@ -35,12 +35,14 @@ from edgetl.optimize.record import PointResult
 from edgetl.optimize.space import Candidate
 from edgetl.stages import Reporter
 from edgetl.tasks import BENCH_METRICS
+from edgetl.tensors import batch_size
 
 ETA = 3  # successive halving keeps the fastest third
 MIN_KEPT = 2
 SCREEN_S = (0.3, 1.0)  # screening rounds' timed seconds; the round after them is the final one
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 RECOVER_FROM = 2  # recovery starts from the fastest failing int8 candidates, this many
+MORE_SAMPLES = 3  # recovery also calibrates the fastest failing one on this many times the recipe's samples
 
 
 @dataclasses.dataclass
@@ -283,14 +285,20 @@ class Search:
         tried = {b.fingerprint for b in builts}
         retries = [b.candidate.with_recipe({"method": m}, m) for b in failing for m in CALIBRATION_METHODS
                    if m != b.candidate.recipe.method]
+        first = failing[0].candidate
+        if batch_size(self.ctx.calibration(first.recipe, self.reporter.warn)) >= first.recipe.samples:
+            # the training split may hold more: ranges from MORE_SAMPLES x as many (capped by the split)
+            more = first.recipe.samples * MORE_SAMPLES
+            retries.append(first.with_recipe({"samples": more}, f"{more} samples"))
         self.reporter.warn(f"no int8 candidate meets the accuracy budget: trying {len(retries)} other calibrations")
         new = [b for b in self.build_all(retries, "recovering: building") if b.fingerprint not in tried]
         fresh = self.points_of(new)
         self.screen(fresh)
         if not any(self.meets_accuracy(p) for p in fresh):
             # the fastest failing int8 structure, with whichever of its calibrations lost least
-            same = [b for b in [failing[0], *new] if not b.error and b.candidate.label == failing[0].candidate.label
-                    and b.candidate.variant == failing[0].candidate.variant]
+            same = [b for b in [failing[0], *new] if not b.error and b.candidate.runtime == first.runtime
+                    and b.candidate.variant.precision == first.variant.precision
+                    and b.candidate.variant.options == first.variant.options]
             fresh += self._fallback(min(same, key=lambda b: b.data["accuracy"]["drop_pp"]))
         return fresh
 
