@@ -3,13 +3,39 @@ target, each holding every point it measured (``PointResult``: one row of the ca
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import math
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
 from edgetl.rundir import Record
 
 Status = Literal["picked", "measured", "pruned", "failed", "skipped"]
+MAX_LATENCY_MS = 3_600_000.0  # one batch-1 run taking an hour is no latency a device measured
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_latency(latency: Any) -> bool:
+    """A timing as a timer returns it: positive, finite, ordered percentiles and a count of runs."""
+    if not isinstance(latency, dict):
+        return False
+    values = [latency.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")]
+    return (all(finite(v) and 0 < v <= MAX_LATENCY_MS for v in values) and values[0] <= values[1] <= values[2]
+            and type(latency.get("iterations")) is int and latency["iterations"] >= 1
+            and ("memory_mb" not in latency or finite(latency["memory_mb"])))
+
+
+def is_accuracy(accuracy: Any) -> bool:
+    """An accuracy as the compiler measures it: a finite drop, finite scores where it has them, and an
+    interval (when there is one) of two finite bounds: what the search decides on and the tables show."""
+    if not isinstance(accuracy, dict) or not finite(accuracy.get("drop_pp")):
+        return False
+    ci = accuracy.get("drop_ci_pp")
+    return (all(finite(accuracy[k]) for k in ("top1", "fp32_top1", "agreement") if k in accuracy)
+            and (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(finite(v) for v in ci))))
 
 
 class PointResult(BaseModel):
