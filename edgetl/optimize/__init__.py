@@ -24,7 +24,7 @@ from edgetl.backends import Compiled, get_backend
 from edgetl.compiler import OPTIMIZED
 from edgetl.config import load_target, name_list, target_names
 from edgetl.errors import ConfigError, UnknownNameError
-from edgetl.optimize.record import OptimizeRecord, PointResult
+from edgetl.optimize.record import OptimizeRecord, PointResult, is_latency
 from edgetl.rundir import RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter
 
@@ -172,19 +172,21 @@ def _reference(timer, run: RunDir, root: Path, threads: list[int], force: bool, 
     if not threads or not hasattr(timer, "reference"):
         return {}
     from edgetl.adapt.train import TrainRecord
+    from edgetl.optimize.search import MAX_RECORD_BYTES
 
     checkpoint = run.require(TrainRecord).checkpoint
     key_of = lambda t: f"{timer.where}|{t}t|{run.manifest.get('artifacts', {}).get(checkpoint)}"  # noqa: E731
     path = root / "reference.json"
     try:
-        cache = {} if force else json.loads(path.read_text(encoding="utf-8"))
+        too_big = path.stat().st_size > MAX_RECORD_BYTES
+        cache = {} if force or too_big else json.loads(path.read_text(encoding="utf-8"))
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
     out = {}
     reporter.start("PyTorch reference", total=len(threads))
     for t in threads:
-        if not isinstance(cache.get(key_of(t)), dict):
+        if not is_latency(cache.get(key_of(t))):  # not timed yet, or edited into no measurement: timed again
             reporter.step("PyTorch reference", f"timing PyTorch eager at {t} threads")
             try:
                 cache[key_of(t)] = timer.reference(run, t)

@@ -236,3 +236,13 @@ def test_a_cached_candidate_with_foreign_files_or_impossible_numbers_is_rebuilt_
     pick = record.point(record.pick)
     entry = run.entries(CompiledEntry)["host-cpu/optimized"]
     assert entry.fingerprint.startswith(pick.artifact) and entry.runtime == pick.runtime
+
+
+@pytest.mark.parametrize("p50", ["fast", math.nan, -1.0], ids=["text", "nan", "negative"])
+def test_a_faked_pytorch_reference_is_timed_again_not_trusted(copy_searched, p50):
+    run = copy_searched()
+    path = run.path / "optimize" / "host-cpu" / "reference.json"
+    path.write_text(json.dumps({k: {**v, "p50_ms": p50} for k, v in json.loads(path.read_text()).items()}))
+    record = optimize(run.path, "host-cpu", **SEARCH).record
+    assert 0 < record.reference["p50_ms"] < math.inf
+    assert all(0 < v["p50_ms"] < math.inf for v in json.loads(path.read_text()).values())
