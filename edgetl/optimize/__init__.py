@@ -22,7 +22,7 @@ from typing import Any
 from edgetl._io import atomic_dir, sha256_json, write_json
 from edgetl.backends import Compiled, get_backend
 from edgetl.compiler import OPTIMIZED
-from edgetl.config import load_target, name_list, target_names
+from edgetl.config import MAX_THREADS, load_target, name_list, target_names
 from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.optimize.record import OptimizeRecord, PointResult, is_latency
 from edgetl.rundir import RunDir
@@ -73,8 +73,8 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
     budget_s = parse_budget(budget_s)
     if max_drop_pp is not None and not 0 <= max_drop_pp <= 100:
         raise ConfigError(f"--max-drop {max_drop_pp:g} must be between 0 and 100 percentage points")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads} must be at least 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads {threads} must be from 1 to {MAX_THREADS}")
     if target not in target_names() and not str(target).endswith(".toml"):
         raise UnknownNameError("target profile", target, target_names())
     profile = load_target(target)

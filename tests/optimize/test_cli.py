@@ -58,7 +58,8 @@ def test_no_candidate_meeting_the_budgets_exits_1_and_promotes_nothing(searched,
     (["--target", "host-cpu", "--budget", "ten minutes"], "--budget 'ten minutes': give seconds or a duration"),
     (["--target", "host-cpu", "--budget", "0s"], "--budget '0s' must be more than 0 seconds"),
     (["--target", "host-cpu", "--max-drop", "-1"], "--max-drop -1 must be between 0 and 100"),
-    (["--target", "host-cpu", "--threads", "0"], "--threads 0 must be at least 1"),
+    (["--target", "host-cpu", "--threads", "0"], "--threads 0 must be from 1 to 1024"),
+    (["--target", "host-cpu", "--threads", str(10**9)], f"--threads {10**9} must be from 1 to 1024"),
     (["--target", "host-cpu", "--install"], "--install, --ssh-option, --allow-rollback and --sign need --remote"),
     (["--target", "host-cpu", "--sign", "k.key"], "--sign need --remote"),
 ])
@@ -83,3 +84,4 @@ def test_the_help_teaches_what_is_searched_measured_pruned_and_picked():
     text = CliRunner().invoke(cli, ["optimize", "--help"]).output
     for words in ("What is searched", "How it is measured", "Pruned", "Picked", "Examples", "Exit codes", "[default: 10m]"):
         assert words in text
+
