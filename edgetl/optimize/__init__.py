@@ -10,12 +10,15 @@ written once, at the end: an interrupted search leaves the earlier record and pi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,43 +89,61 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
         reporter = _stderr_reporter() if progress else SilentReporter()
 
     names, unserved = serving_runtimes(profile, wanted, _remote_usable if remote else _local_usable)
-    with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
-        timer = _timer(run, remote, access, Path(work))
-        view = DataView(run)
-        ctx = _Context(run, export_run(run, view=view), view)
-        from edgetl.compiler import task_options
+    with _one_search(run, run.path / "optimize" / profile.name):  # promoting and recording too
+        with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
+            timer = _timer(run, remote, access, Path(work))
+            view = DataView(run)
+            ctx = _Context(run, export_run(run, view=view), view)
+            from edgetl.compiler import task_options
 
-        space = candidates(profile, names, lambda rt: task_options(run, _probe_cell(profile, rt)).get("quantization", {}))
-        axis = _threads_axis(profile.threads if threads is None else threads, timer)
-        root = run.path / "optimize" / profile.name
-        search = s.Search(ctx, profile.name, dict(profile.options), root, timer, budgets,
-                          lambda c: [None] if get_backend(c.runtime).devices == ("gpu",) else axis,
-                          force=force, deadline=started + budget_s, reporter=reporter)
-        search.not_tried += [f"{u} (not searched)" for u in unserved]
-        builts = search.build_all(space)
-        points = search.points_of(builts)
-        search.screen(points)
-        points += search.recover(points, builts)
-        search.halve(points)
-        rows, pick = s.results(points, budgets)
-        reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads and p.latency}), force,
-                               reporter)
+            space = candidates(profile, names, lambda rt: task_options(run, _probe_cell(profile, rt)).get("quantization", {}))
+            axis = _threads_axis(profile.threads if threads is None else threads, timer)
+            root = run.path / "optimize" / profile.name
+            search = s.Search(ctx, profile.name, dict(profile.options), root, timer, budgets,
+                              lambda c: [None] if get_backend(c.runtime).devices == ("gpu",) else axis,
+                              force=force, deadline=started + budget_s, reporter=reporter)
+            search.not_tried += [f"{u} (not searched)" for u in unserved]
+            builts = search.build_all(space)
+            points = search.points_of(builts)
+            search.screen(points)
+            points += search.recover(points, builts)
+            search.halve(points)
+            rows, pick = s.results(points, budgets)
+            reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads and p.latency}), force,
+                                   reporter)
 
-    record = OptimizeRecord(
-        target=profile.name, device=timer.where, remote=remote, budgets=budgets.model_dump(), pick=pick,
-        reference=_reference_of(reference, rows, pick), points=rows, fallback=search.fallback,
-        settings={"budget_s": budget_s, "max_drop_pp": max_drop_pp, "threads": axis, "runtimes": names,
-                  "rounds": search.rounds, "eta": s.ETA, "timer": timer.where},
-        elapsed_s=round(time.monotonic() - started, 2), budget_spent=search.spent(), not_tried=search.not_tried,
-        fingerprint=sha256_json({"onnx": ctx.onnx_sha, "space": sorted(b.fingerprint for b in builts),
-                                 "budgets": budgets.model_dump(), "timer": timer.where, "threads": axis}),
-    )
-    promoted = None
-    if pick is not None:
-        point = next(p for p in points if p.id == pick)
-        promoted = _promote(run, profile, point)
-    run.set_record(record, key=profile.name)
-    return OptimizeResult(record, promoted)
+        record = OptimizeRecord(
+            target=profile.name, device=timer.where, remote=remote, budgets=budgets.model_dump(), pick=pick,
+            reference=_reference_of(reference, rows, pick), points=rows, fallback=search.fallback,
+            settings={"budget_s": budget_s, "max_drop_pp": max_drop_pp, "threads": axis, "runtimes": names,
+                      "rounds": search.rounds, "eta": s.ETA, "timer": timer.where},
+            elapsed_s=round(time.monotonic() - started, 2), budget_spent=search.spent(), not_tried=search.not_tried,
+            fingerprint=sha256_json({"onnx": ctx.onnx_sha, "space": sorted(b.fingerprint for b in builts),
+                                     "budgets": budgets.model_dump(), "timer": timer.where, "threads": axis}),
+        )
+        promoted = None
+        if pick is not None:
+            point = next(p for p in points if p.id == pick)
+            promoted = _promote(run, profile, point)
+        run.set_record(record, key=profile.name)
+        return OptimizeResult(record, promoted)
+
+
+@contextlib.contextmanager
+def _one_search(run: RunDir, root: Path) -> Iterator[None]:
+    """One search of a target on a run at a time: two would build, time and promote into the same
+    folders (an exclusive ``flock`` on ``optimize/<target>/``; it goes with the process)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another `edgetl optimize` of {root.name} is running on {run.path}: wait for it to "
+                              "finish, then run this one (it reuses what that one built and timed)") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _stderr_reporter() -> RichReporter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 
 import pytest
@@ -85,3 +87,21 @@ def test_the_help_teaches_what_is_searched_measured_pruned_and_picked():
     for words in ("What is searched", "How it is measured", "Pruned", "Picked", "Examples", "Exit codes", "[default: 10m]"):
         assert words in text
 
+
+def test_a_second_search_of_the_same_target_while_one_runs_is_one_line_and_changes_nothing(copy_searched):
+    """The running search holds the lock on optimize/<target>/ (held here as it holds it)."""
+    run = copy_searched()
+    manifest, root = run.manifest, run.path / "optimize" / "host-cpu"
+    before = sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _optimize(run.path, "--target", "host-cpu", *FAST, "--force")
+    finally:
+        os.close(fd)
+    assert result.exit_code == 2, result.output
+    assert "another `edgetl optimize` of host-cpu is running on" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert run.manifest == manifest
+    assert sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+    assert _optimize(run.path, "--target", "host-cpu", *FAST).exit_code == 0  # once it is released
