@@ -10,22 +10,25 @@ written once, at the end: an interrupted search leaves the earlier record and pi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgetl._io import atomic_dir, sha256_json, write_json
 from edgetl.backends import Compiled, get_backend
 from edgetl.compiler import OPTIMIZED
-from edgetl.config import load_target, name_list
+from edgetl.config import MAX_THREADS, load_target, name_list
 from edgetl.errors import ConfigError
-from edgetl.optimize.record import OptimizeRecord, PointResult
+from edgetl.optimize.record import OptimizeRecord, PointResult, is_latency
 from edgetl.rundir import RunDir
 from edgetl.stages import Reporter, RichReporter, SilentReporter
 
@@ -74,8 +77,8 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
     budget_s = parse_budget(budget_s)
     if max_drop_pp is not None and not 0 <= max_drop_pp <= 100:
         raise ConfigError(f"--max-drop {max_drop_pp:g} must be between 0 and 100 percentage points")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads} must be at least 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads {threads} must be from 1 to {MAX_THREADS}")
     profile = load_target(target)
     wanted = name_list("runtimes", runtimes)
     run = RunDir.open(run_path, need="train")
@@ -85,42 +88,60 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
         reporter = _stderr_reporter() if progress else SilentReporter()
 
     names, unserved = serving_runtimes(profile, wanted, _remote_usable if remote else _local_usable)
-    with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
-        view = DataView(run)
-        timer = _timer(run, remote, access, Path(work), view)
-        ctx = _Context(run, export_run(run, view=view), view)
-        from edgetl.compiler import task_options
+    with _one_search(run, run.path / "optimize" / profile.name):  # promoting and recording too
+        with tempfile.TemporaryDirectory(prefix="edgetl-optimize-") as work:
+            view = DataView(run)
+            timer = _timer(run, remote, access, Path(work), view)
+            ctx = _Context(run, export_run(run, view=view), view)
+            from edgetl.compiler import task_options
 
-        space = candidates(profile, names, lambda rt: task_options(run, _probe_cell(profile, rt)).get("quantization", {}))
-        axis = _threads_axis(profile.threads if threads is None else threads, timer)
-        root = run.path / "optimize" / profile.name
-        search = s.Search(ctx, profile.name, dict(profile.options), root, timer, budgets,
-                          lambda c: [None] if get_backend(c.runtime).devices == ("gpu",) else axis,
-                          force=force, deadline=started + budget_s, reporter=reporter)
-        search.not_tried += [f"{u} (not searched)" for u in unserved]
-        builts = search.build_all(space)
-        points = search.points_of(builts)
-        search.screen(points)
-        points += search.recover(points, builts)
-        search.halve(points)
-        rows, pick = s.results(points, budgets)
-        reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads and p.latency}), force,
-                               reporter)
+            space = candidates(profile, names, lambda rt: task_options(run, _probe_cell(profile, rt)).get("quantization", {}))
+            axis = _threads_axis(profile.threads if threads is None else threads, timer)
+            root = run.path / "optimize" / profile.name
+            search = s.Search(ctx, profile.name, dict(profile.options), root, timer, budgets,
+                              lambda c: [None] if get_backend(c.runtime).devices == ("gpu",) else axis,
+                              force=force, deadline=started + budget_s, reporter=reporter)
+            search.not_tried += [f"{u} (not searched)" for u in unserved]
+            builts = search.build_all(space)
+            points = search.points_of(builts)
+            search.screen(points)
+            points += search.recover(points, builts)
+            search.halve(points)
+            rows, pick = s.results(points, budgets)
+            reference = _reference(timer, run, root, sorted({p.threads for p in points if p.threads and p.latency}), force,
+                                   reporter)
 
-    record = OptimizeRecord(
-        target=profile.name, device=timer.where, remote=remote, budgets=budgets.model_dump(), pick=pick,
-        reference=_reference_of(reference, rows, pick), points=rows, fallback=search.fallback,
-        settings={"budget_s": budget_s, "max_drop_pp": max_drop_pp, "threads": axis, "runtimes": names,
-                  "rounds": search.rounds, "eta": s.ETA, "timer": timer.where},
-        elapsed_s=round(time.monotonic() - started, 2), budget_spent=search.spent(), not_tried=search.not_tried,
-        fingerprint=sha256_json({"onnx": ctx.onnx_sha, "space": sorted(b.fingerprint for b in builts),
-                                 "budgets": budgets.model_dump(), "timer": timer.where, "threads": axis}),
-    )
-    promoted = None
-    if pick is not None:
-        promoted = _promote(run, profile, next(p for p in points if p.id == pick))
-    _commit(run, profile.name, record, promoted)
-    return OptimizeResult(record, promoted)
+        record = OptimizeRecord(
+            target=profile.name, device=timer.where, remote=remote, budgets=budgets.model_dump(), pick=pick,
+            reference=_reference_of(reference, rows, pick), points=rows, fallback=search.fallback,
+            settings={"budget_s": budget_s, "max_drop_pp": max_drop_pp, "threads": axis, "runtimes": names,
+                      "rounds": search.rounds, "eta": s.ETA, "timer": timer.where},
+            elapsed_s=round(time.monotonic() - started, 2), budget_spent=search.spent(), not_tried=search.not_tried,
+            fingerprint=sha256_json({"onnx": ctx.onnx_sha, "space": sorted(b.fingerprint for b in builts),
+                                     "budgets": budgets.model_dump(), "timer": timer.where, "threads": axis}),
+        )
+        promoted = None
+        if pick is not None:
+            promoted = _promote(run, profile, next(p for p in points if p.id == pick))
+        _commit(run, profile.name, record, promoted)
+        return OptimizeResult(record, promoted)
+
+
+@contextlib.contextmanager
+def _one_search(run: RunDir, root: Path) -> Iterator[None]:
+    """One search of a target on a run at a time: two would build, time and promote into the same
+    folders (an exclusive ``flock`` on ``optimize/<target>/``; it goes with the process)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another `edgetl optimize` of {root.name} is running on {run.path}: wait for it to "
+                              "finish, then run this one (it reuses what that one built and timed)") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _stderr_reporter() -> RichReporter:
@@ -167,19 +188,21 @@ def _reference(timer, run: RunDir, root: Path, threads: list[int], force: bool, 
     if not threads or not hasattr(timer, "reference"):
         return {}
     from edgetl.adapt.train import TrainRecord
+    from edgetl.optimize.search import MAX_RECORD_BYTES
 
     checkpoint = run.require(TrainRecord).checkpoint
     key_of = lambda t: f"{timer.where}|{t}t|{run.manifest.get('artifacts', {}).get(checkpoint)}"  # noqa: E731
     path = root / "reference.json"
     try:
-        cache = {} if force else json.loads(path.read_text(encoding="utf-8"))
+        too_big = path.stat().st_size > MAX_RECORD_BYTES
+        cache = {} if force or too_big else json.loads(path.read_text(encoding="utf-8"))
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
     out = {}
     reporter.start("PyTorch reference", total=len(threads))
     for t in threads:
-        if not isinstance(cache.get(key_of(t)), dict):
+        if not is_latency(cache.get(key_of(t))):  # not timed yet, or edited into no measurement: timed again
             reporter.step("PyTorch reference", f"timing PyTorch eager at {t} threads")
             try:
                 cache[key_of(t)] = timer.reference(run, t)

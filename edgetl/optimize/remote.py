@@ -23,9 +23,9 @@ from edgetl.bundle.signing import remote_flags
 from edgetl.compiler import OPTIMIZED
 from edgetl.config import MAX_THREADS
 from edgetl.errors import RemoteError
+from edgetl.optimize.record import MAX_LATENCY_MS
 from edgetl.rundir import RunDir
 
-MAX_LATENCY_MS = 3_600_000.0  # one batch-1 run taking an hour is no latency a device measured
 SCREEN_ITERATIONS = 50  # a screening timing without a duration: enough to rank points 3x apart
 FINAL_ITERATIONS = 200  # DESIGN.md's policy (the device's bench warms up >= 50 runs and >= 0.2 s itself)
 # The device's core count, read without a bundle: what `edgetl bench` there would use by default.

@@ -31,7 +31,7 @@ from edgetl.bench.gates import PASS, UNDECIDED, evaluate_gates
 from edgetl.compiler import _Context, _jsonable, build_artifact, cell_fingerprint
 from edgetl.config import Budgets
 from edgetl.errors import EdgetlError
-from edgetl.optimize.record import PointResult
+from edgetl.optimize.record import PointResult, is_accuracy, is_latency
 from edgetl.optimize.space import Candidate
 from edgetl.stages import Reporter
 from edgetl.tasks import BENCH_METRICS
@@ -43,6 +43,7 @@ SCREEN_S = (0.3, 1.0)  # screening rounds' timed seconds; the round after them i
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 RECOVER_FROM = 2  # recovery starts from the fastest failing int8 candidates, this many
 MORE_SAMPLES = 3  # recovery also calibrates the fastest failing one on this many times the recipe's samples
+MAX_RECORD_BYTES = 16 << 20  # a candidate.json is a few kB; a larger one is not one this search wrote
 
 
 @dataclasses.dataclass
@@ -195,17 +196,29 @@ class Search:
         return Built(cand, fingerprint, folder, data)
 
     def _cached(self, folder: Path, fingerprint: str) -> dict | None:
-        """candidate.json when it is this candidate's and every file still has its sha256; else None
-        (a corrupt, edited or half-written cache is rebuilt, never trusted)."""
+        """candidate.json when it is this candidate's, its files are its own and still have their
+        sha256, and its numbers are ones a measurement gives; else None (a corrupt, edited or
+        half-written cache is rebuilt, never trusted)."""
         try:
-            data = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+            record = folder / "candidate.json"
+            if record.stat().st_size > MAX_RECORD_BYTES:
+                return None
+            data = json.loads(record.read_text(encoding="utf-8"))
             ok = (isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("files"), dict)
-                  and isinstance(data.get("accuracy"), dict) and isinstance(data.get("timings"), dict)
+                  and is_accuracy(data.get("accuracy")) and isinstance(data.get("timings"), dict)
+                  and all(is_latency(t) for t in data["timings"].values())
                   and data["path"] in data["files"]
-                  and all(sha256_file(self.run.inside(f)) == sha for f, sha in data["files"].items()))
+                  and all(self._own_file(folder, f) and sha256_file(self.run.inside(f)) == sha
+                          for f, sha in data["files"].items()))
         except (OSError, ValueError, KeyError, TypeError, EdgetlError):
             return None
         return data if ok else None
+
+    def _own_file(self, folder: Path, rel: str) -> bool:
+        """A file of the candidate's own artifact folder: not a link, not another candidate's file
+        (promoting and bundling copy it from there)."""
+        path = self.run.inside(rel)
+        return not path.is_symlink() and path.resolve().is_relative_to((folder / "artifact").resolve())
 
     # -- timing --------------------------------------------------------------------------------
     def time_round(self, points: list[Point], round_no: int, final: bool) -> None:

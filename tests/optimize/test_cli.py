@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 
 import pytest
@@ -58,7 +60,8 @@ def test_no_candidate_meeting_the_budgets_exits_1_and_promotes_nothing(searched,
     (["--target", "host-cpu", "--budget", "ten minutes"], "--budget 'ten minutes': give seconds or a duration"),
     (["--target", "host-cpu", "--budget", "0s"], "--budget '0s' must be more than 0 seconds"),
     (["--target", "host-cpu", "--max-drop", "-1"], "--max-drop -1 must be between 0 and 100"),
-    (["--target", "host-cpu", "--threads", "0"], "--threads 0 must be at least 1"),
+    (["--target", "host-cpu", "--threads", "0"], "--threads 0 must be from 1 to 1024"),
+    (["--target", "host-cpu", "--threads", str(10**9)], f"--threads {10**9} must be from 1 to 1024"),
     (["--target", "host-cpu", "--install"], "--install, --ssh-option, --allow-rollback and --sign need --remote"),
     (["--target", "host-cpu", "--sign", "k.key"], "--sign need --remote"),
 ])
@@ -83,3 +86,22 @@ def test_the_help_teaches_what_is_searched_measured_pruned_and_picked():
     text = CliRunner().invoke(cli, ["optimize", "--help"]).output
     for words in ("What is searched", "How it is measured", "Pruned", "Picked", "Examples", "Exit codes", "[default: 10m]"):
         assert words in text
+
+
+def test_a_second_search_of_the_same_target_while_one_runs_is_one_line_and_changes_nothing(copy_searched):
+    """The running search holds the lock on optimize/<target>/ (held here as it holds it)."""
+    run = copy_searched()
+    manifest, root = run.manifest, run.path / "optimize" / "host-cpu"
+    before = sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _optimize(run.path, "--target", "host-cpu", *FAST, "--force")
+    finally:
+        os.close(fd)
+    assert result.exit_code == 2, result.output
+    assert "another `edgetl optimize` of host-cpu is running on" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert run.manifest == manifest
+    assert sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+    assert _optimize(run.path, "--target", "host-cpu", *FAST).exit_code == 0  # once it is released

@@ -193,3 +193,56 @@ def test_a_spent_time_budget_builds_nothing_new_but_still_uses_the_cache(copy_se
     assert {r.status for r in record.points} == {"skipped"} and all("time budget" in r.why for r in record.points)
     assert len([n for n in record.not_tried if "not built, the time budget was spent" in n]) == len(record.points)
     assert "host-cpu/optimized" not in run.entries(CompiledEntry)
+
+
+def _candidate(run, runtime: str, precision: str):
+    for path in (run.path / "optimize" / "host-cpu").glob("*/candidate.json"):
+        data = json.loads(path.read_text())
+        if (data["runtime"], data["precision"]) == (runtime, precision):
+            return path, data
+    raise AssertionError(f"no cached {runtime} {precision} candidate")
+
+
+def _fake_p50(data: dict, p50: float) -> dict:
+    data["timings"] = {k: {**t, "p50_ms": p50} for k, t in data["timings"].items()}
+    return data
+
+
+def _others_files(run, data: dict) -> dict:
+    """This candidate's record naming the files of another candidate of its runtime (same sha256s),
+    timed impossibly fast so it would be picked."""
+    other = _candidate(run, "onnxruntime", "int8")[1]
+    timings = {k: {**t, "p50_ms": 1e-3, "p90_ms": 1e-3, "p99_ms": 1e-3, "mean_ms": 1e-3} for k, t in data["timings"].items()}
+    return {**other, "fingerprint": data["fingerprint"], "timings": timings}
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(_others_files, id="another-candidates-files"),
+    pytest.param(lambda run, d: _fake_p50(d, -5.0), id="negative-p50"),
+    pytest.param(lambda run, d: _fake_p50(d, math.nan), id="nan-p50"),
+    pytest.param(lambda run, d: {**d, "accuracy": {**d["accuracy"], "drop_pp": math.nan}}, id="nan-drop"),
+])
+def test_a_cached_candidate_with_foreign_files_or_impossible_numbers_is_rebuilt_not_picked(copy_searched, edit):
+    run = copy_searched()
+    path, data = _candidate(run, "onnxruntime", "fp32")
+    path.write_text(json.dumps(edit(run, data)))  # json writes NaN, and reads it back
+    record = optimize(run.path, "host-cpu", **SEARCH).record
+
+    rebuilt = json.loads(path.read_text())
+    assert all(f.startswith(f"optimize/host-cpu/{path.parent.name}/artifact/") for f in rebuilt["files"])
+    assert math.isfinite(rebuilt["accuracy"]["drop_pp"])
+    for row in record.points:
+        assert row.latency is None or 0 < row.latency["p50_ms"] < math.inf
+    pick = record.point(record.pick)
+    entry = run.entries(CompiledEntry)["host-cpu/optimized"]
+    assert entry.fingerprint.startswith(pick.artifact) and entry.runtime == pick.runtime
+
+
+@pytest.mark.parametrize("p50", ["fast", math.nan, -1.0], ids=["text", "nan", "negative"])
+def test_a_faked_pytorch_reference_is_timed_again_not_trusted(copy_searched, p50):
+    run = copy_searched()
+    path = run.path / "optimize" / "host-cpu" / "reference.json"
+    path.write_text(json.dumps({k: {**v, "p50_ms": p50} for k, v in json.loads(path.read_text()).items()}))
+    record = optimize(run.path, "host-cpu", **SEARCH).record
+    assert 0 < record.reference["p50_ms"] < math.inf
+    assert all(0 < v["p50_ms"] < math.inf for v in json.loads(path.read_text()).values())

@@ -4,7 +4,10 @@ table with every runner-up's reason, the Pareto chart with the pick marked, the 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+
+import pytest
 
 from edgetl.optimize.record import OptimizeRecord
 from edgetl.report import make_report
@@ -88,10 +91,28 @@ def test_a_run_without_optimize_has_no_such_section(benched_run, tmp_path):
     assert json.loads((tmp_path / "run" / "report.json").read_text())["optimize"] == {}
 
 
-def test_a_malformed_optimize_record_is_a_note_not_a_failure(benched_run, tmp_path):
-    run = _run_with_record(benched_run, tmp_path, {**RECORD, "points": "many"})
+def _first_point(**changed) -> list[dict]:
+    first = RECORD["points"][0]
+    return [{**first, **{k: (v(first[k]) if callable(v) else v) for k, v in changed.items()}}, *RECORD["points"][1:]]
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"points": "many"}, "points"),
+    ({"pick": "deadbeef0000@2t"}, "none of the points"),
+    ({"points": _first_point(latency=lambda t: {**t, "p50_ms": math.nan})}, "latency"),
+    ({"points": _first_point(latency=lambda t: {**t, "p50_ms": -5.0})}, "latency"),
+    ({"points": _first_point(latency=lambda t: {**t, "p50_ms": "fast"})}, "latency"),
+    ({"points": _first_point(accuracy=lambda a: {**a, "top1": "x"})}, "accuracy"),
+    ({"points": _first_point(accuracy=lambda a: {**a, "drop_ci_pp": [1.0]})}, "accuracy"),
+    ({"points": _first_point(threads=10**9)}, "threads"),
+    ({"points": RECORD["points"] * 4000}, "points"),
+    ({"reference": {**RECORD["reference"], "by_threads": {"2": {"p50_ms": "slow", "p90_ms": 1.0}}}}, "reference"),
+], ids=["points-not-a-list", "pick-not-a-point", "nan-p50", "negative-p50", "text-p50", "text-top1", "short-ci",
+        "huge-threads", "huge-point-list", "text-reference"])
+def test_a_malformed_optimize_record_is_a_note_not_a_failure(benched_run, tmp_path, edit, field):
+    run = _run_with_record(benched_run, tmp_path, {**RECORD, **edit})
     written = make_report(run.path)
-    assert any(n.startswith("optimize results left out:") and "points" in n for n in written.notes)
+    assert any(n.startswith("optimize results left out:") and field in n for n in written.notes), written.notes
     assert "## Optimize" not in (run.path / "report.md").read_text()
 
 
