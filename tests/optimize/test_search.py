@@ -137,15 +137,19 @@ def test_no_int8_point_within_the_budget_tries_other_calibrations(copy_searched,
     run = copy_searched()
     record = optimize(run.path, str(clipped_profile), runtimes="onnxruntime", threads=1, progress=False).record
     int8 = [r for r in record.points if r.precision == "int8"]
-    planted = [r for r in int8 if "method=" not in r.recipe]
+    planted = [r for r in int8 if "method=" not in r.recipe and "samples=" not in r.recipe]
     assert planted and all(r.accuracy["drop_pp"] > 0 for r in planted)  # what the clipped recipe is for
     retried = [r for r in int8 if "method=" in r.recipe]
     assert {r.recipe.rsplit("method=", 1)[1] for r in retried} == {"minmax", "entropy"}
     fastest = sorted(planted, key=lambda r: r.latency["p50_ms"])[:2]  # recovery starts from the fastest failing
     assert {r.variant.rsplit(" ", 1)[0] for r in retried} == {r.variant for r in fastest}
-    assert all(r.latency for r in retried)  # timed like every other point
-    if all(r.accuracy["drop_pp"] > 0 for r in retried):
-        assert record.fallback is not None and record.fallback["from"] == fastest[0].artifact
+    more = [r for r in int8 if "samples=" in r.recipe]  # and calibrates the fastest on 3x the samples
+    assert [r.recipe.rsplit("samples=", 1)[1] for r in more] == ["90"] and more[0].variant.startswith(fastest[0].variant)
+    assert all(r.latency for r in retried + more)  # timed like every other point
+    if all(r.accuracy["drop_pp"] > 0 for r in retried + more):  # from the fastest structure's best calibration
+        same = [r for r in int8 if r.variant.startswith(fastest[0].variant) and r.runtime == fastest[0].runtime]
+        best = min(same, key=lambda r: r.accuracy["drop_pp"])
+        assert record.fallback is not None and record.fallback["from"] == best.artifact
 
 
 def test_the_fallback_keeps_the_most_sensitive_layers_float_and_times_the_result(copy_searched, clipped_profile,
