@@ -645,7 +645,8 @@ def _runs_as(row: dict) -> str | None:
     """How optimize's pick runs (``openvino int8 qdq @2t``); None for the profile's own artifacts."""
     if not row.get("slot"):
         return None
-    return f"{row['runtime']} {row.get('variant') or row['precision']}" + (f" @{row['threads']}t" if row.get("threads") else "")
+    runs = row.get("variant") or f"{row['runtime']} {row['precision']}"  # the variant is the candidate's whole label
+    return runs + (f" @{row['threads']}t" if row.get("threads") else "")
 
 
 def _estimate_over_budget(run: RunDir, row: dict) -> str:

@@ -438,9 +438,12 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
     key, entry = choose_compiled(opened, target, slot)
     made = opened.entries(BundleRecord)[key]
     signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
-    picked = "".join([f" {entry['variant']}" if entry.get("variant") else "",
-                      f", {entry['threads']} threads" if entry.get("threads") else ""]) if entry.get("slot") else ""
-    console.print(f"wrote [bold]{path}[/] ({made.runtime} {made.precision}{picked}, {made.size_bytes / 1e6:.2f} MB, "
+    what = f"{made.runtime} {made.precision}"
+    if entry.get("slot"):  # optimize's pick: its variant already names the runtime ("openvino int8 qdq")
+        threads = entry.get("threads")
+        what = (f"optimize's pick: {entry.get('variant') or what}"
+                + (f" at {threads} thread{'s' if threads != 1 else ''}" if threads else ""))
+    console.print(f"wrote [bold]{path}[/] ({what}, {made.size_bytes / 1e6:.2f} MB, "
                   f"release {made.release}, {signed}, sha256 {made.sha256[:16]}…)", highlight=False)
     console.print(f"next: edgetl ship {path} ssh://user@device/path", highlight=False)
 

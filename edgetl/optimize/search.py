@@ -114,6 +114,19 @@ def _passes(check: dict) -> bool:
     return False
 
 
+def _why_missed(check: dict) -> str:
+    """A missed check's reason. The gates call an interval that straddles the budget undecided; the
+    search decides it on the point estimate, so its reason says that instead of "too few samples"."""
+    if check["status"] != UNDECIDED or check.get("value") is None:
+        return check["reason"]
+    unit = f" {check['unit']}" if check.get("unit") else ""
+    fmt = (lambda v: f"{v:+.2f}") if check.get("unit") == "pp" else (lambda v: f"{v:.3g}")  # noqa: E731
+    lo, hi = check.get("interval") or (check["value"], check["value"])
+    return (f"{check['name']} {fmt(check['value'])}{unit} {'>' if check['goal'] == 'max' else '<'} budget "
+            f"{check['budget']:g}{unit} on its point estimate (n={check.get('n')}: 95% CI {fmt(lo)}..{fmt(hi)} "
+            "straddles the budget; optimize decides on the point estimate)")
+
+
 def gates_of(budgets: Budgets, accuracy: dict | None, latency: dict | None) -> dict:
     latency_rows = [{"batch": 1, **latency}] if latency else []
     memory = {"session_peak_mb": latency["memory_mb"]} if latency and "memory_mb" in latency else {}
@@ -128,13 +141,13 @@ def accuracy_met(budgets: Budgets, accuracy: dict | None) -> tuple[bool, str | N
     if accuracy is None:
         return False, "no accuracy"
     checks = [c for c in gates_of(budgets, accuracy, None)["checks"] if c["metric"] not in _LATER]
-    failed = [c["reason"] for c in checks if not _passes(c)]
+    failed = [_why_missed(c) for c in checks if not _passes(c)]
     return not failed, "; ".join(failed) or None
 
 
 def all_met(budgets: Budgets, accuracy: dict | None, latency: dict | None) -> tuple[dict, bool, str | None]:
     gates = gates_of(budgets, accuracy, latency)
-    failed = [c["reason"] for c in gates["checks"] if not _passes(c)]
+    failed = [_why_missed(c) for c in gates["checks"] if not _passes(c)]
     return gates, not failed, "; ".join(failed) or None
 
 
@@ -148,6 +161,7 @@ class Search:
         self.force, self.deadline, self.reporter = force, deadline, reporter
         self.not_tried: list[str] = []
         self.fallback: dict | None = None
+        self.labels: dict[str, str] = {}  # fingerprint -> the label of the first candidate that built it
         self.rounds = 0
 
     def spent(self) -> bool:
@@ -159,11 +173,18 @@ class Search:
         out = []
         for cand in candidates:
             self.reporter.step("build", f"{what} {cand.label}")
-            out.append(self.build(cand, new=not self.spent()))  # once the budget is spent, the cache only
-            state = "failed" if out[-1].error else "skipped" if out[-1].skipped else "ready"
-            if out[-1].skipped:
+            built = self.build(cand, new=not self.spent())  # once the budget is spent, the cache only
+            first = self.labels.setdefault(built.fingerprint, cand.label) if not built.error else cand.label
+            if first != cand.label:  # two labels, one artifact: timing it twice would list it twice
+                self.not_tried.append(f"{cand.label}: the same artifact as {first} [{built.id}] (identical build "
+                                      "settings: the profile already sets what this variant changes)")
+                self.reporter.advance("build", f"same as {first} [{built.id}]: {cand.label}")
+                continue
+            out.append(built)
+            state = "failed" if built.error else "skipped" if built.skipped else "ready"
+            if built.skipped:
                 self.not_tried.append(f"{cand.label}: not built, the time budget was spent")
-            self.reporter.advance("build", f"{state} {cand.label} [{out[-1].id}]")
+            self.reporter.advance("build", f"{state} {cand.label} [{built.id}]")
         self.reporter.done("build", f"{len(out)} candidates")
         return out
 

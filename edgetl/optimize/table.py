@@ -83,11 +83,7 @@ def summary(record: OptimizeRecord) -> str:
         for r in runners:
             parts.append(f"Runner-up {r.runtime} {r.variant} @{r.threads or '-'}t: {r.why}.")
     if record.fallback:
-        fb = record.fallback
-        kept = ", ".join(fb.get("kept") or []) or "nothing"
-        parts.append(f"The fallback kept {kept} float ({'met' if fb.get('met') else 'did not meet'} the budget"
-                     + (f", drop {fb['drop_pp']:+.2f} pp" if fb.get("drop_pp") is not None else "") + ")"
-                     + _speed_cost(record) + ".")
+        parts.append(_fallback_text(record))
     parts.append(f"Search took {record.elapsed_s:.0f} s of its {record.settings.get('budget_s', 0):.0f} s budget"
                  + (" (spent: no new builds or screening rounds after it)" if record.budget_spent else "") + ".")
     if record.not_tried:
@@ -96,6 +92,23 @@ def summary(record: OptimizeRecord) -> str:
         parts.append("Warning: some timings were taken while other processes used the CPU; rerun with --force "
                      "on a quiet machine to trust small differences.")
     return " ".join(parts)
+
+
+def _fallback_text(record: OptimizeRecord) -> str:
+    """Where the keep-float fallback started, what it kept, whether that met the budget, and every
+    count of float layers it measured (so a budget it cannot reach reads as such)."""
+    fb = record.fallback
+    source = next((r for r in record.points if r.artifact == fb.get("from")), None)
+    start = f"{source.runtime} {source.variant} [{fb.get('from')}]" if source else f"[{fb.get('from')}]"
+    kept = fb.get("kept") or []
+    layers = f"{len(kept)} layer{'s' if len(kept) != 1 else ''} float ({', '.join(kept)})" if kept else "no layer float"
+    drop = f", drop {fb['drop_pp']:+.2f} pp" if fb.get("drop_pp") is not None else ""
+    if fb.get("met"):
+        text = f"The keep-float fallback from {start} met the budget with {layers}{drop}{_speed_cost(record)}."
+    else:
+        text = f"The keep-float fallback from {start} did not meet the budget: its best was {layers}{drop}."
+    tried = ", ".join(f"{k} float {d:+.2f} pp" for k, d in fb.get("tried") or [])
+    return text + (f" Tried: {tried}." if tried else "")
 
 
 def _speed_cost(record: OptimizeRecord) -> str:

@@ -51,5 +51,5 @@ def optimized_run(bundle_run, tmp_path_factory) -> RunDir:
     rows = compile_run(dest, ["openvino"], ["fp32"], progress=False)
     assert all(r["status"] != "failed" for r in rows), rows
     run = RunDir.open(dest)
-    promote(run, "openvino/fp32", "host-cpu", threads=1, variant="fp32 openvino")
+    promote(run, "openvino/fp32", "host-cpu", threads=1, variant="openvino fp32")
     return run

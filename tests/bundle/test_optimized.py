@@ -60,14 +60,16 @@ def test_the_pick_and_the_profiles_artifact_are_separate_bundles(optimized_run, 
     plain = create_bundle(run.path, "onnxruntime", "int8")
     assert plain.name == "onnxruntime-int8.tar.gz" and inspect_archive(plain)["slot"] is None
     key, entry = choose_compiled(run, "host-cpu")  # the target's only artifact is its pick
-    assert key == "host-cpu/optimized" and entry["threads"] == 1 and entry["variant"] == "fp32 openvino"
+    assert key == "host-cpu/optimized" and entry["threads"] == 1 and entry["variant"] == "openvino fp32"
 
 
 def test_cli_bundle_optimized(optimized_run, tmp_path):
     run = _copy(optimized_run, tmp_path)
     result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "host-cpu", "--optimized"])
     assert result.exit_code == 0, result.output
-    assert "host-cpu-optimized.tar.gz" in result.output and "fp32 openvino, 1 threads" in result.output
+    assert "host-cpu-optimized.tar.gz" in result.output
+    # the variant is the candidate's whole label: the runtime is named once, the threads in words
+    assert "(optimize's pick: openvino fp32 at 1 thread, " in result.output and "openvino openvino" not in result.output
 
 
 def test_cli_bundle_optimized_without_a_pick_says_run_optimize(bundle_run, tmp_path):

@@ -250,3 +250,28 @@ def test_a_faked_pytorch_reference_is_timed_again_not_trusted(copy_searched, p50
     record = optimize(run.path, "host-cpu", **SEARCH).record
     assert 0 < record.reference["p50_ms"] < math.inf
     assert all(0 < v["p50_ms"] < math.inf for v in json.loads(path.read_text()).values())
+
+
+def test_two_variants_that_build_the_same_artifact_are_one_point(searched):
+    # host-cpu's recipe (percentile) already sets bias_correction = "accurate": OpenVINO's "nncf
+    # accurate-bc" variant builds exactly "nncf performance", which must be timed and listed once
+    run, _ = searched
+    record = run.entries(OptimizeRecord)["host-cpu"]
+    assert len({r.id for r in record.points}) == len(record.points)
+    assert [r.variant for r in record.points if r.variant == "int8 nncf performance"]
+    assert not [r for r in record.points if r.variant == "int8 nncf accurate-bc"]
+    assert any(n.startswith("openvino int8 nncf accurate-bc: the same artifact as openvino int8 nncf performance [")
+               for n in record.not_tried)
+
+
+def test_a_drop_whose_interval_straddles_the_budget_loses_on_its_point_estimate_and_says_so():
+    from edgetl.config import Budgets
+    from edgetl.optimize.search import accuracy_met
+
+    accuracy = {"n": 128, "top1": 0.8047, "fp32_top1": 0.8281, "drop_pp": 2.34, "drop_ci_pp": [-2.9, 7.73],
+                "agreement": 0.9}
+    met, why = accuracy_met(Budgets(max_accuracy_drop_pp=1.0), accuracy)
+    assert not met
+    assert why == ("accuracy_drop +2.34 pp > budget 1 pp on its point estimate (n=128: 95% CI -2.90..+7.73 "
+                   "straddles the budget; optimize decides on the point estimate)")
+    assert accuracy_met(Budgets(max_accuracy_drop_pp=3.0), accuracy) == (True, None)  # the point estimate meets it
