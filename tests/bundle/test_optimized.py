@@ -72,14 +72,20 @@ def test_cli_bundle_optimized(optimized_run, tmp_path):
     assert "(optimize's pick: openvino fp32 at 1 thread, " in result.output and "openvino openvino" not in result.output
 
 
+def _bundles(run) -> list[str]:
+    """The run's bundle files (the shared fixture may already hold some)."""
+    return sorted(p.name for p in (run.path / "bundles").glob("*")) if (run.path / "bundles").is_dir() else []
+
+
 def test_cli_bundle_optimized_without_a_pick_says_run_optimize(bundle_run, tmp_path):
     run = _copy(bundle_run, tmp_path)
+    before = _bundles(run)
     result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "onnxruntime", "--optimized"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         f"error: onnxruntime has no optimized artifact in {run.path}: run `edgetl optimize {run.path} --target "
         "onnxruntime` first"]
-    assert not (run.path / "bundles").exists()
+    assert _bundles(run) == before  # nothing written
 
 
 def test_local_bench_of_the_pick(optimized_run, tmp_path):
@@ -113,12 +119,13 @@ def test_remote_bench_of_the_pick_is_stored_under_its_key(sshd, optimized_run, t
 
 def test_cli_bundle_optimized_with_a_precision_is_one_line(optimized_run, tmp_path):
     run = _copy(optimized_run, tmp_path)
+    before = _bundles(run)
     result = CliRunner().invoke(cli, ["bundle", str(run.path), "--target", "host-cpu", "--optimized",
                                       "--precision", "int8"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: --optimized packages optimize's pick, whatever its precision: leave out --precision"]
-    assert not (run.path / "bundles").exists()
+    assert _bundles(run) == before  # nothing written
 
 
 def test_a_picks_target_section_keeps_the_device_cpu_and_validates_as_a_profile():
