@@ -87,7 +87,7 @@ def choose_compiled(run: RunDir, target: str, slot: str | None = None) -> tuple[
         raise BundleError(
             f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have) or 'none'}): {todo}"
         )
-    by_slot = {(e.get("slot") or e["precision"]): (k, e) for k, e in mine.items()}
+    by_slot = {_slot(e): (k, e) for k, e in mine.items()}
     if slot is None:
         from edgetl.compiler import BARE_RUNTIME_PRECISION
 
@@ -111,6 +111,7 @@ def choose_compiled(run: RunDir, target: str, slot: str | None = None) -> tuple[
 
 
 def _slot(entry: dict[str, Any]) -> str:
+    """The second half of the entry's key (``compiler.compiled_key``): "optimized" or its precision."""
     return entry.get("slot") or entry["precision"]
 
 
