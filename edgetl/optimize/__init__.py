@@ -96,7 +96,7 @@ def optimize(run_path: str | Path, target: str, *, remote: str | None = None, ac
             from edgetl.compiler import task_options
 
             space = candidates(profile, names, lambda rt: task_options(run, _probe_cell(profile, rt)).get("quantization", {}))
-            axis = _threads_axis(profile.threads if threads is None else threads, timer)
+            axis = _threads_axis(profile.threads if threads is None else threads, timer, reporter)
             root = run.path / "optimize" / profile.name
             search = s.Search(ctx, profile.name, dict(profile.options), root, timer, budgets,
                               lambda c: [None] if get_backend(c.runtime).devices == ("gpu",) else axis,
@@ -178,9 +178,13 @@ def _timer(run: RunDir, remote: str | None, access, work: Path, view):
     return RemoteTimer(run, remote, access, work)
 
 
-def _threads_axis(threads: int | None, timer) -> list[int]:
+def _threads_axis(threads: int | None, timer, reporter: Reporter) -> list[int]:
     """The profile's (or --threads') thread count, else 1 and every physical core of the device."""
-    return [threads] if threads else sorted({1, timer.cores()})
+    cores = timer.cores()
+    if threads and threads > cores:  # more threads than cores time the scheduler, not the model
+        reporter.warn(f"{threads} threads is more than the {cores} physical cores of {timer.where}: "
+                      "its latencies include waiting for a core")
+    return [threads] if threads else sorted({1, cores})
 
 
 def _reference(timer, run: RunDir, root: Path, threads: list[int], force: bool, reporter: Reporter) -> dict[int, dict]:

@@ -275,3 +275,25 @@ def test_a_drop_whose_interval_straddles_the_budget_loses_on_its_point_estimate_
     assert why == ("accuracy_drop +2.34 pp > budget 1 pp on its point estimate (n=128: 95% CI -2.90..+7.73 "
                    "straddles the budget; optimize decides on the point estimate)")
     assert accuracy_met(Budgets(max_accuracy_drop_pp=3.0), accuracy) == (True, None)  # the point estimate meets it
+
+
+class _Warnings(SilentReporter):
+    def __init__(self):
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_threads_above_the_cores_are_timed_with_a_warning(copy_run, tmp_path):
+    from edgetl.optimize import _threads_axis
+    from edgetl.optimize.timing import LocalTimer
+
+    timer = LocalTimer(copy_run(), tmp_path / "work")
+    cores = timer.cores()
+    quiet, loud = _Warnings(), _Warnings()
+    assert _threads_axis(cores, timer, quiet) == [cores] and quiet.warnings == []
+    assert _threads_axis(cores + 1, timer, loud) == [cores + 1]
+    assert loud.warnings == [f"{cores + 1} threads is more than the {cores} physical cores of {timer.where}: "
+                             "its latencies include waiting for a core"]
+    assert _threads_axis(None, timer, quiet) == sorted({1, cores}) and quiet.warnings == []
