@@ -399,11 +399,13 @@ class _Optimize:
 
     def run(self, reporter: Reporter) -> _Done:
         from edgetl.optimize import optimize
+        from edgetl.optimize.table import candidate_table
 
         config, records = self.state.config, {}
         for target in self._targets():
             result = optimize(self.state.run.path, target, budget_s=config.optimize_budget, threads=config.threads,
                               reporter=reporter, progress=False)
+            reporter.table(candidate_table(result.record))  # every point and why it lost, as `edgetl optimize` shows
             records[target] = result.record
         self._use_picks(records)
         return _Done(self._note(records))

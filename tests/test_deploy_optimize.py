@@ -54,6 +54,7 @@ def test_deploy_optimize_benches_gates_and_bundles_the_pick(digits_dir, tmp_path
     assert not (out / "bundles" / "tiny-cpu-int8.tar.gz").exists()
     assert pick["variant"].startswith(pick["runtime"] + " ")  # the candidate's whole label, named once
     assert f"tiny-cpu/optimized ({pick['variant']} @1t)" in first.stdout
+    assert "optimize tiny-cpu on " in first.stdout and "vs PyTorch" in first.stdout  # every point's row, not just the pick
 
     second = _deploy(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
