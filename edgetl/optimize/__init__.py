@@ -206,7 +206,9 @@ def _reference(timer, run: RunDir, root: Path, threads: list[int], force: bool, 
     out = {}
     reporter.start("PyTorch reference", total=len(threads))
     for t in threads:
-        if not is_latency(cache.get(key_of(t))):  # not timed yet, or edited into no measurement: timed again
+        cached = cache.get(key_of(t))
+        # not timed yet, edited into no measurement, or timed while the CPU was busy: timed again
+        if not is_latency(cached) or cached.get("busy"):
             reporter.step("PyTorch reference", f"timing PyTorch eager at {t} threads")
             try:
                 cache[key_of(t)] = timer.reference(run, t)

@@ -252,6 +252,15 @@ def test_a_faked_pytorch_reference_is_timed_again_not_trusted(copy_searched, p50
     assert all(0 < v["p50_ms"] < math.inf for v in json.loads(path.read_text()).values())
 
 
+def test_a_pytorch_reference_timed_on_a_busy_machine_is_timed_again(copy_searched):
+    run = copy_searched()
+    path = run.path / "optimize" / "host-cpu" / "reference.json"
+    path.write_text(json.dumps({k: {**v, "p50_ms": 12345.0, "busy": True} for k, v in json.loads(path.read_text()).items()}))
+    record = optimize(run.path, "host-cpu", **SEARCH).record
+    assert record.reference["p50_ms"] != 12345.0
+    assert all(v["p50_ms"] != 12345.0 for v in json.loads(path.read_text()).values())
+
+
 def test_two_variants_that_build_the_same_artifact_are_one_point(searched):
     # host-cpu's recipe (percentile) already sets bias_correction = "accurate": OpenVINO's "nncf
     # accurate-bc" variant builds exactly "nncf performance", which must be timed and listed once
