@@ -280,13 +280,20 @@ class Search:
     def meets_accuracy(self, p: Point) -> bool:
         return bool(self.usable([p])) and accuracy_met(self.budgets, p.built.data.get("accuracy"))[0]
 
+    def meets_memory(self, p: Point) -> bool:
+        """Whether the memory budget holds where it was read. Peak memory is no timing noise: a point over
+        it in a screening round never meets it, and must not take a finalist's place."""
+        checks = gates_of(self.budgets, None, p.latency)["checks"]
+        return all(_passes(c) for c in checks if c["metric"] == "memory_mb" and c.get("value") is not None)
+
     def screen(self, points: list[Point]) -> None:
         self.time_round(self.usable(points), 1, final=False)
 
     def halve(self, points: list[Point]) -> list[Point]:
-        """Successive halving over the points that meet the accuracy budget; returns the finalists
-        (timed under the full policy)."""
-        alive = sorted((p for p in points if self.meets_accuracy(p) and p.status != "failed"), key=lambda p: p.p50)
+        """Successive halving over the points that meet the accuracy and memory budgets; returns the
+        finalists (timed under the full policy)."""
+        alive = sorted((p for p in points if self.meets_accuracy(p) and self.meets_memory(p) and p.status != "failed"),
+                       key=lambda p: p.p50)
         round_no = 1
         while alive:
             if len(alive) > MIN_KEPT:
@@ -427,7 +434,7 @@ def results(points: list[Point], budgets: Budgets) -> tuple[list[PointResult], s
             status, why = "picked", None
         elif status == "measured" and not accuracy_met(budgets, accuracy)[0]:
             why = accuracy_met(budgets, accuracy)[1]
-        elif status == "measured" and p.id in judged and not meets:
+        elif status == "measured" and p.latency and not meets:  # a finalist, or one left out over its memory
             why = why_not
         elif status == "measured" and pick is not None and p.id in judged:
             why = f"{p.p50 / pick.p50:.2f}x slower than the pick (p50 {p.p50:.3f} vs {pick.p50:.3f} ms)"

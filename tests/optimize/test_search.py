@@ -133,6 +133,17 @@ def clipped_profile(tmp_path):
     return folder / "host-cpu.toml"
 
 
+def test_a_point_over_the_memory_budget_takes_no_finalist_place(copy_searched, tmp_path):
+    # peak memory is read in every round; a point over its budget after screening never meets it
+    profile = tmp_path / "host-cpu.toml"
+    profile.write_text('runtime = "onnxruntime"\n[budgets]\nmax_memory_mb = 0.001\n')
+    record = optimize(copy_searched().path, str(profile), runtimes="onnxruntime", threads=1, progress=False).record
+    timed = [r for r in record.points if r.latency]
+    assert timed and all(r.latency["memory_mb"] > 0.001 for r in timed)
+    assert record.pick is None and all(r.latency["round"] == 1 for r in timed)
+    assert all("memory" in r.why for r in timed)
+
+
 def test_no_int8_point_within_the_budget_tries_other_calibrations(copy_searched, clipped_profile):
     run = copy_searched()
     record = optimize(run.path, str(clipped_profile), runtimes="onnxruntime", threads=1, progress=False).record
