@@ -321,6 +321,7 @@ class BundleManifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
+        self._head_of_task()
         self._preprocess_of_task()
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
@@ -394,19 +395,22 @@ class BundleManifest(_Model):
             raise ValueError(f"{stray[0]!r} is not one of the bundle's assets")
 
 
+    def _head_of_task(self) -> None:
+        """Checked first: another task's preprocessing would otherwise be the message."""
+        from edgetl.tasks import DEFAULT_TASK
+
+        if self.head is not None and self.task != DEFAULT_TASK:
+            raise ValueError(f"a prototype head is for image runs (--task {DEFAULT_TASK}), not {_short(self.task, 40)}")
+
     def _head_consistent(self) -> None:
         """A head's file is listed, of the size a float32 (labels, D) array has, the only file in
         head/; its shots name the labels; its model outputs one ``embedding`` (batch, D). No head/
         file without a head, no head on a task other than image classification, and the slot says it."""
-        from edgetl.tasks import DEFAULT_TASK
-
         stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel != HEAD_FILE)
         if self.head is None:
             if stray or HEAD_FILE in self.files or self.slot == "prototype":
                 raise ValueError("head/ files or slot 'prototype' without a head: rebuild the bundle")
             return
-        if self.task != DEFAULT_TASK:
-            raise ValueError(f"a prototype head is for image runs (--task {DEFAULT_TASK}), not {_short(self.task, 40)}")
         if self.slot != "prototype":
             raise ValueError("a bundle with a prototype head must have slot 'prototype'")
         shape = self.outputs[0].shape
