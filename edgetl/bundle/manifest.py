@@ -396,21 +396,21 @@ class BundleManifest(_Model):
 
 
     def _head_of_task(self) -> None:
-        """Checked first: another task's preprocessing would otherwise be the message."""
+        """Checked first, since the tensors' check would otherwise be the message: no head/ files and
+        no slot 'prototype' without a head, and a head only on an image bundle."""
         from edgetl.tasks import DEFAULT_TASK
 
+        if self.head is None and (self.slot == "prototype" or any(rel.startswith(HEAD_FOLDER) for rel in self.files)):
+            raise ValueError("head/ files or slot 'prototype' without a head: rebuild the bundle")
         if self.head is not None and self.task != DEFAULT_TASK:
             raise ValueError(f"a prototype head is for image runs (--task {DEFAULT_TASK}), not {_short(self.task, 40)}")
 
     def _head_consistent(self) -> None:
         """A head's file is listed, of the size a float32 (labels, D) array has, the only file in
-        head/; its shots name the labels; its model outputs one ``embedding`` (batch, D). No head/
-        file without a head, no head on a task other than image classification, and the slot says it."""
-        stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel != HEAD_FILE)
+        head/; its shots name the labels; its model outputs one ``embedding`` (batch, D); the slot says it."""
         if self.head is None:
-            if stray or HEAD_FILE in self.files or self.slot == "prototype":
-                raise ValueError("head/ files or slot 'prototype' without a head: rebuild the bundle")
             return
+        stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel != HEAD_FILE)
         if self.slot != "prototype":
             raise ValueError("a bundle with a prototype head must have slot 'prototype'")
         shape = self.outputs[0].shape

@@ -258,8 +258,10 @@ def test_enroll_signed_bundle_needs_a_key(proto_run, threes, tmp_path):
     from edgetl.bundle import signing
 
     private, _ = signing.new_key_pair(tmp_path / "keys", "release")
+    run = tmp_path / "run"
+    shutil.copytree(proto_run.path, run)
     signed = tmp_path / "signed.tar.gz"
-    shutil.copyfile(create_bundle(proto_run.path, "onnxruntime", "prototype", sign=private, release=RELEASE), signed)
+    shutil.copyfile(create_bundle(run, "onnxruntime", "prototype", sign=private, release=RELEASE), signed)
     result = invoke("enroll", signed, "--label", "3", threes)
     one_line_error(result, "would be unsigned", "--sign KEY")
     assert sorted(p.name for p in tmp_path.glob("*.tar.gz")) == ["signed.tar.gz"]
@@ -278,7 +280,7 @@ def _folder_state(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
                                   "corrupt image", "too many images", "out exists", "no head", "swapped prototypes"])
-def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, proto_run, threes, tmp_path):
+def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
     args: list = ["--label", "3", threes]
@@ -308,12 +310,13 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, proto_run, thr
         (tmp_path / "taken.tar.gz").write_bytes(b"mine")
         args, message = [*args, "--out", tmp_path / "taken.tar.gz"], "already exists: enroll never overwrites"
     elif case == "no head":
-        bundle = tmp_path / "classifier.tar.gz"
-        shutil.copyfile(create_bundle(proto_run.path, "onnxruntime", "fp32"), bundle)
+        bundle = tmp_path / "classifier" / "classifier.tar.gz"
+        bundle.parent.mkdir()
+        shutil.copyfile(bundle_file, bundle)
         message = "has no prototype head"
     else:  # an enrolled bundle whose prototypes were swapped afterwards (same size, other rows)
         assert invoke("enroll", proto_bundle, "--label", "3", threes, "--out", tmp_path / "e.tar.gz").exit_code == 0
-        folder = tmp_path / "swapped"
+        folder = tmp_path / "swapped" / "bundle"
         extract_archive(tmp_path / "e.tar.gz", folder)
         _save(folder, _rows(folder)[::-1].copy())
         bundle, message = folder, "head/prototypes.npy does not match its sha256"
