@@ -326,3 +326,22 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
     assert _folder_state(bundle.parent) == state  # nothing written next to the bundle
     if case == "swapped prototypes":
         one_line_error(invoke("predict", bundle, threes), message)
+
+
+def test_bench_and_report_of_a_run_with_a_prototype_artifact(proto_run, tmp_path):
+    """The run's bench stage leaves the embedding artifact to its bundle's bench (through the head);
+    the report's command for it is `--head prototype`, never `--precision prototype`."""
+    from edgetl.bench.run import select
+    from edgetl.compiler import CompiledEntry
+    from edgetl.compiler import compile as compile_run
+    from edgetl.report.decide import bundle_flag
+
+    run = tmp_path / "run"
+    shutil.copytree(proto_run.path, run)
+    assert all(r["status"] != "failed" for r in compile_run(run, ["onnxruntime"], ["fp32"], progress=False))
+    entries = RunDir.open(run).entries(CompiledEntry)
+    assert set(entries) == {"onnxruntime/fp32", "onnxruntime/prototype"}
+    assert select(entries, None) == select(entries, "onnxruntime") == ["onnxruntime/fp32"]
+    assert bundle_flag("onnxruntime/prototype") == "--head prototype"
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
