@@ -50,7 +50,6 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     (signature, hashes, golden outputs), before any image is run."""
     check_label(label, "--label")
     private_key = signing.load_private_key(sign) if sign is not None else None
-    files = _image_list(images)
     bundle = open_bundle(bundle_path)
     head = bundle.manifest.get("head")
     if head is None:
@@ -58,6 +57,7 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
                           f"with `edgetl bundle RUN --target T --head prototype`")
     labels = bundle.labels
     _check_label_use(label, labels, replace)
+    files = _image_list(images)
     release = bundle.manifest["release"] + 1
     dest = Path(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
     if os.path.lexists(dest):

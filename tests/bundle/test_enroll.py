@@ -345,3 +345,8 @@ def test_bench_and_report_of_a_run_with_a_prototype_artifact(proto_run, tmp_path
     assert bundle_flag("onnxruntime/prototype") == "--head prototype"
     result = invoke("report", run)
     assert result.exit_code == 0, result.output
+
+
+def test_enroll_on_a_run_folder_says_how_to_make_a_bundle(proto_run, threes):
+    result = invoke("enroll", proto_run.path, "--label", "3", threes)
+    one_line_error(result, "is a run folder, not a bundle: edgetl bundle")
