@@ -234,7 +234,7 @@ def enroll_cmd(bundle, images, label, replace, out, sign_key, threads, as_json):
       edgetl enroll model-bundle.tar.gz --label "new-part-77" ./five-photos/
       edgetl enroll model-bundle.tar.gz --label cat cat1.jpg cat2.jpg --out cats.tar.gz
       edgetl enroll model-bundle.tar.gz --label cat ./better-cats --replace --sign release.key
-      edgetl predict model-bundle-r2.tar.gz photo.jpg
+      edgetl predict flowers-host-cpu-r1764441601.tar.gz photo.jpg   # the file enroll wrote
     """
     from edgetl.bundle.enroll import enroll
 

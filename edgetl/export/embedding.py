@@ -199,7 +199,10 @@ def compile_prototype(run_path: str | Path, target: str, precision: str | None =
 
     run = RunDir.open(run_path, need="train")
     require_image_run(run)
-    (cell,) = plan(target, precision)
+    cells = plan(target, precision)
+    if len(cells) != 1:
+        raise ConfigError(f"--head prototype bundles one target at one precision, not {', '.join(c.key for c in cells)}")
+    (cell,) = cells
     backend = get_backend(cell.runtime)
     if not backend.available():
         raise MissingDependencyError(f"{cell.runtime} is not installed: pip install 'edgetl[{backend.extra}]'")

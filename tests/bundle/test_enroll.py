@@ -350,3 +350,17 @@ def test_bench_and_report_of_a_run_with_a_prototype_artifact(proto_run, tmp_path
 def test_enroll_on_a_run_folder_says_how_to_make_a_bundle(proto_run, threes):
     result = invoke("enroll", proto_run.path, "--label", "3", threes)
     one_line_error(result, "is a run folder, not a bundle: edgetl bundle")
+
+
+def test_int8_prototype_bundle_by_the_targets_default(copy_run, threes, tmp_path):
+    """A bare runtime's default precision, int8: calibrated like the classifier, verified, enrolled."""
+    run = copy_run()
+    made = create_bundle(run.path, "onnxruntime", head="prototype", release=5)
+    manifest = inspect_archive(made)
+    assert manifest["precision"] == "int8" and manifest["golden"]["tolerance"]["precision"] == "int8"
+    entry = RunDir.open(run.path).manifest["compiled"]["onnxruntime/prototype"]
+    assert entry["precision"] == "int8" and entry["calibration"]
+    assert verify(made)["ok"]
+    result = invoke("enroll", made, "--label", "3", threes, "--out", tmp_path / "int8-enrolled.tar.gz")
+    assert result.exit_code == 0, result.output
+    assert verify(tmp_path / "int8-enrolled.tar.gz")["ok"]
