@@ -219,6 +219,9 @@ class _Context:
         self.run, self.onnx_path, self.view = run, onnx_path, view
         self.onnx_sha = sha256_file(onnx_path)
         self._calib: dict[str, dict[str, np.ndarray]] = {}  # recipe hash -> calibration feeds
+        # (session, outputs) -> outputs with the task's: an embedding artifact's prototype head
+        # (edgetl/export/embedding.py); None for a classifier
+        self.head = None
 
     def calibration(self, recipe: CalibrationRecipe, warn) -> dict[str, np.ndarray]:
         """The task's calibration feeds for ``recipe`` (one read per recipe)."""
@@ -436,6 +439,8 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
         raise CompileError(f"{backend.name} artifacts cannot run here and have no ONNX to estimate their accuracy with")
     with session:
         outputs = collect_outputs(session, view.val_feeds(), _EVAL_BATCH)
+        if ctx.head is not None:
+            outputs = ctx.head(session, outputs)
     metrics = view.task.evaluate(outputs, view.val_labels(), view.reference(), view.record.classes)
     # the task's own metrics besides these (text: macro_f1; audio: false_accept_rate) and their
     # intervals, so a profile's gates read them like top-1

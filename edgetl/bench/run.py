@@ -252,7 +252,10 @@ def default_threads() -> int:
 
 
 def select(compiled: dict[str, CompiledEntry], targets: str | Sequence[str] | None) -> list[str]:
-    """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None)."""
+    """Keys of ``compiled`` for the given target names or ``target/precision`` keys (all when None).
+    A prototype-head artifact (slot ``prototype``) outputs embeddings, not the task's logits: it is
+    benched as its bundle (``edgetl bench BUNDLE``, through the head), never here."""
+    compiled = {k: e for k, e in compiled.items() if e.slot != "prototype"}
     targets = name_list("targets", targets)
     if not targets:
         return list(compiled)

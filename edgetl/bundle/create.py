@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import shutil
 import tempfile
@@ -24,18 +23,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgetl._io import sha256_file, sha256_json
-from edgetl.bundle import signing
+from edgetl.bundle import prototype, signing
 from edgetl.bundle.format import (
     FORMAT,
-    MANIFEST,
-    SIGNATURE,
     SUFFIX,
-    file_entries,
     slug,
     tolerance,
-    write_archive,
+    write_bundle,
 )
-from edgetl.bundle.manifest import parse as parse_manifest
 from edgetl.config import target_names
 from edgetl.errors import ArtifactError, BundleError, EdgetlError
 from edgetl.rundir import Record, RunDir, RunPath
@@ -62,6 +57,7 @@ class BundleRecord(Record):
     inputs: str  # what it was made from: an unchanged bundle is reused (and not shipped again)
 
 GOLDEN_SAMPLES = 8
+PROTOTYPE = prototype.KIND  # the slot, and --head's value, of a prototype-head bundle
 
 
 def bundle_path(run: RunDir, target: str, slot: str) -> Path:
@@ -87,7 +83,7 @@ def choose_compiled(run: RunDir, target: str, slot: str | None = None) -> tuple[
         raise BundleError(
             f"{run.path} has no artifact compiled for target {target!r} (compiled: {', '.join(have) or 'none'}): {todo}"
         )
-    by_slot = {_slot(e): (k, e) for k, e in mine.items()}
+    by_slot = {_slot(e): (k, e) for k, e in mine.items() if slot == PROTOTYPE or _slot(e) != PROTOTYPE}
     if slot is None:
         from edgetl.compiler import BARE_RUNTIME_PRECISION
 
@@ -126,7 +122,7 @@ def _target_section(entry: dict[str, Any]) -> dict[str, Any]:
     profile = _profile(entry["target"])
     if profile is None:
         return {"name": entry["target"]}
-    if not entry.get("slot"):
+    if entry.get("slot") in (None, PROTOTYPE):
         return profile  # what compile built from the profile: the profile as it is
     common = set(TargetProfile.model_fields) - {"options"}
     own = get_backend(entry["runtime"]).options_model.model_fields  # the profile dumps its options flat
@@ -151,18 +147,30 @@ def _profile(target: str) -> dict[str, Any] | None:
 
 
 def create_bundle(run_path: str | Path, target: str, slot: str | None = None, *,
-                  sign: str | os.PathLike | None = None, release: int | None = None) -> Path:
+                  sign: str | os.PathLike | None = None, release: int | None = None,
+                  head: str | None = None) -> Path:
     """Write ``runs/<name>/bundles/<target>-<slot>.tar.gz`` atomically; the manifest records it
     under ``bundles["<target>/<slot>"]`` (the compiled key). ``slot``: a precision, or ``optimized``
     for optimize's pick (``choose_compiled``).
 
     ``sign``: an Ed25519 private key file; its signature over the exact manifest bytes travels as
     ``manifest.sig``. ``release``: the bundle's release counter (default: UTC seconds now); a device
-    refuses to go back to a lower one.
+    refuses to go back to a lower one. ``head="prototype"``: the run's embedding model with a
+    prototype head (``slot`` then a precision, or None for the profile's), compiled first when it
+    is not current (edgetl/export/embedding.py): ``bundles/<target>-prototype.tar.gz``.
     """
     if release is not None and not 0 <= release < 2**63:
         raise BundleError(f"--release {release}: expected an integer from 0 to 2**63-1")
+    if head not in (None, PROTOTYPE):
+        raise BundleError(f"--head {head!r}: the only head is {PROTOTYPE!r}")
     private_key = signing.load_private_key(sign) if sign is not None else None  # a bad key fails before any work
+    if head == PROTOTYPE:
+        from edgetl.export.embedding import compile_prototype
+
+        if slot == "optimized":
+            raise BundleError("--head prototype builds its own embedding artifact: leave out --optimized")
+        compile_prototype(run_path, target, slot)
+        slot = PROTOTYPE
     run = RunDir.open(run_path, need="compiled")
     key, entry = choose_compiled(run, target, slot)
     for rel in entry["files"]:
@@ -171,10 +179,8 @@ def create_bundle(run_path: str | Path, target: str, slot: str | None = None, *,
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
         stage = Path(tmp)
         manifest = _stage(run, key, entry, stage, int(time.time()) if release is None else release)
-        if private_key is not None:
-            (stage / SIGNATURE).write_bytes(signing.sign(private_key, (stage / MANIFEST).read_bytes()))
-        top = manifest["name"]
-        write_archive(stage, dest, top)
+        manifest = write_bundle(stage, manifest, dest, private_key=private_key,
+                                where=f"{run.path}: the bundle for {entry['target']}")
     record = BundleRecord(
         path=run.rel(dest),
         sha256=sha256_file(dest),
@@ -240,29 +246,29 @@ def candidate_bundle(run: RunDir, entry: dict[str, Any], dest: Path, *, hashes: 
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=run.path) as tmp:
         stage = Path(tmp)
         key = f"{entry['target']}/{_slot(entry)}"
-        _stage(run, key, entry, stage, int(time.time()) if release is None else release, verify=verify, name=name)
-        if private_key is not None:
-            (stage / SIGNATURE).write_bytes(signing.sign(private_key, (stage / MANIFEST).read_bytes()))
-        write_archive(stage, dest, name)
+        manifest = _stage(run, key, entry, stage, int(time.time()) if release is None else release, verify=verify,
+                          name=name)
+        write_bundle(stage, manifest, dest, private_key=private_key, where=f"{run.path}: the bundle for {entry['target']}")
     return dest
 
 
 def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: int, *,
            verify: Callable[[str], Path] | None = None, name: str | None = None) -> dict[str, Any]:
-    """Write the bundle's files into ``stage`` and return its manifest (also written there).
+    """Write the bundle's files into ``stage`` and return its manifest (``write_bundle`` lists, checks
+    and writes it).
     ``verify``: how a run-relative file is checked before it is read (default: against the manifest)."""
     verify = verify or run.verify
     from edgetl.adapt.train import TrainRecord
     from edgetl.backends import get_backend
-    from edgetl.export.onnx import ExportRecord
 
     train = run.require(TrainRecord)
     runtime = entry["runtime"]
     backend = get_backend(runtime)
-    model_files, model_path = _copy_model(backend.bundle_files(entry, run.require(ExportRecord).path), stage / "model",
+    model_files, model_path = _copy_model(backend.bundle_files(entry, _export_path(run, entry)), stage / "model",
                                           verify)
     golden, inputs, outputs = _write_golden(run, entry, stage / "golden", verify)
     assets = _copy_assets(run, train.assets, stage / ASSETS)
+    head = _write_head(run, entry, stage, verify) if entry.get("slot") == PROTOTYPE else None
     manifest = {
         "format": FORMAT,
         "name": name or f"{slug(run.path.name)}-{slug(entry['target'])}"[:64].rstrip("-."),
@@ -288,10 +294,8 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "golden": golden,
         "workstation": _workstation(run, key, entry),
         "versions": entry.get("versions") or {},
+        **({"head": head} if head else {}),
     }
-    manifest["files"] = file_entries(stage)
-    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    parse_manifest((stage / MANIFEST).read_bytes(), f"{run.path}: the bundle for {entry['target']}")  # as a device will
     return manifest
 
 
@@ -330,7 +334,7 @@ def _write_golden(run: RunDir, entry: dict[str, Any], out: Path,
         raise BundleError(f"{run.path} has no validation images: golden inputs cannot be chosen")
     feeds = view.task.golden_inputs(view, GOLDEN_SAMPLES)
     expected, source, batch = _expected_outputs(run, entry, feeds, verify)
-    inputs, outputs = _with_batch(view.inputs, batch), _with_batch(view.outputs, batch)
+    inputs, outputs = _with_batch(view.inputs, batch), _with_batch(_outputs(run, entry, view), batch)
     out.mkdir(parents=True)
     files: dict[str, dict[str, str]] = {"inputs": {}, "expected": {}}
     for kind, prefix, specs, arrays in (("inputs", "in", inputs, feeds), ("expected", "out", outputs, expected)):
@@ -352,11 +356,30 @@ def _with_batch(specs, batch: int | None) -> list:
     return [dataclasses.replace(s, shape=(batch, *s.shape[1:])) if batch else s for s in specs]
 
 
-def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.ndarray], verify: Callable[[str], Path]):
-    """Outputs of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here;
-    and the artifact's fixed batch size (None when dynamic)."""
+def _export_path(run: RunDir, entry: dict[str, Any]) -> str:
+    """The run-relative ONNX the entry was compiled from: the embedding model's for a prototype head."""
+    if entry.get("slot") == PROTOTYPE:
+        from edgetl.export.embedding import EmbeddingExportRecord
+
+        return run.require(EmbeddingExportRecord).path
+    from edgetl.export.onnx import ExportRecord
+
+    return run.require(ExportRecord).path
+
+
+def _outputs(run: RunDir, entry: dict[str, Any], view) -> list:
+    """The model's output specs: the task's, or the embedding model's one ``embedding`` (batch, D)."""
+    if entry.get("slot") != PROTOTYPE:
+        return view.outputs
+    from edgetl.export.embedding import EmbeddingExportRecord, embedding_spec
+
+    return [embedding_spec(run.require(EmbeddingExportRecord).dim)]
+
+
+def _artifact_session(run: RunDir, entry: dict[str, Any], verify: Callable[[str], Path]):
+    """A session of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run
+    here; and {"kind": "same" or "proxy", "what": which, in words}."""
     from edgetl.backends import ONNX_RUNNER, get_backend
-    from edgetl.bundle.runner import run_each
 
     backend = get_backend(entry["runtime"])
     if backend.available() and backend.can_run_here():
@@ -365,16 +388,39 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.nd
         load = backend.load
     else:
         backend = get_backend(ONNX_RUNNER)
-        from edgetl.export.onnx import ExportRecord
-
-        proxy = entry.get("estimate_with") or run.require(ExportRecord).path
+        proxy = entry.get("estimate_with") or _export_path(run, entry)
         path, kind = verify(proxy), "proxy"
         what = f"{proxy} on {ONNX_RUNNER} {backend.version()}: {entry['runtime']} cannot run on the workstation"
         load = backend.load_as_specified  # the device's arithmetic, not this CPU's fused int8 kernels
-    with load(path, threads=1) as session:
+    return load(path, threads=1), {"kind": kind, "what": what}
+
+
+def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.ndarray], verify: Callable[[str], Path]):
+    """Outputs of the artifact itself, or of a stand-in ONNX on ONNX Runtime when it cannot run here;
+    and the artifact's fixed batch size (None when dynamic)."""
+    from edgetl.bundle.runner import run_each
+
+    session, source = _artifact_session(run, entry, verify)
+    with session:
         outputs = run_each(session, feeds)
         batch = next((s.shape[0] for s in session.inputs if isinstance(s.shape[0], int)), None)
-    return outputs, {"kind": kind, "what": what}, batch
+    return outputs, source, batch
+
+
+def _write_head(run: RunDir, entry: dict[str, Any], stage: Path, verify: Callable[[str], Path]) -> dict[str, Any]:
+    """``head/prototypes.npy``: the class means of the training split's embeddings, computed with the
+    artifact's own session (as the golden outputs are), so they match what the device computes; the
+    manifest's ``head``."""
+    from edgetl.data.arrays import DataView
+    from edgetl.export.embedding import run_prototypes
+
+    session, _ = _artifact_session(run, entry, verify)
+    with session:
+        rows, shots = run_prototypes(session, DataView(run))
+    (stage / prototype.FILE).parent.mkdir(parents=True)
+    np.save(stage / prototype.FILE, rows, allow_pickle=False)
+    return {"kind": prototype.KIND, "file": prototype.FILE, "scale": prototype.DEFAULT_SCALE,
+            "output": prototype.EMBEDDING, "shots": shots}
 
 
 def _workstation(run: RunDir, key: str, entry: dict[str, Any]) -> dict[str, Any]:

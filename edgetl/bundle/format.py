@@ -398,6 +398,24 @@ def file_entries(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def write_bundle(stage: Path, manifest: dict[str, Any], dest: str | os.PathLike, *, private_key=None,
+                 where: str) -> dict[str, Any]:
+    """The one way edgetl writes a bundle (``edgetl bundle``, optimize's candidates, ``edgetl enroll``):
+    ``manifest`` with the size and sha256 of every file in ``stage``, validated as a device will
+    (``where`` names it in the message), signed with ``private_key`` (an Ed25519 private key) when
+    given, packed as ``dest`` atomically. Returns the manifest written."""
+    manifest = {**manifest, "files": file_entries(stage)}
+    raw = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+    (stage / MANIFEST).write_bytes(raw)
+    parse_manifest(raw, where)
+    signature = stage / SIGNATURE
+    signature.unlink(missing_ok=True)
+    if private_key is not None:
+        signature.write_bytes(signing.sign(private_key, raw))
+    write_archive(stage, dest, manifest["name"])
+    return manifest
+
+
 def write_archive(src: str | os.PathLike, dest: str | os.PathLike, top: str) -> None:
     """Pack folder ``src`` as ``dest`` (.tar.gz) under top folder ``top``, atomically.
 

@@ -259,6 +259,30 @@ class Workstation(_Model):
     latency: dict[str, dict[str, Any]] = {}
 
 
+def npy_size(shape: tuple[int, ...]) -> int:
+    """The bytes ``np.save`` writes for a C-order float32 array of ``shape`` (.npy format 1.0: the
+    header padded to 64 bytes): a head's file size follows from the labels and D alone."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    base = 10 + len(header) + 1  # magic, version, header length; the header ends in a newline
+    return base + (-base % 64) + 4 * math.prod(shape)
+
+
+HEAD_FILE = "head/prototypes.npy"  # edgetl.bundle.prototype.FILE
+HEAD_FOLDER = "head/"
+
+
+class Head(_Model):
+    """A prototype head (edgetl/bundle/prototype.py): the model outputs ``embedding``, the classes
+    are the rows of ``file`` (float32, one L2-normalised row per label), logits are ``scale`` times
+    the cosines."""
+
+    kind: Literal["prototype"]
+    file: Literal["head/prototypes.npy"]
+    scale: float = Field(ge=1, le=100)
+    output: Literal["embedding"]
+    shots: dict[Label, Annotated[int, Field(ge=1, le=2**31)]]  # label -> images its prototype is the mean of
+
+
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/2"]
     name: Slug
@@ -267,8 +291,9 @@ class BundleManifest(_Model):
     run: Text | None = None
     target: TargetProfile | BareTarget
     precision: Precision
-    # "optimized": the pick of `edgetl optimize` (its key is <target>/optimized); absent for the rest
-    slot: Literal["optimized"] | None = None
+    # "optimized": the pick of `edgetl optimize` (its key is <target>/optimized); "prototype": an
+    # embedding model with a prototype head (<target>/prototype); absent for the rest
+    slot: Literal["optimized", "prototype"] | None = None
     gpu_arch: GpuArch | None = None
     runtime: Runtime
     model: ModelFiles
@@ -281,6 +306,7 @@ class BundleManifest(_Model):
     workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
     files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
+    head: Head | None = None  # only on a prototype-head bundle
 
     @field_validator("task")
     @classmethod
@@ -295,6 +321,7 @@ class BundleManifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
+        self._head_of_task()
         self._preprocess_of_task()
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
@@ -313,6 +340,7 @@ class BundleManifest(_Model):
         if unlisted:
             raise ValueError(f"{unlisted[0]!r} is used but not listed in files")
         self._assets_of_task()
+        self._head_consistent()
         return self
 
     def _preprocess_of_task(self) -> None:
@@ -334,11 +362,15 @@ class BundleManifest(_Model):
 
     def _matches_task(self) -> None:
         """The tensors are what the task makes of the preprocessing and labels (an image: 3 channels at
-        the preprocessing's size; one output class per label)."""
+        the preprocessing's size; one output class per label). A prototype head's model outputs an
+        embedding; the head's logits, one per label, are what the task checks."""
         from edgetl.tasks import get_task
 
         task = get_task(self.task)
-        why = task.check_bundle([t.spec() for t in self.inputs], [t.spec() for t in self.outputs], self._record())
+        outputs = [t.spec() for t in self.outputs]
+        if self.head is not None:
+            outputs = [TensorSpec("logits", "float32", (outputs[0].shape[0], len(self.labels)))]
+        why = task.check_bundle([t.spec() for t in self.inputs], outputs, self._record())
         if why:
             raise ValueError(why)
 
@@ -361,6 +393,42 @@ class BundleManifest(_Model):
                        and rel[len(ASSETS) + 1:] not in self.assets)
         if stray:
             raise ValueError(f"{stray[0]!r} is not one of the bundle's assets")
+
+
+    def _head_of_task(self) -> None:
+        """Checked first, since the tensors' check would otherwise be the message: no head/ files and
+        no slot 'prototype' without a head, and a head only on an image bundle."""
+        from edgetl.tasks import DEFAULT_TASK
+
+        if self.head is None and (self.slot == "prototype" or any(rel.startswith(HEAD_FOLDER) for rel in self.files)):
+            raise ValueError("head/ files or slot 'prototype' without a head: rebuild the bundle")
+        if self.head is not None and self.task != DEFAULT_TASK:
+            raise ValueError(f"a prototype head is for image runs (--task {DEFAULT_TASK}), not {_short(self.task, 40)}")
+
+    def _head_consistent(self) -> None:
+        """A head's file is listed, of the size a float32 (labels, D) array has, the only file in
+        head/; its shots name the labels; its model outputs one ``embedding`` (batch, D); the slot says it."""
+        if self.head is None:
+            return
+        stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel != HEAD_FILE)
+        if self.slot != "prototype":
+            raise ValueError("a bundle with a prototype head must have slot 'prototype'")
+        shape = self.outputs[0].shape
+        if len(self.outputs) != 1 or self.outputs[0].name != self.head.output or self.outputs[0].dtype != "float32" \
+                or len(shape) != 2 or not isinstance(shape[1], int):
+            raise ValueError(f"a prototype head reads one output 'embedding' float32 (batch, D), the model has "
+                             f"{[(t.name, t.dtype, t.shape) for t in self.outputs][:MAX_TENSORS]}")
+        if sorted(self.head.shots) != sorted(self.labels):
+            raise ValueError("head.shots must name every label once, and nothing else")
+        entry = self.files.get(self.head.file)
+        if entry is None:
+            raise ValueError(f"{self.head.file!r} is used but not listed in files")
+        want = npy_size((len(self.labels), shape[1]))
+        if entry.size != want:
+            raise ValueError(f"{self.head.file} holds {entry.size} bytes, a float32 ({len(self.labels)}, {shape[1]}) "
+                             f"array (one row per label, D={shape[1]}) holds {want}")
+        if stray:
+            raise ValueError(f"{stray[0]!r} is not the head's file")
 
 
 def parse(raw: bytes, where: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import numpy as np
 from edgetl._cache import cache_root
 from edgetl._io import sha256_file
 from edgetl.bench.settings import BenchSettings
+from edgetl.bundle import prototype
 from edgetl.bundle.format import (
     MANIFEST,
     SIGNATURE,
@@ -95,6 +97,24 @@ class Bundle:
     def record(self) -> TaskRecord:
         return TaskRecord.of_bundle(self.manifest, self.root)
 
+    @functools.cached_property
+    def prototypes(self) -> np.ndarray | None:
+        """The prototype head's rows (labels, D), checked: shape, finite, normalised; None without a head."""
+        head = self.manifest.get("head")
+        if head is None:
+            return None
+        dim = self.manifest["outputs"][0]["shape"][1]
+        rows = self._npy(head["file"], {"dtype": "float32", "shape": ["classes", dim]}, len(self.labels))
+        why = prototype.problem(rows, len(self.labels), dim)
+        if why:
+            raise BundleError(f"{self.source}: {head['file']} {why}: rebuild the bundle or enrol its classes again")
+        return rows
+
+    def headed(self, outputs: Feeds) -> dict[str, np.ndarray]:
+        """The model's outputs, with the prototype head's ``logits`` where the bundle has one."""
+        head = self.manifest.get("head")
+        return dict(outputs) if head is None else prototype.with_head(outputs, self.prototypes, head["scale"])
+
     def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(input feeds, expected outputs) by tensor name, checked against the manifest's specs;
         never unpickles."""
@@ -159,7 +179,8 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
 def _assets_checked(bundle: Bundle) -> Bundle:
     """``bundle`` once its task has judged its asset files (``check_assets``, where a task has one):
     they are rules the preprocessing runs (a tokenizer's), so verify refuses a hostile one before
-    ``ship`` makes the bundle current, not the first ``predict``."""
+    ``ship`` makes the bundle current, not the first ``predict``. A prototype head's rows likewise."""
+    _ = bundle.prototypes  # a NaN or unnormalised row: refused here, by every command
     check = getattr(get_task(bundle.manifest["task"]), "check_assets", None)
     if check is not None:
         try:
@@ -221,9 +242,12 @@ def require_runtime(bundle: Bundle):
 
 def open_session(bundle: Bundle, threads: int | None = None):
     """A Session on this machine's runtime, after what the runtime must do first on a device
-    (``Backend.prepare``: TensorRT builds, or reuses, its engine)."""
+    (``Backend.prepare``: TensorRT builds, or reuses, its engine). With a prototype head, its ``run``
+    gives the head's ``logits`` too, so every command reads it like a classifier's."""
     backend = require_runtime(bundle)
-    return backend.load(backend.prepare(bundle), threads or bundle.threads)
+    session = backend.load(backend.prepare(bundle), threads or bundle.threads)
+    head = bundle.manifest.get("head")
+    return session if head is None else prototype.HeadSession(session, bundle.prototypes, head["scale"])
 
 
 def run_each(session, feeds: Feeds) -> dict[str, np.ndarray]:
@@ -277,7 +301,7 @@ def verify(path: str | os.PathLike, threads: int | None = None, *, allow_unsigne
 
 def _agreement(bundle: Bundle, actual: Feeds, expected: Feeds) -> float:
     """How often this device's top answer (the task's ``postprocess``) is the workstation's."""
-    top = lambda outputs: [p[0].index for p in bundle.task.postprocess(outputs, bundle.record, 1)]  # noqa: E731
+    top = lambda outputs: [p[0].index for p in bundle.task.postprocess(bundle.headed(outputs), bundle.record, 1)]  # noqa: E731
     return float(np.mean(np.equal(top(actual), top(expected))))
 
 

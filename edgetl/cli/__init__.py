@@ -2,7 +2,7 @@
 
 Every command maps to a function a notebook can call too (``edgetl.train``, ``edgetl.compile`` ...).
 This module holds the group, its error and signal handling and ``main``; the commands live in
-``workstation`` (train ... deploy), ``bench`` and ``device`` (verify, predict, val, build, ship, keys).
+``workstation`` (train ... deploy), ``bench`` and ``device`` (verify, predict, val, enroll, build, ship, keys).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def cli():
 
     \b
     On the device (no PyTorch needed): verify, predict, val (accuracy on labelled
-    images), bench BUNDLE, build (TensorRT engine). keys: sign bundles, trust keys.
+    images), bench BUNDLE, build (TensorRT engine), enroll (add a class to a
+    prototype-head bundle). keys: sign bundles, trust keys.
 
     \b
     Exit codes: 0 done, 1 a budget failed (--check), 2 a user error (one line),

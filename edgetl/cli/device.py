@@ -1,4 +1,4 @@
-"""What runs on the device (no PyTorch): verify, predict, val, build, ship to it, and the signing keys."""
+"""What runs on the device (no PyTorch): verify, predict, val, enroll, build, ship to it, and the signing keys."""
 
 from __future__ import annotations
 
@@ -202,6 +202,53 @@ def predict_cmd(bundle, images, top, threads, as_json):
         console.print(table)
     if failed:
         raise DataError(f"{len(failed)} of {len(results)} {key}(s) could not be read, e.g. {failed[0]['error']}")
+
+
+@cli.command("enroll")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGES...", type=click.Path(path_type=str))
+@click.option("--label", required=True, help="The class the images show (1..200 characters, no control characters).")
+@click.option("--replace", is_flag=True, help="Enrol LABEL again from these images (it must exist); "
+              "without it, an existing label is refused.")
+@click.option("--out", type=click.Path(path_type=str), help="The new bundle (default: <name>-r<release>.tar.gz "
+              "next to BUNDLE). Never overwritten.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
+              help="Sign the new bundle with this Ed25519 private key (needed when BUNDLE is signed, unless "
+              "--allow-unsigned).")
+@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_trust_option
+def enroll_cmd(bundle, images, label, replace, out, sign_key, threads, as_json):
+    """Add a class to a prototype-head bundle from a few images (or replace one), on the device.
+
+    \b
+    BUNDLE must be built with `edgetl bundle RUN --target T --head prototype`. It is
+    verified first (signature, hashes, golden outputs); the images (files or folders,
+    1 to 1000) go through its own preprocessing and runtime (no PyTorch), the class's
+    prototype is the mean of their normalised embeddings, and a new bundle is written:
+    release + 1, fresh sha256s, signed with --sign. The input bundle is left as it is.
+    predict, verify, val, bench and ship then use the new bundle like any other.
+
+    \b
+    Examples:
+      edgetl enroll model-bundle.tar.gz --label "new-part-77" ./five-photos/
+      edgetl enroll model-bundle.tar.gz --label cat cat1.jpg cat2.jpg --out cats.tar.gz
+      edgetl enroll model-bundle.tar.gz --label cat ./better-cats --replace --sign release.key
+      edgetl predict flowers-host-cpu-r1764441601.tar.gz photo.jpg   # the file enroll wrote
+    """
+    from edgetl.bundle.enroll import enroll
+
+    with console.status(f"enrolling {label!r}"):
+        done = enroll(bundle, label, images, replace=replace, out=out, sign=sign_key, threads=threads)
+    if as_json:
+        click.echo(json.dumps({**done.__dict__, "path": str(done.path)}, indent=2))
+        return
+    how = "replaced" if done.replaced else "added"
+    signed = f"signed by {done.signed_by}" if done.signed_by else "unsigned"
+    console.print(f"[green]{how}[/] {escape(done.label)!r} from {done.images} image(s): wrote [bold]{escape(str(done.path))}[/] "
+                  f"({done.classes} classes, release {done.release}, {signed})", highlight=False)
+    console.print(f"next: edgetl verify {escape(str(done.path))}   then: edgetl ship {escape(str(done.path))} "
+                  "ssh://user@device/path", highlight=False)
 
 
 @cli.command("build")

@@ -406,7 +406,10 @@ def report_cmd(run):
               help="Sign the manifest with this Ed25519 private key (from `edgetl keys new`).")
 @click.option("--release", type=int, help="Release counter written into the manifest (default: UTC seconds now); "
               "devices refuse to go back to a lower one.")
-def bundle_cmd(run, target, precision, optimized, sign_key, release):
+@click.option("--head", type=click.Choice(["prototype"]), help="prototype: package the run's embedding model "
+              "(exported and compiled for the target first) with a prototype head, so devices can add classes "
+              "with `edgetl enroll`: bundles/<target>-prototype.tar.gz (image runs).")
+def bundle_cmd(run, target, precision, optimized, sign_key, release, head):
     """Package a compiled artifact for a device: runs/<name>/bundles/<target>-<precision>.tar.gz.
 
     \b
@@ -421,9 +424,10 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
       edgetl bundle runs/flowers --target onnxruntime --precision fp32
       edgetl bundle runs/flowers --target host-cpu --optimized     # after edgetl optimize
       edgetl bundle runs/flowers --target jetson-orin-nano --sign ~/.config/edgetl/keys/edgetl.key
+      edgetl bundle runs/flowers --target host-cpu --head prototype  # then on the device: edgetl enroll
       edgetl ship runs/flowers/bundles/jetson-orin-nano-int8.tar.gz ssh://nvidia@orin.local/opt/models
     """
-    from edgetl.bundle.create import BundleRecord, choose_compiled, create_bundle
+    from edgetl.bundle.create import PROTOTYPE, BundleRecord, choose_compiled, create_bundle
     from edgetl.compiler import OPTIMIZED
     from edgetl.rundir import RunDir
 
@@ -433,13 +437,15 @@ def bundle_cmd(run, target, precision, optimized, sign_key, release):
         raise ConfigError("--optimized packages optimize's pick, whatever its precision: leave out --precision")
     slot = OPTIMIZED if optimized else precision
     with console.status(f"bundling {target}: golden outputs, hashes"):
-        path = create_bundle(run, target, slot, sign=sign_key, release=release)
+        path = create_bundle(run, target, slot, sign=sign_key, release=release, head=head)
     opened = RunDir.open(run)
-    key, entry = choose_compiled(opened, target, slot)
+    key, entry = choose_compiled(opened, target, PROTOTYPE if head else slot)
     made = opened.entries(BundleRecord)[key]
     signed = f"signed by {made.signed_by}" if made.signed_by else "unsigned"
     what = f"{made.runtime} {made.precision}"
-    if entry.get("slot"):  # optimize's pick: its variant already names the runtime ("openvino int8 qdq")
+    if entry.get("slot") == PROTOTYPE:
+        what += f", embedding model + prototype head, top-1 {entry['accuracy']['top1']:.1%} through the head"
+    elif entry.get("slot"):  # optimize's pick: its variant already names the runtime ("openvino int8 qdq")
         threads = entry.get("threads")
         what = (f"optimize's pick: {entry.get('variant') or what}"
                 + (f" at {threads} thread{'s' if threads != 1 else ''}" if threads else ""))

@@ -111,7 +111,7 @@ def decisions(compiled: dict, bench: dict[str, list[dict]]) -> list[dict]:
 def bundle_flag(key: str) -> str:
     """The ``edgetl bundle`` option that packages the compiled artifact ``key`` (``<target>/<slot>``)."""
     slot = key.split("/", 1)[1]
-    return "--optimized" if slot == "optimized" else f"--precision {slot}"
+    return {"optimized": "--optimized", "prototype": "--head prototype"}.get(slot, f"--precision {slot}")
 
 
 def next_commands(run_path: str, manifest: dict, rows: list[dict]) -> list[dict]:
