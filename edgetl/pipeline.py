@@ -249,7 +249,9 @@ class _Train:
     def __init__(self, state: _State):
         self.state = state
         config = state.config
-        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task)
+        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task,
+                           from_run=config.from_run, memory=config.memory, distill_weight=config.distill_weight,
+                           distill_temperature=config.distill_temperature)
         if config.backbone == AUTO:  # chosen for the strictest latency budget among the targets
             self.inputs["target"] = strictest_target(config.targets)
         self._fingerprint: str | None = None
