@@ -172,10 +172,10 @@ def load_data(data: Path, val: Path | None, opts, parent: Parent):
     data hash) with the merged classes. The validation split is the new data's plus the parent's
     own (its old classes' images); a parent validation image that is also in the new data stays
     out of training, so no image the parent was judged on is trained on."""
-    new_set = load_image_set(data)
+    new_set = load_image_set(data, min_classes=1)  # one new class is enough: the parent's join it
     skipped = list(new_set.skipped)
     if val is not None:
-        val_set = load_image_set(val)
+        val_set = load_image_set(val, min_classes=1)
         skipped += val_set.skipped
         train, val_samples = new_set.samples, _relabel(val_set.samples, val_set.classes, new_set.classes)
     else:

@@ -288,11 +288,18 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "golden": golden,
         "workstation": _workstation(run, key, entry),
         "versions": entry.get("versions") or {},
+        **({"lineage": _lineage(train.lineage)} if train.lineage else {}),  # a bundle without one is as before
     }
     manifest["files"] = file_entries(stage)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     parse_manifest((stage / MANIFEST).read_bytes(), f"{run.path}: the bundle for {entry['target']}")  # as a device will
     return manifest
+
+
+def _lineage(lineage: dict) -> dict:
+    """The manifest's ``lineage``: the parent run (as a slug), its checkpoint's sha256, the labels added."""
+    return {"parent": slug(lineage["parent"])[:64].rstrip("-."), "parent_checkpoint": lineage["parent_checkpoint"],
+            "added": list(lineage["new_classes"])}
 
 
 def _copy_assets(run: RunDir, assets: dict[str, str], out: Path) -> list[str]:
