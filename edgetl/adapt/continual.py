@@ -173,21 +173,26 @@ def load_data(data: Path, val: Path | None, opts, parent: Parent):
     own (its old classes' images); a parent validation image that is also in the new data stays
     out of training, so no image the parent was judged on is trained on."""
     new_set = load_image_set(data, min_classes=1)  # one new class is enough: the parent's join it
-    skipped = list(new_set.skipped)
-    if val is not None:
-        val_set = load_image_set(val, min_classes=1)
-        skipped += val_set.skipped
-        train, val_samples = new_set.samples, _relabel(val_set.samples, val_set.classes, new_set.classes)
-    else:
-        train, val_samples = stratified_split(new_set, opts.val_split, opts.seed)
     classes = merged_classes(parent.classes, new_set.classes)
     if classes == parent.classes:
         raise DataError(f"{data} holds no class the parent run lacks (it has {', '.join(parent.classes)}): "
                         "--from adds classes; retrain without --from to refit the same ones")
+    skipped = list(new_set.skipped)
+    if val is not None:
+        val_set = load_image_set(val, min_classes=1)
+        unknown = sorted(set(val_set.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{val}: classes {unknown} are neither the parent's nor in {data}")
+        skipped += val_set.skipped
+        train, val_samples = _relabel(new_set.samples, new_set.classes, classes), _relabel(val_set.samples,
+                                                                                        val_set.classes, classes)
+    else:
+        train, val_samples = (_relabel(part, new_set.classes, classes)
+                              for part in stratified_split(new_set, opts.val_split, opts.seed))
     parent_val = [(p, int(label)) for p, label in _parent_split(parent)["val"]]
     held = {p for p, _ in parent_val}
-    train = [s for s in _relabel(train, new_set.classes, classes) if s[0] not in held]
-    val_samples = [s for s in _relabel(val_samples, new_set.classes, classes) if s[0] not in held] + parent_val
+    train = [s for s in train if s[0] not in held]
+    val_samples = [s for s in val_samples if s[0] not in held] + parent_val
     image_set = ImageSet(classes, _relabel(new_set.samples, new_set.classes, classes), skipped, str(data))
     data_hash = sha256_json([new_set.content_hash(), sorted(val_samples), sorted(train)])
     return image_set, train, val_samples, skipped, data_hash
