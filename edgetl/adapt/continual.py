@@ -115,7 +115,8 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--from trains in one process: run it without torchrun")
     run = RunDir.open(req.from_run, need="train")
-    task = run.manifest["train"].get("task", DEFAULT_TASK)
+    train = run.manifest["train"]
+    task = train.get("task", DEFAULT_TASK) if isinstance(train, dict) else DEFAULT_TASK  # else TrainRecord refuses it
     if task != DEFAULT_TASK:
         raise image_only(task, f"--from {req.from_run}")
     try:
@@ -190,6 +191,10 @@ def load_data(data: Path, val: Path | None, opts, parent: Parent):
         train, val_samples = (_relabel(part, new_set.classes, classes)
                               for part in stratified_split(new_set, opts.val_split, opts.seed))
     parent_val = [(p, int(label)) for p, label in _parent_split(parent)["val"]]
+    gone = [p for p, _ in parent_val if not Path(p).is_file()]
+    if gone:
+        raise DataError(f"{len(gone)} of the parent's validation images are gone (first: {gone[0]}): the old classes "
+                        f"are judged on them; restore them where {parent.run.path} was trained")
     held = {p for p, _ in parent_val}
     train = [s for s in train if s[0] not in held]
     val_samples = [s for s in val_samples if s[0] not in held] + parent_val
@@ -241,7 +246,7 @@ def parent_memory(parent: Parent, per_class: int, seed: int, new_labels: np.ndar
     if per_class == 0:
         return np.empty(shape, np.uint8), np.empty(0, np.int64)
     if parent.exemplars is not None:
-        pixels, labels = read_memory(parent.exemplars, parent.classes)
+        pixels, labels = read_memory(parent.exemplars, parent.classes, shape[1:])
     else:
         samples = _parent_split(parent)["train"]
         try:
@@ -256,15 +261,16 @@ def parent_memory(parent: Parent, per_class: int, seed: int, new_labels: np.ndar
     return pixels[keep], labels[keep]
 
 
-def read_memory(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A memory's pixels and labels; its class names must be the run's (a hashed file can still be
-    from another run when the manifest was edited with it)."""
+def read_memory(path: Path, classes: list[str], image: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A memory's pixels and labels; its class names and image shape (H, W, 3) must be the run's (a
+    hashed file can still be from another run when the manifest was edited with it)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             pixels, labels, names = data["pixels"], data["labels"], [str(n) for n in data["classes"]]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path} is not an exemplar memory ({type(exc).__name__})") from None
-    if names != list(classes) or pixels.dtype != np.uint8 or len(pixels) != len(labels) or pixels.ndim != 4:
+    if (names != list(classes) or pixels.dtype != np.uint8 or pixels.shape[1:] != tuple(image)
+            or labels.shape != (len(pixels),)):
         raise DataError(f"{path} does not hold this run's exemplars (classes or arrays differ)")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise DataError(f"{path} has labels outside the run's {len(classes)} classes")

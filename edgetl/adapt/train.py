@@ -411,6 +411,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     _seed_everything(opts.seed)
     image_set, train_samples, val_samples, skipped, data_hash = (
         continual.load_data(data, val, opts, parent) if parent else _load_data(data, val, opts))
+    if parent:  # the exemplars rehearsed (before the run folder is made: a parent whose images are gone is refused)
+        memory_pixels, memory_labels = continual.parent_memory(parent, req.memory, opts.seed,
+                                                               np.array([label for _, label in train_samples]))
     get_strategy(opts.mode).check_classes(opts, image_set.classes)
     if console is not None:
         report_skipped(console, skipped)
@@ -444,7 +447,6 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     train_paths = [p for p, _ in train_samples]
     rehearsed = 0
     if parent:  # rehearsal: the parent's exemplars join every epoch's images (fine-tuning augments their pixels)
-        memory_pixels, memory_labels = continual.parent_memory(parent, req.memory, opts.seed, y_train)
         train_pixels, y_train = np.concatenate([train_pixels, memory_pixels]), np.concatenate([y_train, memory_labels])
         train_paths += list(memory_pixels)
         rehearsed = len(memory_labels)

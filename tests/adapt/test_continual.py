@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,8 +94,8 @@ def test_the_exemplar_memory_is_hashed_balanced_and_seeded(child):
     run, section = child
     path = run.path / continual.EXEMPLARS
     assert run.manifest["artifacts"][continual.EXEMPLARS] == sha256_file(path)
-    pixels, labels = continual.read_memory(path, section["classes"])
-    assert pixels.dtype == np.uint8 and pixels.shape[1:] == (32, 32, 3)
+    pixels, labels = continual.read_memory(path, section["classes"], (32, 32, 3))
+    assert pixels.dtype == np.uint8
     assert np.bincount(labels).tolist() == [5, 5, 5]  # --memory 5 of every class
     memory = section["lineage"]["memory"]
     assert memory["count"] == 15 and memory["per_class"] == 5
@@ -220,3 +221,27 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     manifest["train"]["task"] = "text-classification"
     (text / "manifest.json").write_text(json.dumps(manifest))
     assert "is for image runs" in _refused([*data, "--from", str(text)], out)
+
+
+def test_a_continual_run_is_a_parent_too_and_its_memory_is_rehearsed(child, digits_dir, tmp_path):
+    from edgetl.data.demo import write_digits
+
+    four = write_digits(tmp_path / "four", per_class=20, classes=4)
+    section = train(_classes(four, tmp_path / "three", "3"), _tiny(image_size=None, epochs=1, head_epochs=3),
+                    out=tmp_path / "grandchild", from_run=child[0].path, memory=2)
+    lineage = section["lineage"]
+    assert section["classes"] == ["0", "1", "2", "3"] and lineage["old_classes"] == ["0", "1", "2"]
+    assert lineage["rehearsed"] == 6  # 2 of each class, drawn from the child's memory of 5
+    assert lineage["parent_checkpoint"] == child[0].manifest["artifacts"]["train/model.safetensors"]
+
+
+def test_an_older_parent_whose_images_are_gone_is_one_line(digits_dir, new_data, tmp_path):
+    old = _classes(digits_dir, tmp_path / "old", "01")
+    train(old, _tiny(epochs=1, head_epochs=2), out=tmp_path / "older", backbone=BACKBONE)
+    assert not (tmp_path / "older" / continual.EXEMPLARS).exists()  # an ordinary run keeps no memory
+    args = ["--data", str(new_data), "--from", str(tmp_path / "older")]
+    for path, _ in json.loads((tmp_path / "older" / "train" / "split.json").read_text())["train"]:
+        Path(path).unlink()
+    assert "keeps no exemplar memory and its training images are gone" in _refused(args, tmp_path / "v2")
+    shutil.rmtree(old)
+    assert "parent's validation images are gone" in _refused(args, tmp_path / "v2")
