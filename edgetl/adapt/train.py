@@ -445,12 +445,12 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     train_pixels, y_train = arrays.split_set(run, "train")
     val_pixels, y_val = arrays.split_set(run, "val")
     train_paths = [p for p, _ in train_samples]
-    rehearsed = 0
+    rehearsed, feature_data = 0, data_hash
     if parent:  # rehearsal: the parent's exemplars join every epoch's images (fine-tuning augments their pixels)
         train_pixels, y_train = np.concatenate([train_pixels, memory_pixels]), np.concatenate([y_train, memory_labels])
         train_paths += list(memory_pixels)
         rehearsed = len(memory_labels)
-        data_hash = sha256_json([data_hash, continual.memory_hash(memory_pixels, memory_labels)])
+        feature_data = sha256_json([data_hash, continual.memory_hash(memory_pixels, memory_labels)])
 
     ckpt = run.path / "train" / "model.safetensors"
     head_prefix = classifier_prefix(model)
@@ -471,7 +471,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         save_full(model.state_dict())
 
     # Phase 1 (both modes): the head on cached, frozen features.
-    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash,
+    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": feature_data,
                    "amp": execution.amp}
     if start_weights == "random":  # --no-pretrained: the seed is what makes the backbone
         feature_key["seed"] = opts.seed

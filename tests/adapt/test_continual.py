@@ -50,13 +50,25 @@ def new_data(digits_dir, tmp_path_factory):
     return _classes(digits_dir, tmp_path_factory.mktemp("new") / "new", "2")
 
 
+CHILD = {"mode": "finetune", "epochs": 2, "head_epochs": 10, "lr": 1e-2, "seed": 0, "unfreeze": "all",
+         "augment": "off", "transfer_check": False}
+
+
 @pytest.fixture(scope="module")
 def child(parent, new_data, tmp_path_factory) -> tuple[RunDir, dict]:
     out = tmp_path_factory.mktemp("child") / "child"
-    section = train(new_data, TrainOptions(mode="finetune", epochs=2, head_epochs=10, lr=1e-2, seed=0,
-                                           unfreeze="all", augment="off", transfer_check=False),
-                    out=out, from_run=parent.path, memory=5)
+    section = train(new_data, TrainOptions(**CHILD), out=out, from_run=parent.path, memory=5)
     return RunDir.open(out), section
+
+
+def test_deploy_skips_an_unchanged_continual_training_and_sees_a_changed_one(parent, child, new_data):
+    from edgetl.adapt.train import train_inputs_hash
+
+    recorded = child[1]["inputs_hash"]
+    assert train_inputs_hash(new_data, TrainOptions(**CHILD), from_run=parent.path, memory=5) == recorded
+    assert train_inputs_hash(new_data, TrainOptions(**CHILD), from_run=parent.path, memory=6) != recorded
+    assert train_inputs_hash(new_data, TrainOptions(**CHILD), from_run=parent.path, memory=5,
+                             distill_weight=0.5) != recorded
 
 
 def test_the_old_classes_keep_their_order_and_the_new_ones_follow(parent, child):
