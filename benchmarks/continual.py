@@ -84,7 +84,7 @@ def main() -> None:
     from edgetl.adapt.train import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    console = Console()
+    console = Console(width=160)
     opts = TrainOptions(mode=args.mode, image_size=args.size, epochs=args.epochs, head_epochs=args.head_epochs,
                         seed=args.seed, transfer_check=False)
     child_opts = TrainOptions(mode=args.mode, epochs=args.epochs, head_epochs=args.head_epochs, seed=args.seed,
@@ -109,8 +109,10 @@ def main() -> None:
                             distill_weight=distill)
             f = section["lineage"]["forgetting"]
             table.add_row(f"{name} (--memory {memory} --distill-weight {distill:g})",
-                          *(f"{f[k]['top1']:.1%}" for k in ("old_before", "old_after", "new_after", "all_after")),
+                          *(f"{f[k]['top1']:.1%} [{f[k]['low']:.0%}, {f[k]['high']:.0%}]"
+                            for k in ("old_before", "old_after", "new_after", "all_after")),
                           f"{time.perf_counter() - started:.0f}")
+            table.caption = f"top-1 [Wilson 95% interval]; {f['old_after']['n']} old / {f['new_after']['n']} new images"
             console.print(f"{name}: old {f['old_after']['top1']:.1%}, new {f['new_after']['top1']:.1%}")
         started = time.perf_counter()
         joint = train(root / "train", opts, out=root / "joint", val=root / "val", **backbone)

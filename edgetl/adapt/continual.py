@@ -72,6 +72,18 @@ def request(from_run, memory: int, distill_weight: float, distill_temperature: f
     return Request(Path(from_run), memory, distill_weight, distill_temperature)
 
 
+def train_inputs(task: str, opts, req: Request | None, *, out: Path | None, resume: bool, backbone: str | None,
+                 weights) -> dict:
+    """What the image task's training gets for ``--from`` (``parent``, ``request``), checked before
+    any work; {} without it. ``backbone``: the one the user gave (None: the parent's)."""
+    if req is None:
+        return {}
+    if task != DEFAULT_TASK:
+        raise image_only(task)
+    return {"parent": open_parent(req, out=out, resume=resume, backbone=backbone, opts=opts, weights=weights),
+            "request": req}
+
+
 @dataclass
 class Parent:
     """The checked parent run: its train section (``TrainRecord``), its checkpoint's path and sha256."""

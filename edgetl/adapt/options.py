@@ -136,7 +136,8 @@ class TrainInputs(_Options):
                                  "exemplar memory, e.g. --data ./images-v2 --from runs/flowers --out runs/flowers-v2.",
                                  json_schema_extra={"flag": "--from"})
     memory: int = Field(MEMORY, ge=0, le=10_000, description="--from: exemplars kept and rehearsed per class (a seeded, "
-                        "class-balanced sample in train/exemplars/); 0: no rehearsal.")
+                        "class-balanced sample in train/exemplars/); 0: no rehearsal (the run still keeps "
+                        f"{MEMORY} per class for the next --from).")
     distill_weight: float = Field(DISTILL_WEIGHT, ge=0, le=100, allow_inf_nan=False, description="--from: weight of the "
                                   "distillation loss from the parent's outputs (learning without forgetting); 0: off.")
     distill_temperature: float = Field(DISTILL_TEMPERATURE, gt=0, le=100, allow_inf_nan=False, description="--from: softmax "

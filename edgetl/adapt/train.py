@@ -216,13 +216,9 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
     given_backbone = backbone
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     image_only = {"weights": weights, "target": target} if task == DEFAULT_TASK else {}  # refused elsewhere
-    req = continual.request(from_run, memory, distill_weight, distill_temperature)
-    if req is not None:
-        if task != DEFAULT_TASK:
-            raise continual.image_only(task)
-        image_only["parent"] = continual.open_parent(req, out=None, resume=False, backbone=given_backbone, opts=opts,
-                                                     weights=weights)
-        image_only["request"] = req
+    image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
+                                                                           distill_temperature),
+                                             out=None, resume=False, backbone=given_backbone, weights=weights))
     return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val, **image_only)
 
 
@@ -309,13 +305,9 @@ def train(
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
     # the image task's own inputs (weights, target, resume, --from) reach only its workstation module
     image_only = {"weights": weights, "target": target, "resume": resume} if task == DEFAULT_TASK else {}
-    req = continual.request(from_run, memory, distill_weight, distill_temperature)
-    if req is not None:
-        if task != DEFAULT_TASK:
-            raise continual.image_only(task)
-        image_only["parent"] = continual.open_parent(req, out=Path(out), resume=resume, backbone=given_backbone,
-                                                     opts=opts, weights=weights)
-        image_only["request"] = req
+    image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
+                                                                           distill_temperature),
+                                             out=Path(out), resume=resume, backbone=given_backbone, weights=weights))
     return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
                                            reporter=reporter, **image_only)
 
