@@ -207,6 +207,9 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     data = ["--data", str(new_data)]
     assert str(tmp_path / "nowhere") in _refused([*data, "--from", str(tmp_path / "nowhere")], out)
     assert "--from" in _refused([*data, "--from", str(parent.path), "--resume"], out)
+    deployed = CliRunner().invoke(cli, ["deploy", *data, "--from", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert deployed.exit_code == 2 and str(tmp_path / "nowhere") in deployed.output, deployed.output
+    assert len(deployed.output.strip().splitlines()) == 1 and not out.exists()
     assert "--backbone" in _refused([*data, "--from", str(parent.path), "--backbone", "mobilenet_v2"], out)
     assert "--image-size 48" in _refused([*data, "--from", str(parent.path), "--image-size", "48"], out)
     assert "--from" in _refused([*data, "--memory", "3"], out)
