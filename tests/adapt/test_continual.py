@@ -260,3 +260,22 @@ def test_an_older_parent_whose_images_are_gone_is_one_line(digits_dir, new_data,
     assert "keeps no exemplar memory and its training images are gone" in _refused(args, tmp_path / "v2")
     shutil.rmtree(old)
     assert "parent's validation images are gone" in _refused(args, tmp_path / "v2")
+
+
+def test_a_modified_or_foreign_exemplar_memory_is_one_line(child, digits_dir, tmp_path):
+    from edgetl._io import sha256_file
+    from edgetl.data.demo import write_digits
+
+    copy = tmp_path / "child"
+    shutil.copytree(child[0].path, copy)
+    new = _classes(write_digits(tmp_path / "four", per_class=20, classes=4), tmp_path / "three", "3")
+    args = ["--data", str(new), "--from", str(copy)]
+    memory = copy / continual.EXEMPLARS
+    with open(memory, "ab") as fh:
+        fh.write(b"\0")
+    assert "corrupt or was modified" in _refused(args, tmp_path / "out")
+    np.savez(memory, pixels=np.zeros((3, 8, 8, 3), np.uint8), labels=np.arange(3), classes=np.array(["0", "1", "2"]))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["artifacts"][continual.EXEMPLARS] = sha256_file(memory)  # hashed again: edited along with the manifest
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "does not hold this run's exemplars" in _refused(args, tmp_path / "out")
