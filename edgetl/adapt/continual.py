@@ -221,10 +221,6 @@ def _parent_split(parent: Parent) -> dict:
     return load_split(parent.run)
 
 
-def counts(samples: list[tuple[str, int]], classes: list[str]) -> dict[str, int]:
-    return {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(classes)}
-
-
 def inputs_hash(base: str, parent: Parent, req: Request) -> str:
     """The new run's ``inputs_hash``: the usual one (data, options, start weights = the parent's
     checkpoint) with the parent's exemplars and the rehearsal and distillation settings."""
@@ -249,14 +245,14 @@ def draw_balanced(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
 
 
-def parent_memory(parent: Parent, per_class: int, seed: int, new_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The exemplars rehearsed: ``per_class`` of each old class from the parent's memory, or drawn
-    from its training split when it has none (an older run) and its images are still where it was
-    trained. Where they are not, the old classes must come with the new data (``--data`` holding
-    old and new images): then there is nothing to draw."""
+def parent_memory(parent: Parent, per_class: int, seed: int, new_labels: np.ndarray,
+                  required: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` exemplars of each old class from the parent's memory, or drawn from its
+    training split when it has none (an older run) and its images are still where it was trained.
+    Where they are not, the old classes must come with the new data (``--data`` holding old and new
+    images), unless the memory is not ``required`` (``--memory 0``: kept for the next run only):
+    then there is nothing to draw."""
     shape = (0, *parent.spec.input_size, 3)
-    if per_class == 0:
-        return np.empty(shape, np.uint8), np.empty(0, np.int64)
     if parent.exemplars is not None:
         pixels, labels = read_memory(parent.exemplars, parent.classes, shape[1:])
     else:
@@ -264,7 +260,7 @@ def parent_memory(parent: Parent, per_class: int, seed: int, new_labels: np.ndar
         try:
             pixels = decode_images([p for p, _ in samples], parent.spec)
         except DataError as exc:
-            if (new_labels < len(parent.classes)).any():
+            if (new_labels < len(parent.classes)).any() or not required:
                 return np.empty(shape, np.uint8), np.empty(0, np.int64)
             raise DataError(f"{parent.run.path} keeps no exemplar memory and its training images are gone ({exc}): "
                             "pass the old data too (--data may hold the old and the new classes)") from None

@@ -403,9 +403,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     _seed_everything(opts.seed)
     image_set, train_samples, val_samples, skipped, data_hash = (
         continual.load_data(data, val, opts, parent) if parent else _load_data(data, val, opts))
-    if parent:  # the exemplars rehearsed (before the run folder is made: a parent whose images are gone is refused)
-        memory_pixels, memory_labels = continual.parent_memory(parent, req.memory, opts.seed,
-                                                               np.array([label for _, label in train_samples]))
+    if parent:  # the parent's exemplars (before the run folder is made: a parent whose images are gone is refused)
+        memory_pixels, memory_labels = continual.parent_memory(parent, req.memory or MEMORY, opts.seed,
+                                                               np.array([label for _, label in train_samples]),
+                                                               required=req.memory > 0)
     get_strategy(opts.mode).check_classes(opts, image_set.classes)
     if console is not None:
         report_skipped(console, skipped)
@@ -438,8 +439,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     val_pixels, y_val = arrays.split_set(run, "val")
     train_paths = [p for p, _ in train_samples]
     rehearsed, feature_data = 0, data_hash
-    if parent:  # rehearsal: the parent's exemplars join every epoch's images (fine-tuning augments their pixels)
-        train_pixels, y_train = np.concatenate([train_pixels, memory_pixels]), np.concatenate([y_train, memory_labels])
+    if parent:  # what the run keeps for the next --from: the new images and the parent's exemplars
+        kept_pixels, kept_labels = np.concatenate([train_pixels, memory_pixels]), np.concatenate([y_train, memory_labels])
+    if parent and req.memory:  # rehearsal: the exemplars join every epoch's images (fine-tuning augments their pixels)
+        train_pixels, y_train = kept_pixels, kept_labels
         train_paths += list(memory_pixels)
         rehearsed = len(memory_labels)
         feature_data = sha256_json([data_hash, continual.memory_hash(memory_pixels, memory_labels)])
@@ -562,8 +565,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         section["inputs_hash"] = continual.inputs_hash(section["inputs_hash"], parent, req)
         parent_pred = predict(parent_model, x_val, execution=fp32).argmax(1)
         scores = continual.forgetting(parent_pred, val_pred, y_val, len(parent.classes))
-        memory = (continual.save_memory(run, train_pixels, y_train, image_set.classes, req.memory or MEMORY, opts.seed)
-                  if dist.is_main else {})
+        memory = (continual.save_memory(run, kept_pixels, kept_labels, image_set.classes, req.memory or MEMORY,
+                                        opts.seed) if dist.is_main else {})
         section["lineage"] = continual.lineage(parent, req, image_set.classes, memory, rehearsed, scores)
     section = TrainRecord.model_validate(section).dump()
     if dist.is_main:

@@ -279,3 +279,14 @@ def test_a_modified_or_foreign_exemplar_memory_is_one_line(child, digits_dir, tm
     manifest["artifacts"][continual.EXEMPLARS] = sha256_file(memory)  # hashed again: edited along with the manifest
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert "does not hold this run's exemplars" in _refused(args, tmp_path / "out")
+
+
+def test_without_rehearsal_the_run_still_keeps_a_memory_of_every_class(child, tmp_path):
+    from edgetl.data.demo import write_digits
+
+    new = _classes(write_digits(tmp_path / "four", per_class=20, classes=4), tmp_path / "three", "3")
+    section = train(new, _tiny(image_size=None, epochs=1, head_epochs=2), out=tmp_path / "naive",
+                    from_run=child[0].path, memory=0, distill_weight=0)
+    assert section["lineage"]["rehearsed"] == 0 and section["lineage"]["distill"]["weight"] == 0
+    _, labels = continual.read_memory(tmp_path / "naive" / continual.EXEMPLARS, section["classes"], (32, 32, 3))
+    assert np.bincount(labels).tolist() == [5, 5, 5, 16]  # the child's 5 of each old class, 16 training images of 3
