@@ -131,6 +131,7 @@ deploy_with.__signature__ = inspect.Signature(
 def check_config(config: DeployConfig) -> None:
     """Every path, name and number deploy will use, checked before any work: a typo must not cost a
     training. Raises the one-line ``EdgetlError`` the stage itself would raise later."""
+    from edgetl.adapt import continual
     from edgetl.adapt.train import check_task_inputs
     from edgetl.backends import get_backend, runtimes
     from edgetl.bench.gates import validate_budgets
@@ -141,6 +142,10 @@ def check_config(config: DeployConfig) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the run")
     check_task_inputs(config.train, config.task, config.backbone, config.weights, None)
+    continual.train_inputs(config.task, config.train,  # --from: the parent run, read-only (edgetl/adapt/continual.py)
+                           continual.request(config.from_run, config.memory, config.distill_weight,
+                                             config.distill_temperature),
+                           out=out, resume=False, backbone=config.backbone, weights=config.weights)
     if config.task == DEFAULT_TASK:
         _check_image_inputs(config)
     elif not Path(config.data).exists():
@@ -249,7 +254,9 @@ class _Train:
     def __init__(self, state: _State):
         self.state = state
         config = state.config
-        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task)
+        self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task,
+                           from_run=config.from_run, memory=config.memory, distill_weight=config.distill_weight,
+                           distill_temperature=config.distill_temperature)
         if config.backbone == AUTO:  # chosen for the strictest latency budget among the targets
             self.inputs["target"] = strictest_target(config.targets)
         self._fingerprint: str | None = None

@@ -111,7 +111,8 @@ def test_every_train_option_is_a_teaching_flag_of_train_and_deploy():
         assert all(o.help for o in options.values()), [n for n, o in options.items() if not o.help]
         for model in (TrainInputs, TrainOptions):
             for name, field in model.model_fields.items():
-                flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
+                flag = (field.json_schema_extra or {}).get("flag",  # --from: a name of its own
+                                                           ("--no-" if field.default is True else "--") + name.replace("_", "-"))
                 assert flag in options[name].opts, (command.name, flag)
                 assert field.description in options[name].help
                 if field.default is True:  # the flag turns it off: the help says so before what "on" does

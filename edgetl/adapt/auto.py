@@ -331,12 +331,12 @@ def _mirror_sample(held_idx: np.ndarray, fit_idx: np.ndarray, seed: int) -> np.n
     return np.concatenate([held_idx, np.sort(extra)]).astype(int)
 
 
-def _sample_images(paths: list[str], spec: PreprocessSpec, seed: int) -> list[np.ndarray]:
+def _sample_images(paths: list, spec: PreprocessSpec, seed: int) -> list[np.ndarray]:
     """Up to ``EXTENT_SAMPLE`` training images as the augmentation sees them (shrunk to the eval scale)."""
-    from edgetl.adapt.finetune import AugmentedImages
-    from edgetl.data.preprocess import _INTERPOLATION, open_rgb
+    from edgetl.adapt.finetune import AugmentedImages, open_item
+    from edgetl.data.preprocess import _INTERPOLATION
 
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(len(paths))[:EXTENT_SAMPLE]
     interp, scale = _INTERPOLATION[spec.interpolation], max(spec.scale_size())
-    return [np.asarray(AugmentedImages._shrink(open_rgb(paths[i]), scale, interp)) for i in sorted(chosen)]
+    return [np.asarray(AugmentedImages._shrink(open_item(paths[i]), scale, interp)) for i in sorted(chosen)]

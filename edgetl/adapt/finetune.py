@@ -63,20 +63,29 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
 DEFAULT_CROP_SCALE = (0.25, 1.0)  # --augment on: the area range of random resized crops
 
 
+def open_item(item):
+    """An image file as RGB, or decoded pixels (uint8 H x W x 3: --from's exemplars, which have no file)."""
+    from PIL import Image
+
+    from edgetl.data.preprocess import open_rgb
+
+    return Image.fromarray(item) if isinstance(item, np.ndarray) else open_rgb(item)
+
+
 class AugmentedImages:
     """Random resized crop (area fraction in ``crop_scale``; None: the eval resize and centre crop)
     and, with ``flip``, a horizontal flip, on images kept in memory at the eval resize scale."""
 
-    def __init__(self, paths: list[str], labels: np.ndarray, spec: PreprocessSpec,
+    def __init__(self, paths: list, labels: np.ndarray, spec: PreprocessSpec,
                  crop_scale: tuple[float, float] | None = DEFAULT_CROP_SCALE, flip: bool = True):
         from torchvision import transforms
 
-        from edgetl.data.preprocess import _INTERPOLATION, open_rgb
+        from edgetl.data.preprocess import _INTERPOLATION
 
         interp = _INTERPOLATION[spec.interpolation]
         scale = max(spec.scale_size())
         # Decoding and downscaling once keeps epochs fast on big photos; crops stay above model resolution.
-        self.images = [self._shrink(open_rgb(p), scale, interp) for p in paths]
+        self.images = [self._shrink(open_item(p), scale, interp) for p in paths]
         self.labels = labels
         mode = transforms.InterpolationMode(spec.interpolation)
         crop = ([transforms.RandomResizedCrop(spec.input_size, scale=crop_scale, interpolation=mode)] if crop_scale

@@ -44,6 +44,8 @@ HEAD_MIN_BATCH = 64  # the head trains on cached features: small batches only ad
 RECIPE = {"fixed": {"backbone_lr_scale": 0.1, "layer_decay": 0.5}, "auto": {"backbone_lr_scale": 0.3, "layer_decay": 1.0}}
 # Where and how fast training runs, not what it learns (amp is not here: it changes the weights).
 EXECUTION = frozenset({"device", "channels_last", "workers"})
+# --from (edgetl/adapt/continual.py): exemplars per class, and the distillation's weight and temperature
+MEMORY, DISTILL_WEIGHT, DISTILL_TEMPERATURE = 20, 1.0, 2.0
 
 
 def flag(name: str) -> str:
@@ -129,6 +131,17 @@ class TrainInputs(_Options):
     weights: str | None = Field(None, description="Images: local checkpoint (.safetensors or .pth state dict) for "
                                 "the backbone.")
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
+    from_run: str | None = Field(None, description="Images: add classes to this trained run (read-only): the new "
+                                 "run keeps its classes in their order, starts from its weights and rehearses its "
+                                 "exemplar memory, e.g. --data ./images-v2 --from runs/flowers --out runs/flowers-v2.",
+                                 json_schema_extra={"flag": "--from"})
+    memory: int = Field(MEMORY, ge=0, le=10_000, description="--from: exemplars kept and rehearsed per class (a seeded, "
+                        "class-balanced sample in train/exemplars/); 0: no rehearsal (the run still keeps "
+                        f"{MEMORY} per class for the next --from).")
+    distill_weight: float = Field(DISTILL_WEIGHT, ge=0, le=100, allow_inf_nan=False, description="--from: weight of the "
+                                  "distillation loss from the parent's outputs (learning without forgetting); 0: off.")
+    distill_temperature: float = Field(DISTILL_TEMPERATURE, gt=0, le=100, allow_inf_nan=False, description="--from: softmax "
+                                       "temperature of the distillation.")
 
     @field_validator("task")
     @classmethod

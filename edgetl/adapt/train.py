@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
-from edgetl.adapt import device, distributed
+from edgetl.adapt import continual, device, distributed
 from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.negative_transfer import check_transfer
-from edgetl.adapt.options import TrainInputs, TrainOptions
+from edgetl.adapt.options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, MEMORY, TrainInputs, TrainOptions
 from edgetl.adapt.resume import fingerprint, open_checkpoint
 from edgetl.adapt.strategies import Phase2, get_strategy, kept_of
 from edgetl.data import arrays
@@ -120,6 +120,7 @@ class TrainRecord(Record):
     # (edgetl/adapt/auto.py, edgetl/adapt/negative_transfer.py); empty in older runs.
     choices: dict[str, Any] = Field(default_factory=dict)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
+    lineage: dict[str, Any] | None = None  # --from: the parent run and what adding classes cost (adapt/continual.py)
 
 
 def _seed_everything(seed: int) -> None:
@@ -208,20 +209,32 @@ def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_has
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str | None = None, val: str | Path | None = None,
-                      weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK) -> str:
+                      weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK,
+                      from_run: str | Path | None = None, memory: int = MEMORY, distill_weight: float = DISTILL_WEIGHT,
+                      distill_temperature: float = DISTILL_TEMPERATURE) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
+    given_backbone = backbone
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     image_only = {"weights": weights, "target": target} if task == DEFAULT_TASK else {}  # refused elsewhere
+    image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
+                                                                           distill_temperature),
+                                             out=None, resume=False, backbone=given_backbone, weights=weights))
     return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val, **image_only)
 
 
 def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
-                      weights: str | Path | None = None, target: str | None = None) -> str:
-    """The image task's ``inputs_hash``."""
+                      weights: str | Path | None = None, target: str | None = None,
+                      parent: continual.Parent | None = None, request: continual.Request | None = None) -> str:
+    """The image task's ``inputs_hash``; ``parent``, ``request``: ``--from``'s (``train_inputs_hash``)."""
     opts = _options(options)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
+    if parent is not None:
+        opts = continual.options_for(parent, opts)
+        *_, data_hash = continual.load_data(layout.train, layout.val, opts, parent)
+        base = _inputs_hash(parent.record.backbone, parent.start_weights, opts, data_hash)
+        return continual.inputs_hash(base, parent, request)
     *_, data_hash = _load_data(layout.train, layout.val, opts)
     if backbone == selection.AUTO:
         return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash)
@@ -257,6 +270,10 @@ def train(
     reporter=None,
     resume: bool = False,
     task: str = DEFAULT_TASK,
+    from_run: str | Path | None = None,
+    memory: int = MEMORY,
+    distill_weight: float = DISTILL_WEIGHT,
+    distill_temperature: float = DISTILL_TEMPERATURE,
 ) -> dict:
     """Train and return the manifest's ``train`` section.
 
@@ -271,19 +288,26 @@ def train(
     checkpoint; ``console``: a rich Console for the progress bars and the summary (None: none of
     them); ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per
     epoch; ``resume``: images: continue the interrupted training in ``out`` (its ``train/last.pt``)
-    at its next epoch.
+    at its next epoch; ``from_run``: images: add the new data's classes to this trained run (read-only),
+    rehearsing ``memory`` exemplars per class and distilling its outputs with ``distill_weight`` at
+    ``distill_temperature`` (edgetl/adapt/continual.py).
 
     Example::
 
         import edgetl
         section = edgetl.train("images", edgetl.TrainOptions(mode="finetune", epochs=10), out="runs/flowers")
         section = edgetl.train("reviews.csv", out="runs/reviews", task="text-classification")
+        section = edgetl.train("images-v2", out="runs/flowers-v2", from_run="runs/flowers")  # add classes
     """
+    given_backbone = backbone
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
-    # the image task's own inputs (weights, target, resume) reach only its workstation module
+    # the image task's own inputs (weights, target, resume, --from) reach only its workstation module
     image_only = {"weights": weights, "target": target, "resume": resume} if task == DEFAULT_TASK else {}
+    image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
+                                                                           distill_temperature),
+                                             out=Path(out), resume=resume, backbone=given_backbone, weights=weights))
     return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
                                            reporter=reporter, **image_only)
 
@@ -342,9 +366,13 @@ def train_images(
     console=None,
     reporter=None,
     resume: bool = False,
+    parent: continual.Parent | None = None,
+    request: continual.Request | None = None,
 ) -> dict:
-    """The image task's training (``train``'s arguments)."""
+    """The image task's training (``train``'s arguments; ``parent``, ``request``: ``--from``'s)."""
     opts = _options(options)
+    if parent is not None:  # the parent's network, preprocessing and head kind
+        opts, backbone = continual.options_for(parent, opts), parent.record.backbone
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
@@ -357,12 +385,15 @@ def train_images(
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target)
+                      opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target,
+                      parent, request)
     finally:
         distributed.teardown(dist)
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None) -> dict:
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None,
+           parent=None, req=None) -> dict:
+    """``parent``, ``req``: ``--from``'s (edgetl/adapt/continual.py), whose steps are the branches below."""
     import torch
 
     from edgetl.adapt.loop import predict
@@ -370,7 +401,12 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     started = time.perf_counter()
     _seed_everything(opts.seed)
-    image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
+    image_set, train_samples, val_samples, skipped, data_hash = (
+        continual.load_data(data, val, opts, parent) if parent else _load_data(data, val, opts))
+    if parent:  # the parent's exemplars (before the run folder is made: a parent whose images are gone is refused)
+        memory_pixels, memory_labels = continual.parent_memory(parent, req.memory or MEMORY, opts.seed,
+                                                               np.array([label for _, label in train_samples]),
+                                                               required=req.memory > 0)
     get_strategy(opts.mode).check_classes(opts, image_set.classes)
     if console is not None:
         report_skipped(console, skipped)
@@ -382,9 +418,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         _seed_everything(opts.seed)  # the head starts as it would with the backbone named
     backbone = registry.resolve(backbone_name)
 
-    model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained, weights=weights)
-    spec = preprocess_spec(model, opts.image_size)
-    start_weights = weights_id(backbone, pretrained=opts.pretrained, weights=weights)
+    model = create_model(backbone, len(image_set.classes), pretrained=opts.pretrained and not parent, weights=weights)
+    spec = parent.spec if parent else preprocess_spec(model, opts.image_size)
+    start_weights = parent.start_weights if parent else weights_id(backbone, pretrained=opts.pretrained, weights=weights)
     checkpoint = open_checkpoint(out, fingerprint(backbone.name, start_weights, data_hash, opts.hashed()),
                                  resume=resume, write=dist.is_main)
 
@@ -401,11 +437,23 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         torch.distributed.barrier()
     train_pixels, y_train = arrays.split_set(run, "train")
     val_pixels, y_val = arrays.split_set(run, "val")
+    train_paths = [p for p, _ in train_samples]
+    rehearsed, feature_data = 0, data_hash
+    if parent:  # what the run keeps for the next --from: the new images and the parent's exemplars
+        kept_pixels, kept_labels = np.concatenate([train_pixels, memory_pixels]), np.concatenate([y_train, memory_labels])
+    if parent and req.memory:  # rehearsal: the exemplars join every epoch's images (fine-tuning augments their pixels)
+        train_pixels, y_train = kept_pixels, kept_labels
+        train_paths += list(memory_pixels)
+        rehearsed = len(memory_labels)
+        feature_data = sha256_json([data_hash, continual.memory_hash(memory_pixels, memory_labels)])
 
     ckpt = run.path / "train" / "model.safetensors"
     head_prefix = classifier_prefix(model)
     head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
+    if parent:
+        parent_state = continual.load_parent_state(parent)
+        continual.start_from_parent(model, head_prefix, opts.head, parent_state)
     execution = dist.execution
     model = execution.place(model)
 
@@ -418,7 +466,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         save_full(model.state_dict())
 
     # Phase 1 (both modes): the head on cached, frozen features.
-    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": data_hash,
+    feature_key = {"arch": backbone.arch, "weights": start_weights, "spec": spec.to_dict(), "data": feature_data,
                    "amp": execution.amp}
     if start_weights == "random":  # --no-pretrained: the seed is what makes the backbone
         feature_key["seed"] = opts.seed
@@ -430,7 +478,14 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     f_val = cached_features({**feature_key, "part": "val"},
                             lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console),
                             (len(val_pixels), width))
-    head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
+    head_net, train_net, parent_model = head, None, None
+    if parent:  # learning without forgetting: phase 1's teacher is the parent's head, phase 2's the parent
+        parent_model = fp32.place(continual.parent_network(parent))
+        head_net = continual.distilling(head, continual.teacher_head(parent_state, head_prefix, width, opts.head),
+                                        req.distill_weight, req.distill_temperature, fp32)
+        train_net = lambda net: continual.distilling(net, parent_model, req.distill_weight,  # noqa: E731
+                                                     req.distill_temperature, execution)
+    head_result = train_head(f_train, y_train, f_val, y_val, head_net, opts, dist, on_improve=save_head,
                              console=console, on_epoch=on_epoch, checkpoint=checkpoint)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
@@ -446,10 +501,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         strategy = get_strategy(opts.mode)
         phase2 = None if head_result.interrupted else strategy.after_head(Phase2(
             model=model, opts=opts, dist=dist, spec=spec, classes=image_set.classes,
-            train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train, f_train=f_train,
+            train_paths=train_paths, train_pixels=train_pixels, y_train=y_train, f_train=f_train,
             val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
-            pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console,
-            on_epoch=on_epoch, checkpoint=checkpoint))
+            pretrained_start=opts.pretrained or weights is not None or parent is not None, save=save_full,
+            console=console, on_epoch=on_epoch, checkpoint=checkpoint, train_net=train_net))
     except KeyboardInterrupt:
         head_result.interrupted, phase2 = True, None
         model.load_state_dict(probe_state)
@@ -506,6 +561,13 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     }
     section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
                               else _inputs_hash(backbone.name, start_weights, opts, data_hash))
+    if parent:
+        section["inputs_hash"] = continual.inputs_hash(section["inputs_hash"], parent, req)
+        parent_pred = predict(parent_model, x_val, execution=fp32).argmax(1)
+        scores = continual.forgetting(parent_pred, val_pred, y_val, len(parent.classes))
+        memory = (continual.save_memory(run, kept_pixels, kept_labels, image_set.classes, req.memory or MEMORY,
+                                        opts.seed) if dist.is_main else {})
+        section["lineage"] = continual.lineage(parent, req, image_set.classes, memory, rehearsed, scores)
     section = TrainRecord.model_validate(section).dump()
     if dist.is_main:
         save_run(run, section, model.state_dict(), history)
@@ -514,7 +576,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         if chosen is not None:
             run.set_record(chosen)
         if console is not None:
-            print_summary(console, section, history, strategy.summary_rows(adaptation) if adaptation else [])
+            rows = strategy.summary_rows(adaptation) if adaptation else []
+            rows += continual.summary_rows(section["lineage"]) if parent else []
+            print_summary(console, section, history, rows)
     if metrics["interrupted"]:
         raise KeyboardInterrupt
     return section

@@ -295,8 +295,15 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "workstation": _workstation(run, key, entry),
         "versions": entry.get("versions") or {},
         **({"head": head} if head else {}),
+        **({"lineage": _lineage(train.lineage)} if train.lineage else {}),  # a bundle without one is as before
     }
     return manifest
+
+
+def _lineage(lineage: dict) -> dict:
+    """The manifest's ``lineage``: the parent run (as a slug), its checkpoint's sha256, the labels added."""
+    return {"parent": slug(lineage["parent"])[:64].rstrip("-."), "parent_checkpoint": lineage["parent_checkpoint"],
+            "added": list(lineage["new_classes"])}
 
 
 def _copy_assets(run: RunDir, assets: dict[str, str], out: Path) -> list[str]:

@@ -283,6 +283,15 @@ class Head(_Model):
     shots: dict[Label, Annotated[int, Field(ge=1, le=2**31)]]  # label -> images its prototype is the mean of
 
 
+class Lineage(_Model):
+    """Informational: the run this model was trained from with ``edgetl train --from`` and the
+    labels it added (edgetl/adapt/continual.py)."""
+
+    parent: Slug
+    parent_checkpoint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    added: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
+
+
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/2"]
     name: Slug
@@ -305,6 +314,7 @@ class BundleManifest(_Model):
     golden: Golden
     workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
+    lineage: Lineage | None = None  # absent unless the run was trained with --from
     files: dict[RelPath, FileEntry] = Field(max_length=MAX_FILES)
     head: Head | None = None  # only on a prototype-head bundle
 
@@ -325,6 +335,10 @@ class BundleManifest(_Model):
         self._preprocess_of_task()
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        if self.lineage is not None and not set(self.lineage.added) <= set(self.labels):
+            raise ValueError("lineage.added names labels the bundle does not have")
+        if self.lineage is not None and len(set(self.lineage.added)) != len(self.lineage.added):
+            raise ValueError("lineage.added must be unique")
         for what, tensors, golden in (("inputs", self.inputs, self.golden.inputs),
                                       ("outputs", self.outputs, self.golden.expected)):
             names = [t.name for t in tensors]

@@ -36,7 +36,7 @@ def _model_option(name: str, field, with_defaults: bool):
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
                             help=shown)
     shown = f"  [default: {default}]" if default is not None else ""
-    main = click.option(flag_of(name), name, type=_click_type(field.annotation), default=default if with_defaults else None,
+    main = click.option((field.json_schema_extra or {}).get("flag", flag_of(name)), name, type=_click_type(field.annotation), default=default if with_defaults else None,
                         help=f"{field.description}{shown}")
     negative = (field.json_schema_extra or {}).get("negative_flag")
     if negative is None:

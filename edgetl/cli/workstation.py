@@ -61,6 +61,7 @@ def train(data, out, resume, target, **params):
       edgetl train --data ./images --mode domain-adapt --target-data ./camera-frames   # unlabelled target images
       edgetl train --data ./images --mode finetune --device cuda --amp bf16   # on a GPU (auto picks it anyway)
       edgetl train --data ./images --mode finetune --out runs/flowers --resume  # after Ctrl-C
+      edgetl train --data ./images-v2 --from runs/flowers --out runs/flowers-v2   # add classes, keep the old ones
       torchrun --nproc_per_node 2 -m edgetl.cli train --data ./images --mode finetune   # DDP, one GPU each
     """
     from edgetl.adapt.select import check_auto

@@ -83,8 +83,9 @@ def csv_entries(path: Path) -> list[tuple[Path, str]]:
     return rows
 
 
-def load_image_set(source: str | Path, classes: list[str] | None = None) -> ImageSet:
-    """Scan a folder or CSV; ``classes`` pins the class order (for a separate validation folder)."""
+def load_image_set(source: str | Path, classes: list[str] | None = None, min_classes: int = 2) -> ImageSet:
+    """Scan a folder or CSV; ``classes`` pins the class order (for a separate validation folder);
+    ``min_classes``: 1 where the classes join others (``train --from`` may add one class)."""
     source = Path(source)
     check_source(source, "data path")
     entries = csv_entries(source) if source.is_file() else folder_entries(source)
@@ -97,13 +98,13 @@ def load_image_set(source: str | Path, classes: list[str] | None = None) -> Imag
         raise DataError(f"{source}: classes {unknown} are not in the training classes {names}")
     index = {n: i for i, n in enumerate(names)}
     image_set = ImageSet(names, [(str(p.resolve()), index[label]) for p, label in good], skipped, str(source))
-    _check_usable(image_set)
+    _check_usable(image_set, min_classes)
     return image_set
 
 
-def _check_usable(image_set: ImageSet) -> None:
+def _check_usable(image_set: ImageSet, min_classes: int = 2) -> None:
     counts = image_set.counts()
-    if len(counts) < 2:
+    if len(counts) < min_classes:
         raise DataError(f"{image_set.source}: found {len(counts)} class; classification needs at least two")
     empty = [name for name, n in counts.items() if n == 0]
     if empty:

@@ -170,6 +170,28 @@ def _bench_details(device: str, docs: list[dict]) -> list:
     return blocks
 
 
+LINEAGE_COLUMNS = ("classes", "model", "top-1", "95% interval", "images")
+_LINEAGE_ROWS = (("old_before", "old", "parent"), ("old_after", "old", "this run"), ("new_after", "new", "this run"),
+                 ("all_after", "all", "this run"))
+
+
+def _lineage(lineage: dict) -> list:
+    """A run trained with ``--from``: its parent, the classes added, and old-class accuracy before and
+    after (edgetl/adapt/continual.py) on the validation split."""
+    memory, distill = lineage.get("memory") or {}, lineage.get("distill") or {}
+    text = (f"Trained from run **{lineage['parent']}** (checkpoint `{lineage['parent_checkpoint'][:12]}…`): "
+            f"{len(lineage['old_classes'])} classes kept, {len(lineage['new_classes'])} added "
+            f"({', '.join(map(str, lineage['new_classes'][:20]))}). Rehearsal of {lineage.get('rehearsed', 0)} "
+            f"exemplars, distillation weight {distill.get('weight', 0):g} at T={distill.get('temperature', 0):g}; "
+            f"this run keeps {memory.get('count', 0)} exemplars for the next one.")
+    rows = []
+    for key, classes, model in _LINEAGE_ROWS:
+        score = lineage["forgetting"][key]
+        rows.append({"classes": classes, "model": model, "top-1": _pct(score["top1"]),
+                     "95% interval": f"{_pct(score['low'])}–{_pct(score['high'])}", "images": score["n"]})
+    return [("text", text), ("table", LINEAGE_COLUMNS, rows)]
+
+
 def _kv(rows: list[tuple[str, str]]) -> tuple:
     return ("table", ("field", "value"), [{"field": _RELABEL.get(k, k), "value": v} for k, v in rows])
 
@@ -190,7 +212,7 @@ def _details(data: dict) -> list:
         classes = train.get("classes") or []
         blocks.append(("details", f"Training settings ({len(classes)} classes)", [
             ("text", f"Classes: {', '.join(map(str, classes[:20]))}{' …' if len(classes) > 20 else ''}"),
-            _kv(scalars(train, skip=("classes", "inputs_hash"))),
+            _kv(scalars(train, skip=("classes", "inputs_hash", "lineage"))),
         ]))
     return blocks or [("text", "Nothing yet.")]
 
@@ -205,6 +227,8 @@ def sections(data: dict, notes: list[str]) -> list[tuple[str, list]]:
         out.append(("Training curves", [("plot", "history")]))
     if data.get("train"):
         out.append(("Validation: confusion matrix and per-class accuracy", _validation(data)))
+    if (data.get("train") or {}).get("lineage"):
+        out.append(("Lineage: classes added", _lineage(data["train"]["lineage"])))
     out.append(("Details", _details(data)))
     return out
 

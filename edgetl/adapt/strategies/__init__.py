@@ -50,6 +50,7 @@ class Phase2:
     console: Any = None
     on_epoch: Callable[[dict], None] | None = None
     checkpoint: Any = None  # edgetl.adapt.resume.Checkpointer (--resume)
+    train_net: Callable | None = None  # wraps the trained network (--from: the distillation; finetune's train_net)
 
 
 @dataclass
