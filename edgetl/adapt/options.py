@@ -129,6 +129,12 @@ class TrainInputs(_Options):
     weights: str | None = Field(None, description="Images: local checkpoint (.safetensors or .pth state dict) for "
                                 "the backbone.")
     val: str | None = Field(None, description="Separate validation folder/CSV (same classes).")
+    task_heads: dict[str, str] = Field(default_factory=dict, description="Images: an extra task on the same "
+                                       "backbone, repeatable: NAME=CSV, the CSV 'path,label' (paths relative to "
+                                       "--data) labelling every image; output logits_NAME. E.g. --task-head "
+                                       "colour=colour.csv.")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="Loss weight of a --task-head, "
+                                           "repeatable: NAME=W (default 1; the folder classes' weight is 1).")
 
     @field_validator("task")
     @classmethod
@@ -138,6 +144,13 @@ class TrainInputs(_Options):
         if name not in tasks():
             raise ValueError(str(UnknownNameError("task", name, tasks())))
         return name
+
+    @model_validator(mode="after")
+    def _heads_named(self):
+        from edgetl.adapt.multitask import check_head_names
+
+        check_head_names(self.task_heads, self.task_weights)
+        return self
 
 
 class CommonTrainOptions(_Options):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
-from edgetl.adapt import device, distributed
+from edgetl.adapt import device, distributed, multitask
 from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.negative_transfer import check_transfer
@@ -119,6 +119,8 @@ class TrainRecord(Record):
     # What --unfreeze/--augment auto chose, with the evidence, and the negative-transfer check
     # (edgetl/adapt/auto.py, edgetl/adapt/negative_transfer.py); empty in older runs.
     choices: dict[str, Any] = Field(default_factory=dict)
+    # --task-head: name, output, classes, weight, labels_hash, metrics (edgetl/adapt/multitask.py); absent: one head
+    heads: list[dict[str, Any]] = Field(default_factory=list)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
 
 
@@ -197,36 +199,47 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
     return image_set, train_samples, val_samples, skipped, data_hash
 
 
-def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
+def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str,
+                 heads: list | None = None) -> str:
     """The device, workers and memory format are left out (``TrainOptions.hashed``): another device
-    is not new work. The strategy's own data (domain-adapt: the target images) is added only where
-    there is some, so the hashes of other runs stay what they were."""
+    is not new work. The strategy's own data (domain-adapt: the target images) and the task heads'
+    CSVs are added only where there are some, so the hashes of other runs stay what they were."""
     extra = get_strategy(opts.mode).input_hashes(opts)
+    if heads:
+        extra["task_heads"] = multitask.heads_hash(heads)
     return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hashed(), "data": data_hash,
                         **extra})
 
 
 def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str | None = None, val: str | Path | None = None,
-                      weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK) -> str:
+                      weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK,
+                      task_heads: Mapping[str, str] | None = None, task_weights: Mapping[str, float] | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
-    image_only = {"weights": weights, "target": target} if task == DEFAULT_TASK else {}  # refused elsewhere
+    if task_heads and task != DEFAULT_TASK:
+        raise ConfigError(multitask.IMAGE_ONLY)
+    image_only = ({"weights": weights, "target": target, "task_heads": dict(task_heads or {}),
+                   "task_weights": dict(task_weights or {})} if task == DEFAULT_TASK else {})  # refused elsewhere
     return workstation_module(found).inputs_hash(data, opts, backbone=backbone, val=val, **image_only)
 
 
 def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
-                      weights: str | Path | None = None, target: str | None = None) -> str:
+                      weights: str | Path | None = None, target: str | None = None,
+                      task_heads: Mapping[str, str] | None = None, task_weights: Mapping[str, float] | None = None) -> str:
     """The image task's ``inputs_hash``."""
     opts = _options(options)
     weights = Path(weights) if weights else None
     layout = resolve_layout(data, val)
-    *_, data_hash = _load_data(layout.train, layout.val, opts)
+    _, train_samples, val_samples, skipped, data_hash = _load_data(layout.train, layout.val, opts)
+    heads = multitask.read_heads(dict(task_heads or {}), dict(task_weights or {}), data, train_samples + val_samples,
+                                 skipped)
     if backbone == selection.AUTO:
-        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash)
+        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash, heads)
     resolved = registry.resolve(backbone)
-    return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
+    return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash,
+                        heads)
 
 
 def _options(options: TrainOptions | Mapping[str, Any] | None) -> TrainOptions:
@@ -257,6 +270,8 @@ def train(
     reporter=None,
     resume: bool = False,
     task: str = DEFAULT_TASK,
+    task_heads: Mapping[str, str] | None = None,
+    task_weights: Mapping[str, float] | None = None,
 ) -> dict:
     """Train and return the manifest's ``train`` section.
 
@@ -271,7 +286,8 @@ def train(
     checkpoint; ``console``: a rich Console for the progress bars and the summary (None: none of
     them); ``reporter``: an ``edgetl.stages.Reporter`` that gets one ``step("train", ...)`` per
     epoch; ``resume``: images: continue the interrupted training in ``out`` (its ``train/last.pt``)
-    at its next epoch.
+    at its next epoch; ``task_heads``: images: extra tasks on the same backbone, name -> ``path,label``
+    CSV (paths relative to ``data``), ``task_weights`` their loss weights (default 1).
 
     Example::
 
@@ -282,8 +298,11 @@ def train(
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
-    # the image task's own inputs (weights, target, resume) reach only its workstation module
-    image_only = {"weights": weights, "target": target, "resume": resume} if task == DEFAULT_TASK else {}
+    heads = dict(TrainInputs(task_heads=dict(task_heads or {}), task_weights=dict(task_weights or {})).task_heads)
+    multitask.check_inputs(heads, task, opts.mode, resume)
+    # the image task's own inputs (weights, target, resume, heads) reach only its workstation module
+    image_only = ({"weights": weights, "target": target, "resume": resume, "task_heads": heads,
+                   "task_weights": dict(task_weights or {})} if task == DEFAULT_TASK else {})
     return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
                                            reporter=reporter, **image_only)
 
@@ -342,9 +361,13 @@ def train_images(
     console=None,
     reporter=None,
     resume: bool = False,
+    task_heads: Mapping[str, str] | None = None,
+    task_weights: Mapping[str, float] | None = None,
 ) -> dict:
     """The image task's training (``train``'s arguments)."""
     opts = _options(options)
+    multitask.check_inputs(dict(task_heads or {}), DEFAULT_TASK, opts.mode, resume)
+    task_inputs = {"heads": dict(task_heads or {}), "weights": dict(task_weights or {}), "data": data}
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
@@ -357,12 +380,14 @@ def train_images(
         if console is not None and layout.note:
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
-                      opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target)
+                      opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target,
+                      task_inputs)
     finally:
         distributed.teardown(dist)
 
 
-def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None) -> dict:
+def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None,
+           task_inputs=None) -> dict:
     import torch
 
     from edgetl.adapt.loop import predict
@@ -372,6 +397,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     _seed_everything(opts.seed)
     image_set, train_samples, val_samples, skipped, data_hash = _load_data(data, val, opts)
     get_strategy(opts.mode).check_classes(opts, image_set.classes)
+    task_inputs = task_inputs or {"heads": {}}
+    heads = multitask.read_heads(task_inputs["heads"], task_inputs.get("weights", {}), task_inputs.get("data", data),
+                                 train_samples + val_samples, skipped) if task_inputs["heads"] else []
     if console is not None:
         report_skipped(console, skipped)
     chosen = None
@@ -391,8 +419,11 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     run = RunDir(out)
     if dist.is_main:
         run = RunDir.create(out)
-        write_json(run.path / "train" / "split.json",
-                   {"classes": image_set.classes, "train": train_samples, "val": val_samples})
+        split = {"classes": image_set.classes, "train": train_samples, "val": val_samples}
+        if heads:  # each head's classes and the label index of every image, in the split's order
+            split["heads"] = {h.name: {"classes": h.classes, "train": h.labels(train_samples).tolist(),
+                                       "val": h.labels(val_samples).tolist()} for h in heads}
+        write_json(run.path / "train" / "split.json", split)
         run.set_item("train", "preprocess", spec.to_dict())  # arrays.* read it
         run.set_item("train", "checkpoint", "train/model.safetensors")
         for part in ("train", "val"):  # decode once here; the other ranks read the cache
@@ -406,6 +437,11 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     head_prefix = classifier_prefix(model)
     head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
+    joint = None
+    if heads:  # the classifier becomes every task's head; each phase trains them with the joint loss
+        head = multitask.install(model, heads, head)
+        joint = multitask.Joint(multitask.JointLoss(head, [h.weight for h in heads]),
+                                multitask.columns(y_train, heads, train_samples))
     execution = dist.execution
     model = execution.place(model)
 
@@ -430,8 +466,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     f_val = cached_features({**feature_key, "part": "val"},
                             lambda: extract(model, val_pixels, spec, dist, "features (val)", console=console),
                             (len(val_pixels), width))
-    head_result = train_head(f_train, y_train, f_val, y_val, head, opts, dist, on_improve=save_head,
-                             console=console, on_epoch=on_epoch, checkpoint=checkpoint)
+    head_result = train_head(f_train, joint.labels if joint else y_train, f_val, y_val, head, opts, dist,
+                             on_improve=save_head, console=console, on_epoch=on_epoch, checkpoint=checkpoint,
+                             criterion=joint.criterion if joint else None)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -449,7 +486,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
             train_paths=[p for p, _ in train_samples], train_pixels=train_pixels, y_train=y_train, f_train=f_train,
             val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
             pretrained_start=opts.pretrained or weights is not None, save=save_full, console=console,
-            on_epoch=on_epoch, checkpoint=checkpoint))
+            on_epoch=on_epoch, checkpoint=checkpoint, joint=joint))
     except KeyboardInterrupt:
         head_result.interrupted, phase2 = True, None
         model.load_state_dict(probe_state)
@@ -473,6 +510,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "seconds": time.perf_counter() - started,
         "interrupted": result.interrupted or head_result.interrupted,
     }
+    head_top1 = multitask.heads_top1(model, x_val, {h.name: h.labels(val_samples) for h in heads}) if heads else {}
     section = {
         "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
@@ -504,8 +542,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "adaptation": adaptation,
         "choices": choices,
     }
-    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
-                              else _inputs_hash(backbone.name, start_weights, opts, data_hash))
+    if heads:
+        section["heads"] = [{**h.record(), "metrics": {"val_top1": head_top1[h.name]}} for h in heads]
+    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash, heads)
+                              if chosen else _inputs_hash(backbone.name, start_weights, opts, data_hash, heads))
     section = TrainRecord.model_validate(section).dump()
     if dist.is_main:
         save_run(run, section, model.state_dict(), history)

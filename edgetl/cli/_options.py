@@ -29,6 +29,9 @@ def _model_option(name: str, field, with_defaults: bool):
     default = field.get_default(call_default_factory=True)
     if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
+    if typing.get_origin(field.annotation) is dict:  # repeatable NAME=VALUE: --task-head colour=c.csv
+        return click.option(flag_of(name), name, multiple=True, metavar="NAME=VALUE", callback=_pairs,
+                            help=field.description)
     if field.annotation is bool:
         flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
         # the description says what the option does when on; next to --no-<name> that reads backwards
@@ -61,6 +64,21 @@ def model_options(*models, with_defaults: bool):
 def _take_fields(params: dict, model) -> dict:
     """Pop ``model``'s fields out of the command's parameters, leaving out options not given (None)."""
     return {name: value for name in model.model_fields if (value := params.pop(name)) is not None}
+
+
+def _pairs(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None:
+    """A repeatable NAME=VALUE option as a dict (None when not given: the default applies)."""
+    from edgetl.errors import ConfigError
+
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise ConfigError(f"{flag_of(param.name)} {value!r}: expected NAME=VALUE, e.g. colour=colour.csv")
+        if name.strip() in pairs:
+            raise ConfigError(f"{flag_of(param.name)} {name.strip()!r} is given twice")
+        pairs[name.strip()] = rest.strip()
+    return pairs or None
 
 
 def _names(text: str | None) -> list[str] | None:

@@ -50,6 +50,7 @@ class Phase2:
     console: Any = None
     on_epoch: Callable[[dict], None] | None = None
     checkpoint: Any = None  # edgetl.adapt.resume.Checkpointer (--resume)
+    joint: Any = None  # edgetl.adapt.multitask.Joint: --task-head runs train every head
 
 
 @dataclass
