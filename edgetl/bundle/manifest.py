@@ -259,6 +259,28 @@ class Workstation(_Model):
     latency: dict[str, dict[str, Any]] = {}
 
 
+HEAD_NAME = r"^[a-z][a-z0-9_]{0,31}$"  # edgetl.adapt.multitask.NAME
+
+
+class HeadEntry(_Model):
+    """An extra task head (``edgetl train --task-head``): its name, its output (``logits_<name>``)
+    and its class names; ``_consistent`` checks the output exists with one class per label."""
+
+    name: Annotated[str, Field(pattern=HEAD_NAME)]
+    output: Annotated[str, Field(max_length=40)]
+    labels: list[Label] = Field(min_length=2, max_length=MAX_CLASSES)
+
+    @model_validator(mode="after")
+    def _named(self) -> HeadEntry:
+        if self.name == "logits":
+            raise ValueError("a head may not be named 'logits'")
+        if self.output != f"logits_{self.name}":
+            raise ValueError(f"head {self.name!r}: its output must be 'logits_{self.name}', not {_short(self.output, 40)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"head {self.name!r}: labels must be unique")
+        return self
+
+
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/2"]
     name: Slug
@@ -277,6 +299,7 @@ class BundleManifest(_Model):
     preprocess: dict[str, Any] = Field(max_length=MAX_PREPROCESS_KEYS)  # the task's preprocess_model checks it
     assets: list[Slug] = Field([], max_length=MAX_ASSETS)  # the task's files, in assets/<name>
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
+    heads: list[HeadEntry] = Field([], max_length=MAX_TENSORS - 1)  # --task-head runs; absent: one output
     golden: Golden
     workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
@@ -298,6 +321,7 @@ class BundleManifest(_Model):
         self._preprocess_of_task()
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        self._heads_are_outputs()
         for what, tensors, golden in (("inputs", self.inputs, self.golden.inputs),
                                       ("outputs", self.outputs, self.golden.expected)):
             names = [t.name for t in tensors]
@@ -315,6 +339,16 @@ class BundleManifest(_Model):
         self._assets_of_task()
         return self
 
+    def _heads_are_outputs(self) -> None:
+        """Every head names an output of the model, once; every output but ``logits`` is a head's."""
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError("heads: head names must be unique")
+        outputs = {t.name for t in self.outputs}
+        for head in self.heads:
+            if head.output not in outputs:
+                raise ValueError(f"head {head.name!r} names the output {head.output!r}, which the model does not have")
+
     def _preprocess_of_task(self) -> None:
         """The task's ``preprocess_model`` validates the preprocessing, as JSON (strict types, bounded values)."""
         from edgetl.tasks import get_task
@@ -330,7 +364,10 @@ class BundleManifest(_Model):
     def _record(self):
         from edgetl.tasks.base import TaskRecord
 
-        return TaskRecord(self.preprocess, tuple(self.labels))
+        from edgetl.tasks.base import Head
+
+        heads = tuple(Head(h.name, h.output, tuple(h.labels)) for h in self.heads)
+        return TaskRecord(self.preprocess, tuple(self.labels), heads=heads)
 
     def _matches_task(self) -> None:
         """The tensors are what the task makes of the preprocessing and labels (an image: 3 channels at
