@@ -168,6 +168,9 @@ def check_inputs(task_heads: dict, task: str, mode: str, resume: bool) -> None:
         raise ConfigError(f"--task-head trains with --mode {' or '.join(MODES)}, not {mode}")
     if resume:
         raise ConfigError("--task-head runs do not --resume yet: train again without --resume")
+    for name, csv_path in task_heads.items():  # a wrong path answers before torch loads
+        if not Path(csv_path).is_file():
+            raise DataError(f"--task-head {name}={csv_path}: no such file")
 
 
 # --- torch side ---------------------------------------------------------------------------------

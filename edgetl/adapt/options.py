@@ -132,9 +132,10 @@ class TrainInputs(_Options):
     task_heads: dict[str, str] = Field(default_factory=dict, description="Images: an extra task on the same "
                                        "backbone, repeatable: NAME=CSV, the CSV 'path,label' (paths relative to "
                                        "--data) labelling every image; output logits_NAME. E.g. --task-head "
-                                       "colour=colour.csv.")
+                                       "colour=colour.csv.", json_schema_extra={"flag": "--task-head"})
     task_weights: dict[str, float] = Field(default_factory=dict, description="Loss weight of a --task-head, "
-                                           "repeatable: NAME=W (default 1; the folder classes' weight is 1).")
+                                           "repeatable: NAME=W (default 1; the folder classes' weight is 1), "
+                                           "e.g. --task-weight colour=0.5.", json_schema_extra={"flag": "--task-weight"})
 
     @field_validator("task")
     @classmethod

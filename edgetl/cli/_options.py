@@ -30,8 +30,8 @@ def _model_option(name: str, field, with_defaults: bool):
     if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
     if typing.get_origin(field.annotation) is dict:  # repeatable NAME=VALUE: --task-head colour=c.csv
-        return click.option(flag_of(name), name, multiple=True, metavar="NAME=VALUE", callback=_pairs,
-                            help=field.description)
+        spelled = (field.json_schema_extra or {}).get("flag", flag_of(name))  # singular: one pair per use
+        return click.option(spelled, name, multiple=True, metavar="NAME=VALUE", callback=_pairs, help=field.description)
     if field.annotation is bool:
         flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
         # the description says what the option does when on; next to --no-<name> that reads backwards
@@ -74,9 +74,9 @@ def _pairs(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None:
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep or not name.strip() or not rest.strip():
-            raise ConfigError(f"{flag_of(param.name)} {value!r}: expected NAME=VALUE, e.g. colour=colour.csv")
+            raise ConfigError(f"{param.opts[0]} {value!r}: expected NAME=VALUE, e.g. {param.opts[0]} colour=colour.csv")
         if name.strip() in pairs:
-            raise ConfigError(f"{flag_of(param.name)} {name.strip()!r} is given twice")
+            raise ConfigError(f"{param.opts[0]} {name.strip()!r} is given twice")
         pairs[name.strip()] = rest.strip()
     return pairs or None
 
