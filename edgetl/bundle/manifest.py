@@ -362,9 +362,7 @@ class BundleManifest(_Model):
             raise ValueError(f"field {_location(('preprocess', *error['loc']))}: {message}") from None
 
     def _record(self):
-        from edgetl.tasks.base import TaskRecord
-
-        from edgetl.tasks.base import Head
+        from edgetl.tasks.base import Head, TaskRecord
 
         heads = tuple(Head(h.name, h.output, tuple(h.labels)) for h in self.heads)
         return TaskRecord(self.preprocess, tuple(self.labels), heads=heads)
