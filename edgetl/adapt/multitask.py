@@ -261,13 +261,13 @@ class Joint:
         return JointLabels()
 
 
-def install(model, heads: list[HeadLabels], primary):
-    """Replace ``model``'s classifier by ``primary`` plus the extra heads; returns the ``TaskHeads``."""
+def install(model, primary, in_features: int, sizes: dict[str, int]):
+    """Replace ``model``'s classifier by ``primary`` plus one head per entry of ``sizes`` (name ->
+    classes), in that order; returns the ``TaskHeads``."""
     from edgetl.models.build import classifier_prefix
 
     prefix = classifier_prefix(model)
-    module = task_heads_module(primary, primary.in_features if hasattr(primary, "in_features")
-                               else primary[0].in_features, {h.name: len(h.classes) for h in heads})
+    module = task_heads_module(primary, in_features, sizes)
     model.set_submodule(prefix, module)
     return module
 
@@ -277,16 +277,17 @@ def columns(primary: np.ndarray, heads: list[HeadLabels], samples: list[tuple[st
     return np.stack([primary, *(h.labels(samples) for h in heads)], axis=1)
 
 
-def heads_top1(model, x: np.ndarray, labels: dict[str, np.ndarray], batch: int = 128) -> dict[str, float]:
-    """Each extra head's top-1 on normalised images ``x`` (fp32, CPU)."""
+def heads_top1(model, x: np.ndarray, labels: dict[str, np.ndarray], execution, batch: int = 128) -> dict[str, float]:
+    """Each extra head's top-1 on normalised images ``x`` (``labels``: by head, in the heads' order),
+    on the execution's device and under its autocast."""
     import torch
 
     net = multi_output(model)
-    with torch.inference_mode():
-        outs = [net(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)]
-    names = list(labels)
+    with torch.inference_mode(), execution.autocast():
+        outs = [[o.float().cpu() for o in net(execution.to(torch.from_numpy(x[i : i + batch])))]
+                for i in range(0, len(x), batch)]
     return {name: float((torch.cat([o[k + 1] for o in outs]).argmax(1).numpy() == labels[name]).mean())
-            for k, name in enumerate(names)}
+            for k, name in enumerate(labels)}
 
 
 def load(run, info: dict):
@@ -299,7 +300,7 @@ def load(run, info: dict):
 
     model = create_model(resolve(info["backbone"]), info["num_classes"], pretrained=False)
     width = model.get_classifier().in_features
-    heads = [HeadLabels(h["name"], Path(), list(h["classes"]), {}, h.get("weight", 1.0), "") for h in info["heads"]]
-    install(model, heads, build_head(width, info["num_classes"], info.get("head", "linear")))
+    install(model, build_head(width, info["num_classes"], info.get("head", "linear")), width,
+            {h["name"]: len(h["classes"]) for h in info["heads"]})
     model.load_state_dict(load_file(str(run.verify(info["checkpoint"]))))
     return multi_output(model.eval())

@@ -435,11 +435,12 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     ckpt = run.path / "train" / "model.safetensors"
     head_prefix = classifier_prefix(model)
-    head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
+    head_width = model.get_classifier().in_features
+    head = build_head(head_width, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
     joint = None
     if heads:  # the classifier becomes every task's head; each phase trains them with the joint loss
-        head = multitask.install(model, heads, head)
+        head = multitask.install(model, head, head_width, {h.name: len(h.classes) for h in heads})
         joint = multitask.Joint(multitask.JointLoss(head, [h.weight for h in heads]),
                                 multitask.columns(y_train, heads, train_samples))
     execution = dist.execution
@@ -510,7 +511,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "seconds": time.perf_counter() - started,
         "interrupted": result.interrupted or head_result.interrupted,
     }
-    head_top1 = multitask.heads_top1(model, x_val, {h.name: h.labels(val_samples) for h in heads}) if heads else {}
+    head_top1 = (multitask.heads_top1(model, x_val, {h.name: h.labels(val_samples) for h in heads}, fp32)
+                 if heads else {})
     section = {
         "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
