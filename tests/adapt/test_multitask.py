@@ -61,6 +61,8 @@ def multitask_run(digits_dir, parity_csv, tmp_path_factory) -> Path:
     for step in steps:
         result = invoke(*step)
         assert result.exit_code == 0, (step[0], result.output)
+        if step[0] in ("train", "compile", "bench"):  # the summary and both tables: a row per head
+            assert "head parity" in result.output, (step[0], result.output)
     return out
 
 
@@ -232,3 +234,17 @@ def test_a_copied_run_keeps_its_heads(multitask_run, tmp_path):
     assert logits.shape == (4, 3) and parity_logits.shape == (4, 2)
     reference = view.reference()
     assert np.allclose(reference["logits_parity"][:4], parity_logits.numpy(), atol=1e-5)
+
+
+def test_gates_apply_the_accuracy_budgets_to_every_head():
+    from edgetl.bench.gates import evaluate_gates
+    from edgetl.config import Budgets
+
+    result = {"latency": [{"batch": 1, "p90_ms": 5.0}], "memory": {"session_peak_mb": 10.0},
+              "accuracy": {"n": 400, "drop_pp": 0.0, "drop_ci_pp": [-0.2, 0.3],
+                           "heads": {"parity": {"n": 400, "drop_pp": 6.0, "drop_ci_pp": [4.0, 8.0]}}}}
+    gates = evaluate_gates(Budgets(max_accuracy_drop_pp=1.0, p90_latency_ms=50), result)
+    heads = [c for c in gates["checks"] if c.get("head") == "parity"]
+    assert [c["metric"] for c in heads] == ["accuracy_drop_pp[parity]"]  # latency is the artifact's, once
+    assert gates["status"] == "FAIL" and gates["failed"] == [heads[0]["reason"]]
+    assert heads[0]["reason"].startswith("head parity: accuracy_drop +6.00 pp")
