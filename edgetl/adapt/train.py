@@ -298,11 +298,11 @@ def train(
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
-    heads = dict(TrainInputs(task_heads=dict(task_heads or {}), task_weights=dict(task_weights or {})).task_heads)
-    multitask.check_inputs(heads, task, opts.mode, resume)
+    heads = TrainInputs(task_heads=dict(task_heads or {}), task_weights=dict(task_weights or {}))  # names, weights
+    multitask.check_inputs(heads.task_heads, task, opts.mode, resume)
     # the image task's own inputs (weights, target, resume, heads) reach only its workstation module
-    image_only = ({"weights": weights, "target": target, "resume": resume, "task_heads": heads,
-                   "task_weights": dict(task_weights or {})} if task == DEFAULT_TASK else {})
+    image_only = ({"weights": weights, "target": target, "resume": resume, "task_heads": heads.task_heads,
+                   "task_weights": heads.task_weights} if task == DEFAULT_TASK else {})
     return workstation_module(found).train(data, opts, out=Path(out), backbone=backbone, val=val, console=console,
                                            reporter=reporter, **image_only)
 

@@ -340,7 +340,8 @@ class BundleManifest(_Model):
         return self
 
     def _heads_are_outputs(self) -> None:
-        """Every head names an output of the model, once; every output but ``logits`` is a head's."""
+        """Every head is named once and names an output of the model (that every other output is the
+        primary's ``logits`` is the task's check of the tensors)."""
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise ValueError("heads: head names must be unique")

@@ -208,7 +208,8 @@ class Task(Protocol):
 
 
 class Classifier:
-    """What every classification task shares: one ``logits`` output (batch, classes), predictions
+    """What every classification task shares: one ``logits`` output (batch, classes) and one
+    ``logits_<name>`` per extra head of the record (``--task-head``), predictions
     by softmax, golden and calibration samples from the data view. A task subclasses it and gives
     its inputs, ``load``/``feeds``, ``read_labelled``, ``evaluate`` and the rest of ``Task``."""
 
