@@ -248,3 +248,33 @@ def test_gates_apply_the_accuracy_budgets_to_every_head():
     assert [c["metric"] for c in heads] == ["accuracy_drop_pp[parity]"]  # latency is the artifact's, once
     assert gates["status"] == "FAIL" and gates["failed"] == [heads[0]["reason"]]
     assert heads[0]["reason"].startswith("head parity: accuracy_drop +6.00 pp")
+
+
+def test_deploy_trains_the_heads_and_retrains_when_a_csv_changes(digits_dir, tmp_path):
+    """deploy's skip rule: the head CSV's bytes are in ``inputs_hash``."""
+    import os
+    import subprocess
+    import sys
+
+    rows = image_rows(Path(digits_dir))
+    labels = write_csv(tmp_path / "parity.csv", rows)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgetl.cli", "deploy", "--data", str(digits_dir), "--out", str(out), "--targets",
+            "onnxruntime", "--precision", "fp32", "--no-bundle", "--task-head", f"parity={labels}", *TINY[:5], "--no-transfer-check",
+            "--epochs", "1", "--iterations", "20"]
+
+    def deploy():
+        done = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout, json.loads((out / "manifest.json").read_text())
+
+    first, manifest = deploy()
+    assert manifest["train"]["heads"][0]["name"] == "parity" and "parity" in manifest["compiled"]["onnxruntime/fp32"][
+        "accuracy"]["heads"]
+    again, _ = deploy()
+    assert "train: skipped" in again
+    write_csv(labels, [(p, "odd" if label == "even" else "even") for p, label in rows])  # the labels swapped
+    changed, retrained = deploy()
+    assert "train: skipped" not in changed
+    assert retrained["train"]["inputs_hash"] != manifest["train"]["inputs_hash"]
+    assert retrained["train"]["heads"][0]["labels_hash"] != manifest["train"]["heads"][0]["labels_hash"]
