@@ -442,6 +442,8 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
         if ctx.head is not None:
             outputs = ctx.head(session, outputs)
     metrics = view.task.evaluate(outputs, view.val_labels(), view.reference(), view.record.classes)
+    heads = view.labelled_heads()  # --task-head runs: each extra head's numbers under accuracy["heads"]
+    by_head = {name: head_accuracy(m) for name, m in view.task.evaluate_heads(outputs, heads, view.reference()).items()} if heads else {}
     # the task's own metrics besides these (text: macro_f1; audio: false_accept_rate) and their
     # intervals, so a profile's gates read them like top-1
     own = {key: metrics[key] for m in view.task.metrics if m.name not in _RECORDED
@@ -450,7 +452,14 @@ def _accuracy(ctx: _Context, backend, compiled: Compiled, threads: int | None) -
         "n": metrics["n"], "top1": metrics["top1"], "fp32_top1": metrics["fp32_top1"],
         "drop_pp": round(metrics["drop_pp"], 4), "agreement": metrics["agreement"],
         "max_abs_diff": metrics["max_abs_diff"], **_drop_interval(metrics), **own, "estimated": estimated, "evaluated_with": evaluated_with,
+        **({"heads": by_head} if by_head else {}),
     }
+
+
+def head_accuracy(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An extra head's accuracy numbers as ``accuracy["heads"][NAME]`` records them."""
+    return {"n": metrics["n"], "top1": metrics["top1"], "fp32_top1": metrics["fp32_top1"],
+            "drop_pp": round(metrics["drop_pp"], 4), "agreement": metrics["agreement"], **_drop_interval(metrics)}
 
 
 def _drop_interval(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -485,6 +494,7 @@ def _summary(entry: CompiledEntry) -> dict[str, Any]:
     extra = acc.model_extra or {}
     # the task's own metrics with their intervals (text: macro_f1; keyword spotting: false_accept_rate)
     row["task_metrics"] = {k: (v, extra[f"{k}_ci"]) for k, v in extra.items() if f"{k}_ci" in extra}
+    row["heads"] = extra.get("heads") or {}  # --task-head runs: a row per extra head under the artifact's
     scheme, notes = entry.options.get("quantization") or {}, []
     if scheme.get("why"):  # the task's int8 scheme: what it keeps float, and why
         kept = ", ".join(f"{p}/*" for p in scheme.get("keep_float_prefixes", []))
@@ -559,6 +569,9 @@ def summary_table(rows: list[dict[str, Any]]):
         table.add_row(r["target"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{r['compile_s']:.1f}",
                       f"{r['top1']:.2%}{est}", f"{r['drop_pp']:+.2f}", f"{r['agreement']:.2%}",
                       *[_metric_text((r.get("task_metrics") or {}), name) for name in own], status)
+        for name, head in (r.get("heads") or {}).items():
+            table.add_row("", "", f"  head {escape(name)}", "", "", f"{head['top1']:.2%}{est}", f"{head['drop_pp']:+.2f}",
+                          f"{head['agreement']:.2%}", *[""] * len(own), "")
     if any(r.get("estimated") for r in rows):
         notes.append("* estimated: the artifact cannot run here; its ONNX twin ran on ONNX Runtime CPU")
     table.caption = "\n".join(f"[{i}] {n}" if not n.startswith("*") else n for i, n in enumerate(notes, 1)) or None

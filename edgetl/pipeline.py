@@ -257,6 +257,8 @@ class _Train:
         self.inputs = dict(backbone=config.backbone, val=config.val, weights=config.weights, task=config.task,
                            from_run=config.from_run, memory=config.memory, distill_weight=config.distill_weight,
                            distill_temperature=config.distill_temperature)
+        if config.task_heads:  # --task-head: its CSVs are hashed with the data (a changed CSV retrains)
+            self.inputs.update(task_heads=config.task_heads, task_weights=config.task_weights)
         if config.backbone == AUTO:  # chosen for the strictest latency budget among the targets
             self.inputs["target"] = strictest_target(config.targets)
         self._fingerprint: str | None = None

@@ -111,13 +111,15 @@ def test_every_train_option_is_a_teaching_flag_of_train_and_deploy():
         assert all(o.help for o in options.values()), [n for n, o in options.items() if not o.help]
         for model in (TrainInputs, TrainOptions):
             for name, field in model.model_fields.items():
-                flag = (field.json_schema_extra or {}).get("flag",  # --from: a name of its own
-                                                           ("--no-" if field.default is True else "--") + name.replace("_", "-"))
+                flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
+                flag = (field.json_schema_extra or {}).get("flag", flag)  # a name of its own: --from, --task-head
                 assert flag in options[name].opts, (command.name, flag)
                 assert field.description in options[name].help
                 if field.default is True:  # the flag turns it off: the help says so before what "on" does
                     assert options[name].help == f"Turns off (on by default): {field.description}"
-                if field.default not in (None, True, False):
+                if options[name].multiple:  # a repeatable pair (default: none given), each use one NAME=VALUE
+                    assert options[name].metavar == "NAME=VALUE" and "repeatable" in options[name].help
+                elif field.default not in (None, True, False):
                     assert f"[default: {field.default}]" in options[name].help
     # one default, the model's: a flag not given is None, left out, so TrainOptions' default applies (and
     # model_fields_set says what the user chose: domain-adapt fills only the rest with its recipe)

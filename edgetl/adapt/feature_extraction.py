@@ -88,10 +88,12 @@ def train_head(
     console=None,
     on_epoch=None,
     checkpoint=None,
+    criterion=None,
 ) -> FitResult:
     """AdamW on cached features for ``opts.phase_epochs("head")``; every rank trains the same head on
     all rows (it takes seconds), on the rank's device in fp32. ``console``: where the progress is
-    drawn (None: nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``)."""
+    drawn (None: nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``);
+    ``criterion``: a multi-task loss, ``y_train`` then holding one label column per head."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -127,4 +129,5 @@ def train_head(
         per_epoch_bars=False,
         execution=execution,
         checkpoint=checkpoint,
+        criterion=criterion,
     )

@@ -125,16 +125,19 @@ def finetune(
     on_epoch=None,
     checkpoint=None,
     train_net=None,
+    joint=None,
 ) -> FitResult:
     """Phase 2: the last ``opts.unfreeze`` stages with the head, for ``opts.phase_epochs("finetune")``,
     on the rank's device (``dist.execution``). ``console``: where the progress is drawn (None:
     nowhere); ``checkpoint``: an ``edgetl.adapt.resume.Checkpointer`` (``--resume``); ``train_net``:
     wraps the network that is trained (domain adaptation adds its alignment loss there;
-    edgetl/adapt/domain.py)."""
+    edgetl/adapt/domain.py); ``joint``: an ``edgetl.adapt.multitask.Joint``, every head trained with its loss."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
     execution = dist.execution
+    if joint is not None:
+        train_data = joint.dataset(train_data)
     trainable, batchnorms = freeze_for_finetune(model, opts.unfreeze, keep_bn_stats)
     sampler = (DistributedSampler(train_data, dist.world, dist.rank, shuffle=True, seed=opts.seed)
                if dist.enabled else None)
@@ -171,4 +174,5 @@ def finetune(
         label_smoothing=opts.label_smoothing,
         execution=execution,
         checkpoint=checkpoint,
+        criterion=joint.criterion if joint is not None else None,
     )

@@ -26,8 +26,14 @@ def inputs_hash(data, options, **kwargs) -> str:
 
 
 def load_trained(run):
+    """The run's network; with --task-head heads, one output per task (edgetl/adapt/multitask.py)."""
     from edgetl.models.build import load_image_classifier
 
+    info = run.get("train")
+    if info.get("heads"):
+        from edgetl.adapt.multitask import load
+
+        return load(run, info)
     return load_image_classifier(run)
 
 

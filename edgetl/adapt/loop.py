@@ -74,9 +74,12 @@ def fit(
     per_epoch_bars: bool = True,
     execution: Execution = CPU,
     checkpoint: Checkpointer | None = None,
+    criterion: Callable | None = None,
 ) -> FitResult:
     """Train ``model`` (already on ``execution``'s device) for up to ``epochs``; with a
-    ``checkpoint``, continue from its saved state of ``phase`` and save one after every epoch."""
+    ``checkpoint``, continue from its saved state of ``phase`` and save one after every epoch.
+    ``criterion(logits, y, label_smoothing)``: the loss (default: cross-entropy); labels of shape
+    (batch, columns) are scored on their first column (edgetl/adapt/multitask.py)."""
     result = FitResult()
     scaler = execution.grad_scaler()
     stale, start = 0, 0
@@ -100,11 +103,11 @@ def fit(
                 loss_sum, correct, seen, begun = 0.0, 0, 0, time.perf_counter()
                 for x, y in loader:
                     x, y = execution.to(x), execution.to(y)
-                    logits, loss = _step(model, x, y, optimizer, scaler, execution, label_smoothing)
+                    logits, loss = _step(model, x, y, optimizer, scaler, execution, label_smoothing, criterion)
                     if scheduler is not None:
                         scheduler.step()
                     loss_sum += loss * len(y)
-                    correct += (logits.argmax(1) == y).sum().item()
+                    correct += (logits.argmax(1) == (y[:, 0] if y.ndim > 1 else y)).sum().item()
                     seen += len(y)
                     if task is not None:
                         elapsed = time.perf_counter() - begun
@@ -144,13 +147,14 @@ def fit(
     return result
 
 
-def _step(model, x, y, optimizer, scaler, execution: Execution, label_smoothing: float):
+def _step(model, x, y, optimizer, scaler, execution: Execution, label_smoothing: float, criterion=None):
     """One optimisation step under the execution's autocast; (logits, loss value)."""
     import torch.nn.functional as F
 
     with execution.autocast():
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        loss = (criterion(logits, y, label_smoothing) if criterion is not None
+                else F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing))
         aux = getattr(model, "aux_loss", None)  # a loss the network adds in training (domain adaptation's alignment)
         if aux is not None:
             loss = loss + aux.float()

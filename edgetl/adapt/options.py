@@ -142,6 +142,13 @@ class TrainInputs(_Options):
                                   "distillation loss from the parent's outputs (learning without forgetting); 0: off.")
     distill_temperature: float = Field(DISTILL_TEMPERATURE, gt=0, le=100, allow_inf_nan=False, description="--from: softmax "
                                        "temperature of the distillation.")
+    task_heads: dict[str, str] = Field(default_factory=dict, description="Images: an extra task on the same "
+                                       "backbone, repeatable: NAME=CSV, the CSV 'path,label' (paths relative to "
+                                       "--data) labelling every image; output logits_NAME. E.g. --task-head "
+                                       "colour=colour.csv.", json_schema_extra={"flag": "--task-head"})
+    task_weights: dict[str, float] = Field(default_factory=dict, description="Loss weight of a --task-head, "
+                                           "repeatable: NAME=W (default 1; the folder classes' weight is 1), "
+                                           "e.g. --task-weight colour=0.5.", json_schema_extra={"flag": "--task-weight"})
 
     @field_validator("task")
     @classmethod
@@ -151,6 +158,13 @@ class TrainInputs(_Options):
         if name not in tasks():
             raise ValueError(str(UnknownNameError("task", name, tasks())))
         return name
+
+    @model_validator(mode="after")
+    def _heads_named(self):
+        from edgetl.adapt.multitask import check_head_names
+
+        check_head_names(self.task_heads, self.task_weights)
+        return self
 
 
 class CommonTrainOptions(_Options):

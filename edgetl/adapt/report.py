@@ -103,6 +103,9 @@ def print_summary(console, section: dict, history: list[dict], strategy_rows: li
     table.add_row("input", "x".join(str(s) for s in section["preprocess"]["input_size"]))
     table.add_row("train top-1", f"{m['train_top1']:.2%}")
     table.add_row("val top-1", f"[bold green]{m['val_top1']:.2%}[/]")
+    for head in section.get("heads") or []:  # --task-head: each extra head on the same backbone
+        table.add_row(f"head {head['name']}", f"val top-1 {head['metrics']['val_top1']:.2%} ({len(head['classes'])} "
+                      f"classes, weight {head['weight']:g}, output {head['output']})")
     if "kept" in m:
         table.add_row("kept", kept_text(m["kept"]))
     table.add_row("device", device_text(section.get("execution", {}), section.get("world_size", 1)))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgetl._io import atomic_path, sha256_json, write_json
 from edgetl._lazy import require
-from edgetl.adapt import continual, device, distributed
+from edgetl.adapt import continual, device, distributed, multitask
 from edgetl.adapt import select as selection
 from edgetl.adapt.feature_extraction import build_head, cached_features, extract, train_head
 from edgetl.adapt.negative_transfer import check_transfer
@@ -119,6 +119,8 @@ class TrainRecord(Record):
     # What --unfreeze/--augment auto chose, with the evidence, and the negative-transfer check
     # (edgetl/adapt/auto.py, edgetl/adapt/negative_transfer.py); empty in older runs.
     choices: dict[str, Any] = Field(default_factory=dict)
+    # --task-head: name, output, classes, weight, labels_hash, metrics (edgetl/adapt/multitask.py); absent: one head
+    heads: list[dict[str, Any]] = Field(default_factory=list)
     inputs_hash: str  # what the deploy pipeline compares to skip an unchanged training
     lineage: dict[str, Any] | None = None  # --from: the parent run and what adding classes cost (adapt/continual.py)
 
@@ -198,11 +200,14 @@ def _load_data(data: Path, val: Path | None, opts: TrainOptions):
     return image_set, train_samples, val_samples, skipped, data_hash
 
 
-def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str) -> str:
+def _inputs_hash(backbone: str, start_weights: str, opts: TrainOptions, data_hash: str,
+                 heads: list | None = None) -> str:
     """The device, workers and memory format are left out (``TrainOptions.hashed``): another device
-    is not new work. The strategy's own data (domain-adapt: the target images) is added only where
-    there is some, so the hashes of other runs stay what they were."""
+    is not new work. The strategy's own data (domain-adapt: the target images) and the task heads'
+    CSVs are added only where there are some, so the hashes of other runs stay what they were."""
     extra = get_strategy(opts.mode).input_hashes(opts)
+    if heads:
+        extra["task_heads"] = multitask.heads_hash(heads)
     return sha256_json({"backbone": backbone, "weights": start_weights, "hparams": opts.hashed(), "data": data_hash,
                         **extra})
 
@@ -211,11 +216,16 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str | None = None, val: str | Path | None = None,
                       weights: str | Path | None = None, target: str | None = None, task: str = DEFAULT_TASK,
                       from_run: str | Path | None = None, memory: int = MEMORY, distill_weight: float = DISTILL_WEIGHT,
-                      distill_temperature: float = DISTILL_TEMPERATURE) -> str:
+                      distill_temperature: float = DISTILL_TEMPERATURE, task_heads: Mapping[str, str] | None = None,
+                      task_weights: Mapping[str, float] | None = None) -> str:
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     given_backbone = backbone
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
-    image_only = {"weights": weights, "target": target} if task == DEFAULT_TASK else {}  # refused elsewhere
+    if task_heads and task != DEFAULT_TASK:
+        raise ConfigError(multitask.IMAGE_ONLY)
+    _heads_or_from(task_heads, from_run)
+    image_only = ({"weights": weights, "target": target, "task_heads": dict(task_heads or {}),
+                   "task_weights": dict(task_weights or {})} if task == DEFAULT_TASK else {})  # refused elsewhere
     image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
                                                                            distill_temperature),
                                              out=None, resume=False, backbone=given_backbone, weights=weights))
@@ -225,7 +235,8 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
 def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
                       backbone: str = registry.DEFAULT_BACKBONE, val: str | Path | None = None,
                       weights: str | Path | None = None, target: str | None = None,
-                      parent: continual.Parent | None = None, request: continual.Request | None = None) -> str:
+                      parent: continual.Parent | None = None, request: continual.Request | None = None,
+                      task_heads: Mapping[str, str] | None = None, task_weights: Mapping[str, float] | None = None) -> str:
     """The image task's ``inputs_hash``; ``parent``, ``request``: ``--from``'s (``train_inputs_hash``)."""
     opts = _options(options)
     weights = Path(weights) if weights else None
@@ -235,11 +246,22 @@ def image_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
         *_, data_hash = continual.load_data(layout.train, layout.val, opts, parent)
         base = _inputs_hash(parent.record.backbone, parent.start_weights, opts, data_hash)
         return continual.inputs_hash(base, parent, request)
-    *_, data_hash = _load_data(layout.train, layout.val, opts)
+    _, train_samples, val_samples, skipped, data_hash = _load_data(layout.train, layout.val, opts)
+    heads = multitask.read_heads(dict(task_heads or {}), dict(task_weights or {}), data, train_samples + val_samples,
+                                 skipped)
     if backbone == selection.AUTO:
-        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash)
+        return _inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash, heads)
     resolved = registry.resolve(backbone)
-    return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash)
+    return _inputs_hash(resolved.name, weights_id(resolved, pretrained=opts.pretrained, weights=weights), opts, data_hash,
+                        heads)
+
+
+def _heads_or_from(task_heads: Mapping[str, str] | None, from_run) -> None:
+    """``--task-head`` and ``--from`` are not combined yet: adding classes to a run with several heads
+    would need every head's exemplar labels and teachers."""
+    if task_heads and from_run:
+        raise ConfigError("--task-head cannot be combined with --from yet: train the heads on a new run "
+                          "(--data with every class), or add classes to a run without heads")
 
 
 def _options(options: TrainOptions | Mapping[str, Any] | None) -> TrainOptions:
@@ -274,6 +296,8 @@ def train(
     memory: int = MEMORY,
     distill_weight: float = DISTILL_WEIGHT,
     distill_temperature: float = DISTILL_TEMPERATURE,
+    task_heads: Mapping[str, str] | None = None,
+    task_weights: Mapping[str, float] | None = None,
 ) -> dict:
     """Train and return the manifest's ``train`` section.
 
@@ -290,7 +314,9 @@ def train(
     epoch; ``resume``: images: continue the interrupted training in ``out`` (its ``train/last.pt``)
     at its next epoch; ``from_run``: images: add the new data's classes to this trained run (read-only),
     rehearsing ``memory`` exemplars per class and distilling its outputs with ``distill_weight`` at
-    ``distill_temperature`` (edgetl/adapt/continual.py).
+    ``distill_temperature`` (edgetl/adapt/continual.py); ``task_heads``: images: extra tasks on the same
+    backbone, name -> ``path,label`` CSV (paths relative to ``data``), ``task_weights`` their loss weights
+    (default 1).
 
     Example::
 
@@ -303,8 +329,12 @@ def train(
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
     if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
-    # the image task's own inputs (weights, target, resume, --from) reach only its workstation module
-    image_only = {"weights": weights, "target": target, "resume": resume} if task == DEFAULT_TASK else {}
+    heads = TrainInputs(task_heads=dict(task_heads or {}), task_weights=dict(task_weights or {}))  # names, weights
+    multitask.check_inputs(heads.task_heads, task, opts.mode, resume)
+    _heads_or_from(heads.task_heads, from_run)
+    # the image task's own inputs (weights, target, resume, heads, --from) reach only its workstation module
+    image_only = ({"weights": weights, "target": target, "resume": resume, "task_heads": heads.task_heads,
+                   "task_weights": heads.task_weights} if task == DEFAULT_TASK else {})
     image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
                                                                            distill_temperature),
                                              out=Path(out), resume=resume, backbone=given_backbone, weights=weights))
@@ -368,11 +398,15 @@ def train_images(
     resume: bool = False,
     parent: continual.Parent | None = None,
     request: continual.Request | None = None,
+    task_heads: Mapping[str, str] | None = None,
+    task_weights: Mapping[str, float] | None = None,
 ) -> dict:
     """The image task's training (``train``'s arguments; ``parent``, ``request``: ``--from``'s)."""
     opts = _options(options)
     if parent is not None:  # the parent's network, preprocessing and head kind
         opts, backbone = continual.options_for(parent, opts), parent.record.backbone
+    multitask.check_inputs(dict(task_heads or {}), DEFAULT_TASK, opts.mode, resume)
+    task_inputs = {"heads": dict(task_heads or {}), "weights": dict(task_weights or {}), "data": data}
     TrainInputs(backbone=backbone)  # a name, checked as the CLI's --backbone
     selection.check_auto(backbone, target, weights)
     layout = resolve_layout(data, val)
@@ -386,14 +420,15 @@ def train_images(
             console.print(layout.note, highlight=False)
         return _train(layout.train, Path(out), backbone, layout.val, Path(weights) if weights else None,
                       opts, dist, console, epoch_reporter(reporter) if dist.is_main else None, resume, target,
-                      parent, request)
+                      parent, request, task_inputs)
     finally:
         distributed.teardown(dist)
 
 
 def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch, resume, target=None,
-           parent=None, req=None) -> dict:
-    """``parent``, ``req``: ``--from``'s (edgetl/adapt/continual.py), whose steps are the branches below."""
+           parent=None, req=None, task_inputs=None) -> dict:
+    """``parent``, ``req``: ``--from``'s (edgetl/adapt/continual.py), whose steps are the branches below;
+    ``task_inputs``: ``--task-head``'s (edgetl/adapt/multitask.py)."""
     import torch
 
     from edgetl.adapt.loop import predict
@@ -408,6 +443,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
                                                                np.array([label for _, label in train_samples]),
                                                                required=req.memory > 0)
     get_strategy(opts.mode).check_classes(opts, image_set.classes)
+    task_inputs = task_inputs or {"heads": {}}
+    heads = multitask.read_heads(task_inputs["heads"], task_inputs.get("weights", {}), task_inputs.get("data", data),
+                                 train_samples + val_samples, skipped) if task_inputs["heads"] else []
     if console is not None:
         report_skipped(console, skipped)
     chosen = None
@@ -427,8 +465,11 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
     run = RunDir(out)
     if dist.is_main:
         run = RunDir.create(out)
-        write_json(run.path / "train" / "split.json",
-                   {"classes": image_set.classes, "train": train_samples, "val": val_samples})
+        split = {"classes": image_set.classes, "train": train_samples, "val": val_samples}
+        if heads:  # each head's classes and the label index of every image, in the split's order
+            split["heads"] = {h.name: {"classes": h.classes, "train": h.labels(train_samples).tolist(),
+                                       "val": h.labels(val_samples).tolist()} for h in heads}
+        write_json(run.path / "train" / "split.json", split)
         run.set_item("train", "preprocess", spec.to_dict())  # arrays.* read it
         run.set_item("train", "checkpoint", "train/model.safetensors")
         for part in ("train", "val"):  # decode once here; the other ranks read the cache
@@ -449,11 +490,17 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
 
     ckpt = run.path / "train" / "model.safetensors"
     head_prefix = classifier_prefix(model)
-    head = build_head(model.get_classifier().in_features, len(image_set.classes), opts.head)
+    head_width = model.get_classifier().in_features
+    head = build_head(head_width, len(image_set.classes), opts.head)
     model.set_submodule(head_prefix, head)
     if parent:
         parent_state = continual.load_parent_state(parent)
         continual.start_from_parent(model, head_prefix, opts.head, parent_state)
+    joint = None
+    if heads:  # the classifier becomes every task's head; each phase trains them with the joint loss
+        head = multitask.install(model, head, head_width, {h.name: len(h.classes) for h in heads})
+        joint = multitask.Joint(multitask.JointLoss(head, [h.weight for h in heads]),
+                                multitask.columns(y_train, heads, train_samples))
     execution = dist.execution
     model = execution.place(model)
 
@@ -485,8 +532,9 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
                                         req.distill_weight, req.distill_temperature, fp32)
         train_net = lambda net: continual.distilling(net, parent_model, req.distill_weight,  # noqa: E731
                                                      req.distill_temperature, execution)
-    head_result = train_head(f_train, y_train, f_val, y_val, head_net, opts, dist, on_improve=save_head,
-                             console=console, on_epoch=on_epoch, checkpoint=checkpoint)
+    head_result = train_head(f_train, joint.labels if joint else y_train, f_val, y_val, head_net, opts, dist,
+                             on_improve=save_head, console=console, on_epoch=on_epoch, checkpoint=checkpoint,
+                             criterion=joint.criterion if joint else None)
     if head_result.best_state is None:  # interrupted before the first epoch ended
         raise KeyboardInterrupt
     head.load_state_dict(head_result.best_state)
@@ -504,7 +552,7 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
             train_paths=train_paths, train_pixels=train_pixels, y_train=y_train, f_train=f_train,
             val_pixels=val_pixels, y_val=y_val, head=head_result, probe_state=probe_state,
             pretrained_start=opts.pretrained or weights is not None or parent is not None, save=save_full,
-            console=console, on_epoch=on_epoch, checkpoint=checkpoint, train_net=train_net))
+            console=console, on_epoch=on_epoch, checkpoint=checkpoint, train_net=train_net, joint=joint))
     except KeyboardInterrupt:
         head_result.interrupted, phase2 = True, None
         model.load_state_dict(probe_state)
@@ -528,6 +576,8 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "seconds": time.perf_counter() - started,
         "interrupted": result.interrupted or head_result.interrupted,
     }
+    head_top1 = (multitask.heads_top1(model, x_val, {h.name: h.labels(val_samples) for h in heads}, fp32)
+                 if heads else {})
     section = {
         "task": DEFAULT_TASK,  # what the model takes and gives (edgetl/tasks); runs without it are this one
         "backbone": backbone.name,
@@ -559,8 +609,10 @@ def _train(data, out, backbone_name, val, weights, opts, dist, console, on_epoch
         "adaptation": adaptation,
         "choices": choices,
     }
-    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash) if chosen
-                              else _inputs_hash(backbone.name, start_weights, opts, data_hash))
+    if heads:
+        section["heads"] = [{**h.record(), "metrics": {"val_top1": head_top1[h.name]}} for h in heads]
+    section["inputs_hash"] = (_inputs_hash(selection.auto_identity(target), selection.AUTO, opts, data_hash, heads)
+                              if chosen else _inputs_hash(backbone.name, start_weights, opts, data_hash, heads))
     if parent:
         section["inputs_hash"] = continual.inputs_hash(section["inputs_hash"], parent, req)
         parent_pred = predict(parent_model, x_val, execution=fp32).argmax(1)

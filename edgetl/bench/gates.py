@@ -191,6 +191,7 @@ def evaluate_gates(budgets: Budgets | None, result: dict, *, accuracy_elsewhere:
         return {"status": NA, "budgets": {}, "checks": [], "failed": [], "undecided": []}
     metrics = metric_table()
     checks = [_goal_check(goal, metrics[goal.metric], result, accuracy_elsewhere) for goal in goals]
+    checks += _head_checks(goals, metrics, result)
     statuses = {c["status"] for c in checks}
     return {
         "status": next(s for s in _PRECEDENCE if s in statuses),
@@ -199,6 +200,20 @@ def evaluate_gates(budgets: Budgets | None, result: dict, *, accuracy_elsewhere:
         "failed": [c["reason"] for c in checks if c["status"] == FAIL],
         "undecided": [c["reason"] for c in checks if c["status"] in (UNDECIDED, NOT_HERE)],
     }
+
+
+def _head_checks(goals, metrics, result: dict) -> list[dict]:
+    """The accuracy goals applied to every extra task head (``accuracy["heads"]``, ``--task-head``
+    runs): a check per head and goal, the head's name in its metric (``accuracy_drop_pp[colour]``)."""
+    checks = []
+    for name, accuracy in ((result.get("accuracy") or {}).get("heads") or {}).items():
+        for goal in goals:
+            if _reading(goal.metric).section != "accuracy":
+                continue
+            check = _goal_check(goal, metrics[goal.metric], {"accuracy": accuracy}, None)
+            check.update(metric=f"{goal.metric}[{name}]", head=name, reason=f"head {name}: {check['reason']}")
+            checks.append(check)
+    return checks
 
 
 def estimates_missing(budgets: Budgets | None, estimate: dict | None) -> list[str]:

@@ -87,12 +87,30 @@ def _latency(session, arrays: dict[int, Feeds], progress: PhaseProgress | None, 
     return [measure_latency(session, x, progress=_phase(progress, f"batch {b}"), **kw).to_dict() for b, x in arrays.items()]
 
 
-def _accuracy(session, feeds, labels, reference, task, classes, progress) -> dict | None:
+def _accuracy(session, feeds, labels, reference, task, classes, progress, heads=None) -> dict | None:
     if labels is None or reference is None:
         return None
     outputs = collect_outputs(session, feeds, progress=_phase(progress, "accuracy"))
     reference = {k: np.asarray(v) for k, v in reference.items()}
-    return get_task(task).evaluate(outputs, np.asarray(labels), reference, classes)
+    accuracy = get_task(task).evaluate(outputs, np.asarray(labels), reference, classes)
+    if heads:
+        accuracy["heads"] = evaluate_heads(get_task(task), outputs, heads, reference)
+    return accuracy
+
+
+def evaluate_heads(task, outputs, heads: Sequence[dict], reference) -> dict[str, dict]:
+    """Each extra task head's accuracy (``heads``: name, output, classes and the validation labels,
+    as JSON values: they travel to the measuring process), by head name."""
+    from edgetl.tasks.base import Head
+
+    labelled = [(Head(h["name"], h["output"], tuple(h["classes"])), np.asarray(h["labels"], np.int64)) for h in heads]
+    return task.evaluate_heads(outputs, labelled, reference)
+
+
+def heads_job(labelled_heads) -> list[dict]:
+    """``DataView.labelled_heads()`` as the JSON values ``measure``'s ``heads`` takes."""
+    return [{"name": h.name, "output": h.output, "classes": list(h.classes), "labels": labels.tolist()}
+            for h, labels in labelled_heads]
 
 
 def bench_session(
@@ -113,10 +131,12 @@ def bench_session(
     task: str = DEFAULT_TASK,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
+    heads: Sequence[dict] | None = None,
 ) -> dict:
     """``{"latency": [LatencyStats dicts], "skipped_batches": [...], "accuracy": dict | None}`` of an
     open session on ``feeds`` (samples of every input, by name); accuracy (``task``'s ``evaluate``)
-    only when ``labels`` and ``reference`` (the FP32 outputs, by name) are given."""
+    only when ``labels`` and ``reference`` (the FP32 outputs, by name) are given; ``heads``: extra task
+    heads (``heads_job``) measured too, under ``accuracy["heads"]``."""
     check_inputs(session, feeds)
     arrays, skipped = runnable_batches(session, make_batches(feeds, batches))
     timing = {"iterations": iterations, "duration_s": duration_s, "warmup_iters": warmup_iters, "warmup_s": warmup_s,
@@ -124,7 +144,7 @@ def bench_session(
     return {
         "latency": _latency(session, arrays, progress, **timing),
         "skipped_batches": skipped,
-        "accuracy": _accuracy(session, feeds, labels, reference, task, classes, progress),
+        "accuracy": _accuracy(session, feeds, labels, reference, task, classes, progress, heads),
     }
 
 
@@ -146,6 +166,7 @@ def measure(
     task: str = DEFAULT_TASK,
     classes: Sequence[str] | None = None,
     progress: PhaseProgress | None = None,
+    heads: Sequence[dict] | None = None,
 ) -> dict:
     """``bench_session`` plus ``load`` (first inference) and ``memory`` (peak RSS while loading and
     timing; accuracy runs after the probe so the validation set does not count)."""
@@ -160,7 +181,7 @@ def measure(
                            warmup_iters=warmup_iters, warmup_s=warmup_s, max_s=max_s,
                            median_precision=median_precision, warmup_max_s=warmup_max_s, threads=threads)
         memory = probe.stop()
-        accuracy = _accuracy(session, feeds, labels, reference, task, classes, progress)
+        accuracy = _accuracy(session, feeds, labels, reference, task, classes, progress, heads)
     finally:
         session.close()
     result = {"load": load_times, "memory": memory, "latency": latency, "skipped_batches": skipped,

@@ -71,7 +71,7 @@ from edgetl.adapt.train import TrainRecord
 from edgetl.backends import get_backend, runtimes
 from edgetl.backends import torch as torch_reference
 from edgetl.bench import gates as gates_mod
-from edgetl.bench.measure import measure, measure_isolated, resolve_loader
+from edgetl.bench.measure import evaluate_heads, heads_job, measure, measure_isolated, resolve_loader
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.system import busy_warning, cpu_record, device_slug, system_record
 from edgetl.compiler import CompiledEntry
@@ -396,6 +396,7 @@ class _Measurer:
         self.view = view = DataView(run)
         self.data = {"inputs": view.val_feeds(), "labels": view.val_labels(), "reference": view.reference()}
         self.task, self.classes = view.task.name, list(view.record.classes)
+        self.heads = heads_job(view.labelled_heads())  # --task-head runs: every head's accuracy too
         self.settings, self.isolate, self.progress = settings, settings["isolated"], progress
         self.timing = {k: settings[k] for k in ("batches", "iterations", "duration_s", "warmup_iters", "warmup_s",
                                                 "threads")}
@@ -408,7 +409,8 @@ class _Measurer:
 
     def __call__(self, key: str, loader: str, kwargs: dict, with_accuracy: bool = True, **timing) -> dict:
         names = ["inputs", "labels", "reference"] if with_accuracy else ["inputs"]
-        timing = {**self.timing, **timing, "task": self.task, "classes": self.classes}
+        timing = {**self.timing, **timing, "task": self.task, "classes": self.classes,
+                  **({"heads": self.heads} if self.heads and with_accuracy else {})}
         show = self.progress.callback(key)
         try:
             if self.isolate:
@@ -453,6 +455,9 @@ def _bench_reference(run: RunDir, measurer: _Measurer, results: BenchResults, re
     data = measurer.data
     measured["accuracy"] = measurer.view.task.evaluate(data["reference"], data["labels"], data["reference"],
                                                        measurer.classes)
+    if measurer.heads:
+        measured["accuracy"]["heads"] = evaluate_heads(measurer.view.task, data["reference"], measurer.heads,
+                                                       data["reference"])
     measured["accuracy"]["evaluated_with"] = "the cached reference logits (this model, FP32)"
     settings = {**measurer.settings, **REFERENCE_TIMING}
     measured["method"] = reference_method(settings, measured)

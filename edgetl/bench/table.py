@@ -155,6 +155,11 @@ def bench_rows(docs: list[dict]) -> tuple[list[dict], list[str]]:
                 row["artifact"] = ""
                 row["runtime"] = ""
             rows.append({c: row.get(c, "") for c in COLUMNS} | {k: v for k, v in row.items() if k.startswith("_")})
+        for name, head in (acc.get("heads") or {}).items():  # --task-head runs: a row per extra head
+            row = {"artifact": f"  head {name}", "top-1": _pct_ci(head.get("top1"), head.get("top1_ci")),
+                   "top-5": _pct(head.get("top5")), "drop pp": _drop_ci(head.get("drop_pp"), head.get("drop_ci_pp")),
+                   "agree": _pct(head.get("agreement"))}
+            rows.append({c: row.get(c, "") for c in COLUMNS} | {"_best": False, "_reference": base["_reference"]})
     return rows, notes
 
 

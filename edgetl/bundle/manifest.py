@@ -291,6 +291,27 @@ class Lineage(_Model):
     parent_checkpoint: str = Field(pattern=r"^[0-9a-f]{64}$")
     added: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
 
+HEAD_NAME = r"^[a-z][a-z0-9_]{0,31}$"  # edgetl.adapt.multitask.NAME
+
+
+class HeadEntry(_Model):
+    """An extra task head (``edgetl train --task-head``): its name, its output (``logits_<name>``)
+    and its class names; ``_consistent`` checks the output exists with one class per label."""
+
+    name: Annotated[str, Field(pattern=HEAD_NAME)]
+    output: Annotated[str, Field(max_length=40)]
+    labels: list[Label] = Field(min_length=2, max_length=MAX_CLASSES)
+
+    @model_validator(mode="after")
+    def _named(self) -> HeadEntry:
+        if self.name == "logits":
+            raise ValueError("a head may not be named 'logits'")
+        if self.output != f"logits_{self.name}":
+            raise ValueError(f"head {self.name!r}: its output must be 'logits_{self.name}', not {_short(self.output, 40)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"head {self.name!r}: labels must be unique")
+        return self
+
 
 class BundleManifest(_Model):
     format: Literal["edgetl.bundle/2"]
@@ -311,6 +332,7 @@ class BundleManifest(_Model):
     preprocess: dict[str, Any] = Field(max_length=MAX_PREPROCESS_KEYS)  # the task's preprocess_model checks it
     assets: list[Slug] = Field([], max_length=MAX_ASSETS)  # the task's files, in assets/<name>
     labels: list[Label] = Field(min_length=1, max_length=MAX_CLASSES)
+    heads: list[HeadEntry] = Field([], max_length=MAX_TENSORS - 1)  # --task-head runs; absent: one output
     golden: Golden
     workstation: Workstation = Workstation()
     versions: dict[Slug, Text] = {}
@@ -339,6 +361,7 @@ class BundleManifest(_Model):
             raise ValueError("lineage.added names labels the bundle does not have")
         if self.lineage is not None and len(set(self.lineage.added)) != len(self.lineage.added):
             raise ValueError("lineage.added must be unique")
+        self._heads_are_outputs()
         for what, tensors, golden in (("inputs", self.inputs, self.golden.inputs),
                                       ("outputs", self.outputs, self.golden.expected)):
             names = [t.name for t in tensors]
@@ -357,6 +380,17 @@ class BundleManifest(_Model):
         self._head_consistent()
         return self
 
+    def _heads_are_outputs(self) -> None:
+        """Every head is named once and names an output of the model (that every other output is the
+        primary's ``logits`` is the task's check of the tensors)."""
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError("heads: head names must be unique")
+        outputs = {t.name for t in self.outputs}
+        for head in self.heads:
+            if head.output not in outputs:
+                raise ValueError(f"head {head.name!r} names the output {head.output!r}, which the model does not have")
+
     def _preprocess_of_task(self) -> None:
         """The task's ``preprocess_model`` validates the preprocessing, as JSON (strict types, bounded values)."""
         from edgetl.tasks import get_task
@@ -370,9 +404,10 @@ class BundleManifest(_Model):
             raise ValueError(f"field {_location(('preprocess', *error['loc']))}: {message}") from None
 
     def _record(self):
-        from edgetl.tasks.base import TaskRecord
+        from edgetl.tasks.base import Head, TaskRecord
 
-        return TaskRecord(self.preprocess, tuple(self.labels))
+        heads = tuple(Head(h.name, h.output, tuple(h.labels)) for h in self.heads)
+        return TaskRecord(self.preprocess, tuple(self.labels), heads=heads)
 
     def _matches_task(self) -> None:
         """The tensors are what the task makes of the preprocessing and labels (an image: 3 channels at

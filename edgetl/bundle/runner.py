@@ -368,7 +368,7 @@ def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | 
     strings, text files (one sample per line) or ``-`` (the lines of ``stdin``).
 
     One row per sample, in the order given (a folder's sorted), keyed ``"image"`` for images and
-    ``"sample"`` for other tasks; a sample that cannot be read (corrupt, truncated, not a regular
+    ``"sample"`` for other tasks; a bundle with task heads adds ``"heads"``: each head's top-k by name; a sample that cannot be read (corrupt, truncated, not a regular
     file) gets ``"top": []`` and an ``"error"`` saying why, and the others go on. A path that does
     not exist is one ``DataError`` before anything runs.
     """
@@ -391,8 +391,13 @@ def predict(path: str | os.PathLike, images: str | os.PathLike | Sequence[str | 
             except DataError as exc:
                 results.append({key: name, "top": [], "error": str(exc)})
                 continue
-            (answer,) = task.postprocess(session.run(feeds), record, top)
-            results.append({key: name, "top": [dataclasses.asdict(p) for p in answer]})
+            outputs = session.run(feeds)
+            (answer,) = task.postprocess(outputs, record, top)
+            row = {key: name, "top": [dataclasses.asdict(p) for p in answer]}
+            if record.heads:  # --task-head bundles: every extra head's answers too, by head name
+                row["heads"] = {head: [dataclasses.asdict(p) for p in rows[0]]
+                                for head, rows in task.head_predictions(outputs, record, top).items()}
+            results.append(row)
     return results
 
 

@@ -27,8 +27,11 @@ def _model_option(name: str, field, with_defaults: bool):
     a ``bool | None`` (unset: decided later) ``--<name>/--no-<name>``, and a field with a
     ``negative_flag`` value gets ``--no-<name>`` as a shorthand for that value."""
     default = field.get_default(call_default_factory=True)
+    spelled = (field.json_schema_extra or {}).get("flag", flag_of(name))  # --from, --task-head: a name of its own
     if field.annotation == bool | None:  # unset: the code decides (e.g. --channels-last: on for CUDA)
         return click.option(f"{flag_of(name)}/{flag_of('no_' + name)}", name, default=None, help=field.description)
+    if typing.get_origin(field.annotation) is dict:  # repeatable NAME=VALUE: --task-head colour=c.csv
+        return click.option(spelled, name, multiple=True, metavar="NAME=VALUE", callback=_pairs, help=field.description)
     if field.annotation is bool:
         flag, value = (flag_of(f"no_{name}"), False) if default else (flag_of(name), True)
         # the description says what the option does when on; next to --no-<name> that reads backwards
@@ -36,7 +39,7 @@ def _model_option(name: str, field, with_defaults: bool):
         return click.option(flag, name, is_flag=True, flag_value=value, default=default if with_defaults else None,
                             help=shown)
     shown = f"  [default: {default}]" if default is not None else ""
-    main = click.option((field.json_schema_extra or {}).get("flag", flag_of(name)), name, type=_click_type(field.annotation), default=default if with_defaults else None,
+    main = click.option(spelled, name, type=_click_type(field.annotation), default=default if with_defaults else None,
                         help=f"{field.description}{shown}")
     negative = (field.json_schema_extra or {}).get("negative_flag")
     if negative is None:
@@ -61,6 +64,21 @@ def model_options(*models, with_defaults: bool):
 def _take_fields(params: dict, model) -> dict:
     """Pop ``model``'s fields out of the command's parameters, leaving out options not given (None)."""
     return {name: value for name in model.model_fields if (value := params.pop(name)) is not None}
+
+
+def _pairs(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None:
+    """A repeatable NAME=VALUE option as a dict (None when not given: the default applies)."""
+    from edgetl.errors import ConfigError
+
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise ConfigError(f"{param.opts[0]} {value!r}: expected NAME=VALUE, e.g. {param.opts[0]} colour=colour.csv")
+        if name.strip() in pairs:
+            raise ConfigError(f"{param.opts[0]} {name.strip()!r} is given twice")
+        pairs[name.strip()] = rest.strip()
+    return pairs or None
 
 
 def _names(text: str | None) -> list[str] | None:

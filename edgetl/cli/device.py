@@ -193,12 +193,14 @@ def predict_cmd(bundle, images, top, threads, as_json):
         click.echo(json.dumps(results, indent=2))
     else:
         k = max(len(r["top"]) for r in results)
-        table = Table(key, *[f"#{i + 1}" for i in range(k)], *(["error"] if failed else []))
+        heads = sorted({h for r in results for h in r.get("heads", {})})  # --task-head bundles: one column each
+        table = Table(key, *[f"#{i + 1}" for i in range(k)], *heads, *(["error"] if failed else []))
         folder = Path(images[0]) if len(images) == 1 and os.path.isdir(images[0]) else None  # a long text: no OSError
         for r in results:
             name = Path(r[key]).relative_to(folder).as_posix() if folder else r[key]
             cells = [f"{t['label']} ({t['score']:.1%})" for t in r["top"]] or [""] * k
-            table.add_row(escape(name), *cells, *([escape(r.get("error", ""))] if failed else []))
+            answers = [_answer(r.get("heads", {}).get(h)) for h in heads]
+            table.add_row(escape(name), *cells, *answers, *([escape(r.get("error", ""))] if failed else []))
         console.print(table)
     if failed:
         raise DataError(f"{len(failed)} of {len(results)} {key}(s) could not be read, e.g. {failed[0]['error']}")
@@ -249,6 +251,11 @@ def enroll_cmd(bundle, images, label, replace, out, sign_key, threads, as_json):
                   f"({done.classes} classes, release {done.release}, {signed})", highlight=False)
     console.print(f"next: edgetl verify {escape(str(done.path))}   then: edgetl ship {escape(str(done.path))} "
                   "ssh://user@device/path", highlight=False)
+
+
+def _answer(top: list[dict] | None) -> str:
+    """A task head's top answer in a table cell (an unreadable sample has none)."""
+    return escape(f"{top[0]['label']} ({top[0]['score']:.1%})") if top else ""
 
 
 @cli.command("build")

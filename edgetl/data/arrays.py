@@ -118,6 +118,11 @@ class DataView:
     def val_labels(self) -> np.ndarray:
         return self.part("val")[1]
 
+    def labelled_heads(self) -> list:
+        """Each extra task head of the run (``--task-head``) with its validation labels; [] for one head."""
+        stored = self.split.get("heads") or {}
+        return [(head, np.array(stored[head.name]["val"], np.int64)) for head in self.record.heads]
+
     def val_feeds(self, index: list[int] | slice | None = None) -> dict[str, np.ndarray]:
         """The validation split's feeds (all of them, or the samples at ``index``)."""
         if "val-feeds" not in self._memo:

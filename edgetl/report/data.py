@@ -186,6 +186,11 @@ def compile_rows(compiled: dict) -> list[dict]:
             "evaluated with": _evaluated_with(acc),
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or "—",
         })
+        for name, head in (acc.get("heads") or {}).items():  # --task-head runs: a row per extra head
+            rows.append({"artifact": f"{key} · head {name}", "runtime": "", "precision": "", "size MB": "",
+                         "compile s": "", "calibration": "", "top-1": f"{head['top1'] * 100:.1f}%",
+                         "drop pp": f"{head['drop_pp']:+.2f}", "agree": f"{head['agreement'] * 100:.1f}%",
+                         "evaluated with": "", "versions": ""})
     return rows
 
 

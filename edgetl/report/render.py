@@ -50,6 +50,12 @@ def _false_accepts(metrics: dict) -> str:
     return f", false accepts {_pct(rate)}" + (f" [{_pct(ci[0])}–{_pct(ci[1])}] of {metrics.get('false_accept_n')} background clips" if ci else "")
 
 
+def _heads(train: dict) -> str:
+    """--task-head runs: each extra head's validation top-1."""
+    return "".join(f"; head {h['name']} ({len(h['classes'])} classes) {_pct((h.get('metrics') or {}).get('val_top1'))}"
+                   for h in train.get("heads") or [])
+
+
 def _headline(data: dict) -> str:
     train = data.get("train") or {}
     parts = [f"Run `{data['path']}`"]
@@ -57,7 +63,7 @@ def _headline(data: dict) -> str:
         metrics, dataset = train.get("metrics") or {}, train.get("dataset") or {}
         parts.append(f"{train.get('backbone')} ({train.get('mode')}), {len(train.get('classes') or [])} classes, "
                      f"validation top-1 {_pct(metrics.get('val_top1'))} on {dataset.get('val_images')} samples"
-                     + _false_accepts(metrics))
+                     + _false_accepts(metrics) + _heads(train))
     parts.append(f"generated {data['generated']} by edgetl {data['edgetl']}")
     return " · ".join(parts)
 

@@ -41,14 +41,26 @@ ASSETS = "assets"  # the folder of a task's asset files: train/assets/ in a run,
 
 
 @dataclass(frozen=True)
+class Head:
+    """An extra task on the model's backbone (``edgetl train --task-head``): its name, its output
+    (``logits_<name>``) and its class names."""
+
+    name: str
+    output: str
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """What a task reads from a run's ``train`` section or a bundle manifest to describe its model:
-    the preprocessing (the task's dict, e.g. ``PreprocessSpec.to_dict()``), the class names and the
-    asset files its preprocessing reads (a tokenizer), by name, as absolute paths."""
+    the preprocessing (the task's dict, e.g. ``PreprocessSpec.to_dict()``), the class names, the
+    asset files its preprocessing reads (a tokenizer), by name, as absolute paths, and the extra
+    task heads (none: one output)."""
 
     preprocess: Mapping[str, Any]
     classes: tuple[str, ...]
     assets: Mapping[str, Path] = field(default_factory=dict)
+    heads: tuple[Head, ...] = ()
 
     @classmethod
     def of_train(cls, train: Mapping[str, Any], run=None) -> TaskRecord:
@@ -56,7 +68,8 @@ class TaskRecord:
         assets = train.get("assets") or {}
         if assets and run is None:
             raise ValueError("a run's assets need the run to resolve them")
-        return cls(train["preprocess"], tuple(train["classes"]), {n: run.inside(rel) for n, rel in assets.items()})
+        heads = tuple(Head(h["name"], h["output"], tuple(h["classes"])) for h in train.get("heads") or ())
+        return cls(train["preprocess"], tuple(train["classes"]), {n: run.inside(rel) for n, rel in assets.items()}, heads)
 
     @classmethod
     def of_bundle(cls, manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> TaskRecord:
@@ -64,8 +77,9 @@ class TaskRecord:
         names = manifest.get("assets") or []
         if names and bundle_dir is None:
             raise ValueError("a bundle's assets need its folder to resolve them")
+        heads = tuple(Head(h["name"], h["output"], tuple(h["labels"])) for h in manifest.get("heads") or ())
         return cls(manifest["preprocess"], tuple(manifest["labels"]),
-                   {n: Path(bundle_dir) / ASSETS / n for n in names})
+                   {n: Path(bundle_dir) / ASSETS / n for n in names}, heads)
 
 
 @dataclass
@@ -194,7 +208,8 @@ class Task(Protocol):
 
 
 class Classifier:
-    """What every classification task shares: one ``logits`` output (batch, classes), predictions
+    """What every classification task shares: one ``logits`` output (batch, classes) and one
+    ``logits_<name>`` per extra head of the record (``--task-head``), predictions
     by softmax, golden and calibration samples from the data view. A task subclasses it and gives
     its inputs, ``load``/``feeds``, ``read_labelled``, ``evaluate`` and the rest of ``Task``."""
 
@@ -202,7 +217,9 @@ class Classifier:
     sample_kind = "file"  # a sample is a file path ("text": the text itself; predict never stats it)
 
     def outputs(self, record: TaskRecord | None = None) -> list[TensorSpec]:
-        return [TensorSpec(self.OUTPUT, "float32", ("batch", len(record.classes) if record else "classes"))]
+        """``logits``, then one ``logits_<name>`` per extra head of the record."""
+        heads = [TensorSpec(h.output, "float32", ("batch", len(h.classes))) for h in (record.heads if record else ())]
+        return [TensorSpec(self.OUTPUT, "float32", ("batch", len(record.classes) if record else "classes")), *heads]
 
     def preprocess(self, samples: Sequence[str | Path], record: TaskRecord) -> dict[str, np.ndarray]:
         return self.feeds(self.load(samples, record), record)
@@ -216,13 +233,12 @@ class Classifier:
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], record: TaskRecord, top: int) -> list[list[Prediction]]:
         """Softmax over the logits, the ``top`` most likely classes per sample (ties: the lower index)."""
-        logits = np.asarray(outputs[self.OUTPUT], np.float64)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = z / z.sum(axis=-1, keepdims=True)
-        k = max(1, min(top, probs.shape[-1]))
-        labels = record.classes
-        return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
-                 for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+        return _top(outputs[self.OUTPUT], record.classes, top)
+
+    def head_predictions(self, outputs: Mapping[str, np.ndarray], record: TaskRecord,
+                         top: int) -> dict[str, list[list[Prediction]]]:
+        """Each extra head's answers per sample, by head name (``postprocess`` gives the primary's)."""
+        return {h.name: _top(outputs[h.output], h.classes, top) for h in record.heads}
 
     def evaluate(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray,
                  reference: Mapping[str, np.ndarray] | None, classes: Sequence[str] | None = None) -> dict[str, Any]:
@@ -230,20 +246,48 @@ class Classifier:
         ``accuracy_drop_pp``, Newcombe's paired interval), agreement and max |diff|
         (``bench/accuracy.py``); without a reference, top-1 and per class against the labels only.
         A task adds its own metrics to this dict."""
-        from edgetl.bench.accuracy import evaluate, label_accuracy
+        return _accuracy(outputs[self.OUTPUT], labels, reference[self.OUTPUT] if reference is not None else None,
+                         classes)
 
-        logits = outputs[self.OUTPUT]
-        if reference is None:
-            return label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
-        return evaluate(logits, labels, reference[self.OUTPUT], classes)
+    def evaluate_heads(self, outputs: Mapping[str, np.ndarray], heads: Sequence[tuple[Head, np.ndarray]],
+                       reference: Mapping[str, np.ndarray] | None) -> dict[str, dict[str, Any]]:
+        """``evaluate``'s accuracy numbers for each extra head (with its labels), by head name."""
+        return {head.name: _accuracy(outputs[head.output], labels,
+                                     reference[head.output] if reference is not None else None, list(head.classes))
+                for head, labels in heads}
 
     def check_tensors(self, inputs: list[TensorSpec], outputs: list[TensorSpec], record: TaskRecord) -> str | None:
-        """One output class per label, then the specs themselves (``check_bundle``'s common part)."""
+        """One output class per label (every head's too), then the specs themselves (``check_bundle``'s
+        common part)."""
         logits = outputs[0].shape if outputs else ()
         if len(logits) == 2 and logits[1] != len(record.classes):
             return f"{len(record.classes)} labels for a model with {logits[1]} output classes"
+        by_name = {t.name: t.shape for t in outputs}
+        for head in record.heads:
+            shape = by_name.get(head.output, ())
+            if len(shape) == 2 and shape[1] != len(head.classes):
+                return f"head {head.name!r}: {len(head.classes)} labels for an output with {shape[1]} classes"
         return (spec_mismatch(self.inputs(record), inputs, "inputs")
                 or spec_mismatch(self.outputs(record), outputs, "outputs"))
+
+
+def _top(logits: np.ndarray, labels: Sequence[str], top: int) -> list[list[Prediction]]:
+    """Softmax over ``logits``, the ``top`` most likely classes per row (ties: the lower index)."""
+    logits = np.asarray(logits, np.float64)
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    k = max(1, min(top, probs.shape[-1]))
+    return [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(row[j]))
+             for j in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None,
+              classes: Sequence[str] | None) -> dict[str, Any]:
+    from edgetl.bench.accuracy import evaluate, label_accuracy
+
+    if reference is None:
+        return label_accuracy(logits, labels, classes or [str(i) for i in range(logits.shape[1])])
+    return evaluate(logits, labels, reference, classes)
 
 
 def spread_over_classes(labels: np.ndarray, n: int) -> list[int]:

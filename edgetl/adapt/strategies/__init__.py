@@ -51,6 +51,7 @@ class Phase2:
     on_epoch: Callable[[dict], None] | None = None
     checkpoint: Any = None  # edgetl.adapt.resume.Checkpointer (--resume)
     train_net: Callable | None = None  # wraps the trained network (--from: the distillation; finetune's train_net)
+    joint: Any = None  # edgetl.adapt.multitask.Joint: --task-head runs train every head
 
 
 @dataclass

@@ -16,7 +16,7 @@ class Finetune(Strategy):
         chosen = plan(p)
         result = finetune(p.model, chosen.train_data, p.val_pixels, p.y_val, p.spec, chosen.options, p.dist,
                           on_improve=p.save, keep_bn_stats=p.pretrained_start, console=p.console, on_epoch=p.on_epoch,
-                          checkpoint=p.checkpoint, train_net=p.train_net)
+                          checkpoint=p.checkpoint, train_net=p.train_net, joint=p.joint)
         if result.best_state is not None and result.best_val_top1 >= p.head.best_val_top1:
             p.model.load_state_dict(result.best_state)
             return Phase2Result(result, kept_of("finetune", result), choices=chosen.choices)
