@@ -91,7 +91,8 @@ def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: Cal
     prepared = onnx.load(str(prepare(Path(onnx_path), work_dir / "prepared.onnx")))
     base = _error(_run(qdq, feeds, threads), reference)
     scores = []
-    for node in _quantized_layers(qdq):
+    named = {n.name for n in prepared.graph.node if n.name}  # what keep_float_nodes can name
+    for node in [n for n in _quantized_nodes(qdq) if n.name in named]:
         floated = _with_float_layer(qdq, prepared, node.name)
         gain = base - _error(_run(floated, feeds, threads), reference)
         scores.append(LayerScore(node.name, node.op_type, gain / base if base > 0 else 0.0))
@@ -139,23 +140,23 @@ def _recovery(names: tuple[str, ...], tried: list[tuple[int, float]], met: int |
 
 
 # -- the QDQ graph ---------------------------------------------------------------------------------
-def _quantized_layers(model) -> list:
-    """Nodes that read a quantized constant (weights): DequantizeLinear of an initializer. Keeping
-    any other node float changes nothing in a real build, where its inputs stay quantized by their
-    producers and its output by its consumers."""
-    weights = {t.name for t in model.graph.initializer}
-    dequantized_weights = {n.output[0] for n in model.graph.node
-                           if n.op_type == "DequantizeLinear" and n.input[0] in weights}
-    return [n for n in model.graph.node
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized_weights & set(n.input)]
+def _quantized_nodes(model) -> list:
+    """Every node that reads a dequantized tensor (weights or activations) or whose output is
+    quantized, in graph order: Conv, Gemm, MatMul, and the activation ops between them (Add, Mul,
+    Sigmoid, GlobalAveragePool, Concat, Reshape ...). Each is a lever of ``keep_float_nodes``: kept
+    float, its weights and the Q/DQ pairs on its input and output edges go (``_qdq.float_nodes``)."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and (dequantized & set(n.input) or quantized & set(n.output))]
 
 
 def _with_float_layer(qdq, prepared, name: str):
     """A copy of ``qdq`` in which node ``name`` alone is float, as ``recipe.keep_float_nodes`` builds
     it: its constants are the float initializers of the prepared model the QDQ model was built from,
-    and its activations are read before quantization (``_qdq.float_inputs``)."""
+    and its input and output activations are read before quantization (``_qdq.float_nodes``)."""
     onnx = require("onnx")
-    from edgetl.backends._qdq import float_inputs
+    from edgetl.backends._qdq import float_nodes
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
@@ -174,7 +175,7 @@ def _with_float_layer(qdq, prepared, name: str):
             weight.name = f"{source.input[i]}/float"
             model.graph.initializer.append(weight)
             node.input[i] = weight.name
-    float_inputs(model, {name}, prepared)
+    float_nodes(model, {name}, prepared)
     return model
 
 
