@@ -189,61 +189,77 @@ def test_top_ranked_layer_of_the_tiny_run_recovers_more_than_the_lowest_or_rando
 
 # -- keep_float_nodes on every runtime --------------------------------------------------------------
 def _kept_nodes(onnx_path) -> list[str]:
-    """A 1x1 convolution in the middle of the tiny model and its classifier."""
+    """A 1x1 convolution in the middle of the tiny model, the Mul of a squeeze-excitation gate (no
+    weights: two activations in, one out) and the classifier."""
     model = onnx.load(str(onnx_path))
+    producer = {o: n for n in model.graph.node for o in n.output}
     conv = next(n.name for n in model.graph.node if n.op_type == "Conv" and "conv_pwl" in n.input[1])
+    gate = next(n.name for n in model.graph.node if n.op_type == "Mul" and n.input[1] in producer
+                and producer[n.input[1]].op_type == "Sigmoid" and producer[n.input[1]].input[0] != n.input[0])
     head = next(n.name for n in model.graph.node if n.op_type == "Gemm")
-    return [conv, head]
+    return [conv, gate, head]
 
 
-def _onnx_inputs(path, names):
-    """{node: op types producing its inputs} of an ONNX artifact ("initializer" for constants)."""
+def _onnx_edges(path, names):
+    """{node: (op types producing its inputs, op types reading its outputs)} of an ONNX artifact
+    ("initializer" for constants)."""
     model = onnx.load(str(path))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     weights = {t.name for t in model.graph.initializer}
-    return {n.name: [producer.get(i, "initializer" if i in weights else "input") for i in n.input]
+    return {n.name: ([producer.get(i, "initializer" if i in weights else "input") for i in n.input],
+                     [r.op_type for r in model.graph.node for o in n.output if o in r.input])
             for n in model.graph.node if n.name in names}
 
 
-def _openvino_inputs(path, names):
-    """{op: (type of each input's producer, its element type)} of an OpenVINO IR; ONNX's Gemm is
-    "<name>/WithoutBiases" there."""
+def _openvino_edges(path, names):
+    """{op: (type of each input's producer, types of its outputs' readers, its weights' producer and
+    element type or None)} of an OpenVINO IR; ONNX's Conv and Gemm with a bias are
+    "<name>/WithoutBiases" + an Add "<name>" there (where OpenVINO kept the Add), whose readers count."""
     ov = pytest.importorskip("openvino")
     ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(path)).get_ordered_ops()}
     found = {}
     for name in names:
-        op = ops.get(name) or ops[f"{name}/WithoutBiases"]
-        found[name] = [(i.get_source_output().get_node().get_type_name(), i.get_element_type().get_type_name())
-                       for i in op.inputs()]
+        op = ops.get(f"{name}/WithoutBiases") or ops[name]
+        inputs = [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
+        readers = [t.get_node().get_type_name() for o in (ops.get(name) or op).outputs() for t in o.get_target_inputs()]
+        weights = None
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+            weights = (inputs[1], op.input(1).get_element_type().get_type_name())
+        found[name] = (inputs, readers, weights)
     return found
 
 
-def _quantized(runtime: str, inputs: list) -> bool:
-    if runtime == "openvino":  # a FakeQuantize on an input, or weights that are not a plain f32 constant
-        return any(kind == "FakeQuantize" for kind, _ in inputs) or inputs[1] != ("Constant", "f32")
-    return "DequantizeLinear" in inputs
+def _quantized(edges: tuple) -> bool:
+    """A Q/DQ pair or a FakeQuantize on an input or an output, or weights that are not a plain f32
+    constant (OpenVINO)."""
+    inputs, readers, *weights = edges
+    return (bool({"DequantizeLinear", "FakeQuantize"} & set(inputs)) or bool({"QuantizeLinear", "FakeQuantize"} & set(readers))
+            or weights not in ([], [None], [("Constant", "f32")]))
 
 
 @pytest.mark.parametrize(("runtime", "options"), [("onnxruntime", {}), ("tensorrt", {}), ("openvino", {}),
                                                   ("openvino", {"source": "qdq"})], ids=["onnxruntime", "tensorrt",
                                                                                          "openvino", "openvino-qdq"])
-def test_keep_float_nodes_leave_the_nodes_float_in_the_artifact(tiny, runtime, options, tmp_path):
+def test_keep_float_nodes_leave_the_nodes_and_their_edges_float_in_the_artifact(tiny, runtime, options, tmp_path):
+    """A convolution, an activation-only Mul and the classifier, kept float: no Q/DQ (ONNX Runtime,
+    TensorRT's QDQ ONNX) or FakeQuantize (OpenVINO, nncf's and the converted QDQ model) on their inputs
+    or outputs, and no int8 weights."""
     backend = get_backend(runtime)
     if not backend.available():
         pytest.skip(f"{runtime} is not installed")
     names = _kept_nodes(tiny.onnx_path)
 
-    def inputs(recipe, folder):
+    def edges(recipe, folder):
         folder.mkdir()
         compiled = backend.compile(tiny.onnx_path, folder, "int8", tiny.calibration, {"recipe": recipe, **CPU, **options})
         if runtime == "openvino":
-            return _openvino_inputs(compiled.path, names)
-        return _onnx_inputs(compiled.estimate_with or compiled.path, names)  # TensorRT: its QDQ ONNX
+            return _openvino_edges(compiled.path, names)
+        return _onnx_edges(compiled.estimate_with or compiled.path, names)  # TensorRT: its QDQ ONNX
 
-    quantized = inputs(BAD, tmp_path / "all")
-    assert all(_quantized(runtime, quantized[n]) for n in names)  # the check can fail
-    kept = inputs(BAD.model_copy(update={"keep_float_nodes": names}), tmp_path / "kept")
-    assert not any(_quantized(runtime, kept[n]) for n in names), kept
+    quantized = edges(BAD, tmp_path / "all")
+    assert all(_quantized(quantized[n]) for n in names), quantized  # the check can fail
+    kept = edges(BAD.model_copy(update={"keep_float_nodes": names}), tmp_path / "kept")
+    assert not any(_quantized(kept[n]) for n in names), kept
 
 
 def test_two_kept_layers_reading_one_folded_relu_share_its_float_copy(tmp_path):
