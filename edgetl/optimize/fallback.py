@@ -6,8 +6,8 @@ touches a Q/DQ pair (a "layer": Conv, Gemm, MatMul, and the activation ops betwe
 Sigmoid, GlobalAveragePool, Concat ...) makes a copy of that graph in which that node alone computes
 in float, as ``recipe.keep_float_nodes`` builds it (float weights, no Q/DQ on its input and output
 edges, everything else quantized as before), and runs it on ONNX Runtime CPU. Ranking only the
-layers with weights missed what costs most on residual networks: on EfficientNet-Lite0 all 50
-Conv/Gemm float still lost 0.56 pp, the rounding of the tensors around its residual Adds.
+layers with weights left the tensors around residual Adds int8 whatever was kept: on
+EfficientNet-Lite0 all 50 Conv/Gemm float still lost 0.28-0.56 pp, by calibration recipe.
 
 The score of a layer is the share of the int8 model's output error (mean squared difference from
 the fp32 reference, over every float output) that goes away when that layer alone stays float: 0.66
@@ -74,9 +74,8 @@ def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: Cal
     The activation and weight types are the ones the onnxruntime backend chooses for the CPU of
     ``options`` (a profile's ``cpu_arch``/``cpu_flags``; None: this machine's): which layers are
     sensitive hardly depends on them, and the ranking runs fused on ONNX Runtime here. Cost:
-    (quantized nodes + 1) sessions x ``MAX_SAMPLES`` samples, each a full int8 inference: linear in
-    nodes x samples, and a node costs about one inference of the model per sample; ``threads``: ONNX
-    Runtime's (None: all cores)."""
+    (quantized nodes + 1) sessions, each running ``MAX_SAMPLES`` samples through the whole model:
+    linear in nodes x samples; ``threads``: ONNX Runtime's (None: all cores)."""
     onnx = require("onnx", "layer sensitivity")
     from edgetl._cpu import target_cpu
     from edgetl.backends._qdq import prepare, quantize_qdq
