@@ -202,7 +202,7 @@ def quantize_qdq(
             raise CompileError(f"ONNX Runtime could not quantize {onnx_in.name}: {str(exc).splitlines()[0]}") from exc
         if recipe.keep_float_nodes:
             quantized = onnx.load(str(onnx_out))
-            float_inputs(quantized, set(recipe.keep_float_nodes), model)
+            float_nodes(quantized, set(recipe.keep_float_nodes), model)
             onnx.save(quantized, str(onnx_out))
     return {
         "format": "QDQ",
@@ -223,41 +223,102 @@ def quantize_qdq(
     }
 
 
-def float_inputs(model, names: set[str], prepared) -> None:
-    """Nodes ``names`` of a QDQ ``model`` read their activations in float: an input that is
-    DequantizeLinear(QuantizeLinear(x)) becomes x; an output quantized only on its way out of the
-    graph is left float; Q/DQ nodes nothing reads any more go. ``prepared``: the model the QDQ model
+def float_nodes(model, names: set[str], prepared) -> None:
+    """Nodes ``names`` of a QDQ ``model`` compute in float on float tensors, inputs and outputs: an
+    input that is DequantizeLinear(QuantizeLinear(x)) becomes x for that node; every reader of an output
+    that goes through a Q/DQ pair (the node's own, or that of the Relu/Clip right after it) reads the
+    float tensor instead; Q/DQ nodes nothing reads any more go. ``prepared``: the model the QDQ model
     was quantized from.
 
-    ONNX Runtime's ``nodes_to_exclude`` keeps a node's weights float but not its inputs where the
-    node that produces them is quantized (its output gets a Q/DQ pair): a node kept float would still
-    compute on int8-rounded activations, unlike OpenVINO's ignored scope and TensorRT's input-only
-    Q/DQ, and keeping it float would recover little."""
+    ONNX Runtime's ``nodes_to_exclude`` keeps a node's weights float but not its edges: where the node
+    that produces an input, or one that reads its output, is quantized, the tensor between them gets a
+    Q/DQ pair, so a node kept float would still compute on and hand on int8-rounded activations, unlike
+    OpenVINO's ignored scope and TensorRT's input-only Q/DQ. The neighbours across a removed pair then
+    run float on that edge too (ONNX Runtime fuses a node into an int8 kernel only between Q/DQ pairs):
+    that is what keeping a node float costs in speed, and the fallback measures it."""
     producer = {out: n for n in model.graph.node for out in n.output}
-    restored: dict[str, list] = {}  # node name -> activations to put back in front of it
     floats: dict[str, str] = {}  # quantized tensor -> its float version, once for all its readers
+
+    def float_of(tensor: str) -> str:
+        if tensor not in floats:
+            folded = _folded_activation(model, prepared, tensor)
+            floats[tensor] = folded.output[0] if folded else tensor
+            if folded:
+                model.graph.node.append(folded)  # placed by the topological sort below
+        return floats[tensor]
+
     for node in [n for n in model.graph.node if n.name in names]:
         for i, tensor in enumerate(node.input):
             dq = producer.get(tensor)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear":
-                continue
-            if q.input[0] not in floats:
-                folded = _folded_activation(model, prepared, q.input[0])
-                floats[q.input[0]] = folded.output[0] if folded else q.input[0]
-                restored.setdefault(node.name, []).extend([folded] if folded else [])
-            node.input[i] = floats[q.input[0]]
-        for i, tensor in enumerate(node.output):
-            pair = _requantized_output(model, tensor)
-            if pair:
-                node.output[i] = pair[1].output[0]
-                for qdq in pair:
-                    model.graph.node.remove(qdq)
-    if restored:
-        nodes = [m for n in model.graph.node for m in (*restored.get(n.name, ()), n)]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = float_of(q.input[0])
+        for tensor in _outputs_through_activation(model, node):
+            for dq in _dequantized_copies(model, tensor):
+                _read_instead(model, dq, float_of(tensor))
     _drop_unread_qdq(model)
+    _sort_topologically(model)
+
+
+def _outputs_through_activation(model, node) -> list[str]:
+    """``node``'s outputs and, where one's only reader is a Relu or Clip, that reader's output: ONNX
+    Runtime's quantizer folds such an activation into a quantized node's output range, so a kept node's
+    output pair sits after it when the node is excluded, and on the node's output when it is not."""
+    found = []
+    for tensor in node.output:
+        found.append(tensor)
+        readers = [n for n in model.graph.node if tensor in n.input]
+        if len(readers) == 1 and readers[0].op_type in ("Relu", "Clip"):
+            found.append(readers[0].output[0])
+    return found
+
+
+def _dequantized_copies(model, tensor: str) -> list:
+    """The DequantizeLinear nodes that give ``tensor`` back after its QuantizeLinear."""
+    quantized = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor}
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+
+
+def _read_instead(model, dq, tensor: str) -> None:
+    """Every reader of ``dq``'s output reads ``tensor``; a graph output keeps its name through an Identity."""
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == dq.output[0]:
+                node.input[i] = tensor
+    if dq.output[0] in {o.name for o in model.graph.output}:
+        onnx = require("onnx")
+        model.graph.node.remove(dq)
+        model.graph.node.append(onnx.helper.make_node("Identity", [tensor], [dq.output[0]], name=f"{dq.name}/float"))
+
+
+def _sort_topologically(model) -> None:
+    """ONNX wants every node after the producers of its inputs; the nodes put back above were appended.
+    Stable: nodes already in order keep it."""
+    produced_by = {out: i for i, n in enumerate(model.graph.node) for out in n.output}
+    nodes = list(model.graph.node)
+    done: set[int] = set()
+    order: list[int] = []
+
+    def visit(i: int) -> None:
+        stack = [(i, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if j in done:
+                continue
+            if expanded:
+                done.add(j)
+                order.append(j)
+                continue
+            stack.append((j, True))
+            for tensor in reversed(nodes[j].input):
+                k = produced_by.get(tensor)
+                if k is not None and k not in done:
+                    stack.append((k, False))
+
+    for i in range(len(nodes)):
+        visit(i)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
 
 
 def _folded_activation(model, prepared, tensor: str):
@@ -279,19 +340,6 @@ def _folded_activation(model, prepared, tensor: str):
         if constant.name in node.input[1:] and constant.name not in have:
             model.graph.initializer.append(constant)
     return node
-
-
-def _requantized_output(model, tensor: str) -> tuple | None:
-    """The (Q, DQ) pair through which ``tensor`` reaches a graph output when nothing else reads it."""
-    readers = [n for n in model.graph.node if tensor in n.input]
-    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
-        return None
-    dq_out = [n for n in model.graph.node if readers[0].output[0] in n.input]
-    if len(dq_out) != 1 or dq_out[0].op_type != "DequantizeLinear":
-        return None
-    out = dq_out[0].output[0]
-    read_after = any(out in n.input for n in model.graph.node)
-    return (readers[0], dq_out[0]) if not read_after and out in {o.name for o in model.graph.output} else None
 
 
 def _drop_unread_qdq(model) -> None:

@@ -371,6 +371,7 @@ def _quantize(model, calibration: dict[str, np.ndarray], recipe: CalibrationReci
         model, nncf.Dataset(items), preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(items),
         fast_bias_correction=fast, model_type=model_type, ignored_scope=scope, advanced_parameters=advanced,
     )
+    _float_outputs(quantized, [n for n in ignored["names"] if n.removesuffix("/WithoutBiases") in recipe.keep_float_nodes])
     return quantized, {
         "quantizer": f"nncf {nncf.__version__} post-training quantization",
         "calibration": recipe.name,
@@ -477,6 +478,23 @@ def _ignored_scope(nncf, model, recipe: CalibrationRecipe, keep_float=()):
         names += [n for n in (wanted, f"{wanted}/WithoutBiases") if n in present_names and n not in names]
     scope = nncf.IgnoredScope(types=types, names=names) if types or names else None
     return {"types": types, "names": names}, scope
+
+
+def _float_outputs(model, names: list[str]) -> None:
+    """The ops ``names`` hand on float outputs: a FakeQuantize nncf put on one of their outputs (or on
+    that of the ReLU/Clamp right after it), for a quantized reader's sake, is bypassed. nncf's ignored
+    scope only keeps an op's inputs float; ``recipe.keep_float_nodes`` keeps a node's input and output
+    edges float on every runtime (as ``_qdq.float_nodes`` does for QDQ models), so the fallback's
+    ranking, measured on ONNX Runtime, means the same thing here."""
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    for name in names:
+        for output in ops[name].outputs():
+            readers = [t.get_node() for t in output.get_target_inputs()]
+            if len(readers) == 1 and readers[0].get_type_name() in ("Relu", "Clamp"):
+                output = readers[0].output(0)
+                readers = [t.get_node() for t in output.get_target_inputs()]
+            for fq in [r for r in readers if r.get_type_name() == "FakeQuantize"]:
+                fq.output(0).replace(output)
 
 
 def _missing(recipe: CalibrationRecipe, field: str, wanted: str, present: set[str]) -> None:

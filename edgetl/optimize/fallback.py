@@ -1,9 +1,13 @@
 """Accuracy-aware fallback: which quantized layers cost the most accuracy, and the fewest to keep float.
 
-``rank_layers`` scores every layer of an int8 model without rebuilding it per layer: it builds one
-QDQ model with ONNX Runtime's quantizer (the recipe's calibration), then for each layer whose weights
-are quantized makes a copy of that graph in which the layer alone reads float weights and float
-inputs (its Q/DQ pairs bypassed, everything else quantized as before) and runs it on ONNX Runtime CPU.
+``rank_layers`` scores every quantized node of an int8 model without rebuilding it per node: it
+builds one QDQ model with ONNX Runtime's quantizer (the recipe's calibration), then for each node that
+touches a Q/DQ pair (a "layer": Conv, Gemm, MatMul, and the activation ops between them, Add, Mul,
+Sigmoid, GlobalAveragePool, Concat ...) makes a copy of that graph in which that node alone computes
+in float, as ``recipe.keep_float_nodes`` builds it (float weights, no Q/DQ on its input and output
+edges, everything else quantized as before), and runs it on ONNX Runtime CPU. Ranking only the
+layers with weights left the tensors around residual Adds int8 whatever was kept: on
+EfficientNet-Lite0 all 50 Conv/Gemm float still lost 0.28-0.56 pp, by calibration recipe.
 
 The score of a layer is the share of the int8 model's output error (mean squared difference from
 the fp32 reference, over every float output) that goes away when that layer alone stays float: 0.66
@@ -33,8 +37,7 @@ from edgetl._lazy import require
 from edgetl.config import CalibrationRecipe
 from edgetl.tensors import batch_size, batches, concat, take
 
-# Bounds the cost of ranking: (quantized layers + 1) sessions, each run on at most this many samples
-# (EfficientNet-Lite0 at 224 px: 50 layers, 297 s on 2 shared cores).
+# Bounds the cost of ranking: (quantized nodes + 1) sessions, each run on at most this many samples.
 MAX_SAMPLES = 64
 _BATCH = 16
 
@@ -63,15 +66,16 @@ class Recovery:
 def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe,
                 feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], work_dir: Path,
                 *, options: Mapping[str, Any] | None = None, threads: int | None = None) -> list[LayerScore]:
-    """Every layer with quantized weights of a QDQ model built from ``onnx_path`` with ``recipe``,
-    most sensitive first, measured on the first ``MAX_SAMPLES`` samples of ``feeds`` against
+    """Every quantized node (``_quantized_nodes``) of a QDQ model built from ``onnx_path`` with
+    ``recipe``, most sensitive first, measured on the first ``MAX_SAMPLES`` samples of ``feeds`` against
     ``reference`` (the fp32 outputs for those feeds, by output name). Layers the recipe already keeps
     float are not quantized, so not ranked. ``work_dir`` receives the prepared and the QDQ model.
 
     The activation and weight types are the ones the onnxruntime backend chooses for the CPU of
     ``options`` (a profile's ``cpu_arch``/``cpu_flags``; None: this machine's): which layers are
     sensitive hardly depends on them, and the ranking runs fused on ONNX Runtime here. Cost:
-    (layers + 1) sessions x ``MAX_SAMPLES`` samples; ``threads``: ONNX Runtime's (None: all cores)."""
+    (quantized nodes + 1) sessions, each running ``MAX_SAMPLES`` samples through the whole model:
+    linear in nodes x samples; ``threads``: ONNX Runtime's (None: all cores)."""
     onnx = require("onnx", "layer sensitivity")
     from edgetl._cpu import target_cpu
     from edgetl.backends._qdq import prepare, quantize_qdq
@@ -91,7 +95,8 @@ def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: Cal
     prepared = onnx.load(str(prepare(Path(onnx_path), work_dir / "prepared.onnx")))
     base = _error(_run(qdq, feeds, threads), reference)
     scores = []
-    for node in _quantized_layers(qdq):
+    named = {n.name for n in prepared.graph.node if n.name}  # what keep_float_nodes can name
+    for node in [n for n in _quantized_nodes(qdq) if n.name in named]:
         floated = _with_float_layer(qdq, prepared, node.name)
         gain = base - _error(_run(floated, feeds, threads), reference)
         scores.append(LayerScore(node.name, node.op_type, gain / base if base > 0 else 0.0))
@@ -139,23 +144,23 @@ def _recovery(names: tuple[str, ...], tried: list[tuple[int, float]], met: int |
 
 
 # -- the QDQ graph ---------------------------------------------------------------------------------
-def _quantized_layers(model) -> list:
-    """Nodes that read a quantized constant (weights): DequantizeLinear of an initializer. Keeping
-    any other node float changes nothing in a real build, where its inputs stay quantized by their
-    producers and its output by its consumers."""
-    weights = {t.name for t in model.graph.initializer}
-    dequantized_weights = {n.output[0] for n in model.graph.node
-                           if n.op_type == "DequantizeLinear" and n.input[0] in weights}
-    return [n for n in model.graph.node
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized_weights & set(n.input)]
+def _quantized_nodes(model) -> list:
+    """Every node that reads a dequantized tensor (weights or activations) or whose output is
+    quantized, in graph order: Conv, Gemm, MatMul, and the activation ops between them (Add, Mul,
+    Sigmoid, GlobalAveragePool, Concat, Reshape ...). Each is a lever of ``keep_float_nodes``: kept
+    float, its weights and the Q/DQ pairs on its input and output edges go (``_qdq.float_nodes``)."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and (dequantized & set(n.input) or quantized & set(n.output))]
 
 
 def _with_float_layer(qdq, prepared, name: str):
     """A copy of ``qdq`` in which node ``name`` alone is float, as ``recipe.keep_float_nodes`` builds
     it: its constants are the float initializers of the prepared model the QDQ model was built from,
-    and its activations are read before quantization (``_qdq.float_inputs``)."""
+    and its input and output activations are read before quantization (``_qdq.float_nodes``)."""
     onnx = require("onnx")
-    from edgetl.backends._qdq import float_inputs
+    from edgetl.backends._qdq import float_nodes
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
@@ -174,7 +179,7 @@ def _with_float_layer(qdq, prepared, name: str):
             weight.name = f"{source.input[i]}/float"
             model.graph.initializer.append(weight)
             node.input[i] = weight.name
-    float_inputs(model, {name}, prepared)
+    float_nodes(model, {name}, prepared)
     return model
 
 
