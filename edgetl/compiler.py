@@ -236,13 +236,20 @@ class _Context:
         return self._calib[key]
 
 
+# Bumped when keep_float_nodes keeps more of a node float (2: its output edge too, and any node kind,
+# not only Conv/Gemm), so builds and rankings made under the old meaning are not reused.
+KEEP_FLOAT_SCHEME = 2
+
+
 def _fingerprint(onnx_sha: str, cell: Cell, backend, of_task: dict[str, Any] | None = None) -> str:
     """What a cell is built from; the task's options (``task_options``) only where it has some, so
     the fingerprints of image runs stay what they were."""
+    kept = cell.recipe is not None and bool(cell.recipe.keep_float_nodes)
     return sha256_json({
         "onnx": onnx_sha, "runtime": cell.runtime, "version": backend.version(), "precision": cell.precision,
         "recipe": cell.recipe.model_dump() if cell.recipe else None, "options": backend.fingerprint(cell.options),
         "edgetl": __version__, **(of_task or {}),
+        **({"keep_float": KEEP_FLOAT_SCHEME} if kept else {}),  # what keeping a node float means (below)
     })
 
 

@@ -330,8 +330,8 @@ def train(
     if resume and task != DEFAULT_TASK:
         raise ConfigError(f"--resume is for --task {DEFAULT_TASK}: rerun the training of {task} without it")
     heads = TrainInputs(task_heads=dict(task_heads or {}), task_weights=dict(task_weights or {}))  # names, weights
-    multitask.check_inputs(heads.task_heads, task, opts.mode, resume)
     _heads_or_from(heads.task_heads, from_run)
+    multitask.check_inputs(heads.task_heads, task, opts.mode, resume)
     # the image task's own inputs (weights, target, resume, heads, --from) reach only its workstation module
     image_only = ({"weights": weights, "target": target, "resume": resume, "task_heads": heads.task_heads,
                    "task_weights": heads.task_weights} if task == DEFAULT_TASK else {})

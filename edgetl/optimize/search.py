@@ -28,7 +28,7 @@ from typing import Any
 from edgetl import __version__
 from edgetl._io import sha256_file, sha256_json, write_json
 from edgetl.bench.gates import PASS, UNDECIDED, evaluate_gates
-from edgetl.compiler import _Context, _jsonable, build_artifact, cell_fingerprint
+from edgetl.compiler import KEEP_FLOAT_SCHEME, _Context, _jsonable, build_artifact, cell_fingerprint
 from edgetl.config import Budgets
 from edgetl.errors import EdgetlError
 from edgetl.optimize.record import PointResult, is_accuracy, is_latency
@@ -388,7 +388,8 @@ class Search:
         view = self.ctx.view
         n = min(fallback.MAX_SAMPLES, len(view.val_labels()))
         key = sha256_json({"onnx": self.ctx.onnx_sha, "recipe": cand.recipe.model_dump(), "n": n,
-                           "options": self.profile_options, "edgetl": __version__})[:16]
+                           "options": self.profile_options, "edgetl": __version__,
+                           "keep_float": KEEP_FLOAT_SCHEME})[:16]
         path = self.root / "fallback" / f"ranked-{key}.json"
         if not self.force:
             try:
