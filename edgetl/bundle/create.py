@@ -415,20 +415,19 @@ def _expected_outputs(run: RunDir, entry: dict[str, Any], feeds: dict[str, np.nd
 
 
 def _write_head(run: RunDir, entry: dict[str, Any], stage: Path, verify: Callable[[str], Path]) -> dict[str, Any]:
-    """``head/prototypes.npy`` and ``head/center.npy``: the class means of the training split's centred
-    embeddings and the centre (the split's mean embedding), computed with the artifact's own session
-    (as the golden outputs are), so they match what the device computes; the manifest's ``head``."""
+    """``head/prototypes.npy``: the class means of the training split's embeddings, computed with the
+    artifact's own session (as the golden outputs are), so they match what the device computes; the
+    manifest's ``head``."""
     from edgetl.data.arrays import DataView
     from edgetl.export.embedding import run_prototypes
 
     session, _ = _artifact_session(run, entry, verify)
     with session:
-        rows, center, shots = run_prototypes(session, DataView(run))
+        rows, shots = run_prototypes(session, DataView(run))
     (stage / prototype.FILE).parent.mkdir(parents=True)
     np.save(stage / prototype.FILE, rows, allow_pickle=False)
-    np.save(stage / prototype.CENTER_FILE, center, allow_pickle=False)
     return {"kind": prototype.KIND, "file": prototype.FILE, "scale": prototype.DEFAULT_SCALE,
-            "output": prototype.EMBEDDING, "center": prototype.CENTER_FILE, "shots": shots}
+            "output": prototype.EMBEDDING, "shots": shots}
 
 
 def _workstation(run: RunDir, key: str, entry: dict[str, Any]) -> dict[str, Any]:

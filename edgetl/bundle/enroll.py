@@ -1,7 +1,6 @@
 """``edgetl enroll``: add a class to a prototype-head bundle, or replace one, from a few images, on
 the device (no PyTorch): the bundle's own preprocessing and runtime give the images' embeddings,
-centred on the bundle's ``head/center.npy`` (kept unchanged: the other classes' rows were made
-with it), their normalised mean becomes the class's row of ``head/prototypes.npy``, and a new bundle is
+their normalised mean becomes the class's row of ``head/prototypes.npy``, and a new bundle is
 written (release + 1, fresh hashes, signed where asked) through ``format.write_bundle``, the one
 writer ``edgetl bundle`` uses too. The input bundle is never changed.
 """
@@ -67,7 +66,7 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
         raise BundleError(f"{bundle_path} is signed (key {bundle.signature.key_id}) but no key was given: the enrolled "
                           "bundle would be unsigned; pass --sign KEY (or --allow-unsigned to write it unsigned)")
     verify(bundle_path, threads)  # every check verify does, the golden outputs on this runtime included
-    row = prototype.enrol(_embeddings(bundle, files, threads), bundle.center)  # the centre stays as it is
+    row = prototype.enrol(_embeddings(bundle, files, threads))
     rows = bundle.prototypes.copy()
     if label in labels:
         rows[labels.index(label)] = row

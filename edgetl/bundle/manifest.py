@@ -268,21 +268,18 @@ def npy_size(shape: tuple[int, ...]) -> int:
 
 
 HEAD_FILE = "head/prototypes.npy"  # edgetl.bundle.prototype.FILE
-CENTER_FILE = "head/center.npy"  # edgetl.bundle.prototype.CENTER_FILE
 HEAD_FOLDER = "head/"
 
 
 class Head(_Model):
     """A prototype head (edgetl/bundle/prototype.py): the model outputs ``embedding``, the classes
     are the rows of ``file`` (float32, one L2-normalised row per label), logits are ``scale`` times
-    the cosines of the embedding, less ``center`` (float32 (D,), the training split's mean embedding),
-    with them. A head without ``center`` compares raw embeddings: its prototypes were made that way."""
+    the cosines."""
 
     kind: Literal["prototype"]
     file: Literal["head/prototypes.npy"]
     scale: float = Field(ge=1, le=100)
     output: Literal["embedding"]
-    center: Literal["head/center.npy"] | None = None
     shots: dict[Label, Annotated[int, Field(ge=1, le=2**31)]]  # label -> images its prototype is the mean of
 
 
@@ -423,12 +420,11 @@ class BundleManifest(_Model):
             raise ValueError(f"a prototype head is for image runs (--task {DEFAULT_TASK}), not {_short(self.task, 40)}")
 
     def _head_consistent(self) -> None:
-        """A head's files are listed, of the sizes a float32 (labels, D) array and a float32 (D,) centre
-        have, the only files in head/; its shots name the labels; its model outputs one ``embedding``
-        (batch, D); the slot says it."""
+        """A head's file is listed, of the size a float32 (labels, D) array has, the only file in
+        head/; its shots name the labels; its model outputs one ``embedding`` (batch, D); the slot says it."""
         if self.head is None:
             return
-        stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel not in (HEAD_FILE, self.head.center))
+        stray = sorted(rel for rel in self.files if rel.startswith(HEAD_FOLDER) and rel != HEAD_FILE)
         if self.slot != "prototype":
             raise ValueError("a bundle with a prototype head must have slot 'prototype'")
         shape = self.outputs[0].shape
@@ -445,20 +441,8 @@ class BundleManifest(_Model):
         if entry.size != want:
             raise ValueError(f"{self.head.file} holds {entry.size} bytes, a float32 ({len(self.labels)}, {shape[1]}) "
                              f"array (one row per label, D={shape[1]}) holds {want}")
-        self._center_consistent(shape[1])
         if stray:
             raise ValueError(f"{stray[0]!r} is not the head's file")
-
-    def _center_consistent(self, dim: int) -> None:
-        """The head's centre, where it names one, is listed and of the size a float32 (D,) array has."""
-        if self.head.center is None:
-            return
-        entry = self.files.get(self.head.center)
-        if entry is None:
-            raise ValueError(f"{self.head.center!r} is used but not listed in files")
-        if entry.size != npy_size((dim,)):
-            raise ValueError(f"{self.head.center} holds {entry.size} bytes, a float32 ({dim},) array (the mean "
-                             f"embedding, D={dim}) holds {npy_size((dim,))}")
 
 
 def parse(raw: bytes, where: str) -> dict[str, Any]:

@@ -1,13 +1,8 @@
 """The prototype head: a class is the mean direction of its images' embeddings (cosine, nearest class
 mean), kept as data next to an embedding model, so a device adds a class without training anything.
 
-Embeddings are centred first: the mean embedding of the run's training split (``center``, stored
-next to the prototypes) is subtracted before normalising. Raw pooled features all lie in one narrow
-cone (they are non-negative after the activation), so their cosines are all high and nearest class
-mean confuses classes; centring spreads them around the origin ("CL2N", SimpleShot, Wang et al.
-2019). Logits = ``scale * normalise(embedding - center) @ prototypes.T``: softmax over them gives
-predict's scores, and adding or replacing a class is one row of ``prototypes``. numpy only: this
-runs on the device.
+Logits = ``scale * normalise(embedding) @ prototypes.T``: softmax over them gives predict's scores,
+and adding or replacing a class is one row of ``prototypes``. numpy only: this runs on the device.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ KIND = "prototype"
 EMBEDDING = "embedding"  # the embedding model's one output, float32 (batch, D)
 LOGITS = "logits"  # what the head gives, named like a classifier's output so predict/val/bench read it unchanged
 FILE = "head/prototypes.npy"
-CENTER_FILE = "head/center.npy"  # float32 (D,): the training split's mean embedding
 DEFAULT_SCALE = 16.0  # a cosine's range [-1, 1] times 16: softmax scores that are neither flat nor all 0/1
 MIN_SCALE, MAX_SCALE = 1.0, 100.0
 NORM_TOLERANCE = 1e-3  # a stored row's L2 norm may differ from 1 by float32 rounding, not more
@@ -33,38 +27,25 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
 
 
-def features(embedding: np.ndarray, center: np.ndarray | None) -> np.ndarray:
-    """What the head compares: ``embedding`` minus ``center`` (None: not centred), normalised."""
-    x = np.asarray(embedding, np.float64)
-    return normalise(x if center is None else x - np.asarray(center, np.float64))
+def logits(embedding: np.ndarray, prototypes: np.ndarray, scale: float) -> np.ndarray:
+    """(batch, classes) float32: the scaled cosine of each embedding with each class's prototype."""
+    return (scale * normalise(embedding) @ np.asarray(prototypes, np.float64).T).astype(np.float32)
 
 
-def logits(embedding: np.ndarray, prototypes: np.ndarray, scale: float, center: np.ndarray | None) -> np.ndarray:
-    """(batch, classes) float32: the scaled cosine of each centred embedding with each class's prototype."""
-    return (scale * features(embedding, center) @ np.asarray(prototypes, np.float64).T).astype(np.float32)
+def enrol(embeddings: np.ndarray) -> np.ndarray:
+    """One class's prototype from its images' embeddings (n, D): the mean of the normalised
+    embeddings, normalised, so every image counts the same whatever its feature magnitude."""
+    return normalise(normalise(embeddings).mean(axis=0)).astype(np.float32)
 
 
-def enrol(embeddings: np.ndarray, center: np.ndarray | None) -> np.ndarray:
-    """One class's prototype from its images' embeddings (n, D): the mean of their ``features``,
-    normalised, so every image counts the same whatever its feature magnitude."""
-    return normalise(features(embeddings, center).mean(axis=0)).astype(np.float32)
-
-
-def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, classes: int,
-                     center: np.ndarray | None) -> np.ndarray:
+def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """(classes, D) float32: ``enrol`` of each class's embeddings (every class needs one image)."""
-    return np.stack([enrol(embeddings[np.asarray(labels) == c], center) for c in range(classes)])
+    return np.stack([enrol(embeddings[np.asarray(labels) == c]) for c in range(classes)])
 
 
-def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
-    """The ``center``: float32 (D,) mean of the training split's embeddings."""
-    return np.asarray(embeddings, np.float64).mean(axis=0).astype(np.float32)
-
-
-def with_head(outputs: Mapping[str, np.ndarray], prototypes: np.ndarray, scale: float,
-              center: np.ndarray | None) -> dict[str, np.ndarray]:
+def with_head(outputs: Mapping[str, np.ndarray], prototypes: np.ndarray, scale: float) -> dict[str, np.ndarray]:
     """The embedding model's outputs plus the head's ``logits``: what the task's postprocess reads."""
-    return {**outputs, LOGITS: logits(outputs[EMBEDDING], prototypes, scale, center)}
+    return {**outputs, LOGITS: logits(outputs[EMBEDDING], prototypes, scale)}
 
 
 def problem(prototypes: np.ndarray, classes: int, dim: int) -> str | None:
@@ -80,24 +61,15 @@ def problem(prototypes: np.ndarray, classes: int, dim: int) -> str | None:
     return None
 
 
-def center_problem(center: np.ndarray, dim: int) -> str | None:
-    """Why ``center`` is not a D=``dim`` mean embedding, or None."""
-    if center.dtype != np.float32 or center.shape != (dim,):
-        return f"holds {center.dtype} {tuple(center.shape)}, a float32 ({dim},) array is expected"
-    if not np.all(np.isfinite(center)):
-        return "holds values that are not finite (NaN or inf)"
-    return None
-
-
 class HeadSession:
     """A runtime session of an embedding model whose ``run`` also gives the head's ``logits``: the
     bundle commands run it as they run a classifier's session."""
 
-    def __init__(self, session, prototypes: np.ndarray, scale: float, center: np.ndarray | None):
-        self._session, self._prototypes, self._scale, self._center = session, prototypes, scale, center
+    def __init__(self, session, prototypes: np.ndarray, scale: float):
+        self._session, self._prototypes, self._scale = session, prototypes, scale
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return with_head(self._session.run(feeds), self._prototypes, self._scale, self._center)
+        return with_head(self._session.run(feeds), self._prototypes, self._scale)
 
     def __getattr__(self, name: str):  # inputs, outputs, info, where: the runtime's
         return getattr(self._session, name)

@@ -110,23 +110,10 @@ class Bundle:
             raise BundleError(f"{self.source}: {head['file']} {why}: rebuild the bundle or enrol its classes again")
         return rows
 
-    @functools.cached_property
-    def center(self) -> np.ndarray | None:
-        """The prototype head's centre (D,), checked: shape, finite; None without one (an uncentred head)."""
-        head = self.manifest.get("head")
-        if head is None or head.get("center") is None:
-            return None
-        dim = self.manifest["outputs"][0]["shape"][1]
-        center = self._npy(head["center"], {"dtype": "float32", "shape": ["dim"]}, dim)
-        why = prototype.center_problem(center, dim)
-        if why:
-            raise BundleError(f"{self.source}: {head['center']} {why}: rebuild the bundle")
-        return center
-
     def headed(self, outputs: Feeds) -> dict[str, np.ndarray]:
         """The model's outputs, with the prototype head's ``logits`` where the bundle has one."""
         head = self.manifest.get("head")
-        return dict(outputs) if head is None else prototype.with_head(outputs, self.prototypes, head["scale"], self.center)
+        return dict(outputs) if head is None else prototype.with_head(outputs, self.prototypes, head["scale"])
 
     def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(input feeds, expected outputs) by tensor name, checked against the manifest's specs;
@@ -192,8 +179,8 @@ def open_bundle(path: str | os.PathLike, *, allow_unsigned: bool | None = None) 
 def _assets_checked(bundle: Bundle) -> Bundle:
     """``bundle`` once its task has judged its asset files (``check_assets``, where a task has one):
     they are rules the preprocessing runs (a tokenizer's), so verify refuses a hostile one before
-    ``ship`` makes the bundle current, not the first ``predict``. A prototype head's rows and centre likewise."""
-    _ = bundle.prototypes, bundle.center  # a NaN or unnormalised row: refused here, by every command
+    ``ship`` makes the bundle current, not the first ``predict``. A prototype head's rows likewise."""
+    _ = bundle.prototypes  # a NaN or unnormalised row: refused here, by every command
     check = getattr(get_task(bundle.manifest["task"]), "check_assets", None)
     if check is not None:
         try:
@@ -260,7 +247,7 @@ def open_session(bundle: Bundle, threads: int | None = None):
     backend = require_runtime(bundle)
     session = backend.load(backend.prepare(bundle), threads or bundle.threads)
     head = bundle.manifest.get("head")
-    return session if head is None else prototype.HeadSession(session, bundle.prototypes, head["scale"], bundle.center)
+    return session if head is None else prototype.HeadSession(session, bundle.prototypes, head["scale"])
 
 
 def run_each(session, feeds: Feeds) -> dict[str, np.ndarray]:

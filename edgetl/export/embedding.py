@@ -140,18 +140,16 @@ def train_embeddings(session, view) -> tuple[np.ndarray, np.ndarray]:
     return concat(chunks)[prototype.EMBEDDING], labels
 
 
-def run_prototypes(session, view) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """The run's prototypes (class means of the training split's centred, normalised embeddings,
-    through ``session``), the centre (the split's mean embedding), and how many images each class's
-    mean has."""
+def run_prototypes(session, view) -> tuple[np.ndarray, dict[str, int]]:
+    """The run's prototypes (class means of the training split's normalised embeddings, through
+    ``session``), and how many images each class's mean has."""
     embeddings, labels = train_embeddings(session, view)
     classes = view.record.classes
     missing = [c for i, c in enumerate(classes) if not np.any(labels == i)]
     if missing:
         raise ConfigError(f"{view.run.path}: class {missing[0]!r} has no training image: its prototype cannot be made")
     shots = {c: int(np.sum(labels == i)) for i, c in enumerate(classes)}
-    center = prototype.mean_embedding(embeddings)
-    return prototype.class_prototypes(embeddings, labels, len(classes), center), center, shots
+    return prototype.class_prototypes(embeddings, labels, len(classes)), shots
 
 
 def _through_head(view):
@@ -159,8 +157,8 @@ def _through_head(view):
     logits, with prototypes made by the very session under test."""
 
     def through(session, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        prototypes, center, _ = run_prototypes(session, view)
-        return prototype.with_head(outputs, prototypes, prototype.DEFAULT_SCALE, center)
+        prototypes, _ = run_prototypes(session, view)
+        return prototype.with_head(outputs, prototypes, prototype.DEFAULT_SCALE)
 
     return through
 

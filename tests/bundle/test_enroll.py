@@ -77,36 +77,17 @@ def one_line_error(result, *fragments: str) -> None:
 def test_head_is_scaled_cosine_to_normalised_class_means():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 8)) + 3, rng.normal(size=(5, 8)) - 3
-    rows = prototype.class_prototypes(np.vstack([a, b]), np.array([0] * 4 + [1] * 5), 2, None)
+    rows = prototype.class_prototypes(np.vstack([a, b]), np.array([0] * 4 + [1] * 5), 2)
     assert rows.dtype == np.float32 and prototype.problem(rows, 2, 8) is None
     mean_a = (a / np.linalg.norm(a, axis=1, keepdims=True)).mean(0)
     np.testing.assert_allclose(rows[0], mean_a / np.linalg.norm(mean_a), rtol=1e-6)
-    got = prototype.logits(a * 7.0, rows, 16.0, None)  # the embedding's magnitude does not count
+    got = prototype.logits(a * 7.0, rows, 16.0)  # the embedding's magnitude does not count
     want = 16.0 * (a / np.linalg.norm(a, axis=1, keepdims=True)) @ rows.T
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert got.argmax(1).tolist() == [0] * 4
     assert "not finite" in prototype.problem(np.full((2, 8), np.nan, np.float32), 2, 8)
     assert "L2 norm 2.0000" in prototype.problem(rows * 2, 2, 8)
     assert "(3, 8)" in prototype.problem(rows, 3, 8)
-
-
-def test_centred_head_subtracts_the_mean_embedding_before_normalising():
-    rng = np.random.default_rng(1)
-    shared = np.full(8, 10.0)  # a large component every embedding has, as pooled features do
-    a, b = shared + rng.normal(size=(4, 8)), shared + rng.normal(size=(5, 8))
-    x, y = np.vstack([a, b]), np.array([0] * 4 + [1] * 5)
-    center = prototype.mean_embedding(x)
-    assert center.dtype == np.float32 and center.shape == (8,) and prototype.center_problem(center, 8) is None
-    np.testing.assert_allclose(center, x.mean(0), rtol=1e-6)
-    rows = prototype.class_prototypes(x, y, 2, center)
-    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
-    np.testing.assert_allclose(rows[1], unit(unit(b - center).mean(0)), rtol=1e-5)
-    np.testing.assert_allclose(prototype.logits(a, rows, 16.0, center), 16.0 * unit(a - center) @ rows.T, rtol=1e-5)
-    # uncentred, every cosine is near 1: the shared component drowns the classes' differences
-    assert prototype.logits(a, prototype.class_prototypes(x, y, 2, None), 1.0, None).min() > 0.9
-    assert "not finite" in prototype.center_problem(np.full(8, np.nan, np.float32), 8)
-    assert "(8,) array is expected" in prototype.center_problem(center[:7], 8)
-    assert "(8,) array is expected" in prototype.center_problem(center.astype(np.float64), 8)
 
 
 @pytest.mark.parametrize("shape", [(3, 8), (1, 1280), (7, 16), (1000, 2048)])
@@ -124,10 +105,9 @@ def test_prototype_bundle_is_an_embedding_model_with_a_head(proto_run, proto_sou
     head = dict(manifest["head"])
     shots = head.pop("shots")
     assert head == {"kind": "prototype", "file": "head/prototypes.npy", "scale": prototype.DEFAULT_SCALE,
-                    "output": "embedding", "center": "head/center.npy"}
+                    "output": "embedding"}
     assert sorted(shots) == manifest["labels"] == ["0", "1", "2"] and all(n > 1 for n in shots.values())
-    assert "head/prototypes.npy" in manifest["files"] and "head/center.npy" in manifest["files"]
-    assert manifest["files"]["head/center.npy"]["size"] == npy_size((dim,))
+    assert "head/prototypes.npy" in manifest["files"]
     compiled = proto_run.manifest["compiled"]["onnxruntime/prototype"]
     assert compiled["slot"] == "prototype" and compiled["path"].startswith("compiled/onnxruntime/prototype/")
     assert 0.0 <= compiled["accuracy"]["top1"] <= 1.0 and compiled["accuracy"]["n"] > 0
@@ -139,7 +119,6 @@ def test_prototype_bundle_is_an_embedding_model_with_a_head(proto_run, proto_sou
     assert result["ok"] and result["top1_agreement"] == 1.0
     bundle = open_bundle(proto_source)
     assert bundle.prototypes.shape == (3, dim)
-    assert bundle.center.shape == (dim,) and np.all(np.isfinite(bundle.center)) and np.any(bundle.center != 0)
 
 
 def test_predict_val_and_bench_go_through_the_head(proto_source, digits_dir):
@@ -192,14 +171,6 @@ def _save(folder: Path, rows: np.ndarray) -> None:
     np.save(folder / "head" / "prototypes.npy", rows, allow_pickle=False)
 
 
-def _center(folder: Path) -> np.ndarray:
-    return np.load(folder / "head" / "center.npy")
-
-
-def _save_center(folder: Path, center: np.ndarray) -> None:
-    np.save(folder / "head" / "center.npy", center, allow_pickle=False)
-
-
 HOSTILE = {
     "wrong shape": (lambda f, m: _save(f, np.vstack([_rows(f), _rows(f)[:1]])),
                     "head/prototypes.npy holds"),
@@ -215,16 +186,6 @@ HOSTILE = {
     "shots of other labels": (lambda f, m: m["head"]["shots"].update({"cat": 3}), "head.shots must name every label"),
     "head without slot": (lambda f, m: m.pop("slot"), "must have slot 'prototype'"),
     "slot without head": (lambda f, m: m.pop("head"), "without a head"),
-    "centre of the wrong size": (lambda f, m: _save_center(f, np.append(_center(f), np.float32(0))),
-                                 "head/center.npy holds"),
-    "centre of another dtype": (lambda f, m: _save_center(f, _center(f).view(np.int32)),
-                                "head/center.npy is not a plain float32 .npy array"),
-    "centre NaN": (lambda f, m: _save_center(f, np.where(np.arange(_center(f).size) == 3, np.nan, _center(f))
-                                             .astype(np.float32)), "head/center.npy holds values that are not finite"),
-    "centre missing": (lambda f, m: (f / "head" / "center.npy").unlink(),
-                       "'head/center.npy' is used but not listed in files"),
-    "centre not named by the head": (lambda f, m: m["head"].pop("center"), "'head/center.npy' is not the head's file"),
-    "centre elsewhere": (lambda f, m: m["head"].update(center="head/other.npy"), "field head.center"),
 }
 
 
@@ -237,48 +198,6 @@ def test_hostile_head_is_one_line(proto_source, tmp_path, case):
     assert message in str(exc.value)
     result = invoke("verify", folder)
     one_line_error(result, message)
-
-
-def test_head_without_a_centre_compares_raw_embeddings(proto_source, tmp_path, threes):
-    """A head whose manifest names no centre (its prototypes were made from uncentred embeddings)
-    stays usable: its embeddings are compared uncentred, and enrolment keeps it that way."""
-
-    def uncentred(folder: Path, manifest: dict) -> None:
-        manifest["head"].pop("center")
-        (folder / "head" / "center.npy").unlink()
-
-    folder = _tampered(proto_source, tmp_path / "b", uncentred)
-    bundle = open_bundle(folder)
-    assert bundle.center is None and verify(folder)["ok"]
-    embedding = np.ones((1, bundle.prototypes.shape[1]), np.float32)
-    np.testing.assert_allclose(bundle.headed({"embedding": embedding})["logits"],
-                               prototype.logits(embedding, bundle.prototypes, prototype.DEFAULT_SCALE, None))
-    result = invoke("enroll", folder, "--label", "3", threes, "--out", tmp_path / "e.tar.gz")
-    assert result.exit_code == 0, result.output
-    manifest = inspect_archive(tmp_path / "e.tar.gz")
-    assert "center" not in manifest["head"] and "head/center.npy" not in manifest["files"]
-
-
-def test_centre_swapped_after_signing_is_refused(proto_run, tmp_path, monkeypatch):
-    """A signed bundle's centre replaced by another valid one: its hash, or, with the manifest's
-    hashes rewritten to match, the signature refuses it."""
-    from edgetl.bundle import signing
-
-    private, public = signing.new_key_pair(tmp_path / "keys", "release")
-    run = tmp_path / "run"
-    shutil.copytree(proto_run.path, run)
-    signed = create_bundle(run, "onnxruntime", "prototype", sign=private, release=RELEASE)
-    monkeypatch.setenv("EDGETL_TRUSTED_KEYS", str(public))
-    assert verify(signed)["signature"].startswith("ed25519:")
-    folder = tmp_path / "swapped"
-    extract_archive(signed, folder)
-    _save_center(folder, np.zeros_like(_center(folder)))  # same size, same dtype: a valid-looking centre
-    one_line_error(invoke("verify", folder), "head/center.npy does not match its sha256")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["files"] = file_entries(folder)
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    one_line_error(invoke("verify", folder), "does not match manifest.json")
-    one_line_error(invoke("predict", folder, tmp_path), "does not match manifest.json")
 
 
 # -- enroll ---------------------------------------------------------------------------------------------
@@ -299,7 +218,6 @@ def test_enroll_adds_a_class_that_verify_predict_and_val_use(proto_bundle, three
     assert sum(r["top"][0]["label"] == "3" for r in rows) >= 5
     old_rows = open_bundle(proto_bundle).prototypes
     np.testing.assert_array_equal(open_bundle(new).prototypes[:3], old_rows)  # the other classes are kept
-    np.testing.assert_array_equal(open_bundle(new).center, open_bundle(proto_bundle).center)  # and the centre
     result = invoke("enroll", new, "--label", "3", threes, "--replace", "--json")
     assert result.exit_code == 0, result.output
     done = json.loads(result.output)
