@@ -12,7 +12,13 @@ bundle's own artifact on its runtime (what a device computes); then
   plus the 3 enrolled), i.e. what ``edgetl predict`` answers after three ``edgetl enroll`` calls;
   and the base classes' validation top-1 before/after (enrolment never changes their rows);
 * linear head (3-way): logistic regression (scikit-learn, L2, C=1, on the L2-normalised embeddings)
-  trained on the same shots' embeddings: the workstation alternative.
+  trained on the same shots' embeddings: the workstation alternative;
+* linear head (10-way): the same, trained on the base classes' training embeddings plus the shots
+  (classes weighted by inverse frequency), scored on the same held-out images among all ten.
+
+Every column is computed for two transforms of the embeddings: "L2N", L2-normalised as the bundle's
+head does, and "CL2N", centred on the mean embedding of the run's training split first (SimpleShot,
+Wang et al. 2019), with the linear heads trained on the same transformed embeddings.
 
 Mean and spread (standard deviation, min-max) over the draws. One draw's 5-shot enrolment also
 goes through the real ``edgetl enroll`` and ``predict`` path, and must agree with the numbers here.
@@ -54,11 +60,13 @@ def _embed(bundle, paths: list[Path], chunk: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _linear_head(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+def _linear_head(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, center: np.ndarray,
+                 balanced: bool = False) -> np.ndarray:
+    """A logistic regression trained on the workstation, on the same transformed embeddings as the head."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(prototype.normalise(train_x), train_y)
-    return model.predict(prototype.normalise(test_x))
+    model = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced" if balanced else None)
+    return model.fit(prototype.normalise(train_x - center), train_y).predict(prototype.normalise(test_x - center))
 
 
 def _stats(values: list[float]) -> str:
@@ -97,33 +105,45 @@ def main() -> None:
 
     held = {d: sorted((digits / d).glob("*.png")) for d in HELD_OUT}
     held_emb = {d: _embed(bundle, paths) for d, paths in held.items()}
-    val = load_split(run)["val"]
-    val_emb = _embed(bundle, [Path(p) for p, _ in val])
-    val_y = np.array([label for _, label in val])
-    base_rows = bundle.prototypes
-    base_top1 = float(np.mean(prototype.logits(val_emb, base_rows, 16).argmax(1) == val_y))
+    split = load_split(run)
+    train_emb = _embed(bundle, [Path(p) for p, _ in split["train"]])
+    train_y = np.array([label for _, label in split["train"]])
+    val_emb = _embed(bundle, [Path(p) for p, _ in split["val"]])
+    val_y = np.array([label for _, label in split["val"]])
+    # the two embedding transforms compared: raw L2-normalised (the bundle's head), and centred on the
+    # training split's    # mean embedding then L2-normalised ("CL2N", SimpleShot): the head's functions given x - center
+    variants = {"L2N": np.zeros(train_emb.shape[1], np.float32), "CL2N": train_emb.mean(axis=0)}
+    base_rows = {v: prototype.class_prototypes(train_emb - c, train_y, len(BASE)) for v, c in variants.items()}
+    base_top1 = {v: float(np.mean(prototype.logits(val_emb - c, base_rows[v], 16).argmax(1) == val_y))
+                 for v, c in variants.items()}
 
     rng = np.random.default_rng(0)
-    results: dict[int, dict[str, list[float]]] = {k: {"proto3": [], "proto10": [], "linear3": [], "base10": []}
-                                                  for k in shots}
+    results = {(v, k): {"proto3": [], "proto10": [], "linear3": [], "linear10": [], "base10": []}
+               for v in variants for k in shots}
     check_draw = None
     for _ in range(args.draws):
         for k in shots:
             picks = {d: rng.permutation(len(held[d])) for d in HELD_OUT}
-            train_x = np.concatenate([held_emb[d][picks[d][:k]] for d in HELD_OUT])
-            train_y = np.repeat(np.arange(3), k)
+            shot_x = np.concatenate([held_emb[d][picks[d][:k]] for d in HELD_OUT])
+            shot_y = np.repeat(np.arange(3), k)
             test_x = np.concatenate([held_emb[d][picks[d][k:]] for d in HELD_OUT])
             test_y = np.concatenate([np.full(len(picks[d]) - k, i) for i, d in enumerate(HELD_OUT)])
-            new_rows = np.stack([prototype.enrol(train_x[train_y == i]) for i in range(3)])
-            all_rows = np.vstack([base_rows, new_rows])
-            r = results[k]
-            r["proto3"].append(float(np.mean(prototype.logits(test_x, new_rows, 16).argmax(1) == test_y)))
-            r["proto10"].append(float(np.mean(prototype.logits(test_x, all_rows, 16).argmax(1) == test_y + 7)))
-            r["base10"].append(float(np.mean(prototype.logits(val_emb, all_rows, 16).argmax(1) == val_y)))
-            r["linear3"].append(float(np.mean(_linear_head(train_x, train_y, test_x) == test_y)))
-            if check_draw is None and k == 5:
+            for v, c in variants.items():
+                new_rows = np.stack([prototype.enrol(shot_x[shot_y == i] - c) for i in range(3)])
+                all_rows = np.vstack([base_rows[v], new_rows])
+                r = results[v, k]
+                r["proto3"].append(float(np.mean(prototype.logits(test_x - c, new_rows, 16).argmax(1) == test_y)))
+                r["proto10"].append(float(np.mean(prototype.logits(test_x - c, all_rows, 16).argmax(1) == test_y + 7)))
+                r["base10"].append(float(np.mean(prototype.logits(val_emb - c, all_rows, 16).argmax(1) == val_y)))
+                r["linear3"].append(float(np.mean(_linear_head(shot_x, shot_y, test_x, c) == test_y)))
+                # 10-way linear head: the base classes' training embeddings plus the same shots, classes
+                # weighted by their inverse frequency (unweighted, a thousand base images drown k shots)
+                ten = _linear_head(np.vstack([train_emb, shot_x]), np.concatenate([train_y, shot_y + 7]),
+                                   test_x, c, balanced=True)
+                r["linear10"].append(float(np.mean(ten == test_y + 7)))
+            if check_draw is None and k == 5:  # the bundle's head is the raw L2N one
                 check_draw = {d: [held[d][j] for j in picks[d][:k]] for d in HELD_OUT}, \
-                    {d: [held[d][j] for j in picks[d][k:]] for d in HELD_OUT}, r["proto10"][-1]
+                    {d: [held[d][j] for j in picks[d][k:]] for d in HELD_OUT}, results["L2N", k]["proto10"][-1]
 
     # the real device path for one 5-shot draw: three `edgetl enroll` calls, then `predict`
     if check_draw is not None:
@@ -137,13 +157,16 @@ def main() -> None:
         print(f"edgetl enroll x3 + predict (one 5-shot draw, 10-way): top-1 {got:.3f}; "
               f"computed here {expected:.3f}")
 
-    table = Table("shots per class", "prototype, 3-way", "linear head, 3-way", "prototype, 10-way",
-                  "base classes after, 10-way", title=f"top-1 % on held-out digits 7-9 (mean ± sd (min-max) over "
-                  f"{args.draws} draws; base classes before: {base_top1 * 100:.1f})")
-    for k in shots:
-        r = results[k]
-        table.add_row(str(k), _stats(r["proto3"]), _stats(r["linear3"]), _stats(r["proto10"]), _stats(r["base10"]))
-    Console(width=160).print(table)
+    table = Table("embedding", "shots per class", "prototype, 3-way", "linear head, 3-way", "prototype, 10-way",
+                  "linear head, 10-way", "base classes after, 10-way",
+                  title=f"top-1 % on held-out digits 7-9 (mean ± sd (min-max) over {args.draws} draws; base "
+                  "classes before: " + ", ".join(f"{v} {t * 100:.1f}" for v, t in base_top1.items()) + ")")
+    for v in variants:
+        for k in shots:
+            r = results[v, k]
+            table.add_row(v, str(k), _stats(r["proto3"]), _stats(r["linear3"]), _stats(r["proto10"]),
+                          _stats(r["linear10"]), _stats(r["base10"]))
+    Console(width=200).print(table)
     print(f"test images per draw: {sum(len(v) for v in held.values())} - 3 x shots; work folder: {work}")
 
 
