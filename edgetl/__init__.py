@@ -12,6 +12,7 @@ docstrings: ``help(edgetl.deploy)``), loaded on first access so that ``import ed
     edgetl.run_optimize("runs/flowers", "host-cpu").pick   # edgetl optimize: the fastest within budgets
     edgetl.make_report("runs/flowers")
     edgetl.deploy("images", targets=["host-cpu"], out="runs/flowers")   # all of the above
+    edgetl.enroll("flowers-host-cpu.tar.gz", "tulip", ["tulip1.jpg", "tulip2.jpg"])   # on the device
 
 A bad option raises the CLI's one-line ``edgetl.errors.EdgetlError``.
 """
@@ -33,6 +34,7 @@ _API = {
     "run_optimize": ("edgetl.optimize", "optimize"),
     "make_report": ("edgetl.report", "make_report"),
     "deploy": ("edgetl.pipeline", "deploy_with"),
+    "enroll": ("edgetl.bundle.enroll", "enroll"),  # device side: a class added to a prototype-head bundle
 }
 
 

@@ -31,6 +31,7 @@ def test_importing_edgetl_imports_neither_torch_nor_a_stage():
     ("make_report", "edgetl.report", "make_report"),
     ("deploy", "edgetl.pipeline", "deploy_with"),
     ("TrainOptions", "edgetl.adapt.options", "TrainOptions"),
+    ("enroll", "edgetl.bundle.enroll", "enroll"),
 ])
 def test_the_api_names_are_the_real_functions(name, module, attribute):
     real = getattr(__import__(module, fromlist=[attribute]), attribute)
