@@ -61,7 +61,11 @@ class Request:
 
 def request(from_run, memory: int, distill_weight: float, distill_temperature: float) -> Request | None:
     """The continual request, or None without ``--from``; rehearsal or distillation settings given
-    without it are refused (they would do nothing)."""
+    without it are refused (they would do nothing). Values are checked as the CLI's flags (the
+    notebook API passes them unchecked)."""
+    from edgetl.adapt.options import TrainInputs
+
+    TrainInputs(memory=memory, distill_weight=distill_weight, distill_temperature=distill_temperature)
     if from_run is None:
         for value, default, option in ((memory, DEFAULT_MEMORY, "--memory"),
                                        (distill_weight, DEFAULT_DISTILL_WEIGHT, "--distill-weight"),
@@ -135,6 +139,9 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
         record = run.require(TrainRecord)
     except EdgetlError as exc:
         raise ConfigError(f"--from {req.from_run}: {exc}") from None
+    if record.heads:
+        raise ConfigError(f"--from {req.from_run}: a run with --task-head heads cannot be extended yet: train a new "
+                          "run on every class (old and new) with its heads")
     ckpt = run.verify(record.checkpoint)
     exemplars = run.verify(EXEMPLARS) if EXEMPLARS in run.manifest.get("artifacts", {}) else None
     parent = Parent(run, record, ckpt, run.manifest["artifacts"][record.checkpoint], exemplars)

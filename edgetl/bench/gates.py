@@ -191,7 +191,7 @@ def evaluate_gates(budgets: Budgets | None, result: dict, *, accuracy_elsewhere:
         return {"status": NA, "budgets": {}, "checks": [], "failed": [], "undecided": []}
     metrics = metric_table()
     checks = [_goal_check(goal, metrics[goal.metric], result, accuracy_elsewhere) for goal in goals]
-    checks += _head_checks(goals, metrics, result)
+    checks += _head_checks(goals, metrics, result, accuracy_elsewhere)
     statuses = {c["status"] for c in checks}
     return {
         "status": next(s for s in _PRECEDENCE if s in statuses),
@@ -202,15 +202,19 @@ def evaluate_gates(budgets: Budgets | None, result: dict, *, accuracy_elsewhere:
     }
 
 
-def _head_checks(goals, metrics, result: dict) -> list[dict]:
+def _head_checks(goals, metrics, result: dict, accuracy_elsewhere: dict | None) -> list[dict]:
     """The accuracy goals applied to every extra task head (``accuracy["heads"]``, ``--task-head``
-    runs): a check per head and goal, the head's name in its metric (``accuracy_drop_pp[colour]``)."""
+    runs): a check per head and goal, the head's name in its metric (``accuracy_drop_pp[colour]``).
+    A device without labelled images gates each head on the workstation's accuracy of it, as it
+    does the primary head."""
+    here = (result.get("accuracy") or {}).get("heads") or {}
+    elsewhere = (accuracy_elsewhere or {}).get("heads") or {}
     checks = []
-    for name, accuracy in ((result.get("accuracy") or {}).get("heads") or {}).items():
+    for name in here or elsewhere:
         for goal in goals:
             if _reading(goal.metric).section != "accuracy":
                 continue
-            check = _goal_check(goal, metrics[goal.metric], {"accuracy": accuracy}, None)
+            check = _goal_check(goal, metrics[goal.metric], {"accuracy": here.get(name)}, elsewhere.get(name))
             check.update(metric=f"{goal.metric}[{name}]", head=name, reason=f"head {name}: {check['reason']}")
             checks.append(check)
     return checks

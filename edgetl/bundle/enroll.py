@@ -60,6 +60,8 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     files = _image_list(images)
     release = bundle.manifest["release"] + 1
     dest = Path(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
+    if not dest.name.endswith(".tar.gz"):  # what predict, verify and ship recognise as a bundle file
+        raise BundleError(f"--out {dest}: a bundle's file name ends in .tar.gz, e.g. --out {dest.name}.tar.gz")
     if os.path.lexists(dest):
         raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out")
     if bundle.signature.key_id is not None and private_key is None and not signing.unsigned_allowed():

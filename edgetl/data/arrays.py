@@ -115,6 +115,19 @@ class DataView:
         decoded = self._decoded(part, [p for p, _ in samples])
         return decoded, np.array([label for _, label in samples], np.int64)
 
+    def memory(self) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+        """The exemplars (``train --from``'s memory in ``train/exemplars/``) of the classes the training
+        split lacks, as ``part`` gives them: a run that added classes from new images only keeps its
+        old classes there. None for every other run."""
+        if not self.run.manifest["train"].get("lineage"):
+            return None
+        from edgetl.adapt.continual import EXEMPLARS, read_memory
+
+        spec = PreprocessSpec.from_dict(self.record.preprocess)
+        pixels, labels = read_memory(self.run.verify(EXEMPLARS), list(self.record.classes), (*spec.input_size, 3))
+        keep = ~np.isin(labels, self.part("train")[1])
+        return ({"pixels": pixels[keep]}, labels[keep]) if keep.any() else None
+
     def val_labels(self) -> np.ndarray:
         return self.part("val")[1]
 
@@ -135,7 +148,9 @@ class DataView:
         to raise: ``edgetl.backends._qdq.check_calibration``)."""
         files = sample_calibration(self.split["train"], recipe.samples, recipe.sampling, recipe.seed)
         name = f"calib-{sha256_json({'files': files, **self._decode_key})[:12]}"
-        return self.task.feeds(self._decoded(name, files), self.record)
+        feeds = self.task.feeds(self._decoded(name, files), self.record)
+        memory = self.memory()  # a continual run's old classes: their activations set ranges too
+        return feeds if memory is None else concat([feeds, self.task.feeds(memory[0], self.record)])
 
     def reference(self) -> dict[str, np.ndarray]:
         """FP32 PyTorch outputs on the validation feeds, by output name: what every artifact is compared with."""

@@ -61,6 +61,9 @@ def require_image_run(run: RunDir) -> None:
     if task != DEFAULT_TASK:
         raise ConfigError(f"{run.path} is a {task} run: a prototype head is for image runs "
                           f"(--task {DEFAULT_TASK})")
+    if (run.get("train") or {}).get("heads"):
+        raise ConfigError(f"{run.path} has --task-head heads: a prototype head replaces one classifier, so bundle "
+                          "this run without --head prototype, or train one without --task-head for enrolment")
 
 
 def _embedder(model):
@@ -131,10 +134,14 @@ def export_embedding(run: RunDir, *, force: bool = False, view=None) -> Path:
 
 
 def train_embeddings(session, view) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings of the run's training split through ``session``, and their class indices."""
+    """The embeddings of the run's training split (and a continual run's exemplars of the classes it
+    lacks) through ``session``, and their class indices."""
     from edgetl.bench.accuracy import collect_outputs
 
     decoded, labels = view.part("train")
+    memory = view.memory()  # a continual run's old classes live in its exemplar memory
+    if memory is not None:
+        decoded, labels = concat([decoded, memory[0]]), np.concatenate([labels, memory[1]])
     chunks = [collect_outputs(session, view.task.feeds(take(decoded, slice(i, i + _CHUNK)), view.record))
               for i in range(0, len(labels), _CHUNK)]
     return concat(chunks)[prototype.EMBEDDING], labels

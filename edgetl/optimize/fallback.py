@@ -65,7 +65,8 @@ class Recovery:
 
 def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: CalibrationRecipe,
                 feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], work_dir: Path,
-                *, options: Mapping[str, Any] | None = None, threads: int | None = None) -> list[LayerScore]:
+                *, options: Mapping[str, Any] | None = None, threads: int | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> list[LayerScore] | None:
     """Every quantized node (``_quantized_nodes``) of a QDQ model built from ``onnx_path`` with
     ``recipe``, most sensitive first, measured on the first ``MAX_SAMPLES`` samples of ``feeds`` against
     ``reference`` (the fp32 outputs for those feeds, by output name). Layers the recipe already keeps
@@ -75,7 +76,9 @@ def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: Cal
     ``options`` (a profile's ``cpu_arch``/``cpu_flags``; None: this machine's): which layers are
     sensitive hardly depends on them, and the ranking runs fused on ONNX Runtime here. Cost:
     (quantized nodes + 1) sessions, each running ``MAX_SAMPLES`` samples through the whole model:
-    linear in nodes x samples; ``threads``: ONNX Runtime's (None: all cores)."""
+    linear in nodes x samples; ``threads``: ONNX Runtime's (None: all cores). ``should_stop()`` is
+    asked before each node (the search's time budget): None when it said stop, since a partial
+    ranking would put the unmeasured nodes last."""
     onnx = require("onnx", "layer sensitivity")
     from edgetl._cpu import target_cpu
     from edgetl.backends._qdq import prepare, quantize_qdq
@@ -97,6 +100,8 @@ def rank_layers(onnx_path: Path, calibration: dict[str, np.ndarray], recipe: Cal
     scores = []
     named = {n.name for n in prepared.graph.node if n.name}  # what keep_float_nodes can name
     for node in [n for n in _quantized_nodes(qdq) if n.name in named]:
+        if should_stop():
+            return None
         floated = _with_float_layer(qdq, prepared, node.name)
         gain = base - _error(_run(floated, feeds, threads), reference)
         scores.append(LayerScore(node.name, node.op_type, gain / base if base > 0 else 0.0))

@@ -360,6 +360,10 @@ class Search:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             self.not_tried.append(f"keep-float fallback: ranking the layers failed: {reason}")
             return []
+        if ranked is None:
+            self.not_tried.append("keep-float fallback: the time budget was spent while ranking the layers "
+                                  "(a larger --budget ranks them once; the ranking is cached)")
+            return []
         builds: dict[tuple[str, ...], Built] = {}
 
         def measure_drop(kept: tuple[str, ...]) -> float:
@@ -379,7 +383,7 @@ class Search:
         self.screen(recovered)
         return recovered
 
-    def _ranked(self, cand: Candidate) -> list:
+    def _ranked(self, cand: Candidate) -> list | None:
         """The layers of ``cand``'s int8 model, most sensitive first: measured once per model, recipe and
         device CPU (``fallback/ranked-<key>.json``; minutes on a real network), then read back."""
         from edgetl.optimize import fallback
@@ -400,8 +404,9 @@ class Search:
         ranked = fallback.rank_layers(self.ctx.onnx_path, self.ctx.calibration(cand.recipe, self.reporter.warn),
                                       cand.recipe, take(view.val_feeds(), slice(0, n)),
                                       take(view.reference(), slice(0, n)), self.root / "fallback" / "work",
-                                      options=self.profile_options)
-        write_json(path, [[s.node, s.op_type, s.score] for s in ranked])
+                                      options=self.profile_options, should_stop=self.spent)
+        if ranked is not None:  # cut short by the time budget: nothing to cache
+            write_json(path, [[s.node, s.op_type, s.score] for s in ranked])
         return ranked
 
 

@@ -143,6 +143,11 @@ def test_the_distillation_loss_is_zero_for_the_parents_own_outputs_and_joins_tra
     same = torch.cat([old, torch.tensor([[9.0], [-4.0]])], dim=1)  # the new column does not count
     assert continual.distillation_loss(same, old, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     assert continual.distillation_loss(same.flip(1), old, 2.0).item() > 0.1
+    # KL(parent || child) on the old columns, at temperature T, scaled by T^2 (Hinton; Li & Hoiem)
+    child = torch.tensor([[0.0, 1.0, 5.0], [1.0, -1.0, 0.0]])
+    p_old, log_new = torch.softmax(old / 2.0, 1), torch.log_softmax(child[:, :2] / 2.0, 1)
+    exact = 4.0 * (p_old * (p_old.log() - log_new)).sum(1).mean()
+    assert continual.distillation_loss(child, old, 2.0).item() == pytest.approx(exact.item(), rel=1e-5)
 
     from edgetl.adapt.device import Execution
 
@@ -187,6 +192,16 @@ def test_a_continual_run_compiles_bundles_and_verifies_with_its_lineage(child, t
         with pytest.raises(BundleError) as err:
             parse(raw, "bundle")
         assert "lineage" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+    # the old classes live in the exemplar memory only: int8 calibrates on them too, and a prototype
+    # head has a prototype for every class (the training split holds only the new one)
+    rows = compile_run(run.path, ["onnxruntime"], ["int8"], progress=False)
+    assert all(r["status"] != "failed" for r in rows), rows
+    memory = np.load(run.path / continual.EXEMPLARS)
+    old_in_memory = int((memory["labels"] < 2).sum())
+    proto = open_bundle(create_bundle(run.path, "onnxruntime", "fp32", head="prototype"), allow_unsigned=True).manifest
+    assert proto["labels"] == ["0", "1", "2"] and set(proto["head"]["shots"]) == {"0", "1", "2"}
+    assert proto["head"]["shots"]["0"] + proto["head"]["shots"]["1"] == old_in_memory > 0
 
     make_report(run.path)
     text = (run.path / "report.md").read_text()
@@ -236,6 +251,23 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     manifest["train"]["task"] = "text-classification"
     (text / "manifest.json").write_text(json.dumps(manifest))
     assert "is for image runs" in _refused([*data, "--from", str(text)], out)
+
+    heads = tmp_path / "heads"
+    shutil.copytree(parent.path, heads)
+    manifest = json.loads((heads / "manifest.json").read_text())
+    manifest["train"]["heads"] = [{"name": "parity", "output": "logits_parity", "classes": ["even", "odd"]}]
+    (heads / "manifest.json").write_text(json.dumps(manifest))
+    assert "--task-head heads cannot be extended yet" in _refused([*data, "--from", str(heads)], out)
+
+
+@pytest.mark.parametrize(("settings", "flag"), [({"memory": -5}, "--memory"), ({"distill_temperature": 0}, "--distill-temperature"),
+                                                ({"distill_weight": float("nan")}, "--distill-weight")])
+def test_the_notebook_api_checks_the_continual_settings_as_the_flags(parent, new_data, tmp_path, settings, flag):
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"option {flag}"):
+        train(new_data, TrainOptions(**CHILD), out=tmp_path / "run", from_run=parent.path, **settings)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_continual_run_is_a_parent_too_and_its_memory_is_rehearsed(child, digits_dir, tmp_path):

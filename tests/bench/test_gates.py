@@ -112,6 +112,19 @@ def test_no_labelled_images_on_a_device_is_not_measured_here_with_the_workstatio
     assert evaluate_gates(Budgets(max_accuracy_drop_pp=1.0), result)["status"] == FAIL
 
 
+def test_a_device_without_labelled_images_shows_every_task_heads_workstation_value():
+    workstation = {"drop_pp": 0.4, "n": 360, "heads": {"parity": {"drop_pp": 2.5, "n": 360}}}
+    result = {"accuracy": None, "latency": [{"batch": 1, "p90_ms": 5.0}]}
+    gates = evaluate_gates(Budgets(max_accuracy_drop_pp=1.0), result, accuracy_elsewhere=workstation)
+    head = next(c for c in gates["checks"] if c.get("head") == "parity")
+    assert head["metric"] == "accuracy_drop_pp[parity]" and head["status"] == NOT_HERE
+    assert head["workstation"] == workstation["heads"]["parity"] and "+2.50 pp on 360 images" in head["reason"]
+    # measured on the device, a head is gated on its own numbers
+    measured = {**result, "accuracy": {**_drop(0.2, -0.1, 0.5)["accuracy"], "heads": {"parity": _drop(3.0, 2.0, 4.0)["accuracy"]}}}
+    checks = evaluate_gates(Budgets(max_accuracy_drop_pp=1.0), measured, accuracy_elsewhere=workstation)["checks"]
+    assert next(c for c in checks if c.get("head") == "parity")["status"] == FAIL
+
+
 # -- goals on any metric the task declares or the bench measures ------------------------------------
 def _goals(**goals) -> Budgets:
     return Budgets.model_validate({"goals": goals})

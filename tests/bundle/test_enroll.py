@@ -152,6 +152,15 @@ def test_head_on_a_text_run_is_one_line(copy_run):
     assert not (run.path / "bundles").exists()
 
 
+def test_head_on_a_run_with_task_heads_is_one_line(copy_run):
+    run = copy_run()
+    with run.editing() as manifest:
+        manifest["train"]["heads"] = [{"name": "parity", "output": "logits_parity", "classes": ["even", "odd"]}]
+    result = invoke("bundle", run.path, "--target", "onnxruntime", "--head", "prototype")
+    one_line_error(result, "has --task-head heads: a prototype head replaces one classifier")
+    assert not (run.path / "bundles").exists()
+
+
 # -- a hostile head: one line each ---------------------------------------------------------------------
 def _tampered(proto_source: Path, dest: Path, change) -> Path:
     """The bundle extracted to ``dest``, changed by ``change(folder, manifest)``, its hashes updated."""
@@ -279,7 +288,7 @@ def _folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
-                                  "corrupt image", "too many images", "out exists", "no head", "swapped prototypes"])
+                                  "corrupt image", "too many images", "out exists", "out not a bundle name", "no head", "swapped prototypes"])
 def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
@@ -309,6 +318,8 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
     elif case == "out exists":
         (tmp_path / "taken.tar.gz").write_bytes(b"mine")
         args, message = [*args, "--out", tmp_path / "taken.tar.gz"], "already exists: enroll never overwrites"
+    elif case == "out not a bundle name":
+        args, message = [*args, "--out", tmp_path / "new-bundle"], "a bundle's file name ends in .tar.gz"
     elif case == "no head":
         bundle = tmp_path / "classifier" / "classifier.tar.gz"
         bundle.parent.mkdir()

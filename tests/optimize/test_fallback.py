@@ -162,6 +162,18 @@ def test_ranking_finds_the_planted_layers_and_keeping_them_float_meets_the_budge
     assert found.met and found.kept == (ranked[0].node,) and found.tried == [(1, top)]
 
 
+def test_ranking_stops_when_the_time_budget_is_spent_and_gives_no_partial_order(planted):
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    assert rank_layers(planted.onnx_path, planted.calibration, planted.recipe, planted.val, planted.reference,
+                       planted.tmp / "cut", options=CPU, threads=1, should_stop=stop_after_three) is None
+    assert len(asked) == 4  # asked before each node: three measured, then stopped
+
+
 def test_keeping_every_layer_float_gives_the_float_outputs_back(planted):
     """ONNX Runtime's quantizer drops the Relu after a quantized Conv (the uint8 range clips instead);
     a layer read in float gets it back, or negative values would flow through."""
