@@ -56,10 +56,20 @@ def paired_drop_interval(ok_ref: np.ndarray, ok: np.ndarray) -> tuple[float, flo
     both, ref_only = int((ok_ref & ok).sum()), int((ok_ref & ~ok).sum())
     art_only, neither = int((~ok_ref & ok).sum()), int((~ok_ref & ~ok).sum())
     denominator = (both + ref_only) * (art_only + neither) * (both + art_only) * (ref_only + neither)
-    phi = (both * neither - ref_only * art_only) / math.sqrt(denominator) if denominator else 0.0
+    phi = _corrected_association(both * neither - ref_only * art_only, n) / math.sqrt(denominator) if denominator else 0.0
     p1, p2 = (both + ref_only) / n, (both + art_only) / n
     lo, hi = difference_interval(p1, wilson(both + ref_only, n), p2, wilson(both + art_only, n), phi)
     return lo * 100.0, hi * 100.0
+
+
+def _corrected_association(cross: int, n: int) -> float:
+    """Newcombe's (1998, paired, method 10) continuity correction of the 2x2 table's ``AD - BC``: a
+    positive association shrinks by n/2, else an artifact that agrees with the reference on every
+    image gets phi = 1 and an interval only as wide as the asymmetry of the two Wilson intervals
+    (+-0.3 pp on 72 images at 47% top-1), as if no image could ever disagree."""
+    if cross > n / 2:
+        return cross - n / 2
+    return min(cross, 0)
 
 
 def unpaired_drop_interval(ref_top1: float, ref_n: int, top1: float, n: int) -> tuple[float, float]:

@@ -87,11 +87,12 @@ def folder_outputs(session, paths: list[Path], task, record: TaskRecord,
 
 def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.ndarray, list[dict]], task, record: TaskRecord,
                     workstation: dict | None = None,
-                    progress: Callable[[float, float], None] | None = None) -> dict:
+                    progress: Callable[[float, float], None] | None = None, enrolled: Sequence[str] = ()) -> dict:
     """The task's metrics against labels only (image classification: ``label_accuracy``) of
     ``session`` on ``images`` (``labelled_images(source, labels)``, scanned before any runtime is
     loaded), plus the drop against the workstation's FP32 top-1 (``workstation``: the bundle's
-    ``workstation.accuracy``) with its unpaired interval."""
+    ``workstation.accuracy``) with its unpaired interval, unless the images show a class of
+    ``enrolled`` (enrolled on a device after that top-1 was measured: no drop to speak of)."""
     paths, targets, skipped_reading = images
     outputs, kept, skipped = folder_outputs(session, paths, task, record, progress)
     skipped = skipped_reading + skipped
@@ -100,7 +101,11 @@ def folder_accuracy(session, source: str | Path, images: tuple[list[Path], np.nd
     result = task.evaluate(outputs, targets[kept], None, list(record.classes))
     result.update(source=str(source), skipped=skipped)
     ws = workstation or {}
-    if ws.get("fp32_top1") is not None and ws.get("n"):
+    shown = sorted({record.classes[i] for i in np.unique(targets[kept])} & set(enrolled))
+    if shown:
+        result.update(drop_against=f"nothing (no drop given): {', '.join(shown)} enrolled on a device after the "
+                                   "workstation measured its FP32 top-1, on the trained classes")
+    elif ws.get("fp32_top1") is not None and ws.get("n"):
         result.update(
             fp32_top1=ws["fp32_top1"],
             drop_pp=(ws["fp32_top1"] - result["top1"]) * 100.0,
@@ -130,6 +135,7 @@ def bundle_accuracy(path: str | Path, source: str | Path, threads: int | None = 
     images = labelled_images(source, bundle.labels, bundle.task)  # a bad folder fails before the runtime loads
     workstation = (bundle.manifest.get("workstation") or {}).get("accuracy")
     with open_session(bundle, threads) as session:
-        accuracy = folder_accuracy(session, source, images, bundle.task, bundle.record, workstation, progress)
+        accuracy = folder_accuracy(session, source, images, bundle.task, bundle.record, workstation, progress,
+                                   enrolled=(bundle.manifest.get("head") or {}).get("enrolled", []))
     return {"bundle": bundle.name, "runtime": bundle.runtime, "precision": bundle.precision,
             "accuracy": accuracy, "workstation_accuracy": workstation}

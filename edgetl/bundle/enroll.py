@@ -75,7 +75,10 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     else:
         rows, labels = np.vstack([rows, row[None]]), [*labels, label]
     manifest = json.loads((bundle.root / MANIFEST).read_bytes())  # checked when the bundle was opened
-    manifest.update(labels=labels, release=release, head={**head, "shots": {**head["shots"], label: len(files)}})
+    # "enrolled": the classes the workstation's accuracy in the manifest never measured (added or replaced here)
+    enrolled = [*(name for name in head.get("enrolled", []) if name != label), label]
+    manifest.update(labels=labels, release=release,
+                    head={**head, "shots": {**head["shots"], label: len(files)}, "enrolled": enrolled})
     manifest.pop("files")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:

@@ -281,6 +281,8 @@ class Head(_Model):
     scale: float = Field(ge=1, le=100)
     output: Literal["embedding"]
     shots: dict[Label, Annotated[int, Field(ge=1, le=2**31)]]  # label -> images its prototype is the mean of
+    # labels `edgetl enroll` added or replaced: the workstation's accuracy never saw them (val gives no drop)
+    enrolled: list[Label] = Field(default_factory=list, max_length=MAX_CLASSES)
 
 
 class Lineage(_Model):
@@ -469,6 +471,8 @@ class BundleManifest(_Model):
                              f"{[(t.name, t.dtype, t.shape) for t in self.outputs][:MAX_TENSORS]}")
         if sorted(self.head.shots) != sorted(self.labels):
             raise ValueError("head.shots must name every label once, and nothing else")
+        if len(set(self.head.enrolled)) != len(self.head.enrolled) or not set(self.head.enrolled) <= set(self.labels):
+            raise ValueError("head.enrolled must name labels of the bundle, each once")
         entry = self.files.get(self.head.file)
         if entry is None:
             raise ValueError(f"{self.head.file!r} is used but not listed in files")

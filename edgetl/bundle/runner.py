@@ -446,7 +446,8 @@ def bench(
     with open_session(bundle, threads) as session:
         actual = run_each(session, inputs)
         if images is not None:
-            measured["accuracy"] = folder_accuracy(session, data, images, bundle.task, bundle.record, workstation)
+            measured["accuracy"] = folder_accuracy(session, data, images, bundle.task, bundle.record, workstation,
+                                                   enrolled=(bundle.manifest.get("head") or {}).get("enrolled", []))
     target = bundle.manifest.get("target") or {}
     budgets = Budgets.model_validate(target["budgets"]) if target.get("budgets") else None
     if budgets is not None:

@@ -125,6 +125,16 @@ def test_paired_drop_interval_is_driven_by_the_discordant_pairs():
     assert hi2 - lo2 < unpaired[1] - unpaired[0]  # pairing the same images narrows the interval
 
 
+def test_paired_drop_interval_without_disagreement_is_not_narrower_than_one_image():
+    # 72 images, the artifact right exactly where the reference is: before the continuity correction
+    # of phi the interval was +-0.28 pp at 34/72 and +-2.95 pp at 57/72 (the Wilson asymmetry only)
+    for right in (34, 57):
+        ok_ref = np.arange(72) < right
+        lo, hi = paired_drop_interval(ok_ref, ok_ref.copy())
+        assert lo == pytest.approx(-hi) and hi > 100 / 72   # one disagreeing image would already be 1.39 pp
+    assert paired_drop_interval(np.arange(72) < 34, np.arange(72) < 34)[1] == pytest.approx(2.667, abs=0.001)
+
+
 def test_evaluate_reports_intervals_for_the_validation_size():
     labels = np.arange(60) % 3
     ref = one_hot(labels, 3)

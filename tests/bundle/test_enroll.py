@@ -105,7 +105,7 @@ def test_prototype_bundle_is_an_embedding_model_with_a_head(proto_run, proto_sou
     head = dict(manifest["head"])
     shots = head.pop("shots")
     assert head == {"kind": "prototype", "file": "head/prototypes.npy", "scale": prototype.DEFAULT_SCALE,
-                    "output": "embedding"}
+                    "output": "embedding", "enrolled": []}   # nothing enrolled yet
     assert sorted(shots) == manifest["labels"] == ["0", "1", "2"] and all(n > 1 for n in shots.values())
     assert "head/prototypes.npy" in manifest["files"]
     compiled = proto_run.manifest["compiled"]["onnxruntime/prototype"]
@@ -193,6 +193,8 @@ HOSTILE = {
                        "a prototype head is for image runs (--task image-classification)"),
     "scale out of range": (lambda f, m: m["head"].update(scale=0.5), "field head.scale"),
     "shots of other labels": (lambda f, m: m["head"]["shots"].update({"cat": 3}), "head.shots must name every label"),
+    "enrolled label not in labels": (lambda f, m: m["head"].update(enrolled=["cat"]),
+                                     "head.enrolled must name labels of the bundle, each once"),
     "head without slot": (lambda f, m: m.pop("slot"), "must have slot 'prototype'"),
     "slot without head": (lambda f, m: m.pop("head"), "without a head"),
 }
@@ -232,6 +234,24 @@ def test_enroll_adds_a_class_that_verify_predict_and_val_use(proto_bundle, three
     done = json.loads(result.output)
     assert done["replaced"] and done["images"] == 6 and done["classes"] == 4 and done["release"] == RELEASE + 2
     assert inspect_archive(done["path"])["head"]["shots"]["3"] == 6
+
+
+def test_val_gives_no_drop_on_an_enrolled_class(proto_bundle, threes, digits_dir, tmp_path):
+    # the workstation's FP32 top-1 was measured on 0-2: a drop of the enrolled 3 against it means nothing
+    assert inspect_archive(proto_bundle)["head"]["enrolled"] == []
+    new = tmp_path / "with3.tar.gz"
+    assert invoke("enroll", proto_bundle, "--label", "3", *sorted(threes.glob("*.png"))[:2], "--out", new).exit_code == 0
+    replaced = tmp_path / "with3-again.tar.gz"
+    assert invoke("enroll", new, "--label", "3", threes, "--replace", "--out", replaced).exit_code == 0
+    assert inspect_archive(replaced)["head"]["enrolled"] == ["3"]
+    shown = tmp_path / "labelled"
+    shutil.copytree(threes, shown / "3")
+    result = invoke("val", replaced, shown)
+    assert result.exit_code == 0, result.output
+    assert "drop vs FP32" not in result.output and "3 enrolled on a device after" in result.output
+    shutil.copytree(digits_dir / "1", tmp_path / "trained" / "1")
+    trained = invoke("val", replaced, tmp_path / "trained")   # only a trained class: the drop is still given
+    assert trained.exit_code == 0 and "drop vs FP32" in trained.output, trained.output
 
 
 def test_enroll_without_torch(proto_bundle, threes, tmp_path):
