@@ -64,6 +64,8 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
         raise BundleError(f"--out {dest}: a bundle's file name ends in .tar.gz, e.g. --out {dest.name}.tar.gz")
     if os.path.lexists(dest):
         raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out")
+    if not dest.parent.is_dir():  # a mistyped --out folder is not made on the user's behalf
+        raise BundleError(f"--out {dest}: the folder {dest.parent} does not exist")
     if bundle.signature.key_id is not None and private_key is None and not signing.unsigned_allowed():
         raise BundleError(f"{bundle_path} is signed (key {bundle.signature.key_id}) but no key was given: the enrolled "
                           "bundle would be unsigned; pass --sign KEY (or --allow-unsigned to write it unsigned)")
@@ -80,7 +82,6 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     manifest.update(labels=labels, release=release,
                     head={**head, "shots": {**head["shots"], label: len(files)}, "enrolled": enrolled})
     manifest.pop("files")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
         stage = Path(tmp)
         for rel in bundle.manifest["files"]:

@@ -257,7 +257,8 @@ def check(manifest_bytes: bytes, sig_bytes: bytes | None, *, allow_unsigned: boo
         if keys and not unsigned_allowed(allow_unsigned):
             raise BundleError(
                 f"{where} is not signed and this machine trusts signed bundles only ({len(keys)} trusted key(s)): "
-                "sign it with `edgetl bundle --sign KEY`, or pass --allow-unsigned (EDGETL_ALLOW_UNSIGNED=1)"
+                "sign it with `edgetl bundle --sign KEY` (an enrolled bundle: `edgetl enroll --sign KEY`), or pass "
+                "--allow-unsigned (EDGETL_ALLOW_UNSIGNED=1)"
             )
         return SignatureStatus(None, checked=False)
     kid, signature = _parse_signature(sig_bytes, where)

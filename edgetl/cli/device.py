@@ -175,6 +175,10 @@ def predict_cmd(bundle, images, top, threads, as_json):
       edgetl predict kws-bundle.tar.gz clip.wav ./more-clips --json   # WAVs (any rate, channels)
 
     \b
+    A bundle trained with --task-head answers every task: one column per head
+    (JSON: "heads": {name: top-k}). A prototype-head bundle answers with its enrolled classes.
+
+    \b
     An image that cannot be read (corrupt, truncated, not an image, a FIFO or device
     named like one) gets an error in its row (JSON: "error") and the others go on; the
     command then exits 2 with a one-line count. FIFOs and devices are never opened.

@@ -308,7 +308,8 @@ def _folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
-                                  "corrupt image", "too many images", "out exists", "out not a bundle name", "no head", "swapped prototypes"])
+                                  "corrupt image", "too many images", "out exists", "out not a bundle name",
+                                  "out folder missing", "no head", "swapped prototypes"])
 def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
@@ -338,6 +339,8 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
     elif case == "out exists":
         (tmp_path / "taken.tar.gz").write_bytes(b"mine")
         args, message = [*args, "--out", tmp_path / "taken.tar.gz"], "already exists: enroll never overwrites"
+    elif case == "out folder missing":
+        args, message = [*args, "--out", tmp_path / "typo" / "new.tar.gz"], "the folder " + str(tmp_path / "typo")
     elif case == "out not a bundle name":
         args, message = [*args, "--out", tmp_path / "new-bundle"], "a bundle's file name ends in .tar.gz"
     elif case == "no head":
