@@ -22,6 +22,7 @@ preprocessing) kept in ``train/exemplars/exemplars.npz`` and hashed with the run
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from edgetl._io import atomic_path, sha256_file, sha256_json
 from edgetl.adapt.options import DISTILL_TEMPERATURE as DEFAULT_DISTILL_TEMPERATURE
 from edgetl.adapt.options import DISTILL_WEIGHT as DEFAULT_DISTILL_WEIGHT
+from edgetl.adapt.options import MAX_MEMORY
 from edgetl.adapt.options import MEMORY as DEFAULT_MEMORY
 from edgetl.data.datasets import ImageSet, load_image_set, stratified_split
 from edgetl.data.preprocess import PreprocessSpec, decode_images
@@ -274,15 +276,40 @@ def read_memory(path: Path, classes: list[str], image: tuple[int, ...]) -> tuple
     hashed file can still be from another run when the manifest was edited with it)."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            _check_memory_headers(path, data, len(classes), image)
             pixels, labels, names = data["pixels"], data["labels"], [str(n) for n in data["classes"]]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # TypeError: a lone .npy
         raise DataError(f"{path} is not an exemplar memory ({type(exc).__name__})") from None
-    if (names != list(classes) or pixels.dtype != np.uint8 or pixels.shape[1:] != tuple(image)
-            or labels.shape != (len(pixels),)):
+    if names != list(classes):
         raise DataError(f"{path} does not hold this run's exemplars (classes or arrays differ)")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise DataError(f"{path} has labels outside the run's {len(classes)} classes")
     return pixels, labels.astype(np.int64)
+
+
+def _check_memory_headers(path: Path, data, classes: int, image: tuple[int, ...]) -> None:
+    """The members' dtypes and shapes, from their .npy headers alone (a file can claim any shape and
+    hold a zip bomb): uint8 pixels of the run's image shape, at most ``MAX_MEMORY`` per class, one
+    integer label per image, one text name per class; checked before any data is read."""
+    pixels, labels, names = (_npy_header(data, key) for key in ("pixels", "labels", "classes"))
+    rows = pixels[0][0] if pixels[0] else -1
+    if (pixels[1] != np.uint8 or pixels[0][1:] != tuple(image) or not 0 <= rows <= MAX_MEMORY * classes
+            or labels[1].kind not in "iu" or labels[0] != (rows,)
+            or names[1].kind != "U" or names[0] != (classes,)):
+        raise DataError(f"{path} does not hold this run's exemplars (classes or arrays differ: pixels "
+                        f"{pixels[1]} {pixels[0]}, labels {labels[1]} {labels[0]}, classes {names[1]} {names[0]}; "
+                        f"at most {MAX_MEMORY} images of each of {classes} classes)")
+
+
+def _npy_header(data, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one member of an open .npz, read from its header only."""
+    with data.zip.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = read(fh)
+    return tuple(shape), dtype
 
 
 def save_memory(run: RunDir, pixels: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int,
