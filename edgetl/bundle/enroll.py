@@ -59,7 +59,7 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     _check_label_use(label, labels, replace)
     files = _image_list(images)
     release = bundle.manifest["release"] + 1
-    dest = Path(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
+    dest = _checked_out(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
     if os.path.lexists(dest):
         raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out")
     if bundle.signature.key_id is not None and private_key is None and not signing.unsigned_allowed():
@@ -75,7 +75,6 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     manifest = json.loads((bundle.root / MANIFEST).read_bytes())  # checked when the bundle was opened
     manifest.update(labels=labels, release=release, head={**head, "shots": {**head["shots"], label: len(files)}})
     manifest.pop("files")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
         stage = Path(tmp)
         for rel in bundle.manifest["files"]:
@@ -126,6 +125,18 @@ def _embeddings(bundle, files: list[Path], threads: int | None) -> np.ndarray:
                 raise DataError(f"{exc}: enrol readable images only") from None
             out.append(session.run(feeds)[prototype.EMBEDDING])
     return np.concatenate(out)
+
+
+def _checked_out(out: str | os.PathLike) -> Path:
+    """``--out``: an archive name (what predict, verify and ship take for a bundle) in a folder that
+    exists; enroll makes no folder, so a typo in the path is one line, not a new tree."""
+    text = os.fspath(out)
+    if not text.endswith((SUFFIX, ".tgz")):
+        raise BundleError(f"--out {text}: a bundle's name must end in {SUFFIX} (or .tgz), e.g. --out cats{SUFFIX}")
+    dest = Path(text)
+    if not os.path.isdir(dest.parent):  # os.path: a parent that is a file, or a name too long, is False
+        raise BundleError(f"--out {dest}: {dest.parent} is not a folder: create it first, or choose another --out")
+    return dest
 
 
 def _default_out(source: Path, name: str, release: int) -> Path:

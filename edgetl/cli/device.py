@@ -212,8 +212,8 @@ def predict_cmd(bundle, images, top, threads, as_json):
 @click.option("--label", required=True, help="The class the images show (1..200 characters, no control characters).")
 @click.option("--replace", is_flag=True, help="Enrol LABEL again from these images (it must exist); "
               "without it, an existing label is refused.")
-@click.option("--out", type=click.Path(path_type=str), help="The new bundle (default: <name>-r<release>.tar.gz "
-              "next to BUNDLE). Never overwritten.")
+@click.option("--out", type=click.Path(path_type=str), help="The new bundle, a .tar.gz name in a folder that exists "
+              "(default: <name>-r<release>.tar.gz next to BUNDLE). Never overwritten.")
 @click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
               help="Sign the new bundle with this Ed25519 private key (needed when BUNDLE is signed, unless "
               "--allow-unsigned).")

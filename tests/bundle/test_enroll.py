@@ -279,7 +279,9 @@ def _folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
-                                  "corrupt image", "too many images", "out exists", "no head", "swapped prototypes"])
+                                  "corrupt image", "too many images", "out exists", "no head", "swapped prototypes",
+                                  "out under a file", "out in a missing folder", "out not an archive name",
+                                  "out a folder"])
 def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
@@ -309,6 +311,15 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
     elif case == "out exists":
         (tmp_path / "taken.tar.gz").write_bytes(b"mine")
         args, message = [*args, "--out", tmp_path / "taken.tar.gz"], "already exists: enroll never overwrites"
+    elif case == "out under a file":
+        (tmp_path / "notes.txt").write_text("mine")
+        args, message = [*args, "--out", tmp_path / "notes.txt" / "x.tar.gz"], "is not a folder"
+    elif case == "out in a missing folder":  # enroll creates no folder the user did not make
+        args, message = [*args, "--out", tmp_path / "typo" / "deep" / "x.tar.gz"], "is not a folder"
+    elif case == "out not an archive name":  # predict, verify and ship would not take it for a bundle
+        args, message = [*args, "--out", tmp_path / "x.zip"], "must end in .tar.gz"
+    elif case == "out a folder":
+        args, message = [*args, "--out", f"{tmp_path / 'newdir'}/"], "must end in .tar.gz"
     elif case == "no head":
         bundle = tmp_path / "classifier" / "classifier.tar.gz"
         bundle.parent.mkdir()
@@ -320,10 +331,12 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
         extract_archive(tmp_path / "e.tar.gz", folder)
         _save(folder, _rows(folder)[::-1].copy())
         bundle, message = folder, "head/prototypes.npy does not match its sha256"
-    state = _folder_state(bundle.parent)
+    outside = lambda: [n for n in _folder_state(tmp_path) if n != "edgetl-cache"]  # noqa: E731 (the verify cache)
+    state, around = _folder_state(bundle.parent), outside()
     result = invoke("enroll", bundle, *args)
     one_line_error(result, message)
     assert _folder_state(bundle.parent) == state  # nothing written next to the bundle
+    assert outside() == around  # nor where --out pointed
     if case == "swapped prototypes":
         one_line_error(invoke("predict", bundle, threes), message)
 
