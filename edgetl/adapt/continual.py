@@ -122,6 +122,12 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
     if out is not None and _same_folder(req.from_run, out):
         raise ConfigError(f"--from {req.from_run} is the --out folder: the parent run stays as it is; "
                           "write the new run elsewhere (e.g. --out runs/<name>-v2)")
+    if out is not None and _inside(out, req.from_run):
+        raise ConfigError(f"--out {out} is inside the --from run {req.from_run}: the parent run stays as it is; "
+                          "write the new run beside it (e.g. --out runs/<name>-v2)")
+    if out is not None and _inside(req.from_run, out):
+        raise ConfigError(f"--out {out} holds the --from run {req.from_run}: a run written there would take the "
+                          "parent's folder into it; write the new run beside it (e.g. --out runs/<name>-v2)")
     if weights is not None:
         raise ConfigError("--weights and --from both name start weights: --from starts from the parent run's")
     if opts.mode not in CONTINUAL_MODES:
@@ -146,6 +152,11 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
 
 def _same_folder(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    """``inner`` is a folder somewhere under ``outer`` (links resolved)."""
+    return Path(outer).resolve() in Path(inner).resolve().parents
 
 
 def _check_same_model(parent: Parent, backbone: str | None, opts) -> None:

@@ -223,6 +223,14 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(copy)])
     assert result.exit_code == 2 and "is the --out folder" in result.output
     assert sorted(p.name for p in copy.rglob("*")) == before
+    for inside in (copy / "v2", copy / "train" / "v2"):  # a new run inside the parent's folder changes it
+        result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(inside)])
+        assert result.exit_code == 2 and "is inside the --from run" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+        assert sorted(p.name for p in copy.rglob("*")) == before
+    result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "holds the --from run" in result.output, result.output
+    assert sorted(p.name for p in copy.rglob("*")) == before and not (tmp_path / "manifest.json").exists()
 
     checkpoint = copy / "train" / "model.safetensors"
     checkpoint.write_bytes(checkpoint.read_bytes()[:-4] + b"\0\0\0\0")
