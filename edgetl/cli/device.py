@@ -17,6 +17,11 @@ from edgetl.cli._options import (
     _trust_option,
 )
 from edgetl.cli.bench import _print_accuracy
+from edgetl.config import MAX_THREADS
+
+# ONNX Runtime starts every thread it is asked for (thousands: a hang), so a device command's is bounded
+_threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+                               help=f"Runtime threads, 1..{MAX_THREADS} (default: the target profile's).")
 
 
 @cli.group()
@@ -122,7 +127,7 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout, 
 
 @cli.command("verify")
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def verify_cmd(bundle, threads, as_json):
@@ -157,7 +162,7 @@ def verify_cmd(bundle, threads, as_json):
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, required=True, metavar="INPUTS...", type=click.Path(path_type=str))
 @click.option("--top", default=3, show_default=True, help="How many labels per sample.")
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
@@ -217,7 +222,7 @@ def predict_cmd(bundle, images, top, threads, as_json):
 @click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
               help="Sign the new bundle with this Ed25519 private key (needed when BUNDLE is signed, unless "
               "--allow-unsigned).")
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def enroll_cmd(bundle, images, label, replace, out, sign_key, threads, as_json):
@@ -295,7 +300,7 @@ def build_cmd(bundle, force, any_arch):
 @cli.command("val")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("data", type=click.Path(path_type=str))
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def val_cmd(bundle, data, threads, as_json):
