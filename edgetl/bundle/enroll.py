@@ -75,17 +75,35 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     manifest = json.loads((bundle.root / MANIFEST).read_bytes())  # checked when the bundle was opened
     manifest.update(labels=labels, release=release, head={**head, "shots": {**head["shots"], label: len(files)}})
     manifest.pop("files")
-    with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
-        stage = Path(tmp)
-        for rel in bundle.manifest["files"]:
-            if rel != head["file"]:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(bundle.file(rel), stage / rel)
-        (stage / head["file"]).parent.mkdir(parents=True, exist_ok=True)
-        np.save(stage / head["file"], rows.astype(np.float32), allow_pickle=False)
-        write_bundle(stage, manifest, dest, private_key=private_key, where=f"the bundle enrolling {label!r}")
+    try:
+        _write(bundle, manifest, rows, dest, private_key, label)
+    except FileExistsError:  # written by another process while the images were embedded
+        raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out") from None
+    except OSError as exc:  # a read-only or full disk: the input and any earlier output stay as they were
+        raise BundleError(f"cannot write {dest}: {exc.strerror or exc}") from None
     return Enrolled(dest, bundle.name, label, len(files), label in bundle.labels, release, len(labels),
                     signing.key_id(private_key.public_key()) if private_key is not None else None)
+
+
+def _write(bundle, manifest: dict, rows: np.ndarray, dest: Path, private_key, label: str) -> None:
+    """The new bundle: the input's files but the head's, the new rows, packed atomically as ``dest``.
+    ``dest`` is claimed first (created empty, exclusively): the atomic rename then replaces only
+    that placeholder, never a file another process wrote there meanwhile; removed on failure."""
+    head = manifest["head"]["file"]
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
+            stage = Path(tmp)
+            for rel in bundle.manifest["files"]:
+                if rel != head:
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(bundle.file(rel), stage / rel)
+            (stage / head).parent.mkdir(parents=True, exist_ok=True)
+            np.save(stage / head, rows.astype(np.float32), allow_pickle=False)
+            write_bundle(stage, manifest, dest, private_key=private_key, where=f"the bundle enrolling {label!r}")
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
 
 
 def _image_list(args: Sequence[str | os.PathLike]) -> list[Path]:

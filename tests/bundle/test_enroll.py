@@ -281,7 +281,7 @@ def _folder_state(folder: Path) -> list[str]:
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
                                   "corrupt image", "too many images", "out exists", "no head", "swapped prototypes",
                                   "out under a file", "out in a missing folder", "out not an archive name",
-                                  "out a folder"])
+                                  "out a folder", "out in a folder that cannot be written"])
 def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
@@ -320,6 +320,8 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
         args, message = [*args, "--out", tmp_path / "x.zip"], "must end in .tar.gz"
     elif case == "out a folder":
         args, message = [*args, "--out", f"{tmp_path / 'newdir'}/"], "must end in .tar.gz"
+    elif case == "out in a folder that cannot be written":  # /proc: not even root makes files there
+        args, message = [*args, "--out", "/proc/x.tar.gz"], "cannot write /proc/x.tar.gz"
     elif case == "no head":
         bundle = tmp_path / "classifier" / "classifier.tar.gz"
         bundle.parent.mkdir()
@@ -392,3 +394,21 @@ def test_device_threads_are_bounded_before_the_bundle_is_read(command, threads, 
     result = invoke(command, *args, "--threads", threads)
     assert result.exit_code == 2 and f"1<=x<={MAX_THREADS}" in result.output, result.output
     assert "Traceback" not in result.output and sorted(tmp_path.iterdir()) == []
+
+
+def test_enroll_never_overwrites_a_file_that_appears_while_it_runs(proto_bundle, threes, tmp_path, monkeypatch):
+    """--out is free when enroll starts; another process writes it while the images are embedded
+    (the slow part): enroll must refuse, not replace the other file."""
+    from edgetl.bundle import enroll as enroll_module
+
+    out = tmp_path / "new.tar.gz"
+    embeddings = enroll_module._embeddings
+
+    def racing(*args, **kwargs):
+        out.write_bytes(b"theirs")
+        return embeddings(*args, **kwargs)
+
+    monkeypatch.setattr(enroll_module, "_embeddings", racing)
+    result = invoke("enroll", proto_bundle, "--label", "3", threes, "--out", out)
+    one_line_error(result, "already exists: enroll never overwrites")
+    assert out.read_bytes() == b"theirs" and not list(tmp_path.glob(".enroll-*"))
