@@ -39,6 +39,7 @@ from edgetl.data.preprocess import PreprocessSpec, decode_images
 from edgetl.errors import ConfigError, DataError, EdgetlError
 from edgetl.rundir import RunDir
 from edgetl.tasks import DEFAULT_TASK
+from edgetl.tasks.base import check_label
 
 EXEMPLARS = "train/exemplars/exemplars.npz"
 CONTINUAL_MODES = ("feature-extraction", "finetune")
@@ -143,11 +144,24 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
         record = run.require(TrainRecord)
     except EdgetlError as exc:
         raise ConfigError(f"--from {req.from_run}: {exc}") from None
+    _check_parent_classes(req.from_run, record.classes)
     ckpt = run.verify(record.checkpoint)
     exemplars = run.verify(EXEMPLARS) if EXEMPLARS in run.manifest.get("artifacts", {}) else None
     parent = Parent(run, record, ckpt, run.manifest["artifacts"][record.checkpoint], exemplars)
     _check_same_model(parent, backbone, opts)
     return parent
+
+
+def _check_parent_classes(path: Path, classes: list[str]) -> None:
+    """The parent's classes become the new run's labels, so they pass the checks new labels do
+    (an edited manifest could carry escapes, newlines or a class twice): one ``DataError`` line."""
+    for name in classes:
+        check_label(name, f"--from {path}: a class of the parent")
+    seen: set[str] = set()
+    repeated = next((name for name in classes if name in seen or seen.add(name)), None)
+    if repeated is not None:
+        raise DataError(f"--from {path}: the parent's classes repeat {repeated!r}: its manifest was edited; "
+                        "train it again")
 
 
 def _same_folder(a: Path, b: Path) -> bool:

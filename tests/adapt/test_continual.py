@@ -245,6 +245,14 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     (text / "manifest.json").write_text(json.dumps(manifest))
     assert "is for image runs" in _refused([*data, "--from", str(text)], out)
 
+    edited = tmp_path / "edited"  # the parent's classes become the child's labels: checked like new ones
+    shutil.copytree(parent.path, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    for classes, message in ((["a\x1b[31m\nb", "1"], "without control characters"), (["1", "1"], "repeat '1'")):
+        manifest["train"]["classes"] = classes
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        assert message in _refused([*data, "--from", str(edited)], out)
+
 
 def test_a_continual_run_is_a_parent_too_and_its_memory_is_rehearsed(child, digits_dir, tmp_path):
     from edgetl.data.demo import write_digits
