@@ -39,7 +39,13 @@ def output_name(head: str) -> str:
 
 
 def check_head_names(heads: dict[str, str], weights: dict[str, float]) -> None:
-    """Names are slugs other than ``logits``; a weight names a head and is a finite number > 0 (ValueError)."""
+    """Names are slugs other than ``logits``, at most as many as a bundle holds; a weight names a head
+    and is a finite number > 0 (ValueError)."""
+    from edgetl.bundle.manifest import MAX_TENSORS
+
+    if len(heads) > MAX_TENSORS - 1:  # refused here, not by `edgetl bundle` after the training
+        raise ValueError(f"--task-head: {len(heads)} heads: a bundle holds at most {MAX_TENSORS - 1} (its outputs "
+                         f"are logits and one per head, {MAX_TENSORS} in all)")
     for name in heads:
         if not re.fullmatch(NAME, name) or name == PRIMARY_OUTPUT:
             raise ValueError(f"--task-head {name!r}: the name must be a slug [a-z][a-z0-9_]{{0,31}}, not 'logits' "

@@ -198,6 +198,7 @@ def test_bad_head_csv_is_one_line_and_writes_nothing(digits_dir, tmp_path, case,
     (["--task-head", "a=x.csv", "--task-weight", "b=2"], "--task-weight 'b': no --task-head of that name"),
     (["--task-head", "a=x.csv", "--task-weight", "a=0"], "a weight is a number in (0, 1000]"),
     (["--task-head", "a=missing.csv"], "--task-head a=missing.csv: no such file"),
+    ([arg for i in range(16) for arg in ("--task-head", f"h{i}=x.csv")], "16 heads: a bundle holds at most 15"),
     (["--task-head", "a=x.csv", "--mode", "domain-adapt", "--target-data", "."], "--task-head trains with --mode"),
     (["--task-head", "a=x.csv", "--from", "runs/parent"], "--task-head cannot be combined with --from yet"),
 ])
