@@ -19,8 +19,17 @@ from edgetl.cli._options import (
 from edgetl.cli.bench import _print_accuracy
 from edgetl.config import MAX_THREADS
 
-# ONNX Runtime starts every thread it is asked for (thousands: a hang), so a device command's is bounded
-_threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+
+def _bounded_threads(ctx, param, value: int | None) -> int | None:
+    """ONNX Runtime starts every thread it is asked for (thousands: a hang): one line, as bench says it."""
+    from edgetl.errors import ConfigError
+
+    if value is not None and not 1 <= value <= MAX_THREADS:
+        raise ConfigError(f"--threads {value}: must be from 1 to {MAX_THREADS}")
+    return value
+
+
+_threads_option = click.option("--threads", type=int, callback=_bounded_threads,
                                help=f"Runtime threads, 1..{MAX_THREADS} (default: the target profile's).")
 
 
