@@ -107,10 +107,15 @@ def _write(bundle, manifest: dict, rows: np.ndarray, dest: Path, private_key, la
 
 
 def _image_list(args: Sequence[str | os.PathLike]) -> list[Path]:
-    """Every image the arguments name (a folder: the images under it), 1..MAX_IMAGES of them."""
+    """Every image the arguments name (a folder: the images under it), 1..MAX_IMAGES of them; one
+    named twice (a folder and a file in it, a link to it) counts once, in the mean and in ``shots``."""
     if not args:
         raise DataError("no images given: enroll needs 1 to 1000 images of the class (files or folders)")
-    files = [f for arg in args for f in image_files(arg)]
+    by_target: dict[str, Path] = {}
+    for arg in args:
+        for file in image_files(arg):
+            by_target.setdefault(os.path.realpath(file), file)
+    files = list(by_target.values())
     if len(files) > MAX_IMAGES:
         raise DataError(f"{len(files)} images given: enroll takes 1 to {MAX_IMAGES} (a few per class is the point; "
                         "train a run for more)")

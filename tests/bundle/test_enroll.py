@@ -412,3 +412,14 @@ def test_enroll_never_overwrites_a_file_that_appears_while_it_runs(proto_bundle,
     result = invoke("enroll", proto_bundle, "--label", "3", threes, "--out", out)
     one_line_error(result, "already exists: enroll never overwrites")
     assert out.read_bytes() == b"theirs" and not list(tmp_path.glob(".enroll-*"))
+
+
+def test_an_image_named_twice_is_enrolled_once(proto_bundle, threes, tmp_path):
+    """A folder and a file in it (or one file twice, or through a link) is one image: the class's
+    mean weighs it once and ``shots`` counts what was enrolled."""
+    first = sorted(threes.glob("*.png"))[0]
+    (tmp_path / "link.png").symlink_to(first)
+    out = tmp_path / "once.tar.gz"
+    result = invoke("enroll", proto_bundle, "--label", "3", threes, first, first, tmp_path / "link.png", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "from 6 image(s)" in result.output and inspect_archive(out)["head"]["shots"]["3"] == 6
