@@ -16,7 +16,7 @@ from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspec
 from edgetl.bundle.manifest import npy_size
 from edgetl.bundle.runner import open_bundle, predict, verify
 from edgetl.cli import cli
-from edgetl.errors import BundleError, EdgetlError
+from edgetl.errors import BundleError, DataError, EdgetlError
 from edgetl.rundir import RunDir
 from tests.bundle.test_runner import NOT_ON_DEVICE, device_cli
 
@@ -423,3 +423,13 @@ def test_an_image_named_twice_is_enrolled_once(proto_bundle, threes, tmp_path):
     result = invoke("enroll", proto_bundle, "--label", "3", threes, first, first, tmp_path / "link.png", "--out", out)
     assert result.exit_code == 0, result.output
     assert "from 6 image(s)" in result.output and inspect_archive(out)["head"]["shots"]["3"] == 6
+
+
+@pytest.mark.parametrize("embeddings", [np.zeros((3, 8)), np.array([[1.0, 2.0], [-1.0, -2.0]]),
+                                        np.array([[np.nan, 1.0]])], ids=["zero", "cancelling", "NaN"])
+def test_images_without_a_direction_are_one_line_not_a_bad_row(embeddings):
+    """All-zero, cancelling or non-finite embeddings have no mean direction: one DataError line, never
+    a zero or NaN row that the written bundle's own check would then refuse on every device."""
+    with pytest.raises(DataError, match="^[^\n]*no direction to enrol") as exc:
+        prototype.enrol(embeddings)
+    assert "\n" not in str(exc.value)
