@@ -22,6 +22,7 @@ preprocessing) kept in ``train/exemplars/exemplars.npz`` and hashed with the run
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,14 @@ import numpy as np
 from edgetl._io import atomic_path, sha256_file, sha256_json
 from edgetl.adapt.options import DISTILL_TEMPERATURE as DEFAULT_DISTILL_TEMPERATURE
 from edgetl.adapt.options import DISTILL_WEIGHT as DEFAULT_DISTILL_WEIGHT
+from edgetl.adapt.options import MAX_MEMORY
 from edgetl.adapt.options import MEMORY as DEFAULT_MEMORY
 from edgetl.data.datasets import ImageSet, load_image_set, stratified_split
 from edgetl.data.preprocess import PreprocessSpec, decode_images
 from edgetl.errors import ConfigError, DataError, EdgetlError
 from edgetl.rundir import RunDir
 from edgetl.tasks import DEFAULT_TASK
+from edgetl.tasks.base import check_label
 
 EXEMPLARS = "train/exemplars/exemplars.npz"
 CONTINUAL_MODES = ("feature-extraction", "finetune")
@@ -124,6 +127,12 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
     if out is not None and _same_folder(req.from_run, out):
         raise ConfigError(f"--from {req.from_run} is the --out folder: the parent run stays as it is; "
                           "write the new run elsewhere (e.g. --out runs/<name>-v2)")
+    if out is not None and _inside(out, req.from_run):
+        raise ConfigError(f"--out {out} is inside the --from run {req.from_run}: the parent run stays as it is; "
+                          "write the new run beside it (e.g. --out runs/<name>-v2)")
+    if out is not None and _inside(req.from_run, out):
+        raise ConfigError(f"--out {out} holds the --from run {req.from_run}: a run written there would take the "
+                          "parent's folder into it; write the new run beside it (e.g. --out runs/<name>-v2)")
     if weights is not None:
         raise ConfigError("--weights and --from both name start weights: --from starts from the parent run's")
     if opts.mode not in CONTINUAL_MODES:
@@ -142,6 +151,7 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
     if record.heads:
         raise ConfigError(f"--from {req.from_run}: a run with --task-head heads cannot be extended yet: train a new "
                           "run on every class (old and new) with its heads")
+    _check_parent_classes(req.from_run, record.classes)
     ckpt = run.verify(record.checkpoint)
     exemplars = run.verify(EXEMPLARS) if EXEMPLARS in run.manifest.get("artifacts", {}) else None
     parent = Parent(run, record, ckpt, run.manifest["artifacts"][record.checkpoint], exemplars)
@@ -149,8 +159,25 @@ def open_parent(req: Request, *, out: Path, resume: bool, backbone: str | None, 
     return parent
 
 
+def _check_parent_classes(path: Path, classes: list[str]) -> None:
+    """The parent's classes become the new run's labels, so they pass the checks new labels do
+    (an edited manifest could carry escapes, newlines or a class twice): one ``DataError`` line."""
+    for name in classes:
+        check_label(name, f"--from {path}: a class of the parent")
+    seen: set[str] = set()
+    repeated = next((name for name in classes if name in seen or seen.add(name)), None)
+    if repeated is not None:
+        raise DataError(f"--from {path}: the parent's classes repeat {repeated!r}: its manifest was edited; "
+                        "train it again")
+
+
 def _same_folder(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    """``inner`` is a folder somewhere under ``outer`` (links resolved)."""
+    return Path(outer).resolve() in Path(inner).resolve().parents
 
 
 def _check_same_model(parent: Parent, backbone: str | None, opts) -> None:
@@ -281,15 +308,40 @@ def read_memory(path: Path, classes: list[str], image: tuple[int, ...]) -> tuple
     hashed file can still be from another run when the manifest was edited with it)."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            _check_memory_headers(path, data, len(classes), image)
             pixels, labels, names = data["pixels"], data["labels"], [str(n) for n in data["classes"]]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # TypeError: a lone .npy
         raise DataError(f"{path} is not an exemplar memory ({type(exc).__name__})") from None
-    if (names != list(classes) or pixels.dtype != np.uint8 or pixels.shape[1:] != tuple(image)
-            or labels.shape != (len(pixels),)):
+    if names != list(classes):
         raise DataError(f"{path} does not hold this run's exemplars (classes or arrays differ)")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise DataError(f"{path} has labels outside the run's {len(classes)} classes")
     return pixels, labels.astype(np.int64)
+
+
+def _check_memory_headers(path: Path, data, classes: int, image: tuple[int, ...]) -> None:
+    """The members' dtypes and shapes, from their .npy headers alone (a file can claim any shape and
+    hold a zip bomb): uint8 pixels of the run's image shape, at most ``MAX_MEMORY`` per class, one
+    integer label per image, one text name per class; checked before any data is read."""
+    pixels, labels, names = (_npy_header(data, key) for key in ("pixels", "labels", "classes"))
+    rows = pixels[0][0] if pixels[0] else -1
+    if (pixels[1] != np.uint8 or pixels[0][1:] != tuple(image) or not 0 <= rows <= MAX_MEMORY * classes
+            or labels[1].kind not in "iu" or labels[0] != (rows,)
+            or names[1].kind != "U" or names[0] != (classes,)):
+        raise DataError(f"{path} does not hold this run's exemplars (classes or arrays differ: pixels "
+                        f"{pixels[1]} {pixels[0]}, labels {labels[1]} {labels[0]}, classes {names[1]} {names[0]}; "
+                        f"at most {MAX_MEMORY} images of each of {classes} classes)")
+
+
+def _npy_header(data, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one member of an open .npz, read from its header only."""
+    with data.zip.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = read(fh)
+    return tuple(shape), dtype
 
 
 def save_memory(run: RunDir, pixels: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int,

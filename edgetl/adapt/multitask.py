@@ -29,6 +29,9 @@ NAME = r"[a-z][a-z0-9_]{0,31}"
 PRIMARY_OUTPUT = "logits"
 IMAGE_ONLY = "--task-head is for image runs (--task image-classification)"
 MODES = ("feature-extraction", "finetune")  # the strategies whose phases train every head
+MAX_CSV_BYTES = 256 * 2**20  # a million rows of path,label; read whole, so bounded
+MAX_PATH = 4096  # PATH_MAX: a longer cell names no file
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # would end the one-line message, or reach a terminal
 
 
 def output_name(head: str) -> str:
@@ -36,7 +39,13 @@ def output_name(head: str) -> str:
 
 
 def check_head_names(heads: dict[str, str], weights: dict[str, float]) -> None:
-    """Names are slugs other than ``logits``; a weight names a head and is a finite number > 0 (ValueError)."""
+    """Names are slugs other than ``logits``, at most as many as a bundle holds; a weight names a head
+    and is a finite number > 0 (ValueError)."""
+    from edgetl.bundle.manifest import MAX_TENSORS
+
+    if len(heads) > MAX_TENSORS - 1:  # refused here, not by `edgetl bundle` after the training
+        raise ValueError(f"--task-head: {len(heads)} heads: a bundle holds at most {MAX_TENSORS - 1} (its outputs "
+                         f"are logits and one per head, {MAX_TENSORS} in all)")
     for name in heads:
         if not re.fullmatch(NAME, name) or name == PRIMARY_OUTPUT:
             raise ValueError(f"--task-head {name!r}: the name must be a slug [a-z][a-z0-9_]{{0,31}}, not 'logits' "
@@ -83,12 +92,18 @@ def read_head(name: str, csv_path: str | Path, root: Path, weight: float = 1.0) 
     path = Path(csv_path)
     if not path.is_file():
         raise DataError(f"{where}: no such file")
+    size = path.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise DataError(f"{where}: {size} bytes, more than a head CSV may hold ({MAX_CSV_BYTES})")
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a spreadsheet's UTF-8 starts with a byte-order mark
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     except UnicodeDecodeError as exc:
         raise DataError(f"{where}: not a UTF-8 text CSV ({exc.reason} at byte {exc.start})") from None
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:  # a cell over csv's field size limit, a NUL outside quotes
+        raise DataError(f"{where}: not a path,label CSV ({exc}; a cell longer than {csv.field_size_limit()} "
+                        "characters names no image)") from None
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["path", "label"] or len(rows[0]) != 2:
         raise DataError(f"{where}: the first line must be the header 'path,label'")
     labelled: dict[str, str] = {}
@@ -101,7 +116,7 @@ def read_head(name: str, csv_path: str | Path, root: Path, weight: float = 1.0) 
         if not label:
             raise DataError(f"{where}:{lineno}: empty label for {row[0].strip()}")
         check_label(label, f"{where}:{lineno}")
-        image = Path(row[0].strip())
+        image = Path(_check_path(row[0].strip(), f"{where}:{lineno}"))
         key = str((image if image.is_absolute() else root / image).resolve())
         if labelled.setdefault(key, label) != label:
             raise DataError(f"{where}:{lineno}: {row[0].strip()} has two labels ({labelled[key]!r}, {label!r})")
@@ -109,6 +124,14 @@ def read_head(name: str, csv_path: str | Path, root: Path, weight: float = 1.0) 
     index = {c: i for i, c in enumerate(classes)}
     return HeadLabels(name, path, classes, {p: index[c] for p, c in labelled.items()}, weight,
                       hashlib.sha256(raw).hexdigest())
+
+
+def _check_path(cell: str, where: str) -> str:
+    """A path cell that can name a file and be shown in a one-line message, else one ``DataError``."""
+    if len(cell) > MAX_PATH or _CONTROL.search(cell):
+        raise DataError(f"{where}: the path {cell[:60]!r} must be 1..{MAX_PATH} characters without control "
+                        "characters")
+    return cell
 
 
 def read_heads(heads: dict[str, str], weights: dict[str, float], data: str | Path,

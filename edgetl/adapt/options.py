@@ -46,6 +46,7 @@ RECIPE = {"fixed": {"backbone_lr_scale": 0.1, "layer_decay": 0.5}, "auto": {"bac
 EXECUTION = frozenset({"device", "channels_last", "workers"})
 # --from (edgetl/adapt/continual.py): exemplars per class, and the distillation's weight and temperature
 MEMORY, DISTILL_WEIGHT, DISTILL_TEMPERATURE = 20, 1.0, 2.0
+MAX_MEMORY = 10_000  # exemplars per class: the most --memory keeps
 
 
 def flag(name: str) -> str:
@@ -135,7 +136,7 @@ class TrainInputs(_Options):
                                  "run keeps its classes in their order, starts from its weights and rehearses its "
                                  "exemplar memory, e.g. --data ./images-v2 --from runs/flowers --out runs/flowers-v2.",
                                  json_schema_extra={"flag": "--from"})
-    memory: int = Field(MEMORY, ge=0, le=10_000, description="--from: exemplars kept and rehearsed per class (a seeded, "
+    memory: int = Field(MEMORY, ge=0, le=MAX_MEMORY, description="--from: exemplars kept and rehearsed per class (a seeded, "
                         "class-balanced sample in train/exemplars/); 0: no rehearsal (the run still keeps "
                         f"{MEMORY} per class for the next --from).")
     distill_weight: float = Field(DISTILL_WEIGHT, ge=0, le=100, allow_inf_nan=False, description="--from: weight of the "

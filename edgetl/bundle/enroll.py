@@ -59,13 +59,9 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     _check_label_use(label, labels, replace)
     files = _image_list(images)
     release = bundle.manifest["release"] + 1
-    dest = Path(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
-    if not dest.name.endswith(".tar.gz"):  # what predict, verify and ship recognise as a bundle file
-        raise BundleError(f"--out {dest}: a bundle's file name ends in .tar.gz, e.g. --out {dest.name}.tar.gz")
+    dest = _checked_out(out) if out is not None else _default_out(Path(bundle_path), bundle.name, release)
     if os.path.lexists(dest):
         raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out")
-    if not dest.parent.is_dir():  # a mistyped --out folder is not made on the user's behalf
-        raise BundleError(f"--out {dest}: the folder {dest.parent} does not exist")
     if bundle.signature.key_id is not None and private_key is None and not signing.unsigned_allowed():
         raise BundleError(f"{bundle_path} is signed (key {bundle.signature.key_id}) but no key was given: the enrolled "
                           "bundle would be unsigned; pass --sign KEY (or --allow-unsigned to write it unsigned)")
@@ -82,24 +78,47 @@ def enroll(bundle_path: str | os.PathLike, label: str, images: Sequence[str | os
     manifest.update(labels=labels, release=release,
                     head={**head, "shots": {**head["shots"], label: len(files)}, "enrolled": enrolled})
     manifest.pop("files")
-    with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
-        stage = Path(tmp)
-        for rel in bundle.manifest["files"]:
-            if rel != head["file"]:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(bundle.file(rel), stage / rel)
-        (stage / head["file"]).parent.mkdir(parents=True, exist_ok=True)
-        np.save(stage / head["file"], rows.astype(np.float32), allow_pickle=False)
-        write_bundle(stage, manifest, dest, private_key=private_key, where=f"the bundle enrolling {label!r}")
+    try:
+        _write(bundle, manifest, rows, dest, private_key, label)
+    except FileExistsError:  # written by another process while the images were embedded
+        raise BundleError(f"{dest} already exists: enroll never overwrites a file, choose another --out") from None
+    except OSError as exc:  # a read-only or full disk: the input and any earlier output stay as they were
+        raise BundleError(f"cannot write {dest}: {exc.strerror or exc}") from None
     return Enrolled(dest, bundle.name, label, len(files), label in bundle.labels, release, len(labels),
                     signing.key_id(private_key.public_key()) if private_key is not None else None)
 
 
+def _write(bundle, manifest: dict, rows: np.ndarray, dest: Path, private_key, label: str) -> None:
+    """The new bundle: the input's files but the head's, the new rows, packed atomically as ``dest``.
+    ``dest`` is claimed first (created empty, exclusively): the atomic rename then replaces only
+    that placeholder, never a file another process wrote there meanwhile; removed on failure."""
+    head = manifest["head"]["file"]
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".enroll-", dir=dest.parent) as tmp:
+            stage = Path(tmp)
+            for rel in bundle.manifest["files"]:
+                if rel != head:
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(bundle.file(rel), stage / rel)
+            (stage / head).parent.mkdir(parents=True, exist_ok=True)
+            np.save(stage / head, rows.astype(np.float32), allow_pickle=False)
+            write_bundle(stage, manifest, dest, private_key=private_key, where=f"the bundle enrolling {label!r}")
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
 def _image_list(args: Sequence[str | os.PathLike]) -> list[Path]:
-    """Every image the arguments name (a folder: the images under it), 1..MAX_IMAGES of them."""
+    """Every image the arguments name (a folder: the images under it), 1..MAX_IMAGES of them; one
+    named twice (a folder and a file in it, a link to it) counts once, in the mean and in ``shots``."""
     if not args:
         raise DataError("no images given: enroll needs 1 to 1000 images of the class (files or folders)")
-    files = [f for arg in args for f in image_files(arg)]
+    by_target: dict[str, Path] = {}
+    for arg in args:
+        for file in image_files(arg):
+            by_target.setdefault(os.path.realpath(file), file)
+    files = list(by_target.values())
     if len(files) > MAX_IMAGES:
         raise DataError(f"{len(files)} images given: enroll takes 1 to {MAX_IMAGES} (a few per class is the point; "
                         "train a run for more)")
@@ -132,6 +151,18 @@ def _embeddings(bundle, files: list[Path], threads: int | None) -> np.ndarray:
                 raise DataError(f"{exc}: enrol readable images only") from None
             out.append(session.run(feeds)[prototype.EMBEDDING])
     return np.concatenate(out)
+
+
+def _checked_out(out: str | os.PathLike) -> Path:
+    """``--out``: an archive name (what predict, verify and ship take for a bundle) in a folder that
+    exists; enroll makes no folder, so a typo in the path is one line, not a new tree."""
+    text = os.fspath(out)
+    if not text.endswith((SUFFIX, ".tgz")):
+        raise BundleError(f"--out {text}: a bundle's name must end in {SUFFIX} (or .tgz), e.g. --out cats{SUFFIX}")
+    dest = Path(text)
+    if not os.path.isdir(dest.parent):  # os.path: a parent that is a file, or a name too long, is False
+        raise BundleError(f"--out {dest}: {dest.parent} is not a folder: create it first, or choose another --out")
+    return dest
 
 
 def _default_out(source: Path, name: str, release: int) -> Path:

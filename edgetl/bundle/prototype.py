@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from edgetl.errors import DataError
+
 KIND = "prototype"
 EMBEDDING = "embedding"  # the embedding model's one output, float32 (batch, D)
 LOGITS = "logits"  # what the head gives, named like a classifier's output so predict/val/bench read it unchanged
@@ -19,6 +21,7 @@ DEFAULT_SCALE = 16.0  # a cosine's range [-1, 1] times 16: softmax scores that a
 MIN_SCALE, MAX_SCALE = 1.0, 100.0
 NORM_TOLERANCE = 1e-3  # a stored row's L2 norm may differ from 1 by float32 rounding, not more
 _EPS = 1e-12
+MIN_MEAN_NORM = 1e-6  # a mean of unit vectors shorter than this points nowhere in particular
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -34,8 +37,14 @@ def logits(embedding: np.ndarray, prototypes: np.ndarray, scale: float) -> np.nd
 
 def enrol(embeddings: np.ndarray) -> np.ndarray:
     """One class's prototype from its images' embeddings (n, D): the mean of the normalised
-    embeddings, normalised, so every image counts the same whatever its feature magnitude."""
-    return normalise(normalise(embeddings).mean(axis=0)).astype(np.float32)
+    embeddings, normalised, so every image counts the same whatever its feature magnitude. All-zero,
+    cancelling or non-finite embeddings have no direction: ``DataError``, not a row ``problem`` refuses."""
+    mean = normalise(embeddings).mean(axis=0)
+    norm = np.linalg.norm(mean)
+    if not np.isfinite(norm) or norm < MIN_MEAN_NORM:
+        raise DataError(f"the images' embeddings are zero, cancel out or are not finite (mean norm {norm:.2g}): "
+                        "no direction to enrol; use other images of the class")
+    return (mean / norm).astype(np.float32)
 
 
 def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

@@ -17,6 +17,20 @@ from edgetl.cli._options import (
     _trust_option,
 )
 from edgetl.cli.bench import _print_accuracy
+from edgetl.config import MAX_THREADS
+
+
+def _bounded_threads(ctx, param, value: int | None) -> int | None:
+    """ONNX Runtime starts every thread it is asked for (thousands: a hang): one line, as bench says it."""
+    from edgetl.errors import ConfigError
+
+    if value is not None and not 1 <= value <= MAX_THREADS:
+        raise ConfigError(f"--threads {value}: must be from 1 to {MAX_THREADS}")
+    return value
+
+
+_threads_option = click.option("--threads", type=int, callback=_bounded_threads,
+                               help=f"Runtime threads, 1..{MAX_THREADS} (default: the target profile's).")
 
 
 @cli.group()
@@ -122,7 +136,7 @@ def ship_cmd(bundle, url, remote_edgetl, ssh_options, install, connect_timeout, 
 
 @cli.command("verify")
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def verify_cmd(bundle, threads, as_json):
@@ -157,7 +171,7 @@ def verify_cmd(bundle, threads, as_json):
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("images", nargs=-1, required=True, metavar="INPUTS...", type=click.Path(path_type=str))
 @click.option("--top", default=3, show_default=True, help="How many labels per sample.")
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @_trust_option
 def predict_cmd(bundle, images, top, threads, as_json):
@@ -216,12 +230,12 @@ def predict_cmd(bundle, images, top, threads, as_json):
 @click.option("--label", required=True, help="The class the images show (1..200 characters, no control characters).")
 @click.option("--replace", is_flag=True, help="Enrol LABEL again from these images (it must exist); "
               "without it, an existing label is refused.")
-@click.option("--out", type=click.Path(path_type=str), help="The new bundle (default: <name>-r<release>.tar.gz "
-              "next to BUNDLE). Never overwritten.")
+@click.option("--out", type=click.Path(path_type=str), help="The new bundle, a .tar.gz name in a folder that exists "
+              "(default: <name>-r<release>.tar.gz next to BUNDLE). Never overwritten.")
 @click.option("--sign", "sign_key", type=click.Path(path_type=str), metavar="KEY",
               help="Sign the new bundle with this Ed25519 private key (needed when BUNDLE is signed, unless "
               "--allow-unsigned).")
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def enroll_cmd(bundle, images, label, replace, out, sign_key, threads, as_json):
@@ -299,7 +313,7 @@ def build_cmd(bundle, force, any_arch):
 @cli.command("val")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.argument("data", type=click.Path(path_type=str))
-@click.option("--threads", type=int, help="Runtime threads (default: the target profile's).")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_trust_option
 def val_cmd(bundle, data, threads, as_json):

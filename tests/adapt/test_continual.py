@@ -238,6 +238,14 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(copy)])
     assert result.exit_code == 2 and "is the --out folder" in result.output
     assert sorted(p.name for p in copy.rglob("*")) == before
+    for inside in (copy / "v2", copy / "train" / "v2"):  # a new run inside the parent's folder changes it
+        result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(inside)])
+        assert result.exit_code == 2 and "is inside the --from run" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+        assert sorted(p.name for p in copy.rglob("*")) == before
+    result = CliRunner().invoke(cli, ["train", *data, "--from", str(copy), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "holds the --from run" in result.output, result.output
+    assert sorted(p.name for p in copy.rglob("*")) == before and not (tmp_path / "manifest.json").exists()
 
     checkpoint = copy / "train" / "model.safetensors"
     checkpoint.write_bytes(checkpoint.read_bytes()[:-4] + b"\0\0\0\0")
@@ -251,6 +259,14 @@ def test_bad_parents_and_options_are_one_line_exit_2_and_write_nothing(parent, n
     manifest["train"]["task"] = "text-classification"
     (text / "manifest.json").write_text(json.dumps(manifest))
     assert "is for image runs" in _refused([*data, "--from", str(text)], out)
+
+    edited = tmp_path / "edited"  # the parent's classes become the child's labels: checked like new ones
+    shutil.copytree(parent.path, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    for classes, message in ((["a\x1b[31m\nb", "1"], "without control characters"), (["1", "1"], "repeat '1'")):
+        manifest["train"]["classes"] = classes
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        assert message in _refused([*data, "--from", str(edited)], out)
 
     heads = tmp_path / "heads"
     shutil.copytree(parent.path, heads)
@@ -311,6 +327,10 @@ def test_a_modified_or_foreign_exemplar_memory_is_one_line(child, digits_dir, tm
     manifest["artifacts"][continual.EXEMPLARS] = sha256_file(memory)  # hashed again: edited along with the manifest
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert "does not hold this run's exemplars" in _refused(args, tmp_path / "out")
+    _claimed_huge(memory)  # a header asking for 192 TiB, hashed again too: refused before anything is read
+    manifest["artifacts"][continual.EXEMPLARS] = sha256_file(memory)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "at most 10000 images of each of 3 classes" in _refused(args, tmp_path / "out")
 
 
 def test_without_rehearsal_the_run_still_keeps_a_memory_of_every_class(child, tmp_path):
@@ -322,3 +342,53 @@ def test_without_rehearsal_the_run_still_keeps_a_memory_of_every_class(child, tm
     assert section["lineage"]["rehearsed"] == 0 and section["lineage"]["distill"]["weight"] == 0
     _, labels = continual.read_memory(tmp_path / "naive" / continual.EXEMPLARS, section["classes"], (32, 32, 3))
     assert np.bincount(labels).tolist() == [5, 5, 5, 16]  # the child's 5 of each old class, 16 training images of 3
+
+
+def _npy_member(shape: tuple, descr: str, data: bytes = b"") -> bytes:
+    """A .npy member's bytes: a header claiming ``shape`` and ``descr``, then ``data`` (maybe less)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def _claimed_huge(path: Path) -> None:
+    """An exemplar memory whose pixels header claims 2**40 images: reading it would allocate 192 TiB."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pixels.npy", _npy_member((2**40, 8, 8, 3), "|u1"))
+        archive.writestr("labels.npy", _npy_member((2,), "<i8", bytes(16)))
+        archive.writestr("classes.npy", _npy_member((2,), "<U1", "01".encode("utf-32-le")))
+
+
+HOSTILE_MEMORIES = {
+    "text labels": lambda p: np.savez(p, pixels=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array(["0", "1"]),
+                                      classes=np.array(["0", "1"])),
+    "float labels": lambda p: np.savez(p, pixels=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array([0.5, np.nan]),
+                                       classes=np.array(["0", "1"])),
+    "record labels": lambda p: np.savez(p, pixels=np.zeros((2, 8, 8, 3), np.uint8),
+                                        labels=np.zeros(2, [("a", "<i8")]), classes=np.array(["0", "1"])),
+    "number classes": lambda p: np.savez(p, pixels=np.zeros((2, 8, 8, 3), np.uint8), labels=np.arange(2),
+                                         classes=np.arange(2)),
+    "pickled classes": lambda p: np.savez(p, pixels=np.zeros((2, 8, 8, 3), np.uint8), labels=np.arange(2),
+                                          classes=np.array(["0", "1"], dtype=object)),
+    "more images than the memory keeps": lambda p: np.savez(p, pixels=np.zeros((20_001, 1, 1, 3), np.uint8),
+                                                            labels=np.zeros(20_001, np.int64),
+                                                            classes=np.array(["0", "1"])),
+    "a header claiming 192 TiB": _claimed_huge,
+    "a lone .npy": lambda p: p.write_bytes(_npy_member((2,), "<i8", bytes(16))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMORIES))
+def test_a_hostile_exemplar_memory_is_one_line_before_its_data_is_read(case, tmp_path):
+    """The memory's members are checked by their .npy headers (dtype, shape, at most the most a memory
+    keeps per class) before a byte of data is read: no traceback, no allocation a header asks for."""
+    path = tmp_path / "exemplars.npz"
+    HOSTILE_MEMORIES[case](path)
+    image = (1, 1, 3) if case.startswith("more images") else (8, 8, 3)
+    with pytest.raises(continual.DataError, match="^[^\n]*$") as exc:
+        continual.read_memory(path, ["0", "1"], image)
+    assert str(path) in str(exc.value) and "Traceback" not in str(exc.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgetl.adapt import multitask
 from edgetl.cli import cli
 
 TINY = ["--backbone", "timm:test_efficientnet", "--no-pretrained", "--image-size", "32", "--mode", "finetune",
@@ -150,6 +151,11 @@ def test_hostile_heads_are_one_line_refusals(multitask_run, tmp_path, case, mess
     ("one class", "one class ('odd') among the images"),
     ("header", "the first line must be the header 'path,label'"),
     ("two labels", "has two labels"),
+    ("NUL in a path", ":2: the path '0/\\x00.png' must be 1..4096 characters without control characters"),
+    ("escape in a path", ":2: the path '0/\\x1b[2J.png' must be 1..4096 characters"),
+    ("newline in a quoted path", ":2: the path '0/x.png\\nmore' must be 1..4096 characters"),
+    ("a 200 kB cell", "a cell longer than"),
+    ("a file over the size limit", "bytes, more than a head CSV may hold"),
 ])
 def test_bad_head_csv_is_one_line_and_writes_nothing(digits_dir, tmp_path, case, message):
     rows = image_rows(Path(digits_dir))
@@ -166,6 +172,18 @@ def test_bad_head_csv_is_one_line_and_writes_nothing(digits_dir, tmp_path, case,
         path.write_text("image,parity\n" + "".join(f"{p},{label}\n" for p, label in rows))
     elif case == "two labels":
         write_csv(path, [*rows, (rows[0][0], "odd" if rows[0][1] == "even" else "even")])
+    elif case == "NUL in a path":
+        write_csv(path, [("0/\x00.png", "odd"), *rows])
+    elif case == "escape in a path":
+        write_csv(path, [("0/\x1b[2J.png", "odd"), *rows])
+    elif case == "newline in a quoted path":
+        write_csv(path, [("0/x.png\nmore", "odd"), *rows])
+    elif case == "a 200 kB cell":
+        write_csv(path, [*rows, ("0/x.png", "o" * 200_000)])
+    else:  # sparse: its size is on disk, not in memory, and nothing of it is read
+        write_csv(path, rows)
+        with open(path, "r+b") as fh:
+            fh.truncate(multitask.MAX_CSV_BYTES + 1)
     out = tmp_path / "run"
     result = invoke("train", "--data", digits_dir, "--out", out, "--task-head", f"parity={path}", *TINY)
     assert result.exit_code == 2, result.output
@@ -180,6 +198,7 @@ def test_bad_head_csv_is_one_line_and_writes_nothing(digits_dir, tmp_path, case,
     (["--task-head", "a=x.csv", "--task-weight", "b=2"], "--task-weight 'b': no --task-head of that name"),
     (["--task-head", "a=x.csv", "--task-weight", "a=0"], "a weight is a number in (0, 1000]"),
     (["--task-head", "a=missing.csv"], "--task-head a=missing.csv: no such file"),
+    ([arg for i in range(16) for arg in ("--task-head", f"h{i}=x.csv")], "16 heads: a bundle holds at most 15"),
     (["--task-head", "a=x.csv", "--mode", "domain-adapt", "--target-data", "."], "--task-head trains with --mode"),
     (["--task-head", "a=x.csv", "--from", "runs/parent"], "--task-head cannot be combined with --from yet"),
 ])
@@ -279,3 +298,11 @@ def test_deploy_trains_the_heads_and_retrains_when_a_csv_changes(digits_dir, tmp
     assert "train: skipped" not in changed
     assert retrained["train"]["inputs_hash"] != manifest["train"]["inputs_hash"]
     assert retrained["train"]["heads"][0]["labels_hash"] != manifest["train"]["heads"][0]["labels_hash"]
+
+
+def test_a_head_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheets write UTF-8 with a BOM: the header is still 'path,label'."""
+    path = tmp_path / "head.csv"
+    path.write_bytes("\ufeffpath,label\n0/a.png,even\n1/b.png,odd\n".encode())
+    head = multitask.read_head("parity", path, tmp_path)
+    assert head.classes == ["even", "odd"] and len(head.by_path) == 2

@@ -16,7 +16,7 @@ from edgetl.bundle.format import MANIFEST, extract_archive, file_entries, inspec
 from edgetl.bundle.manifest import npy_size
 from edgetl.bundle.runner import open_bundle, predict, verify
 from edgetl.cli import cli
-from edgetl.errors import BundleError, EdgetlError
+from edgetl.errors import BundleError, DataError, EdgetlError
 from edgetl.rundir import RunDir
 from tests.bundle.test_runner import NOT_ON_DEVICE, device_cli
 
@@ -308,8 +308,9 @@ def _folder_state(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["control character", "existing label", "replace unknown", "non-images",
-                                  "corrupt image", "too many images", "out exists", "out not a bundle name",
-                                  "out folder missing", "no head", "swapped prototypes"])
+                                  "corrupt image", "too many images", "out exists", "no head", "swapped prototypes",
+                                  "out under a file", "out in a missing folder", "out not an archive name",
+                                  "out a folder", "out in a folder that cannot be written"])
 def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, threes, tmp_path):
     from PIL import Image
 
@@ -339,10 +340,17 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
     elif case == "out exists":
         (tmp_path / "taken.tar.gz").write_bytes(b"mine")
         args, message = [*args, "--out", tmp_path / "taken.tar.gz"], "already exists: enroll never overwrites"
-    elif case == "out folder missing":
-        args, message = [*args, "--out", tmp_path / "typo" / "new.tar.gz"], "the folder " + str(tmp_path / "typo")
-    elif case == "out not a bundle name":
-        args, message = [*args, "--out", tmp_path / "new-bundle"], "a bundle's file name ends in .tar.gz"
+    elif case == "out under a file":
+        (tmp_path / "notes.txt").write_text("mine")
+        args, message = [*args, "--out", tmp_path / "notes.txt" / "x.tar.gz"], "is not a folder"
+    elif case == "out in a missing folder":  # enroll creates no folder the user did not make
+        args, message = [*args, "--out", tmp_path / "typo" / "deep" / "x.tar.gz"], "is not a folder"
+    elif case == "out not an archive name":  # predict, verify and ship would not take it for a bundle
+        args, message = [*args, "--out", tmp_path / "x.zip"], "must end in .tar.gz"
+    elif case == "out a folder":
+        args, message = [*args, "--out", f"{tmp_path / 'newdir'}/"], "must end in .tar.gz"
+    elif case == "out in a folder that cannot be written":  # /proc: not even root makes files there
+        args, message = [*args, "--out", "/proc/x.tar.gz"], "cannot write /proc/x.tar.gz"
     elif case == "no head":
         bundle = tmp_path / "classifier" / "classifier.tar.gz"
         bundle.parent.mkdir()
@@ -354,10 +362,12 @@ def test_enroll_refuses_bad_input_in_one_line(case, proto_bundle, bundle_file, t
         extract_archive(tmp_path / "e.tar.gz", folder)
         _save(folder, _rows(folder)[::-1].copy())
         bundle, message = folder, "head/prototypes.npy does not match its sha256"
-    state = _folder_state(bundle.parent)
+    outside = lambda: [n for n in _folder_state(tmp_path) if n != "edgetl-cache"]  # noqa: E731 (the verify cache)
+    state, around = _folder_state(bundle.parent), outside()
     result = invoke("enroll", bundle, *args)
     one_line_error(result, message)
     assert _folder_state(bundle.parent) == state  # nothing written next to the bundle
+    assert outside() == around  # nor where --out pointed
     if case == "swapped prototypes":
         one_line_error(invoke("predict", bundle, threes), message)
 
@@ -398,3 +408,57 @@ def test_int8_prototype_bundle_by_the_targets_default(copy_run, threes, tmp_path
     result = invoke("enroll", made, "--label", "3", threes, "--out", tmp_path / "int8-enrolled.tar.gz")
     assert result.exit_code == 0, result.output
     assert verify(tmp_path / "int8-enrolled.tar.gz")["ok"]
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "100000"])
+@pytest.mark.parametrize("command", ["enroll", "predict", "verify", "val"])
+def test_device_threads_are_bounded_before_the_bundle_is_read(command, threads, tmp_path):
+    """ONNX Runtime makes every thread it is asked for (4000: a hang): --threads is 1..MAX_THREADS,
+    one line before anything is opened or written."""
+    from edgetl.config import MAX_THREADS
+
+    bundle, image = tmp_path / "b.tar.gz", tmp_path / "x.png"
+    args = {"enroll": [bundle, image, "--label", "x"], "predict": [bundle, image], "verify": [bundle],
+            "val": [bundle, tmp_path]}[command]
+    result = invoke(command, *args, "--threads", threads)
+    one_line_error(result, f"--threads {threads}: must be from 1 to {MAX_THREADS}")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_enroll_never_overwrites_a_file_that_appears_while_it_runs(proto_bundle, threes, tmp_path, monkeypatch):
+    """--out is free when enroll starts; another process writes it while the images are embedded
+    (the slow part): enroll must refuse, not replace the other file."""
+    from edgetl.bundle import enroll as enroll_module
+
+    out = tmp_path / "new.tar.gz"
+    embeddings = enroll_module._embeddings
+
+    def racing(*args, **kwargs):
+        out.write_bytes(b"theirs")
+        return embeddings(*args, **kwargs)
+
+    monkeypatch.setattr(enroll_module, "_embeddings", racing)
+    result = invoke("enroll", proto_bundle, "--label", "3", threes, "--out", out)
+    one_line_error(result, "already exists: enroll never overwrites")
+    assert out.read_bytes() == b"theirs" and not list(tmp_path.glob(".enroll-*"))
+
+
+def test_an_image_named_twice_is_enrolled_once(proto_bundle, threes, tmp_path):
+    """A folder and a file in it (or one file twice, or through a link) is one image: the class's
+    mean weighs it once and ``shots`` counts what was enrolled."""
+    first = sorted(threes.glob("*.png"))[0]
+    (tmp_path / "link.png").symlink_to(first)
+    out = tmp_path / "once.tar.gz"
+    result = invoke("enroll", proto_bundle, "--label", "3", threes, first, first, tmp_path / "link.png", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "from 6 image(s)" in result.output and inspect_archive(out)["head"]["shots"]["3"] == 6
+
+
+@pytest.mark.parametrize("embeddings", [np.zeros((3, 8)), np.array([[1.0, 2.0], [-1.0, -2.0]]),
+                                        np.array([[np.nan, 1.0]])], ids=["zero", "cancelling", "NaN"])
+def test_images_without_a_direction_are_one_line_not_a_bad_row(embeddings):
+    """All-zero, cancelling or non-finite embeddings have no mean direction: one DataError line, never
+    a zero or NaN row that the written bundle's own check would then refuse on every device."""
+    with pytest.raises(DataError, match="^[^\n]*no direction to enrol") as exc:
+        prototype.enrol(embeddings)
+    assert "\n" not in str(exc.value)
