@@ -48,7 +48,7 @@ MAX_SAMPLE_VALUES = 4 * MAX_SIDE * MAX_SIDE  # a 4-channel 4096x4096 image
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")  # what a golden .npy may hold
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no C0/C1 controls: messages stay one line, no terminal escapes
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"  # tasks.base.UNPRINTABLE: one-line messages, no terminal tricks
 # A runtime or task a bundle names that no installed package registers: the machine lacks a plugin.
 NOT_INSTALLED = "needs the package that registers it installed here"
 MAX_ASSETS = 16

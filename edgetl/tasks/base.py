@@ -117,13 +117,19 @@ class LabelledSamples:
 MAX_LABEL = 200  # a bundle manifest's bound on a label
 
 
+# C0/C1 controls, the line and paragraph separators and the bidirectional overrides and isolates: they
+# would end a one-line message, or make a terminal or report show other text than the label holds.
+# Other format characters (the zero-width joiner of emoji sequences) are allowed.
+UNPRINTABLE = r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+
+
 def check_label(label: str, where: str) -> str:
     """``label`` when a bundle can carry it (1..200 characters, no control characters: they would
     reach terminals and reports), else one ``DataError`` line at training time, not at ``bundle``."""
-    if not 1 <= len(label) <= MAX_LABEL or re.search(r"[\x00-\x1f\x7f-\x9f]", label):
+    if not 1 <= len(label) <= MAX_LABEL or re.search(UNPRINTABLE, label):
         from edgetl.errors import DataError
 
-        shown = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", label[:60])
+        shown = re.sub(UNPRINTABLE, "?", label[:60])
         raise DataError(f"{where}: the label {shown!r} must be 1..{MAX_LABEL} characters without control characters")
     return label
 

@@ -189,3 +189,23 @@ def test_a_run_record_resolves_its_assets_inside_the_run(tmp_path):
         TaskRecord.of_train({**train, "assets": {"x": "../x"}}, run)
     bundle = TaskRecord.of_bundle({"preprocess": {}, "labels": ["a"], "assets": ["vocab.txt"]}, tmp_path)
     assert bundle.assets == {"vocab.txt": tmp_path / "assets" / "vocab.txt"}
+
+
+@pytest.mark.parametrize("label", ["a\x1b[31mb", "line\u2028break", "right\u202eto-left", "iso\u2066late"])
+def test_a_label_that_would_trick_a_terminal_is_refused_at_training_and_in_a_bundle(label):
+    from pydantic import TypeAdapter, ValidationError
+
+    from edgetl.bundle.manifest import Label
+    from edgetl.errors import DataError
+    from edgetl.tasks.base import check_label
+
+    with pytest.raises(DataError, match="without control characters"):
+        check_label(label, "labels.csv")
+    with pytest.raises(ValidationError):
+        TypeAdapter(Label).validate_python(label)
+
+
+def test_emoji_sequences_stay_valid_labels():
+    from edgetl.tasks.base import check_label
+
+    assert check_label("cat \U0001f469\u200d\U0001f4bb", "x") == "cat \U0001f469\u200d\U0001f4bb"
