@@ -4,9 +4,9 @@ target, each holding every point it measured (``PointResult``: one row of the ca
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from edgetl.config import MAX_THREADS
 from edgetl.rundir import Record
@@ -44,6 +44,16 @@ def _is_reference(ref: Any) -> bool:
     return isinstance(ref, dict) and all(finite(ref.get(k)) and 0 < ref[k] <= MAX_LATENCY_MS for k in ("p50_ms", "p90_ms"))
 
 
+def _must(check, what: str) -> AfterValidator:
+    """A field that holds only what a search measures: ``check(value)``, else "not a measured <what>"."""
+    def checked(value):
+        if not check(value):
+            raise ValueError(f"not a measured {what}")
+        return value
+
+    return AfterValidator(checked)
+
+
 class PointResult(BaseModel):
     """One candidate artifact at one thread count: one row of the candidate table."""
 
@@ -53,39 +63,18 @@ class PointResult(BaseModel):
     precision: str
     variant: str
     keep_float: list[str] = Field(default_factory=list)
-    threads: int | None
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None
     recipe: str | None  # e.g. "percentile" or "percentile+symmetric" (int8)
     status: Status
     error: str | None = None
     size_bytes: int | None = None
     compile_s: float | None = None
-    accuracy: dict | None = None  # CompiledEntry.accuracy's fields (top1, drop_pp, drop_ci_pp, agreement, ...)
-    latency: dict | None = None  # Timer.time()'s dict + "round"
+    accuracy: Annotated[dict, _must(is_accuracy, "accuracy (a finite drop_pp, finite numbers)")] | None = None  # CompiledEntry.accuracy's fields (top1, drop_pp, drop_ci_pp, agreement, ...)
+    latency: Annotated[dict, _must(is_latency, "latency (positive, finite, ordered p50 <= p90 <= p99 ms)")] | None = None  # Timer.time()'s dict + "round"
     gates: dict | None = None  # bench.gates.evaluate_gates(...) of this point
     meets: bool = False
     pareto: bool = False
     why: str | None = None  # for every row but the pick: why it lost, in words
-
-    @field_validator("threads")
-    @classmethod
-    def _threads(cls, value: int | None) -> int | None:
-        if value is not None and not 1 <= value <= MAX_THREADS:
-            raise ValueError(f"{value} threads is not from 1 to {MAX_THREADS}")
-        return value
-
-    @field_validator("latency")
-    @classmethod
-    def _latency(cls, value: dict | None) -> dict | None:
-        if value is not None and not is_latency(value):
-            raise ValueError("not a measured latency (positive, finite, ordered p50 <= p90 <= p99 ms)")
-        return value
-
-    @field_validator("accuracy")
-    @classmethod
-    def _accuracy(cls, value: dict | None) -> dict | None:
-        if value is not None and not is_accuracy(value):
-            raise ValueError("not a measured accuracy (a finite drop_pp, finite numbers)")
-        return value
 
 
 class OptimizeRecord(Record):
