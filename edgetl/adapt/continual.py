@@ -495,9 +495,11 @@ def lineage(parent: Parent, req: Request, classes: list[str], memory: dict, rehe
 
 
 def score_text(score: dict) -> str:
+    from edgetl.adapt.report import interval_text
+
     if score["top1"] is None:
         return "no images"
-    return f"{score['top1']:.1%} [{score['low']:.1%}, {score['high']:.1%}] of {score['n']}"
+    return f"{score['top1']:.1%} {interval_text(score['top1'], score['n'])}"
 
 
 def summary_rows(record: dict) -> list[tuple[str, str]]:

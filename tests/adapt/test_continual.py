@@ -392,3 +392,9 @@ def test_a_hostile_exemplar_memory_is_one_line_before_its_data_is_read(case, tmp
     with pytest.raises(continual.DataError, match="^[^\n]*$") as exc:
         continual.read_memory(path, ["0", "1"], image)
     assert str(path) in str(exc.value) and "Traceback" not in str(exc.value)
+
+
+def test_the_summary_gives_each_top1_with_its_interval_and_count():
+    score = continual.top1_of(np.array([1, 1, 0, 1]), np.array([1, 1, 1, 1]))
+    assert continual.score_text(score) == "75.0% [30.1%, 95.4%] of 4"
+    assert continual.score_text(continual.top1_of(np.array([]), np.array([]))) == "no images"
