@@ -90,7 +90,7 @@ class DataView:
         assets = {name: run.manifest.get("artifacts", {}).get(rel) for name, rel in (train.get("assets") or {}).items()}
         self._decode_key = {"task": self.task.name, "preprocess": self.record.preprocess,
                             **({"assets": assets} if assets else {})}  # image runs keep their cache keys
-        self._memo: dict[str, dict[str, np.ndarray]] = {}
+        self._memo: dict[str, dict] = {}
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -118,7 +118,13 @@ class DataView:
     def memory(self) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
         """The exemplars (``train --from``'s memory in ``train/exemplars/``) of the classes the training
         split lacks, as ``part`` gives them: a run that added classes from new images only keeps its
-        old classes there. None for every other run."""
+        old classes there. None for every other run. Read and hashed once per view: every int8 recipe
+        a search calibrates asks for it."""
+        if "memory" not in self._memo:
+            self._memo["memory"] = {"found": self._read_memory()}
+        return self._memo["memory"]["found"]
+
+    def _read_memory(self) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
         if not self.run.manifest["train"].get("lineage"):
             return None
         from edgetl.adapt.continual import EXEMPLARS, read_memory
