@@ -293,7 +293,7 @@ def _stage(run: RunDir, key: str, entry: dict[str, Any], stage: Path, release: i
         "labels": list(train.classes),
         # --task-head runs: each extra head's output and labels; other bundles' manifests stay as before
         **({"heads": [{"name": h["name"], "output": h["output"], "labels": h["classes"]} for h in train.heads]}
-           if train.heads and not head else {}),  # a prototype head's embedding model has no task heads
+           if train.heads else {}),
         "golden": golden,
         "workstation": _workstation(run, key, entry),
         "versions": entry.get("versions") or {},
