@@ -221,9 +221,8 @@ def train_inputs_hash(data: str | Path, options: TrainOptions | None = None, *,
     """What ``train`` would record as ``inputs_hash``: equal hashes mean a rerun would change nothing."""
     given_backbone = backbone
     opts, found, backbone = check_task_inputs(options, task, backbone, weights, target)
-    if task_heads and task != DEFAULT_TASK:
-        raise ConfigError(multitask.IMAGE_ONLY)
-    _heads_or_from(task_heads, from_run)
+    _heads_or_from(task_heads, from_run)  # the checks train() makes, in its order
+    multitask.check_inputs(dict(task_heads or {}), task, opts.mode, resume=False)
     image_only = ({"weights": weights, "target": target, "task_heads": dict(task_heads or {}),
                    "task_weights": dict(task_weights or {})} if task == DEFAULT_TASK else {})  # refused elsewhere
     image_only.update(continual.train_inputs(task, opts, continual.request(from_run, memory, distill_weight,
